@@ -1,0 +1,48 @@
+"""bridgic-coldmail: a cold-email sequence that pauses for human feedback and resumes later.
+
+async with ColdMailAgent.open("snapshots/coldmail.db") as agent:
+    pending = await agent.start(Brief(product=..., offer=..., sender=...))
+    done = await agent.resume(pending.interaction_id, "CTOs at mid-size hospitals")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .agent import ColdMailAgent
+from .automa import ColdMailAutoma
+from .errors import (
+    ColdmailError,
+    ConfigurationError,
+    InvalidInput,
+    LlmError,
+    RunBeingResumed,
+    RunConflict,
+    RunNotFound,
+    SnapshotError,
+    StoreError,
+)
+from .models import MAX_FEEDBACK_CHARS, Brief, EmailSequence, EmailStep, Run, RunStatus
+from .sync import SyncColdMailAgent
+
+__all__ = [
+    "MAX_FEEDBACK_CHARS",
+    "Brief",
+    "ColdMailAgent",
+    "ColdMailAutoma",
+    "ColdmailError",
+    "ConfigurationError",
+    "EmailSequence",
+    "EmailStep",
+    "InvalidInput",
+    "LlmError",
+    "Run",
+    "RunBeingResumed",
+    "RunConflict",
+    "RunNotFound",
+    "RunStatus",
+    "SnapshotError",
+    "StoreError",
+    "SyncColdMailAgent",
+    "__version__",
+]

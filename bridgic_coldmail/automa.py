@@ -1,0 +1,120 @@
+"""The Bridgic automa: draft → ask about the audience (pause) → refine.
+
+Stable import path: ``bridgic_coldmail.automa.ColdMailAutoma``. A snapshot records the
+worker functions by their import path, so moving or renaming this class or its workers
+breaks every paused run.
+
+Two Bridgic behaviours shape this module:
+
+* On resume, the worker that called ``interact_with_human`` re-runs from its top. That
+  worker (``ask_audience``) therefore does no LLM work; the draft is a finished worker whose
+  output is in the snapshot, so the draft LLM call happens exactly once per run.
+* Everything reachable from the automa's state is serialized into the snapshot. The LLM
+  (which holds the API key) is an ordinary attribute outside that state: it is attached
+  with :meth:`ColdMailAutoma.attach_llm` after construction and after loading a snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any, cast
+
+from bridgic.core.automa import GraphAutoma, worker
+from bridgic.core.automa.args import From
+from bridgic.core.automa.interaction import Event
+from bridgic.core.model.protocols import PydanticModel
+from pydantic import ValidationError
+
+from .errors import ConfigurationError, LlmError
+from .llm import ColdmailLlm
+from .models import Brief, EmailSequence, describe_validation_error
+from .prompts import AUDIENCE_QUESTION, draft_messages, refine_messages
+
+AUDIENCE_EVENT = "audience_feedback"
+"""The ``event_type`` of the pause."""
+
+
+class ColdMailAutoma(GraphAutoma):
+    """Drafts a two-email sequence, pauses for audience feedback, then refines it.
+
+    Run it with ``arun(brief=brief.model_dump())``; the brief is passed as plain data so
+    that the snapshot holds nothing but JSON-like values and this package's models.
+    """
+
+    _llm: ColdmailLlm | None = None
+    _model: str | None = None
+    _llm_timeout: float | None = None
+
+    def attach_llm(self, llm: ColdmailLlm, model: str, timeout: float | None) -> None:
+        """Give the automa its LLM. Never serialized; call again after ``load_from_snapshot``."""
+        self._llm = llm
+        self._model = model
+        self._llm_timeout = timeout
+
+    async def _ask_llm(self, step: str, messages: list[Any]) -> EmailSequence:
+        if self._llm is None or self._model is None:
+            raise ConfigurationError("no LLM attached to the automa; call attach_llm() first")
+        call = self._llm.astructured_output(
+            messages=messages, constraint=PydanticModel(model=EmailSequence), model=self._model
+        )
+        try:
+            result = await asyncio.wait_for(call, self._llm_timeout)
+        except asyncio.TimeoutError:
+            raise LlmError(
+                f"the LLM did not answer the {step} request within {self._llm_timeout:g} s; "
+                "try again, or raise COLDMAIL_LLM_TIMEOUT"
+            ) from None
+        except Exception as exc:  # HTTP, network, bad JSON, output that does not validate
+            cause = _root_cause(exc)
+            if isinstance(cause, ValidationError):
+                message = describe_validation_error(cause, f"the LLM's {step} did not validate")
+                raise LlmError(f"{message}; try again, or use a stronger model") from exc
+            raise LlmError(
+                f"the {step} LLM call failed ({type(cause).__name__}: {cause}); "
+                "check the LLM settings and try again"
+            ) from exc
+        if not isinstance(result, EmailSequence):
+            raise LlmError(f"the LLM returned {type(result).__name__}, not an EmailSequence")
+        return result
+
+    @worker(is_start=True)
+    async def draft(self, brief: dict[str, Any]) -> EmailSequence:
+        """The first draft: one LLM call, never repeated (its output lives in the snapshot)."""
+        return await self._ask_llm("draft", draft_messages(Brief.model_validate(brief)))
+
+    @worker(dependencies=["draft"])
+    async def ask_audience(self, draft: EmailSequence) -> str:
+        """Pause for the human. Re-runs from the top on resume, so it must stay side-effect free."""
+        event = Event(
+            event_type=AUDIENCE_EVENT,
+            # Bridgic's default timestamp is fixed at import time; give the real one.
+            timestamp=datetime.now(timezone.utc),
+            data={"question": AUDIENCE_QUESTION, "draft": draft.model_dump(mode="json")},
+        )
+        feedback = self.interact_with_human(event)
+        return cast(str, feedback.data)
+
+    @worker(dependencies=["ask_audience"], is_output=True)
+    async def refine(
+        self,
+        feedback: str,
+        draft: EmailSequence = From("draft"),
+        brief: dict[str, Any] | None = None,
+    ) -> EmailSequence:
+        """The refinement: one LLM call with the brief, the draft and the feedback verbatim."""
+        if brief is None:  # Bridgic propagates the automa's inputs to every worker
+            raise ConfigurationError("the automa was started without a brief")
+        return await self._ask_llm(
+            "refinement", refine_messages(Brief.model_validate(brief), draft, feedback)
+        )
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception: Bridgic wraps the client's errors in its retry errors."""
+    for _ in range(10):
+        inner = getattr(exc, "original_exception", None) or exc.__cause__
+        if inner is None:
+            break
+        exc = inner
+    return exc

@@ -1,0 +1,140 @@
+"""The ``coldmail`` command: a thin layer over :class:`ColdMailAgent`.
+
+Errors are one line on stderr with a documented exit code (see ``errors.EXIT_CODES``);
+set ``COLDMAIL_DEBUG=1`` to see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .agent import MAX_PAGE, ColdMailAgent
+from .errors import ColdmailError
+from .models import Run, RunStatus, make_brief, validate_feedback, validate_interaction_id
+from .render import format_run, format_run_line, format_sequence, resume_hint
+
+
+def _add_db(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        default=default,
+        help="SQLite file (default: $COLDMAIL_DB or snapshots/coldmail.db)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public so the README's reference can be checked against it)."""
+    parser = argparse.ArgumentParser(
+        prog="coldmail",
+        description="Draft a two-email cold sequence, pause for audience feedback, resume later.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_db(parser, None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_db(sub, argparse.SUPPRESS)  # --db is accepted after the command too
+        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+        return sub
+
+    start = command("start", "draft a sequence and pause for audience feedback")
+    start.add_argument("--product", required=True, help="what you sell")
+    start.add_argument("--offer", required=True, help="the value it brings the reader")
+    start.add_argument("--sender", required=True, help="who signs the emails")
+    start.add_argument("--audience", help="your first guess at the audience")
+    start.add_argument("--cta", help="the one action the reader should take")
+
+    resume = command("resume", "resume a paused run with feedback on the audience")
+    resume.add_argument("interaction_id", metavar="INTERACTION_ID")
+    resume.add_argument("--feedback", required=True, help="who the emails should really target")
+
+    show = command("show", "show one run")
+    show.add_argument("interaction_id", metavar="INTERACTION_ID")
+
+    listing = command("list", "list runs, newest first")
+    listing.add_argument("--status", choices=[s.value for s in RunStatus])
+    listing.add_argument("--limit", type=int, default=50, help=f"at most this many (1-{MAX_PAGE})")
+    return parser
+
+
+async def _run_command(args: argparse.Namespace) -> str:
+    # Bad input is refused before the database is even opened.
+    if args.command == "start":
+        brief = make_brief(
+            product=args.product,
+            offer=args.offer,
+            sender=args.sender,
+            audience=args.audience,
+            cta=args.cta,
+        )
+    if args.command in ("resume", "show"):
+        args.interaction_id = validate_interaction_id(args.interaction_id)
+    if args.command == "resume":
+        args.feedback = validate_feedback(args.feedback)
+    async with ColdMailAgent.open(args.db) as agent:
+        if args.command == "start":
+            run = await agent.start(brief)
+            return _emit(
+                args,
+                run,
+                f"{format_sequence(run.draft)}\n\n"
+                f"Paused and saved as {run.interaction_id} in {agent.db_path}.\n"
+                f"{resume_hint(run)}",
+            )
+        if args.command == "resume":
+            run = await agent.resume(args.interaction_id, args.feedback)
+            return _emit(args, run, format_run(run))
+        if args.command == "show":
+            run = await agent.get(args.interaction_id)
+            return _emit(args, run, format_run(run))
+        runs = await agent.list(args.status, limit=args.limit)
+        if args.json:
+            return json.dumps([r.to_public_dict() for r in runs], indent=2, ensure_ascii=False)
+        if not runs:
+            which = f" with status {args.status}" if args.status else ""
+            return f"No runs{which} in {agent.db_path}."
+        return "\n".join(format_run_line(r) for r in runs)
+
+
+def _emit(args: argparse.Namespace, run: Run, text: str) -> str:
+    if args.json:
+        return json.dumps(run.to_public_dict(), indent=2, ensure_ascii=False)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        output = asyncio.run(_run_command(args))
+    except ColdmailError as exc:
+        print(f"coldmail: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("coldmail: interrupted; stored runs are unchanged or resumable", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+        if os.environ.get("COLDMAIL_DEBUG"):
+            raise
+        print(
+            f"coldmail: unexpected error: {type(exc).__name__}: {exc} "
+            "(set COLDMAIL_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    print(output)
+    return 0
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The error tree. Every message says what happened and what to do next.
+
+Each class carries the exit code the command line uses for it, so the CLI never has to
+keep a second table in sync with this one.
+"""
+
+from __future__ import annotations
+
+
+class ColdmailError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    exit_code: int = 1
+
+
+class InvalidInput(ColdmailError, ValueError):
+    """A brief, a piece of feedback or an interaction id was refused before anything changed."""
+
+    exit_code = 2
+
+
+class RunNotFound(ColdmailError, KeyError):
+    """No run is stored under this interaction id."""
+
+    exit_code = 3
+
+    def __init__(self, interaction_id: str, db_path: str) -> None:
+        self.interaction_id = interaction_id
+        super().__init__(
+            f"no run with interaction id {interaction_id} in {db_path}; "
+            "check the id, or point --db / COLDMAIL_DB at the database that holds it"
+        )
+
+    def __str__(self) -> str:  # KeyError would quote the message otherwise
+        return str(self.args[0])
+
+
+class RunConflict(ColdmailError):
+    """The run already completed with different feedback."""
+
+    exit_code = 4
+
+
+class RunBeingResumed(ColdmailError):
+    """Another resume holds the claim on this run right now."""
+
+    exit_code = 5
+
+
+class LlmError(ColdmailError):
+    """The LLM call failed or returned output that does not validate.
+
+    When this happens during a resume, the run is back to ``awaiting_feedback`` and can be
+    resumed again.
+    """
+
+    exit_code = 6
+
+
+class ConfigurationError(ColdmailError):
+    """The agent cannot be set up: no LLM configured, or an unusable setting."""
+
+    exit_code = 7
+
+
+class StoreError(ColdmailError):
+    """The database cannot be used: wrong path, not an SQLite file, locked, or a bad row."""
+
+    exit_code = 8
+
+
+class SnapshotError(StoreError):
+    """A stored snapshot cannot be resumed by this version of the code."""
+
+
+EXIT_CODES: dict[str, int] = {
+    "ok": 0,
+    "unexpected error": 1,
+    "bad input": InvalidInput.exit_code,
+    "not found": RunNotFound.exit_code,
+    "conflict": RunConflict.exit_code,
+    "being resumed": RunBeingResumed.exit_code,
+    "LLM failure": LlmError.exit_code,
+    "configuration": ConfigurationError.exit_code,
+    "storage": StoreError.exit_code,
+    "interrupted": 130,
+}
+"""Exit codes of the ``coldmail`` command, by meaning (documented in the README)."""

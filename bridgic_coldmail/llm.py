@@ -1,0 +1,78 @@
+"""Choosing the LLM: an injected Bridgic LLM, or an OpenAI-compatible one from the environment.
+
+Environment (read only when no LLM is passed in):
+
+* ``OPENAI_API_KEY`` — the key; optional when ``OPENAI_API_BASE`` points at a local server.
+* ``OPENAI_API_BASE`` — any OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio).
+* ``OPENAI_MODEL_NAME`` — the model, default :data:`DEFAULT_MODEL`.
+* ``COLDMAIL_LLM_TIMEOUT`` — seconds per LLM step, default :data:`DEFAULT_LLM_TIMEOUT`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TypeAlias, cast
+
+from bridgic.core.model import BaseLlm
+from bridgic.core.model.protocols import StructuredOutput
+
+from .errors import ConfigurationError
+
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_LLM_TIMEOUT = 120.0
+# Local servers ignore the key, but the OpenAI client refuses to start without one.
+_PLACEHOLDER_KEY = "not-needed"
+
+ColdmailLlm: TypeAlias = StructuredOutput
+"""The LLM type: a Bridgic ``StructuredOutput`` (``check_llm`` also requires ``BaseLlm``)."""
+
+
+def check_llm(llm: object) -> ColdmailLlm:
+    """Return ``llm`` if it can draft emails, else raise ``ConfigurationError`` saying why."""
+    if not isinstance(llm, BaseLlm) or not isinstance(llm, StructuredOutput):
+        raise ConfigurationError(
+            f"{type(llm).__name__} cannot be used as the LLM: pass a Bridgic LLM that "
+            "subclasses BaseLlm and implements StructuredOutput (e.g. OpenAILlm), or None "
+            "to configure one from the environment"
+        )
+    return cast(ColdmailLlm, llm)
+
+
+def model_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The model name: ``OPENAI_MODEL_NAME`` or the default."""
+    env = os.environ if env is None else env
+    return env.get("OPENAI_MODEL_NAME", "").strip() or DEFAULT_MODEL
+
+
+def timeout_from_env(env: Mapping[str, str] | None = None) -> float:
+    """Seconds each LLM step may take: ``COLDMAIL_LLM_TIMEOUT`` or the default."""
+    env = os.environ if env is None else env
+    raw = env.get("COLDMAIL_LLM_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_LLM_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigurationError(
+            f"COLDMAIL_LLM_TIMEOUT={raw!r} is not a positive number of seconds"
+        )
+    return value
+
+
+def llm_from_env(timeout: float, env: Mapping[str, str] | None = None) -> ColdmailLlm:
+    """Build an ``OpenAILlm`` from ``OPENAI_API_KEY`` / ``OPENAI_API_BASE``."""
+    env = os.environ if env is None else env
+    key = env.get("OPENAI_API_KEY", "").strip()
+    base = env.get("OPENAI_API_BASE", "").strip() or None
+    if not key and not base:
+        raise ConfigurationError(
+            "no LLM configured: set OPENAI_API_KEY (and optionally OPENAI_MODEL_NAME), or "
+            "OPENAI_API_BASE for an OpenAI-compatible server such as vLLM or Ollama"
+        )
+    from bridgic.llms.openai import OpenAILlm  # imported late: it pulls in the OpenAI SDK
+
+    llm = OpenAILlm(api_key=key or _PLACEHOLDER_KEY, api_base=base, timeout=timeout)
+    return cast(ColdmailLlm, llm)

@@ -1,0 +1,124 @@
+"""``SyncColdMailAgent``: the same API for hosts that are not async (scripts, Flask, Django).
+
+It runs a private event loop on a daemon thread and submits each call to it, so it works
+from any thread — including one that already runs an event loop, such as a notebook — and
+several threads may share one instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Awaitable, Mapping
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .agent import ColdMailAgent
+from .llm import ColdmailLlm
+from .models import Brief, Run, RunStatus
+
+T = TypeVar("T")
+
+
+class SyncColdMailAgent:
+    """Blocking twin of :class:`ColdMailAgent`. Use as ``with SyncColdMailAgent.open(...)``.
+
+    Arguments are those of :meth:`ColdMailAgent.open`.
+    """
+
+    def __init__(self, opener: AbstractAsyncContextManager[ColdMailAgent]) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="coldmail-sync-agent", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        self._opener = opener
+        try:
+            self._agent = self._call(opener.__aenter__())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        db_path: str | os.PathLike[str] | None = None,
+        *,
+        llm: ColdmailLlm | None = None,
+        model: str | None = None,
+        llm_timeout: float | None = None,
+        busy_timeout: float | None = None,
+        lease_seconds: float | None = None,
+    ) -> SyncColdMailAgent:
+        """Open the agent; close it with ``close()`` or by using it as a context manager."""
+        return cls(
+            ColdMailAgent.open(
+                db_path,
+                llm=llm,
+                model=model,
+                llm_timeout=llm_timeout,
+                busy_timeout=busy_timeout,
+                lease_seconds=lease_seconds,
+            )
+        )
+
+    def _call(self, coro: Awaitable[T]) -> T:
+        if self._closed:
+            raise RuntimeError("this SyncColdMailAgent is closed; open a new one")
+        return asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop).result()
+
+    @property
+    def db_path(self) -> str:
+        """The database file this agent uses."""
+        return self._agent.db_path
+
+    def start(self, brief: Brief | Mapping[str, Any]) -> Run:
+        """Draft and pause; see :meth:`ColdMailAgent.start`."""
+        return self._call(self._agent.start(brief))
+
+    def resume(self, interaction_id: str, feedback: str) -> Run:
+        """Resume with feedback; see :meth:`ColdMailAgent.resume`."""
+        return self._call(self._agent.resume(interaction_id, feedback))
+
+    def get(self, interaction_id: str) -> Run:
+        """The stored run; see :meth:`ColdMailAgent.get`."""
+        return self._call(self._agent.get(interaction_id))
+
+    def list(
+        self, status: RunStatus | str | None = None, *, limit: int = 50, offset: int = 0
+    ) -> list[Run]:
+        """Stored runs, newest first; see :meth:`ColdMailAgent.list`."""
+        return self._call(self._agent.list(status, limit=limit, offset=offset))
+
+    def close(self) -> None:
+        """Close the database connection and stop the private loop (idempotent)."""
+        if self._closed:
+            return
+        try:
+            self._call(self._opener.__aexit__(None, None, None))
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncColdMailAgent:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable

@@ -1,0 +1,228 @@
+"""A loopback OpenAI-compatible server with scripted answers, for tests and benchmarks.
+
+It speaks ``POST /v1/chat/completions`` well enough for the real ``OpenAILlm`` client and its
+JSON-schema structured output, records every request, and answers either from a queue of
+scripted replies or with a valid sequence built from the prompt. Use it to test a host
+application end to end without an API key::
+
+    with ScriptedOpenAIServer() as server:
+        os.environ["OPENAI_API_BASE"] = server.base_url
+        ...
+        assert server.count("refine") == 1
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+REFINE_MARKER = "Feedback on the audience, verbatim:"
+"""Text that only the refinement prompt contains; it tells the two kinds of call apart."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer. ``content`` is the assistant message; ``status`` != 200 is an error."""
+
+    content: str | None = None
+    status: int = 200
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    kind: str | None = None
+    """Only answer a request of this kind ("draft" or "refine"); None answers any."""
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """A request as the server received it."""
+
+    kind: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def user_text(self) -> str:
+        """The text of the last user message."""
+        for message in reversed(self.body.get("messages", [])):
+            if message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):
+                    return "".join(part.get("text", "") for part in content)
+                return str(content)
+        return ""
+
+
+def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
+    """A valid sequence for a prompt: the draft names the product, the refinement the feedback."""
+    product = _line_value(user_text, "Product") or "the product"
+    sender = _line_value(user_text, "Sender (signs the emails)") or "The team"
+    if kind == "refine":
+        match = re.search(re.escape(REFINE_MARKER) + r"\n<<<\n(.*)\n>>>", user_text, re.S)
+        audience = match.group(1) if match else "the audience"
+        opener = f"Hi there,\n\nWritten for {audience}: {product} saves you time.\n\n{sender}"
+        return {
+            "opener": {"subject": f"{product} for {audience}"[:200], "body": opener, "wait_days": 0},
+            "follow_up": {
+                "subject": f"One more idea for {audience}"[:200],
+                "body": f"Hi again,\n\nA short case study for {audience}.\n\n{sender}",
+                "wait_days": 4,
+            },
+        }
+    return {
+        "opener": {
+            "subject": f"A faster way with {product}"[:200],
+            "body": f"Hi there,\n\n{product} could help your team.\n\n{sender}",
+            "wait_days": 0,
+        },
+        "follow_up": {
+            "subject": f"Following up on {product}"[:200],
+            "body": f"Hi again,\n\nHappy to show {product} in 15 minutes.\n\n{sender}",
+            "wait_days": 3,
+        },
+    }
+
+
+def _line_value(text: str, label: str) -> str | None:
+    match = re.search(rf"^{re.escape(label)}: (.*)$", text, re.M)
+    return match.group(1).strip() if match else None
+
+
+class ScriptedOpenAIServer:
+    """An OpenAI chat-completions server on 127.0.0.1, on a free port, in a background thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._script: deque[Reply] = deque()
+        self._requests: list[RecordedRequest] = []
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The value for ``OPENAI_API_BASE``."""
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def start(self) -> ScriptedOpenAIServer:
+        """Serve in a daemon thread."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and free the port."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> ScriptedOpenAIServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def enqueue(self, *replies: Reply) -> None:
+        """Script the next answers, in order; when the queue is empty, answers are generated."""
+        with self._lock:
+            self._script.extend(replies)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
+    def count(self, kind: str | None = None) -> int:
+        """How many requests of this kind ("draft", "refine"; None for all) arrived."""
+        return sum(1 for r in self.requests if kind is None or r.kind == kind)
+
+    def reset(self) -> None:
+        """Forget recorded requests and scripted replies."""
+        with self._lock:
+            self._script.clear()
+            self._requests.clear()
+
+    def _next_reply(self, request: RecordedRequest) -> Reply:
+        with self._lock:
+            self._requests.append(request)
+            for index, reply in enumerate(self._script):
+                if reply.kind is None or reply.kind == request.kind:
+                    del self._script[index]
+                    return reply
+        content = json.dumps(default_sequence(request.kind, request.user_text))
+        return Reply(content=content)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+                return
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                text = "".join(
+                    str(m.get("content")) for m in body.get("messages", []) if m["role"] == "user"
+                )
+                kind = "refine" if REFINE_MARKER in text else "draft"
+                request = RecordedRequest(kind, body, {k.lower(): v for k, v in self.headers.items()})
+                reply = server._next_reply(request)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                if reply.status != 200:
+                    error = {"message": reply.content or "scripted error", "type": "server_error"}
+                    self._send(reply.status, {"error": error}, reply.headers)
+                    return
+                self._send(200, _completion(body.get("model", "scripted"), reply.content or ""))
+
+            def _send(
+                self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def _completion(model: str, content: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
