@@ -23,7 +23,7 @@ from bridgic.core.automa.interaction import InteractionException, InteractionFee
 
 from .automa import ColdMailAutoma
 from .errors import ColdmailError, ConfigurationError, InvalidInput, LlmError, SnapshotError
-from .llm import ColdmailLlm, check_llm, llm_from_env, model_from_env, timeout_from_env
+from .llm import ColdmailLlm, check_llm, close_llm, llm_from_env, model_from_env, timeout_from_env
 from .models import (
     Brief,
     EmailSequence,
@@ -72,6 +72,7 @@ class ColdMailAgent:
     ) -> None:
         self._store = store
         self._llm = llm
+        self._owns_llm = False  # True once we build one from the environment
         self.model = model
         self.llm_timeout = llm_timeout
 
@@ -117,7 +118,12 @@ class ColdMailAgent:
             busy_timeout=busy_timeout if busy_timeout is not None else DEFAULT_BUSY_TIMEOUT,
             lease_seconds=lease,
         ) as store:
-            yield cls(store, checked_llm, model or model_from_env(), timeout)
+            agent = cls(store, checked_llm, model or model_from_env(), timeout)
+            try:
+                yield agent
+            finally:
+                if agent._owns_llm and agent._llm is not None:
+                    await close_llm(agent._llm)
 
     @property
     def db_path(self) -> str:
@@ -127,6 +133,7 @@ class ColdMailAgent:
     def _llm_or_env(self) -> ColdmailLlm:
         if self._llm is None:
             self._llm = llm_from_env(self.llm_timeout)
+            self._owns_llm = True
         return self._llm
 
     def _automa(self, automa: ColdMailAutoma | None = None) -> ColdMailAutoma:

@@ -76,3 +76,17 @@ def llm_from_env(timeout: float, env: Mapping[str, str] | None = None) -> Coldma
 
     llm = OpenAILlm(api_key=key or _PLACEHOLDER_KEY, api_base=base, timeout=timeout)
     return cast(ColdmailLlm, llm)
+
+
+async def close_llm(llm: ColdmailLlm) -> None:
+    """Close the HTTP clients of an ``OpenAILlm`` this package created.
+
+    Left open, they are closed by the garbage collector after the event loop is gone, which
+    logs "Event loop is closed" errors.
+    """
+    async_client = getattr(llm, "async_client", None)
+    if async_client is not None:
+        await async_client.close()
+    client = getattr(llm, "client", None)
+    if client is not None:
+        client.close()

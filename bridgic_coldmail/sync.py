@@ -68,7 +68,12 @@ class SyncColdMailAgent:
     def _call(self, coro: Awaitable[T]) -> T:
         if self._closed:
             raise RuntimeError("this SyncColdMailAgent is closed; open a new one")
-        return asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(_awaited(coro), self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # Ctrl-C in the caller: the call unwinds and gives back its claim
+            raise
 
     @property
     def db_path(self) -> str:
@@ -98,7 +103,7 @@ class SyncColdMailAgent:
         if self._closed:
             return
         try:
-            self._call(self._opener.__aexit__(None, None, None))
+            self._call(_close_after_pending(self._opener))
         finally:
             self._stop_loop()
 
@@ -118,6 +123,13 @@ class SyncColdMailAgent:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+async def _close_after_pending(opener: AbstractAsyncContextManager[ColdMailAgent]) -> None:
+    """Let interrupted calls finish unwinding (releasing claims) before the database closes."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    await asyncio.gather(*others, return_exceptions=True)
+    await opener.__aexit__(None, None, None)
 
 
 async def _awaited(awaitable: Awaitable[T]) -> T:

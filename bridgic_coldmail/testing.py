@@ -29,7 +29,8 @@ REFINE_MARKER = "Feedback on the audience, verbatim:"
 
 @dataclass(frozen=True)
 class Reply:
-    """One scripted answer. ``content`` is the assistant message; ``status`` != 200 is an error."""
+    """One scripted answer: the assistant message ``content`` (None: a generated valid
+    sequence), or an HTTP error when ``status`` is not 200; sent after ``delay`` seconds."""
 
     content: str | None = None
     status: int = 200
@@ -68,7 +69,11 @@ def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
         audience = match.group(1) if match else "the audience"
         opener = f"Hi there,\n\nWritten for {audience}: {product} saves you time.\n\n{sender}"
         return {
-            "opener": {"subject": f"{product} for {audience}"[:200], "body": opener, "wait_days": 0},
+            "opener": {
+                "subject": f"{product} for {audience}"[:200],
+                "body": opener,
+                "wait_days": 0,
+            },
             "follow_up": {
                 "subject": f"One more idea for {audience}"[:200],
                 "body": f"Hi again,\n\nA short case study for {audience}.\n\n{sender}",
@@ -163,8 +168,7 @@ class ScriptedOpenAIServer:
                 if reply.kind is None or reply.kind == request.kind:
                     del self._script[index]
                     return reply
-        content = json.dumps(default_sequence(request.kind, request.user_text))
-        return Reply(content=content)
+        return Reply()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -185,7 +189,9 @@ class ScriptedOpenAIServer:
                     str(m.get("content")) for m in body.get("messages", []) if m["role"] == "user"
                 )
                 kind = "refine" if REFINE_MARKER in text else "draft"
-                request = RecordedRequest(kind, body, {k.lower(): v for k, v in self.headers.items()})
+                request = RecordedRequest(
+                    kind, body, {k.lower(): v for k, v in self.headers.items()}
+                )
                 reply = server._next_reply(request)
                 if reply.delay:
                     time.sleep(reply.delay)
@@ -193,7 +199,10 @@ class ScriptedOpenAIServer:
                     error = {"message": reply.content or "scripted error", "type": "server_error"}
                     self._send(reply.status, {"error": error}, reply.headers)
                     return
-                self._send(200, _completion(body.get("model", "scripted"), reply.content or ""))
+                content = reply.content
+                if content is None:
+                    content = json.dumps(default_sequence(kind, request.user_text))
+                self._send(200, _completion(body.get("model", "scripted"), content))
 
             def _send(
                 self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None

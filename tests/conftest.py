@@ -1,0 +1,105 @@
+"""Shared fixtures: a real loopback OpenAI server, a temporary database, and a CLI runner.
+
+Only the LLM is faked, and only at the HTTP boundary; storage is always a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bridgic_coldmail import Brief, ColdMailAgent
+from bridgic_coldmail.testing import ScriptedOpenAIServer
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_KEY = "sk-test-key-for-the-scripted-server"
+# Generous: a hang guard for child processes, not a timing assertion.
+PROCESS_TIMEOUT = 60
+
+
+@pytest.fixture(scope="session")
+def openai_server() -> Iterator[ScriptedOpenAIServer]:
+    with ScriptedOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(openai_server: ScriptedOpenAIServer) -> Iterator[ScriptedOpenAIServer]:
+    """The session's server with no recorded requests and no scripted replies."""
+    openai_server.reset()
+    yield openai_server
+    openai_server.reset()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "runs" / "coldmail.db"
+
+
+@pytest.fixture(autouse=True)
+def _environment(
+    monkeypatch: pytest.MonkeyPatch, openai_server: ScriptedOpenAIServer, db_path: Path
+) -> None:
+    """Every test (and every child process) talks to the scripted server and a temp database."""
+    for name in list(os.environ):
+        if name.startswith(("OPENAI_", "COLDMAIL_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OPENAI_API_BASE", openai_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+    monkeypatch.setenv("COLDMAIL_DB", str(db_path))
+    # The proxies of a developer's shell must not swallow loopback traffic.
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def brief() -> Brief:
+    return Brief(
+        product="Acme Scheduler",
+        offer="cuts patient no-shows by 30% with two-way SMS reminders",
+        sender="Dana Lee, founder of Acme",
+        audience="clinic managers",
+    )
+
+
+@pytest.fixture
+async def agent(server: ScriptedOpenAIServer, db_path: Path) -> AsyncIterator[ColdMailAgent]:
+    async with ColdMailAgent.open(db_path) as opened:
+        yield opened
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, module: bool = False) -> Completed:
+    """Run ``coldmail`` (or ``python -m bridgic_coldmail``) in a child process."""
+    command = [sys.executable, "-m", "bridgic_coldmail"] if module else [_coldmail()]
+    return run_process([*command, *args], env=env)
+
+
+def run_process(command: list[str], env: dict[str, str] | None = None) -> Completed:
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    return Completed(result.returncode, result.stdout, result.stderr)
+
+
+def _coldmail() -> str:
+    script = Path(sys.executable).parent / "coldmail"
+    assert script.exists(), "install the package (pip install -e '.[dev]') to get `coldmail`"
+    return str(script)

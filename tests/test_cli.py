@@ -1,0 +1,205 @@
+"""The ``coldmail`` command and the resume script, each in its own process.
+
+Every child process runs under a hang guard (``PROCESS_TIMEOUT``): a process kept alive by an
+unclosed connection fails the test instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from bridgic_coldmail.errors import EXIT_CODES
+from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
+
+from .conftest import PROCESS_TIMEOUT, REPO, Completed, run_cli, run_process
+
+START = ["--product", "Acme Scheduler", "--offer", "cuts no-shows by 30%", "--sender", "Dana Lee"]
+FEEDBACK = "CTOs at mid-size hospitals"
+PUBLIC_KEYS = {"interaction_id", "status", "draft", "final", "feedback"}
+
+
+def _start_json(*extra: str) -> dict[str, object]:
+    result = run_cli("start", *START, *extra, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+def _assert_one_line_error(result: Completed, code: int, *fragments: str) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("coldmail: error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_pause_in_one_process_resume_in_another(server: ScriptedOpenAIServer) -> None:
+    started = _start_json("--audience", "clinic managers", "--cta", "Book a demo")
+    assert set(started) == PUBLIC_KEYS
+    assert started["status"] == "awaiting_feedback"
+    assert started["final"] is None and started["feedback"] is None
+
+    resumed = run_cli("resume", str(started["interaction_id"]), "--feedback", FEEDBACK, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    done = json.loads(resumed.stdout)
+    assert set(done) == PUBLIC_KEYS
+    assert done["status"] == "completed"
+    assert done["feedback"] == FEEDBACK
+    assert done["draft"] == started["draft"]
+    assert FEEDBACK in done["final"]["opener"]["subject"]
+    assert [r.kind for r in server.requests] == ["draft", "refine"]
+    assert "Book a demo" in server.requests[0].user_text
+
+
+def test_human_output_shows_the_sequence_and_how_to_resume(db_path: Path) -> None:
+    result = run_cli("start", *START)
+    assert result.returncode == 0, result.stderr
+    interaction_id = _only_id(db_path)
+    assert "Email 1 · day 0" in result.stdout and "Email 2 · day 3" in result.stdout
+    assert "Subject: A faster way with Acme Scheduler" in result.stdout
+    assert f"Paused and saved as {interaction_id} in {db_path}" in result.stdout
+    assert f'coldmail resume {interaction_id} --feedback "' in result.stdout
+
+    resumed = run_cli("resume", interaction_id, "--feedback", FEEDBACK)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Run {interaction_id} · completed" in resumed.stdout
+    assert f"FEEDBACK: {FEEDBACK}" in resumed.stdout
+    assert "REFINED" in resumed.stdout
+
+
+def test_show_and_list(db_path: Path) -> None:
+    first = _start_json()
+    second = _start_json()
+    assert run_cli("resume", str(first["interaction_id"]), "--feedback", FEEDBACK).returncode == 0
+
+    shown = json.loads(run_cli("show", str(first["interaction_id"]), "--json").stdout)
+    assert shown["status"] == "completed" and set(shown) == PUBLIC_KEYS
+    text = run_cli("show", str(second["interaction_id"])).stdout
+    assert "awaiting_feedback" in text and "Who is this sequence really for?" in text
+
+    listed = json.loads(run_cli("list", "--json").stdout)
+    assert [r["interaction_id"] for r in listed] == [
+        second["interaction_id"],
+        first["interaction_id"],
+    ]
+    assert all(set(r) == PUBLIC_KEYS for r in listed)
+    awaiting = json.loads(run_cli("list", "--status", "awaiting_feedback", "--json").stdout)
+    assert [r["interaction_id"] for r in awaiting] == [second["interaction_id"]]
+    lines = run_cli("list").stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(str(second["interaction_id"]))
+
+
+def test_db_option_before_or_after_the_command_and_python_dash_m(tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere" / "other.db"
+    started = run_cli("--db", str(other), "start", *START, "--json", module=True)
+    assert started.returncode == 0, started.stderr
+    interaction_id = json.loads(started.stdout)["interaction_id"]
+    shown = run_cli("show", interaction_id, "--db", str(other), "--json")
+    assert json.loads(shown.stdout)["interaction_id"] == interaction_id
+    assert run_cli("show", interaction_id).returncode == EXIT_CODES["not found"]  # $COLDMAIL_DB
+
+
+def test_empty_list_says_so(db_path: Path) -> None:
+    result = run_cli("list")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"No runs in {db_path}."
+    assert run_cli("list", "--json").stdout.strip() == "[]"
+
+
+def test_error_exit_codes_are_distinct_and_one_line(
+    server: ScriptedOpenAIServer, db_path: Path, tmp_path: Path
+) -> None:
+    unknown = "0123456789abcdef0123456789abcdef"
+    _assert_one_line_error(run_cli("resume", unknown, "--feedback", FEEDBACK), 3, "no run with")
+    _assert_one_line_error(run_cli("show", "'; DROP TABLE runs; --"), 2, "not an interaction id")
+    _assert_one_line_error(run_cli("start", *START[:4], "--sender", "  "), 2, "sender")
+
+    interaction_id = str(_start_json()["interaction_id"])
+    _assert_one_line_error(run_cli("resume", interaction_id, "--feedback", " "), 2, "empty")
+    server.enqueue(Reply(kind="refine", status=400, content="invalid request"))
+    _assert_one_line_error(
+        run_cli("resume", interaction_id, "--feedback", FEEDBACK), 6, "refinement LLM call failed"
+    )
+    assert run_cli("resume", interaction_id, "--feedback", FEEDBACK).returncode == 0
+    _assert_one_line_error(
+        run_cli("resume", interaction_id, "--feedback", "Nurses"), 4, "different feedback"
+    )
+
+    no_llm = {"OPENAI_API_KEY": "", "OPENAI_API_BASE": ""}
+    _assert_one_line_error(run_cli("start", *START, env=no_llm), 7, "OPENAI_API_KEY")
+
+    _assert_one_line_error(run_cli("--db", str(tmp_path), "list"), 8, "is a directory")
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("hello, this is not a database\n" * 100)
+    _assert_one_line_error(run_cli("--db", str(not_sqlite), "list"), 8, "not a usable SQLite")
+    assert not_sqlite.read_text().startswith("hello")  # left untouched
+
+    assert len(set(EXIT_CODES.values())) == len(EXIT_CODES)
+
+
+def test_argument_errors_use_the_bad_input_code() -> None:
+    result = run_cli("start", "--product", "Acme")
+    assert result.returncode == EXIT_CODES["bad input"]
+    assert "the following arguments are required: --offer, --sender" in result.stderr
+
+
+def test_resume_script_with_feedback(server: ScriptedOpenAIServer) -> None:
+    interaction_id = str(_start_json()["interaction_id"])
+    result = run_process(
+        [sys.executable, "examples/resume.py", interaction_id, "--feedback", FEEDBACK]
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"Run {interaction_id} · completed" in result.stdout
+    assert server.count("refine") == 1
+
+
+def test_resume_script_asks_on_the_terminal(server: ScriptedOpenAIServer) -> None:
+    interaction_id = str(_start_json()["interaction_id"])
+    child = pexpect.spawn(
+        sys.executable,
+        ["examples/resume.py", interaction_id],
+        cwd=str(REPO),
+        env=dict(os.environ),
+        encoding="utf-8",
+        timeout=PROCESS_TIMEOUT,
+    )
+    child.expect("Subject: A faster way with Acme Scheduler")
+    child.expect("Who is this sequence really for?")
+    child.expect("Your feedback: ")
+    child.sendline(FEEDBACK)
+    child.expect(f"FEEDBACK: {FEEDBACK}")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert server.count("refine") == 1
+
+
+def test_resume_script_without_feedback_or_terminal_fails_clearly() -> None:
+    interaction_id = str(_start_json()["interaction_id"])
+    result = run_process([sys.executable, "examples/resume.py", interaction_id])
+    assert result.returncode != 0
+    assert "stdin is not a terminal; pass --feedback" in result.stderr
+
+
+def _only_id(db_path: Path) -> str:
+    with sqlite3.connect(db_path) as conn:
+        (interaction_id,) = conn.execute("SELECT interaction_id FROM runs").fetchone()
+    return str(interaction_id)
+
+
+@pytest.mark.parametrize("command", [["--help"], ["--version"]])
+def test_help_and_version(command: list[str]) -> None:
+    result = run_cli(*command)
+    assert result.returncode == 0
+    assert "coldmail" in result.stdout
