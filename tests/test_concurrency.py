@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,26 @@ def test_racing_processes_call_the_llm_once(
     _, loser_err = by_code[RunBeingResumed.exit_code]
     assert loser_err.startswith("coldmail: error: run ") and "being resumed" in loser_err
     assert server.count("refine") == 1
+
+
+async def test_a_claim_whose_lease_ran_out_can_be_taken_over(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    async with ColdMailAgent.open(db_path) as agent:
+        pending = await agent.start(brief)
+    # As a resumer that died mid-refine leaves it: status resuming, claim held.
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "UPDATE runs SET status = 'resuming', claim_token = 'dead', feedback = ?, "
+            "claim_expires_at = '2999-01-01T00:00:00.000000+00:00'",
+            (FEEDBACK,),
+        )
+    async with ColdMailAgent.open(db_path) as agent:
+        with pytest.raises(RunBeingResumed, match="can be resumed again after 2999-01-01"):
+            await agent.resume(pending.interaction_id, FEEDBACK)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE runs SET claim_expires_at = '2000-01-01T00:00:00.000000+00:00'")
+    async with ColdMailAgent.open(db_path) as agent:
+        done = await agent.resume(pending.interaction_id, FEEDBACK)
+    assert done.status is RunStatus.COMPLETED
+    assert server.count("draft") == 1 and server.count("refine") == 1
