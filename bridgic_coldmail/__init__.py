@@ -20,9 +20,11 @@ from .errors import (
     RunConflict,
     RunNotFound,
     SnapshotError,
+    SnapshotIntegrityError,
     StoreError,
 )
-from .models import MAX_FEEDBACK_CHARS, Brief, EmailSequence, EmailStep, Run, RunStatus
+from .models import MAX_FEEDBACK_CHARS, Brief, EmailSequence, EmailStep, Run, RunEvent, RunStatus
+from .retry import RetryPolicy
 from .sync import SyncColdMailAgent
 
 __all__ = [
@@ -36,12 +38,15 @@ __all__ = [
     "EmailStep",
     "InvalidInput",
     "LlmError",
+    "RetryPolicy",
     "Run",
     "RunBeingResumed",
     "RunConflict",
+    "RunEvent",
     "RunNotFound",
     "RunStatus",
     "SnapshotError",
+    "SnapshotIntegrityError",
     "StoreError",
     "SyncColdMailAgent",
     "__version__",

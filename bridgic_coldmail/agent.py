@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,14 @@ from .models import (
     Brief,
     EmailSequence,
     Run,
+    RunEvent,
     RunStatus,
     make_brief,
     validate_feedback,
     validate_interaction_id,
 )
 from .prompts import AUDIENCE_QUESTION
+from .retry import RetryPolicy
 from .store import DEFAULT_BUSY_TIMEOUT, DEFAULT_DB_PATH, DEFAULT_LEASE_SECONDS, Claim, RunStore
 
 SUPPORTED_SERIALIZATION_VERSIONS = frozenset({"1.0"})
@@ -68,9 +71,15 @@ class ColdMailAgent:
     """
 
     def __init__(
-        self, store: RunStore, llm: ColdmailLlm | None, model: str, llm_timeout: float
+        self,
+        store: RunStore,
+        llm: ColdmailLlm | None,
+        model: str,
+        llm_timeout: float,
+        retry: RetryPolicy,
     ) -> None:
         self._store = store
+        self.retry = retry
         self._llm = llm
         self._owns_llm = False  # True once we build one from the environment
         self.model = model
@@ -87,6 +96,7 @@ class ColdMailAgent:
         llm_timeout: float | None = None,
         busy_timeout: float | None = None,
         lease_seconds: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> AsyncIterator[ColdMailAgent]:
         """Open the agent on a run database.
 
@@ -101,6 +111,8 @@ class ColdMailAgent:
             busy_timeout: seconds to wait for another process's write lock; default 10.
             lease_seconds: how long a resume's claim lasts before another resumer may take
                 over a run whose resumer died; default ``COLDMAIL_LEASE_SECONDS`` or 300.
+            retry: how each LLM step is retried; default ``RetryPolicy()`` (4 tries,
+                exponential backoff from 0.5 s, honouring ``Retry-After``).
 
         Raises:
             StoreError: the database cannot be opened or is not a bridgic-coldmail database.
@@ -118,7 +130,9 @@ class ColdMailAgent:
             busy_timeout=busy_timeout if busy_timeout is not None else DEFAULT_BUSY_TIMEOUT,
             lease_seconds=lease,
         ) as store:
-            agent = cls(store, checked_llm, model or model_from_env(), timeout)
+            agent = cls(
+                store, checked_llm, model or model_from_env(), timeout, retry or RetryPolicy()
+            )
             try:
                 yield agent
             finally:
@@ -138,7 +152,7 @@ class ColdMailAgent:
 
     def _automa(self, automa: ColdMailAutoma | None = None) -> ColdMailAutoma:
         automa = automa or ColdMailAutoma()
-        automa.attach_llm(self._llm_or_env(), self.model, self.llm_timeout)
+        automa.attach_llm(self._llm_or_env(), self.model, self.llm_timeout, self.retry)
         return automa
 
     async def start(self, brief: Brief | Mapping[str, Any]) -> Run:
@@ -182,6 +196,7 @@ class ColdMailAgent:
             RunBeingResumed: another caller is resuming it right now.
             LlmError: the refinement failed; the run is back to ``awaiting_feedback``.
             SnapshotError: the snapshot was written by an incompatible version.
+            SnapshotIntegrityError: the snapshot was altered; it was not loaded.
         """
         interaction_id = validate_interaction_id(interaction_id)
         feedback = validate_feedback(feedback)
@@ -190,7 +205,9 @@ class ColdMailAgent:
         except ConfigurationError:  # ...unless the run is done and needs no LLM
             if (await self._store.get(interaction_id)).status is not RunStatus.COMPLETED:
                 raise
-        claimed = await self._store.claim(interaction_id, feedback)
+        claimed = await self._store.claim(
+            interaction_id, feedback, SUPPORTED_SERIALIZATION_VERSIONS
+        )
         if isinstance(claimed, Run):
             return claimed
         try:
@@ -202,13 +219,7 @@ class ColdMailAgent:
         return await self._store.complete(claimed, final)
 
     async def _refine(self, claim: Claim, feedback: str) -> EmailSequence:
-        if claim.serialization_version not in SUPPORTED_SERIALIZATION_VERSIONS:
-            raise SnapshotError(
-                f"run {claim.interaction_id} was saved with snapshot format "
-                f"{claim.serialization_version!r}, but this release reads only "
-                f"{', '.join(sorted(SUPPORTED_SERIALIZATION_VERSIONS))}; resume it with the "
-                "bridgic-coldmail release that paused it"
-            )
+        # The claim has checked the signature and the format: these bytes are our own.
         snapshot = Snapshot(
             serialized_bytes=claim.snapshot_bytes,
             serialization_version=claim.serialization_version,
@@ -241,6 +252,10 @@ class ColdMailAgent:
         """The stored run. Raises ``RunNotFound`` or ``InvalidInput`` (malformed id)."""
         return await self._store.get(validate_interaction_id(interaction_id))
 
+    async def history(self, interaction_id: str) -> list[RunEvent]:
+        """The run's events, oldest first: paused, each feedback received, failures, completion."""
+        return await self._store.history(validate_interaction_id(interaction_id))
+
     async def list(
         self, status: RunStatus | str | None = None, *, limit: int = 50, offset: int = 0
     ) -> list[Run]:
@@ -250,6 +265,23 @@ class ColdMailAgent:
         if offset < 0:
             raise InvalidInput(f"offset must be 0 or more, not {offset}")
         return await self._store.list(_parse_status(status), limit=limit, offset=offset)
+
+    async def purge(
+        self,
+        older_than: timedelta,
+        statuses: Iterable[RunStatus | str] = (RunStatus.COMPLETED,),
+    ) -> int:
+        """Delete runs of these statuses (default: completed) untouched for ``older_than``.
+
+        A run awaiting feedback is deleted only when its status is named explicitly.
+        Returns the number of runs deleted.
+        """
+        chosen = {_parse_status(s) or RunStatus.COMPLETED for s in statuses}
+        if not chosen:
+            raise InvalidInput("name at least one status to purge")
+        if older_than < timedelta(0):
+            raise InvalidInput("older_than must not be negative")
+        return await self._store.purge(older_than, chosen)
 
 
 def _parse_status(status: RunStatus | str | None) -> RunStatus | None:

@@ -26,10 +26,11 @@ from bridgic.core.automa.interaction import Event
 from bridgic.core.model.protocols import PydanticModel
 from pydantic import ValidationError
 
-from .errors import ConfigurationError, LlmError
+from .errors import ColdmailError, ConfigurationError, LlmError
 from .llm import ColdmailLlm
 from .models import Brief, EmailSequence, describe_validation_error
 from .prompts import AUDIENCE_QUESTION, draft_messages, refine_messages
+from .retry import NO_RETRY, RetryPolicy, is_retryable, retry_after, root_cause
 
 AUDIENCE_EVENT = "audience_feedback"
 """The ``event_type`` of the pause."""
@@ -45,38 +46,71 @@ class ColdMailAutoma(GraphAutoma):
     _llm: ColdmailLlm | None = None
     _model: str | None = None
     _llm_timeout: float | None = None
+    _retry: RetryPolicy = NO_RETRY
 
-    def attach_llm(self, llm: ColdmailLlm, model: str, timeout: float | None) -> None:
+    def attach_llm(
+        self,
+        llm: ColdmailLlm,
+        model: str,
+        timeout: float | None,
+        retry: RetryPolicy = NO_RETRY,
+    ) -> None:
         """Give the automa its LLM. Never serialized; call again after ``load_from_snapshot``."""
         self._llm = llm
         self._model = model
         self._llm_timeout = timeout
+        self._retry = retry
 
     async def _ask_llm(self, step: str, messages: list[Any]) -> EmailSequence:
+        """One LLM step, retried per the policy; any failure becomes one ``LlmError``."""
+        policy = self._retry
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                result = await self._ask_once(messages)
+            except Exception as exc:
+                if attempt == policy.attempts or not is_retryable(exc):
+                    raise self._llm_error(step, exc, attempt) from exc
+                wait = retry_after(exc)
+                if wait is not None and wait > policy.max_retry_after:
+                    raise LlmError(
+                        f"the LLM server asks to wait {wait:g} s before the {step} can be retried, "
+                        f"longer than the {policy.max_retry_after:g} s allowed; try again later"
+                    ) from exc
+                await asyncio.sleep(wait if wait is not None else policy.backoff(attempt))
+                continue
+            if not isinstance(result, EmailSequence):
+                raise LlmError(f"the LLM returned {type(result).__name__}, not an EmailSequence")
+            return result
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _ask_once(self, messages: list[Any]) -> Any:
         if self._llm is None or self._model is None:
             raise ConfigurationError("no LLM attached to the automa; call attach_llm() first")
         call = self._llm.astructured_output(
             messages=messages, constraint=PydanticModel(model=EmailSequence), model=self._model
         )
         try:
-            result = await asyncio.wait_for(call, self._llm_timeout)
-        except asyncio.TimeoutError:
-            raise LlmError(
-                f"the LLM did not answer the {step} request within {self._llm_timeout:g} s; "
-                "try again, or raise COLDMAIL_LLM_TIMEOUT"
-            ) from None
-        except Exception as exc:  # HTTP, network, bad JSON, output that does not validate
-            cause = _root_cause(exc)
-            if isinstance(cause, ValidationError):
-                message = describe_validation_error(cause, f"the LLM's {step} did not validate")
-                raise LlmError(f"{message}; try again, or use a stronger model") from exc
-            raise LlmError(
-                f"the {step} LLM call failed ({type(cause).__name__}: {cause}); "
-                "check the LLM settings and try again"
-            ) from exc
-        if not isinstance(result, EmailSequence):
-            raise LlmError(f"the LLM returned {type(result).__name__}, not an EmailSequence")
-        return result
+            return await asyncio.wait_for(call, self._llm_timeout)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            raise TimeoutError(f"no answer within {self._llm_timeout:g} s") from None
+
+    def _llm_error(self, step: str, exc: Exception, attempts: int) -> ColdmailError:
+        if isinstance(exc, ColdmailError):
+            return exc
+        tries = f" after {attempts} tries" if attempts > 1 else ""
+        cause = root_cause(exc)
+        if isinstance(cause, TimeoutError):
+            return LlmError(
+                f"the LLM did not answer the {step} request within {self._llm_timeout:g} s"
+                f"{tries}; try again, or raise COLDMAIL_LLM_TIMEOUT"
+            )
+        if isinstance(cause, ValidationError):
+            message = describe_validation_error(cause, f"the LLM's {step} did not validate{tries}")
+            return LlmError(f"{message}; try again, or use a stronger model")
+        return LlmError(
+            f"the {step} LLM call failed{tries} ({type(cause).__name__}: {cause}); "
+            "check the LLM settings and try again"
+        )
 
     @worker(is_start=True)
     async def draft(self, brief: dict[str, Any]) -> EmailSequence:
@@ -108,13 +142,3 @@ class ColdMailAutoma(GraphAutoma):
         return await self._ask_llm(
             "refinement", refine_messages(Brief.model_validate(brief), draft, feedback)
         )
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception: Bridgic wraps the client's errors in its retry errors."""
-    for _ in range(10):
-        inner = getattr(exc, "original_exception", None) or exc.__cause__
-        if inner is None:
-            break
-        exc = inner
-    return exc

@@ -10,15 +10,17 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from . import __version__
 from .agent import MAX_PAGE, ColdMailAgent
 from .errors import ColdmailError
 from .models import Run, RunStatus, make_brief, validate_feedback, validate_interaction_id
-from .render import format_run, format_run_line, format_sequence, resume_hint
+from .render import format_history, format_run, format_run_line, format_sequence, resume_hint
 
 
 def _add_db(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -60,6 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     show = command("show", "show one run")
     show.add_argument("interaction_id", metavar="INTERACTION_ID")
 
+    purge = command("purge", "delete old runs (by default only completed ones)")
+    purge.add_argument(
+        "--older-than",
+        required=True,
+        type=_parse_age,
+        metavar="AGE",
+        help="age since the run last changed: 30d, 12h, 90m or 45s",
+    )
+    purge.add_argument(
+        "--status",
+        action="append",
+        choices=[s.value for s in RunStatus],
+        help="which runs (repeatable; default completed); awaiting runs only when named",
+    )
+
     listing = command("list", "list runs, newest first")
     listing.add_argument("--status", choices=[s.value for s in RunStatus])
     listing.add_argument("--limit", type=int, default=50, help=f"at most this many (1-{MAX_PAGE})")
@@ -95,7 +112,14 @@ async def _run_command(args: argparse.Namespace) -> str:
             return _emit(args, run, format_run(run))
         if args.command == "show":
             run = await agent.get(args.interaction_id)
-            return _emit(args, run, format_run(run))
+            history = format_history(await agent.history(args.interaction_id))
+            return _emit(args, run, f"{format_run(run)}\n\n{history}")
+        if args.command == "purge":
+            statuses = sorted(set(args.status or [RunStatus.COMPLETED.value]))
+            deleted = await agent.purge(args.older_than, statuses)
+            if args.json:
+                return json.dumps({"deleted": deleted, "statuses": statuses})
+            return f"Deleted {deleted} run(s) ({', '.join(statuses)}) from {agent.db_path}."
         runs = await agent.list(args.status, limit=args.limit)
         if args.json:
             return json.dumps([r.to_public_dict() for r in runs], indent=2, ensure_ascii=False)
@@ -103,6 +127,17 @@ async def _run_command(args: argparse.Namespace) -> str:
             which = f" with status {args.status}" if args.status else ""
             return f"No runs{which} in {agent.db_path}."
         return "\n".join(format_run_line(r) for r in runs)
+
+
+_AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def _parse_age(text: str) -> timedelta:
+    """``30d`` → 30 days (for ``--older-than``)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([dhms])\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age; use e.g. 30d, 12h, 90m or 45s")
+    return timedelta(**{_AGE_UNITS[match.group(2)]: int(match.group(1))})
 
 
 def _emit(args: argparse.Namespace, run: Run, text: str) -> str:

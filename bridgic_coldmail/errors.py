@@ -73,6 +73,15 @@ class SnapshotError(StoreError):
     """A stored snapshot cannot be resumed by this version of the code."""
 
 
+class SnapshotIntegrityError(SnapshotError):
+    """A stored snapshot's signature does not match: it was altered, truncated or moved.
+
+    It is refused before any of its bytes reach Bridgic's loader; the run is left unchanged.
+    """
+
+    exit_code = 9
+
+
 EXIT_CODES: dict[str, int] = {
     "ok": 0,
     "unexpected error": 1,
@@ -83,6 +92,7 @@ EXIT_CODES: dict[str, int] = {
     "LLM failure": LlmError.exit_code,
     "configuration": ConfigurationError.exit_code,
     "storage": StoreError.exit_code,
+    "integrity": SnapshotIntegrityError.exit_code,
     "interrupted": 130,
 }
 """Exit codes of the ``coldmail`` command, by meaning (documented in the README)."""

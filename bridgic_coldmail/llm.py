@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TypeAlias, cast
+from typing import Any, TypeAlias, cast
 
 from bridgic.core.model import BaseLlm
 from bridgic.core.model.protocols import StructuredOutput
@@ -72,10 +72,27 @@ def llm_from_env(timeout: float, env: Mapping[str, str] | None = None) -> Coldma
             "no LLM configured: set OPENAI_API_KEY (and optionally OPENAI_MODEL_NAME), or "
             "OPENAI_API_BASE for an OpenAI-compatible server such as vLLM or Ollama"
         )
+    llm = _single_retry_openai_llm()(
+        api_key=key or _PLACEHOLDER_KEY, api_base=base, timeout=timeout
+    )
+    return cast(ColdmailLlm, llm)
+
+
+def _single_retry_openai_llm() -> type:
+    """``OpenAILlm`` with the SDK's and Bridgic's retries off: ``RetryPolicy`` is the only one."""
     from bridgic.llms.openai import OpenAILlm  # imported late: it pulls in the OpenAI SDK
 
-    llm = OpenAILlm(api_key=key or _PLACEHOLDER_KEY, api_base=base, timeout=timeout)
-    return cast(ColdmailLlm, llm)
+    class ColdmailOpenAILlm(OpenAILlm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.async_client: Any = self.async_client.with_options(max_retries=0)
+            self.client: Any = self.client.with_options(max_retries=0)
+
+        async def astructured_output(self, *args: Any, **kwargs: Any) -> Any:
+            # __wrapped__ is the method without Bridgic's @retryable_model_call.
+            return await OpenAILlm.astructured_output.__wrapped__(self, *args, **kwargs)
+
+    return ColdmailOpenAILlm
 
 
 async def close_llm(llm: ColdmailLlm) -> None:

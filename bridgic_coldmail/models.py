@@ -13,7 +13,7 @@ import re
 import unicodedata
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -138,6 +138,17 @@ class RunStatus(str, Enum):
     AWAITING_FEEDBACK = "awaiting_feedback"
     RESUMING = "resuming"
     COMPLETED = "completed"
+
+
+class RunEvent(BaseModel):
+    """One moment in a run's history, timed when this package saw it happen."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    kind: Literal["paused", "feedback", "failed", "completed"]
+    detail: str | None = None
+    """The feedback received, the error of a failed resume, or the feedback that completed it."""
 
 
 class Run(BaseModel):

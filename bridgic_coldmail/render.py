@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from .models import EmailSequence, Run, RunStatus
+from .models import EmailSequence, Run, RunEvent, RunStatus
 
 _WIDTH = 78
 
@@ -63,3 +63,21 @@ def format_run_line(run: Run) -> str:
     summary = textwrap.shorten(f"{run.brief.product} → {audience}", width=44, placeholder="…")
     started = f"{run.created_at:%Y-%m-%d %H:%M}"
     return f"{run.interaction_id}  {run.status.value:<17}  {started}  {summary}"
+
+
+_EVENT_LABELS = {
+    "paused": "paused for feedback",
+    "feedback": "feedback received",
+    "failed": "resume failed",
+    "completed": "completed",
+}
+
+
+def format_history(events: list[RunEvent]) -> str:
+    """The run's history, one event per line, oldest first."""
+    lines = ["HISTORY"]
+    for event in events:
+        detail = f": {event.detail}" if event.detail and event.kind != "completed" else ""
+        detail = textwrap.shorten(detail, width=100, placeholder="…") if detail else ""
+        lines.append(f"  {event.at:%Y-%m-%d %H:%M:%S} UTC  {_EVENT_LABELS[event.kind]}{detail}")
+    return "\n".join(lines)

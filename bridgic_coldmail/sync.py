@@ -8,16 +8,19 @@ several threads may share one instance.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import threading
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
 from .agent import ColdMailAgent
 from .llm import ColdmailLlm
-from .models import Brief, Run, RunStatus
+from .models import Brief, Run, RunEvent, RunStatus
+from .retry import RetryPolicy
 
 T = TypeVar("T")
 
@@ -52,6 +55,7 @@ class SyncColdMailAgent:
         llm_timeout: float | None = None,
         busy_timeout: float | None = None,
         lease_seconds: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> SyncColdMailAgent:
         """Open the agent; close it with ``close()`` or by using it as a context manager."""
         return cls(
@@ -62,6 +66,7 @@ class SyncColdMailAgent:
                 llm_timeout=llm_timeout,
                 busy_timeout=busy_timeout,
                 lease_seconds=lease_seconds,
+                retry=retry,
             )
         )
 
@@ -97,6 +102,18 @@ class SyncColdMailAgent:
     ) -> list[Run]:
         """Stored runs, newest first; see :meth:`ColdMailAgent.list`."""
         return self._call(self._agent.list(status, limit=limit, offset=offset))
+
+    def history(self, interaction_id: str) -> builtins.list[RunEvent]:
+        """The run's events, oldest first; see :meth:`ColdMailAgent.history`."""
+        return self._call(self._agent.history(interaction_id))
+
+    def purge(
+        self,
+        older_than: timedelta,
+        statuses: Iterable[RunStatus | str] = (RunStatus.COMPLETED,),
+    ) -> int:
+        """Delete old runs; see :meth:`ColdMailAgent.purge`."""
+        return self._call(self._agent.purge(older_than, statuses))
 
     def close(self) -> None:
         """Close the database connection and stop the private loop (idempotent)."""

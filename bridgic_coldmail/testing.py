@@ -47,6 +47,8 @@ class RecordedRequest:
     kind: str
     body: dict[str, Any]
     headers: dict[str, str]
+    received_at: float = field(default_factory=time.monotonic)
+    """``time.monotonic()`` when the request arrived."""
 
     @property
     def user_text(self) -> str:

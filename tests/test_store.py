@@ -138,5 +138,5 @@ async def test_injection_shaped_ids_reach_sql_only_as_parameters(
         with pytest.raises(RunNotFound):
             await store.get(hostile)
         with pytest.raises(RunNotFound):
-            await store.claim(hostile, "feedback")
+            await store.claim(hostile, "feedback", {"1.0"})
     assert len(await agent.list()) == 1

@@ -1,0 +1,109 @@
+"""One retry policy for LLM calls: bounded exponential backoff that honours ``Retry-After``.
+
+Retried: HTTP 429, 408, 409 and 5xx, connection errors, a step that exceeds its timeout, and
+output that does not validate (the model may do better on a second try). Anything else —
+a 400, a 401, a bad model name — fails at once: retrying cannot fix it.
+
+For the ``OpenAILlm`` this package builds from the environment, the OpenAI SDK's retries and
+Bridgic's retry decorator are switched off so that this policy is the only one (otherwise
+the three multiply, and Bridgic's ignores ``Retry-After``). An injected LLM keeps its own.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+_RETRIED_STATUS = {408, 409, 429}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently an LLM step is retried."""
+
+    attempts: int = 4
+    """Tries in all, the first included."""
+    base_delay: float = 0.5
+    """Seconds before the second try; doubled for each further one."""
+    max_delay: float = 8.0
+    """Cap on the backoff between two tries."""
+    max_retry_after: float = 60.0
+    """Cap on a server's ``Retry-After``; a longer wait fails the step instead."""
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or min(self.base_delay, self.max_delay, self.max_retry_after) < 0:
+            raise ValueError("attempts must be at least 1 and delays must not be negative")
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed try number ``attempt`` (1-based), with ±20% jitter."""
+        delay: float = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        return delay * random.uniform(0.8, 1.2)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception: Bridgic wraps the client's errors in its retry errors."""
+    for _ in range(10):
+        inner = getattr(exc, "original_exception", None) or exc.__cause__
+        if inner is None:
+            break
+        exc = inner
+    return exc
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another try could succeed (see the module docstring)."""
+    cause = root_cause(exc)
+    if isinstance(cause, (TimeoutError, ValidationError, ConnectionError)):
+        return True
+    status = _status_code(cause)
+    if status is not None:
+        return status in _RETRIED_STATUS or status >= 500
+    name = type(cause).__name__
+    # openai.APIConnectionError / APITimeoutError, httpx.TransportError and its subclasses.
+    return name in {"APIConnectionError", "APITimeoutError"} or _is_httpx_transport_error(cause)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The server's ``Retry-After`` in seconds, if the error carries one."""
+    response = getattr(root_cause(exc), "response", None)
+    headers: Any = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _status_code(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_httpx_transport_error(exc: BaseException) -> bool:
+    return any(
+        cls.__name__ == "TransportError" and cls.__module__.startswith("httpx")
+        for cls in type(exc).__mro__
+    )
