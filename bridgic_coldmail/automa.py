@@ -30,7 +30,7 @@ from .errors import ColdmailError, ConfigurationError, LlmError
 from .llm import ColdmailLlm
 from .models import Brief, EmailSequence, describe_validation_error
 from .prompts import AUDIENCE_QUESTION, draft_messages, refine_messages
-from .retry import NO_RETRY, RetryPolicy, is_retryable, retry_after, root_cause
+from .retry import NO_RETRY, RetryPolicy, describe, is_retryable, retry_after, root_cause
 
 AUDIENCE_EVENT = "audience_feedback"
 """The ``event_type`` of the pause."""
@@ -108,7 +108,7 @@ class ColdMailAutoma(GraphAutoma):
             message = describe_validation_error(cause, f"the LLM's {step} did not validate{tries}")
             return LlmError(f"{message}; try again, or use a stronger model")
         return LlmError(
-            f"the {step} LLM call failed{tries} ({type(cause).__name__}: {cause}); "
+            f"the {step} LLM call failed{tries} ({describe(exc)}); "
             "check the LLM settings and try again"
         )
 

@@ -48,27 +48,44 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and what it wraps (Bridgic's ``original_exception``, ``__cause__``)."""
+    chain = [exc]
+    for _ in range(10):
+        inner = getattr(chain[-1], "original_exception", None) or chain[-1].__cause__
+        if inner is None or inner in chain:
+            break
+        chain.append(inner)
+    return chain
+
+
 def root_cause(exc: BaseException) -> BaseException:
     """The innermost exception: Bridgic wraps the client's errors in its retry errors."""
-    for _ in range(10):
-        inner = getattr(exc, "original_exception", None) or exc.__cause__
-        if inner is None:
-            break
-        exc = inner
-    return exc
+    return _chain(exc)[-1]
 
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether another try could succeed (see the module docstring)."""
-    cause = root_cause(exc)
-    if isinstance(cause, (TimeoutError, ValidationError, ConnectionError)):
-        return True
-    status = _status_code(cause)
-    if status is not None:
-        return status in _RETRIED_STATUS or status >= 500
-    name = type(cause).__name__
-    # openai.APIConnectionError / APITimeoutError, httpx.TransportError and its subclasses.
-    return name in {"APIConnectionError", "APITimeoutError"} or _is_httpx_transport_error(cause)
+    for link in _chain(exc):
+        if isinstance(link, (TimeoutError, ValidationError, ConnectionError)):
+            return True
+        status = _status_code(link)
+        if status is not None:
+            return status in _RETRIED_STATUS or status >= 500
+        # openai.APIConnectionError / APITimeoutError; httpx's and httpcore's transport errors.
+        if type(link).__name__ in {"APIConnectionError", "APITimeoutError"}:
+            return True
+        if _is_transport_error(link):
+            return True
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of the most informative link in the chain."""
+    for link in reversed(_chain(exc)):
+        if str(link).strip():
+            return f"{type(link).__name__}: {link}"
+    return type(exc).__name__
 
 
 def retry_after(exc: BaseException) -> float | None:
@@ -102,8 +119,9 @@ def _status_code(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _is_httpx_transport_error(exc: BaseException) -> bool:
+def _is_transport_error(exc: BaseException) -> bool:
     return any(
-        cls.__name__ == "TransportError" and cls.__module__.startswith("httpx")
+        cls.__name__ in {"TransportError", "NetworkError"}
+        and cls.__module__.startswith(("httpx", "httpcore"))
         for cls in type(exc).__mro__
     )
