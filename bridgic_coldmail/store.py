@@ -2,31 +2,35 @@
 
 Design notes:
 
-* Every write runs in a ``BEGIN IMMEDIATE`` transaction: it takes SQLite's write lock up
-  front (waiting up to the busy timeout), so a read-then-write can never fail half way with
-  "database is locked". Tasks sharing one connection take turns through an ``asyncio.Lock``;
-  processes take turns through SQLite's lock.
-* Resuming starts with a *claim* inside such a transaction: exactly one caller, in any
-  process, moves the run from ``awaiting_feedback`` to ``resuming``; everyone else is told why
-  not (completed, being resumed, unknown). A claim carries a lease, so a resumer that dies
+* Every write is one SQL statement. SQLite runs a lone statement as its own transaction and
+  takes the write lock before it reads (waiting up to the busy timeout), which is what
+  ``BEGIN IMMEDIATE`` does for several statements: a read-then-write can never fail half way
+  with "database is locked". One statement is also one round trip to aiosqlite's thread,
+  which is most of what this layer costs (see benchmarks/NOTES.md). The history is written by
+  triggers inside the same statement. Migrations, the only multi-statement writes, run in an
+  explicit ``BEGIN IMMEDIATE`` transaction.
+* Resuming starts with a *claim*: ``UPDATE … SET status = 'resuming' WHERE status =
+  'awaiting_feedback' AND <signature verifies> RETURNING snapshot``. Exactly one caller, in any
+  process, gets the row; a refusal changes nothing, and a second read explains it (completed,
+  being resumed, tampered, unknown). A claim carries a lease, so a resumer that dies
   mid-refine leaves the run claimable again once the lease runs out.
-* The snapshot's signature (see :mod:`signing`) and serialization version are checked in the
-  claim, before anything changes and before any byte reaches Bridgic.
+* The snapshot's signature (see :mod:`signing`) and serialization version are checked by the
+  claim statement itself, so no unverified byte ever leaves the database for Bridgic.
 * Listing and showing never read, let alone deserialize, a snapshot: the brief, draft,
   feedback and final sequence are stored beside it as JSON.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -103,7 +107,6 @@ class RunStore:
     ) -> None:
         self._conn = conn
         self._signer = signer
-        self._write_lock = asyncio.Lock()
         self.path = path
         self.lease_seconds = lease_seconds
         self.busy_timeout = busy_timeout
@@ -147,6 +150,9 @@ class RunStore:
                 await conn.execute("PRAGMA journal_mode = WAL")
                 await conn.execute("PRAGMA synchronous = FULL")
                 signer = await _migrate(conn, db_path)
+                await conn.create_function(
+                    "coldmail_verify", 4, _verifier(signer), deterministic=True
+                )
         except BaseException:
             await conn.close()
             raise
@@ -155,27 +161,6 @@ class RunStore:
     async def close(self) -> None:
         """Close the connection (idempotent)."""
         await self._conn.close()
-
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction; commits on success, rolls back on any error."""
-        async with self._write_lock:
-            with _storage_errors(self.path, self.busy_timeout):
-                await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                with _storage_errors(self.path, self.busy_timeout):
-                    yield self._conn
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            with _storage_errors(self.path, self.busy_timeout):
-                await self._conn.execute("COMMIT")
-
-    async def _event(self, interaction_id: str, at: str, kind: str, detail: str | None) -> None:
-        await self._conn.execute(
-            "INSERT INTO run_events (interaction_id, at, kind, detail) VALUES (?, ?, ?, ?)",
-            (interaction_id, at, kind, detail),
-        )
 
     async def insert_paused(
         self,
@@ -186,15 +171,14 @@ class RunStore:
         snapshot_bytes: bytes,
         serialization_version: str,
     ) -> Run:
-        """Store a freshly paused run, signed."""
-        now = _iso(_now())
+        """Store a freshly paused run, signed (its 'paused' event is written by a trigger)."""
+        now = _now()
         signature = self._signer.sign(interaction_id, serialization_version, snapshot_bytes)
-        async with self._write() as conn:
-            rows = await conn.execute_fetchall(
-                f"""INSERT INTO runs (interaction_id, status, brief_json, draft_json, question,
-                        snapshot, serialization_version, signature, created_at, updated_at)
-                    VALUES (?, 'awaiting_feedback', ?, ?, ?, ?, ?, ?, ?, ?)
-                    RETURNING {_RUN_COLUMNS}""",
+        with _storage_errors(self.path, self.busy_timeout):
+            await self._conn.execute(
+                """INSERT INTO runs (interaction_id, status, brief_json, draft_json, question,
+                       snapshot, serialization_version, signature, created_at, updated_at)
+                   VALUES (?, 'awaiting_feedback', ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     interaction_id,
                     brief.model_dump_json(),
@@ -203,12 +187,19 @@ class RunStore:
                     snapshot_bytes,
                     serialization_version,
                     signature,
-                    now,
-                    now,
+                    _iso(now),
+                    _iso(now),
                 ),
             )
-            await self._event(interaction_id, now, "paused", None)
-        return _run_from_row(next(iter(rows)))
+        return Run(
+            interaction_id=interaction_id,
+            status=RunStatus.AWAITING_FEEDBACK,
+            brief=brief,
+            draft=draft,
+            question=question,
+            created_at=now,
+            updated_at=now,
+        )
 
     async def get(self, interaction_id: str) -> Run:
         """The run stored under ``interaction_id``; ``RunNotFound`` if there is none."""
@@ -262,70 +253,79 @@ class RunStore:
             SnapshotError: the snapshot's format is not in ``supported_versions``.
             SnapshotIntegrityError: the snapshot's signature does not match.
         """
-        now = _now()
-        async with self._write() as conn:
-            rows = await conn.execute_fetchall(
-                f"""SELECT {_RUN_COLUMNS}, claim_expires_at, snapshot, serialization_version,
-                        signature
+        now = _iso(_now())
+        token = uuid.uuid4().hex
+        expires = _iso(_now() + timedelta(seconds=self.lease_seconds))
+        versions = sorted(supported_versions)
+        marks = ", ".join("?" for _ in versions)
+        with _storage_errors(self.path, self.busy_timeout):
+            rows = await self._conn.execute_fetchall(
+                f"""UPDATE runs
+                    SET status = 'resuming', feedback = ?, claim_token = ?,
+                        claim_expires_at = ?, updated_at = ?
+                    WHERE interaction_id = ?
+                      AND (status = 'awaiting_feedback'
+                           OR (status = 'resuming' AND claim_expires_at < ?))
+                      AND serialization_version IN ({marks})
+                      AND coldmail_verify(interaction_id, serialization_version, snapshot,
+                                          signature)
+                    RETURNING snapshot, serialization_version""",
+                (feedback, token, expires, now, interaction_id, now, *versions),
+            )
+        for row in rows:
+            return Claim(interaction_id, token, bytes(row[0]), row[1])
+        return await self._explain_refusal(interaction_id, feedback, versions, now)
+
+    async def _explain_refusal(
+        self, interaction_id: str, feedback: str, versions: Sequence[str], now: str
+    ) -> Run:
+        """Why the claim matched no row: raise the matching error (or return a completed run)."""
+        with _storage_errors(self.path, self.busy_timeout):
+            rows = await self._conn.execute_fetchall(
+                f"""SELECT {_RUN_COLUMNS}, claim_expires_at, serialization_version,
+                        coldmail_verify(interaction_id, serialization_version, snapshot,
+                                        signature) AS verified
                     FROM runs WHERE interaction_id = ?""",
                 (interaction_id,),
             )
-            row = next(iter(rows), None)
-            if row is None:
-                raise RunNotFound(interaction_id, self.path)
-            status = RunStatus(row["status"])
-            if status is RunStatus.COMPLETED:
-                if row["feedback"] == feedback:
-                    return _run_from_row(row)
-                raise RunConflict(
-                    f"run {interaction_id} already completed with different feedback "
-                    f"({_preview(row['feedback'])}); start a new run to try another audience"
-                )
-            if status is RunStatus.RESUMING and (row["claim_expires_at"] or "") >= _iso(now):
-                raise RunBeingResumed(
-                    f"run {interaction_id} is being resumed by another process right now; "
-                    f"run `coldmail show {interaction_id}` in a moment to see the result (if "
-                    f"that process died, it can be resumed again after {row['claim_expires_at']})"
-                )
-            snapshot = self._verified_snapshot(row, supported_versions)
-            token = uuid.uuid4().hex
-            expires = now + timedelta(seconds=self.lease_seconds)
-            await conn.execute(
-                """UPDATE runs SET status = 'resuming', feedback = ?, claim_token = ?,
-                       claim_expires_at = ?, updated_at = ?
-                   WHERE interaction_id = ?""",
-                (feedback, token, _iso(expires), _iso(now), interaction_id),
+        row = next(iter(rows), None)
+        if row is None:
+            raise RunNotFound(interaction_id, self.path)
+        status = RunStatus(row["status"])
+        if status is RunStatus.COMPLETED:
+            if row["feedback"] == feedback:
+                return _run_from_row(row)
+            raise RunConflict(
+                f"run {interaction_id} already completed with different feedback "
+                f"({_preview(row['feedback'])}); start a new run to try another audience"
             )
-            await self._event(interaction_id, _iso(now), "feedback", feedback)
-        return Claim(interaction_id, token, snapshot, row["serialization_version"])
-
-    def _verified_snapshot(self, row: aiosqlite.Row, supported_versions: Collection[str]) -> bytes:
-        interaction_id = row["interaction_id"]
-        version = row["serialization_version"]
-        if version not in supported_versions:
+        if status is RunStatus.RESUMING and (row["claim_expires_at"] or "") >= now:
+            raise RunBeingResumed(
+                f"run {interaction_id} is being resumed by another process right now; "
+                f"run `coldmail show {interaction_id}` in a moment to see the result (if "
+                f"that process died, it can be resumed again after {row['claim_expires_at']})"
+            )
+        if row["serialization_version"] not in versions:
             raise SnapshotError(
-                f"run {interaction_id} was saved with snapshot format {version!r}, but this "
-                f"release reads only {', '.join(sorted(supported_versions))}; resume it with "
-                "the bridgic-coldmail release that paused it"
+                f"run {interaction_id} was saved with snapshot format "
+                f"{row['serialization_version']!r}, but this release reads only "
+                f"{', '.join(versions)}; resume it with the bridgic-coldmail release that "
+                "paused it"
             )
-        snapshot, signature = row["snapshot"], row["signature"]
-        if (
-            snapshot is None
-            or signature is None
-            or not self._signer.verify(interaction_id, version, bytes(snapshot), bytes(signature))
-        ):
+        if not row["verified"]:
             raise SnapshotIntegrityError(
                 f"the snapshot of run {interaction_id} does not match its signature: it was "
                 "altered, truncated or copied from another run, and was not loaded; the run "
                 "cannot be resumed (restore the database from a backup)"
             )
-        return bytes(snapshot)
+        # It became claimable between the two statements (a release): let the caller retry.
+        raise RunBeingResumed(f"run {interaction_id} changed while it was being claimed; try again")
 
     async def complete(self, claim: Claim, final: EmailSequence) -> Run:
         """Record the refined sequence and drop the snapshot, which has done its job."""
         now = _iso(_now())
-        async with self._write() as conn:
-            rows = await conn.execute_fetchall(
+        with _storage_errors(self.path, self.busy_timeout):
+            rows = await self._conn.execute_fetchall(
                 f"""UPDATE runs
                     SET status = 'completed', final_json = ?, snapshot = NULL, signature = NULL,
                         last_error = NULL, claim_token = NULL, claim_expires_at = NULL,
@@ -334,9 +334,8 @@ class RunStore:
                     RETURNING {_RUN_COLUMNS}""",
                 (final.model_dump_json(), now, now, claim.interaction_id, claim.token),
             )
-            for row in rows:
-                await self._event(claim.interaction_id, now, "completed", row["feedback"])
-                return _run_from_row(row)
+        for row in rows:
+            return _run_from_row(row)
         # Our lease ran out and another resumer took over; theirs is the result of record.
         run = await self.get(claim.interaction_id)
         if run.status is RunStatus.COMPLETED:
@@ -348,32 +347,40 @@ class RunStore:
 
     async def release(self, claim: Claim, error: str) -> None:
         """Give the run back (status ``awaiting_feedback``), recording why the resume failed."""
-        now = _iso(_now())
-        async with self._write() as conn:
-            cursor = await conn.execute(
+        with _storage_errors(self.path, self.busy_timeout):
+            await self._conn.execute(
                 """UPDATE runs
                    SET status = 'awaiting_feedback', last_error = ?, claim_token = NULL,
                        claim_expires_at = NULL, updated_at = ?
                    WHERE interaction_id = ? AND claim_token = ?""",
-                (error, now, claim.interaction_id, claim.token),
+                (error, _iso(_now()), claim.interaction_id, claim.token),
             )
-            if cursor.rowcount:
-                await self._event(claim.interaction_id, now, "failed", error)
 
     async def purge(self, older_than: timedelta, statuses: Collection[RunStatus]) -> int:
-        """Delete runs of these statuses not updated for ``older_than``; returns how many."""
+        """Delete runs of these statuses not updated for ``older_than``; returns how many.
+
+        Their history goes with them (a trigger).
+        """
         cutoff = _iso(_now() - older_than)
-        marks = ", ".join("?" for _ in statuses)
-        where = f"status IN ({marks}) AND updated_at < ?"
-        params = (*(s.value for s in statuses), cutoff)
-        async with self._write() as conn:
-            await conn.execute(
-                f"DELETE FROM run_events WHERE interaction_id IN "
-                f"(SELECT interaction_id FROM runs WHERE {where})",
-                params,
+        names = sorted(s.value for s in statuses)
+        marks = ", ".join("?" for _ in names)
+        with _storage_errors(self.path, self.busy_timeout):
+            cursor = await self._conn.execute(
+                f"DELETE FROM runs WHERE status IN ({marks}) AND updated_at < ?",
+                (*names, cutoff),
             )
-            cursor = await conn.execute(f"DELETE FROM runs WHERE {where}", params)
         return cursor.rowcount
+
+
+def _verifier(signer: SnapshotSigner) -> Callable[[Any, Any, Any, Any], bool]:
+    """The SQL function ``coldmail_verify(id, version, snapshot, signature)``."""
+
+    def verify(interaction_id: Any, version: Any, snapshot: Any, signature: Any) -> bool:
+        if not isinstance(snapshot, bytes) or not isinstance(signature, bytes):
+            return False
+        return signer.verify(str(interaction_id), str(version), snapshot, signature)
+
+    return verify
 
 
 def _preview(text: str | None, width: int = 60) -> str:

@@ -251,3 +251,19 @@ def _completion(model: str, content: str) -> dict[str, Any]:
         ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
+
+
+def main() -> None:
+    """``python -m bridgic_coldmail.testing``: serve until interrupted; prints the base URL."""
+    server = ScriptedOpenAIServer().start()
+    print(server.base_url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Benchmarks of the pause/resume layer: ``python -m benchmarks`` writes benchmarks/RESULTS.md."""
