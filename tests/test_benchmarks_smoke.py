@@ -1,0 +1,33 @@
+"""The benchmark harness still runs end to end (tiny sizes). Timings are never asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO
+
+
+def test_benchmark_smoke_run_writes_a_table(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = out.read_text()
+    assert "| workload | unit | ours p50 |" in text
+    for row in (
+        "full cycle",
+        "runs started concurrently",
+        "runs resumed concurrently (HTTP, loopback server)",
+        "disk per awaiting run",
+        "list page (50 awaiting)",
+        "peak RSS",
+    ):
+        assert f"| {row}" in text or row in text, row
+    assert "errors: 0" in text
