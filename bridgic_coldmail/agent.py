@@ -24,7 +24,15 @@ from bridgic.core.automa.interaction import InteractionException, InteractionFee
 
 from .automa import ColdMailAutoma
 from .errors import ColdmailError, ConfigurationError, InvalidInput, LlmError, SnapshotError
-from .llm import ColdmailLlm, check_llm, close_llm, llm_from_env, model_from_env, timeout_from_env
+from .llm import (
+    ColdmailLlm,
+    build_llm,
+    check_llm,
+    choose_backend,
+    close_llm,
+    model_from_env,
+    timeout_from_env,
+)
 from .models import (
     Brief,
     EmailSequence,
@@ -73,15 +81,17 @@ class ColdMailAgent:
     def __init__(
         self,
         store: RunStore,
-        llm: ColdmailLlm | None,
+        llm: ColdmailLlm | str | None,
         model: str,
         llm_timeout: float,
         retry: RetryPolicy,
     ) -> None:
         self._store = store
         self.retry = retry
-        self._llm = llm
-        self._owns_llm = False  # True once we build one from the environment
+        # An LLM object, or the backend to build on first use ("openai", "local", None: auto).
+        self._llm: ColdmailLlm | None = None if llm is None or isinstance(llm, str) else llm
+        self._backend = llm if isinstance(llm, str) else None
+        self._owns_llm = False  # True once we build one
         self.model = model
         self.llm_timeout = llm_timeout
 
@@ -91,7 +101,7 @@ class ColdMailAgent:
         cls,
         db_path: str | os.PathLike[str] | None = None,
         *,
-        llm: ColdmailLlm | None = None,
+        llm: ColdmailLlm | str | None = None,
         model: str | None = None,
         llm_timeout: float | None = None,
         busy_timeout: float | None = None,
@@ -103,9 +113,11 @@ class ColdMailAgent:
         Args:
             db_path: SQLite file; default ``COLDMAIL_DB`` or ``snapshots/coldmail.db``. The
                 folder is created if missing.
-            llm: any Bridgic LLM implementing ``BaseLlm`` and ``StructuredOutput``. ``None``
-                builds an ``OpenAILlm`` from ``OPENAI_API_KEY`` / ``OPENAI_API_BASE`` the first
-                time an LLM is needed, so ``get`` and ``list`` work without any LLM settings.
+            llm: any Bridgic LLM implementing ``BaseLlm`` and ``StructuredOutput``; or
+                ``"openai"`` / ``"local"``; or ``None`` to choose from the environment
+                (``COLDMAIL_LLM``, else OpenAI when configured, else the local model when
+                installed). A named backend is built the first time an LLM is needed, so
+                ``get`` and ``list`` work without any LLM settings.
             model: model name passed to the LLM; default ``OPENAI_MODEL_NAME`` or gpt-4o-mini.
             llm_timeout: seconds per LLM step; default ``COLDMAIL_LLM_TIMEOUT`` or 120.
             busy_timeout: seconds to wait for another process's write lock; default 10.
@@ -118,7 +130,9 @@ class ColdMailAgent:
             StoreError: the database cannot be opened or is not a bridgic-coldmail database.
             ConfigurationError: ``llm`` is not a usable LLM, or a setting is malformed.
         """
-        checked_llm = check_llm(llm) if llm is not None else None
+        checked_llm = llm if llm is None or isinstance(llm, str) else check_llm(llm)
+        if isinstance(llm, str):
+            choose_backend(llm)  # a misspelt backend fails here, before anything opens
         timeout = llm_timeout if llm_timeout is not None else timeout_from_env()
         lease = (
             lease_seconds
@@ -146,7 +160,7 @@ class ColdMailAgent:
 
     def _llm_or_env(self) -> ColdmailLlm:
         if self._llm is None:
-            self._llm = llm_from_env(self.llm_timeout)
+            self._llm = build_llm(self._backend, self.llm_timeout)
             self._owns_llm = True
         return self._llm
 

@@ -61,6 +61,11 @@ class ColdMailAutoma(GraphAutoma):
         self._llm_timeout = timeout
         self._retry = retry
 
+    @property
+    def _compact_prompts(self) -> bool:
+        # Small local base models get short prompts with a worked example (prompts.py).
+        return bool(getattr(self._llm, "wants_compact_prompts", False))
+
     async def _ask_llm(self, step: str, messages: list[Any]) -> EmailSequence:
         """One LLM step, retried per the policy; any failure becomes one ``LlmError``."""
         policy = self._retry
@@ -115,7 +120,8 @@ class ColdMailAutoma(GraphAutoma):
     @worker(is_start=True)
     async def draft(self, brief: dict[str, Any]) -> EmailSequence:
         """The first draft: one LLM call, never repeated (its output lives in the snapshot)."""
-        return await self._ask_llm("draft", draft_messages(Brief.model_validate(brief)))
+        messages = draft_messages(Brief.model_validate(brief), compact=self._compact_prompts)
+        return await self._ask_llm("draft", messages)
 
     @worker(dependencies=["draft"])
     async def ask_audience(self, draft: EmailSequence) -> str:
@@ -140,6 +146,7 @@ class ColdMailAutoma(GraphAutoma):
         """The refinement: one LLM call with the brief, the draft and the feedback verbatim."""
         if brief is None:  # Bridgic propagates the automa's inputs to every worker
             raise ConfigurationError("the automa was started without a brief")
-        return await self._ask_llm(
-            "refinement", refine_messages(Brief.model_validate(brief), draft, feedback)
+        messages = refine_messages(
+            Brief.model_validate(brief), draft, feedback, compact=self._compact_prompts
         )
+        return await self._ask_llm("refinement", messages)

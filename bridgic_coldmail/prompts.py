@@ -57,8 +57,43 @@ def _sequence_text(sequence: EmailSequence) -> str:
     return "\n\n".join(parts)
 
 
-def draft_messages(brief: Brief) -> list[Message]:
-    """The prompt for the first draft."""
+COMPACT_HEADER = """\
+Cold email sequences that get replies. Each has two short emails: an opener sent on day 0 and
+a follow-up a few days later. Each body greets the reader, names their problem, says one
+concrete thing the product does about it, asks one small question, and ends with the
+sender's name."""
+
+_EXAMPLE_DRAFT = """\
+Product: Brightdesk
+Value for the reader: answers support tickets twice as fast
+Sender: Sam Roy
+Audience: support managers at online shops
+Call to action: a 15-minute call
+JSON: {"opener": {"subject": "Half the ticket backlog by Friday", "body": "Hi there,\\n\\n\
+Support teams at online shops lose whole afternoons to repeat questions. Brightdesk drafts \
+the answer to each ticket, so your team replies twice as fast.\\n\\nWorth a 15-minute \
+call next week?\\n\\nSam Roy", "wait_days": 0}, "follow_up": {"subject": "One number \
+from a shop like yours", "body": "Hi again,\\n\\nA shoe shop with four agents cut its \
+reply time from 9 hours to 4 in the first month.\\n\\nShall I show you how in 15 \
+minutes?\\n\\nSam Roy", "wait_days": 3}}"""
+
+
+def _compact_brief(brief: Brief, audience: str) -> str:
+    return (
+        f"Product: {brief.product}\n"
+        f"Value for the reader: {brief.offer}\n"
+        f"Sender: {brief.sender}\n"
+        f"Audience: {audience}\n"
+        f"Call to action: {brief.cta or 'a 15-minute call'}"
+    )
+
+
+def draft_messages(brief: Brief, compact: bool = False) -> list[Message]:
+    """The prompt for the first draft (``compact``: the short one for small base models)."""
+    if compact:
+        audience = brief.audience or "people who would buy this"
+        text = f"{COMPACT_HEADER}\n\n{_EXAMPLE_DRAFT}\n\n{_compact_brief(brief, audience)}"
+        return [Message.from_text(text=text, role=Role.USER)]
     user = (
         "Write a two-email cold sequence from this brief.\n\n"
         f"{_brief_lines(brief)}\n\n"
@@ -71,8 +106,22 @@ def draft_messages(brief: Brief) -> list[Message]:
     ]
 
 
-def refine_messages(brief: Brief, draft: EmailSequence, feedback: str) -> list[Message]:
+def refine_messages(
+    brief: Brief, draft: EmailSequence, feedback: str, compact: bool = False
+) -> list[Message]:
     """The prompt for the refinement: the brief, the draft and the human's feedback verbatim."""
+    if compact:
+        # A base model cannot follow "rewrite this"; it continues documents. The draft is
+        # shown as the earlier version, and the new sequence is written for the audience
+        # the reviewer named, in the example's format.
+        text = (
+            f"{COMPACT_HEADER}\n\n{_EXAMPLE_DRAFT}\n\n"
+            f"Earlier version, written for {brief.audience or 'a guessed audience'}:\n"
+            f"{_sequence_text(draft)}\n\n"
+            f"A reviewer says the emails should really target: {feedback}\n\n"
+            f"{_compact_brief(brief, feedback)}"
+        )
+        return [Message.from_text(text=text, role=Role.USER)]
     user = (
         "You wrote the draft below from this brief. A person who knows the market has told "
         "you who the emails should really target. Rewrite both emails for that audience: "

@@ -50,7 +50,7 @@ class SyncColdMailAgent:
         cls,
         db_path: str | os.PathLike[str] | None = None,
         *,
-        llm: ColdmailLlm | None = None,
+        llm: ColdmailLlm | str | None = None,
         model: str | None = None,
         llm_timeout: float | None = None,
         busy_timeout: float | None = None,

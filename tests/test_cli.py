@@ -136,7 +136,7 @@ def test_error_exit_codes_are_distinct_and_one_line(
         run_cli("resume", interaction_id, "--feedback", "Nurses"), 4, "different feedback"
     )
 
-    no_llm = {"OPENAI_API_KEY": "", "OPENAI_API_BASE": ""}
+    no_llm = {"OPENAI_API_KEY": "", "OPENAI_API_BASE": "", "COLDMAIL_LLM": "openai"}
     _assert_one_line_error(run_cli("start", *START, env=no_llm), 7, "OPENAI_API_KEY")
 
     _assert_one_line_error(run_cli("--db", str(tmp_path), "list"), 8, "is a directory")

@@ -61,6 +61,7 @@ async def test_completed_run_needs_no_llm_settings_to_return_its_result(
         done = await agent.resume(pending.interaction_id, FEEDBACK)
     monkeypatch.delenv("OPENAI_API_KEY")
     monkeypatch.delenv("OPENAI_API_BASE")
+    monkeypatch.setenv("COLDMAIL_LLM", "openai")  # so the local model is not chosen instead
     async with ColdMailAgent.open(db_path) as agent:
         assert await agent.resume(pending.interaction_id, FEEDBACK) == done
         assert len(await agent.list(status="completed")) == 1  # listing needs no LLM either
@@ -152,6 +153,7 @@ async def test_missing_llm_settings_are_reported_before_the_run_is_touched(
     before = _row(db_path, pending.interaction_id)
     monkeypatch.delenv("OPENAI_API_KEY")
     monkeypatch.delenv("OPENAI_API_BASE")
+    monkeypatch.setenv("COLDMAIL_LLM", "openai")
     async with ColdMailAgent.open(db_path) as agent:
         with pytest.raises(ConfigurationError, match="set OPENAI_API_KEY"):
             await agent.resume(pending.interaction_id, FEEDBACK)

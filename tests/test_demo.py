@@ -1,0 +1,128 @@
+"""``coldmail demo`` driven through a pseudo-terminal, as a person would use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pexpect
+
+from bridgic_coldmail.testing import ScriptedOpenAIServer
+
+from .conftest import PROCESS_TIMEOUT, REPO, run_cli
+
+FLAGS = ["--product", "Acme Scheduler", "--offer", "cuts no-shows by 30%", "--sender", "Dana"]
+
+
+def _spawn(*args: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        str(Path(sys.executable).parent / "coldmail"),
+        ["demo", *args],
+        cwd=str(REPO),
+        env=dict(os.environ),
+        encoding="utf-8",
+        timeout=PROCESS_TIMEOUT,
+        dimensions=(50, 120),
+    )
+
+
+def _answer_brief(child: pexpect.spawn) -> None:
+    child.expect("Product: ")
+    child.sendline("Acme Scheduler")
+    child.expect("What it brings the reader: ")
+    child.sendline("cuts no-shows by 30%")
+    child.expect(r"Sender \(signs the emails\): ")
+    child.sendline("Dana Lee")
+    child.expect(r"audience \(optional\): ")
+    child.sendline("clinic managers")
+    child.expect(r"Call to action \(optional\): ")
+    child.sendline("")
+
+
+def _interaction_id(child: pexpect.spawn) -> str:
+    child.expect(r"Saved as ([0-9a-f]{32}) in ")
+    return str(child.match.group(1))
+
+
+def test_demo_end_to_end(server: ScriptedOpenAIServer, db_path: Path) -> None:
+    child = _spawn()
+    _answer_brief(child)
+    child.expect(r"Drafting… +\d+ s")  # the live progress line on a TTY
+    child.expect("Subject: A faster way with Acme Scheduler")
+    interaction_id = _interaction_id(child)
+    child.expect(f"coldmail resume {interaction_id}")
+    child.expect(r"Who is this really for\? ")
+    child.sendline("CTOs at mid-size hospitals")
+    child.expect("DRAFT +│ REFINED")
+    child.expect(r"Subject: A faster way with Acme Scheduler +│ Subject: Acme Scheduler for CTOs")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert [r.kind for r in server.requests] == ["draft", "refine"]
+
+
+def test_ctrl_c_at_the_question_leaves_a_resumable_run(
+    server: ScriptedOpenAIServer, db_path: Path
+) -> None:
+    child = _spawn(*FLAGS)
+    interaction_id = _interaction_id(child)
+    child.expect(r"Who is this really for\? ")
+    # Already safe in SQLite while the question waits.
+    with sqlite3.connect(db_path) as conn:
+        (status,) = conn.execute(
+            "SELECT status FROM runs WHERE interaction_id = ?", (interaction_id,)
+        ).fetchone()
+    assert status == "awaiting_feedback"
+    child.sendintr()
+    child.expect("The run is saved and waiting; resume it with:")
+    child.expect(f"coldmail resume {interaction_id}")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+
+    resumed = run_cli("resume", interaction_id, "--feedback", "CTOs", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "completed"
+    assert server.count("draft") == 1 and server.count("refine") == 1
+
+
+def test_a_closed_terminal_at_the_question_is_treated_like_ctrl_c(
+    server: ScriptedOpenAIServer,
+) -> None:
+    child = _spawn(*FLAGS)
+    interaction_id = _interaction_id(child)
+    child.expect(r"Who is this really for\? ")
+    child.sendeof()
+    child.expect(f"coldmail resume {interaction_id}")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+
+
+def test_no_terminal_and_no_flags_fails_clearly_instead_of_hanging() -> None:
+    result = run_cli("demo")
+    assert result.returncode == 2
+    assert "has no terminal to ask on; pass --product, --offer and --sender" in result.stderr
+
+
+def test_flags_and_feedback_without_a_terminal_print_plain_progress(
+    server: ScriptedOpenAIServer,
+) -> None:
+    result = run_cli("demo", *FLAGS, "--feedback", "CTOs at mid-size hospitals")
+    assert result.returncode == 0, result.stderr
+    assert "Drafting…\nDrafting done in " in result.stdout
+    assert "\r" not in result.stdout
+    assert "DRAFT" in result.stdout and "REFINED" in result.stdout
+
+
+def test_flags_without_feedback_and_no_terminal_leave_the_run_waiting(
+    server: ScriptedOpenAIServer,
+) -> None:
+    result = run_cli("demo", *FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert "No terminal to ask on: the run waits for feedback" in result.stdout
+    listed = json.loads(run_cli("list", "--json").stdout)
+    assert [r["status"] for r in listed] == ["awaiting_feedback"]
