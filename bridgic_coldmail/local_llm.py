@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import os
 import threading
@@ -75,6 +76,8 @@ def _load(path: Path, n_ctx: int) -> tuple[Any, threading.Lock]:
         if key not in _models:
             try:
                 from llama_cpp import Llama
+
+                _silence_llama_cpp_logs()
             except ImportError:
                 raise ConfigurationError(
                     f"the local LLM needs llama-cpp-python; {INSTALL_HINT}"
@@ -92,6 +95,24 @@ def _load(path: Path, n_ctx: int) -> tuple[Any, threading.Lock]:
         return _models[key], _generation_locks[key]
 
 
+@functools.cache
+def _silence_llama_cpp_logs() -> None:
+    """llama.cpp writes loader chatter to stderr even with verbose=False; drop it."""
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        return None
+
+    _keep_alive.append(quiet)  # the C library holds only a raw pointer to it
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+
+
+_keep_alive: list[Any] = []
+
+
 def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """The schema llama.cpp's grammar enforces: the model's, with the opener fixed at day 0,
     the follow-up's day chosen from sensible values, and text lengths bounded so a small
@@ -99,7 +120,7 @@ def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
     schema = copy.deepcopy(schema)
     step = schema["$defs"]["EmailStep"]["properties"]
     step["subject"] = {"type": "string", "minLength": 3, "maxLength": 90}
-    step["body"] = {"type": "string", "minLength": 20, "maxLength": 900}
+    step["body"] = {"type": "string", "minLength": 40, "maxLength": 600}
     opener = copy.deepcopy(schema["$defs"]["EmailStep"])
     opener["properties"]["wait_days"] = {"enum": [0]}
     follow_up = copy.deepcopy(schema["$defs"]["EmailStep"])
@@ -141,7 +162,7 @@ class LocalLlm(BaseLlm):
         self._grammars: dict[str, Any] = {}
 
     def _grammar(self, model: type) -> Any:
-        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         name = f"{model.__module__}.{model.__qualname__}"
         if name not in self._grammars:
@@ -166,7 +187,12 @@ class LocalLlm(BaseLlm):
                 **options,
             )
         text = output["choices"][0]["text"]
-        return constraint.model.model_validate_json(text)
+        try:
+            # strict=False: the grammar may let a raw newline into a string; that is fine here.
+            data = json.loads(text, strict=False)
+        except json.JSONDecodeError:
+            return constraint.model.model_validate_json(text)  # raises a ValidationError
+        return constraint.model.model_validate(data)
 
     async def astructured_output(
         self, messages: list[Message], constraint: Any, **kwargs: Any

@@ -80,18 +80,25 @@ class Completed:
     stderr: str
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, module: bool = False) -> Completed:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    module: bool = False,
+    timeout: float = PROCESS_TIMEOUT,
+) -> Completed:
     """Run ``coldmail`` (or ``python -m bridgic_coldmail``) in a child process."""
     command = [sys.executable, "-m", "bridgic_coldmail"] if module else [_coldmail()]
-    return run_process([*command, *args], env=env)
+    return run_process([*command, *args], env=env, timeout=timeout)
 
 
-def run_process(command: list[str], env: dict[str, str] | None = None) -> Completed:
+def run_process(
+    command: list[str], env: dict[str, str] | None = None, timeout: float = PROCESS_TIMEOUT
+) -> Completed:
     result = subprocess.run(
         command,
         capture_output=True,
         text=True,
-        timeout=PROCESS_TIMEOUT,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
         stdin=subprocess.DEVNULL,
         cwd=REPO,
