@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__
 from .agent import MAX_PAGE, ColdMailAgent
 from .demo import run_demo
-from .errors import ColdmailError
+from .errors import ColdmailError, ConfigurationError
 from .llm import BACKENDS
 from .models import Run, RunStatus, make_brief, validate_feedback, validate_interaction_id
 from .render import format_history, format_run, format_run_line, format_sequence, resume_hint
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = command("show", "show one run")
     show.add_argument("interaction_id", metavar="INTERACTION_ID")
 
+    serve = command("serve", "the reviewer's inbox in the browser", json_output=False)
+    serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+
     purge = command("purge", "delete old runs (by default only completed ones)")
     purge.add_argument(
         "--older-than",
@@ -111,7 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
 def _execute(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return run_demo(args)
+    if args.command == "serve":
+        return _serve(args)
     print(asyncio.run(_run_command(args)))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .web.app import TOKEN_ENV, check_bind_address, create_app
+    except ImportError:
+        raise ConfigurationError(
+            "coldmail serve needs the web extra: pip install 'bridgic-coldmail[web]'"
+        ) from None
+    check_bind_address(args.host, os.environ.get(TOKEN_ENV))
+    print(f"Serving the inbox on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
+    uvicorn.run(
+        create_app(args.db, llm=args.llm), host=args.host, port=args.port, log_level="warning"
+    )
     return 0
 
 
