@@ -248,26 +248,40 @@ async def _populate(path: Path, stored: int) -> list[str]:
     return [template, *ids]
 
 
-async def scaling(folder: Path, stored: int, samples: int) -> dict[str, list[float]]:
-    path = folder / f"scale-{stored}.db"
-    ids = await _populate(path, stored)
-    timings: dict[str, list[float]] = {"get": [], "resume": [], "list": []}
-    async with ColdMailAgent.open(path, llm=InstantLlm()) as agent:
-        fresh = [(await agent.start(BRIEF)).interaction_id for _ in range(samples)]
-        for interaction_id in random.sample(ids, min(samples, len(ids))):
+async def scaling(
+    folder: Path, small: int, large: int, samples: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """get / resume / list timings on a small and a large store, measured alternately so that
+    a noisy machine slows both alike (the ratio between them is the figure)."""
+    sizes = {"small": small, "large": large}
+    ids = {name: await _populate(folder / f"scale-{n}.db", n) for name, n in sizes.items()}
+    timings: dict[str, dict[str, list[float]]] = {
+        name: {"get": [], "resume": [], "list": []} for name in sizes
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        agents = {
+            name: await stack.enter_async_context(
+                ColdMailAgent.open(folder / f"scale-{n}.db", llm=InstantLlm())
+            )
+            for name, n in sizes.items()
+        }
+        fresh = {
+            name: [(await agent.start(BRIEF)).interaction_id for _ in range(samples)]
+            for name, agent in agents.items()
+        }
+        picks = {name: random.sample(ids[name], min(samples, len(ids[name]))) for name in sizes}
+
+        async def timed(name: str, op: str, call: Awaitable[Any]) -> None:
             t0 = time.perf_counter()
-            await agent.get(interaction_id)
-            timings["get"].append((time.perf_counter() - t0) * 1000)
-        for interaction_id in fresh:
-            t0 = time.perf_counter()
-            await agent.resume(interaction_id, FEEDBACK)
-            timings["resume"].append((time.perf_counter() - t0) * 1000)
-        for _ in range(samples):
-            t0 = time.perf_counter()
-            page = await agent.list(RunStatus.AWAITING_FEEDBACK, limit=50)
-            timings["list"].append((time.perf_counter() - t0) * 1000)
-            assert len(page) == 50 or len(page) == min(50, stored)
-    return timings
+            await call
+            timings[name][op].append((time.perf_counter() - t0) * 1000)
+
+        for i in range(samples):
+            for name, agent in agents.items():
+                await timed(name, "get", agent.get(picks[name][i % len(picks[name])]))
+                await timed(name, "resume", agent.resume(fresh[name][i], FEEDBACK))
+                await timed(name, "list", agent.list(RunStatus.AWAITING_FEEDBACK, limit=50))
+    return timings["small"], timings["large"]
 
 
 def peak_rss_mb(kind: str, n: int, folder: Path) -> float:
@@ -342,16 +356,12 @@ async def _rounds(
 
 async def measure(sizes: Sizes, folder: Path, log: Callable[[str], None]) -> list[Figure]:
     figures: list[Figure] = []
-    seq = {
-        kind: await _rounds(
-            kind,
-            folder,
-            sizes.rounds,
-            lambda s: sequential_latencies(s, sizes.sequential),
-            InstantLlm(),
-        )
-        for kind in ("ours", "floor")
-    }
+    seq: dict[str, list[Any]] = {"ours": [], "floor": []}
+    for _ in range(sizes.rounds):  # alternate, so drift in machine speed hits both alike
+        for kind in seq:
+            seq[kind] += await _rounds(
+                kind, folder, 1, lambda s: sequential_latencies(s, sizes.sequential), InstantLlm()
+            )
     for index, (label, target) in enumerate(
         [
             ("start → paused and stored", ""),
@@ -435,8 +445,7 @@ async def measure(sizes: Sizes, folder: Path, log: Callable[[str], None]) -> lis
     )
     log("disk done")
 
-    small = await scaling(folder, sizes.scale_small, sizes.scale_samples)
-    large = await scaling(folder, sizes.scale_large, sizes.scale_samples)
+    small, large = await scaling(folder, sizes.scale_small, sizes.scale_large, sizes.scale_samples)
     for op, label in (("get", "get"), ("resume", "resume"), ("list", "list page (50 awaiting)")):
         ratio = p50(large[op]) / p50(small[op])
         figures.append(
