@@ -31,6 +31,7 @@ from .llm import (
     choose_backend,
     close_llm,
     model_from_env,
+    seconds_from_env,
     timeout_from_env,
 )
 from .models import (
@@ -58,17 +59,6 @@ def db_path_from_env(path: str | os.PathLike[str] | None = None) -> Path:
     if path is not None and str(path) != "":
         return Path(path)
     return Path(os.environ.get("COLDMAIL_DB", "").strip() or DEFAULT_DB_PATH)
-
-
-def _seconds_from_env(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigurationError(f"{name}={raw!r} is not a positive number of seconds")
-    return value
 
 
 class ColdMailAgent:
@@ -137,7 +127,7 @@ class ColdMailAgent:
         lease = (
             lease_seconds
             if lease_seconds is not None
-            else _seconds_from_env("COLDMAIL_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
+            else seconds_from_env("COLDMAIL_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
         )
         async with RunStore.open(
             db_path_from_env(db_path),

@@ -25,6 +25,7 @@ from .agent import ColdMailAgent
 from .errors import InvalidInput
 from .models import Brief, EmailSequence, Run, make_brief, validate_feedback
 from .prompts import AUDIENCE_QUESTION
+from .render import format_sequence, resume_command
 
 T = TypeVar("T")
 INTERRUPTED = 130
@@ -112,10 +113,6 @@ def side_by_side(before: EmailSequence, after: EmailSequence, width: int | None 
     return "\n".join(out)
 
 
-def _resume_line(run: Run) -> str:
-    return f'coldmail resume {run.interaction_id} --feedback "who it is really for"'
-
-
 def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """The demo; returns the exit code. Errors propagate as ``ColdmailError``."""
     interactive = sys.stdin.isatty()
@@ -133,11 +130,10 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         print("\nStopped before the draft was saved; nothing was stored.", file=out)
         return INTERRUPTED
 
-    from .render import format_sequence
-
     print(f"\n{format_sequence(pending.draft)}\n", file=out)
     print(f"Saved as {pending.interaction_id} in {db_path}.", file=out)
-    print(f"If you stop now, resume any time with:\n  {_resume_line(pending)}\n", file=out)
+    resume = resume_command(pending, "who it is really for")
+    print(f"If you stop now, resume any time with:\n  {resume}\n", file=out)
 
     if feedback is None:
         if not interactive:
@@ -148,8 +144,7 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             feedback = _ask("Who is this really for? ", True)
         except (KeyboardInterrupt, EOFError):
             print(
-                f"\nStopped. The run is saved and waiting; resume it with:\n  "
-                f"{_resume_line(pending)}",
+                f"\nStopped. The run is saved and waiting; resume it with:\n  {resume}",
                 file=out,
             )
             return INTERRUPTED
@@ -164,7 +159,7 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     try:
         done = asyncio.run(refine())
     except KeyboardInterrupt:
-        print(f"\nStopped; the run is still resumable:\n  {_resume_line(pending)}", file=out)
+        print(f"\nStopped; the run is still resumable:\n  {resume}", file=out)
         return INTERRUPTED
     assert done.final is not None
     print(f"\nFeedback: {done.feedback}\n", file=out)

@@ -53,21 +53,22 @@ def model_from_env(env: Mapping[str, str] | None = None) -> str:
     return env.get("OPENAI_MODEL_NAME", "").strip() or DEFAULT_MODEL
 
 
-def timeout_from_env(env: Mapping[str, str] | None = None) -> float:
-    """Seconds each LLM step may take: ``COLDMAIL_LLM_TIMEOUT`` or the default."""
+def seconds_from_env(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
+    """A positive number of seconds from ``$name``, or ``default`` when it is unset."""
     env = os.environ if env is None else env
-    raw = env.get("COLDMAIL_LLM_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_LLM_TIMEOUT
+    raw = env.get(name, "").strip()
     try:
-        value = float(raw)
+        value = float(raw) if raw else default
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise ConfigurationError(
-            f"COLDMAIL_LLM_TIMEOUT={raw!r} is not a positive number of seconds"
-        )
+        raise ConfigurationError(f"{name}={raw!r} is not a positive number of seconds")
     return value
+
+
+def timeout_from_env(env: Mapping[str, str] | None = None) -> float:
+    """Seconds each LLM step may take: ``COLDMAIL_LLM_TIMEOUT`` or the default."""
+    return seconds_from_env("COLDMAIL_LLM_TIMEOUT", DEFAULT_LLM_TIMEOUT, env)
 
 
 BACKENDS = ("openai", "local")

@@ -24,12 +24,17 @@ def format_sequence(sequence: EmailSequence) -> str:
     return "\n\n".join(blocks)
 
 
+def resume_command(run: Run, feedback: str = "CTOs at mid-size hospitals") -> str:
+    """The command that resumes a paused run."""
+    return f'coldmail resume {run.interaction_id} --feedback "{feedback}"'
+
+
 def resume_hint(run: Run) -> str:
     """How to resume a paused run from the command line."""
     return (
         f"{run.question}\n"
         "Resume with your answer, from any process, any time:\n"
-        f'  coldmail resume {run.interaction_id} --feedback "CTOs at mid-size hospitals"'
+        f"  {resume_command(run)}"
     )
 
 

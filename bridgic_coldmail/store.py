@@ -213,12 +213,13 @@ class RunStore:
 
     async def history(self, interaction_id: str) -> list[RunEvent]:
         """The run's events, oldest first; ``RunNotFound`` if there is no such run."""
-        await self.get(interaction_id)
         with _storage_errors(self.path):
             rows = await self._conn.execute_fetchall(
                 "SELECT at, kind, detail FROM run_events WHERE interaction_id = ? ORDER BY id",
                 (interaction_id,),
             )
+        if not rows:  # every stored run has a 'paused' event; no events means no such run
+            await self.get(interaction_id)
         return [
             RunEvent(at=datetime.fromisoformat(r["at"]), kind=r["kind"], detail=r["detail"])
             for r in rows

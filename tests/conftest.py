@@ -5,13 +5,16 @@ Only the LLM is faked, and only at the HTTP boundary; storage is always a real S
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent
@@ -104,6 +107,38 @@ def run_process(
         cwd=REPO,
     )
     return Completed(result.returncode, result.stdout, result.stderr)
+
+
+def start_run_with_cli() -> str:
+    """Start a run with ``coldmail start`` in a child process; returns its interaction id."""
+    started = run_cli(
+        "start", "--product", "Acme", "--offer", "saves time", "--sender", "Dana", "--json"
+    )
+    assert started.returncode == 0, started.stderr
+    return str(json.loads(started.stdout)["interaction_id"])
+
+
+def wait_for_request(server: ScriptedOpenAIServer, kind: str) -> None:
+    """Block until the scripted server has received a request of this kind."""
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while server.count(kind) == 0:
+        assert time.monotonic() < deadline, f"no {kind} request arrived"
+        time.sleep(0.05)
+
+
+def spawn_coldmail(
+    *args: str, env: dict[str, str] | None = None, timeout: float = PROCESS_TIMEOUT
+) -> pexpect.spawn:
+    """``coldmail`` on a pseudo-terminal, as a person at a keyboard would run it."""
+    return pexpect.spawn(
+        _coldmail(),
+        list(args),
+        cwd=str(REPO),
+        env={**os.environ, **(env or {})},
+        encoding="utf-8",
+        timeout=timeout,
+        dimensions=(50, 120),
+    )
 
 
 def _coldmail() -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from bridgic_coldmail import RunBeingResumed
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
-from .conftest import PROCESS_TIMEOUT, REPO, run_cli
+from .conftest import PROCESS_TIMEOUT, REPO, run_cli, start_run_with_cli, wait_for_request
 
 LEASE = 5.0
 
@@ -22,20 +22,14 @@ LEASE = 5.0
 def test_a_killed_resumer_leaves_the_run_resumable_after_its_lease(
     server: ScriptedOpenAIServer, db_path: Path
 ) -> None:
-    started = run_cli("start", "--product", "Acme", "--offer", "saves time", "--sender", "Dana")
-    assert started.returncode == 0, started.stderr
-    interaction_id = json.loads(run_cli("list", "--json").stdout)[0]["interaction_id"]
-
+    interaction_id = start_run_with_cli()
     server.enqueue(Reply(kind="refine", delay=60.0))  # the LLM is slow; the resumer dies waiting
     victim = subprocess.Popen(
         [sys.executable, "-m", "bridgic_coldmail", "resume", interaction_id, "--feedback", "CTOs"],
         cwd=REPO,
         env={**os.environ, "COLDMAIL_LEASE_SECONDS": str(LEASE)},
     )
-    deadline = time.monotonic() + PROCESS_TIMEOUT
-    while server.count("refine") == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.count("refine") == 1
+    wait_for_request(server, "refine")
     killed_at = time.monotonic()
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=PROCESS_TIMEOUT)

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import sys
 from pathlib import Path
 
 import pexpect
 
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
-from .conftest import PROCESS_TIMEOUT, REPO, run_cli
+from .conftest import run_cli, spawn_coldmail
 
 FLAGS = ["--product", "Acme Scheduler", "--offer", "cuts no-shows by 30%", "--sender", "Dana"]
-
-
-def _spawn(*args: str) -> pexpect.spawn:
-    return pexpect.spawn(
-        str(Path(sys.executable).parent / "coldmail"),
-        ["demo", *args],
-        cwd=str(REPO),
-        env=dict(os.environ),
-        encoding="utf-8",
-        timeout=PROCESS_TIMEOUT,
-        dimensions=(50, 120),
-    )
 
 
 def _answer_brief(child: pexpect.spawn) -> None:
@@ -48,7 +34,7 @@ def _interaction_id(child: pexpect.spawn) -> str:
 
 
 def test_demo_end_to_end(server: ScriptedOpenAIServer, db_path: Path) -> None:
-    child = _spawn()
+    child = spawn_coldmail("demo")
     _answer_brief(child)
     child.expect(r"Drafting… +\d+ s")  # the live progress line on a TTY
     child.expect("Subject: A faster way with Acme Scheduler")
@@ -67,7 +53,7 @@ def test_demo_end_to_end(server: ScriptedOpenAIServer, db_path: Path) -> None:
 def test_ctrl_c_at_the_question_leaves_a_resumable_run(
     server: ScriptedOpenAIServer, db_path: Path
 ) -> None:
-    child = _spawn(*FLAGS)
+    child = spawn_coldmail("demo", *FLAGS)
     interaction_id = _interaction_id(child)
     child.expect(r"Who is this really for\? ")
     # Already safe in SQLite while the question waits.
@@ -92,7 +78,7 @@ def test_ctrl_c_at_the_question_leaves_a_resumable_run(
 def test_a_closed_terminal_at_the_question_is_treated_like_ctrl_c(
     server: ScriptedOpenAIServer,
 ) -> None:
-    child = _spawn(*FLAGS)
+    child = spawn_coldmail("demo", *FLAGS)
     interaction_id = _interaction_id(child)
     child.expect(r"Who is this really for\? ")
     child.sendeof()

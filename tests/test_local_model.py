@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pexpect
@@ -17,7 +16,7 @@ import pytest
 from bridgic_coldmail import EmailSequence
 from bridgic_coldmail.local_llm import local_extra_installed
 
-from .conftest import REPO, run_cli
+from .conftest import run_cli, spawn_coldmail
 
 pytestmark = pytest.mark.local
 NO_OPENAI = {"OPENAI_API_KEY": "", "OPENAI_API_BASE": "", "COLDMAIL_LLM": ""}
@@ -58,14 +57,10 @@ def test_round_trip_with_the_local_model_in_separate_processes(db_path: Path) ->
 
 
 def test_interrupted_demo_then_resume_with_the_local_model(db_path: Path) -> None:
-    child = pexpect.spawn(
-        str(Path(sys.executable).parent / "coldmail"),
-        ["--llm", "local", "demo", "--product", "Acme Scheduler", "--offer",
-         "cuts patient no-shows by 30%", "--sender", "Dana Lee"],
-        cwd=str(REPO),
-        env={**os.environ, **NO_OPENAI},
-        encoding="utf-8",
-        timeout=LOCAL_TIMEOUT,
+    child = spawn_coldmail(
+        "--llm", "local", "demo", "--product", "Acme Scheduler", "--offer",
+        "cuts patient no-shows by 30%", "--sender", "Dana Lee",
+        env=NO_OPENAI, timeout=LOCAL_TIMEOUT,
     )  # fmt: skip
     child.expect(r"Saved as ([0-9a-f]{32}) in ")
     interaction_id = str(child.match.group(1))

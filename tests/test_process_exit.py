@@ -8,12 +8,18 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
-from .conftest import PROCESS_TIMEOUT, REPO, run_cli, run_process
+from .conftest import (
+    PROCESS_TIMEOUT,
+    REPO,
+    run_cli,
+    run_process,
+    start_run_with_cli,
+    wait_for_request,
+)
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
@@ -59,10 +65,7 @@ def test_a_sync_agent_left_open_does_not_keep_the_process_alive() -> None:
 def test_ctrl_c_during_refine_exits_and_leaves_the_run_resumable(
     server: ScriptedOpenAIServer, db_path: Path
 ) -> None:
-    started = run_cli("start", "--product", "Acme", "--offer", "saves time", "--sender", "Dana")
-    assert started.returncode == 0, started.stderr
-    interaction_id = json.loads(run_cli("list", "--json").stdout)[0]["interaction_id"]
-
+    interaction_id = start_run_with_cli()
     server.enqueue(Reply(kind="refine", delay=30.0))
     resumer = subprocess.Popen(
         [sys.executable, "-m", "bridgic_coldmail", "resume", interaction_id, "--feedback", "CTOs"],
@@ -71,10 +74,7 @@ def test_ctrl_c_during_refine_exits_and_leaves_the_run_resumable(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + PROCESS_TIMEOUT
-    while server.count("refine") == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.count("refine") == 1, "the resumer never reached the LLM"
+    wait_for_request(server, "refine")
     resumer.send_signal(signal.SIGINT)
     _, stderr = resumer.communicate(timeout=PROCESS_TIMEOUT)
     assert resumer.returncode == 130, stderr
