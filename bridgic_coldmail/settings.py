@@ -1,0 +1,292 @@
+"""Every setting in one place: an argument, else the environment, else the default.
+
+:class:`Settings` is resolved once (``Settings.resolve(**overrides)``) and validated as a
+whole, so a malformed value or two settings that cannot work together fail at start-up with
+one :class:`ConfigurationError` naming the variable, never half way through a run. The
+agent, the command line, the web server and the local model read their settings from here
+and nowhere else; no other module reads ``os.environ``.
+
+Secrets (the signing key, the OpenAI key, the web token) are kept out of ``repr``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+
+DEFAULT_DB = str(Path("snapshots") / "coldmail.db")
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_LLM_TIMEOUT = 120.0
+DEFAULT_BUSY_TIMEOUT = 10.0
+DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_MAX_ROUNDS = 5
+DEFAULT_POOL_SIZE = 10
+DEFAULT_POOL_TIMEOUT = 30.0
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+MIN_KEY_CHARS = 32
+MIN_WEB_TOKEN_CHARS = 32
+MAX_SECONDS = 7 * 24 * 3600.0
+"""No duration setting may exceed a week: larger values are typos, and overflow timers."""
+LEASE_PER_BUSY_TIMEOUT = 3
+"""A lease is renewed every third of its length, and a renewal may wait ``busy_timeout`` for
+the database lock: below this ratio a healthy resumer could lose its lease while waiting."""
+
+BACKENDS = ("openai", "local")
+
+ENV = {
+    "db": "COLDMAIL_DB",
+    "llm": "COLDMAIL_LLM",
+    "model": "OPENAI_MODEL_NAME",
+    "llm_timeout": "COLDMAIL_LLM_TIMEOUT",
+    "busy_timeout": "COLDMAIL_BUSY_TIMEOUT",
+    "lease_seconds": "COLDMAIL_LEASE_SECONDS",
+    "max_rounds": "COLDMAIL_MAX_ROUNDS",
+    "key_file": "COLDMAIL_KEY_FILE",
+    "secret_key": "COLDMAIL_SECRET_KEY",
+    "local_model": "COLDMAIL_LOCAL_MODEL",
+    "openai_api_key": "OPENAI_API_KEY",
+    "openai_api_base": "OPENAI_API_BASE",
+    "pool_size": "COLDMAIL_PG_POOL_SIZE",
+    "pool_timeout": "COLDMAIL_PG_POOL_TIMEOUT",
+    "prepare_statements": "COLDMAIL_PG_PREPARE",
+    "web_token": "COLDMAIL_WEB_TOKEN",
+    "allowed_hosts": "COLDMAIL_ALLOWED_HOSTS",
+    "public_origin": "COLDMAIL_PUBLIC_ORIGIN",
+    "max_body_bytes": "COLDMAIL_MAX_BODY_BYTES",
+    "debug": "COLDMAIL_DEBUG",
+}
+"""The environment variable behind each setting."""
+
+_SECRET = {"secret_key", "openai_api_key", "web_token"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings. Build with :meth:`resolve`; every field is already valid."""
+
+    db: str = DEFAULT_DB
+    """An SQLite file path, or a ``postgresql://`` URL."""
+    llm: str | None = None
+    """``"openai"``, ``"local"``, or None for the default rule (see ``llm.choose_backend``)."""
+    model: str = DEFAULT_MODEL
+    llm_timeout: float = DEFAULT_LLM_TIMEOUT
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    """Review rounds a run may reach by revising; past it only approve, edit, reject remain."""
+    key_file: Path | None = None
+    """An explicit signing-key file; default: ``<db>.key`` beside an SQLite file."""
+    secret_key: str | None = field(default=None, repr=False)
+    local_model: Path | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_api_base: str | None = None
+    pool_size: int = DEFAULT_POOL_SIZE
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT
+    prepare_statements: bool = False
+    """Server-side prepared statements on PostgreSQL; off so PgBouncer's transaction mode works."""
+    web_token: str | None = field(default=None, repr=False)
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names the web server answers besides loopback and its bound address."""
+    public_origin: str | None = None
+    """The origin browsers see (``https://review.example.com``) when served behind a proxy."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    debug: bool = False
+
+    @classmethod
+    def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Each setting from ``overrides`` when given (not None), else the environment, else
+        its default; then the whole is validated.
+
+        Raises:
+            ConfigurationError: a value is malformed, out of range, or conflicts with another.
+        """
+        env = os.environ if env is None else env
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigurationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            given = overrides.get(item.name)
+            if given is not None and not (isinstance(given, str) and given.strip() == ""):
+                values[item.name] = _parse(item.name, given, source=f"{item.name}=")
+                continue
+            raw = env.get(ENV[item.name], "")
+            if raw.strip():
+                values[item.name] = _parse(item.name, raw, source=f"{ENV[item.name]}=")
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with some settings replaced (None keeps the current value), validated."""
+        values = {
+            name: _parse(name, value, source=f"{name}=")
+            for name, value in overrides.items()
+            if value is not None
+        }
+        changed = replace(self, **values)
+        changed.check()
+        return changed
+
+    def check(self) -> None:
+        """Refuse combinations that cannot work together."""
+        if self.lease_seconds < LEASE_PER_BUSY_TIMEOUT * self.busy_timeout:
+            raise ConfigurationError(
+                f"the lease ({ENV['lease_seconds']}={self.lease_seconds:g} s) must be at least "
+                f"{LEASE_PER_BUSY_TIMEOUT}x the busy timeout ({self.busy_timeout:g} s): a "
+                "resumer renews its lease every third of it and may wait that long for the "
+                "database lock; raise the lease or lower the busy timeout"
+            )
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether ``db`` names a PostgreSQL server rather than an SQLite file."""
+        return is_postgres_url(self.db)
+
+
+def is_postgres_url(db: str) -> bool:
+    """``postgresql://…`` or ``postgres://…``."""
+    return db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password replaced by ``***`` (for messages and logs)."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _parse(name: str, value: Any, *, source: str) -> Any:
+    shown = "***" if name in _SECRET else repr(value)
+    parser = _PARSERS.get(name, _text)
+    try:
+        return parser(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigurationError(f"{source}{shown} is not valid: {exc}") from None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, not {type(value).__name__}")
+    return value.strip()
+
+
+def _db(value: Any) -> str:
+    text = str(os.fspath(value)).strip() if isinstance(value, (str, os.PathLike)) else None
+    if not text:
+        raise ValueError("give a file path or a postgresql:// URL")
+    return text
+
+
+def _backend(value: Any) -> str:
+    text = _text(value).lower()
+    if text not in BACKENDS:
+        raise ValueError(f"use one of {', '.join(BACKENDS)}")
+    return text
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("expected a number of seconds")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("expected a positive number of seconds")
+    if number > MAX_SECONDS:
+        raise ValueError(f"at most {MAX_SECONDS:g} seconds (a week)")
+    return number
+
+
+def _count(low: int, high: int) -> Any:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise TypeError("expected a whole number")
+        number = int(str(value).strip())
+        if not low <= number <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _path(value: Any) -> Path:
+    return Path(os.fspath(value)).expanduser()
+
+
+def _key(value: Any) -> str:
+    text = _text(value)
+    if len(text) < MIN_KEY_CHARS:
+        raise ValueError(
+            f"{len(text)} characters; use at least {MIN_KEY_CHARS} random ones, e.g. "
+            'python -c "import secrets; print(secrets.token_hex(32))"'
+        )
+    return text
+
+
+def _web_token(value: Any) -> str:
+    text = _text(value)
+    if len(text) < MIN_WEB_TOKEN_CHARS or not text.isascii() or not text.isprintable():
+        raise ValueError(
+            f"use at least {MIN_WEB_TOKEN_CHARS} printable ASCII characters, e.g. "
+            'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    if len(set(text)) < 8:
+        raise ValueError("it repeats too few characters to be guessed slowly; use a random one")
+    return text
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    hosts = tuple(str(h).strip().lower() for h in items if str(h).strip())
+    for host in hosts:
+        if not re.fullmatch(r"[a-z0-9.\-]+|\[[0-9a-f:.]+\]", host):
+            raise ValueError(f"{host!r} is not a host name (no scheme, port or path)")
+    return hosts
+
+
+def _origin(value: Any) -> str:
+    text = _text(value).rstrip("/")
+    if not re.fullmatch(
+        r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?|https?://\[[0-9a-fA-F:.]+\](:\d+)?", text
+    ):
+        raise ValueError("expected scheme://host[:port], e.g. https://review.example.com")
+    return text.lower()
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+_PARSERS: dict[str, Any] = {
+    "db": _db,
+    "llm": _backend,
+    "model": _text,
+    "llm_timeout": _seconds,
+    "busy_timeout": _seconds,
+    "lease_seconds": _seconds,
+    "max_rounds": _count(1, 50),
+    "key_file": _path,
+    "secret_key": _key,
+    "local_model": _path,
+    "openai_api_key": _text,
+    "openai_api_base": _text,
+    "pool_size": _count(1, 1000),
+    "pool_timeout": _seconds,
+    "prepare_statements": _flag,
+    "web_token": _web_token,
+    "allowed_hosts": _hosts,
+    "public_origin": _origin,
+    "max_body_bytes": _count(1024, 16 * 1024 * 1024),
+    "debug": _flag,
+}
