@@ -1,231 +1,402 @@
-"""``ColdMailAgent``: start a run, pause it into SQLite, resume it with feedback, any time later.
+"""``ColdMailAgent``: start a run, pause it in the store, resume it with feedback and review
+decisions, any time later, from any process or host.
 
 This is the layer that closes Bridgic's sharp edges around ``interact_with_human``:
 
-* an unknown interaction id is ``RunNotFound`` (Bridgic alone would silently pause again);
+* an unknown interaction id is ``RunNotFound`` (Bridgic alone would silently pause again),
+  and a snapshot that pauses again where it was is refused rather than stored;
 * a snapshot whose serialization version this code does not know is refused, naming both;
-* each run is resumed at most once, through an atomic claim in SQLite, not a Python lock;
-* a failed refinement gives the run back, untouched, with the error recorded;
+* each feedback or decision is applied at most once, through an atomic claim in the store,
+  not a Python lock; the claim's lease is renewed while the LLM works, and only the current
+  holder can record the result (fencing);
+* a failed step gives the run back, untouched, with the error recorded;
 * the LLM is attached after loading and never serialized (it holds the API key).
+
+The store answers with neutral outcomes; the messages people read are worded here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
-from datetime import timedelta
-from pathlib import Path
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
 
 from bridgic.core.automa import Snapshot
 from bridgic.core.automa.interaction import InteractionException, InteractionFeedback
+from typing_extensions import Unpack
 
-from .automa import ColdMailAutoma
-from .errors import ColdmailError, ConfigurationError, InvalidInput, LlmError, SnapshotError
-from .llm import (
-    ColdmailLlm,
-    build_llm,
-    check_llm,
-    choose_backend,
-    close_llm,
-    model_from_env,
-    seconds_from_env,
-    timeout_from_env,
+from .automa import REVIEW_EVENT, ColdMailAutoma
+from .errors import (
+    ColdmailError,
+    ConfigurationError,
+    InvalidInput,
+    LlmError,
+    RunBeingResumed,
+    RunConflict,
+    RunNotFound,
+    SnapshotError,
+    SnapshotIntegrityError,
+    StoreError,
 )
+from .llm import ColdmailLlm, build_llm, check_llm, close_llm
 from .models import (
     Brief,
+    DamagedRun,
     EmailSequence,
+    ListedRun,
+    ReviewOutcome,
     Run,
     RunEvent,
     RunStatus,
     make_brief,
+    make_decision,
     validate_feedback,
     validate_interaction_id,
+    validate_page,
 )
 from .prompts import AUDIENCE_QUESTION
 from .retry import RetryPolicy
-from .store import DEFAULT_BUSY_TIMEOUT, DEFAULT_DB_PATH, DEFAULT_LEASE_SECONDS, Claim, RunStore
+from .settings import AgentOptions, Settings
+from .store import (
+    Action,
+    AlreadyDone,
+    Claim,
+    Finished,
+    NewRun,
+    Paused,
+    Refusal,
+    RefusalReason,
+    RunStore,
+    connect_store,
+)
 
 SUPPORTED_SERIALIZATION_VERSIONS = frozenset({"1.0"})
 """Bridgic snapshot formats this release can resume."""
 
 MAX_PAGE = 1000
+"""The most runs one ``list`` call returns."""
+
+T = TypeVar("T")
 
 
-def db_path_from_env(path: str | os.PathLike[str] | None = None) -> Path:
-    """The database path: the argument, else ``COLDMAIL_DB``, else ``snapshots/coldmail.db``."""
-    if path is not None and str(path) != "":
-        return Path(path)
-    return Path(os.environ.get("COLDMAIL_DB", "").strip() or DEFAULT_DB_PATH)
+class OpenOptions(AgentOptions, total=False):
+    """The keyword arguments of ``ColdMailAgent.open`` and ``SyncColdMailAgent.open``."""
+
+    llm: ColdmailLlm | str | None
+    retry: RetryPolicy | None
+    settings: Settings | None
 
 
 class ColdMailAgent:
-    """Drafts cold-email sequences that pause for audience feedback and resume later.
+    """Drafts cold-email sequences that pause for people and resume later.
 
-    Open one with :meth:`open`; it owns a connection to the run database and closes it on
-    exit. One agent can serve many concurrent tasks.
+    Open one with :meth:`open`; it owns a connection to the run store and closes it on exit.
+    One agent can serve many concurrent tasks.
     """
 
     def __init__(
         self,
         store: RunStore,
-        llm: ColdmailLlm | str | None,
-        model: str,
-        llm_timeout: float,
-        retry: RetryPolicy,
+        settings: Settings,
+        llm: ColdmailLlm | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._store = store
-        self.retry = retry
-        # An LLM object, or the backend to build on first use ("openai", "local", None: auto).
-        self._llm: ColdmailLlm | None = None if llm is None or isinstance(llm, str) else llm
-        self._backend = llm if isinstance(llm, str) else None
+        self.settings = settings
+        self.retry = retry or RetryPolicy()
+        self._llm = llm
         self._owns_llm = False  # True once we build one
-        self.model = model
-        self.llm_timeout = llm_timeout
 
     @classmethod
     @asynccontextmanager
     async def open(
-        cls,
-        db_path: str | os.PathLike[str] | None = None,
-        *,
-        llm: ColdmailLlm | str | None = None,
-        model: str | None = None,
-        llm_timeout: float | None = None,
-        busy_timeout: float | None = None,
-        lease_seconds: float | None = None,
-        retry: RetryPolicy | None = None,
+        cls, db_path: str | os.PathLike[str] | None = None, **options: Unpack[OpenOptions]
     ) -> AsyncIterator[ColdMailAgent]:
-        """Open the agent on a run database.
+        """Open the agent on a run store.
 
         Args:
-            db_path: SQLite file; default ``COLDMAIL_DB`` or ``snapshots/coldmail.db``. The
-                folder is created if missing.
+            db_path: an SQLite file (its folder is created) or a ``postgresql://`` URL;
+                default ``COLDMAIL_DB`` or ``snapshots/coldmail.db``.
             llm: any Bridgic LLM implementing ``BaseLlm`` and ``StructuredOutput``; or
-                ``"openai"`` / ``"local"``; or ``None`` to choose from the environment
+                ``"openai"`` / ``"local"``; or None to choose from the settings
                 (``COLDMAIL_LLM``, else OpenAI when configured, else the local model when
                 installed). A named backend is built the first time an LLM is needed, so
                 ``get`` and ``list`` work without any LLM settings.
-            model: model name passed to the LLM; default ``OPENAI_MODEL_NAME`` or gpt-4o-mini.
-            llm_timeout: seconds per LLM step; default ``COLDMAIL_LLM_TIMEOUT`` or 120.
-            busy_timeout: seconds to wait for another process's write lock; default 10.
-            lease_seconds: how long a resume's claim lasts before another resumer may take
-                over a run whose resumer died; default ``COLDMAIL_LEASE_SECONDS`` or 300.
-            retry: how each LLM step is retried; default ``RetryPolicy()`` (4 tries,
-                exponential backoff from 0.5 s, honouring ``Retry-After``).
+            retry: how each LLM step is retried; default ``RetryPolicy()``.
+            settings: resolved settings to start from; default: from the environment.
+            **options: any other setting by name (``model``, ``llm_timeout``,
+                ``busy_timeout``, ``lease_seconds``, ``max_rounds``, ``key_file``, …; see
+                ``settings.Settings``), overriding the environment.
 
         Raises:
-            StoreError: the database cannot be opened or is not a bridgic-coldmail database.
+            StoreError: the store cannot be opened or is not a bridgic-coldmail database.
             ConfigurationError: ``llm`` is not a usable LLM, or a setting is malformed.
         """
-        checked_llm = llm if llm is None or isinstance(llm, str) else check_llm(llm)
-        if isinstance(llm, str):
-            choose_backend(llm)  # a misspelt backend fails here, before anything opens
-        timeout = llm_timeout if llm_timeout is not None else timeout_from_env()
-        lease = (
-            lease_seconds
-            if lease_seconds is not None
-            else seconds_from_env("COLDMAIL_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
-        )
-        async with RunStore.open(
-            db_path_from_env(db_path),
-            busy_timeout=busy_timeout if busy_timeout is not None else DEFAULT_BUSY_TIMEOUT,
-            lease_seconds=lease,
-        ) as store:
-            agent = cls(
-                store, checked_llm, model or model_from_env(), timeout, retry or RetryPolicy()
-            )
+        llm = options.pop("llm", None)
+        retry = options.pop("retry", None)
+        base = options.pop("settings", None) or Settings.resolve()
+        backend = llm if isinstance(llm, str) or llm is None else None
+        resolved = base.with_overrides(db=db_path, llm=backend, **options)
+        checked = None if llm is None or isinstance(llm, str) else check_llm(llm)
+        store = await connect_store(resolved)
+        agent = cls(store, resolved, checked, retry)
+        try:
+            yield agent
+        finally:
             try:
-                yield agent
-            finally:
                 if agent._owns_llm and agent._llm is not None:
                     await close_llm(agent._llm)
+            finally:
+                await store.close()
 
     @property
     def db_path(self) -> str:
-        """The database file this agent uses."""
-        return self._store.path
+        """The store this agent uses (a file path, or a URL without its password)."""
+        return self._store.location
 
-    def _llm_or_env(self) -> ColdmailLlm:
+    @property
+    def llm_timeout(self) -> float:
+        """Seconds each LLM step may take."""
+        return self.settings.llm_timeout
+
+    def _llm_or_build(self) -> ColdmailLlm:
         if self._llm is None:
-            self._llm = build_llm(self._backend, self.llm_timeout)
+            self._llm = build_llm(self.settings)
             self._owns_llm = True
         return self._llm
 
-    def _automa(self, automa: ColdMailAutoma | None = None) -> ColdMailAutoma:
+    def _automa(self, automa: ColdMailAutoma | None = None, *, llm: bool = True) -> ColdMailAutoma:
         automa = automa or ColdMailAutoma()
-        automa.attach_llm(self._llm_or_env(), self.model, self.llm_timeout, self.retry)
+        automa.attach_llm(
+            self._llm_or_build() if llm else None,
+            self.settings.model,
+            self.settings.llm_timeout,
+            self.retry,
+        )
         return automa
 
-    async def start(self, brief: Brief | Mapping[str, Any]) -> Run:
+    # ------------------------------------------------------------------ starting
+
+    async def start(
+        self,
+        brief: Brief | Mapping[str, Any],
+        *,
+        review: bool = False,
+        fields: Iterable[str] = (),
+    ) -> Run:
         """Draft the sequence and pause for audience feedback.
 
         The returned run is already stored (status ``awaiting_feedback``): the process may
         exit now and any other process may resume it by its ``interaction_id``.
 
+        Args:
+            brief: what the emails are about.
+            review: after the refinement, pause for review rounds until a reviewer approves
+                (:meth:`approve`, :meth:`revise`, :meth:`edit`, :meth:`reject`).
+            fields: the columns of the lead list the emails will go to; the LLM may use them
+                as ``{{name}}`` merge fields, and no others.
+
         Raises:
-            InvalidInput: the brief does not validate.
+            InvalidInput: the brief or the fields do not validate.
             LlmError: the draft LLM call failed; nothing was stored.
         """
         if not isinstance(brief, Brief):
             brief = make_brief(**dict(brief))
+        field_names = _check_fields(fields)
         automa = self._automa()
         try:
-            await automa.arun(brief=brief.model_dump(mode="json"))
+            await automa.arun(
+                brief=brief.model_dump(mode="json"),
+                review_mode=review,
+                fields=list(field_names),
+            )
         except InteractionException as pause:
             interaction = pause.interactions[0]
             draft = EmailSequence.model_validate(interaction.event.data["draft"])
             return await self._store.insert_paused(
-                interaction.interaction_id,
-                brief,
-                draft,
-                AUDIENCE_QUESTION,
-                pause.snapshot.serialized_bytes,
-                pause.snapshot.serialization_version,
+                NewRun(
+                    interaction_id=interaction.interaction_id,
+                    brief=brief,
+                    draft=draft,
+                    question=AUDIENCE_QUESTION,
+                    snapshot=pause.snapshot.serialized_bytes,
+                    serialization_version=pause.snapshot.serialization_version,
+                    review=review,
+                    max_rounds=self.settings.max_rounds if review else None,
+                    fields=field_names,
+                )
             )
         raise ColdmailError("the automa finished without pausing for feedback; this is a bug")
 
-    async def resume(self, interaction_id: str, feedback: str) -> Run:
-        """Resume a paused run with the human's feedback and return it completed.
+    # ------------------------------------------------------------------ feedback and decisions
 
-        Resuming a completed run with the same feedback returns the stored result without
-        calling the LLM.
+    async def resume(
+        self, interaction_id: str, feedback: str, *, reviewer: str | None = None
+    ) -> Run:
+        """Resume a paused run with the audience feedback.
+
+        Returns the run ``completed`` — or, for a run started with ``review=True``,
+        ``awaiting_review`` at round 1 with the refined sequence. The same feedback again
+        returns the stored result without calling the LLM.
 
         Raises:
             InvalidInput: malformed id, or empty / too long feedback (nothing changed).
             RunNotFound: no run under this id.
-            RunConflict: the run already completed with different feedback.
-            RunBeingResumed: another caller is resuming it right now.
+            RunConflict: the run already took different feedback.
+            RunBeingResumed: another caller is applying feedback to it right now.
             LlmError: the refinement failed; the run is back to ``awaiting_feedback``.
             SnapshotError: the snapshot was written by an incompatible version.
-            SnapshotIntegrityError: the snapshot was altered; it was not loaded.
+            SnapshotIntegrityError: the run was altered or is unsigned; it was not loaded.
         """
         interaction_id = validate_interaction_id(interaction_id)
         feedback = validate_feedback(feedback)
-        try:  # a missing LLM setting is reported before the run is touched...
-            self._llm_or_env()
-        except ConfigurationError:  # ...unless the run is done and needs no LLM
-            if (await self._store.get(interaction_id)).status is not RunStatus.COMPLETED:
-                raise
-        claimed = await self._store.claim(
-            interaction_id, feedback, SUPPORTED_SERIALIZATION_VERSIONS
-        )
-        if isinstance(claimed, Run):
-            return claimed
-        try:
-            final = await self._refine(claimed, feedback)
-        except BaseException as exc:
-            # Shielded: a cancelled resume must still give the run back.
-            await asyncio.shield(self._store.release(claimed, _describe(exc)))
-            raise
-        return await self._store.complete(claimed, final)
+        if reviewer is not None:
+            reviewer = make_decision("approve", reviewer=reviewer).reviewer
+        return await self._apply(interaction_id, Action.feedback(feedback, reviewer))
 
-    async def _refine(self, claim: Claim, feedback: str) -> EmailSequence:
+    async def approve(
+        self, interaction_id: str, *, reviewer: str | None = None, round: int | None = None
+    ) -> Run:
+        """Approve the sequence under review: the run completes with it.
+
+        ``round`` (optional) names the round the decision answers; a repeat of the decision
+        that round took returns the stored result, a different one is a ``RunConflict``.
+        """
+        decision = make_decision("approve", reviewer=reviewer, round=round)
+        return await self._decide(interaction_id, decision)
+
+    async def revise(
+        self,
+        interaction_id: str,
+        guidance: str,
+        *,
+        reviewer: str | None = None,
+        round: int | None = None,
+    ) -> Run:
+        """Ask for another version: the LLM revises with the brief, the audience feedback,
+        every earlier guidance and this one; the run pauses for the next round.
+
+        Refused (``RunConflict``) once the run reached its maximum rounds.
+        """
+        decision = make_decision("revise", text=guidance, reviewer=reviewer, round=round)
+        return await self._decide(interaction_id, decision)
+
+    async def edit(
+        self,
+        interaction_id: str,
+        sequence: EmailSequence | Mapping[str, Any],
+        *,
+        reviewer: str | None = None,
+        round: int | None = None,
+    ) -> Run:
+        """Put the reviewer's own emails under review (next round); no LLM call."""
+        decision = make_decision("edit", sequence=sequence, reviewer=reviewer, round=round)
+        return await self._decide(interaction_id, decision)
+
+    async def reject(
+        self,
+        interaction_id: str,
+        reason: str,
+        *,
+        reviewer: str | None = None,
+        round: int | None = None,
+    ) -> Run:
+        """End the run as ``rejected``; it is kept with its history."""
+        decision = make_decision("reject", text=reason, reviewer=reviewer, round=round)
+        return await self._decide(interaction_id, decision)
+
+    async def _decide(self, interaction_id: str, decision: Any) -> Run:
+        interaction_id = validate_interaction_id(interaction_id)
+        if decision.sequence is not None:
+            run = await self.get(interaction_id)
+            _check_placeholders(decision.sequence, run.fields)
+        return await self._apply(interaction_id, Action.of(decision))
+
+    async def _apply(self, interaction_id: str, action: Action) -> Run:
+        """Claim the run for ``action``, run the automa from its snapshot, record the result."""
+        needs_llm = action.kind in ("feedback", "revise")
+        if needs_llm:
+            try:  # a missing LLM setting is reported before the run is touched...
+                self._llm_or_build()
+            except ConfigurationError:  # ...unless the run is done and needs no LLM
+                stored = await self._store.get(interaction_id)
+                if not (isinstance(stored, Run) and not stored.status.is_paused):
+                    raise
+        outcome = await self._store.claim(interaction_id, action, SUPPORTED_SERIALIZATION_VERSIONS)
+        if isinstance(outcome, AlreadyDone):
+            return outcome.run
+        if isinstance(outcome, Refusal):
+            raise self._refusal_error(interaction_id, outcome, action)
+        claim = outcome
+        try:
+            result = await self._holding(claim, self._run_automa(claim, llm=needs_llm))
+            completed = await self._store.complete(claim, result)
+        except BaseException as exc:
+            # Shielded: a cancelled step must still give the run back.
+            await asyncio.shield(self._give_back(claim, _describe(exc)))
+            raise
+        if completed is None:
+            raise RunBeingResumed(
+                f"run {interaction_id} was taken over by another resumer while this one "
+                "worked (its lease expired and was not renewed in time); that resumer's "
+                "result is the one recorded"
+            )
+        return completed
+
+    async def _holding(self, claim: Claim, work: Awaitable[T]) -> T:
+        """Await ``work`` while renewing the claim's lease; stop it if the claim is lost."""
+        task = asyncio.ensure_future(work)
+        lost = asyncio.Event()
+        interval = self._store.lease_seconds / 3
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    renewed = await self._store.renew(claim)
+                except StoreError:
+                    continue  # locked for a moment: the lease still has two thirds to run
+                if renewed is None:
+                    lost.set()
+                    task.cancel()
+                    return
+
+        keeper = asyncio.create_task(renew())
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if lost.is_set():
+                raise RunBeingResumed(
+                    f"run {claim.interaction_id} was taken over by another resumer; this "
+                    "one stopped without recording anything"
+                ) from None
+            raise
+        finally:
+            keeper.cancel()
+            if not task.done():
+                task.cancel()
+
+    async def _give_back(self, claim: Claim, error: str) -> None:
+        """Release the claim with the error, retrying while the store is locked or full,
+        until the lease would have run out anyway."""
+        deadline = asyncio.get_running_loop().time() + self._store.lease_seconds
+        while True:
+            try:
+                await self._store.release(claim, error)
+                return
+            except StoreError:
+                if asyncio.get_running_loop().time() >= deadline:
+                    return  # the lease expires; the run becomes claimable by itself
+                await asyncio.sleep(min(1.0, self._store.lease_seconds / 10))
+
+    async def _run_automa(self, claim: Claim, *, llm: bool) -> Paused | Finished:
         # The claim has checked the signature and the format: these bytes are our own.
         snapshot = Snapshot(
-            serialized_bytes=claim.snapshot_bytes,
+            serialized_bytes=claim.snapshot,
             serialization_version=claim.serialization_version,
         )
         try:
@@ -240,34 +411,154 @@ class ColdMailAgent:
                 f"the snapshot of run {claim.interaction_id} holds a "
                 f"{type(loaded).__name__}, not a ColdMailAutoma"
             )
-        automa = self._automa(loaded)
-        reply = InteractionFeedback(interaction_id=claim.interaction_id, data=feedback)
+        automa = self._automa(loaded, llm=llm)
+        action = claim.action
+        data: Any = (
+            action.text if action.kind == "feedback" else action.decision().model_dump(mode="json")
+        )
+        reply = InteractionFeedback(interaction_id=claim.pause_id, data=data)
         try:
             result = await automa.arun(feedback_data=reply)
-        except InteractionException:
-            raise SnapshotError(
-                f"the snapshot of run {claim.interaction_id} did not accept the feedback"
-            ) from None
-        if not isinstance(result, EmailSequence):
-            raise LlmError(f"the refinement returned {type(result).__name__}, not a sequence")
-        return result
+        except InteractionException as pause:
+            return _next_pause(claim, pause)
+        if isinstance(result, ReviewOutcome):
+            status = RunStatus.COMPLETED if result.status == "completed" else RunStatus.REJECTED
+            return Finished(status, result.sequence, result.reason)  # type: ignore[arg-type]
+        if isinstance(result, EmailSequence):  # a run paused by a release before 0.5
+            return Finished(RunStatus.COMPLETED, result)
+        raise LlmError(f"the automa returned {type(result).__name__}, not a sequence")
+
+    def _refusal_error(
+        self, interaction_id: str, refusal: Refusal, action: Action
+    ) -> ColdmailError:
+        """The error a person reads for a refused claim."""
+        reason, run = refusal.reason, refusal.run
+        if reason is RefusalReason.NOT_FOUND:
+            return RunNotFound(interaction_id, self.db_path)
+        if reason is RefusalReason.TAMPERED:
+            return SnapshotIntegrityError(
+                f"run {interaction_id} does not match its signature ({refusal.problem}): it "
+                "was altered, truncated or copied from another run, and was not loaded; "
+                "restore the database from a backup"
+            )
+        if reason is RefusalReason.UNSIGNED:
+            return SnapshotIntegrityError(
+                f"run {interaction_id} has no signature: it was stored by bridgic-coldmail "
+                "0.1 or written by another program, and was not loaded (loading a snapshot "
+                "can run code). If you trust whoever wrote this database, trust the run "
+                "explicitly and try again",
+                topic="unsigned",
+            )
+        if reason is RefusalReason.DAMAGED:
+            return StoreError(f"{refusal.problem}; restore the database from a backup")
+        if reason is RefusalReason.UNKNOWN_FORMAT:
+            versions = ", ".join(sorted(SUPPORTED_SERIALIZATION_VERSIONS))
+            return SnapshotError(
+                f"run {interaction_id} was saved with snapshot format {refusal.version!r}, "
+                f"but this release reads only {versions}; resume it with the "
+                "bridgic-coldmail release that paused it"
+            )
+        if reason is RefusalReason.HELD:
+            doing = _doing(refusal.pending)
+            until = f"{refusal.held_until:%Y-%m-%d %H:%M:%S} UTC" if refusal.held_until else "?"
+            return RunBeingResumed(
+                f"run {interaction_id} is {doing} by another process right now; look at it "
+                f"again in a moment (if that process died, the run can be taken again after "
+                f"{until})",
+                topic="held",
+            )
+        assert run is not None
+        if reason is RefusalReason.ROUND_LIMIT:
+            return RunConflict(
+                f"run {interaction_id} is at review round {run.round} of {run.max_rounds} and "
+                "cannot be revised again; approve it, edit the emails yourself, or reject it",
+                topic="round_limit",
+            )
+        if reason is RefusalReason.WRONG_STATE:
+            if run.status is RunStatus.AWAITING_FEEDBACK:
+                return RunConflict(
+                    f"run {interaction_id} is still waiting for audience feedback; resume it "
+                    "with feedback first, then review the refined sequence",
+                    topic="awaiting_feedback",
+                )
+            return RunConflict(
+                f"run {interaction_id} is at review round {run.round}; round {action.round} "
+                "has not happened"
+            )
+        # CONFLICT: the run already took something else.
+        decided = refusal.decided
+        if action.kind == "feedback":
+            return RunConflict(
+                f"run {interaction_id} already took different audience feedback "
+                f"({_preview(run.feedback)}); start a new run to try another audience"
+            )
+        if not run.review:
+            return RunConflict(
+                f"run {interaction_id} was not started in review mode and has no review to "
+                "decide; start a new run with review"
+            )
+        if run.status.is_final:
+            return RunConflict(
+                f"run {interaction_id} is already {run.status.value} "
+                f"({decided.decision().describe() if decided else 'decided'}); nothing changed"
+            )
+        taken = (
+            f" ({decided.decision().describe()})"
+            if decided is not None and decided.round == action.round
+            else ""
+        )
+        return RunConflict(
+            f"round {action.round} of run {interaction_id} was already decided{taken}; the "
+            f"run is at round {run.round}"
+        )
+
+    # ------------------------------------------------------------------ reading
 
     async def get(self, interaction_id: str) -> Run:
-        """The stored run. Raises ``RunNotFound`` or ``InvalidInput`` (malformed id)."""
-        return await self._store.get(validate_interaction_id(interaction_id))
+        """The stored run.
 
-    async def history(self, interaction_id: str) -> list[RunEvent]:
-        """The run's events, oldest first: paused, each feedback received, failures, completion."""
-        return await self._store.history(validate_interaction_id(interaction_id))
+        Raises:
+            InvalidInput: malformed id.
+            RunNotFound: no run under this id.
+            SnapshotIntegrityError: the stored run was altered; it is not shown.
+            StoreError: the stored run cannot be read.
+        """
+        interaction_id = validate_interaction_id(interaction_id)
+        found = await self._store.get(interaction_id)
+        if found is None:
+            raise RunNotFound(interaction_id, self.db_path)
+        if isinstance(found, DamagedRun):
+            raise _damaged_error(found)
+        return found
+
+    async def history(self, interaction_id: str) -> builtins.list[RunEvent]:
+        """The run's events, oldest first: paused, feedback, review rounds and decisions,
+        failures, completion."""
+        interaction_id = validate_interaction_id(interaction_id)
+        found = await self._store.history(interaction_id)
+        if found is None:
+            raise RunNotFound(interaction_id, self.db_path)
+        if isinstance(found, Refusal):
+            problem = f"run {interaction_id} is damaged: {found.problem}"
+            if found.reason is RefusalReason.TAMPERED:
+                return_error: ColdmailError = SnapshotIntegrityError(
+                    f"{problem}; its history was changed outside bridgic-coldmail and is not "
+                    "shown; restore the database from a backup"
+                )
+            else:
+                return_error = StoreError(f"{problem}; restore the database from a backup")
+            raise return_error
+        return found
 
     async def list(
         self, status: RunStatus | str | None = None, *, limit: int = 50, offset: int = 0
-    ) -> list[Run]:
-        """Stored runs, newest first, optionally only those of one ``status``."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
-        if offset < 0:
-            raise InvalidInput(f"offset must be 0 or more, not {offset}")
+    ) -> builtins.list[ListedRun]:
+        """Stored runs, newest first, optionally only those of one ``status``.
+
+        A run that cannot be shown (altered, or unreadable) is listed as a
+        :class:`DamagedRun`, so that one bad row never hides the others.
+        """
+        limit, offset = validate_page(limit, offset, MAX_PAGE)
         return await self._store.list(_parse_status(status), limit=limit, offset=offset)
 
     async def purge(
@@ -277,15 +568,100 @@ class ColdMailAgent:
     ) -> int:
         """Delete runs of these statuses (default: completed) untouched for ``older_than``.
 
-        A run awaiting feedback is deleted only when its status is named explicitly.
-        Returns the number of runs deleted.
+        A paused run (awaiting feedback or review) is deleted only when its status is named
+        explicitly. Returns the number of runs deleted.
         """
         chosen = {_parse_status(s) or RunStatus.COMPLETED for s in statuses}
         if not chosen:
             raise InvalidInput("name at least one status to purge")
+        if not isinstance(older_than, timedelta):
+            raise InvalidInput("older_than must be a timedelta, e.g. timedelta(days=30)")
         if older_than < timedelta(0):
             raise InvalidInput("older_than must not be negative")
+        try:
+            datetime.now(timezone.utc) - older_than
+        except OverflowError:
+            raise InvalidInput(
+                f"older_than is {older_than.days} days, before the year 1; give a shorter age"
+            ) from None
         return await self._store.purge(older_than, chosen)
+
+    async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
+        """Sign the unsigned snapshots of these runs (all of them when None).
+
+        Runs stored by release 0.1 have no signature and are never loaded, because loading a
+        snapshot can run code. Call this only if you trust whoever could write the database
+        until now. Returns the ids of the runs signed.
+        """
+        ids = (
+            None
+            if interaction_ids is None
+            else [validate_interaction_id(i) for i in interaction_ids]
+        )
+        return await self._store.trust_unsigned(ids)
+
+
+def _next_pause(claim: Claim, pause: InteractionException) -> Paused:
+    """The automa paused again: it must be a new review round, else the feedback was refused."""
+    interaction = pause.interactions[0]
+    if interaction.interaction_id == claim.pause_id or interaction.event.event_type != REVIEW_EVENT:
+        raise SnapshotError(
+            f"the snapshot of run {claim.interaction_id} did not accept the "
+            f"{'feedback' if claim.action.kind == 'feedback' else 'decision'}"
+        )
+    data = interaction.event.data
+    return Paused(
+        pause_id=interaction.interaction_id,
+        snapshot=pause.snapshot.serialized_bytes,
+        serialization_version=pause.snapshot.serialization_version,
+        sequence=EmailSequence.model_validate(data["sequence"]),
+        round=int(data["round"]),
+    )
+
+
+def _damaged_error(damaged: DamagedRun) -> ColdmailError:
+    if damaged.tampered:
+        return SnapshotIntegrityError(
+            f"{damaged.problem}; it is not shown; restore the database from a backup"
+        )
+    return StoreError(f"{damaged.problem}; restore the database from a backup")
+
+
+def _check_fields(fields: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(fields, str):
+        raise InvalidInput("fields must be a list of column names, not one string")
+    names = list(fields)
+    if not names:
+        return ()
+    from .merge import check_field_names
+
+    return check_field_names(names)
+
+
+def _check_placeholders(sequence: EmailSequence, fields: tuple[str, ...]) -> None:
+    texts = [text for step in sequence.steps for text in (step.subject, step.body)]
+    if not any("{{" in t or "}}" in t for t in texts):
+        return
+    from .merge import unknown_fields
+
+    unknown = unknown_fields(texts, fields)
+    if unknown:
+        known = ", ".join(fields) or "none"
+        raise InvalidInput(
+            f"the emails use merge fields the run does not have: {', '.join(sorted(unknown))} "
+            f"(its fields: {known})"
+        )
+
+
+def _doing(pending: Action | None) -> str:
+    if pending is None or pending.kind == "feedback":
+        return "being resumed"
+    return f"being {pending.event_kind} (review decision)"
+
+
+def _preview(text: str | None, width: int = 60) -> str:
+    text = (text or "").replace("\n", " ")
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def _parse_status(status: RunStatus | str | None) -> RunStatus | None:
@@ -302,5 +678,5 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ColdmailError):
         return str(exc)
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
-        return "the resume was interrupted before the refinement finished"
+        return "interrupted before the step finished"
     return f"{type(exc).__name__}: {exc}"

@@ -1,14 +1,24 @@
-"""The Bridgic automa: draft → ask about the audience (pause) → refine.
+"""The Bridgic automa: draft → ask about the audience (pause) → refine → review rounds (pauses).
 
 Stable import path: ``bridgic_coldmail.automa.ColdMailAutoma``. A snapshot records the
-worker functions by their import path, so moving or renaming this class or its workers
-breaks every paused run.
+worker functions by their import path, so this class and its workers (``draft``,
+``ask_audience``, ``refine``, ``review``, ``revise``) are never moved or renamed. A snapshot
+also records the graph it was paused in: runs paused by releases before 0.5 (whose graph
+ends at ``refine``) finish through that old graph. This module changes rarely; the LLM step
+lives in ``writing.py``.
 
-Two Bridgic behaviours shape this module:
+Three Bridgic behaviours shape it:
 
-* On resume, the worker that called ``interact_with_human`` re-runs from its top. That
-  worker (``ask_audience``) therefore does no LLM work; the draft is a finished worker whose
-  output is in the snapshot, so the draft LLM call happens exactly once per run.
+* On resume, the worker that called ``interact_with_human`` re-runs from its top. The two
+  pausing workers (``ask_audience``, ``review``) therefore do no LLM work; every LLM call
+  is in a worker that runs after a pause returned (``refine``, ``revise``), whose output is
+  in the next snapshot and is never recomputed.
+* A worker that finishes forgets its interactions, so ``review`` can pause again in the next
+  round with a new interaction id. Revising is a ferry to ``revise``, which ferries back to
+  ``review``; an edit ferries ``review`` to itself.
+* Arguments passed with ``ferry_to`` are kept in a pydantic model with ``Dict[str, Any]``
+  kwargs, so a pydantic object ferried across a pause comes back from the snapshot as a
+  plain dict. Sequences are therefore ferried as JSON data and validated where they arrive.
 * Everything reachable from the automa's state is serialized into the snapshot. The LLM
   (which holds the API key) is an ordinary attribute outside that state: it is attached
   with :meth:`ColdMailAutoma.attach_llm` after construction and after loading a snapshot.
@@ -16,41 +26,42 @@ Two Bridgic behaviours shape this module:
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timezone
 from typing import Any, cast
 
 from bridgic.core.automa import GraphAutoma, worker
 from bridgic.core.automa.args import From
 from bridgic.core.automa.interaction import Event
-from bridgic.core.model.protocols import PydanticModel
-from pydantic import ValidationError
 
-from .errors import ColdmailError, ConfigurationError, LlmError
-from .llm import ColdmailLlm
-from .models import Brief, EmailSequence, describe_validation_error
-from .prompts import AUDIENCE_QUESTION, draft_messages, refine_messages
-from .retry import NO_RETRY, RetryPolicy, describe, is_retryable, retry_after, root_cause
+from .errors import ConfigurationError
+from .models import Brief, Decision, EmailSequence, ReviewOutcome
+from .prompts import AUDIENCE_QUESTION, REVIEW_QUESTION
+from .retry import NO_RETRY, RetryPolicy
+from .writing import TaskKind, WritingTask, write_sequence
 
 AUDIENCE_EVENT = "audience_feedback"
-"""The ``event_type`` of the pause."""
+"""The ``event_type`` of the audience pause."""
+REVIEW_EVENT = "review_decision"
+"""The ``event_type`` of a review pause."""
 
 
 class ColdMailAutoma(GraphAutoma):
-    """Drafts a two-email sequence, pauses for audience feedback, then refines it.
+    """Drafts a two-email sequence, pauses for audience feedback, refines it, and in review
+    mode pauses for a reviewer's decision after every version until one approves or rejects.
 
-    Run it with ``arun(brief=brief.model_dump())``; the brief is passed as plain data so
-    that the snapshot holds nothing but JSON-like values and this package's models.
+    Run it with ``arun(brief=brief.model_dump(mode="json"), review_mode=…, fields=[…])``;
+    inputs are plain data so that the snapshot holds only JSON-like values and this package's
+    models. The feedback of a review pause is a :class:`Decision` dumped to JSON data.
     """
 
-    _llm: ColdmailLlm | None = None
-    _model: str | None = None
+    _llm: Any = None
+    _model: str = ""
     _llm_timeout: float | None = None
     _retry: RetryPolicy = NO_RETRY
 
     def attach_llm(
         self,
-        llm: ColdmailLlm,
+        llm: Any,
         model: str,
         timeout: float | None,
         retry: RetryPolicy = NO_RETRY,
@@ -61,67 +72,34 @@ class ColdMailAutoma(GraphAutoma):
         self._llm_timeout = timeout
         self._retry = retry
 
-    @property
-    def _compact_prompts(self) -> bool:
-        # Small local base models get short prompts with a worked example (prompts.py).
-        return bool(getattr(self._llm, "wants_compact_prompts", False))
-
-    async def _ask_llm(self, step: str, messages: list[Any]) -> EmailSequence:
-        """One LLM step, retried per the policy; any failure becomes one ``LlmError``."""
-        policy = self._retry
-        for attempt in range(1, policy.attempts + 1):
-            try:
-                result = await self._ask_once(messages)
-            except Exception as exc:
-                if attempt == policy.attempts or not is_retryable(exc):
-                    raise self._llm_error(step, exc, attempt) from exc
-                wait = retry_after(exc)
-                if wait is not None and wait > policy.max_retry_after:
-                    raise LlmError(
-                        f"the LLM server asks to wait {wait:g} s before the {step} can be retried, "
-                        f"longer than the {policy.max_retry_after:g} s allowed; try again later"
-                    ) from exc
-                await asyncio.sleep(wait if wait is not None else policy.backoff(attempt))
-                continue
-            if not isinstance(result, EmailSequence):
-                raise LlmError(f"the LLM returned {type(result).__name__}, not an EmailSequence")
-            return result
-        raise AssertionError("unreachable: the loop returns or raises")
-
-    async def _ask_once(self, messages: list[Any]) -> Any:
-        if self._llm is None or self._model is None:
-            raise ConfigurationError("no LLM attached to the automa; call attach_llm() first")
-        call = self._llm.astructured_output(
-            messages=messages, constraint=PydanticModel(model=EmailSequence), model=self._model
+    async def _write(
+        self,
+        kind: TaskKind,
+        brief: dict[str, Any] | None,
+        fields: list[str] | None,
+        *,
+        feedback: str | None = None,
+        current: EmailSequence | None = None,
+        guidance: tuple[str, ...] = (),
+    ) -> EmailSequence:
+        if brief is None:  # Bridgic propagates the automa's inputs to every worker
+            raise ConfigurationError("the automa was started without a brief")
+        task = WritingTask(
+            kind=kind,
+            brief=Brief.model_validate(brief),
+            feedback=feedback,
+            current=current,
+            guidance=guidance,
+            fields=tuple(fields or ()),
         )
-        try:
-            return await asyncio.wait_for(call, self._llm_timeout)
-        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            raise TimeoutError(f"no answer within {self._llm_timeout:g} s") from None
-
-    def _llm_error(self, step: str, exc: Exception, attempts: int) -> ColdmailError:
-        if isinstance(exc, ColdmailError):
-            return exc
-        tries = f" after {attempts} tries" if attempts > 1 else ""
-        cause = root_cause(exc)
-        if isinstance(cause, TimeoutError):
-            return LlmError(
-                f"the LLM did not answer the {step} request within {self._llm_timeout:g} s"
-                f"{tries}; try again, or raise COLDMAIL_LLM_TIMEOUT"
-            )
-        if isinstance(cause, ValidationError):
-            message = describe_validation_error(cause, f"the LLM's {step} did not validate{tries}")
-            return LlmError(f"{message}; try again, or use a stronger model")
-        return LlmError(
-            f"the {step} LLM call failed{tries} ({describe(exc)}); "
-            "check the LLM settings and try again"
+        return await write_sequence(
+            task, llm=self._llm, model=self._model, timeout=self._llm_timeout, retry=self._retry
         )
 
     @worker(is_start=True)
-    async def draft(self, brief: dict[str, Any]) -> EmailSequence:
+    async def draft(self, brief: dict[str, Any], fields: list[str] | None = None) -> EmailSequence:
         """The first draft: one LLM call, never repeated (its output lives in the snapshot)."""
-        messages = draft_messages(Brief.model_validate(brief), compact=self._compact_prompts)
-        return await self._ask_llm("draft", messages)
+        return await self._write("draft", brief, fields)
 
     @worker(dependencies=["draft"])
     async def ask_audience(self, draft: EmailSequence) -> str:
@@ -136,17 +114,88 @@ class ColdMailAutoma(GraphAutoma):
         feedback = self.interact_with_human_from_worker_key(event, "ask_audience")
         return cast(str, feedback.data)
 
-    @worker(dependencies=["ask_audience"], is_output=True)
+    @worker(dependencies=["ask_audience"])
     async def refine(
         self,
         feedback: str,
         draft: EmailSequence = From("draft"),
         brief: dict[str, Any] | None = None,
+        fields: list[str] | None = None,
     ) -> EmailSequence:
         """The refinement: one LLM call with the brief, the draft and the feedback verbatim."""
-        if brief is None:  # Bridgic propagates the automa's inputs to every worker
-            raise ConfigurationError("the automa was started without a brief")
-        messages = refine_messages(
-            Brief.model_validate(brief), draft, feedback, compact=self._compact_prompts
+        return await self._write("refine", brief, fields, feedback=feedback, current=draft)
+
+    @worker(dependencies=["refine"], is_output=True)
+    async def review(
+        self,
+        sequence: EmailSequence | dict[str, Any],
+        review_mode: bool = False,
+        round: int = 1,
+        guidance: list[str] | None = None,
+    ) -> ReviewOutcome | None:
+        """A review round: pause for a decision (review mode only), then act on it.
+
+        Re-runs from the top on resume, so it does no LLM work: a revision is a ferry to
+        ``revise``, an edit a ferry back here with the reviewer's emails.
+        """
+        sequence = EmailSequence.model_validate(sequence)
+        if not review_mode:
+            return ReviewOutcome(status="completed", sequence=sequence)
+        event = Event(
+            event_type=REVIEW_EVENT,
+            timestamp=datetime.now(timezone.utc),
+            data={
+                "question": REVIEW_QUESTION,
+                "round": round,
+                "sequence": sequence.model_dump(mode="json"),
+            },
         )
-        return await self._ask_llm("refinement", messages)
+        answer = self.interact_with_human_from_worker_key(event, "review")
+        decision = Decision.model_validate(answer.data)
+        earlier = list(guidance or [])
+        if decision.kind == "approve":
+            return ReviewOutcome(status="completed", sequence=sequence, round=round)
+        if decision.kind == "reject":
+            return ReviewOutcome(
+                status="rejected", sequence=sequence, round=round, reason=decision.text
+            )
+        if decision.kind == "edit":
+            assert decision.sequence is not None  # Decision's validation guarantees it
+            self.ferry_to(
+                "review",
+                sequence=decision.sequence.model_dump(mode="json"),
+                review_mode=True,
+                round=round + 1,
+                guidance=earlier,
+            )
+            return None
+        assert decision.text is not None
+        self.ferry_to("revise", sequence=sequence, round=round, guidance=[*earlier, decision.text])
+        return None
+
+    @worker()
+    async def revise(
+        self,
+        sequence: EmailSequence | dict[str, Any],
+        round: int,
+        guidance: list[str],
+        feedback: str = From("ask_audience"),
+        brief: dict[str, Any] | None = None,
+        fields: list[str] | None = None,
+    ) -> None:
+        """A revision with the reviewer's guidance: one LLM call, then the next review round."""
+        revised = await self._write(
+            "revise",
+            brief,
+            fields,
+            feedback=feedback,
+            current=EmailSequence.model_validate(sequence),
+            guidance=tuple(guidance),
+        )
+        self.ferry_to(
+            "review",
+            sequence=revised.model_dump(mode="json"),
+            review_mode=True,
+            round=round + 1,
+            guidance=guidance,
+        )

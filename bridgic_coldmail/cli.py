@@ -1,7 +1,9 @@
 """The ``coldmail`` command: a thin layer over :class:`ColdMailAgent`.
 
-Errors are one line on stderr with a documented exit code (see ``errors.EXIT_CODES``);
-set ``COLDMAIL_DEBUG=1`` to see the traceback of an unexpected error.
+Errors are one line on stderr with a documented exit code (``errors.EXIT_CODES``); the
+library's message says what happened, and this layer adds the hint that names a command or a
+flag. Everything printed goes through ``render.terminal_safe`` (or ``json_for_terminal``).
+Set ``COLDMAIL_DEBUG=1`` to see the traceback of an unexpected error.
 """
 
 from __future__ import annotations
@@ -9,28 +11,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .agent import MAX_PAGE, ColdMailAgent
 from .demo import run_demo
-from .errors import ColdmailError, ConfigurationError
-from .llm import BACKENDS
-from .models import Run, RunStatus, make_brief, validate_feedback, validate_interaction_id
-from .render import format_history, format_run, format_run_line, format_sequence, resume_hint
+from .errors import INTERRUPTED, ColdmailError, InvalidInput
+from .models import (
+    CLI_JSON_KEYS,
+    DamagedRun,
+    ListedRun,
+    Run,
+    RunStatus,
+    make_brief,
+    make_decision,
+    validate_feedback,
+    validate_interaction_id,
+)
+from .render import (
+    format_history,
+    format_run,
+    format_run_line,
+    format_sequence,
+    json_for_terminal,
+    resume_hint,
+    terminal_safe,
+)
+from .settings import BACKENDS, Settings
+
+MAX_AGE_DAYS = 100 * 365
+"""``--older-than`` beyond a century is a typo (and would overflow the date)."""
 
 
 def _add_db(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
         "--db",
-        metavar="PATH",
+        metavar="PATH_OR_URL",
         default=default,
-        help="SQLite file (default: $COLDMAIL_DB or snapshots/coldmail.db)",
+        help="SQLite file or postgresql:// URL (default: $COLDMAIL_DB or snapshots/coldmail.db)",
     )
 
 
@@ -62,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="print JSON instead of text")
         return sub
 
+    def decision(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("interaction_id", metavar="INTERACTION_ID")
+        sub.add_argument("--reviewer", metavar="NAME", help="who decides (kept in the history)")
+        sub.add_argument(
+            "--round",
+            type=_parse_round,
+            metavar="N",
+            help="the round this decision answers; repeating it then changes nothing",
+        )
+
     demo = command("demo", "the whole job, interactively, in this terminal", json_output=False)
     for flag, help_text in (
         ("--product", "what you sell"),
@@ -72,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--feedback", "answer the audience question without being asked"),
     ):
         demo.add_argument(flag, help=f"{help_text} (asked for if missing)")
+    demo.add_argument("--review", action="store_true", help="review rounds after refining")
 
     start = command("start", "draft a sequence and pause for audience feedback")
     start.add_argument("--product", required=True, help="what you sell")
@@ -79,17 +113,43 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--sender", required=True, help="who signs the emails")
     start.add_argument("--audience", help="your first guess at the audience")
     start.add_argument("--cta", help="the one action the reader should take")
+    start.add_argument(
+        "--review", action="store_true", help="pause for review rounds after the refinement"
+    )
 
     resume = command("resume", "resume a paused run with feedback on the audience")
     resume.add_argument("interaction_id", metavar="INTERACTION_ID")
     resume.add_argument("--feedback", required=True, help="who the emails should really target")
+    resume.add_argument("--reviewer", metavar="NAME", help="who gives it (kept in the history)")
 
-    show = command("show", "show one run")
+    approve = command("approve", "approve the sequence under review; the run completes")
+    decision(approve)
+    revise = command("revise", "ask for another version with guidance (next review round)")
+    decision(revise)
+    revise.add_argument("--feedback", required=True, help="what the next version should change")
+    edit = command("edit", "put your own emails under review (next review round)")
+    decision(edit)
+    edit.add_argument(
+        "--file",
+        required=True,
+        type=Path,
+        help="a JSON sequence, as `coldmail show ID --sequence` prints it",
+    )
+    reject = command("reject", "end the run as rejected (kept with its history)")
+    decision(reject)
+    reject.add_argument("--reason", required=True, help="why (kept in the history)")
+
+    show = command("show", "show one run and its history")
     show.add_argument("interaction_id", metavar="INTERACTION_ID")
+    show.add_argument(
+        "--sequence",
+        action="store_true",
+        help="print only the newest sequence as JSON (the file `coldmail edit` takes)",
+    )
 
-    serve = command("serve", "the reviewer's inbox in the browser", json_output=False)
-    serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    listing = command("list", "list runs, newest first")
+    listing.add_argument("--status", choices=[s.value for s in RunStatus])
+    listing.add_argument("--limit", type=int, default=50, help=f"at most this many (1-{MAX_PAGE})")
 
     purge = command("purge", "delete old runs (by default only completed ones)")
     purge.add_argument(
@@ -103,44 +163,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--status",
         action="append",
         choices=[s.value for s in RunStatus],
-        help="which runs (repeatable; default completed); awaiting runs only when named",
+        help="which runs (repeatable; default completed); paused runs only when named",
     )
 
-    listing = command("list", "list runs, newest first")
-    listing.add_argument("--status", choices=[s.value for s in RunStatus])
-    listing.add_argument("--limit", type=int, default=50, help=f"at most this many (1-{MAX_PAGE})")
+    trust = command(
+        "trust-unsigned",
+        "sign runs stored unsigned (by release 0.1): only if you trust whoever wrote the db",
+    )
+    trust.add_argument("interaction_ids", metavar="INTERACTION_ID", nargs="*")
+    trust.add_argument("--all", action="store_true", help="every unsigned run")
+    trust.add_argument("--yes", action="store_true", help="confirm: loading them can run code")
+
+    serve = command("serve", "the reviewer's inbox in the browser", json_output=False)
+    serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     return parser
 
 
-def _execute(args: argparse.Namespace) -> int:
+def _execute(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "demo":
-        return run_demo(args)
+        return run_demo(args, settings)
     if args.command == "serve":
-        return _serve(args)
-    print(asyncio.run(_run_command(args)))
+        return _serve(args, settings)
+    _print(asyncio.run(_run_command(args, settings)))
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .web.serve import serve
 
-        from .web.app import TOKEN_ENV, check_bind_address, create_app
-    except ImportError:
-        raise ConfigurationError(
-            "coldmail serve needs the web extra: pip install 'bridgic-coldmail[web]'"
-        ) from None
-    check_bind_address(args.host, os.environ.get(TOKEN_ENV))
-    print(f"Serving the inbox on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
-    uvicorn.run(
-        create_app(args.db, llm=args.llm), host=args.host, port=args.port, log_level="warning"
-    )
-    return 0
+    return serve(settings, host=args.host, port=args.port, workers=args.workers)
 
 
-async def _run_command(args: argparse.Namespace) -> str:
+async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
     # Bad input is refused before the database is even opened.
-    if args.command == "start":
+    command = args.command
+    if command == "start":
         brief = make_brief(
             product=args.product,
             offer=args.offer,
@@ -148,13 +207,24 @@ async def _run_command(args: argparse.Namespace) -> str:
             audience=args.audience,
             cta=args.cta,
         )
-    if args.command in ("resume", "show"):
+    if hasattr(args, "interaction_id"):
         args.interaction_id = validate_interaction_id(args.interaction_id)
-    if args.command == "resume":
+    if command == "resume":
         args.feedback = validate_feedback(args.feedback)
-    async with ColdMailAgent.open(args.db, llm=args.llm) as agent:
-        if args.command == "start":
-            run = await agent.start(brief)
+    decision = _decision(args) if command in ("approve", "revise", "edit", "reject") else None
+    if command == "trust-unsigned":
+        ids = [validate_interaction_id(i) for i in args.interaction_ids]
+        if bool(ids) == bool(args.all):
+            raise InvalidInput("name the runs to trust, or give --all (not both)")
+        if not args.yes:
+            raise InvalidInput(
+                "signing a run lets its snapshot be loaded, and loading a snapshot can run "
+                "code: add --yes if you trust whoever could write this database"
+            )
+
+    async with ColdMailAgent.open(settings=settings) as agent:
+        if command == "start":
+            run = await agent.start(brief, review=args.review)
             return _emit(
                 args,
                 run,
@@ -162,29 +232,81 @@ async def _run_command(args: argparse.Namespace) -> str:
                 f"Paused and saved as {run.interaction_id} in {agent.db_path}.\n"
                 f"{resume_hint(run)}",
             )
-        if args.command == "resume":
-            run = await agent.resume(args.interaction_id, args.feedback)
+        if command == "resume":
+            run = await agent.resume(args.interaction_id, args.feedback, reviewer=args.reviewer)
             return _emit(args, run, format_run(run))
-        if args.command == "show":
+        if decision is not None:
+            run = await _apply_decision(agent, args, decision)
+            return _emit(args, run, format_run(run))
+        if command == "show":
             run = await agent.get(args.interaction_id)
+            if args.sequence:
+                sequence = run.sequence or run.draft
+                return json_for_terminal(sequence.model_dump(mode="json"))
             history = format_history(await agent.history(args.interaction_id))
             return _emit(args, run, f"{format_run(run)}\n\n{history}")
-        if args.command == "purge":
+        if command == "purge":
             statuses = sorted(set(args.status or [RunStatus.COMPLETED.value]))
             deleted = await agent.purge(args.older_than, statuses)
             if args.json:
                 return json.dumps({"deleted": deleted, "statuses": statuses})
             return f"Deleted {deleted} run(s) ({', '.join(statuses)}) from {agent.db_path}."
+        if command == "trust-unsigned":
+            signed = await agent.trust_unsigned(None if args.all else ids)
+            if args.json:
+                return json.dumps({"signed": signed})
+            if not signed:
+                return "No unsigned runs to sign."
+            return f"Signed {len(signed)} run(s): {', '.join(signed)}"
         runs = await agent.list(args.status, limit=args.limit)
         if args.json:
-            return json.dumps([r.to_public_dict() for r in runs], indent=2, ensure_ascii=False)
+            return json_for_terminal([_json_of(r) for r in runs])
         if not runs:
             which = f" with status {args.status}" if args.status else ""
             return f"No runs{which} in {agent.db_path}."
         return "\n".join(format_run_line(r) for r in runs)
 
 
+def _decision(args: argparse.Namespace) -> Any:
+    common = {"reviewer": args.reviewer, "round": args.round}
+    if args.command == "revise":
+        return make_decision("revise", text=args.feedback, **common)
+    if args.command == "reject":
+        return make_decision("reject", text=args.reason, **common)
+    if args.command == "edit":
+        return make_decision("edit", sequence=_read_sequence(args.file), **common)
+    return make_decision("approve", **common)
+
+
+async def _apply_decision(agent: ColdMailAgent, args: argparse.Namespace, decision: Any) -> Run:
+    rid, common = args.interaction_id, {"reviewer": decision.reviewer, "round": decision.round}
+    if decision.kind == "revise":
+        return await agent.revise(rid, decision.text, **common)
+    if decision.kind == "reject":
+        return await agent.reject(rid, decision.text, **common)
+    if decision.kind == "edit":
+        return await agent.edit(rid, decision.sequence, **common)
+    return await agent.approve(rid, **common)
+
+
+def _read_sequence(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(f"{path} does not exist; write the emails there as JSON") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"{path} is not JSON ({exc.msg} at line {exc.lineno}); start from the output of "
+            "`coldmail show ID --sequence`"
+        ) from None
+
+
 _AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+_AGE_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
 def _parse_age(text: str) -> timedelta:
@@ -192,33 +314,76 @@ def _parse_age(text: str) -> timedelta:
     match = re.fullmatch(r"\s*(\d+)\s*([dhms])\s*", text)
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not an age; use e.g. 30d, 12h, 90m or 45s")
-    return timedelta(**{_AGE_UNITS[match.group(2)]: int(match.group(1))})
+    amount, unit = int(match.group(1)), match.group(2)
+    if amount * _AGE_SECONDS[unit] > MAX_AGE_DAYS * 86400:
+        raise argparse.ArgumentTypeError(
+            f"{text.strip()!r} is more than {MAX_AGE_DAYS // 365} years; give a shorter age"
+        )
+    return timedelta(**{_AGE_UNITS[unit]: amount})
+
+
+def _parse_round(text: str) -> int:
+    if not re.fullmatch(r"\s*\d{1,6}\s*", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a round number (1, 2, 3…)")
+    return int(text)
+
+
+def _json_of(run: ListedRun) -> dict[str, Any]:
+    if isinstance(run, DamagedRun):
+        return run.to_public_dict()
+    data = run.to_public_dict()
+    return {key: data[key] for key in CLI_JSON_KEYS}
 
 
 def _emit(args: argparse.Namespace, run: Run, text: str) -> str:
     if args.json:
-        return json.dumps(run.to_public_dict(), indent=2, ensure_ascii=False)
+        return json_for_terminal(_json_of(run))
     return text
+
+
+_HINTS = {
+    "not_found": "check the id, or point --db / COLDMAIL_DB at the database that holds it",
+    "bad_id": "see `coldmail list` for the ids",
+    "held": "run `coldmail show {id}` in a moment to see the result",
+    "unsigned": "if you trust whoever could write this database: coldmail trust-unsigned {id} "
+    "--yes",
+    "awaiting_feedback": "coldmail resume {id} --feedback '…' first",
+    "store_path": "choose another --db path",
+}
+
+
+def _hint(exc: ColdmailError, args: argparse.Namespace | None) -> str:
+    template = _HINTS.get(exc.topic or "")
+    if template is None:
+        return ""
+    return "; " + template.format(id=getattr(args, "interaction_id", None) or "ID")
+
+
+def _print(text: str, *, stream: Any = None) -> None:
+    print(terminal_safe(text), file=stream or sys.stdout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    debug = False
     try:
-        return _execute(args)
+        settings = Settings.resolve(db=args.db, llm=args.llm)
+        debug = settings.debug
+        return _execute(args, settings)
     except ColdmailError as exc:
-        print(f"coldmail: error: {exc}", file=sys.stderr)
+        _print(f"coldmail: error: {exc}{_hint(exc, args)}", stream=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("coldmail: interrupted; stored runs are unchanged or resumable", file=sys.stderr)
-        return 130
+        _print("coldmail: interrupted; stored runs are unchanged or resumable", stream=sys.stderr)
+        return INTERRUPTED
     except Exception as exc:  # a bug: still one line, unless asked for the traceback
-        if os.environ.get("COLDMAIL_DEBUG"):
+        if debug:
             raise
-        print(
+        _print(
             f"coldmail: unexpected error: {type(exc).__name__}: {exc} "
             "(set COLDMAIL_DEBUG=1 for the traceback)",
-            file=sys.stderr,
+            stream=sys.stderr,
         )
         return 1
 

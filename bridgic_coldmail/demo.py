@@ -22,13 +22,13 @@ from collections.abc import Awaitable
 from typing import TextIO, TypeVar
 
 from .agent import ColdMailAgent
-from .errors import InvalidInput
-from .models import Brief, EmailSequence, Run, make_brief, validate_feedback
+from .errors import INTERRUPTED, InvalidInput
+from .models import Brief, EmailSequence, Run, RunStatus, make_brief, validate_feedback
 from .prompts import AUDIENCE_QUESTION
-from .render import format_sequence, resume_command
+from .render import format_sequence, resume_command, review_hint, terminal_safe
+from .settings import Settings
 
 T = TypeVar("T")
-INTERRUPTED = 130
 
 
 def _ask(prompt: str, required: bool) -> str | None:
@@ -95,8 +95,8 @@ def side_by_side(before: EmailSequence, after: EmailSequence, width: int | None 
     column = max(30, (width - 3) // 2)
 
     def block(title: str, subject: str, body: str) -> list[str]:
-        lines = [title, f"Subject: {subject}", ""]
-        for paragraph in body.strip().splitlines():
+        lines = [title, f"Subject: {terminal_safe(subject)}", ""]
+        for paragraph in terminal_safe(body.strip()).splitlines():
             lines += textwrap.wrap(paragraph, column) or [""]
         return [line[:column] for line in lines]
 
@@ -113,15 +113,16 @@ def side_by_side(before: EmailSequence, after: EmailSequence, width: int | None 
     return "\n".join(out)
 
 
-def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_demo(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
     """The demo; returns the exit code. Errors propagate as ``ColdmailError``."""
     interactive = sys.stdin.isatty()
     brief = read_brief(args, interactive)
     feedback = validate_feedback(args.feedback) if args.feedback is not None else None
+    review = bool(getattr(args, "review", False))
 
     async def draft() -> tuple[Run, str]:
-        async with ColdMailAgent.open(args.db, llm=args.llm) as agent:
-            run = await with_progress("Drafting", agent.start(brief), out)
+        async with ColdMailAgent.open(settings=settings) as agent:
+            run = await with_progress("Drafting", agent.start(brief, review=review), out)
             return run, agent.db_path
 
     try:
@@ -130,7 +131,7 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         print("\nStopped before the draft was saved; nothing was stored.", file=out)
         return INTERRUPTED
 
-    print(f"\n{format_sequence(pending.draft)}\n", file=out)
+    print(f"\n{format_sequence(pending.draft)}\n", file=out)  # format_sequence is terminal-safe
     print(f"Saved as {pending.interaction_id} in {db_path}.", file=out)
     resume = resume_command(pending, "who it is really for")
     print(f"If you stop now, resume any time with:\n  {resume}\n", file=out)
@@ -151,7 +152,7 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         assert feedback is not None
 
     async def refine() -> Run:
-        async with ColdMailAgent.open(args.db, llm=args.llm) as agent:
+        async with ColdMailAgent.open(settings=settings) as agent:
             return await with_progress(
                 "Refining", agent.resume(pending.interaction_id, feedback), out
             )
@@ -161,7 +162,55 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     except KeyboardInterrupt:
         print(f"\nStopped; the run is still resumable:\n  {resume}", file=out)
         return INTERRUPTED
-    assert done.final is not None
-    print(f"\nFeedback: {done.feedback}\n", file=out)
-    print(side_by_side(done.draft, done.final), file=out)
+    assert done.sequence is not None
+    print(terminal_safe(f"\nFeedback: {done.feedback}\n"), file=out)
+    print(side_by_side(done.draft, done.sequence), file=out)
+    if done.status is RunStatus.AWAITING_REVIEW:
+        return _review_rounds(done, settings, interactive, out)
     return 0
+
+
+_CHOICES = {"a": "approve", "r": "revise", "x": "reject"}
+
+
+def _review_rounds(run: Run, settings: Settings, interactive: bool, out: TextIO) -> int:
+    """Ask for review decisions on the terminal until the run is approved or rejected."""
+    while run.status is RunStatus.AWAITING_REVIEW:
+        if not interactive:
+            print(
+                f"\nNo terminal to ask on: the run waits for review.\n{review_hint(run)}", file=out
+            )
+            return 0
+        try:
+            print(f"\n{review_hint(run)}", file=out)
+            answer = (_ask("Approve (a), revise (r) or reject (x)? ", True) or "").lower()
+            kind = _CHOICES.get(answer[:1])
+            if kind is None:
+                print("  Type a, r or x (or Ctrl-C to decide later).", file=out)
+                continue
+            text = None
+            if kind == "revise":
+                text = _ask("What should the next version change? ", True)
+            elif kind == "reject":
+                text = _ask("Why is it rejected? ", True)
+        except (KeyboardInterrupt, EOFError):
+            print(f"\nStopped. The run waits for review:\n{review_hint(run)}", file=out)
+            return INTERRUPTED
+        run = asyncio.run(_decide(run, kind, text, settings, out))
+        if run.sequence is not None and run.status is RunStatus.AWAITING_REVIEW:
+            print(f"\n{format_sequence(run.sequence)}", file=out)
+    print(f"\nThe run is {run.status.value}.", file=out)
+    return 0
+
+
+async def _decide(run: Run, kind: str, text: str | None, settings: Settings, out: TextIO) -> Run:
+    async with ColdMailAgent.open(settings=settings) as agent:
+        if kind == "approve":
+            return await agent.approve(run.interaction_id, round=run.round)
+        if kind == "reject":
+            assert text is not None
+            return await agent.reject(run.interaction_id, text, round=run.round)
+        assert text is not None
+        return await with_progress(
+            "Revising", agent.revise(run.interaction_id, text, round=run.round), out
+        )

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 
 class ColdmailError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    ``topic`` names the situation more precisely than the class (e.g. ``"unsigned"``), so
+    that a front end can add its own hint (the CLI names its commands and flags; the
+    library's messages never do).
+    """
 
     exit_code: int = 1
+
+    def __init__(self, *args: object, topic: str | None = None) -> None:
+        super().__init__(*args)
+        self.topic = topic
 
 
 class InvalidInput(ColdmailError, ValueError):
@@ -27,8 +36,7 @@ class RunNotFound(ColdmailError, KeyError):
     def __init__(self, interaction_id: str, db_path: str) -> None:
         self.interaction_id = interaction_id
         super().__init__(
-            f"no run with interaction id {interaction_id} in {db_path}; "
-            "check the id, or point --db / COLDMAIL_DB at the database that holds it"
+            f"no run with interaction id {interaction_id} in {db_path}", topic="not_found"
         )
 
     def __str__(self) -> str:  # KeyError would quote the message otherwise
@@ -82,6 +90,9 @@ class SnapshotIntegrityError(SnapshotError):
     exit_code = 9
 
 
+INTERRUPTED = 130
+"""The exit code after Ctrl-C (128 + SIGINT), as shells expect."""
+
 EXIT_CODES: dict[str, int] = {
     "ok": 0,
     "unexpected error": 1,
@@ -93,6 +104,6 @@ EXIT_CODES: dict[str, int] = {
     "configuration": ConfigurationError.exit_code,
     "storage": StoreError.exit_code,
     "integrity": SnapshotIntegrityError.exit_code,
-    "interrupted": 130,
+    "interrupted": INTERRUPTED,
 }
 """Exit codes of the ``coldmail`` command, by meaning (documented in the README)."""

@@ -33,10 +33,15 @@ def _has_control_chars(text: str) -> bool:
     return any(unicodedata.category(c) == "Cc" and c not in _ALLOWED_CONTROL for c in text)
 
 
+def _is_invisible(text: str) -> bool:
+    """True when no character would show: only spaces, zero-width or bidi controls ("Cf")."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Zs", "Zl", "Zp") for c in text)
+
+
 def clean_text(value: str, *, field: str, limit: int) -> str:
     """Strip ``value`` and check it is non-empty, short enough and free of control characters."""
     text = value.strip()
-    if not text:
+    if _is_invisible(text):
         raise PydanticCustomError("empty", f"{field} must not be empty")
     if len(text) > limit:
         raise PydanticCustomError(
@@ -82,7 +87,7 @@ class Brief(BaseModel):
     @classmethod
     def _optional_text(cls, value: Any, info: Any) -> Any:
         if isinstance(value, str):
-            if not value.strip():
+            if _is_invisible(value):
                 return None
             return clean_text(value, field=info.field_name, limit=_BRIEF_LIMITS[info.field_name])
         return value
@@ -133,29 +138,74 @@ class EmailSequence(BaseModel):
 
 
 class RunStatus(str, Enum):
-    """Where a run is in its life: paused, being resumed right now, or done."""
+    """Where a run is in its life.
+
+    ``awaiting_feedback`` → ``resuming`` → ``completed``; in review mode the refinement is
+    followed by ``awaiting_review`` pauses until a reviewer approves (``completed``) or
+    rejects (``rejected``). ``resuming`` means someone holds the claim right now.
+    """
 
     AWAITING_FEEDBACK = "awaiting_feedback"
     RESUMING = "resuming"
+    AWAITING_REVIEW = "awaiting_review"
     COMPLETED = "completed"
+    REJECTED = "rejected"
+
+    @property
+    def is_paused(self) -> bool:
+        """Waiting for a person (feedback or a review decision)."""
+        return self in (RunStatus.AWAITING_FEEDBACK, RunStatus.AWAITING_REVIEW)
+
+    @property
+    def is_final(self) -> bool:
+        """Nothing more can happen to the run."""
+        return self in (RunStatus.COMPLETED, RunStatus.REJECTED)
+
+
+EventKind = Literal[
+    "paused",
+    "feedback",
+    "failed",
+    "review",
+    "approved",
+    "revised",
+    "edited",
+    "rejected",
+    "completed",
+]
 
 
 class RunEvent(BaseModel):
-    """One moment in a run's history, timed when this package saw it happen."""
+    """One moment in a run's history, timed when this package saw it happen.
+
+    ``paused``: drafted and waiting for audience feedback. ``feedback``: the audience
+    feedback arrived. ``review``: paused for review round ``round`` with ``sequence``.
+    ``approved`` / ``revised`` / ``edited`` / ``rejected``: a reviewer's decision arrived
+    (``actor`` names them when given). ``failed``: applying feedback or a decision failed and
+    the run was given back. ``completed``: the run finished with its final sequence.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     at: datetime
-    kind: Literal["paused", "feedback", "failed", "completed"]
+    kind: EventKind
     detail: str | None = None
-    """The feedback received, the error of a failed resume, or the feedback that completed it."""
+    """The feedback or guidance received, a rejection's reason, or a failure's error."""
+    round: int | None = None
+    actor: str | None = None
+    sequence: EmailSequence | None = None
+    """The sequence put up for review (``review``) or written by the reviewer (``edited``)."""
+    verified: bool = True
+    """False for events written by releases before 0.5, which did not sign the history."""
 
 
 class Run(BaseModel):
-    """A stored run, as ``start``, ``resume``, ``get`` and ``list`` return it.
+    """A stored run, as ``start``, ``resume``, the review decisions, ``get`` and ``list``
+    return it.
 
-    A run that is ``awaiting_feedback`` carries everything a resume needs: its
-    ``interaction_id`` and the ``question`` to put to the human.
+    ``interaction_id`` is the id ``start`` returned and never changes. A run that is paused
+    carries everything the next step needs: that id and the ``question`` (audience feedback)
+    or the ``sequence`` and ``round`` (review).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -166,35 +216,238 @@ class Run(BaseModel):
     draft: EmailSequence
     question: str
     feedback: str | None = None
+    """The audience feedback the refinement used."""
     final: EmailSequence | None = None
+    """The finished sequence: set once the run is ``completed`` (approved, in review mode)."""
     last_error: str | None = None
     created_at: datetime
     updated_at: datetime
+    review: bool = False
+    """Whether the run pauses for review rounds after the refinement."""
+    round: int | None = None
+    """The review round the run is at (1 for the refinement's review); None before review."""
+    max_rounds: int | None = None
+    """Rounds a reviewer may reach by revising; past it only approve, edit and reject remain."""
+    sequence: EmailSequence | None = None
+    """The newest sequence after the draft: the one under review, the final one, or the one
+    rejected."""
+    rejection: str | None = None
+    """Why a reviewer rejected the run."""
+    fields: tuple[str, ...] = ()
+    """Merge fields (lead-list columns) the emails may use as ``{{name}}``."""
+    pause_id: str | None = None
+    """Bridgic's interaction id of the current pause: the run's own id at the audience
+    question, a new one at each review round. Only the store needs it."""
+    verified: bool = True
+    """False when the run was stored by a release before 0.5 and its text is not signed."""
 
     def to_public_dict(self) -> dict[str, Any]:
-        """The stable JSON shape the CLI prints with ``--json``."""
+        """The run as JSON data: the one shape of the JSON API and of ``coldmail … --json``."""
         return {
             "interaction_id": self.interaction_id,
             "status": self.status.value,
             "draft": self.draft.model_dump(mode="json"),
             "final": self.final.model_dump(mode="json") if self.final else None,
             "feedback": self.feedback,
+            "round": self.round,
+            "review": self.review,
+            "max_rounds": self.max_rounds,
+            "sequence": self.sequence.model_dump(mode="json") if self.sequence else None,
+            "rejection": self.rejection,
+            "brief": self.brief.model_dump(mode="json"),
+            "question": self.question,
+            "fields": list(self.fields),
+            "last_error": self.last_error,
+            "verified": self.verified,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
         }
+
+
+CLI_JSON_KEYS = ("interaction_id", "status", "draft", "final", "feedback", "round")
+"""The keys ``coldmail … --json`` prints: the documented five, plus ``round``."""
+
+
+class DamagedRun(BaseModel):
+    """A stored run that cannot be shown: its text does not match its signature, or does not
+    parse. Listings include it so that one bad row never hides the others."""
+
+    model_config = ConfigDict(frozen=True)
+
+    interaction_id: str
+    status: str
+    problem: str
+    """What is wrong, in one sentence."""
+    tampered: bool
+    """True when the row does not match its signature; False when it only fails to parse."""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """As JSON data, with ``damaged`` set to the problem."""
+        return {
+            "interaction_id": self.interaction_id,
+            "status": self.status,
+            "damaged": self.problem,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+        }
+
+
+ListedRun = Run | DamagedRun
+"""What a listing holds: runs, and the rows that cannot be shown."""
+
+
+DecisionKind = Literal["approve", "revise", "edit", "reject"]
+
+
+class Decision(BaseModel):
+    """A reviewer's decision on a run awaiting review (see ``ColdMailAgent.approve`` …)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: DecisionKind
+    text: str | None = None
+    """The guidance (revise) or the reason (reject)."""
+    sequence: EmailSequence | None = None
+    """The reviewer's own emails (edit)."""
+    reviewer: str | None = None
+    round: int | None = None
+    """The round this decision answers; None means the run's current round."""
+
+    def same_as(self, other: Decision) -> bool:
+        """Whether two decisions would do the same thing (who made them does not matter)."""
+        return (self.kind, self.text, self.sequence) == (other.kind, other.text, other.sequence)
+
+    def describe(self) -> str:
+        """``approve``, ``revise 'shorter'``, … for messages."""
+        if self.kind == "edit":
+            return "edit (the reviewer's own emails)"
+        return f"{self.kind} {_preview(self.text)}" if self.text else self.kind
+
+
+class ReviewOutcome(BaseModel):
+    """How the automa ended: completed with a sequence, or rejected with a reason."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["completed", "rejected"]
+    sequence: EmailSequence
+    round: int | None = None
+    reason: str | None = None
+
+
+MAX_REVIEWER_CHARS = 200
+MAX_REASON_CHARS = MAX_FEEDBACK_CHARS
+
+
+def _preview(text: str | None, width: int = 60) -> str:
+    text = (text or "").replace("\n", " ")
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def validate_feedback(feedback: Any) -> str:
     """Return the feedback stripped, or raise ``InvalidInput`` saying what is wrong with it."""
-    if not isinstance(feedback, str):
-        raise InvalidInput(f"feedback must be text, not {type(feedback).__name__}")
+    return validate_text(
+        feedback,
+        field="feedback",
+        limit=MAX_FEEDBACK_CHARS,
+        empty_hint="say who the emails should really target",
+        long_hint="shorten it to the audience and what matters to them",
+    )
+
+
+def validate_text(
+    value: Any,
+    *,
+    field: str,
+    limit: int,
+    empty_hint: str,
+    long_hint: str = "shorten it",
+) -> str:
+    """``value`` stripped and checked (see :func:`clean_text`), or one ``InvalidInput``."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be text, not {type(value).__name__}")
     try:
-        return clean_text(feedback, field="feedback", limit=MAX_FEEDBACK_CHARS)
+        return clean_text(value, field=field, limit=limit)
     except PydanticCustomError as exc:
         hint = {
-            "empty": "say who the emails should really target",
-            "too_long": "shorten it to the audience and what matters to them",
+            "empty": empty_hint,
+            "too_long": long_hint,
             "control_chars": "remove them and try again",
         }[exc.type]
         raise InvalidInput(f"{exc.message()}; {hint}") from None
+
+
+def make_decision(
+    kind: str,
+    *,
+    text: Any = None,
+    sequence: Any = None,
+    reviewer: Any = None,
+    round: Any = None,
+) -> Decision:
+    """A validated :class:`Decision`, or one ``InvalidInput`` that says what to fix."""
+    if kind not in ("approve", "revise", "edit", "reject"):
+        raise InvalidInput(f"unknown decision {kind!r}; use approve, revise, edit or reject")
+    if kind == "revise":
+        text = validate_text(
+            text,
+            field="guidance",
+            limit=MAX_FEEDBACK_CHARS,
+            empty_hint="say what the next version should change",
+        )
+    elif kind == "reject":
+        text = validate_text(
+            text,
+            field="reason",
+            limit=MAX_REASON_CHARS,
+            empty_hint="say why the run is rejected; it is kept in the history",
+        )
+    elif text is not None:
+        raise InvalidInput(f"{kind} takes no text")
+    parsed: EmailSequence | None = None
+    if kind == "edit":
+        if sequence is None:
+            raise InvalidInput("edit needs the reviewer's emails (an EmailSequence)")
+        try:
+            parsed = (
+                sequence
+                if isinstance(sequence, EmailSequence)
+                else EmailSequence.model_validate(sequence)
+            )
+        except ValidationError as exc:
+            raise InvalidInput(describe_validation_error(exc, "invalid emails")) from None
+    elif sequence is not None:
+        raise InvalidInput(f"{kind} takes no emails; use edit to replace them")
+    if reviewer is not None:
+        reviewer = validate_text(
+            reviewer,
+            field="reviewer",
+            limit=MAX_REVIEWER_CHARS,
+            empty_hint="give a name or leave it out",
+        )
+    if round is not None and (isinstance(round, bool) or not isinstance(round, int)):
+        raise InvalidInput(f"round must be a whole number, not {type(round).__name__}")
+    if round is not None and not 1 <= round <= MAX_ROUND_NUMBER:
+        raise InvalidInput(f"round must be between 1 and {MAX_ROUND_NUMBER}, not {round}")
+    return Decision(kind=kind, text=text, sequence=parsed, reviewer=reviewer, round=round)  # type: ignore[arg-type]
+
+
+MAX_ROUND_NUMBER = 10_000
+MAX_OFFSET = 2**63 - 1 - 10_000
+"""The largest listing offset: SQLite's and PostgreSQL's integers stop at 2**63 - 1."""
+
+
+def validate_page(limit: Any, offset: Any, max_limit: int) -> tuple[int, int]:
+    """``(limit, offset)`` checked, or ``InvalidInput``; never an overflow in the database."""
+    for name, value in (("limit", limit), ("offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f"{name} must be a whole number, not {type(value).__name__}")
+    if not 1 <= limit <= max_limit:
+        raise InvalidInput(f"limit must be between 1 and {max_limit}, not {limit}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}, not {offset}")
+    return limit, offset
 
 
 def validate_interaction_id(interaction_id: Any) -> str:
@@ -203,8 +456,9 @@ def validate_interaction_id(interaction_id: Any) -> str:
     if not _INTERACTION_ID.fullmatch(text):
         shown = repr(interaction_id)[:60]
         raise InvalidInput(
-            f"{shown} is not an interaction id; expected the 32 hex characters "
-            "that `coldmail start` printed (see `coldmail list`)"
+            f"{shown} is not an interaction id; expected the 32 hex characters of the id "
+            "that starting the run returned",
+            topic="bad_id",
         )
     return text
 

@@ -1,8 +1,12 @@
-"""Every word the LLM and the human are shown, in one place.
+"""Every word a capable LLM and the human are shown, in one place.
 
 The prompts are written like a brief to a good copywriter: who the reader is, what the
 sender offers, what a good cold email looks like, and what to return. The output format is
-enforced by structured output, so the prompts describe content, not JSON syntax.
+enforced by structured output (``writing.answer_model``), so the prompts describe content,
+not JSON syntax. Small local models get their own short prompts in ``local_writer.py``.
+
+The markers (``REFINE_MARKER``, ``REVISE_MARKER``) appear in exactly one kind of prompt each;
+the scripted test server tells the kinds of call apart by them.
 """
 
 from __future__ import annotations
@@ -10,12 +14,24 @@ from __future__ import annotations
 from bridgic.core.model.types import Message, Role
 
 from .models import Brief, EmailSequence
+from .writing import WritingTask
 
 AUDIENCE_QUESTION = (
     "Who is this sequence really for? Describe the audience the emails should target "
     "(role, company size, industry, what they care about)."
 )
-"""The question put to the human when the run pauses."""
+"""The question put to the human when the run pauses for audience feedback."""
+
+REVIEW_QUESTION = (
+    "Review the refined sequence: approve it, ask for a revision with guidance, edit the "
+    "emails yourself, or reject the run with a reason."
+)
+"""What a reviewer is asked at each review round."""
+
+REFINE_MARKER = "Feedback on the audience, verbatim:"
+"""Text that only the refinement prompt contains."""
+REVISE_MARKER = "Reviewer's guidance for this revision, verbatim:"
+"""Text that only the revision prompt contains."""
 
 SYSTEM_PROMPT = """\
 You are a senior B2B copywriter who writes cold email sequences that get replies.
@@ -47,7 +63,8 @@ def _brief_lines(brief: Brief) -> str:
     return "\n".join(lines)
 
 
-def _sequence_text(sequence: EmailSequence) -> str:
+def sequence_text(sequence: EmailSequence) -> str:
+    """Both emails as plain text, as a prompt shows them."""
     parts = []
     for label, step in (("Opener", sequence.opener), ("Follow-up", sequence.follow_up)):
         parts.append(
@@ -57,71 +74,37 @@ def _sequence_text(sequence: EmailSequence) -> str:
     return "\n\n".join(parts)
 
 
-COMPACT_HEADER = """\
-Cold email sequences that get replies. Each has two short emails: an opener sent on day 0 and
-a follow-up a few days later. Each body greets the reader, names their problem, says one
-concrete thing the product does about it, asks one small question, and ends with the
-sender's name."""
-
-_EXAMPLE_DRAFT = """\
-Product: Brightdesk
-Value for the reader: answers support tickets twice as fast
-Sender: Sam Roy
-Audience: support managers at online shops
-Call to action: a 15-minute call
-JSON: {"opener": {"subject": "Half the ticket backlog by Friday", "body": "Hi there,\\n\\n\
-Support teams at online shops lose whole afternoons to repeat questions. Brightdesk drafts \
-the answer to each ticket, so your team replies twice as fast.\\n\\nWorth a 15-minute \
-call next week?\\n\\nSam Roy", "wait_days": 0}, "follow_up": {"subject": "One number \
-from a shop like yours", "body": "Hi again,\\n\\nA shoe shop with four agents cut its \
-reply time from 9 hours to 4 in the first month.\\n\\nShall I show you how in 15 \
-minutes?\\n\\nSam Roy", "wait_days": 3}}"""
-
-
-def _compact_brief(brief: Brief, audience: str) -> str:
+def _fields_paragraph(fields: tuple[str, ...]) -> str:
+    if not fields:
+        return "Do not use {{...}} placeholders: the emails are sent as written."
+    names = ", ".join("{{" + name + "}}" for name in fields)
     return (
-        f"Product: {brief.product}\n"
-        f"Value for the reader: {brief.offer}\n"
-        f"Sender: {brief.sender}\n"
-        f"Audience: {audience}\n"
-        f"Call to action: {brief.cta or 'a 15-minute call'}"
+        "The emails go to a lead list whose columns you may use as placeholders: "
+        f"{names}. Write one as {{{{name}}}}, or with a fallback for an empty value as "
+        "{{name|fallback}} (e.g. Hi {{first_name|there}},). Use no other {{...}}."
     )
 
 
-def draft_messages(brief: Brief, compact: bool = False) -> list[Message]:
-    """The prompt for the first draft (``compact``: the short one for small base models)."""
-    if compact:
-        audience = brief.audience or "people who would buy this"
-        text = f"{COMPACT_HEADER}\n\n{_EXAMPLE_DRAFT}\n\n{_compact_brief(brief, audience)}"
-        return [Message.from_text(text=text, role=Role.USER)]
+def _verbatim(marker: str, text: str) -> str:
+    return f"{marker}\n<<<\n{text}\n>>>"
+
+
+def draft_messages(brief: Brief, fields: tuple[str, ...] = ()) -> list[Message]:
+    """The prompt for the first draft."""
     user = (
         "Write a two-email cold sequence from this brief.\n\n"
         f"{_brief_lines(brief)}\n\n"
         "The audience is only a first guess; a human will review it after this draft, so "
-        "write for the likeliest reader and keep the emails easy to retarget."
+        "write for the likeliest reader and keep the emails easy to retarget.\n\n"
+        f"{_fields_paragraph(fields)}"
     )
-    return [
-        Message.from_text(text=SYSTEM_PROMPT, role=Role.SYSTEM),
-        Message.from_text(text=user, role=Role.USER),
-    ]
+    return _conversation(user)
 
 
 def refine_messages(
-    brief: Brief, draft: EmailSequence, feedback: str, compact: bool = False
+    brief: Brief, draft: EmailSequence, feedback: str, fields: tuple[str, ...] = ()
 ) -> list[Message]:
     """The prompt for the refinement: the brief, the draft and the human's feedback verbatim."""
-    if compact:
-        # A base model cannot follow "rewrite this"; it continues documents. The draft is
-        # shown as the earlier version, and the new sequence is written for the audience
-        # the reviewer named, in the example's format.
-        text = (
-            f"{COMPACT_HEADER}\n\n{_EXAMPLE_DRAFT}\n\n"
-            f"Earlier version, written for {brief.audience or 'a guessed audience'}:\n"
-            f"{_sequence_text(draft)}\n\n"
-            f"A reviewer says the emails should really target: {feedback}\n\n"
-            f"{_compact_brief(brief, feedback)}"
-        )
-        return [Message.from_text(text=text, role=Role.USER)]
     user = (
         "You wrote the draft below from this brief. A person who knows the market has told "
         "you who the emails should really target. Rewrite both emails for that audience: "
@@ -129,12 +112,52 @@ def refine_messages(
         "does not, and keep the same sender and call to action unless the feedback says "
         "otherwise.\n\n"
         f"Brief:\n{_brief_lines(brief)}\n\n"
-        f"Draft:\n{_sequence_text(draft)}\n\n"
-        "Feedback on the audience, verbatim:\n"
-        "<<<\n"
-        f"{feedback}\n"
-        ">>>"
+        f"Draft:\n{sequence_text(draft)}\n\n"
+        f"{_fields_paragraph(fields)}\n\n"
+        f"{_verbatim(REFINE_MARKER, feedback)}"
     )
+    return _conversation(user)
+
+
+def revise_messages(
+    brief: Brief,
+    current: EmailSequence,
+    feedback: str | None,
+    guidance: tuple[str, ...],
+    fields: tuple[str, ...] = (),
+) -> list[Message]:
+    """The prompt for a review round's revision: every earlier instruction and the new one."""
+    earlier = "\n".join(f"- {g}" for g in guidance[:-1]) or "- none"
+    user = (
+        "A reviewer is going through your cold sequence round by round. Revise both emails "
+        "as this round's guidance asks, keeping every earlier instruction and the audience "
+        "unless the guidance changes them.\n\n"
+        f"Brief:\n{_brief_lines(brief)}\n\n"
+        f"Audience, from the reviewer: {feedback or brief.audience or 'as in the brief'}\n\n"
+        f"Earlier guidance, oldest first:\n{earlier}\n\n"
+        f"The sequence under review:\n{sequence_text(current)}\n\n"
+        f"{_fields_paragraph(fields)}\n\n"
+        f"{_verbatim(REVISE_MARKER, guidance[-1])}"
+    )
+    return _conversation(user)
+
+
+def messages_for(task: WritingTask) -> list[Message]:
+    """The prompt for a writing task."""
+    if task.kind == "draft":
+        return draft_messages(task.brief, task.fields)
+    if task.current is None:
+        raise ValueError(f"a {task.kind} task needs the sequence to rewrite")
+    if task.kind == "refine":
+        if task.feedback is None:
+            raise ValueError("a refine task needs the audience feedback")
+        return refine_messages(task.brief, task.current, task.feedback, task.fields)
+    if not task.guidance:
+        raise ValueError("a revise task needs the reviewer's guidance")
+    return revise_messages(task.brief, task.current, task.feedback, task.guidance, task.fields)
+
+
+def _conversation(user: str) -> list[Message]:
     return [
         Message.from_text(text=SYSTEM_PROMPT, role=Role.SYSTEM),
         Message.from_text(text=user, role=Role.USER),

@@ -1,12 +1,59 @@
-"""Plain-text rendering of runs and sequences for terminals (CLI and resume script)."""
+"""Plain-text rendering of runs and sequences for terminals (CLI, demo, resume script).
+
+Everything shown may come from a brief, an LLM or a database file, so :func:`terminal_safe`
+is applied to every line before it is printed: control and escape sequences (ESC, OSC 52
+clipboard writes, NUL, a lone carriage return that would overwrite the line, C1 controls)
+and bidi overrides are shown as visible ``\\x1b``-style escapes instead of being obeyed.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import textwrap
+import unicodedata
+from typing import Any
 
-from .models import EmailSequence, Run, RunEvent, RunStatus
+from .models import DamagedRun, EmailSequence, ListedRun, Run, RunEvent, RunStatus
 
 _WIDTH = 78
+_BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with everything a terminal would obey rather than show made visible.
+
+    Newlines and tabs stay; ``\\r\\n`` becomes a newline; every other C0/C1 control, DEL and
+    bidi control is written as an escape (``\\x1b``, ``\\u202e``).
+    """
+    text = text.replace("\r\n", "\n")
+    return "".join(
+        char
+        if char in "\n\t" or not (unicodedata.category(char) == "Cc" or char in _BIDI)
+        else _escape_char(char)
+        for char in text
+    )
+
+
+def json_for_terminal(value: Any) -> str:
+    """JSON text, readable (non-ASCII kept) yet with no raw control character in it.
+
+    ``json.dumps`` escapes only C0 controls; DEL, C1 controls (``\\x9b`` acts as ESC [ in
+    some terminals) and bidi overrides are escaped here too. They occur only inside strings,
+    where a ``\\uXXXX`` escape is valid JSON for the same character.
+    """
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return re.sub(
+        "[\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]",
+        lambda m: f"\\u{ord(m.group()):04x}",
+        text,
+    )
 
 
 def _rule(title: str) -> str:
@@ -21,12 +68,12 @@ def format_sequence(sequence: EmailSequence) -> str:
         day += step.wait_days
         header = _rule(f"Email {number} · day {day}")
         blocks.append(f"{header}\nSubject: {step.subject}\n\n{step.body.strip()}")
-    return "\n\n".join(blocks)
+    return terminal_safe("\n\n".join(blocks))
 
 
 def resume_command(run: Run, feedback: str = "CTOs at mid-size hospitals") -> str:
-    """The command that resumes a paused run."""
-    return f'coldmail resume {run.interaction_id} --feedback "{feedback}"'
+    """The command that resumes a paused run, quoted for a POSIX shell."""
+    return f"coldmail resume {run.interaction_id} --feedback {shlex.quote(feedback)}"
 
 
 def resume_hint(run: Run) -> str:
@@ -38,42 +85,89 @@ def resume_hint(run: Run) -> str:
     )
 
 
+def review_hint(run: Run) -> str:
+    """How to decide a run awaiting review from the command line."""
+    rid = run.interaction_id
+    limit = f" of {run.max_rounds}" if run.max_rounds else ""
+    revise = (
+        f"  coldmail revise {rid} --feedback 'what to change'\n"
+        if run.round is not None and run.max_rounds is not None and run.round < run.max_rounds
+        else ""
+    )
+    return (
+        f"Review round {run.round}{limit}. Decide with one of:\n"
+        f"  coldmail approve {rid}\n"
+        f"{revise}"
+        f"  coldmail edit {rid} --file emails.json\n"
+        f"  coldmail reject {rid} --reason 'why'"
+    )
+
+
 def format_run(run: Run) -> str:
-    """A run as a person wants to read it: status, brief, draft, feedback and refinement."""
+    """A run as a person wants to read it: status, brief, draft, feedback, rounds, result."""
     brief = run.brief
     lines = [
-        f"Run {run.interaction_id} · {run.status.value}",
+        f"Run {run.interaction_id} · {run.status.value}"
+        + (f" · review round {run.round}" if run.round else ""),
         f"Product: {brief.product}",
         f"Sender: {brief.sender}",
         f"Audience (first guess): {brief.audience or '—'}",
         f"Started: {run.created_at:%Y-%m-%d %H:%M:%S} UTC",
-        "",
-        "DRAFT" if run.final is None else "DRAFT (before feedback)",
-        format_sequence(run.draft),
     ]
-    if run.final is not None:
-        lines += ["", f"FEEDBACK: {run.feedback}", "", "REFINED", format_sequence(run.final)]
+    if run.fields:
+        lines.append(f"Merge fields: {', '.join(run.fields)}")
+    if not run.verified:
+        lines.append(
+            "Unverified: stored by a release before 0.5, whose text was not signed; it may "
+            "have been edited outside bridgic-coldmail."
+        )
+    lines += ["", "DRAFT" if run.sequence is None else "DRAFT (before feedback)"]
+    lines.append(format_sequence(run.draft))
+    if run.feedback and run.sequence is not None:
+        lines += ["", f"FEEDBACK: {run.feedback}"]
+    if run.sequence is not None:
+        title = {
+            RunStatus.COMPLETED: "FINAL" if run.review else "REFINED",
+            RunStatus.REJECTED: f"REJECTED AT ROUND {run.round}",
+        }.get(run.status, f"UNDER REVIEW (round {run.round})")
+        lines += ["", title, format_sequence(run.sequence)]
+    if run.rejection:
+        lines += ["", f"Rejected: {run.rejection}"]
+    if run.last_error and run.status.is_paused:
+        lines += ["", f"The last attempt failed: {run.last_error}"]
     if run.status is RunStatus.AWAITING_FEEDBACK:
-        if run.last_error:
-            lines += ["", f"The last resume failed: {run.last_error}"]
         lines += ["", resume_hint(run)]
+    elif run.status is RunStatus.AWAITING_REVIEW:
+        lines += ["", review_hint(run)]
     elif run.status is RunStatus.RESUMING:
-        lines += ["", "Being resumed right now; show it again in a moment."]
-    return "\n".join(lines)
+        lines += ["", "Being worked on right now; show it again in a moment."]
+    return terminal_safe("\n".join(lines))
 
 
-def format_run_line(run: Run) -> str:
-    """One line per run, for listings."""
+def format_run_line(run: ListedRun) -> str:
+    """One line per run, for listings; a damaged run says so."""
+    if isinstance(run, DamagedRun):
+        started = f"{run.created_at:%Y-%m-%d %H:%M}" if run.created_at else "?"
+        return terminal_safe(
+            f"{run.interaction_id}  {'DAMAGED':<17}  {started}  {run.problem}"[:200]
+        )
     audience = run.brief.audience or "—"
     summary = textwrap.shorten(f"{run.brief.product} → {audience}", width=44, placeholder="…")
     started = f"{run.created_at:%Y-%m-%d %H:%M}"
-    return f"{run.interaction_id}  {run.status.value:<17}  {started}  {summary}"
+    status = run.status.value + (f" {run.round}" if run.status is RunStatus.AWAITING_REVIEW else "")
+    flag = "" if run.verified else "  (unverified)"
+    return terminal_safe(f"{run.interaction_id}  {status:<17}  {started}  {summary}{flag}")
 
 
 _EVENT_LABELS = {
-    "paused": "paused for feedback",
+    "paused": "paused for audience feedback",
     "feedback": "feedback received",
-    "failed": "resume failed",
+    "failed": "failed and given back",
+    "review": "paused for review",
+    "approved": "approved",
+    "revised": "revision asked",
+    "edited": "edited by the reviewer",
+    "rejected": "rejected",
     "completed": "completed",
 }
 
@@ -82,7 +176,13 @@ def format_history(events: list[RunEvent]) -> str:
     """The run's history, one event per line, oldest first."""
     lines = ["HISTORY"]
     for event in events:
+        label = _EVENT_LABELS[event.kind]
+        if event.round is not None and event.kind != "completed":
+            label += f" (round {event.round})"
+        if event.actor:
+            label += f" by {event.actor}"
         detail = f": {event.detail}" if event.detail and event.kind != "completed" else ""
         detail = textwrap.shorten(detail, width=100, placeholder="…") if detail else ""
-        lines.append(f"  {event.at:%Y-%m-%d %H:%M:%S} UTC  {_EVENT_LABELS[event.kind]}{detail}")
-    return "\n".join(lines)
+        flag = "" if event.verified else "  [unverified]"
+        lines.append(f"  {event.at:%Y-%m-%d %H:%M:%S} UTC  {label}{detail}{flag}")
+    return terminal_safe("\n".join(lines))

@@ -22,6 +22,10 @@ from pydantic import ValidationError
 _RETRIED_STATUS = {408, 409, 429}
 
 
+class InvalidOutput(ValueError):
+    """The LLM's answer broke a rule checked after parsing; another try may do better."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently an LLM step is retried."""
@@ -67,7 +71,7 @@ def root_cause(exc: BaseException) -> BaseException:
 def is_retryable(exc: BaseException) -> bool:
     """Whether another try could succeed (see the module docstring)."""
     for link in _chain(exc):
-        if isinstance(link, (TimeoutError, ValidationError, ConnectionError)):
+        if isinstance(link, (TimeoutError, ValidationError, ConnectionError, InvalidOutput)):
             return True
         status = _status_code(link)
         if status is not None:

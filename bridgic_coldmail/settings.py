@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import TypedDict
+
 from .errors import ConfigurationError
 
 DEFAULT_DB = str(Path("snapshots") / "coldmail.db")
@@ -65,6 +67,24 @@ ENV = {
 """The environment variable behind each setting."""
 
 _SECRET = {"secret_key", "openai_api_key", "web_token"}
+
+
+class AgentOptions(TypedDict, total=False):
+    """Settings that ``ColdMailAgent.open`` (and the sync twin) accept by name."""
+
+    model: str
+    llm_timeout: float
+    busy_timeout: float
+    lease_seconds: float
+    max_rounds: int
+    key_file: str | os.PathLike[str]
+    secret_key: str
+    local_model: str | os.PathLike[str]
+    openai_api_key: str
+    openai_api_base: str
+    pool_size: int
+    pool_timeout: float
+    prepare_statements: bool
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 It runs a private event loop on a daemon thread and submits each call to it, so it works
 from any thread — including one that already runs an event loop, such as a notebook — and
-several threads may share one instance.
+several threads may share one instance. Every method is the async agent's, blocking.
 """
 
 from __future__ import annotations
@@ -11,25 +11,23 @@ import asyncio
 import builtins
 import os
 import threading
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Collection, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .agent import ColdMailAgent
-from .llm import ColdmailLlm
-from .models import Brief, Run, RunEvent, RunStatus
-from .retry import RetryPolicy
+from typing_extensions import Unpack
+
+from .agent import ColdMailAgent, OpenOptions
+from .models import Brief, EmailSequence, ListedRun, Run, RunEvent, RunStatus
+from .settings import Settings
 
 T = TypeVar("T")
 
 
 class SyncColdMailAgent:
-    """Blocking twin of :class:`ColdMailAgent`. Use as ``with SyncColdMailAgent.open(...)``.
-
-    Arguments are those of :meth:`ColdMailAgent.open`.
-    """
+    """Blocking twin of :class:`ColdMailAgent`. Use as ``with SyncColdMailAgent.open(...)``."""
 
     def __init__(self, opener: AbstractAsyncContextManager[ColdMailAgent]) -> None:
         self._loop = asyncio.new_event_loop()
@@ -47,28 +45,11 @@ class SyncColdMailAgent:
 
     @classmethod
     def open(
-        cls,
-        db_path: str | os.PathLike[str] | None = None,
-        *,
-        llm: ColdmailLlm | str | None = None,
-        model: str | None = None,
-        llm_timeout: float | None = None,
-        busy_timeout: float | None = None,
-        lease_seconds: float | None = None,
-        retry: RetryPolicy | None = None,
+        cls, db_path: str | os.PathLike[str] | None = None, **options: Unpack[OpenOptions]
     ) -> SyncColdMailAgent:
-        """Open the agent; close it with ``close()`` or by using it as a context manager."""
-        return cls(
-            ColdMailAgent.open(
-                db_path,
-                llm=llm,
-                model=model,
-                llm_timeout=llm_timeout,
-                busy_timeout=busy_timeout,
-                lease_seconds=lease_seconds,
-                retry=retry,
-            )
-        )
+        """Open the agent (arguments as :meth:`ColdMailAgent.open`); close it with ``close()``
+        or by using it as a context manager."""
+        return cls(ColdMailAgent.open(db_path, **options))
 
     def _call(self, coro: Awaitable[T]) -> T:
         if self._closed:
@@ -82,16 +63,68 @@ class SyncColdMailAgent:
 
     @property
     def db_path(self) -> str:
-        """The database file this agent uses."""
+        """The store this agent uses."""
         return self._agent.db_path
 
-    def start(self, brief: Brief | Mapping[str, Any]) -> Run:
-        """Draft and pause; see :meth:`ColdMailAgent.start`."""
-        return self._call(self._agent.start(brief))
+    @property
+    def settings(self) -> Settings:
+        """The agent's resolved settings."""
+        return self._agent.settings
 
-    def resume(self, interaction_id: str, feedback: str) -> Run:
-        """Resume with feedback; see :meth:`ColdMailAgent.resume`."""
-        return self._call(self._agent.resume(interaction_id, feedback))
+    def start(
+        self, brief: Brief | Mapping[str, Any], *, review: bool = False, fields: Iterable[str] = ()
+    ) -> Run:
+        """Draft and pause; see :meth:`ColdMailAgent.start`."""
+        return self._call(self._agent.start(brief, review=review, fields=fields))
+
+    def resume(self, interaction_id: str, feedback: str, *, reviewer: str | None = None) -> Run:
+        """Resume with audience feedback; see :meth:`ColdMailAgent.resume`."""
+        return self._call(self._agent.resume(interaction_id, feedback, reviewer=reviewer))
+
+    def approve(
+        self, interaction_id: str, *, reviewer: str | None = None, round: int | None = None
+    ) -> Run:
+        """Approve the sequence under review; see :meth:`ColdMailAgent.approve`."""
+        return self._call(self._agent.approve(interaction_id, reviewer=reviewer, round=round))
+
+    def revise(
+        self,
+        interaction_id: str,
+        guidance: str,
+        *,
+        reviewer: str | None = None,
+        round: int | None = None,
+    ) -> Run:
+        """Ask for another version; see :meth:`ColdMailAgent.revise`."""
+        return self._call(
+            self._agent.revise(interaction_id, guidance, reviewer=reviewer, round=round)
+        )
+
+    def edit(
+        self,
+        interaction_id: str,
+        sequence: EmailSequence | Mapping[str, Any],
+        *,
+        reviewer: str | None = None,
+        round: int | None = None,
+    ) -> Run:
+        """Put the reviewer's own emails under review; see :meth:`ColdMailAgent.edit`."""
+        return self._call(
+            self._agent.edit(interaction_id, sequence, reviewer=reviewer, round=round)
+        )
+
+    def reject(
+        self,
+        interaction_id: str,
+        reason: str,
+        *,
+        reviewer: str | None = None,
+        round: int | None = None,
+    ) -> Run:
+        """End the run as rejected; see :meth:`ColdMailAgent.reject`."""
+        return self._call(
+            self._agent.reject(interaction_id, reason, reviewer=reviewer, round=round)
+        )
 
     def get(self, interaction_id: str) -> Run:
         """The stored run; see :meth:`ColdMailAgent.get`."""
@@ -99,7 +132,7 @@ class SyncColdMailAgent:
 
     def list(
         self, status: RunStatus | str | None = None, *, limit: int = 50, offset: int = 0
-    ) -> list[Run]:
+    ) -> builtins.list[ListedRun]:
         """Stored runs, newest first; see :meth:`ColdMailAgent.list`."""
         return self._call(self._agent.list(status, limit=limit, offset=offset))
 
@@ -115,8 +148,12 @@ class SyncColdMailAgent:
         """Delete old runs; see :meth:`ColdMailAgent.purge`."""
         return self._call(self._agent.purge(older_than, statuses))
 
+    def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
+        """Sign unsigned legacy runs; see :meth:`ColdMailAgent.trust_unsigned`."""
+        return self._call(self._agent.trust_unsigned(interaction_ids))
+
     def close(self) -> None:
-        """Close the database connection and stop the private loop (idempotent)."""
+        """Close the store and stop the private loop (idempotent)."""
         if self._closed:
             return
         try:
@@ -143,7 +180,7 @@ class SyncColdMailAgent:
 
 
 async def _close_after_pending(opener: AbstractAsyncContextManager[ColdMailAgent]) -> None:
-    """Let interrupted calls finish unwinding (releasing claims) before the database closes."""
+    """Let interrupted calls finish unwinding (releasing claims) before the store closes."""
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     await asyncio.gather(*others, return_exceptions=True)
     await opener.__aexit__(None, None, None)

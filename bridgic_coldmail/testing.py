@@ -24,8 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-REFINE_MARKER = "Feedback on the audience, verbatim:"
-"""Text that only the refinement prompt contains; it tells the two kinds of call apart."""
+from .prompts import REFINE_MARKER, REVISE_MARKER
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class Reply:
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     kind: str | None = None
-    """Only answer a request of this kind ("draft" or "refine"); None answers any."""
+    """Only answer a request of this kind ("draft", "refine" or "revise"); None answers any."""
 
 
 @dataclass(frozen=True)
@@ -64,19 +63,29 @@ class RecordedRequest:
 
 
 def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
-    """A valid sequence for a prompt: the draft names the product, the refinement the feedback."""
+    """A valid answer for a prompt: the draft names the product, the refinement the feedback,
+    a revision the reviewer's guidance. The opener has no ``wait_days``: the schema sent to
+    the LLM does not ask for it (the opener is sent on day 0 by definition)."""
     product = _line_value(user_text, "Product") or "the product"
     sender = _line_value(user_text, "Sender (signs the emails)") or "The team"
-    if kind == "refine":
-        match = re.search(re.escape(REFINE_MARKER) + r"\n<<<\n(.*)\n>>>", user_text, re.S)
-        audience = match.group(1) if match else "the audience"
-        opener = f"Hi there,\n\nWritten for {audience}: {product} saves you time.\n\n{sender}"
+    if kind == "revise":
+        guidance = _verbatim(user_text, REVISE_MARKER) or "the guidance"
         return {
             "opener": {
-                "subject": f"{product} for {audience}"[:200],
-                "body": opener,
-                "wait_days": 0,
+                "subject": f"{product}, revised: {guidance}"[:200],
+                "body": f"Hi there,\n\nRevised as asked ({guidance}): {product}.\n\n{sender}",
             },
+            "follow_up": {
+                "subject": f"Following up, revised: {guidance}"[:200],
+                "body": f"Hi again,\n\nOne more thought on {product}.\n\n{sender}",
+                "wait_days": 5,
+            },
+        }
+    if kind == "refine":
+        audience = _verbatim(user_text, REFINE_MARKER) or "the audience"
+        opener = f"Hi there,\n\nWritten for {audience}: {product} saves you time.\n\n{sender}"
+        return {
+            "opener": {"subject": f"{product} for {audience}"[:200], "body": opener},
             "follow_up": {
                 "subject": f"One more idea for {audience}"[:200],
                 "body": f"Hi again,\n\nA short case study for {audience}.\n\n{sender}",
@@ -87,7 +96,6 @@ def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
         "opener": {
             "subject": f"A faster way with {product}"[:200],
             "body": f"Hi there,\n\n{product} could help your team.\n\n{sender}",
-            "wait_days": 0,
         },
         "follow_up": {
             "subject": f"Following up on {product}"[:200],
@@ -95,6 +103,11 @@ def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
             "wait_days": 3,
         },
     }
+
+
+def _verbatim(text: str, marker: str) -> str | None:
+    match = re.search(re.escape(marker) + r"\n<<<\n(.*)\n>>>", text, re.S)
+    return match.group(1) if match else None
 
 
 def _line_value(text: str, label: str) -> str | None:
@@ -165,7 +178,7 @@ class ScriptedOpenAIServer:
             return list(self._requests)
 
     def count(self, kind: str | None = None) -> int:
-        """How many requests of this kind ("draft", "refine"; None for all) arrived."""
+        """How many requests of this kind ("draft", "refine", "revise"; None: all) arrived."""
         return sum(1 for r in self.requests if kind is None or r.kind == kind)
 
     def reset(self) -> None:
@@ -204,7 +217,13 @@ class ScriptedOpenAIServer:
                 text = "".join(
                     str(m.get("content")) for m in body.get("messages", []) if m["role"] == "user"
                 )
-                kind = "refine" if REFINE_MARKER in text else "draft"
+                kind = (
+                    "revise"
+                    if REVISE_MARKER in text
+                    else "refine"
+                    if REFINE_MARKER in text
+                    else "draft"
+                )
                 request = RecordedRequest(
                     kind, body, {k.lower(): v for k, v in self.headers.items()}
                 )

@@ -1,0 +1,69 @@
+"""Where paused runs wait: the :class:`RunStore` protocol and its two backends.
+
+``open_store(settings)`` picks the backend from ``settings.db``: a file path is SQLite (the
+default, embedded), a ``postgresql://`` URL is PostgreSQL (for many hosts; needs the
+``postgres`` extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from ..settings import Settings
+from .base import (
+    Action,
+    AlreadyDone,
+    Claim,
+    ClaimOutcome,
+    Finished,
+    NewRun,
+    Paused,
+    Refusal,
+    RefusalReason,
+    RunStore,
+)
+from .sqlite import SqliteRunStore
+
+
+async def connect_store(settings: Settings) -> RunStore:
+    """Open the store ``settings.db`` names; the caller closes it."""
+    if settings.is_postgres:
+        from .postgres import PostgresRunStore
+
+        store: RunStore = await PostgresRunStore.connect(settings)
+        return store
+    return await SqliteRunStore.connect(
+        settings.db,
+        busy_timeout=settings.busy_timeout,
+        lease_seconds=settings.lease_seconds,
+        secret_key=settings.secret_key,
+        key_file=settings.key_file,
+    )
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[RunStore]:
+    """``async with open_store(settings) as store``: always closed on exit."""
+    store = await connect_store(settings)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+__all__ = [
+    "Action",
+    "AlreadyDone",
+    "Claim",
+    "ClaimOutcome",
+    "Finished",
+    "NewRun",
+    "Paused",
+    "Refusal",
+    "RefusalReason",
+    "RunStore",
+    "SqliteRunStore",
+    "connect_store",
+    "open_store",
+]

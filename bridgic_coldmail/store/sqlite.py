@@ -1,0 +1,568 @@
+"""The SQLite store: one file, one row per run, its snapshot and its signed history beside it.
+
+Design notes:
+
+* Every operation is **one transaction run on aiosqlite's thread in one hop**: ``BEGIN
+  IMMEDIATE`` (the write lock, waiting up to the busy timeout), read the row, check its MACs
+  and decide in Python with the rules of ``base.py``, write the row and its history events,
+  ``COMMIT``. One hop per operation is most of what this layer costs (benchmarks/NOTES.md),
+  and checking in Python keeps SQLite and PostgreSQL on the same rules. aiosqlite has no
+  public call for "run this function on your thread", so :meth:`SqliteRunStore._hop` uses
+  its ``_execute`` (aiosqlite is pinned below 0.23; ``tests/test_store.py`` checks it).
+* Durability where it matters: a pause and a result are committed with ``synchronous=FULL``
+  (fsync before the call returns); a claim, a lease renewal and a release with ``NORMAL``,
+  because losing one to a power cut only leaves the run claimable again.
+* Listing and showing never read, let alone deserialize, a snapshot; the snapshot and its
+  signature are the last columns so that reading the others never walks its overflow pages.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import aiosqlite
+
+from ..errors import ColdmailError, ConfigurationError, StoreError
+from ..models import ListedRun, Run, RunEvent, RunStatus
+from ..settings import DEFAULT_BUSY_TIMEOUT, DEFAULT_LEASE_SECONDS
+from ..signing import KeySource, SnapshotSigner, key_file_for, load_signer
+from .base import (
+    RUN_COLUMNS,
+    Action,
+    Claim,
+    ClaimOutcome,
+    ClaimPlan,
+    Finished,
+    NewRun,
+    Paused,
+    Refusal,
+    RefusalReason,
+    RowChange,
+    decode_events,
+    decode_row,
+    iso,
+    judge_claim,
+    plan_claim,
+    plan_complete,
+    plan_insert,
+    plan_release,
+)
+from .sqlite_migrations import MIGRATIONS, SCHEMA_VERSION
+
+T = TypeVar("T")
+
+_SELECT_ROW = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE interaction_id = ?"
+_SELECT_ROW_WITH_SNAPSHOT = (
+    f"SELECT {', '.join(RUN_COLUMNS)}, snapshot FROM runs WHERE interaction_id = ?"
+)
+_UPDATE_COLUMNS = [c for c in RUN_COLUMNS if c != "interaction_id"]
+_UPDATE_ROW = (
+    f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _UPDATE_COLUMNS)} WHERE interaction_id = ?"
+)
+_INSERT_ROW = (
+    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}, snapshot) "
+    f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)}, ?)"
+)
+_EVENT_COLUMNS = "interaction_id, seq, at, kind, round, actor, detail, sequence_json, mac"
+_INSERT_EVENT = f"INSERT INTO run_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SqliteRunStore:
+    """Runs in one SQLite file. Open with ``async with SqliteRunStore.open(path) as store``."""
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        path: str,
+        signer: SnapshotSigner,
+        lease_seconds: float,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        self._conn = conn
+        self._signer = signer
+        self.location = path
+        self.lease_seconds = lease_seconds
+        self.busy_timeout = busy_timeout
+
+    @classmethod
+    async def connect(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        secret_key: str | None = None,
+        key_file: Path | None = None,
+    ) -> SqliteRunStore:
+        """Open (creating if needed) the database, migrate it and load its signing key.
+
+        The caller must ``close()`` the store.
+
+        Raises:
+            StoreError: the path cannot hold a database, or the file is not ours.
+            ConfigurationError: no usable signing key (see ``signing.load_signer``).
+        """
+        db_path = _prepare_path(Path(path))
+        shown = str(path)
+        keys = KeySource(secret=secret_key, file=key_file or key_file_for(db_path))
+        with _storage_errors(shown, busy_timeout):
+            conn = await aiosqlite.connect(db_path, isolation_level=None, timeout=busy_timeout)
+        try:
+            conn.row_factory = sqlite3.Row
+            with _storage_errors(shown, busy_timeout):
+                await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                await conn.execute("PRAGMA journal_mode = WAL")
+                await conn.execute("PRAGMA synchronous = FULL")
+                signer = await _on_thread(conn, lambda db: _migrate(db, shown, keys))
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, shown, signer, lease_seconds, busy_timeout)
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        await self._conn.close()
+
+    async def _hop(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with _storage_errors(self.location, self.busy_timeout):
+            return await _on_thread(self._conn, work)
+
+    # ------------------------------------------------------------------ writes
+
+    async def insert_paused(self, new: NewRun) -> Run:
+        """Store a freshly paused run, signed, with its 'paused' event (durable)."""
+        signer = self._signer
+        now = _now()
+        signature = signer.sign(new.interaction_id, new.serialization_version, new.snapshot)
+        change = plan_insert(new, now=now, signature=signature)
+        change.seal(signer, sign_row=True)
+
+        def work(db: sqlite3.Connection) -> None:
+            with _transaction(db):
+                db.execute(_INSERT_ROW, [*(change.row.get(c) for c in RUN_COLUMNS), new.snapshot])
+                _insert_events(db, change)
+
+        await self._hop(work)
+        run = decode_row(change.row, signer)
+        assert isinstance(run, Run)
+        return run
+
+    async def claim(
+        self, interaction_id: str, action: Action, supported_versions: Collection[str]
+    ) -> ClaimOutcome:
+        """Take the run to apply ``action``, or say why not; a refusal writes nothing."""
+        signer, lease = self._signer, self.lease_seconds
+
+        def work(db: sqlite3.Connection) -> ClaimOutcome:
+            with _transaction(db, durable=False) as tx:
+                row = _fetch(db, _SELECT_ROW_WITH_SNAPSHOT, interaction_id)
+                now = _now()
+                snapshot = bytes(row["snapshot"]) if row and row["snapshot"] is not None else None
+                verdict = judge_claim(
+                    row,
+                    action,
+                    now=now,
+                    supported_versions=supported_versions,
+                    signer=signer,
+                    snapshot=snapshot,
+                )
+                if not isinstance(verdict, ClaimPlan):
+                    tx.rollback()
+                    return verdict
+                assert row is not None and snapshot is not None
+                change, expires = plan_claim(row, verdict, action, now=now, lease=lease)
+                change.seal(signer, sign_row=row["row_mac"] is not None)
+                _update(db, change)
+                claimed = decode_row({**row, **change.row}, signer)
+                assert isinstance(claimed, Run)
+                return Claim(
+                    interaction_id=interaction_id,
+                    token=verdict.token,
+                    pause_id=str(row["pause_id"] or interaction_id),
+                    snapshot=snapshot,
+                    serialization_version=str(row["serialization_version"]),
+                    action=action,
+                    run=claimed.model_copy(update={"status": verdict.from_status}),
+                    expires_at=expires,
+                )
+
+        return await self._hop(work)
+
+    async def renew(self, claim: Claim) -> datetime | None:
+        """Extend the lease from now; None when the claim was lost (fenced out)."""
+        lease = self.lease_seconds
+
+        def work(db: sqlite3.Connection) -> datetime | None:
+            with _transaction(db, durable=False):
+                expires = _now() + timedelta(seconds=lease)
+                cursor = db.execute(
+                    "UPDATE runs SET claim_expires_at = ? "
+                    "WHERE interaction_id = ? AND claim_token = ? AND status = 'resuming'",
+                    (iso(expires), claim.interaction_id, claim.token),
+                )
+                return expires if cursor.rowcount == 1 else None
+
+        return await self._hop(work)
+
+    async def complete(self, claim: Claim, result: Paused | Finished) -> Run | None:
+        """Record the result if the claim is still ours (durable); None when fenced out."""
+        signer = self._signer
+        signature = (
+            signer.sign(claim.interaction_id, result.serialization_version, result.snapshot)
+            if isinstance(result, Paused)
+            else None
+        )
+        snapshot = result.snapshot if isinstance(result, Paused) else None
+
+        def work(db: sqlite3.Connection) -> Run | None:
+            with _transaction(db) as tx:
+                row = _held_row(db, claim)
+                if row is None:
+                    tx.rollback()
+                    return None
+                change = plan_complete(row, claim, result, now=_now(), signature=signature)
+                change.seal(signer, sign_row=row["row_mac"] is not None)
+                _update(db, change)
+                db.execute(
+                    "UPDATE runs SET snapshot = ? WHERE interaction_id = ?",
+                    (snapshot, claim.interaction_id),
+                )
+                run = decode_row({**row, **change.row}, signer)
+                assert isinstance(run, Run)
+                return run
+
+        return await self._hop(work)
+
+    async def release(self, claim: Claim, error: str) -> bool:
+        """Give the run back with the error recorded; False when the claim was lost."""
+        signer = self._signer
+
+        def work(db: sqlite3.Connection) -> bool:
+            with _transaction(db, durable=False) as tx:
+                row = _held_row(db, claim)
+                if row is None:
+                    tx.rollback()
+                    return False
+                change = plan_release(row, error, now=_now())
+                change.seal(signer, sign_row=row["row_mac"] is not None)
+                _update(db, change)
+                return True
+
+        return await self._hop(work)
+
+    async def purge(self, older_than: timedelta, statuses: Collection[RunStatus]) -> int:
+        """Delete runs of these statuses not updated for ``older_than``, and their history."""
+        cutoff = iso(_now() - older_than)
+        names = sorted(s.value for s in statuses)
+        marks = ", ".join("?" for _ in names)
+        chosen = f"SELECT interaction_id FROM runs WHERE status IN ({marks}) AND updated_at < ?"
+
+        def work(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                db.execute(
+                    f"DELETE FROM run_events WHERE interaction_id IN ({chosen})",
+                    (*names, cutoff),
+                )
+                deleted = db.execute(
+                    f"DELETE FROM runs WHERE interaction_id IN ({chosen})", (*names, cutoff)
+                ).rowcount
+                return int(deleted)
+
+        return await self._hop(work)
+
+    async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
+        """Sign the unsigned snapshots of these runs (all when None); returns their ids.
+
+        Only for an operator who has decided that whoever wrote them is trusted: signing is
+        what lets Bridgic's loader (pickle) run them.
+        """
+        signer = self._signer
+
+        def work(db: sqlite3.Connection) -> list[str]:
+            with _transaction(db):
+                rows = db.execute(
+                    "SELECT interaction_id, serialization_version, snapshot FROM runs "
+                    "WHERE snapshot IS NOT NULL AND signature IS NULL AND row_mac IS NULL "
+                    "ORDER BY created_at"
+                ).fetchall()
+                wanted = None if interaction_ids is None else set(interaction_ids)
+                signed = []
+                for interaction_id, version, snapshot in rows:
+                    if wanted is not None and interaction_id not in wanted:
+                        continue
+                    signature = signer.sign(interaction_id, version, bytes(snapshot))
+                    db.execute(
+                        "UPDATE runs SET signature = ? WHERE interaction_id = ?",
+                        (signature, interaction_id),
+                    )
+                    signed.append(str(interaction_id))
+                return signed
+
+        return await self._hop(work)
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, interaction_id: str) -> ListedRun | None:
+        """The run, a ``DamagedRun`` when it cannot be shown, or None."""
+        row = await self._hop(lambda db: _fetch(db, _SELECT_ROW, interaction_id))
+        return None if row is None else decode_row(row, self._signer)
+
+    async def list(
+        self, status: RunStatus | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[ListedRun]:
+        """Runs, newest first, optionally of one status; never reads a snapshot."""
+        where, params = ("WHERE status = ?", [status.value]) if status else ("", [])
+        query = (
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} "
+            "ORDER BY created_at DESC, interaction_id DESC LIMIT ? OFFSET ?"
+        )
+        rows = await self._hop(lambda db: db.execute(query, (*params, limit, offset)).fetchall())
+        return [decode_row(dict(row), self._signer) for row in rows]
+
+    async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
+        """The run's events, oldest first; a TAMPERED refusal when they were altered."""
+
+        def work(db: sqlite3.Connection) -> tuple[dict[str, Any] | None, list[Any]]:
+            with _transaction(db, immediate=False):
+                row = _fetch(db, _SELECT_ROW, interaction_id)
+                events = db.execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM run_events WHERE interaction_id = ? "
+                    "ORDER BY seq",
+                    (interaction_id,),
+                ).fetchall()
+                return row, [dict(e) for e in events]
+
+        row, events = await self._hop(work)
+        if row is None:
+            return None
+        run = decode_row(row, self._signer)
+        if not isinstance(run, Run):
+            return Refusal(
+                RefusalReason.TAMPERED if run.tampered else RefusalReason.DAMAGED,
+                problem=run.problem,
+            )
+        return decode_events(row, events, self._signer)
+
+
+async def _on_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``work`` on the connection's thread: one round trip, however many statements."""
+    result = await conn._execute(work, conn._conn)  # type: ignore[no-untyped-call]
+    return cast(T, result)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.done = False
+
+    def rollback(self) -> None:
+        self._db.execute("ROLLBACK")
+        self.done = True
+
+
+@contextmanager
+def _transaction(
+    db: sqlite3.Connection, *, durable: bool = True, immediate: bool = True
+) -> Iterator[_Tx]:
+    """One transaction; ``durable=False`` commits without waiting for an fsync."""
+    if not durable:
+        db.execute("PRAGMA synchronous = NORMAL")
+    tx = _Tx(db)
+    try:
+        db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        try:
+            yield tx
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if not tx.done:
+            db.execute("COMMIT")
+    finally:
+        if not durable:
+            db.execute("PRAGMA synchronous = FULL")
+
+
+def _fetch(db: sqlite3.Connection, query: str, interaction_id: str) -> dict[str, Any] | None:
+    row = db.execute(query, (interaction_id,)).fetchone()
+    return None if row is None else dict(row)
+
+
+def _held_row(db: sqlite3.Connection, claim: Claim) -> dict[str, Any] | None:
+    """The row if ``claim`` still holds it (the fence), else None."""
+    row = _fetch(db, _SELECT_ROW, claim.interaction_id)
+    if row is None or row["status"] != "resuming" or row["claim_token"] != claim.token:
+        return None
+    return row
+
+
+def _update(db: sqlite3.Connection, change: RowChange) -> None:
+    row = change.row
+    db.execute(_UPDATE_ROW, [*(row.get(c) for c in _UPDATE_COLUMNS), row["interaction_id"]])
+    _insert_events(db, change)
+
+
+def _insert_events(db: sqlite3.Connection, change: RowChange) -> None:
+    db.executemany(
+        _INSERT_EVENT,
+        [
+            (
+                e["interaction_id"],
+                e["seq"],
+                e["at"],
+                e["kind"],
+                e["round"],
+                e["actor"],
+                e["detail"],
+                e["sequence_json"],
+                e["mac"],
+            )
+            for e in change.events
+        ],
+    )
+
+
+def _prepare_path(path: Path) -> Path:
+    """Refuse paths SQLite would misreport, and create the parent folder if it is missing.
+
+    A symlink is followed to its real file (so the key beside it is found the same way
+    whichever name is used); anything but a regular file or a new path is refused, because
+    SQLite would block on a FIFO and create ``-wal``/``-shm`` files beside a device.
+    """
+    if str(path) in ("", ":memory:"):
+        raise StoreError(
+            "give the database a file path; an in-memory database loses every run",
+            topic="store_path",
+        )
+    if path.is_symlink():
+        target = Path(os.readlink(path))
+        if not path.exists():
+            raise StoreError(
+                f"{path} is a symbolic link to {target}, which does not exist", topic="store_path"
+            )
+        path = path.resolve()
+    if path.is_dir():
+        raise StoreError(
+            f"{path} is a directory; give a file path such as {path / 'coldmail.db'}",
+            topic="store_path",
+        )
+    if path.exists():
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise StoreError(
+                f"{path} is not a regular file (it is a {_file_kind(mode)}); give the path of "
+                "a database file",
+                topic="store_path",
+            )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the folder for {path}: {exc.strerror or exc}", topic="store_path"
+        ) from None
+    return path
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _migrate(db: sqlite3.Connection, shown: str, keys: KeySource) -> SnapshotSigner:
+    """Check the schema and the key, apply missing migrations; one IMMEDIATE transaction."""
+    with _transaction(db):
+        tables = {
+            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if tables and "coldmail_schema" not in tables:
+            raise StoreError(
+                f"{shown} is an SQLite database of another application (it has no "
+                "coldmail_schema table)",
+                topic="store_path",
+            )
+        db.execute(
+            """CREATE TABLE IF NOT EXISTS coldmail_schema (
+                   version    INTEGER PRIMARY KEY,
+                   name       TEXT NOT NULL,
+                   applied_at TEXT NOT NULL)"""
+        )
+        current = db.execute("SELECT COALESCE(MAX(version), 0) FROM coldmail_schema").fetchone()[0]
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{shown} has schema version {current}, newer than this bridgic-coldmail "
+                f"understands ({SCHEMA_VERSION}); upgrade bridgic-coldmail"
+            )
+        fingerprint = None
+        if "coldmail_meta" in tables:
+            found = db.execute(
+                "SELECT value FROM coldmail_meta WHERE key = 'key_fingerprint'"
+            ).fetchone()
+            fingerprint = found[0] if found else None
+        holds_runs = "runs" in tables and db.execute("SELECT 1 FROM runs LIMIT 1").fetchone()
+        signer = load_signer(keys, may_create=fingerprint is None, holds_runs=bool(holds_runs))
+        if fingerprint is not None and fingerprint != signer.fingerprint:
+            raise ConfigurationError(
+                f"the signing key from {signer.source} is not the key that signed the runs in "
+                f"{shown}; restore the original key file or COLDMAIL_SECRET_KEY"
+            )
+        for migration in MIGRATIONS:
+            if migration.version > current:
+                for statement in migration.statements:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO coldmail_schema (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, iso(_now())),
+                )
+        if fingerprint is None:
+            db.execute(
+                "INSERT INTO coldmail_meta (key, value) VALUES ('key_fingerprint', ?)",
+                (signer.fingerprint,),
+            )
+    return signer
+
+
+@contextmanager
+def _storage_errors(path: str, busy_timeout: float | None = None) -> Iterator[None]:
+    """Turn sqlite3's errors into a ``StoreError`` that names the file and what happened."""
+    try:
+        yield
+    except ColdmailError:
+        raise
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            waited = f" for more than {busy_timeout:g} s" if busy_timeout else ""
+            raise StoreError(
+                f"{path} is locked by another process{waited}; wait for it to finish and retry"
+            ) from None
+        if "readonly" in text or "unable to open" in text:
+            raise StoreError(
+                f"cannot write to {path} ({text}); check the file's permissions",
+                topic="store_path",
+            ) from None
+        if "disk is full" in text or "database or disk is full" in text:
+            raise StoreError(f"the disk holding {path} is full; free some space") from None
+        raise StoreError(f"database error in {path}: {text}") from None
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"{path} is not a usable SQLite database ({exc})", topic="store_path"
+        ) from None
