@@ -18,7 +18,10 @@ import pexpect
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent
+from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.testing import ScriptedOpenAIServer
+
+from .rows import Rows, SqliteRows
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-test-key-for-the-scripted-server"
@@ -145,3 +148,38 @@ def _coldmail() -> str:
     script = Path(sys.executable).parent / "coldmail"
     assert script.exists(), "install the package (pip install -e '.[dev]') to get `coldmail`"
     return str(script)
+
+
+# --------------------------------------------------------------------------- store backends
+
+BACKENDS = ("sqlite", "postgres")
+
+
+@dataclass
+class Backend:
+    """One store backend for a test: where its database is, and raw access to its rows."""
+
+    name: str
+    db: str
+    rows: Rows
+    env: dict[str, str]
+    """Environment a child process needs to reach the same store (key, URL)."""
+
+    def settings(self, **overrides: object) -> Settings:
+        return Settings.resolve(env={**os.environ, **self.env}, db=self.db, **overrides)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, db_path: Path) -> Iterator[Backend]:
+    """Each store backend in turn: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield Backend("sqlite", str(db_path), SqliteRows(db_path), {})
+        return
+    try:
+        from .pg import postgres_backend
+    except ImportError:
+        postgres_backend = None
+    if postgres_backend is None:
+        pytest.skip("the PostgreSQL test backend is not available yet")
+    with postgres_backend(request) as found:
+        yield found

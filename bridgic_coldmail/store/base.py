@@ -310,9 +310,10 @@ RUN_COLUMNS = (
 )
 """Every column but the snapshot, in the order stores select them."""
 
-_MACED = RUN_COLUMNS[: RUN_COLUMNS.index("updated_at")] + ("completed_at",)
-"""What the row MAC covers: everything people read and everything a resume relies on, but
-not the lease (renewed often) nor ``updated_at`` (what ``purge`` ages by)."""
+_MACED = RUN_COLUMNS[: RUN_COLUMNS.index("created_at")]
+"""What the row MAC covers: all the text people read and everything a resume relies on. Not
+covered: the timestamps (when, not what: ``purge`` ages runs by them) and the lease (renewed
+often, and checked against the claim token, which is)."""
 
 EVENT_COLUMNS = (
     "interaction_id",

@@ -1,0 +1,183 @@
+"""Raw access to a store's rows, for tests only: read, tamper, age, expire leases.
+
+Tests reach below the store's API only through a :class:`Rows` object, never with ad-hoc
+SQL, so the same test runs against SQLite and PostgreSQL (``tests/pg.py`` provides
+``PostgresRows``). Everything here bypasses the store on purpose — it is how an attacker
+with write access to the database, a crash, or time passing looks from the inside.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from bridgic_coldmail.store.base import iso
+
+TIME_COLUMNS = ("created_at", "updated_at", "completed_at", "claim_expires_at")
+
+
+class Rows(Protocol):
+    """What tests may do to a store's tables directly."""
+
+    def row(self, interaction_id: str) -> dict[str, Any] | None:
+        """Every column of the run (the snapshot as bytes), or None."""
+        ...
+
+    def set(self, interaction_id: str, **columns: Any) -> None:
+        """Overwrite columns of one run (times as datetimes)."""
+        ...
+
+    def insert(self, row: dict[str, Any]) -> None:
+        """Insert a run row exactly as given (e.g. a copy under another id)."""
+        ...
+
+    def delete(self, interaction_id: str) -> None:
+        """Delete a run's row (not its events)."""
+        ...
+
+    def events(self, interaction_id: str) -> list[dict[str, Any]]:
+        """The run's history rows, by ``seq``."""
+        ...
+
+    def set_event(self, interaction_id: str, seq: int, **columns: Any) -> None:
+        """Overwrite columns of one history event."""
+        ...
+
+    def delete_event(self, interaction_id: str, seq: int) -> None:
+        """Delete one history event."""
+        ...
+
+    def meta(self, key: str) -> str | None:
+        """A value of ``coldmail_meta``."""
+        ...
+
+    def schema_versions(self) -> list[int]:
+        """The migrations recorded as applied, in order."""
+        ...
+
+    def count(self) -> int:
+        """How many runs are stored."""
+        ...
+
+    def record_schema_version(self, version: int) -> None:
+        """Record a migration as applied (e.g. one from a newer release)."""
+        ...
+
+    def lock(self) -> Any:
+        """A context manager holding the store's write lock (SQLite: the file; PostgreSQL:
+        the runs table) while its block runs."""
+        ...
+
+
+def expire_lease(rows: Rows, interaction_id: str) -> None:
+    """As if the resumer's lease ran out a minute ago."""
+    rows.set(interaction_id, claim_expires_at=datetime.now(timezone.utc) - timedelta(minutes=1))
+
+
+def age(rows: Rows, interaction_id: str, by: timedelta) -> None:
+    """As if the run was created and last changed ``by`` ago."""
+    then = datetime.now(timezone.utc) - by
+    rows.set(interaction_id, created_at=then, updated_at=then)
+
+
+class SqliteRows:
+    """:class:`Rows` over an SQLite file, with the standard library's ``sqlite3``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _stored(value: Any) -> Any:
+        return iso(value) if isinstance(value, datetime) else value
+
+    def row(self, interaction_id: str) -> dict[str, Any] | None:
+        with self._connect() as conn:
+            found = conn.execute("SELECT * FROM runs WHERE interaction_id = ?", (interaction_id,))
+            row = found.fetchone()
+            return None if row is None else dict(row)
+
+    def set(self, interaction_id: str, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with self._connect() as conn:
+            conn.execute(
+                f"UPDATE runs SET {assignments} WHERE interaction_id = ?",
+                (*(self._stored(v) for v in columns.values()), interaction_id),
+            )
+
+    def insert(self, row: dict[str, Any]) -> None:
+        names = list(row)
+        with self._connect() as conn:
+            conn.execute(
+                f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+                [self._stored(row[n]) for n in names],
+            )
+
+    def delete(self, interaction_id: str) -> None:
+        with self._connect() as conn:
+            conn.execute("DELETE FROM runs WHERE interaction_id = ?", (interaction_id,))
+
+    def events(self, interaction_id: str) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            found = conn.execute(
+                "SELECT * FROM run_events WHERE interaction_id = ? ORDER BY seq", (interaction_id,)
+            )
+            return [dict(r) for r in found.fetchall()]
+
+    def set_event(self, interaction_id: str, seq: int, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with self._connect() as conn:
+            conn.execute(
+                f"UPDATE run_events SET {assignments} WHERE interaction_id = ? AND seq = ?",
+                (*(self._stored(v) for v in columns.values()), interaction_id, seq),
+            )
+
+    def delete_event(self, interaction_id: str, seq: int) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "DELETE FROM run_events WHERE interaction_id = ? AND seq = ?",
+                (interaction_id, seq),
+            )
+
+    def meta(self, key: str) -> str | None:
+        with self._connect() as conn:
+            found = conn.execute("SELECT value FROM coldmail_meta WHERE key = ?", (key,))
+            row = found.fetchone()
+            return None if row is None else str(row[0])
+
+    def schema_versions(self) -> list[int]:
+        with self._connect() as conn:
+            return [r[0] for r in conn.execute("SELECT version FROM coldmail_schema ORDER BY 1")]
+
+    def count(self) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    def record_schema_version(self, version: int) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO coldmail_schema (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, "from the future", iso(datetime.now(timezone.utc))),
+            )
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold SQLite's write lock (an open ``BEGIN IMMEDIATE``) while the block runs."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                conn.execute("ROLLBACK")
