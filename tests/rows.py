@@ -15,7 +15,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from bridgic_coldmail.store.base import iso
+from bridgic_coldmail.signing import KeySource, SnapshotSigner, key_file_for, load_signer
+from bridgic_coldmail.store.base import iso, row_mac_values
 
 TIME_COLUMNS = ("created_at", "updated_at", "completed_at", "claim_expires_at")
 
@@ -181,3 +182,25 @@ class SqliteRows:
                 yield
             finally:
                 conn.execute("ROLLBACK")
+
+
+def signer_for(db_path: Path) -> SnapshotSigner:
+    """The signer of an SQLite database's key file (for tests that act as its owner)."""
+    return load_signer(KeySource(None, key_file_for(db_path)), may_create=False, holds_runs=True)
+
+
+def write_as_owner(
+    rows: Rows, signer: SnapshotSigner, interaction_id: str, **columns: Any
+) -> None:
+    """Change columns and re-sign the row and its snapshot with the real key: what a newer
+    release of this package (holding the key) could have written — not an attacker."""
+    row = rows.row(interaction_id)
+    assert row is not None, interaction_id
+    row.update(columns)
+    snapshot = row.get("snapshot")
+    if snapshot is not None:
+        row["signature"] = signer.sign(
+            interaction_id, str(row["serialization_version"]), bytes(snapshot)
+        )
+    row["row_mac"] = signer.row_mac(row_mac_values(row))
+    rows.set(interaction_id, **{**columns, "signature": row["signature"], "row_mac": row["row_mac"]})

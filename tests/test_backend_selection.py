@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, ConfigurationError, RunStatus
-from bridgic_coldmail.llm import choose_backend
+from bridgic_coldmail.llm import choose_backend, openai_llm
+from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .conftest import run_cli
@@ -29,14 +30,14 @@ from .conftest import run_cli
 def test_explicit_choice_then_environment(
     choice: str | None, env: dict[str, str], expected: str
 ) -> None:
-    assert choose_backend(choice, env) == expected
+    assert choose_backend(Settings.resolve(env=env, llm=choice)) == expected
 
 
 def test_with_nothing_configured_the_local_model_is_chosen_when_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("bridgic_coldmail.local_llm.local_extra_installed", lambda: True)
-    assert choose_backend(None, {}) == "local"
+    assert choose_backend(Settings.resolve(env={})) == "local"
 
 
 def test_with_nothing_configured_and_no_extra_one_error_names_both_ways(
@@ -44,16 +45,18 @@ def test_with_nothing_configured_and_no_extra_one_error_names_both_ways(
 ) -> None:
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if the extra were not installed
     with pytest.raises(ConfigurationError) as caught:
-        choose_backend(None, {})
+        choose_backend(Settings.resolve(env={}))
     message = str(caught.value)
     assert "OPENAI_API_KEY" in message and "pip install 'bridgic-coldmail[local]'" in message
 
 
 def test_unknown_backend_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="COLDMAIL_LLM is 'claude'; use one of"):
-        choose_backend(None, {"COLDMAIL_LLM": "claude"})
-    with pytest.raises(ConfigurationError, match="the LLM choice is 'gpt'"):
-        choose_backend("gpt", {})
+    with pytest.raises(
+        ConfigurationError, match="COLDMAIL_LLM='claude' is not valid: use one of openai, local"
+    ):
+        Settings.resolve(env={"COLDMAIL_LLM": "claude"})
+    with pytest.raises(ConfigurationError, match="llm='gpt' is not valid: use one of"):
+        Settings.resolve(env={}, llm="gpt")
 
 
 def test_local_chosen_without_the_extra_says_how_to_install(
@@ -76,9 +79,7 @@ async def test_a_run_drafted_with_one_backend_resumes_with_another(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Drafted by an injected LLM object; resumed by the OpenAI backend named by string.
-    from bridgic_coldmail.llm import llm_from_env
-
-    injected = llm_from_env(30)
+    injected = openai_llm(Settings.resolve())
     async with ColdMailAgent.open(db_path, llm=injected) as agent:
         pending = await agent.start(brief)
     await injected.async_client.close()

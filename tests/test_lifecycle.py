@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,15 @@ from bridgic_coldmail import (
 from bridgic_coldmail.retry import NO_RETRY
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
+from .rows import SqliteRows, signer_for, write_as_owner
+
 FEEDBACK = "CTOs at mid-size hospitals"
 
 
 def _row(db_path: Path, interaction_id: str) -> dict[str, object]:
-    with sqlite3.connect(db_path) as conn:
-        conn.row_factory = sqlite3.Row
-        row = conn.execute("SELECT * FROM runs WHERE interaction_id = ?", (interaction_id,))
-        return dict(row.fetchone())
+    row = SqliteRows(db_path).row(interaction_id)
+    assert row is not None
+    return row
 
 
 async def test_unknown_interaction_id_is_not_found(
@@ -73,7 +73,7 @@ async def test_completed_run_with_different_feedback_is_a_conflict(
     pending = await agent.start(brief)
     await agent.resume(pending.interaction_id, FEEDBACK)
     before = _row(db_path, pending.interaction_id)
-    with pytest.raises(RunConflict, match="already completed with different feedback"):
+    with pytest.raises(RunConflict, match="already took different audience feedback"):
         await agent.resume(pending.interaction_id, "Nurses")
     assert _row(db_path, pending.interaction_id) == before
     assert server.count("refine") == 1
@@ -88,10 +88,10 @@ async def test_completed_run_with_different_feedback_is_a_conflict(
         (
             Reply(
                 kind="refine",
-                content='{"opener": {"subject": "a", "body": "b", "wait_days": 5},'
-                ' "follow_up": {"subject": "c", "body": "d", "wait_days": 2}}',
+                content='{"opener": {"subject": "a", "body": "b"},'
+                ' "follow_up": {"subject": "c", "body": "d", "wait_days": 0}}',
             ),
-            "day 0, not day 5",
+            "follow_up.wait_days: Input should be greater than or equal to 1",
         ),
         (Reply(kind="refine", delay=2.0), "did not answer the refinement request within 0.5 s"),
     ],
@@ -172,8 +172,9 @@ async def test_unknown_serialization_version_is_refused_naming_both(
     agent: ColdMailAgent, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
     pending = await agent.start(brief)
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE runs SET serialization_version = '9.9'")
+    # As a newer release (holding the key) would have stored it.
+    rows = SqliteRows(db_path)
+    write_as_owner(rows, signer_for(db_path), pending.interaction_id, serialization_version="9.9")
     before = _row(db_path, pending.interaction_id)
     with pytest.raises(SnapshotError, match=r"format '9\.9', but this release reads only 1\.0"):
         await agent.resume(pending.interaction_id, FEEDBACK)

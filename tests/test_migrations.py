@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, RunStatus, SnapshotError
-from bridgic_coldmail.automa import ColdMailAutoma
-from bridgic_coldmail.llm import llm_from_env
-from bridgic_coldmail.migrations import SCHEMA_VERSION, V1_SCHEMA
-from bridgic_coldmail.signing import key_file_for, load_signer
+from bridgic_coldmail.errors import SnapshotIntegrityError
+from bridgic_coldmail.models import Run
+from bridgic_coldmail.signing import key_file_for
+from bridgic_coldmail.store.sqlite_migrations import SCHEMA_VERSION
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .conftest import REPO
+from .rows import SqliteRows, signer_for, write_as_owner
+from .test_integrity import _schema_1_database
 
 FEEDBACK = "CTOs at mid-size hospitals"
 FIXTURES = sorted((REPO / "tests" / "data").glob("paused-by-*.db"))
@@ -39,90 +40,48 @@ async def test_runs_paused_by_an_earlier_release_resume(
     os.chmod(key_file_for(db_path), 0o600)
 
     async with ColdMailAgent.open(db_path) as agent:
-        runs = {run.status: run for run in await agent.list()}
+        runs = {run.status: run for run in await agent.list() if isinstance(run, Run)}
         paused, completed = runs[RunStatus.AWAITING_FEEDBACK], runs[RunStatus.COMPLETED]
         done = await agent.resume(paused.interaction_id, FEEDBACK)
         assert done.status is RunStatus.COMPLETED and done.final is not None
         assert await agent.resume(completed.interaction_id, str(completed.feedback)) == completed
+        reviewing = runs.get(RunStatus.AWAITING_REVIEW)
+        if reviewing is not None:  # fixtures from 0.5 on hold a run paused at review
+            approved = await agent.approve(reviewing.interaction_id)
+            assert approved.status is RunStatus.COMPLETED
+            assert approved.final == reviewing.sequence
     assert server.count("draft") == 0 and server.count("refine") == 1
 
 
-async def _snapshot_from_the_automa(brief: Brief) -> tuple[str, bytes, str]:
-    from bridgic.core.automa.interaction import InteractionException
-
-    automa = ColdMailAutoma()
-    automa.attach_llm(llm_from_env(10), "gpt-4o-mini", 10)
-    with pytest.raises(InteractionException) as paused:
-        await automa.arun(brief=brief.model_dump(mode="json"))
-    pause = paused.value
-    return (
-        pause.interactions[0].interaction_id,
-        pause.snapshot.serialized_bytes,
-        pause.snapshot.serialization_version,
-    )
-
-
-def _make_schema_1_database(db_path: Path, runs: list[tuple[str, bytes, str, Brief]]) -> None:
-    """A database exactly as bridgic-coldmail 0.1 wrote it: schema 1, unsigned snapshots."""
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(
-            "CREATE TABLE coldmail_schema (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-            "applied_at TEXT NOT NULL)"
-        )
-        conn.executescript(V1_SCHEMA)
-        conn.execute("INSERT INTO coldmail_schema VALUES (1, 'runs table', '2026-11-01T00:00:00')")
-        for interaction_id, snapshot, version, brief in runs:
-            draft = (
-                '{"opener":{"subject":"s","body":"b","wait_days":0},'
-                '"follow_up":{"subject":"s2","body":"b2","wait_days":3}}'
-            )
-            conn.execute(
-                "INSERT INTO runs (interaction_id, status, brief_json, draft_json, question, "
-                "snapshot, serialization_version, created_at, updated_at) "
-                "VALUES (?, 'awaiting_feedback', ?, ?, 'Who?', ?, ?, ?, ?)",
-                (
-                    interaction_id,
-                    brief.model_dump_json(),
-                    draft,
-                    snapshot,
-                    version,
-                    "2026-11-01T00:00:00.000000+00:00",
-                    "2026-11-01T00:00:00.000000+00:00",
-                ),
-            )
-
-
-async def test_a_schema_1_database_is_migrated_and_its_runs_resume(
+async def test_a_schema_1_database_is_migrated_and_nothing_in_it_is_signed(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
-    interaction_id, snapshot, version = await _snapshot_from_the_automa(brief)
-    _make_schema_1_database(db_path, [(interaction_id, snapshot, version, brief)])
+    legacy = "d" * 32
+    _schema_1_database(db_path, [(legacy, b"0.1 snapshot bytes")], brief)
     assert not key_file_for(db_path).exists()
 
     async with ColdMailAgent.open(db_path) as agent:
-        history = await agent.history(interaction_id)
-        done = await agent.resume(interaction_id, FEEDBACK)
-    assert [e.kind for e in history] == ["paused"]
-    assert done.status is RunStatus.COMPLETED
-    with sqlite3.connect(db_path) as conn:
-        versions = [r[0] for r in conn.execute("SELECT version FROM coldmail_schema ORDER BY 1")]
-    assert versions == list(range(1, SCHEMA_VERSION + 1))
+        history = await agent.history(legacy)
+        with pytest.raises(SnapshotIntegrityError, match="has no signature"):
+            await agent.resume(legacy, FEEDBACK)
+    assert [(e.kind, e.verified) for e in history] == [("paused", False)]
+    rows = SqliteRows(db_path)
+    assert rows.schema_versions() == list(range(1, SCHEMA_VERSION + 1))
     assert key_file_for(db_path).exists()
-    assert server.count("draft") == 1 and server.count("refine") == 1  # the draft ran pre-upgrade
+    row = rows.row(legacy)
+    assert row is not None and row["signature"] is None and row["row_mac"] is None
+    assert server.count() == 0
 
 
 async def test_concurrent_openers_migrate_once(db_path: Path, brief: Brief) -> None:
-    _make_schema_1_database(db_path, [])
+    _schema_1_database(db_path, [], brief)
 
     async def open_once() -> None:
         async with ColdMailAgent.open(db_path):
             pass
 
     await asyncio.gather(*(open_once() for _ in range(5)))
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM coldmail_schema").fetchone()[0] == SCHEMA_VERSION
+    assert SqliteRows(db_path).schema_versions() == list(range(1, SCHEMA_VERSION + 1))
 
 
 async def test_a_snapshot_of_a_moved_class_fails_saying_why_and_stays_resumable(
@@ -130,17 +89,12 @@ async def test_a_snapshot_of_a_moved_class_fails_saying_why_and_stays_resumable(
 ) -> None:
     async with ColdMailAgent.open(db_path) as agent:
         pending = await agent.start(brief)
-    with sqlite3.connect(db_path) as conn:
-        (snapshot, version) = conn.execute(
-            "SELECT snapshot, serialization_version FROM runs"
-        ).fetchone()
-        # As if a later release had moved the automa: same length keeps msgpack valid.
-        moved = snapshot.replace(b"bridgic_coldmail.automa.", b"bridgic_coldmail.atoma_.")
-        signer = load_signer(db_path, may_create=False)
-        conn.execute(
-            "UPDATE runs SET snapshot = ?, signature = ?",
-            (moved, signer.sign(pending.interaction_id, version, moved)),
-        )
+    rows = SqliteRows(db_path)
+    row = rows.row(pending.interaction_id)
+    assert row is not None
+    # As if a later release had moved the automa: same length keeps msgpack valid.
+    moved = bytes(row["snapshot"]).replace(b"bridgic_coldmail.automa.", b"bridgic_coldmail.atoma_.")
+    write_as_owner(rows, signer_for(db_path), pending.interaction_id, snapshot=moved)
     async with ColdMailAgent.open(db_path) as agent:
         with pytest.raises(SnapshotError, match=r"cannot be loaded \(ImportError: Class not found"):
             await agent.resume(pending.interaction_id, FEEDBACK)

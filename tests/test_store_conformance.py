@@ -402,7 +402,7 @@ async def test_release_on_failure_gives_the_run_back_with_the_error(
     assert (back.status, back.last_error, back.feedback) == (
         RunStatus.AWAITING_FEEDBACK,
         "the LLM timed out",
-        None,
+        FEEDBACK.text,  # kept, as it is in the history: nothing the person gave is lost
     )
     history = await store.history(new.interaction_id)
     assert isinstance(history, list)

@@ -707,8 +707,6 @@ def plan_release(row: Mapping[str, Any], error: str, *, now: datetime) -> RowCha
         last_error=error,
         updated_at=iso(now),
     )
-    if back_to is RunStatus.AWAITING_FEEDBACK:
-        change.row["feedback"] = None  # it was not used; the history keeps it
     change.add_event(now, "failed", detail=error, round=row.get("round"))
     return change
 
