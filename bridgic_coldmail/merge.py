@@ -198,42 +198,64 @@ def is_allowed_text(text: str, fields: Iterable[str]) -> bool:
     return not problems and all(p.name in allowed for p in placeholders)
 
 
+class Template:
+    """A text parsed once, to be rendered for many leads (what an export does per row)."""
+
+    def __init__(self, text: str) -> None:
+        placeholders, problems = _parse(text)
+        if problems:
+            raise InvalidInput(problems[0])
+        self.text = text
+        self.placeholders = tuple(placeholders)
+        literals = []
+        last = 0
+        for placeholder in placeholders:
+            literals.append(text[last : placeholder.start])
+            last = placeholder.end
+        literals.append(text[last:])
+        self._literals = tuple(literals)
+
+    @property
+    def fields(self) -> list[str]:
+        """The field names this text uses, each once, in order."""
+        return list(dict.fromkeys(p.name for p in self.placeholders))
+
+    def render(self, values: Mapping[str, str]) -> str | Missing:
+        """See :func:`render`."""
+        parts = [self._literals[0]]
+        missing: dict[str, None] = {}
+        for placeholder, literal in zip(self.placeholders, self._literals[1:], strict=True):
+            try:
+                value = values[placeholder.name].strip()
+            except KeyError:
+                raise InvalidInput(
+                    f"the text uses {{{{{placeholder.name}}}}}, but the lead list has no such "
+                    f"column; known fields: {', '.join(sorted(values)) or 'none'}"
+                ) from None
+            if value:
+                parts.append(value)
+            elif placeholder.fallback is not None:
+                parts.append(placeholder.fallback)
+            else:
+                missing[placeholder.name] = None
+            parts.append(literal)
+        if missing:
+            return Missing(tuple(missing))
+        return "".join(parts)
+
+
 def render(text: str, values: Mapping[str, str]) -> str | Missing:
     """``text`` with every placeholder filled from ``values`` (field name → cell).
 
     A value that is empty or whitespace uses the placeholder's fallback. Returns the text,
-    or :class:`Missing` naming the fields that had neither a value nor a fallback.
+    or :class:`Missing` naming the fields that had neither a value nor a fallback. To render
+    one text for many leads, build a :class:`Template` once.
 
     Raises:
         InvalidInput: the text has a malformed placeholder, a stray brace, or a field that
             is not in ``values`` (an unknown field, not a missing value).
     """
-    placeholders, problems = _parse(text)
-    if problems:
-        raise InvalidInput(problems[0])
-    unknown = [p.name for p in placeholders if p.name not in values]
-    if unknown:
-        raise InvalidInput(
-            f"the text uses {{{{{unknown[0]}}}}}, but the lead list has no such column; "
-            f"known fields: {', '.join(sorted(values)) or 'none'}"
-        )
-    parts: list[str] = []
-    missing: dict[str, None] = {}
-    last = 0
-    for placeholder in placeholders:
-        parts.append(text[last : placeholder.start])
-        last = placeholder.end
-        value = values[placeholder.name].strip()
-        if value:
-            parts.append(value)
-        elif placeholder.fallback is not None:
-            parts.append(placeholder.fallback)
-        else:
-            missing[placeholder.name] = None
-    if missing:
-        return Missing(tuple(missing))
-    parts.append(text[last:])
-    return "".join(parts)
+    return Template(text).render(values)
 
 
 def allowed_text_pattern(fields: Iterable[str]) -> str:
