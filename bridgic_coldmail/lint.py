@@ -16,7 +16,7 @@ code                   default  when
 ``too-many-links``     warning  an email has more than :data:`MAX_LINKS` (1) link
 ``capitals``           warning  a word of 4+ letters all in capitals, not a known acronym
 ``spam-phrase``        warning  a phrase from :data:`SPAM_PHRASES`
-``formula-prefix``     warning  a subject or body starts with ``= + - @``: the CSV export
+``formula-prefix``     warning  a subject or body starts with ``= + - @``, tab or CR: the export
                                 prefixes it with ``'`` (see export.py), which may be sent
 =====================  =======  =============================================================
 
@@ -55,7 +55,7 @@ from .merge import find_placeholders, syntax_errors, unknown_fields
 from .models import EmailSequence
 
 MAX_SUBJECT_CHARS = 60
-"""Longer subjects are cut off on phones (about 30–40 characters show) and in most inboxes."""
+"""Longer subjects are cut off in inbox lists, on phones first."""
 MAX_BODY_WORDS = 150
 """The sequence schema asks the LLM for under 150 words; longer cold emails get fewer replies."""
 MAX_LINKS = 1
@@ -121,7 +121,8 @@ _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 _SPAM = re.compile(
     r"(?<!\w)(?:" + "|".join(re.escape(p) for p in SPAM_PHRASES) + r")(?!\w)", re.IGNORECASE
 )
-FORMULA_PREFIXES = ("=", "+", "-", "@")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+"""The same characters ``export.FORMULA_TRIGGERS`` neutralises (export imports lint, not back)."""
 
 
 class Severity(str, Enum):
@@ -224,10 +225,10 @@ def lint_sequence(
                 "spam-phrase",
                 f"spam-trigger phrases: {', '.join(repr(p) for p in phrases)}; rephrase them",
             )
-        if visible.lstrip(" ").startswith(FORMULA_PREFIXES):
+        if visible.startswith(FORMULA_PREFIXES):
             add(
                 "formula-prefix",
-                f"starts with {visible.lstrip(' ')[0]!r}: the CSV export prefixes it with ' so "
+                f"starts with {visible[0]!r}: the CSV export prefixes it with ' so "
                 "a spreadsheet does not run it as a formula, and the sending tool may send "
                 "that quote; start with a word",
             )

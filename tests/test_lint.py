@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bridgic_coldmail.export import FORMULA_TRIGGERS
 from bridgic_coldmail.lint import (
+    FORMULA_PREFIXES,
     MAX_BODY_WORDS,
     MAX_SUBJECT_CHARS,
     LintIssue,
@@ -185,10 +187,14 @@ def test_a_spam_phrase_in_the_subject_warns() -> None:
 # --- formula prefix -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("start", ["=", "+", "-", "@"])
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t"])
 def test_a_body_starting_like_a_formula_warns(start: str) -> None:
     (issue,) = lint_sequence(sequence(body=f"{start} a point\nDana"), FIELDS)
     assert issue.code == "formula-prefix"
+
+
+def test_lint_warns_about_exactly_the_characters_the_export_neutralises() -> None:
+    assert FORMULA_PREFIXES == FORMULA_TRIGGERS
 
 
 # --- what is linted, and strict -------------------------------------------------------------
