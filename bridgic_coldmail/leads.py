@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -284,9 +286,17 @@ class LeadReader:
 
 
 def _email_key(email: str) -> int:
-    """A 64-bit hash of the lower-cased address, stable for one read (Python's SipHash; a
-    false duplicate is about 1 in 10^9 at 100,000 rows)."""
-    return hash(email.lower())
+    """A 64-bit hash of the lower-cased address: a false duplicate is about 1 in 10^9 at
+    100,000 rows. Python's own string hash (SipHash, salted per process) where it is 64
+    bits wide, as on every 64-bit build; blake2b elsewhere, where it is only 32."""
+    folded = email.lower()
+    if _NATIVE_64_BIT_HASH:
+        return hash(folded)
+    digest = hashlib.blake2b(folded.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+_NATIVE_64_BIT_HASH = sys.hash_info.width >= 64
 
 
 def open_leads(path: str | Path) -> LeadReader:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail import InvalidInput
+from bridgic_coldmail import leads as leads_module
 from bridgic_coldmail.leads import (
     MAX_LINE_BYTES,
     Lead,
@@ -218,6 +219,14 @@ def test_a_duplicate_address_is_reported_case_insensitively_with_the_first_row(
 ) -> None:
     rows = read_all(write(tmp_path, "email,name\nana@x.com,Ana\nbo@x.com,Bo\n ANA@X.com ,Ann\n"))
     assert rows[2] == RowProblem(4, "ANA@X.com", "duplicate of row 2 (same address)")
+
+
+def test_duplicates_are_found_where_the_native_hash_is_only_32_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(leads_module, "_NATIVE_64_BIT_HASH", False)
+    rows = read_all(write(tmp_path, "email\nana@x.com\nbo@x.com\nAna@X.com\n"))
+    assert rows[2] == RowProblem(4, "Ana@X.com", "duplicate of row 2 (same address)")
 
 
 def test_whitespace_around_an_address_is_stripped(tmp_path: Path) -> None:
