@@ -23,16 +23,18 @@ Design decisions:
 * **Per-row problems are reported, not dropped**: an invalid or duplicate address yields a
   :class:`RowProblem` with its row number; the caller decides (export skips and reports).
   Problems with the *file* — not UTF-8, no header, no email column, a header with an empty
-  or repeated name, a row with more or fewer cells than the header, no lead rows at all —
-  raise :class:`InvalidInput`, because no row of such a file can be trusted.
-* **Valid address** (:func:`is_valid_email`): a pragmatic subset of RFC 5321 that sending
-  tools accept: ASCII; ``local@domain``; the local part at most 64 characters of letters,
-  digits and ``. _ % + ' -``, starting with a letter, digit or ``_``, with no ``..`` and not
-  ending in ``.``; the domain dot-separated labels of letters, digits and ``-`` (not at
-  either end of a label), ending in a top-level domain of at least two letters; at most 254
-  characters. Quoted local parts, IP-address domains and non-ASCII (IDN) addresses are
-  refused. Starting the local part with a letter, digit or ``_`` also means an address is
-  never one that CSV-injection neutralising would have to alter (``=``, ``+``, ``-``, ``@``).
+  or repeated name, a row with more or fewer cells than the header, broken quoting, a NUL
+  byte, a line over :data:`MAX_LINE_BYTES`, no lead rows at all — raise
+  :class:`InvalidInput`, because no row of such a file can be trusted.
+* **Valid address** (:func:`is_valid_email`): a pragmatic subset of RFC 5321, the addresses
+  people actually have: ASCII; ``local@domain``; the local part at most 64 characters of
+  letters, digits and ``. _ % + ' -``, starting with a letter, digit or ``_``, with no
+  ``..`` and not ending in ``.``; the domain dot-separated labels of letters, digits and
+  ``-`` (not at either end of a label), ending in a top-level domain of at least two
+  letters; at most 254 characters. Quoted local parts, IP-address domains and non-ASCII
+  (IDN) addresses are refused. Starting the local part with a letter, digit or ``_`` also
+  means an address is never one that CSV-injection neutralising would have to alter (``=``,
+  ``+``, ``-``, ``@``).
 """
 
 from __future__ import annotations
