@@ -633,17 +633,15 @@ def _check_fields(fields: Iterable[str]) -> tuple[str, ...]:
     names = list(fields)
     if not names:
         return ()
-    from .merge import check_field_names
+    from .merge import field_names
 
-    return check_field_names(names)
+    return tuple(field_names(names))
 
 
 def _check_placeholders(sequence: EmailSequence, fields: tuple[str, ...]) -> None:
-    texts = [text for step in sequence.steps for text in (step.subject, step.body)]
-    if not any("{{" in t or "}}" in t for t in texts):
-        return
     from .merge import unknown_fields
 
+    texts = [text for step in sequence.steps for text in (step.subject, step.body)]
     unknown = unknown_fields(texts, fields)
     if unknown:
         known = ", ".join(fields) or "none"

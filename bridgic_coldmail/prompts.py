@@ -75,14 +75,9 @@ def sequence_text(sequence: EmailSequence) -> str:
 
 
 def _fields_paragraph(fields: tuple[str, ...]) -> str:
-    if not fields:
-        return "Do not use {{...}} placeholders: the emails are sent as written."
-    names = ", ".join("{{" + name + "}}" for name in fields)
-    return (
-        "The emails go to a lead list whose columns you may use as placeholders: "
-        f"{names}. Write one as {{{{name}}}}, or with a fallback for an empty value as "
-        "{{name|fallback}} (e.g. Hi {{first_name|there}},). Use no other {{...}}."
-    )
+    from .merge import describe_fields
+
+    return describe_fields(fields)
 
 
 def _verbatim(marker: str, text: str) -> str:

@@ -106,16 +106,14 @@ def answer_model(fields: tuple[str, ...] = ()) -> type[SequenceAnswer]:
     Every constraint that :func:`SequenceAnswer.to_sequence` and :class:`EmailSequence`
     enforce is stated here, so an answer that follows the schema is always accepted.
     """
-    pattern: str | None = None
-    if fields:
-        from .merge import allowed_text_pattern  # the placeholder grammar lives there
+    from .merge import allowed_text_pattern  # the placeholder grammar lives there
 
-        pattern = allowed_text_pattern(fields)
+    pattern = allowed_text_pattern(fields)
     placeholder_rule = (
-        f" Placeholders allowed: {', '.join('{{' + f + '}}' for f in fields)}, optionally "
-        "with a fallback as {{name|fallback}}; no other {{...}}."
+        f" Merge fields allowed: {', '.join('{{' + f + '}}' for f in fields)}, optionally "
+        "with a fallback as {{name|fallback}}; no other braces."
         if fields
-        else " No {{...}} placeholders."
+        else " No { or } characters (there are no merge fields)."
     )
     config = ConfigDict(extra="forbid", frozen=True, regex_engine="python-re")
 
@@ -211,17 +209,18 @@ async def _write_once(
 
 def _checked(sequence: EmailSequence, task: WritingTask) -> EmailSequence:
     """Hold every writer (composers too) to the schema's placeholder rule."""
-    texts = [text for step in sequence.steps for text in (step.subject, step.body)]
-    if task.fields or any("{{" in text or "}}" in text for text in texts):
-        from .merge import unknown_fields
+    from .merge import is_allowed_text, unknown_fields
 
-        unknown = unknown_fields(texts, task.fields)
-        if unknown:
-            raise InvalidOutput(
-                "the emails use merge fields that the lead list does not have: "
-                + ", ".join(sorted(unknown))
-            )
-    return sequence
+    texts = [text for step in sequence.steps for text in (step.subject, step.body)]
+    if all(is_allowed_text(text, task.fields) for text in texts):
+        return sequence
+    unknown = unknown_fields(texts, task.fields)
+    if unknown:
+        raise InvalidOutput(
+            "the emails use merge fields that the lead list does not have: "
+            + ", ".join(sorted(unknown))
+        )
+    raise InvalidOutput("the emails use { or } outside a merge field")
 
 
 def _llm_error(
