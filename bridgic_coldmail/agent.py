@@ -489,7 +489,7 @@ class ColdMailAgent:
         decided = refusal.decided
         if action.kind == "feedback":
             return RunConflict(
-                f"run {interaction_id} already took different audience feedback "
+                f"run {interaction_id} already took different feedback "
                 f"({_preview(run.feedback)}); start a new run to try another audience"
             )
         if not run.review:
@@ -676,5 +676,5 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ColdmailError):
         return str(exc)
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
-        return "interrupted before the step finished"
+        return "the resume was interrupted before it finished"
     return f"{type(exc).__name__}: {exc}"

@@ -134,7 +134,7 @@ def format_run(run: Run) -> str:
     if run.rejection:
         lines += ["", f"Rejected: {run.rejection}"]
     if run.last_error and run.status.is_paused:
-        lines += ["", f"The last attempt failed: {run.last_error}"]
+        lines += ["", f"The last resume failed: {run.last_error}"]
     if run.status is RunStatus.AWAITING_FEEDBACK:
         lines += ["", resume_hint(run)]
     elif run.status is RunStatus.AWAITING_REVIEW:
@@ -160,7 +160,7 @@ def format_run_line(run: ListedRun) -> str:
 
 
 _EVENT_LABELS = {
-    "paused": "paused for audience feedback",
+    "paused": "paused for feedback",
     "feedback": "feedback received",
     "failed": "failed and given back",
     "review": "paused for review",

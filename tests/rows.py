@@ -189,9 +189,7 @@ def signer_for(db_path: Path) -> SnapshotSigner:
     return load_signer(KeySource(None, key_file_for(db_path)), may_create=False, holds_runs=True)
 
 
-def write_as_owner(
-    rows: Rows, signer: SnapshotSigner, interaction_id: str, **columns: Any
-) -> None:
+def write_as_owner(rows: Rows, signer: SnapshotSigner, interaction_id: str, **columns: Any) -> None:
     """Change columns and re-sign the row and its snapshot with the real key: what a newer
     release of this package (holding the key) could have written — not an attacker."""
     row = rows.row(interaction_id)
@@ -203,4 +201,6 @@ def write_as_owner(
             interaction_id, str(row["serialization_version"]), bytes(snapshot)
         )
     row["row_mac"] = signer.row_mac(row_mac_values(row))
-    rows.set(interaction_id, **{**columns, "signature": row["signature"], "row_mac": row["row_mac"]})
+    rows.set(
+        interaction_id, **{**columns, "signature": row["signature"], "row_mac": row["row_mac"]}
+    )

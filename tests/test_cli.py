@@ -22,7 +22,7 @@ from .conftest import PROCESS_TIMEOUT, REPO, Completed, run_cli, run_process
 
 START = ["--product", "Acme Scheduler", "--offer", "cuts no-shows by 30%", "--sender", "Dana Lee"]
 FEEDBACK = "CTOs at mid-size hospitals"
-PUBLIC_KEYS = {"interaction_id", "status", "draft", "final", "feedback"}
+PUBLIC_KEYS = {"interaction_id", "status", "draft", "final", "feedback", "round"}
 
 
 def _start_json(*extra: str) -> dict[str, object]:
@@ -69,7 +69,9 @@ def test_human_output_shows_the_sequence_and_how_to_resume(db_path: Path) -> Non
     assert "Email 1 · day 0" in result.stdout and "Email 2 · day 3" in result.stdout
     assert "Subject: A faster way with Acme Scheduler" in result.stdout
     assert f"Paused and saved as {interaction_id} in {db_path}" in result.stdout
-    assert f'coldmail resume {interaction_id} --feedback "' in result.stdout
+    assert (
+        f"coldmail resume {interaction_id} --feedback 'CTOs at mid-size hospitals'" in result.stdout
+    )
 
     resumed = run_cli("resume", interaction_id, "--feedback", FEEDBACK)
     assert resumed.returncode == 0, resumed.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, RunBeingResumed, RunStatus
+from bridgic_coldmail.settings import Settings
+from bridgic_coldmail.store import Action, Claim, connect_store
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import PROCESS_TIMEOUT, REPO
+from .rows import SqliteRows, expire_lease
 
 FEEDBACK = "CTOs at mid-size hospitals"
 
@@ -99,18 +101,16 @@ async def test_a_claim_whose_lease_ran_out_can_be_taken_over(
 ) -> None:
     async with ColdMailAgent.open(db_path) as agent:
         pending = await agent.start(brief)
-    # As a resumer that died mid-refine leaves it: status resuming, claim held.
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "UPDATE runs SET status = 'resuming', claim_token = 'dead', feedback = ?, "
-            "claim_expires_at = '2999-01-01T00:00:00.000000+00:00'",
-            (FEEDBACK,),
-        )
+    # A resumer that dies mid-refine leaves the run claimed, its lease running.
+    store = await connect_store(Settings.resolve(db=str(db_path)))
+    claim = await store.claim(pending.interaction_id, Action.feedback(FEEDBACK), {"1.0"})
+    await store.close()
+    assert isinstance(claim, Claim)
+    until = f"{claim.expires_at:%Y-%m-%d %H:%M}"
     async with ColdMailAgent.open(db_path) as agent:
-        with pytest.raises(RunBeingResumed, match="can be resumed again after 2999-01-01"):
+        with pytest.raises(RunBeingResumed, match=f"can be taken again after {until}"):
             await agent.resume(pending.interaction_id, FEEDBACK)
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE runs SET claim_expires_at = '2000-01-01T00:00:00.000000+00:00'")
+    expire_lease(SqliteRows(db_path), pending.interaction_id)
     async with ColdMailAgent.open(db_path) as agent:
         done = await agent.resume(pending.interaction_id, FEEDBACK)
     assert done.status is RunStatus.COMPLETED

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from bridgic_coldmail.retry import NO_RETRY
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import run_cli
+from .rows import SqliteRows, age
 
 
 async def test_history_records_each_feedback_when_it_arrived(
@@ -56,12 +56,7 @@ def test_show_prints_the_history(server: ScriptedOpenAIServer, db_path: Path) ->
 
 
 def _age(db_path: Path, interaction_id: str, days: int) -> None:
-    moment = (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="microseconds")
-    with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "UPDATE runs SET updated_at = ?, created_at = ? WHERE interaction_id = ?",
-            (moment, moment, interaction_id),
-        )
+    age(SqliteRows(db_path), interaction_id, timedelta(days=days))
 
 
 async def test_purge_deletes_old_completed_runs_and_never_awaiting_ones_unasked(
@@ -79,11 +74,7 @@ async def test_purge_deletes_old_completed_runs_and_never_awaiting_ones_unasked(
         assert await agent.purge(timedelta(days=30)) == 1
         remaining = {r.interaction_id for r in await agent.list()}
         assert remaining == {new_done, old_waiting}
-        with sqlite3.connect(db_path) as conn:
-            orphans = conn.execute(
-                "SELECT COUNT(*) FROM run_events WHERE interaction_id = ?", (old_done,)
-            ).fetchone()[0]
-        assert orphans == 0
+        assert SqliteRows(db_path).events(old_done) == []  # no orphaned history
 
         assert await agent.purge(timedelta(days=30), [RunStatus.AWAITING_FEEDBACK]) == 1
         assert {r.interaction_id for r in await agent.list()} == {new_done}

@@ -176,9 +176,7 @@ async def test_upgrading_a_0_1_database_leaves_its_runs_unsigned_until_trusted(
     _schema_1_database(db_path, [(legacy, _malicious_snapshot(marker))], brief)
     async with ColdMailAgent.open(db_path) as agent:
         listed = await agent.list()
-        assert [(r.interaction_id, isinstance(r, DamagedRun)) for r in listed] == [
-            (legacy, False)
-        ]
+        assert [(r.interaction_id, isinstance(r, DamagedRun)) for r in listed] == [(legacy, False)]
         assert not listed[0].verified  # type: ignore[union-attr]
         with pytest.raises(SnapshotIntegrityError, match="has no signature"):
             await agent.resume(legacy, FEEDBACK)
@@ -226,9 +224,7 @@ async def test_edited_text_is_never_shown_as_genuine(
     forged = edited.draft.model_copy(
         update={"opener": edited.draft.opener.model_copy(update={"subject": "Wire $5,000 now"})}
     )
-    SqliteRows(db_path).set(
-        edited.interaction_id, sequence_json=forged.model_dump_json()
-    )
+    SqliteRows(db_path).set(edited.interaction_id, sequence_json=forged.model_dump_json())
     async with ColdMailAgent.open(db_path) as agent:
         with pytest.raises(SnapshotIntegrityError, match="does not match its signature"):
             await agent.get(edited.interaction_id)

@@ -73,7 +73,7 @@ async def test_completed_run_with_different_feedback_is_a_conflict(
     pending = await agent.start(brief)
     await agent.resume(pending.interaction_id, FEEDBACK)
     before = _row(db_path, pending.interaction_id)
-    with pytest.raises(RunConflict, match="already took different audience feedback"):
+    with pytest.raises(RunConflict, match="already took different feedback"):
         await agent.resume(pending.interaction_id, "Nurses")
     assert _row(db_path, pending.interaction_id) == before
     assert server.count("refine") == 1

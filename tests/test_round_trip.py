@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,8 @@ import pytest
 from bridgic_coldmail import Brief, ColdMailAgent, RunStatus, SyncColdMailAgent
 from bridgic_coldmail.prompts import AUDIENCE_QUESTION
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
+
+from .rows import SqliteRows
 
 FEEDBACK = "CTOs at mid-size hospitals who own the patient-messaging budget"
 
@@ -65,7 +66,7 @@ async def test_llm_is_asked_for_json_schema_structured_output(
     body = server.requests[0].body
     response_format = body["response_format"]
     assert response_format["type"] == "json_schema"
-    assert response_format["json_schema"]["name"] == "EmailSequence"
+    assert response_format["json_schema"]["name"] == "EmailSequenceAnswer"
     assert set(response_format["json_schema"]["schema"]["properties"]) == {"opener", "follow_up"}
     assert body["model"] == "gpt-4o-mini"
 
@@ -83,11 +84,9 @@ async def test_the_row_holds_snapshot_version_status_json_and_timestamps(
     agent: ColdMailAgent, db_path: Path, brief: Brief
 ) -> None:
     pending = await agent.start(brief)
-    with sqlite3.connect(db_path) as conn:
-        conn.row_factory = sqlite3.Row
-        row = conn.execute(
-            "SELECT * FROM runs WHERE interaction_id = ?", (pending.interaction_id,)
-        ).fetchone()
+    rows = SqliteRows(db_path)
+    row = rows.row(pending.interaction_id)
+    assert row is not None
     assert row["status"] == "awaiting_feedback"
     assert row["serialization_version"] == "1.0"
     assert len(row["snapshot"]) > 500
@@ -96,12 +95,11 @@ async def test_the_row_holds_snapshot_version_status_json_and_timestamps(
     assert row["created_at"] == row["updated_at"]
 
     await agent.resume(pending.interaction_id, FEEDBACK)
-    with sqlite3.connect(db_path) as conn:
-        conn.row_factory = sqlite3.Row
-        row = conn.execute("SELECT * FROM runs").fetchone()
+    row = rows.row(pending.interaction_id)
+    assert row is not None
     assert row["status"] == "completed"
     assert row["feedback"] == FEEDBACK
-    assert json.loads(row["final_json"])["opener"]["wait_days"] == 0
+    assert json.loads(row["sequence_json"])["opener"]["wait_days"] == 0
     assert row["snapshot"] is None  # the snapshot has done its job
     assert row["completed_at"] >= row["created_at"]
 
