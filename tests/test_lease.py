@@ -1,0 +1,190 @@
+"""Exactly once under real timings: leases renewed while the LLM works, fenced completion,
+settings that cannot work together refused, and a failed completion that gives the run back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridgic_coldmail import (
+    Brief,
+    ColdMailAgent,
+    ConfigurationError,
+    RunBeingResumed,
+    RunStatus,
+    StoreError,
+)
+from bridgic_coldmail.retry import NO_RETRY
+from bridgic_coldmail.settings import Settings
+from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
+
+from .conftest import wait_for_request
+from .rows import SqliteRows, expire_lease
+
+FEEDBACK = "CTOs at mid-size hospitals"
+SHORT = {"lease_seconds": 0.9, "busy_timeout": 0.3}
+"""A lease a third of a slow refinement; renewed every 0.3 s."""
+
+
+async def test_a_refinement_slower_than_the_lease_completes_exactly_once(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    async with (
+        ColdMailAgent.open(db_path, **SHORT) as holder,
+        ColdMailAgent.open(db_path, **SHORT) as rival,
+    ):
+        pending = await holder.start(brief)
+        server.enqueue(Reply(kind="refine", delay=3.0))  # more than three leases
+        resuming = asyncio.create_task(holder.resume(pending.interaction_id, FEEDBACK))
+        await asyncio.to_thread(wait_for_request, server, "refine")
+        refusals = 0
+        while True:  # the rival keeps trying for the whole refinement
+            try:
+                seen = await rival.resume(pending.interaction_id, FEEDBACK)
+            except RunBeingResumed as refused:
+                assert "being resumed by another process" in str(refused)
+                refusals += 1
+                await asyncio.sleep(0.1)
+                continue
+            break  # the run completed: the rival gets the stored result, no second LLM call
+        done = await resuming
+    assert seen == done
+    assert done.status is RunStatus.COMPLETED
+    assert refusals >= 20  # it tried throughout, well past the first lease
+    assert server.count("refine") == 1
+
+
+async def test_a_resumer_whose_lease_was_taken_over_stops_and_records_nothing(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    rows = SqliteRows(db_path)
+    async with (
+        ColdMailAgent.open(db_path, **SHORT) as first,
+        ColdMailAgent.open(db_path, **SHORT) as second,
+    ):
+        pending = await first.start(brief)
+        server.enqueue(Reply(kind="refine", delay=10.0, content=None))
+        slow = asyncio.create_task(first.resume(pending.interaction_id, FEEDBACK))
+        await asyncio.to_thread(wait_for_request, server, "refine")
+        # As if the first resumer had been paused (SIGSTOP, a long GC) past its lease:
+        expire_lease(rows, pending.interaction_id)
+        taken_over = await second.resume(pending.interaction_id, "Nurses")
+        with pytest.raises(RunBeingResumed, match="taken over by another resumer"):
+            await slow
+    assert taken_over.status is RunStatus.COMPLETED and taken_over.feedback == "Nurses"
+    async with ColdMailAgent.open(db_path) as agent:
+        stored = await agent.get(pending.interaction_id)
+    assert stored.final == taken_over.final and stored.feedback == "Nurses"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lease_seconds": 20, "busy_timeout": 10}, "must be at least 3x the busy timeout"),
+        ({"lease_seconds": 0}, "positive number of seconds"),
+        ({"lease_seconds": 10**9}, "at most 604800 seconds"),
+        ({"llm_timeout": float("nan")}, "positive number of seconds"),
+        ({"max_rounds": 0}, "from 1 to 50"),
+    ],
+)
+async def test_settings_that_cannot_work_are_refused_before_anything_opens(
+    db_path: Path, settings: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        async with ColdMailAgent.open(db_path, **settings):  # type: ignore[arg-type]
+            pass
+    assert not db_path.exists()
+
+
+def test_the_lease_setting_from_the_environment_is_checked_too() -> None:
+    env = {"COLDMAIL_LEASE_SECONDS": "5", "COLDMAIL_BUSY_TIMEOUT": "10"}
+    with pytest.raises(ConfigurationError, match=r"COLDMAIL_LEASE_SECONDS=5 s\) must be"):
+        Settings.resolve(env=env)
+
+
+async def test_a_completion_that_fails_gives_the_run_back_with_the_error(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    rows = SqliteRows(db_path)
+    async with ColdMailAgent.open(db_path, lease_seconds=30, busy_timeout=0.3) as agent:
+        pending = await agent.start(brief)
+        server.enqueue(Reply(kind="refine", delay=0.5))
+        locked, release_lock = threading.Event(), threading.Event()
+
+        def hold_the_lock_while_the_result_comes_in() -> None:
+            wait_for_request(server, "refine")
+            with rows.lock():  # another process holds the write lock past the busy timeout
+                locked.set()
+                release_lock.wait(timeout=30)
+
+        holder = threading.Thread(target=hold_the_lock_while_the_result_comes_in)
+        holder.start()
+        resuming = asyncio.create_task(agent.resume(pending.interaction_id, FEEDBACK))
+        await asyncio.to_thread(locked.wait, 30)
+        await asyncio.sleep(1.5)  # the result arrives and cannot be written: locked
+        assert not resuming.done()  # still trying to give the run back, not gone for good
+        release_lock.set()
+        with pytest.raises(StoreError, match="is locked by another process"):
+            await resuming
+        await asyncio.to_thread(holder.join)
+        run = await agent.get(pending.interaction_id)
+        assert run.status is RunStatus.AWAITING_FEEDBACK  # not stuck in resuming
+        assert "locked" in str(run.last_error)
+        done = await agent.resume(pending.interaction_id, FEEDBACK)
+    assert done.status is RunStatus.COMPLETED
+    assert server.count("refine") == 2
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs, so that the disk can really fill up (needs the right to mount)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def test_a_full_disk_at_completion_gives_the_run_back_once_space_is_freed(
+    server: ScriptedOpenAIServer, small_disk: Path, brief: Brief
+) -> None:
+    db_path = small_disk / "coldmail.db"
+    filler = small_disk / "filler"
+    async with ColdMailAgent.open(
+        db_path, lease_seconds=30, busy_timeout=0.3, retry=NO_RETRY
+    ) as agent:
+        pending = await agent.start(brief)
+        server.enqueue(Reply(kind="refine", delay=1.0))
+        resuming = asyncio.create_task(agent.resume(pending.interaction_id, FEEDBACK))
+        await asyncio.to_thread(wait_for_request, server, "refine")
+        with open(filler, "wb") as handle:  # fill the disk while the LLM works
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError:
+                pass
+        await asyncio.sleep(2.0)  # the result comes back; writing it fails: disk full
+        assert not resuming.done()
+        filler.unlink()  # the operator frees space
+        with pytest.raises(StoreError, match="disk holding .* is full"):
+            await resuming
+        run = await agent.get(pending.interaction_id)
+        assert run.status is RunStatus.AWAITING_FEEDBACK
+        assert "is full" in str(run.last_error)
