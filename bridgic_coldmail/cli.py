@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .agent import MAX_PAGE, ColdMailAgent
@@ -66,9 +66,16 @@ def _add_llm(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (like every other error) and says where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, terminal_safe(f"{self.prog}: error: {message}; see {self.prog} --help\n"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public so the README's reference can be checked against it)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="coldmail",
         description="Draft a two-email cold sequence, pause for audience feedback, resume later.",
     )

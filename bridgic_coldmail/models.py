@@ -434,8 +434,9 @@ def make_decision(
 
 
 MAX_ROUND_NUMBER = 10_000
-MAX_OFFSET = 2**63 - 1 - 10_000
-"""The largest listing offset: SQLite's and PostgreSQL's integers stop at 2**63 - 1."""
+MAX_OFFSET = 10**15
+"""The largest listing offset: far beyond any store, and far below the 2**63 - 1 where
+SQLite's and PostgreSQL's integers overflow."""
 
 
 def validate_page(limit: Any, offset: Any, max_limit: int) -> tuple[int, int]:

@@ -462,8 +462,7 @@ def _prepare_path(path: Path) -> Path:
         mode = path.stat().st_mode
         if not stat.S_ISREG(mode):
             raise StoreError(
-                f"{path} is not a regular file (it is a {_file_kind(mode)}); give the path of "
-                "a database file",
+                f"{path} is not a regular file (it is a {_file_kind(mode)})",
                 topic="store_path",
             )
     try:
