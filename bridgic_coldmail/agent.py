@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridgic.core.automa import Snapshot
 from bridgic.core.automa.interaction import InteractionException, InteractionFeedback
@@ -43,6 +45,10 @@ from .errors import (
     StoreError,
 )
 from .llm import ColdmailLlm, build_llm, check_llm, close_llm
+
+if TYPE_CHECKING:
+    from .export import ExportReport
+    from .lint import LintIssue
 from .models import (
     Brief,
     DamagedRun,
@@ -586,6 +592,54 @@ class ColdMailAgent:
             ) from None
         return await self._store.purge(older_than, chosen)
 
+    async def export(
+        self,
+        interaction_id: str,
+        leads: str | os.PathLike[str],
+        out: str | os.PathLike[str],
+        *,
+        format: str = "csv",
+        strict: bool = False,
+    ) -> ExportReport:
+        """Render the run's final sequence for every lead of a CSV list, into ``out``.
+
+        One row per lead (its own columns, then ``step1_subject``, ``step1_body``,
+        ``step2_subject`` — blank, so it threads as a reply —, ``step2_body`` and
+        ``step2_delay_days``), merge fields filled in, formulas neutralised. The run must be
+        completed (approved, in review mode). See ``export.export_sequence``.
+
+        Raises:
+            RunConflict: the run has no final sequence yet.
+            InvalidInput: the lead list or ``out`` cannot be used; or, with ``strict``, a
+                lint warning or a lead that cannot be rendered (``out`` is then untouched).
+        """
+        from .export import FORMATS, export_sequence
+
+        run = await self.get(interaction_id)
+        if run.final is None:
+            raise RunConflict(_not_final(run), topic="not_final")
+        if format not in FORMATS:
+            raise InvalidInput(f"unknown export format {format!r}; use csv or json")
+        return await asyncio.to_thread(
+            export_sequence,
+            run.final,
+            Path(leads),
+            Path(out),
+            format=format,
+            strict=strict,
+            acronyms=_acronyms(run),
+        )
+
+    async def lint(self, interaction_id: str) -> builtins.list[LintIssue]:
+        """Lint the run's newest sequence (the final one, or the one under review) against
+        its merge fields: unknown fields, long subjects and bodies, links, capitals, spam
+        phrases. Warnings; see ``lint.lint_sequence``."""
+        from .lint import lint_sequence
+
+        run = await self.get(interaction_id)
+        sequence = run.sequence or run.draft
+        return lint_sequence(sequence, run.fields, acronyms=_acronyms(run))
+
     async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign the unsigned snapshots of these runs (all of them when None).
 
@@ -617,6 +671,28 @@ def _next_pause(claim: Claim, pause: InteractionException) -> Paused:
         sequence=EmailSequence.model_validate(data["sequence"]),
         round=int(data["round"]),
     )
+
+
+def _not_final(run: Run) -> str:
+    if run.status is RunStatus.AWAITING_REVIEW:
+        return (
+            f"run {run.interaction_id} is awaiting review at round {run.round}; approve it "
+            "before exporting"
+        )
+    if run.status is RunStatus.REJECTED:
+        return f"run {run.interaction_id} was rejected; there is nothing to export"
+    return (
+        f"run {run.interaction_id} is {run.status.value.replace('_', ' ')} and has no final "
+        "sequence yet"
+    )
+
+
+def _acronyms(run: Run) -> frozenset[str]:
+    """Upper-case words the brief itself uses (a product called ACME is not shouting)."""
+    from .lint import DEFAULT_ACRONYMS
+
+    words = re.findall(r"[A-Za-z][A-Za-z0-9]*", f"{run.brief.product} {run.brief.sender}")
+    return frozenset(DEFAULT_ACRONYMS) | {w for w in words if w.isupper()}
 
 
 def _damaged_error(damaged: DamagedRun) -> ColdmailError:

@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--review", action="store_true", help="pause for review rounds after the refinement"
     )
+    start.add_argument(
+        "--leads",
+        type=Path,
+        metavar="CSV",
+        help="the lead list the emails will go to: its columns become {{merge_fields}}",
+    )
 
     resume = command("resume", "resume a paused run with feedback on the audience")
     resume.add_argument("interaction_id", metavar="INTERACTION_ID")
@@ -171,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         choices=[s.value for s in RunStatus],
         help="which runs (repeatable; default completed); paused runs only when named",
+    )
+
+    export = command("export", "render a completed run's emails for every lead of a CSV list")
+    export.add_argument("interaction_id", metavar="INTERACTION_ID")
+    export.add_argument("--leads", required=True, type=Path, metavar="CSV", help="the lead list")
+    export.add_argument("--out", required=True, type=Path, metavar="FILE", help="file to write")
+    export.add_argument("--format", choices=("csv", "json"), default="csv", help="default csv")
+    export.add_argument(
+        "--strict", action="store_true", help="refuse on any lint warning or skipped lead"
     )
 
     trust = command(
@@ -229,9 +244,24 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
                 "code: add --yes if you trust whoever could write this database"
             )
 
+    fields: tuple[str, ...] = ()
+    if command == "start" and args.leads is not None:
+        from .leads import read_header
+
+        fields = read_header(args.leads).fields
+
     async with ColdMailAgent.open(settings=settings) as agent:
+        if command == "export":
+            report = await agent.export(
+                args.interaction_id,
+                args.leads,
+                args.out,
+                format=args.format,
+                strict=args.strict,
+            )
+            return _export_summary(args, report)
         if command == "start":
-            run = await agent.start(brief, review=args.review)
+            run = await agent.start(brief, review=args.review, fields=fields)
             return _emit(
                 args,
                 run,
@@ -272,6 +302,34 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
             which = f" with status {args.status}" if args.status else ""
             return f"No runs{which} in {agent.db_path}."
         return "\n".join(format_run_line(r) for r in runs)
+
+
+def _export_summary(args: argparse.Namespace, report: Any) -> str:
+    if args.json:
+        return json_for_terminal(
+            {
+                "out": str(report.out),
+                "format": report.format,
+                "rows_written": report.rows_written,
+                "skipped": [
+                    {"row": s.row, "email": s.email, "reason": s.reason} for s in report.skipped
+                ],
+                "lint": [
+                    {"code": i.code, "severity": str(i.severity), "message": i.message}
+                    for i in report.lint
+                ],
+            }
+        )
+    lines = [f"Wrote {report.rows_written} lead(s) to {report.out} ({report.format})."]
+    if report.skipped:
+        lines.append(f"Skipped {len(report.skipped)} lead(s), not sent with a hole:")
+        lines += [f"  {s}" for s in report.skipped[:20]]
+        if len(report.skipped) > 20:
+            lines.append(f"  … and {len(report.skipped) - 20} more (see --json)")
+    if report.lint:
+        lines.append("Lint warnings (--strict makes them errors):")
+        lines += [f"  {issue}" for issue in report.lint]
+    return "\n".join(lines)
 
 
 def _decision(args: argparse.Namespace) -> Any:
@@ -355,6 +413,7 @@ _HINTS = {
     "unsigned": "if you trust whoever could write this database: coldmail trust-unsigned {id} "
     "--yes",
     "awaiting_feedback": "coldmail resume {id} --feedback '…' first",
+    "not_final": "see `coldmail show {id}`",
     "store_path": "choose another --db path",
 }
 

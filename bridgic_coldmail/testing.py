@@ -68,12 +68,14 @@ def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
     the LLM does not ask for it (the opener is sent on day 0 by definition)."""
     product = _line_value(user_text, "Product") or "the product"
     sender = _line_value(user_text, "Sender (signs the emails)") or "The team"
+    fields = _merge_fields(user_text)
+    hello = "Hi {{first_name|there}}," if "first_name" in fields else "Hi there,"
     if kind == "revise":
         guidance = _verbatim(user_text, REVISE_MARKER) or "the guidance"
         return {
             "opener": {
                 "subject": f"{product}, revised: {guidance}"[:200],
-                "body": f"Hi there,\n\nRevised as asked ({guidance}): {product}.\n\n{sender}",
+                "body": f"{hello}\n\nRevised as asked ({guidance}): {product}.\n\n{sender}",
             },
             "follow_up": {
                 "subject": f"Following up, revised: {guidance}"[:200],
@@ -83,7 +85,7 @@ def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
         }
     if kind == "refine":
         audience = _verbatim(user_text, REFINE_MARKER) or "the audience"
-        opener = f"Hi there,\n\nWritten for {audience}: {product} saves you time.\n\n{sender}"
+        opener = f"{hello}\n\nWritten for {audience}: {product} saves you time.\n\n{sender}"
         return {
             "opener": {"subject": f"{product} for {audience}"[:200], "body": opener},
             "follow_up": {
@@ -95,7 +97,7 @@ def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
     return {
         "opener": {
             "subject": f"A faster way with {product}"[:200],
-            "body": f"Hi there,\n\n{product} could help your team.\n\n{sender}",
+            "body": f"{hello}\n\n{product} could help your team.\n\n{sender}",
         },
         "follow_up": {
             "subject": f"Following up on {product}"[:200],
@@ -103,6 +105,12 @@ def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
             "wait_days": 3,
         },
     }
+
+
+def _merge_fields(text: str) -> list[str]:
+    """The merge fields a prompt offers (``Merge fields available: {{a}}, {{b}}.``)."""
+    match = re.search(r"Merge fields available: (.*?)\. Write", text)
+    return re.findall(r"\{\{(\w+)\}\}", match.group(1)) if match else []
 
 
 def _verbatim(text: str, marker: str) -> str | None:
