@@ -35,8 +35,11 @@ def test_notebook_runs_start_to_finish(server: ScriptedOpenAIServer, db_path: Pa
         "awaiting_feedback" in outputs[1]
         and "Subject: A faster way with Acme Scheduler" in outputs[1]
     )
-    assert outputs[2] == "(False, False)"
-    assert outputs[3] == "'completed'"
+    assert outputs[2].startswith("awaiting_review round 1")
+    assert outputs[3].startswith("awaiting_review round 2") and "Lead with the 30%" in outputs[3]
+    assert outputs[4] == "(False, False)"  # every object gone, as after a kernel restart
+    assert outputs[5] == "('completed', 2)"
     html = notebook.cells[-1].outputs[0]["data"]["text/html"]
-    assert "Refined" in html and "CTOs at mid-size hospitals" in html
-    assert [r.kind for r in server.requests] == ["draft", "refine"]
+    assert "Approved" in html and "CTOs at mid-size hospitals" in html
+    assert "revised (round 1) by Ann" in html and "approved (round 2) by Bo" in html
+    assert [r.kind for r in server.requests] == ["draft", "refine", "revise"]
