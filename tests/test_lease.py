@@ -10,6 +10,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,14 +22,40 @@ from bridgic_coldmail import (
     RunStatus,
     StoreError,
 )
+from bridgic_coldmail.models import Run
 from bridgic_coldmail.retry import NO_RETRY
 from bridgic_coldmail.settings import Settings
+from bridgic_coldmail.store import Claim, Finished, Paused, SqliteRunStore
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import wait_for_request
 from .rows import SqliteRows, expire_lease
 
 FEEDBACK = "CTOs at mid-size hospitals"
+
+
+class _ObservedStore(SqliteRunStore):
+    """The real SQLite store, telling the test when recording a result has failed."""
+
+    complete_failed: asyncio.Event
+
+    async def complete(self, claim: Claim, result: Paused | Finished) -> Run | None:
+        try:
+            return await super().complete(claim, result)
+        except StoreError:
+            self.complete_failed.set()
+            raise
+
+
+async def _observed_agent(db_path: Path, **settings: Any) -> ColdMailAgent:
+    resolved = Settings.resolve(db=str(db_path), **settings)
+    store = await _ObservedStore.connect(
+        resolved.db, busy_timeout=resolved.busy_timeout, lease_seconds=resolved.lease_seconds
+    )
+    store.complete_failed = asyncio.Event()
+    return ColdMailAgent(store, resolved, retry=NO_RETRY)
+
+
 SHORT = {"lease_seconds": 0.9, "busy_timeout": 0.3}
 """A lease a third of a slow refinement; renewed every 0.3 s."""
 
@@ -113,9 +140,11 @@ async def test_a_completion_that_fails_gives_the_run_back_with_the_error(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
     rows = SqliteRows(db_path)
-    async with ColdMailAgent.open(db_path, lease_seconds=30, busy_timeout=0.3) as agent:
+    agent = await _observed_agent(db_path, lease_seconds=30, busy_timeout=0.3)
+    store = agent._store
+    assert isinstance(store, _ObservedStore)
+    try:
         pending = await agent.start(brief)
-        server.enqueue(Reply(kind="refine", delay=0.5))
         locked, release_lock = threading.Event(), threading.Event()
 
         def hold_the_lock_while_the_result_comes_in() -> None:
@@ -124,11 +153,12 @@ async def test_a_completion_that_fails_gives_the_run_back_with_the_error(
                 locked.set()
                 release_lock.wait(timeout=30)
 
+        server.enqueue(Reply(kind="refine", delay=0.5))
         holder = threading.Thread(target=hold_the_lock_while_the_result_comes_in)
         holder.start()
         resuming = asyncio.create_task(agent.resume(pending.interaction_id, FEEDBACK))
         await asyncio.to_thread(locked.wait, 30)
-        await asyncio.sleep(1.5)  # the result arrives and cannot be written: locked
+        await asyncio.wait_for(store.complete_failed.wait(), 30)  # the result was not written
         assert not resuming.done()  # still trying to give the run back, not gone for good
         release_lock.set()
         with pytest.raises(StoreError, match="is locked by another process"):
@@ -138,6 +168,8 @@ async def test_a_completion_that_fails_gives_the_run_back_with_the_error(
         assert run.status is RunStatus.AWAITING_FEEDBACK  # not stuck in resuming
         assert "locked" in str(run.last_error)
         done = await agent.resume(pending.interaction_id, FEEDBACK)
+    finally:
+        await store.close()
     assert done.status is RunStatus.COMPLETED
     assert server.count("refine") == 2
 
@@ -165,9 +197,10 @@ async def test_a_full_disk_at_completion_gives_the_run_back_once_space_is_freed(
 ) -> None:
     db_path = small_disk / "coldmail.db"
     filler = small_disk / "filler"
-    async with ColdMailAgent.open(
-        db_path, lease_seconds=30, busy_timeout=0.3, retry=NO_RETRY
-    ) as agent:
+    agent = await _observed_agent(db_path, lease_seconds=30, busy_timeout=0.3)
+    store = agent._store
+    assert isinstance(store, _ObservedStore)
+    try:
         pending = await agent.start(brief)
         server.enqueue(Reply(kind="refine", delay=1.0))
         resuming = asyncio.create_task(agent.resume(pending.interaction_id, FEEDBACK))
@@ -180,11 +213,13 @@ async def test_a_full_disk_at_completion_gives_the_run_back_once_space_is_freed(
                     os.fsync(handle.fileno())
             except OSError:
                 pass
-        await asyncio.sleep(2.0)  # the result comes back; writing it fails: disk full
+        await asyncio.wait_for(store.complete_failed.wait(), 30)  # disk full: not written
         assert not resuming.done()
         filler.unlink()  # the operator frees space
         with pytest.raises(StoreError, match="disk holding .* is full"):
             await resuming
         run = await agent.get(pending.interaction_id)
-        assert run.status is RunStatus.AWAITING_FEEDBACK
-        assert "is full" in str(run.last_error)
+    finally:
+        await store.close()
+    assert run.status is RunStatus.AWAITING_FEEDBACK
+    assert "is full" in str(run.last_error)
