@@ -1,7 +1,8 @@
 """The error tree. Every message says what happened and what to do next.
 
-Each class carries the exit code the command line uses for it, so the CLI never has to
-keep a second table in sync with this one.
+Each class carries the exit code the command line uses for it and the HTTP status the web
+inbox answers with, so neither the CLI nor the web app keeps a second table in sync with
+this one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ class ColdmailError(Exception):
     """
 
     exit_code: int = 1
+    http_status: int = 500
 
     def __init__(self, *args: object, topic: str | None = None) -> None:
         super().__init__(*args)
@@ -26,12 +28,14 @@ class InvalidInput(ColdmailError, ValueError):
     """A brief, a piece of feedback or an interaction id was refused before anything changed."""
 
     exit_code = 2
+    http_status = 422
 
 
 class RunNotFound(ColdmailError, KeyError):
     """No run is stored under this interaction id."""
 
     exit_code = 3
+    http_status = 404
 
     def __init__(self, interaction_id: str, db_path: str) -> None:
         self.interaction_id = interaction_id
@@ -47,12 +51,14 @@ class RunConflict(ColdmailError):
     """The run already completed with different feedback."""
 
     exit_code = 4
+    http_status = 409
 
 
 class RunBeingResumed(ColdmailError):
     """Another resume holds the claim on this run right now."""
 
     exit_code = 5
+    http_status = 409
 
 
 class LlmError(ColdmailError):
@@ -63,22 +69,27 @@ class LlmError(ColdmailError):
     """
 
     exit_code = 6
+    http_status = 502
 
 
 class ConfigurationError(ColdmailError):
     """The agent cannot be set up: no LLM configured, or an unusable setting."""
 
     exit_code = 7
+    http_status = 503
 
 
 class StoreError(ColdmailError):
     """The database cannot be used: wrong path, not an SQLite file, locked, or a bad row."""
 
     exit_code = 8
+    http_status = 503
 
 
 class SnapshotError(StoreError):
     """A stored snapshot cannot be resumed by this version of the code."""
+
+    http_status = 500
 
 
 class SnapshotIntegrityError(SnapshotError):
@@ -88,6 +99,7 @@ class SnapshotIntegrityError(SnapshotError):
     """
 
     exit_code = 9
+    http_status = 500
 
 
 INTERRUPTED = 130

@@ -39,7 +39,14 @@ def _is_invisible(text: str) -> bool:
 
 
 def clean_text(value: str, *, field: str, limit: int) -> str:
-    """Strip ``value`` and check it is non-empty, short enough and free of control characters."""
+    """Strip ``value`` and check it is non-empty, short enough and free of control characters.
+
+    Line breaks (CRLF, or a lone CR) become LF before counting: a browser's textarea counts
+    a line break as one character against its ``maxlength`` but submits it as CRLF, so the
+    limit here counts what the reviewer's form counted, and the text stored is the same
+    whichever way it arrived.
+    """
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
     text = value.strip()
     if _is_invisible(text):
         raise PydanticCustomError("empty", f"{field} must not be empty")

@@ -176,6 +176,15 @@ def is_postgres_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
 
 
+def check_web_token(token: str) -> str:
+    """``token`` stripped, if strong enough to guard the web inbox.
+
+    Raises:
+        ConfigurationError: too short, not printable ASCII, or too few distinct characters.
+    """
+    return str(_parse("web_token", token, source=f"{ENV['web_token']}="))
+
+
 def redact_url(url: str) -> str:
     """A database URL with its password replaced by ``***`` (for messages and logs)."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

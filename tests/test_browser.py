@@ -1,7 +1,12 @@
 """A reviewer in a real browser: Debian's Chromium driven by Playwright (no browser download).
 
-Opens the inbox, opens a run, types feedback, submits, sees the refined sequence, and saves a
-screenshot. Needs ``/usr/bin/chromium`` (``apt-get install chromium``), which CI installs.
+Opens the inbox, opens a run, types feedback, submits, sees the form say the model is working
+(the page's script), then the refined sequence, and saves a screenshot; the stylesheet applies
+and the Content-Security-Policy blocks nothing. Needs ``/usr/bin/chromium`` (``apt-get install
+chromium``), which CI installs.
+
+The server is a child process running uvicorn on a free port with the app ``create_app``
+makes for that address (settings from the environment), as ``coldmail serve`` does.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+SUBMIT_AND_LOOK = """() => {
+  const form = document.getElementById("feedback-form");
+  const button = form.querySelector("button[type=submit]");
+  button.click();
+  return {busy: form.classList.contains("busy"), disabled: button.disabled};
+}"""
 
 
 def _free_port() -> int:
@@ -44,8 +55,14 @@ def _free_port() -> int:
 @pytest.fixture
 def web_server(server: ScriptedOpenAIServer, db_path: Path) -> Iterator[str]:
     port = _free_port()
+    launch = (
+        "import sys, uvicorn; from bridgic_coldmail.settings import Settings; "
+        "from bridgic_coldmail.web import create_app; port = int(sys.argv[1]); "
+        "uvicorn.run(create_app(Settings.resolve(), host='127.0.0.1', port=port), "
+        "host='127.0.0.1', port=port, log_level='warning')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridgic_coldmail", "serve", "--port", str(port)],
+        [sys.executable, "-c", launch, str(port)],
         cwd=REPO,
         env=dict(os.environ),
         stdout=subprocess.PIPE,
@@ -83,16 +100,24 @@ async def test_reviewer_gives_feedback_in_a_real_browser(
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = await browser.new_page(viewport={"width": 1200, "height": 900})
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
         await page.goto(web_server + "/")
+        header = await page.eval_on_selector("header", "e => getComputedStyle(e).backgroundColor")
+        assert header == "rgb(29, 36, 51)"  # /static/style.css applies
         await page.click(f'a[href="/runs/{interaction_id}"]')
         await page.wait_for_selector("textarea#feedback")
         await page.fill("textarea#feedback", "CTOs at mid-size hospitals")
-        await page.click("button[type=submit]")
+        # The submit handler (/static/run.js) runs inside click(), before the page navigates:
+        # look from the page itself, as Playwright's own waits would wait out the navigation.
+        working = await page.evaluate(SUBMIT_AND_LOOK)
+        assert working == {"busy": True, "disabled": True}
         await page.wait_for_selector("text=Refined", timeout=30_000)
         assert await page.is_visible("text=Acme Scheduler for CTOs at mid-size hospitals")
         shot = tmp_path / "run-page.png"
         await page.screenshot(path=str(shot), full_page=True)
         await browser.close()
+    assert not [text for text in console if "Content Security Policy" in text]
     assert shot.stat().st_size > 10_000
     keep = os.environ.get("SAVE_SCREENSHOT_TO")
     if keep:
