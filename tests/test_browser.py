@@ -5,8 +5,7 @@ Opens the inbox, opens a run, types feedback, submits, sees the form say the mod
 and the Content-Security-Policy blocks nothing. Needs ``/usr/bin/chromium`` (``apt-get install
 chromium``), which CI installs.
 
-The server is a child process running uvicorn on a free port with the app ``create_app``
-makes for that address (settings from the environment), as ``coldmail serve`` does.
+The server is ``coldmail serve --port N`` in a child process, on a free port.
 """
 
 from __future__ import annotations
@@ -55,14 +54,8 @@ def _free_port() -> int:
 @pytest.fixture
 def web_server(server: ScriptedOpenAIServer, db_path: Path) -> Iterator[str]:
     port = _free_port()
-    launch = (
-        "import sys, uvicorn; from bridgic_coldmail.settings import Settings; "
-        "from bridgic_coldmail.web import create_app; port = int(sys.argv[1]); "
-        "uvicorn.run(create_app(Settings.resolve(), host='127.0.0.1', port=port), "
-        "host='127.0.0.1', port=port, log_level='warning')"
-    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", launch, str(port)],
+        [sys.executable, "-m", "bridgic_coldmail", "serve", "--port", str(port)],
         cwd=REPO,
         env=dict(os.environ),
         stdout=subprocess.PIPE,

@@ -143,8 +143,8 @@ async def test_everything_a_brief_or_the_llm_wrote_is_escaped(
     server.enqueue(
         Reply(
             kind="refine",
-            content='{"opener": {"subject": "<script>x()</script>", "body": "<img src=x>", '
-            '"wait_days": 0}, "follow_up": {"subject": "s", "body": "b", "wait_days": 3}}',
+            content='{"opener": {"subject": "<script>x()</script>", "body": "<img src=x>"}, '
+            '"follow_up": {"subject": "s", "body": "b", "wait_days": 3}}',
         )
     )
     await client.post(

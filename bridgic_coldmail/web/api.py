@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from ..agent import MAX_PAGE
-from ..models import MAX_FEEDBACK_CHARS, Brief, EmailSequence, Run, RunStatus
+from ..models import MAX_FEEDBACK_CHARS, Brief, DamagedRun, EmailSequence, Run, RunStatus
 from .dependencies import Agent
 from .responses import WebError
 
@@ -44,6 +44,24 @@ class RunOut(BaseModel):
     @classmethod
     def of(cls, run: Run) -> RunOut:
         return cls.model_validate(run.model_dump())
+
+
+class DamagedRunOut(BaseModel):
+    """A stored run that cannot be shown (altered, or unreadable), listed so it is not hidden."""
+
+    interaction_id: str
+    status: str
+    damaged: str
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, run: DamagedRun) -> DamagedRunOut:
+        return cls(
+            interaction_id=run.interaction_id,
+            status=run.status,
+            damaged=run.problem,
+            created_at=run.created_at,
+        )
 
 
 class FeedbackIn(BaseModel):
@@ -116,16 +134,16 @@ async def api_get(interaction_id: str, agent: Agent) -> RunOut:
     return RunOut.of(await agent.get(interaction_id))
 
 
-@router.get("/runs", response_model=list[RunOut])
+@router.get("/runs", response_model=list[RunOut | DamagedRunOut])
 async def api_list(
     agent: Agent,
     status: RunStatus | None = None,
     limit: int = Query(50, ge=1, le=MAX_PAGE),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
-) -> list[RunOut]:
-    """Runs, newest first, optionally of one status."""
+) -> list[RunOut | DamagedRunOut]:
+    """Runs, newest first, optionally of one status; a damaged one says what is wrong."""
     runs = await agent.list(status, limit=limit, offset=offset)
-    return [RunOut.of(run) for run in runs]
+    return [RunOut.of(run) if isinstance(run, Run) else DamagedRunOut.of(run) for run in runs]
 
 
 @router.post("/runs/{interaction_id}/feedback", response_model=RunOut)

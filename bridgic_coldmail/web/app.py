@@ -68,13 +68,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with ColdMailAgent.open(
-            settings.db,
-            llm=chosen_llm,
-            model=settings.model,
-            retry=retry,
-            llm_timeout=settings.llm_timeout,
-            busy_timeout=settings.busy_timeout,
-            lease_seconds=settings.lease_seconds,
+            settings.db, llm=chosen_llm, retry=retry, settings=settings
         ) as agent:
             app.state.agent = agent
             yield

@@ -50,5 +50,5 @@ def app_from_environment() -> Any:
     """The ASGI app for one server process, from the environment ``serve`` prepared."""
     from .app import create_app
 
-    settings = Settings.resolve()
-    return create_app(settings.db, llm=settings.llm)
+    host, _, port = os.environ["COLDMAIL_BIND"].rpartition(":")
+    return create_app(Settings.resolve(), host=host, port=int(port))
