@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +95,30 @@ def run_cli(
     """Run ``coldmail`` (or ``python -m bridgic_coldmail``) in a child process."""
     command = [sys.executable, "-m", "bridgic_coldmail"] if module else [_coldmail()]
     return run_process([*command, *args], env=env, timeout=timeout)
+
+
+@pytest.fixture
+def cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Completed]:
+    """Run ``coldmail`` in this process (``cli("list", "--json")``): the same ``main`` as the
+    console script, without a child process. For tests where the process boundary, a signal
+    or a terminal is the point, use :func:`run_cli` instead."""
+    from bridgic_coldmail.cli import main
+
+    def run(*args: str, env: dict[str, str] | None = None) -> Completed:
+        capsys.readouterr()  # drop what earlier steps printed
+        with monkeypatch.context() as patched:
+            for name, value in (env or {}).items():
+                patched.setenv(name, value)
+            try:
+                code = main(list(args))
+            except SystemExit as exited:  # argparse's --help, --version and usage errors
+                code = exited.code if isinstance(exited.code, int) else 1
+        printed = capsys.readouterr()
+        return Completed(code, printed.out, printed.err)
+
+    return run
 
 
 def run_process(

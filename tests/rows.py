@@ -64,6 +64,10 @@ class Rows(Protocol):
         """How many runs are stored."""
         ...
 
+    def ids(self) -> list[str]:
+        """Every stored run's id, oldest first."""
+        ...
+
     def record_schema_version(self, version: int) -> None:
         """Record a migration as applied (e.g. one from a newer release)."""
         ...
@@ -165,6 +169,11 @@ class SqliteRows:
     def count(self) -> int:
         with self._connect() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    def ids(self) -> list[str]:
+        with self._connect() as conn:
+            found = conn.execute("SELECT interaction_id FROM runs ORDER BY created_at")
+            return [str(r[0]) for r in found]
 
     def record_schema_version(self, version: int) -> None:
         with self._connect() as conn:

@@ -1,15 +1,16 @@
-"""The ``coldmail`` command and the resume script, each in its own process.
+"""The ``coldmail`` command and the resume script.
 
-Every child process runs under a hang guard (``PROCESS_TIMEOUT``): a process kept alive by an
-unclosed connection fails the test instead of hanging the suite.
+Most tests run the command in this process (the ``cli`` fixture). A child process is used
+where the process is the point: pausing in one process and resuming in another, ``python -m``,
+the resume script, a terminal. Every child runs under a hang guard (``PROCESS_TIMEOUT``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pexpect
@@ -19,14 +20,17 @@ from bridgic_coldmail.errors import EXIT_CODES
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import PROCESS_TIMEOUT, REPO, Completed, run_cli, run_process
+from .rows import SqliteRows
+
+Cli = Callable[..., Completed]
 
 START = ["--product", "Acme Scheduler", "--offer", "cuts no-shows by 30%", "--sender", "Dana Lee"]
 FEEDBACK = "CTOs at mid-size hospitals"
 PUBLIC_KEYS = {"interaction_id", "status", "draft", "final", "feedback", "round"}
 
 
-def _start_json(*extra: str) -> dict[str, object]:
-    result = run_cli("start", *START, *extra, "--json")
+def _start_json(*extra: str, cli: Cli = run_cli) -> dict[str, object]:
+    result = cli("start", *START, *extra, "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert isinstance(data, dict)
@@ -62,8 +66,8 @@ def test_pause_in_one_process_resume_in_another(server: ScriptedOpenAIServer) ->
     assert "Book a demo" in server.requests[0].user_text
 
 
-def test_human_output_shows_the_sequence_and_how_to_resume(db_path: Path) -> None:
-    result = run_cli("start", *START)
+def test_human_output_shows_the_sequence_and_how_to_resume(db_path: Path, cli: Cli) -> None:
+    result = cli("start", *START)
     assert result.returncode == 0, result.stderr
     interaction_id = _only_id(db_path)
     assert "Email 1 · day 0" in result.stdout and "Email 2 · day 3" in result.stdout
@@ -73,32 +77,32 @@ def test_human_output_shows_the_sequence_and_how_to_resume(db_path: Path) -> Non
         f"coldmail resume {interaction_id} --feedback 'CTOs at mid-size hospitals'" in result.stdout
     )
 
-    resumed = run_cli("resume", interaction_id, "--feedback", FEEDBACK)
+    resumed = cli("resume", interaction_id, "--feedback", FEEDBACK)
     assert resumed.returncode == 0, resumed.stderr
     assert f"Run {interaction_id} · completed" in resumed.stdout
     assert f"FEEDBACK: {FEEDBACK}" in resumed.stdout
     assert "REFINED" in resumed.stdout
 
 
-def test_show_and_list(db_path: Path) -> None:
-    first = _start_json()
-    second = _start_json()
-    assert run_cli("resume", str(first["interaction_id"]), "--feedback", FEEDBACK).returncode == 0
+def test_show_and_list(db_path: Path, cli: Cli) -> None:
+    first = _start_json(cli=cli)
+    second = _start_json(cli=cli)
+    assert cli("resume", str(first["interaction_id"]), "--feedback", FEEDBACK).returncode == 0
 
-    shown = json.loads(run_cli("show", str(first["interaction_id"]), "--json").stdout)
+    shown = json.loads(cli("show", str(first["interaction_id"]), "--json").stdout)
     assert shown["status"] == "completed" and set(shown) == PUBLIC_KEYS
-    text = run_cli("show", str(second["interaction_id"])).stdout
+    text = cli("show", str(second["interaction_id"])).stdout
     assert "awaiting_feedback" in text and "Who is this sequence really for?" in text
 
-    listed = json.loads(run_cli("list", "--json").stdout)
+    listed = json.loads(cli("list", "--json").stdout)
     assert [r["interaction_id"] for r in listed] == [
         second["interaction_id"],
         first["interaction_id"],
     ]
     assert all(set(r) == PUBLIC_KEYS for r in listed)
-    awaiting = json.loads(run_cli("list", "--status", "awaiting_feedback", "--json").stdout)
+    awaiting = json.loads(cli("list", "--status", "awaiting_feedback", "--json").stdout)
     assert [r["interaction_id"] for r in awaiting] == [second["interaction_id"]]
-    lines = run_cli("list").stdout.strip().splitlines()
+    lines = cli("list").stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(str(second["interaction_id"]))
 
 
@@ -112,46 +116,46 @@ def test_db_option_before_or_after_the_command_and_python_dash_m(tmp_path: Path)
     assert run_cli("show", interaction_id).returncode == EXIT_CODES["not found"]  # $COLDMAIL_DB
 
 
-def test_empty_list_says_so(db_path: Path) -> None:
-    result = run_cli("list")
+def test_empty_list_says_so(db_path: Path, cli: Cli) -> None:
+    result = cli("list")
     assert result.returncode == 0
     assert result.stdout.strip() == f"No runs in {db_path}."
-    assert run_cli("list", "--json").stdout.strip() == "[]"
+    assert cli("list", "--json").stdout.strip() == "[]"
 
 
 def test_error_exit_codes_are_distinct_and_one_line(
-    server: ScriptedOpenAIServer, db_path: Path, tmp_path: Path
+    server: ScriptedOpenAIServer, db_path: Path, tmp_path: Path, cli: Cli
 ) -> None:
     unknown = "0123456789abcdef0123456789abcdef"
-    _assert_one_line_error(run_cli("resume", unknown, "--feedback", FEEDBACK), 3, "no run with")
-    _assert_one_line_error(run_cli("show", "'; DROP TABLE runs; --"), 2, "not an interaction id")
-    _assert_one_line_error(run_cli("start", *START[:4], "--sender", "  "), 2, "sender")
+    _assert_one_line_error(cli("resume", unknown, "--feedback", FEEDBACK), 3, "no run with")
+    _assert_one_line_error(cli("show", "'; DROP TABLE runs; --"), 2, "not an interaction id")
+    _assert_one_line_error(cli("start", *START[:4], "--sender", "  "), 2, "sender")
 
-    interaction_id = str(_start_json()["interaction_id"])
-    _assert_one_line_error(run_cli("resume", interaction_id, "--feedback", " "), 2, "empty")
+    interaction_id = str(_start_json(cli=cli)["interaction_id"])
+    _assert_one_line_error(cli("resume", interaction_id, "--feedback", " "), 2, "empty")
     server.enqueue(Reply(kind="refine", status=400, content="invalid request"))
     _assert_one_line_error(
-        run_cli("resume", interaction_id, "--feedback", FEEDBACK), 6, "refinement LLM call failed"
+        cli("resume", interaction_id, "--feedback", FEEDBACK), 6, "refinement LLM call failed"
     )
-    assert run_cli("resume", interaction_id, "--feedback", FEEDBACK).returncode == 0
+    assert cli("resume", interaction_id, "--feedback", FEEDBACK).returncode == 0
     _assert_one_line_error(
-        run_cli("resume", interaction_id, "--feedback", "Nurses"), 4, "different feedback"
+        cli("resume", interaction_id, "--feedback", "Nurses"), 4, "different feedback"
     )
 
     no_llm = {"OPENAI_API_KEY": "", "OPENAI_API_BASE": "", "COLDMAIL_LLM": "openai"}
-    _assert_one_line_error(run_cli("start", *START, env=no_llm), 7, "OPENAI_API_KEY")
+    _assert_one_line_error(cli("start", *START, env=no_llm), 7, "OPENAI_API_KEY")
 
-    _assert_one_line_error(run_cli("--db", str(tmp_path), "list"), 8, "is a directory")
+    _assert_one_line_error(cli("--db", str(tmp_path), "list"), 8, "is a directory")
     not_sqlite = tmp_path / "notes.txt"
     not_sqlite.write_text("hello, this is not a database\n" * 100)
-    _assert_one_line_error(run_cli("--db", str(not_sqlite), "list"), 8, "not a usable SQLite")
+    _assert_one_line_error(cli("--db", str(not_sqlite), "list"), 8, "not a usable SQLite")
     assert not_sqlite.read_text().startswith("hello")  # left untouched
 
     assert len(set(EXIT_CODES.values())) == len(EXIT_CODES)
 
 
-def test_argument_errors_use_the_bad_input_code() -> None:
-    result = run_cli("start", "--product", "Acme")
+def test_argument_errors_use_the_bad_input_code(cli: Cli) -> None:
+    result = cli("start", "--product", "Acme")
     assert result.returncode == EXIT_CODES["bad input"]
     assert "the following arguments are required: --offer, --sender" in result.stderr
 
@@ -195,13 +199,12 @@ def test_resume_script_without_feedback_or_terminal_fails_clearly() -> None:
 
 
 def _only_id(db_path: Path) -> str:
-    with sqlite3.connect(db_path) as conn:
-        (interaction_id,) = conn.execute("SELECT interaction_id FROM runs").fetchone()
-    return str(interaction_id)
+    (only,) = SqliteRows(db_path).ids()
+    return only
 
 
 @pytest.mark.parametrize("command", [["--help"], ["--version"]])
-def test_help_and_version(command: list[str]) -> None:
-    result = run_cli(*command)
+def test_help_and_version(command: list[str], cli: Cli) -> None:
+    result = cli(*command)
     assert result.returncode == 0
     assert "coldmail" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from bridgic_coldmail import Brief, ColdMailAgent, InvalidInput, LlmError, RunSt
 from bridgic_coldmail.retry import NO_RETRY
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
-from .conftest import run_cli
+from .conftest import Completed
 from .rows import SqliteRows, age
+
+Cli = Callable[..., Completed]
 
 
 async def test_history_records_each_feedback_when_it_arrived(
@@ -42,11 +45,11 @@ async def test_history_records_each_feedback_when_it_arrived(
     assert all(before <= m <= after for m in moments)  # real moments, not import time
 
 
-def test_show_prints_the_history(server: ScriptedOpenAIServer, db_path: Path) -> None:
-    started = run_cli("start", "--product", "A", "--offer", "B", "--sender", "C", "--json")
+def test_show_prints_the_history(server: ScriptedOpenAIServer, db_path: Path, cli: Cli) -> None:
+    started = cli("start", "--product", "A", "--offer", "B", "--sender", "C", "--json")
     interaction_id = json.loads(started.stdout)["interaction_id"]
-    assert run_cli("resume", interaction_id, "--feedback", "CTOs").returncode == 0
-    text = run_cli("show", interaction_id).stdout
+    assert cli("resume", interaction_id, "--feedback", "CTOs").returncode == 0
+    text = cli("show", interaction_id).stdout
     history = text[text.index("HISTORY") :].splitlines()
     assert [line.split("UTC  ")[1] for line in history[1:]] == [
         "paused for feedback",
@@ -82,14 +85,14 @@ async def test_purge_deletes_old_completed_runs_and_never_awaiting_ones_unasked(
             await agent.purge(timedelta(days=1), ["done"])
 
 
-def test_purge_on_the_command_line(server: ScriptedOpenAIServer, db_path: Path) -> None:
-    started = run_cli("start", "--product", "A", "--offer", "B", "--sender", "C", "--json")
+def test_purge_on_the_command_line(server: ScriptedOpenAIServer, db_path: Path, cli: Cli) -> None:
+    started = cli("start", "--product", "A", "--offer", "B", "--sender", "C", "--json")
     interaction_id = json.loads(started.stdout)["interaction_id"]
     _age(db_path, interaction_id, 60)
-    kept = run_cli("purge", "--older-than", "30d")
+    kept = cli("purge", "--older-than", "30d")
     assert kept.returncode == 0
     assert kept.stdout.strip() == f"Deleted 0 run(s) (completed) from {db_path}."
-    result = run_cli("purge", "--older-than", "30d", "--status", "awaiting_feedback", "--json")
+    result = cli("purge", "--older-than", "30d", "--status", "awaiting_feedback", "--json")
     assert json.loads(result.stdout) == {"deleted": 1, "statuses": ["awaiting_feedback"]}
-    bad = run_cli("purge", "--older-than", "a month")
+    bad = cli("purge", "--older-than", "a month")
     assert bad.returncode == 2 and "is not an age; use e.g. 30d" in bad.stderr

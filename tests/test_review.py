@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from bridgic_coldmail import (
 from bridgic_coldmail.models import Run
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
-from .conftest import PROCESS_TIMEOUT, REPO, run_cli, wait_for_request
+from .conftest import PROCESS_TIMEOUT, REPO, Completed, wait_for_request
 from .rows import SqliteRows, expire_lease
 
 FEEDBACK = "CTOs at mid-size hospitals"
@@ -300,45 +301,45 @@ def test_a_resumer_killed_mid_revise_is_recovered_after_its_lease(
     assert server.count("revise") == 1
 
 
-def test_the_review_loop_on_the_command_line(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
-    started = run_cli(
+def test_the_review_loop_on_the_command_line(
+    server: ScriptedOpenAIServer, tmp_path: Path, cli: Callable[..., Completed]
+) -> None:
+    started = cli(
         "start", "--product", "Acme", "--offer", "saves time", "--sender", "Dana", "--review",
         "--json",
     )  # fmt: skip
     rid = json.loads(started.stdout)["interaction_id"]
-    resumed = json.loads(run_cli("resume", rid, "--feedback", FEEDBACK, "--json").stdout)
+    resumed = json.loads(cli("resume", rid, "--feedback", FEEDBACK, "--json").stdout)
     assert (resumed["status"], resumed["round"], resumed["final"]) == ("awaiting_review", 1, None)
 
-    shown = run_cli("show", rid)
+    shown = cli("show", rid)
     assert "UNDER REVIEW (round 1)" in shown.stdout and f"coldmail approve {rid}" in shown.stdout
     revised = json.loads(
-        run_cli("revise", rid, "--feedback", "shorter", "--reviewer", "Ann", "--json").stdout
+        cli("revise", rid, "--feedback", "shorter", "--reviewer", "Ann", "--json").stdout
     )
     assert revised["round"] == 2
 
     sequence_file = tmp_path / "seq.json"
-    sequence_file.write_text(run_cli("show", rid, "--sequence").stdout)
+    sequence_file.write_text(cli("show", rid, "--sequence").stdout)
     edited = json.loads(sequence_file.read_text())
     edited["opener"]["subject"] = "My subject"
     sequence_file.write_text(json.dumps(edited))
-    after_edit = json.loads(run_cli("edit", rid, "--file", str(sequence_file), "--json").stdout)
+    after_edit = json.loads(cli("edit", rid, "--file", str(sequence_file), "--json").stdout)
     assert after_edit["round"] == 3
 
-    bad = run_cli("edit", rid, "--file", str(tmp_path / "missing.json"))
+    bad = cli("edit", rid, "--file", str(tmp_path / "missing.json"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr
-    approved = json.loads(run_cli("approve", rid, "--round", "3", "--json").stdout)
+    approved = json.loads(cli("approve", rid, "--round", "3", "--json").stdout)
     assert approved["status"] == "completed"
     assert approved["final"]["opener"]["subject"] == "My subject"
     assert set(approved) == {"interaction_id", "status", "draft", "final", "feedback", "round"}
-    again = run_cli("reject", rid, "--reason", "late")
+    again = cli("reject", rid, "--reason", "late")
     assert again.returncode == RunConflict.exit_code and "already completed" in again.stderr
-    history = run_cli("show", rid).stdout
+    history = cli("show", rid).stdout
     assert "revision asked (round 1) by Ann: shorter" in history
     assert "edited by the reviewer (round 2)" in history
-    early = run_cli(
-        "start", "--product", "A", "--offer", "B", "--sender", "C", "--review", "--json"
-    )
+    early = cli("start", "--product", "A", "--offer", "B", "--sender", "C", "--review", "--json")
     early_id = json.loads(early.stdout)["interaction_id"]
-    refused = run_cli("approve", early_id)
+    refused = cli("approve", early_id)
     assert refused.returncode == RunConflict.exit_code
     assert f"coldmail resume {early_id} --feedback" in refused.stderr
