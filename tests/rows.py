@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from bridgic_coldmail.signing import KeySource, SnapshotSigner, key_file_for, load_signer
 from bridgic_coldmail.store.base import iso, row_mac_values
+from bridgic_coldmail.store.sqlite_migrations import V1_RUNS
 
 TIME_COLUMNS = ("created_at", "updated_at", "completed_at", "claim_expires_at")
 
@@ -213,3 +214,36 @@ def write_as_owner(rows: Rows, signer: SnapshotSigner, interaction_id: str, **co
     rows.set(
         interaction_id, **{**columns, "signature": row["signature"], "row_mac": row["row_mac"]}
     )
+
+
+def make_schema_1_database(db_path: Path, runs: list[tuple[str, bytes, str]]) -> None:
+    """An SQLite database exactly as bridgic-coldmail 0.1 wrote it: schema 1, unsigned
+    snapshots. ``runs``: (interaction id, snapshot bytes, brief JSON), all awaiting feedback."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    draft = (
+        '{"opener":{"subject":"s","body":"b","wait_days":0},'
+        '"follow_up":{"subject":"s2","body":"b2","wait_days":3}}'
+    )
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(
+            "CREATE TABLE coldmail_schema (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TEXT NOT NULL)"
+        )
+        for statement in V1_RUNS:
+            conn.execute(statement)
+        conn.execute("INSERT INTO coldmail_schema VALUES (1, 'runs table', '2026-11-01T00:00:00')")
+        for interaction_id, snapshot, brief_json in runs:
+            conn.execute(
+                "INSERT INTO runs (interaction_id, status, brief_json, draft_json, question, "
+                "snapshot, serialization_version, created_at, updated_at) "
+                "VALUES (?, 'awaiting_feedback', ?, ?, 'Who?', ?, '1.0', ?, ?)",
+                (
+                    interaction_id,
+                    brief_json,
+                    draft,
+                    snapshot,
+                    "2026-11-01T00:00:00.000000+00:00",
+                    "2026-11-01T00:00:00.000000+00:00",
+                ),
+            )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pexpect
@@ -11,6 +10,7 @@ import pexpect
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .conftest import run_cli, spawn_coldmail
+from .rows import SqliteRows
 
 FLAGS = ["--product", "Acme Scheduler", "--offer", "cuts no-shows by 30%", "--sender", "Dana"]
 
@@ -57,11 +57,8 @@ def test_ctrl_c_at_the_question_leaves_a_resumable_run(
     interaction_id = _interaction_id(child)
     child.expect(r"Who is this really for\? ")
     # Already safe in SQLite while the question waits.
-    with sqlite3.connect(db_path) as conn:
-        (status,) = conn.execute(
-            "SELECT status FROM runs WHERE interaction_id = ?", (interaction_id,)
-        ).fetchone()
-    assert status == "awaiting_feedback"
+    stored = SqliteRows(db_path).row(interaction_id)
+    assert stored is not None and stored["status"] == "awaiting_feedback"
     child.sendintr()
     child.expect("The run is saved and waiting; resume it with:")
     child.expect(f"coldmail resume {interaction_id}")

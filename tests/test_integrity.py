@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -30,11 +29,10 @@ from bridgic_coldmail import (
 )
 from bridgic_coldmail.models import DamagedRun
 from bridgic_coldmail.signing import KEY_ENV, key_file_for
-from bridgic_coldmail.store.sqlite_migrations import V1_RUNS
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .conftest import PROCESS_TIMEOUT, REPO, run_cli
-from .rows import SqliteRows
+from .rows import SqliteRows, make_schema_1_database
 
 FEEDBACK = "CTOs at mid-size hospitals"
 
@@ -111,34 +109,7 @@ async def test_pickle_payload_with_a_forged_signature_is_refused(
 
 def _schema_1_database(db_path: Path, runs: list[tuple[str, bytes]], brief: Brief) -> None:
     """A database exactly as bridgic-coldmail 0.1 wrote it: schema 1, unsigned snapshots."""
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(
-            "CREATE TABLE coldmail_schema (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-            "applied_at TEXT NOT NULL)"
-        )
-        for statement in V1_RUNS:
-            conn.execute(statement)
-        conn.execute("INSERT INTO coldmail_schema VALUES (1, 'runs table', '2026-11-01T00:00:00')")
-        draft = (
-            '{"opener":{"subject":"s","body":"b","wait_days":0},'
-            '"follow_up":{"subject":"s2","body":"b2","wait_days":3}}'
-        )
-        for interaction_id, snapshot in runs:
-            conn.execute(
-                "INSERT INTO runs (interaction_id, status, brief_json, draft_json, question, "
-                "snapshot, serialization_version, created_at, updated_at) "
-                "VALUES (?, 'awaiting_feedback', ?, ?, 'Who?', ?, '1.0', ?, ?)",
-                (
-                    interaction_id,
-                    brief.model_dump_json(),
-                    draft,
-                    snapshot,
-                    "2026-11-01T00:00:00.000000+00:00",
-                    "2026-11-01T00:00:00.000000+00:00",
-                ),
-            )
+    make_schema_1_database(db_path, [(i, s, brief.model_dump_json()) for i, s in runs])
 
 
 async def test_a_schema_downgrade_never_gets_unsigned_bytes_signed(
