@@ -63,6 +63,7 @@ from .models import (
     validate_feedback,
     validate_interaction_id,
     validate_page,
+    validate_reviewer,
 )
 from .prompts import AUDIENCE_QUESTION
 from .retry import RetryPolicy
@@ -260,9 +261,9 @@ class ColdMailAgent:
         """
         interaction_id = validate_interaction_id(interaction_id)
         feedback = validate_feedback(feedback)
-        if reviewer is not None:
-            reviewer = make_decision("approve", reviewer=reviewer).reviewer
-        return await self._apply(interaction_id, Action.feedback(feedback, reviewer))
+        return await self._apply(
+            interaction_id, Action.feedback(feedback, validate_reviewer(reviewer))
+        )
 
     async def approve(
         self, interaction_id: str, *, reviewer: str | None = None, round: int | None = None

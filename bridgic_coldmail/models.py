@@ -426,18 +426,24 @@ def make_decision(
             raise InvalidInput(describe_validation_error(exc, "invalid emails")) from None
     elif sequence is not None:
         raise InvalidInput(f"{kind} takes no emails; use edit to replace them")
-    if reviewer is not None:
-        reviewer = validate_text(
-            reviewer,
-            field="reviewer",
-            limit=MAX_REVIEWER_CHARS,
-            empty_hint="give a name or leave it out",
-        )
+    reviewer = validate_reviewer(reviewer)
     if round is not None and (isinstance(round, bool) or not isinstance(round, int)):
         raise InvalidInput(f"round must be a whole number, not {type(round).__name__}")
     if round is not None and not 1 <= round <= MAX_ROUND_NUMBER:
         raise InvalidInput(f"round must be between 1 and {MAX_ROUND_NUMBER}, not {round}")
     return Decision(kind=kind, text=text, sequence=parsed, reviewer=reviewer, round=round)  # type: ignore[arg-type]
+
+
+def validate_reviewer(reviewer: Any) -> str | None:
+    """A reviewer's name, checked (None when not given)."""
+    if reviewer is None:
+        return None
+    return validate_text(
+        reviewer,
+        field="reviewer",
+        limit=MAX_REVIEWER_CHARS,
+        empty_hint="give a name or leave it out",
+    )
 
 
 MAX_ROUND_NUMBER = 10_000
