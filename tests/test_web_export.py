@@ -368,3 +368,14 @@ async def test_a_feedback_only_run_is_exportable_too(
         await agent.resume(run.interaction_id, FEEDBACK)
     answer = await upload(client, run.interaction_id, lead_list(2))
     assert answer.status_code == 200 and answer.headers["x-coldmail-rows-written"] == "2"
+
+
+async def test_an_empty_api_upload_is_called_the_uploaded_lead_list(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    refused = await client.post(
+        f"/api/runs/{interaction_id}/export", content=b"", headers={"Content-Type": "text/csv"}
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"]["message"].startswith("the uploaded lead list is empty")

@@ -39,7 +39,7 @@ from ..models import (
 )
 from .dependencies import Agent
 from .responses import WebError
-from .uploads import MEDIA_TYPES, download, export_upload, private_folder, save_upload
+from .uploads import MEDIA_TYPES, UNNAMED, download, export_upload, private_folder, save_upload
 
 MAX_OFFSET = 1_000_000_000
 """The largest ``offset`` the API accepts (larger ones are a 422, not a database error)."""
@@ -313,7 +313,7 @@ async def api_export(
             leads,
             format=format,
             strict=strict,
-            shown_as="the uploaded lead list",
+            shown_as=UNNAMED,
         )
         if not isinstance(result, tuple):
             raise InvalidInput(result.message)

@@ -31,6 +31,8 @@ from ..errors import InvalidInput
 from ..export import ExportReport
 
 LEADS_NAME = "leads.csv"
+UNNAMED = "the uploaded lead list"
+"""How messages name a lead list sent without a file name (the API's CSV body)."""
 CHUNK = 64 * 1024
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 """What an export is served as, by format."""
@@ -106,14 +108,16 @@ async def export_upload(
 
 
 def public_message(message: str, leads: Path, shown_as: str) -> str:
-    """``message`` with the temporary path replaced by the name the uploader knows."""
-    return message.replace(str(leads), shown_as)
+    """``message`` with the temporary path replaced by the name the uploader knows: "the lead
+    list 'leads.csv' is empty", or without a file name "the uploaded lead list is empty"."""
+    named = shown_as if shown_as == UNNAMED else f"the lead list {shown_as}"
+    return message.replace(f"the lead list {leads}", named).replace(str(leads), shown_as)
 
 
 def shown_name(filename: str | None) -> str:
     """How to name an uploaded file in a message: its name, quoted and clipped, or a phrase."""
     name = re.sub(r"[\x00-\x1f\x7f]", "", Path(filename or "").name)[:80]
-    return repr(name) if name else "the uploaded lead list"
+    return repr(name) if name else UNNAMED
 
 
 def download(
