@@ -14,6 +14,7 @@ import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, RunStatus
 from bridgic_coldmail.models import Run
+from bridgic_coldmail.retry import NO_RETRY
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 from bridgic_coldmail.web.app import create_app
 
@@ -281,6 +282,19 @@ async def test_an_edit_that_does_not_validate_keeps_the_reviewers_text(
     assert 'value="My &lt;subject&gt;"' in text and ">\nMy body, kept</textarea>" in text
     assert ">\nStill mine</textarea>" in text and 'value="0"' in text and 'value="Ann"' in text
     assert SqliteRows(db_path).row(interaction_id) == before
+
+
+async def test_a_revision_the_llm_fails_keeps_the_guidance_and_the_round(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await at_review(db_path, brief)
+    server.enqueue(Reply(kind="revise", status=500, content="LLM down"))
+    async with web_client(settings_for(db_path), retry=NO_RETRY) as client:
+        data = {**await form(client, interaction_id), "guidance": "mention the <free> trial"}
+        failed = await client.post(f"/runs/{interaction_id}/revise", data=data)
+    assert failed.status_code == 502 and ">mention the &lt;free&gt; trial</textarea>" in failed.text
+    run = await stored_run(db_path, interaction_id)
+    assert (run.status, run.round) == (RunStatus.AWAITING_REVIEW, 1)
 
 
 # ---------------------------------------------------------------------------- applied once
