@@ -631,6 +631,25 @@ class ColdMailAgent:
             acronyms=_acronyms(run),
         )
 
+    async def preview_export(
+        self, interaction_id: str, leads: str | os.PathLike[str]
+    ) -> ExportReport:
+        """What :meth:`export` would find for this lead list, without writing anything: the
+        rows that would be skipped and every lint issue (errors included), as data for a page.
+
+        Raises:
+            RunConflict: the run has no final sequence yet.
+            InvalidInput: the lead list itself cannot be used.
+        """
+        from .export import preview_export
+
+        run = await self.get(interaction_id)
+        if run.final is None:
+            raise RunConflict(_not_final(run), topic="not_final")
+        return await asyncio.to_thread(
+            preview_export, run.final, Path(leads), acronyms=_acronyms(run)
+        )
+
     async def lint(self, interaction_id: str) -> builtins.list[LintIssue]:
         """Lint the run's newest sequence (the final one, or the one under review) against
         its merge fields: unknown fields, long subjects and bodies, links, capitals, spam

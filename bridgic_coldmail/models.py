@@ -23,7 +23,8 @@ from .errors import InvalidInput
 MAX_FEEDBACK_CHARS = 2000
 """Feedback longer than this is refused: it is a note about the audience, not a document."""
 
-_BRIEF_LIMITS = {"product": 200, "offer": 1000, "sender": 200, "audience": 500, "cta": 300}
+BRIEF_LIMITS = {"product": 200, "offer": 1000, "sender": 200, "audience": 500, "cta": 300}
+"""The most characters each brief field may have (after line breaks count as one)."""
 _INTERACTION_ID = re.compile(r"[0-9a-f]{32}")
 # Newlines and tabs are fine in prose; every other control character is refused.
 _ALLOWED_CONTROL = {"\n", "\t", "\r"}
@@ -87,7 +88,7 @@ class Brief(BaseModel):
         if value is None:
             raise PydanticCustomError("missing", f"{info.field_name} is required")
         if isinstance(value, str):
-            return clean_text(value, field=info.field_name, limit=_BRIEF_LIMITS[info.field_name])
+            return clean_text(value, field=info.field_name, limit=BRIEF_LIMITS[info.field_name])
         return value
 
     @field_validator("audience", "cta", mode="before")
@@ -96,7 +97,7 @@ class Brief(BaseModel):
         if isinstance(value, str):
             if _is_invisible(value):
                 return None
-            return clean_text(value, field=info.field_name, limit=_BRIEF_LIMITS[info.field_name])
+            return clean_text(value, field=info.field_name, limit=BRIEF_LIMITS[info.field_name])
         return value
 
 

@@ -32,6 +32,8 @@ DEFAULT_MAX_ROUNDS = 5
 DEFAULT_POOL_SIZE = 10
 DEFAULT_POOL_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+"""A lead list uploaded to the web inbox for export: about 80,000 leads of a few columns."""
 MIN_KEY_CHARS = 32
 MIN_WEB_TOKEN_CHARS = 32
 MAX_SECONDS = 7 * 24 * 3600.0
@@ -62,6 +64,7 @@ ENV = {
     "allowed_hosts": "COLDMAIL_ALLOWED_HOSTS",
     "public_origin": "COLDMAIL_PUBLIC_ORIGIN",
     "max_body_bytes": "COLDMAIL_MAX_BODY_BYTES",
+    "max_upload_bytes": "COLDMAIL_MAX_UPLOAD_BYTES",
     "debug": "COLDMAIL_DEBUG",
 }
 """The environment variable behind each setting."""
@@ -117,6 +120,9 @@ class Settings:
     public_origin: str | None = None
     """The origin browsers see (``https://review.example.com``) when served behind a proxy."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """The largest request body the web server reads (JSON and forms)."""
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    """The largest lead list the web server accepts for an export (its only upload)."""
     debug: bool = False
 
     @classmethod
@@ -317,5 +323,6 @@ _PARSERS: dict[str, Any] = {
     "allowed_hosts": _hosts,
     "public_origin": _origin,
     "max_body_bytes": _count(1024, 16 * 1024 * 1024),
+    "max_upload_bytes": _count(1024, 1024 * 1024 * 1024),
     "debug": _flag,
 }

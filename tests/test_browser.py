@@ -1,8 +1,10 @@
 """A reviewer in a real browser: Debian's Chromium driven by Playwright (no browser download).
 
-Opens the inbox, opens a run, types feedback, submits, sees the form say the model is working
-(the page's script), then the refined sequence, and saves a screenshot; the stylesheet applies
-and the Content-Security-Policy blocks nothing. Needs ``/usr/bin/chromium`` (``apt-get install
+Feedback: opens the inbox, opens a run, types feedback, submits, sees the form say the model is
+working (the page's script), then the refined sequence, and saves a screenshot
+(``SAVE_SCREENSHOT_TO``). Review: opens a run awaiting review, asks for one revision, sees
+round 2, approves it and sees the final sequence. The stylesheet applies and the
+Content-Security-Policy blocks nothing. Needs ``/usr/bin/chromium`` (``apt-get install
 chromium``), which CI installs.
 
 The server is ``coldmail serve --port N`` in a child process, on a free port.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from bridgic_coldmail import Brief, ColdMailAgent
+from bridgic_coldmail import Brief, ColdMailAgent, RunStatus
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .conftest import REPO
@@ -78,13 +80,17 @@ def web_server(server: ScriptedOpenAIServer, db_path: Path) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-async def test_reviewer_gives_feedback_in_a_real_browser(
-    web_server: str, server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path
-) -> None:
+def _need_chromium() -> None:
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("CI must install Debian's chromium (apt-get install chromium)")
         pytest.skip("Debian's chromium is not installed")
+
+
+async def test_reviewer_gives_feedback_in_a_real_browser(
+    web_server: str, server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path
+) -> None:
+    _need_chromium()
     from playwright.async_api import async_playwright
 
     async with ColdMailAgent.open(db_path) as agent:
@@ -116,3 +122,43 @@ async def test_reviewer_gives_feedback_in_a_real_browser(
     if keep:
         shutil.copy(shot, keep)
     assert server.count("refine") == 1
+
+
+async def test_reviewer_revises_once_and_approves_in_a_real_browser(
+    web_server: str, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    _need_chromium()
+    from playwright.async_api import async_playwright
+
+    async with ColdMailAgent.open(db_path) as agent:
+        pending = await agent.start(brief, review=True)
+        interaction_id = pending.interaction_id
+        await agent.resume(interaction_id, "CTOs at mid-size hospitals")
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = await browser.new_page(viewport={"width": 1200, "height": 900})
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
+        await page.goto(web_server + "/?tab=review")
+        await page.click(f'a[href="/runs/{interaction_id}"]')
+        await page.wait_for_selector("text=Under review · round 1 of 5")
+        await page.fill("textarea#guidance", "mention the free trial")
+        await page.click("#revise-form button[type=submit]")
+        await page.wait_for_selector("text=Under review · round 2 of 5", timeout=30_000)
+        revised = "Acme Scheduler, revised: mention the free trial"
+        assert await page.is_visible(f"#under-review + p + .grid >> text={revised}")
+        assert await page.is_visible("text=Round 1 · A reviewer asked for a revision")
+        await page.fill("#approve-form input.reviewer", "Ann")
+        # The page's script copies the name into the other decision forms.
+        assert await page.input_value("#reject-form input.reviewer") == "Ann"
+        await page.click("#approve-form button[type=submit]")
+        await page.wait_for_selector("text=Final (approved)", timeout=30_000)
+        assert await page.is_visible(f"text={revised}")
+        assert await page.is_visible("text=Round 2 · Ann approved it")
+        assert await page.is_visible("#export-form")
+        await browser.close()
+    assert not [text for text in console if "Content Security Policy" in text]
+    async with ColdMailAgent.open(db_path) as agent:
+        run = await agent.get(interaction_id)
+    assert (run.status, run.round, server.count("revise")) == (RunStatus.COMPLETED, 2, 1)

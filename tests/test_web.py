@@ -127,7 +127,7 @@ async def test_pages_have_no_inline_script_or_style_and_their_files_are_served(
     css = await client.get("/static/style.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     js = await client.get("/static/run.js")
-    assert js.status_code == 200 and "feedback-form" in js.text
+    assert js.status_code == 200 and "form[data-busy]" in js.text
 
 
 async def test_everything_a_brief_or_the_llm_wrote_is_escaped(
@@ -311,7 +311,62 @@ async def test_json_api_mirrors_the_python_api(
         "/api/runs",
         "/api/runs/{interaction_id}",
         "/api/runs/{interaction_id}/feedback",
+        "/api/runs/{interaction_id}/approve",
+        "/api/runs/{interaction_id}/revise",
+        "/api/runs/{interaction_id}/edit",
+        "/api/runs/{interaction_id}/reject",
+        "/api/runs/{interaction_id}/export",
     } <= set(spec["paths"])
+
+
+async def test_the_api_answers_a_run_as_exactly_its_public_dict(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await paused(db_path, brief)
+    async with ColdMailAgent.open(db_path) as agent:
+        public = (await agent.get(interaction_id)).to_public_dict()
+    one = (await client.get(f"/api/runs/{interaction_id}")).json()
+    listed = (await client.get("/api/runs")).json()
+    assert one == public and listed == [public]
+
+
+async def test_the_openapi_run_model_names_exactly_the_public_dicts_keys(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await paused(db_path, brief)
+    async with ColdMailAgent.open(db_path) as agent:
+        public = (await agent.get(interaction_id)).to_public_dict()
+    spec = (await client.get("/openapi.json")).json()
+    model = spec["components"]["schemas"]["RunOut"]
+    assert (list(model["properties"]), sorted(model["required"])) == (list(public), sorted(public))
+
+
+async def test_the_api_starts_a_review_run_with_merge_fields(
+    client: httpx.AsyncClient, server: ScriptedOpenAIServer
+) -> None:
+    created = await client.post(
+        "/api/runs",
+        json={"product": "Acme", "offer": "saves time", "sender": "Dana", "review": True,
+              "fields": ["Email", "First Name"]},
+    )  # fmt: skip
+    run = created.json()
+    assert (created.status_code, run["review"], run["max_rounds"], run["fields"]) == (
+        201,
+        True,
+        5,
+        ["email", "first_name"],
+    )
+    assert "budget" not in run["brief"] and set(run["brief"]) == set(Brief.model_fields)
+
+
+async def test_the_api_refuses_merge_fields_given_as_one_string(
+    client: httpx.AsyncClient, server: ScriptedOpenAIServer
+) -> None:
+    refused = await client.post(
+        "/api/runs",
+        json={"product": "Acme", "offer": "saves time", "sender": "Dana", "fields": "Email"},
+    )
+    assert refused.status_code == 422 and server.count() == 0
 
 
 def test_create_app_takes_settings_not_a_database_path(db_path: Path) -> None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from bridgic_coldmail import errors
-from bridgic_coldmail.settings import DEFAULT_MAX_BODY_BYTES
+from bridgic_coldmail.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 from bridgic_coldmail.web.api import MAX_OFFSET
 from bridgic_coldmail.web.app import create_app
@@ -187,6 +187,11 @@ WEB_ROWS = {
         "POST",
         "/api/runs",
         {"content": b"{}" + b" " * DEFAULT_MAX_BODY_BYTES},
+    ),
+    "lead list over `COLDMAIL_MAX_UPLOAD_BYTES` (web export)": (
+        "POST",
+        "/api/runs/0123456789abcdef0123456789abcdef/export",
+        {"content": b"x" * (DEFAULT_MAX_UPLOAD_BYTES + 1), "headers": {"Content-Type": "text/csv"}},
     ),
     "API body not `application/json` (web)": (
         "POST",

@@ -1,73 +1,145 @@
-"""The JSON API: the Python API's start, get, list and resume over HTTP, described at
-``/openapi.json``.
+"""The JSON API: the Python API's start, get, list, resume, review decisions and export over
+HTTP, described at ``/openapi.json``.
+
+A run is always :meth:`Run.to_public_dict` — the one JSON shape of a run, of which
+``coldmail … --json`` prints a subset — and :class:`RunOut` describes exactly those keys for
+the OpenAPI document (a test holds the two together).
 
 Every error is ``{"error": {"type", "message"}}`` (see :mod:`.responses`). A route that takes
-a body refuses any content type but ``application/json`` with 415 before FastAPI reads the
-body, so a cross-site HTML form (which cannot send JSON) never reaches the agent, and a wrong
-content type is never mistaken for a malformed body.
+a JSON body refuses any content type but ``application/json`` with 415 before FastAPI reads
+the body, so a cross-site HTML form (which cannot send JSON) never reaches the agent, and a
+wrong content type is never mistaken for a malformed body. The export takes the lead list as
+a ``text/csv`` body, refused the same way when it is anything else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..agent import MAX_PAGE
-from ..models import MAX_FEEDBACK_CHARS, Brief, DamagedRun, EmailSequence, Run, RunStatus
+from ..agent import MAX_PAGE, ColdMailAgent
+from ..errors import InvalidInput, RunConflict
+from ..models import (
+    MAX_FEEDBACK_CHARS,
+    MAX_REASON_CHARS,
+    MAX_REVIEWER_CHARS,
+    MAX_ROUND_NUMBER,
+    Brief,
+    DamagedRun,
+    EmailSequence,
+    Run,
+    RunStatus,
+    make_brief,
+)
 from .dependencies import Agent
 from .responses import WebError
+from .uploads import MEDIA_TYPES, UNNAMED, download, export_upload, private_folder, save_upload
 
 MAX_OFFSET = 1_000_000_000
 """The largest ``offset`` the API accepts (larger ones are a 422, not a database error)."""
 
 
 class RunOut(BaseModel):
-    """A run as the JSON API returns it."""
+    """A run as the JSON API returns it: exactly the keys of ``Run.to_public_dict()``."""
 
     interaction_id: str
     status: RunStatus
+    draft: EmailSequence
+    final: EmailSequence | None = Field(
+        description="The finished sequence: the refinement, or in review mode the approved one."
+    )
+    feedback: str | None = Field(description="The audience feedback the refinement used.")
+    round: int | None = Field(description="The review round the run is at; null before review.")
+    review: bool = Field(description="Whether the run pauses for review rounds.")
+    max_rounds: int | None = Field(description="Rounds a reviewer may reach by revising.")
+    sequence: EmailSequence | None = Field(
+        description="The newest sequence after the draft: under review, final, or rejected."
+    )
+    rejection: str | None = Field(description="Why a reviewer rejected the run.")
     brief: Brief
     question: str
-    draft: EmailSequence
-    final: EmailSequence | None
-    feedback: str | None
+    fields: list[str] = Field(description="Merge fields (lead-list columns) the emails may use.")
     last_error: str | None
+    verified: bool = Field(description="False for a run stored unsigned by a release before 0.5.")
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def of(cls, run: Run) -> RunOut:
-        return cls.model_validate(run.model_dump())
-
 
 class DamagedRunOut(BaseModel):
-    """A stored run that cannot be shown (altered, or unreadable), listed so it is not hidden."""
+    """A stored run that cannot be shown (altered, or unreadable), listed so it is not hidden:
+    exactly the keys of ``DamagedRun.to_public_dict()``."""
 
     interaction_id: str
     status: str
     damaged: str
     created_at: datetime | None
 
-    @classmethod
-    def of(cls, run: DamagedRun) -> DamagedRunOut:
-        return cls(
-            interaction_id=run.interaction_id,
-            status=run.status,
-            damaged=run.problem,
-            created_at=run.created_at,
-        )
+
+def run_json(run: Run | DamagedRun, status: int = 200) -> JSONResponse:
+    """A run's one JSON shape (``to_public_dict``), not re-serialised by a model."""
+    return JSONResponse(run.to_public_dict(), status)
+
+
+class StartIn(Brief):
+    """A brief; optionally review mode and the lead list's columns."""
+
+    review: bool = Field(
+        default=False,
+        description="After the refinement, pause for review rounds until a reviewer approves.",
+    )
+    fields: list[str] = Field(
+        default_factory=list,
+        description="The lead list's column names; the emails may use them as {{merge_fields}}.",
+    )
 
 
 class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     feedback: str = Field(
         description=f"Who the emails should really target (≤ {MAX_FEEDBACK_CHARS} characters)."
     )
+
+
+class DecisionIn(BaseModel):
+    """What every review decision may carry (an approval carries nothing else: ``{}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reviewer: str | None = Field(
+        default=None,
+        description=f"Who decides (≤ {MAX_REVIEWER_CHARS} characters); kept in the history.",
+    )
+    round: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ROUND_NUMBER,
+        strict=True,
+        description="The round this decision answers (default: the run's current round). "
+        "Sending the decision that round already took returns the run; another is a 409.",
+    )
+
+
+class ReviseIn(DecisionIn):
+    guidance: str = Field(
+        description=f"What the next version should change (≤ {MAX_FEEDBACK_CHARS} characters)."
+    )
+
+
+class EditIn(DecisionIn):
+    sequence: EmailSequence = Field(
+        description="The reviewer's own emails; they go under review as the next round."
+    )
+
+
+class RejectIn(DecisionIn):
+    reason: str = Field(description=f"Why the run is rejected (≤ {MAX_REASON_CHARS} characters).")
 
 
 class ErrorDetail(BaseModel):
@@ -108,13 +180,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "A token is set and the request does not carry it"),
         (403, "A state-changing request from an origin that is not configured"),
         (404, "No run under this interaction id, or no such route"),
-        (409, "Completed with other feedback, or being resumed"),
-        (413, "The body is larger than COLDMAIL_MAX_BODY_BYTES"),
-        (415, "The body is not application/json"),
+        (
+            409,
+            "The run cannot take this now: another feedback or decision was applied (to this "
+            "round), it is in another state, past its round limit, or being worked on",
+        ),
+        (
+            413,
+            "The body is larger than COLDMAIL_MAX_BODY_BYTES (an export's lead list: "
+            "COLDMAIL_MAX_UPLOAD_BYTES)",
+        ),
+        (415, "The body is not application/json (an export's lead list: not text/csv)"),
         (421, "The Host is not one this server answers"),
-        (422, "Bad brief, feedback, id or query parameter"),
+        (422, "Bad brief, feedback, decision, id, query parameter or lead list"),
         (500, "Unexpected error, or a stored snapshot that cannot be used"),
-        (502, "The LLM failed; the run stays resumable"),
+        (502, "The LLM failed; the run stays as it was"),
         (503, "The database or a setting cannot be used"),
     )
 }
@@ -123,15 +203,21 @@ router = APIRouter(prefix="/api", route_class=JsonBodyRoute, responses=ERRORS)
 
 
 @router.post("/runs", status_code=201, response_model=RunOut)
-async def api_start(brief: Brief, agent: Agent) -> RunOut:
-    """Draft a sequence from a brief and pause for audience feedback."""
-    return RunOut.of(await agent.start(brief))
+async def api_start(body: StartIn, agent: Agent) -> Response:
+    """Draft a sequence from a brief and pause for audience feedback (201).
+
+    ``review: true`` makes the run pause for review rounds after the refinement; ``fields``
+    names the lead list's columns the emails may use as merge fields.
+    """
+    brief = make_brief(**body.model_dump(include=set(Brief.model_fields)))
+    run = await agent.start(brief, review=body.review, fields=body.fields)
+    return run_json(run, 201)
 
 
 @router.get("/runs/{interaction_id}", response_model=RunOut)
-async def api_get(interaction_id: str, agent: Agent) -> RunOut:
+async def api_get(interaction_id: str, agent: Agent) -> Response:
     """One run."""
-    return RunOut.of(await agent.get(interaction_id))
+    return run_json(await agent.get(interaction_id))
 
 
 @router.get("/runs", response_model=list[RunOut | DamagedRunOut])
@@ -140,13 +226,115 @@ async def api_list(
     status: RunStatus | None = None,
     limit: int = Query(50, ge=1, le=MAX_PAGE),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
-) -> list[RunOut | DamagedRunOut]:
+) -> Response:
     """Runs, newest first, optionally of one status; a damaged one says what is wrong."""
     runs = await agent.list(status, limit=limit, offset=offset)
-    return [RunOut.of(run) if isinstance(run, Run) else DamagedRunOut.of(run) for run in runs]
+    return JSONResponse([run.to_public_dict() for run in runs])
 
 
 @router.post("/runs/{interaction_id}/feedback", response_model=RunOut)
-async def api_feedback(interaction_id: str, body: FeedbackIn, agent: Agent) -> RunOut:
-    """Resume a paused run with feedback on the audience; returns it completed."""
-    return RunOut.of(await agent.resume(interaction_id, body.feedback))
+async def api_feedback(interaction_id: str, body: FeedbackIn, agent: Agent) -> Response:
+    """Resume a paused run with feedback on the audience; returns it completed, or in review
+    mode awaiting review at round 1."""
+    return run_json(await agent.resume(interaction_id, body.feedback))
+
+
+@router.post("/runs/{interaction_id}/approve", response_model=RunOut)
+async def api_approve(interaction_id: str, body: DecisionIn, agent: Agent) -> Response:
+    """Approve the sequence under review: the run completes with it as ``final``."""
+    run = await agent.approve(interaction_id, reviewer=body.reviewer, round=body.round)
+    return run_json(run)
+
+
+@router.post("/runs/{interaction_id}/revise", response_model=RunOut)
+async def api_revise(interaction_id: str, body: ReviseIn, agent: Agent) -> Response:
+    """Ask the LLM for another version with this guidance; the run pauses at the next round.
+    Refused (409) once the run reached ``max_rounds``."""
+    run = await agent.revise(
+        interaction_id, body.guidance, reviewer=body.reviewer, round=body.round
+    )
+    return run_json(run)
+
+
+@router.post("/runs/{interaction_id}/edit", response_model=RunOut)
+async def api_edit(interaction_id: str, body: EditIn, agent: Agent) -> Response:
+    """Put the reviewer's own emails under review as the next round (no LLM call)."""
+    run = await agent.edit(interaction_id, body.sequence, reviewer=body.reviewer, round=body.round)
+    return run_json(run)
+
+
+@router.post("/runs/{interaction_id}/reject", response_model=RunOut)
+async def api_reject(interaction_id: str, body: RejectIn, agent: Agent) -> Response:
+    """End the run as ``rejected`` with this reason; it is kept with its history."""
+    run = await agent.reject(interaction_id, body.reason, reviewer=body.reviewer, round=body.round)
+    return run_json(run)
+
+
+CSV_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The lead list: a UTF-8 CSV with a header row and an email column.",
+        "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.post(
+    "/runs/{interaction_id}/export",
+    response_class=Response,
+    openapi_extra=CSV_BODY,
+    responses={
+        200: {
+            "description": "The exported file, one row per lead that can be sent. Headers "
+            "X-Coldmail-Rows-Written, X-Coldmail-Rows-Skipped and X-Coldmail-Lint-Warnings "
+            "count what the export found.",
+            "content": {MEDIA_TYPES["csv"]: {}, MEDIA_TYPES["json"]: {}},
+        },
+    },
+)
+async def api_export(
+    interaction_id: str,
+    request: Request,
+    agent: Agent,
+    format: Literal["csv", "json"] = "csv",
+    strict: bool = False,
+) -> Response:
+    """Render a completed run's final sequence for every lead of the CSV body and return the
+    file. 409 when the run has no final sequence; 422 when nothing can be exported (or, with
+    ``strict``, when any lead is skipped or the lint warns), naming every problem."""
+    await exportable(agent, interaction_id)
+    if (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower() != "text/csv":
+        raise WebError(415, "send the lead list as CSV with Content-Type: text/csv")
+    with private_folder() as folder:
+        leads = await save_upload(request.stream(), folder)
+        result = await export_upload(
+            agent,
+            interaction_id,
+            leads,
+            format=format,
+            strict=strict,
+            shown_as=UNNAMED,
+        )
+        if not isinstance(result, tuple):
+            raise InvalidInput(result.message)
+        report, handle = result
+    return download(handle, report, interaction_id=interaction_id, format=format, folder=folder)
+
+
+async def exportable(agent: ColdMailAgent, interaction_id: str) -> Run:
+    """The run, if it can be exported: checked before a lead list is read.
+
+    Raises:
+        RunNotFound, InvalidInput: as ``get``.
+        RunConflict: the run has no final sequence (yet, or ever).
+    """
+    run = await agent.get(interaction_id)
+    if run.final is not None:
+        return run
+    if run.status is RunStatus.AWAITING_REVIEW:
+        why = f"is awaiting review at round {run.round}; approve it before exporting"
+    elif run.status is RunStatus.REJECTED:
+        why = "was rejected; there is nothing to export"
+    else:
+        why = f"is {run.status.value.replace('_', ' ')} and has no final sequence yet"
+    raise RunConflict(f"run {run.interaction_id} {why}", topic="not_final")

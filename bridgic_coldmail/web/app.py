@@ -1,8 +1,10 @@
 """The reviewer's inbox: server-rendered pages and a JSON API over :class:`ColdMailAgent`.
 
 ``create_app`` composes the parts, one module each: :mod:`.security` (who may talk to the
-app, and the headers every answer carries), :mod:`.pages` (the HTML inbox), :mod:`.api` (the
-JSON API), :mod:`.responses` (every error, in JSON or HTML). Routes receive the agent through
+app, and the headers every answer carries), :mod:`.pages` (the HTML inbox, a new run, a run,
+its feedback and export), :mod:`.review` (the review decisions' forms), :mod:`.views` (what
+the run page shows), :mod:`.api` (the JSON API), :mod:`.uploads` (a lead list in, an export
+out), :mod:`.responses` (every error, in JSON or HTML). Routes receive the agent through
 ``Depends(get_agent)``; the app opens it once, at start-up.
 
 Everything a brief or the LLM wrote is escaped by Jinja2's autoescape; the change highlighting
@@ -22,7 +24,7 @@ from ..agent import ColdMailAgent
 from ..llm import ColdmailLlm
 from ..retry import RetryPolicy
 from ..settings import Settings
-from . import api, pages
+from . import api, pages, review
 from .responses import install_error_handlers
 from .security import TOKEN_ENV, WebPolicy, check_bind_address, install_security
 
@@ -46,7 +48,8 @@ def create_app(
     Args:
         settings: default ``Settings.resolve()`` (the environment). The web ones: the token
             (``web_token``), extra Host names (``allowed_hosts``), the origin browsers use
-            behind a proxy (``public_origin``) and the body limit (``max_body_bytes``).
+            behind a proxy (``public_origin``) and the body limits (``max_body_bytes``, and
+            ``max_upload_bytes`` for an export's lead list).
         llm: an LLM object or backend name for the agent; default ``settings.llm``.
         retry: how each LLM step is retried; default ``RetryPolicy()``.
         host, port: the address the server listens on. Host headers and origins are
@@ -83,6 +86,7 @@ def create_app(
     app.state.policy = policy
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(pages.router)
+    app.include_router(review.router)
     app.include_router(api.router)
     install_error_handlers(app)
     install_security(app, policy)

@@ -1,26 +1,33 @@
-"""The reviewer's pages: the inbox, a run, and its feedback form.
+"""The reviewer's pages: the inbox, a new run, a run, its feedback form and its export.
 
 Submitting feedback resumes the run through the store's claim, so one submission is used
 however many arrive at once. A second submission of the *same* feedback waits for the first
 and shows its result; a submission of *different* feedback that lost the race is told, with a
-409 page showing the feedback that was used, that its own was not.
+409 page showing the feedback that was used, that its own was not. (The review decisions work
+the same way; see :mod:`.review`.)
+
+Every form carries the CSRF token of the page it came from; one without it, or with another,
+changes nothing and gets a 403 page.
 """
 
 from __future__ import annotations
 
 import asyncio
-import difflib
-import re
-from datetime import datetime, timezone
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from markupsafe import Markup, escape
+from starlette.datastructures import UploadFile
 
 from ..agent import ColdMailAgent
-from ..errors import InvalidInput, LlmError, RunBeingResumed, RunConflict
-from ..models import MAX_FEEDBACK_CHARS, Run, RunEvent, RunStatus, validate_feedback
-from .api import MAX_OFFSET
+from ..errors import ConfigurationError, InvalidInput, LlmError, RunBeingResumed, RunConflict
+from ..models import (
+    BRIEF_LIMITS,
+    Run,
+    RunStatus,
+    make_brief,
+    validate_feedback,
+)
+from .api import MAX_OFFSET, exportable
 from .dependencies import Agent, Policy
 from .responses import error_response, templates
 from .security import (
@@ -31,73 +38,38 @@ from .security import (
     relative_location,
     set_private_cookie,
 )
+from .uploads import download, export_upload, private_folder, read_chunks, save_upload, shown_name
+from .views import FormState, age, form_text, show_run
 
 PAGE_SIZE = 20
 """Runs per inbox page."""
 MAX_INBOX_PAGE = MAX_OFFSET // PAGE_SIZE + 1
+TABS = {
+    "awaiting": (RunStatus.AWAITING_FEEDBACK, "Waiting for feedback"),
+    "review": (RunStatus.AWAITING_REVIEW, "Awaiting review"),
+    "completed": (RunStatus.COMPLETED, "Completed"),
+    "rejected": (RunStatus.REJECTED, "Rejected"),
+}
+"""The inbox's tabs: name in the address → the status listed, and the tab's label."""
+BRIEF_FIELDS = ("product", "offer", "sender", "audience", "cta")
+MAX_FIELDS_CHARS = 2000
+"""The new-run form's merge-field list, as typed (comma-separated column names)."""
 
 router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
 
-def age(moment: datetime) -> str:
-    """'3 min', '2 h', '5 d' since ``moment``."""
-    seconds = max(0, int((datetime.now(timezone.utc) - moment).total_seconds()))
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            return f"{seconds // size} {unit}"
-    return f"{seconds} s"
-
-
-def highlight_changes(before: str, after: str) -> Markup:
-    """``after`` with the words that differ from ``before`` in ``<ins>``, everything escaped."""
-    old, new = re.split(r"(\s+)", before), re.split(r"(\s+)", after)
-    parts: list[str] = []
-    for op, _, _, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
-        chunk = "".join(str(escape(token)) for token in new[j1:j2])
-        parts.append(chunk if op == "equal" else f"<ins>{chunk}</ins>" if chunk.strip() else chunk)
-    return Markup("".join(parts))
-
-
-def render_run(
-    request: Request,
-    policy: WebPolicy,
-    run: Run,
-    history: list[RunEvent],
-    *,
-    status: int = 200,
-    message: str | None = None,
-    message_kind: str = "notice",
-    feedback_text: str | None = None,
-) -> Response:
-    """The run page; sets the CSRF cookie its form needs."""
-    csrf = csrf_token(request)
-    diffs = None
-    if run.final is not None:
-        diffs = [
-            {
-                "subject": highlight_changes(old.subject, new.subject),
-                "body": highlight_changes(old.body, new.body),
-            }
-            for old, new in zip(run.draft.steps, run.final.steps, strict=True)
-        ]
-    response = templates.TemplateResponse(
-        request,
-        "run.html",
-        {
-            "run": run,
-            "history": history,
-            "diffs": diffs,
-            "age": age,
-            "csrf_token": csrf,
-            "max_feedback": MAX_FEEDBACK_CHARS,
-            "message": message,
-            "message_kind": message_kind,
-            "feedback_text": feedback_text,
-        },
-        status,
+def form_expired(request: Request) -> Response:
+    """The 403 page for a form without this page's CSRF token."""
+    message = (
+        "This form did not come from this page (missing or wrong CSRF token). "
+        "Reload the page and submit again; nothing was changed."
     )
-    set_private_cookie(response, request, policy, CSRF_COOKIE, csrf)
-    return response
+    return error_response(request.scope, 403, "Forbidden", message, title="Form expired")
+
+
+def to_run_page(run: Run) -> Response:
+    """The redirect after a successful form: back to the run's page."""
+    return RedirectResponse(relative_location(f"/runs/{run.interaction_id}"), 303)
 
 
 @router.get("/")
@@ -107,8 +79,9 @@ async def inbox(
     tab: str = "awaiting",
     page: int = Query(1, ge=1, le=MAX_INBOX_PAGE),
 ) -> Response:
-    """Runs waiting for feedback (or completed ones), newest first."""
-    status = RunStatus.COMPLETED if tab == "completed" else RunStatus.AWAITING_FEEDBACK
+    """The runs of one tab (default: waiting for feedback), newest first."""
+    tab = tab if tab in TABS else "awaiting"
+    status = TABS[tab][0]
     runs = await agent.list(status, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
     return templates.TemplateResponse(
         request,
@@ -117,17 +90,85 @@ async def inbox(
             "runs": runs[:PAGE_SIZE],
             "has_more": len(runs) > PAGE_SIZE,
             "page": page,
-            "tab": "completed" if status is RunStatus.COMPLETED else "awaiting",
+            "tab": tab,
+            "tabs": {name: label for name, (_, label) in TABS.items()},
             "age": age,
         },
     )
 
 
+# ---------------------------------------------------------------------------- a new run
+
+
+def render_new_run(
+    request: Request,
+    policy: WebPolicy,
+    *,
+    values: dict[str, str] | None = None,
+    status: int = 200,
+    message: str | None = None,
+) -> Response:
+    """The new-run form (with what was typed, after a refusal); sets the CSRF cookie."""
+    csrf = csrf_token(request)
+    context = {
+        "values": values or {},
+        "limits": {**BRIEF_LIMITS, "fields": MAX_FIELDS_CHARS},
+        "csrf_token": csrf,
+        "message": message,
+    }
+    response = templates.TemplateResponse(request, "new.html", context, status)
+    set_private_cookie(response, request, policy, CSRF_COOKIE, csrf)
+    return response
+
+
+@router.get("/runs/new")
+async def new_run_page(request: Request, policy: Policy) -> Response:
+    """The form that starts a run."""
+    return render_new_run(request, policy)
+
+
+@router.post("/runs")
+async def new_run(
+    request: Request,
+    agent: Agent,
+    policy: Policy,
+    product: str = Form(""),
+    offer: str = Form(""),
+    sender: str = Form(""),
+    audience: str = Form(""),
+    cta: str = Form(""),
+    fields: str = Form(""),
+    review: str = Form(""),
+    csrf_token: str = Form(""),
+) -> Response:
+    """Draft a run from the form's brief; on success, to its page."""
+    if not csrf_matches(request, csrf_token):
+        return form_expired(request)
+    typed = {"product": product, "offer": offer, "sender": sender, "audience": audience}
+    typed |= {"cta": cta, "fields": fields, "review": "on" if review else ""}
+    try:
+        brief = make_brief(product=product, offer=offer, sender=sender, audience=audience, cta=cta)
+        columns = [name.strip() for name in fields.split(",") if name.strip()]
+        if len(fields) > MAX_FIELDS_CHARS:
+            raise InvalidInput(
+                f"the column names are {len(fields)} characters; the limit is {MAX_FIELDS_CHARS}"
+            )
+        run = await agent.start(brief, review=bool(review), fields=columns)
+    except (InvalidInput, LlmError, ConfigurationError) as exc:
+        return render_new_run(
+            request, policy, values=typed, status=exc.http_status, message=str(exc)
+        )
+    return to_run_page(run)
+
+
+# ---------------------------------------------------------------------------- a run
+
+
 @router.get("/runs/{interaction_id}")
 async def run_page(request: Request, interaction_id: str, agent: Agent, policy: Policy) -> Response:
-    """A run: its brief, draft, feedback form or refinement, and history."""
-    run = await agent.get(interaction_id)
-    return render_run(request, policy, run, await agent.history(interaction_id))
+    """A run: its brief, lint, draft and feedback form, review rounds and decisions, or its
+    result and export; then its history."""
+    return await show_run(request, agent, policy, await agent.get(interaction_id))
 
 
 @router.post("/runs/{interaction_id}/feedback")
@@ -141,11 +182,8 @@ async def submit_feedback(
 ) -> Response:
     """Resume the run with the form's feedback; on success, back to the run page."""
     if not csrf_matches(request, csrf_token):
-        message = (
-            "This form did not come from this page (missing or wrong CSRF token). "
-            "Reload the run page and submit again; nothing was changed."
-        )
-        return error_response(request.scope, 403, "Forbidden", message, title="Form expired")
+        return form_expired(request)
+    kept = FormState("feedback", {"feedback": feedback})
     try:
         run = await agent.resume(interaction_id, feedback)
     except RunBeingResumed:
@@ -156,13 +194,22 @@ async def submit_feedback(
             "Your feedback was not used: this run was already refined with other feedback, "
             "shown below. Start a new run to try another audience."
         )
-        return await _run_with_message(request, agent, policy, run, 409, message)
+        return await show_run(
+            request, agent, policy, run, status=409, message=message, message_kind="error"
+        )
     except (InvalidInput, LlmError) as exc:
         run = await agent.get(interaction_id)
-        return await _run_with_message(
-            request, agent, policy, run, exc.http_status, str(exc), feedback_text=feedback
+        return await show_run(
+            request,
+            agent,
+            policy,
+            run,
+            status=exc.http_status,
+            message=str(exc),
+            message_kind="error",
+            form=kept,
         )
-    return RedirectResponse(relative_location(f"/runs/{run.interaction_id}"), 303)
+    return to_run_page(run)
 
 
 async def _after_a_simultaneous_submit(
@@ -170,56 +217,34 @@ async def _after_a_simultaneous_submit(
 ) -> Response:
     """Another submission holds the run: wait for it, then say whose feedback was used."""
     mine = validate_feedback(feedback)  # resume() accepted it before finding the run taken
-    run = await _wait_until_settled(agent, interaction_id)
+    run = await wait_until_settled(agent, interaction_id)
     if run.feedback == mine and run.status is not RunStatus.AWAITING_FEEDBACK:
         # The same text submitted twice (a double click): the first submission is ours.
-        return RedirectResponse(relative_location(f"/runs/{run.interaction_id}"), 303)
-    if run.status is RunStatus.COMPLETED:
+        return to_run_page(run)
+    kept = None
+    if run.status is RunStatus.AWAITING_FEEDBACK:
         message = (
-            "Your feedback was not used: another reviewer sent different feedback at the same "
-            "moment, and the run was refined with theirs, shown below."
+            "Your feedback was not used: another submission was being refined at the same "
+            "moment and failed. Your text is still in the form; submit it again."
         )
-        return await _run_with_message(request, agent, policy, run, 409, message)
-    if run.status is RunStatus.RESUMING:
+        kept = FormState("feedback", {"feedback": feedback})
+    elif run.status is RunStatus.RESUMING:
         message = (
             "Your feedback was not used: another reviewer's feedback, shown below, is being "
             "applied right now."
         )
-        return await _run_with_message(request, agent, policy, run, 409, message)
-    message = (
-        "Your feedback was not used: another submission was being refined at the same moment "
-        "and failed. Your text is still in the form; submit it again."
-    )
-    return await _run_with_message(
-        request, agent, policy, run, 409, message, feedback_text=feedback
-    )
-
-
-async def _run_with_message(
-    request: Request,
-    agent: ColdMailAgent,
-    policy: WebPolicy,
-    run: Run,
-    status: int,
-    message: str,
-    *,
-    feedback_text: str | None = None,
-) -> Response:
-    history = await agent.history(run.interaction_id)
-    return render_run(
-        request,
-        policy,
-        run,
-        history,
-        status=status,
-        message=message,
-        message_kind="error",
-        feedback_text=feedback_text,
+    else:
+        message = (
+            "Your feedback was not used: another reviewer sent different feedback at the same "
+            "moment, and the run was refined with theirs, shown below."
+        )
+    return await show_run(
+        request, agent, policy, run, status=409, message=message, message_kind="error", form=kept
     )
 
 
-async def _wait_until_settled(agent: ColdMailAgent, interaction_id: str) -> Run:
-    """The run once it is no longer being resumed, or as it is after twice the LLM timeout."""
+async def wait_until_settled(agent: ColdMailAgent, interaction_id: str) -> Run:
+    """The run once it is no longer being worked on, or as it is after twice the LLM timeout."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 2 * agent.llm_timeout
     while True:
@@ -227,3 +252,63 @@ async def _wait_until_settled(agent: ColdMailAgent, interaction_id: str) -> Run:
         if run.status is not RunStatus.RESUMING or loop.time() >= deadline:
             return run
         await asyncio.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+@router.post("/runs/{interaction_id}/export")
+async def export_page(
+    request: Request, interaction_id: str, agent: Agent, policy: Policy
+) -> Response:
+    """Export a completed run for the uploaded lead list: the file as a download, or, when
+    nothing can be exported, the run page listing why (skipped rows, lint problems)."""
+    run = await exportable(agent, interaction_id)
+    async with request.form(max_files=1, max_fields=8) as submitted:
+        if not csrf_matches(request, form_text(submitted, "csrf_token")):
+            return form_expired(request)
+        upload = submitted.get("leads")
+        format = form_text(submitted, "format") or "csv"
+        strict = bool(form_text(submitted, "strict"))
+        kept = FormState("export", {"format": format, "strict": "on" if strict else ""})
+        problem = None
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            problem = "choose the lead list's CSV file to export for"
+        elif format not in ("csv", "json"):
+            problem = f"unknown export format {format[:20]!r}; choose CSV or JSON"
+        if problem is not None or not isinstance(upload, UploadFile):
+            return await show_run(
+                request,
+                agent,
+                policy,
+                run,
+                status=422,
+                message=problem,
+                message_kind="error",
+                form=kept,
+            )
+        with private_folder() as folder:
+            leads = await save_upload(read_chunks(upload.file), folder)
+            await upload.close()
+            result = await export_upload(
+                agent,
+                interaction_id,
+                leads,
+                format=format,
+                strict=strict,
+                shown_as=shown_name(upload.filename),
+            )
+            if not isinstance(result, tuple):
+                return await show_run(
+                    request,
+                    agent,
+                    policy,
+                    run,
+                    status=422,
+                    message=result.message,
+                    message_kind="error",
+                    form=kept,
+                    export_problem=result,
+                )
+            report, handle = result
+    return download(handle, report, interaction_id=run.interaction_id, format=format, folder=folder)

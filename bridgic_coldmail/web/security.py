@@ -13,7 +13,10 @@ The checks are plain ASGI middlewares, outermost first:
    configured origins is refused with 403; the request's own Host never vouches for it.
 4. :class:`TokenGuard` requires ``COLDMAIL_WEB_TOKEN`` when it is set.
 5. :class:`BodyLimit` refuses a declared ``Content-Length`` over ``COLDMAIL_MAX_BODY_BYTES``
-   before reading anything, and counts a body without one as it arrives (413 either way).
+   before reading anything, and counts a body without one as it arrives (413 either way). The
+   lead-list upload of an export (:data:`UPLOAD_PATH`) has its own, larger limit,
+   ``COLDMAIL_MAX_UPLOAD_BYTES``, enforced the same two ways; its body is streamed to the
+   route rather than held in memory.
 
 Secrets are compared as bytes with :func:`hmac.compare_digest`, so a token or CSRF value with
 characters outside ASCII is refused like any other wrong value.
@@ -36,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ConfigurationError
 from ..settings import ENV, Settings, check_web_token
-from .responses import error_response
+from .responses import WebError, error_response
 
 TOKEN_ENV = ENV["web_token"]
 CSRF_COOKIE = "coldmail_csrf"
@@ -46,6 +49,9 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 """The loopback names as a Host header spells them."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UPLOAD_PATH = re.compile(r"/(?:api/)?runs/[^/]+/export")
+"""The routes that take a lead list (``POST``): limited by ``max_upload_bytes``, not
+``max_body_bytes``."""
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -109,6 +115,7 @@ class WebPolicy:
     """Origins a state-changing request may come from."""
     token: str | None
     max_body_bytes: int
+    max_upload_bytes: int
     https: bool | None
     """Whether browsers reach the app over HTTPS (from ``public_origin``); None: ask each
     request's scheme."""
@@ -129,7 +136,14 @@ class WebPolicy:
             hosts.add(host_name(public.netloc))
             origins.add(settings.public_origin)
             https = public.scheme == "https"
-        return cls(frozenset(hosts), frozenset(origins), token, settings.max_body_bytes, https)
+        return cls(
+            frozenset(hosts),
+            frozenset(origins),
+            token,
+            settings.max_body_bytes,
+            settings.max_upload_bytes,
+            https,
+        )
 
     def secure_cookies(self, request: Request) -> bool:
         """Whether cookies must be ``Secure``: the browser talks HTTPS."""
@@ -309,20 +323,31 @@ class TokenGuard:
 
 
 class BodyLimit:
-    """413 for a body over ``max_body_bytes``: a declared length is refused before anything is
-    read; a body without one (chunked) is counted as it arrives and refused at the limit.
+    """413 for a body over its limit: a declared length is refused before anything is read;
+    a body without one (chunked) is counted as it arrives and refused at the limit.
 
-    The accepted body (at most the limit) is handed on to the app as one message.
+    An ordinary body (at most ``max_body_bytes``) is read here and handed on to the app as one
+    message. A lead-list upload (``POST`` to :data:`UPLOAD_PATH`, at most ``max_upload_bytes``)
+    is handed on as it arrives, counted: past the limit, reading it raises a 413
+    :class:`WebError`, which the route's error handler answers (the route writes the body to a
+    file as it reads, so it never holds the whole upload in memory).
     """
 
     def __init__(self, app: ASGIApp, policy: WebPolicy) -> None:
         self.app = app
         self.limit = policy.max_body_bytes
+        self.upload_limit = policy.max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["method"] == "POST" and UPLOAD_PATH.fullmatch(scope["path"]) is not None
+        limit, setting = (
+            (self.upload_limit, ENV["max_upload_bytes"])
+            if upload
+            else (self.limit, ENV["max_body_bytes"])
+        )
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and not re.fullmatch(r"[0-9]+", declared.strip()):
             refusal = error_response(
@@ -330,8 +355,13 @@ class BodyLimit:
             )
             await refusal(scope, receive, send)
             return
-        if declared is not None and (len(declared) > 18 or int(declared) > self.limit):
-            await self._too_large(scope, receive, send)
+        if declared is not None and (len(declared) > 18 or int(declared) > limit):
+            await error_response(scope, 413, "PayloadTooLarge", too_large(limit, setting))(
+                scope, receive, send
+            )
+            return
+        if upload:
+            await self.app(scope, _counting(receive, limit, setting), send)
             return
         body = bytearray()
         while True:
@@ -339,8 +369,10 @@ class BodyLimit:
             if message["type"] == "http.disconnect":
                 return  # the client went away; there is no one to answer
             body += message.get("body", b"")
-            if len(body) > self.limit:
-                await self._too_large(scope, receive, send)
+            if len(body) > limit:
+                await error_response(scope, 413, "PayloadTooLarge", too_large(limit, setting))(
+                    scope, receive, send
+                )
                 return
             if not message.get("more_body", False):
                 break
@@ -355,12 +387,26 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = (
-            f"the request body is larger than {self.limit} bytes, the limit "
-            f"({ENV['max_body_bytes']}); send less"
-        )
-        await error_response(scope, 413, "PayloadTooLarge", message)(scope, receive, send)
+
+def too_large(limit: int, setting: str) -> str:
+    """The 413 message: the limit and the setting that sets it."""
+    return f"the request body is larger than {limit} bytes, the limit ({setting}); send less"
+
+
+def _counting(receive: Receive, limit: int, setting: str) -> Receive:
+    """``receive``, raising a 413 :class:`WebError` once the body passes ``limit`` bytes."""
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise WebError(413, too_large(limit, setting))
+        return message
+
+    return counted
 
 
 def install_security(app: FastAPI, policy: WebPolicy) -> None:

@@ -1,0 +1,286 @@
+"""The review decisions from the run page: approve, revise, edit, reject.
+
+Each form carries the round it was shown for. The agent applies one decision per round
+through the store's claim, so:
+
+* the same form submitted twice (a double click) applies once and both answers show the
+  result — the second waits for the first, or gets the stored result;
+* a different decision for a round that was already decided changes nothing and gets a
+  409 page saying which decision was taken, by whom and when;
+* a decision that does not fit the run's state (it still waits for audience feedback, is past
+  its round limit, or was not started for review) changes nothing and gets a 409 page with
+  the agent's reason.
+
+A refused decision shows the run page again with what the reviewer typed still in its form:
+an edit whose emails do not validate as an ``EmailSequence`` keeps every field as typed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+
+from ..agent import ColdMailAgent
+from ..errors import InvalidInput, LlmError, RunBeingResumed, RunConflict
+from ..models import Run, RunStatus, make_decision
+from .dependencies import Agent, Policy
+from .pages import form_expired, to_run_page, wait_until_settled
+from .security import WebPolicy, csrf_matches
+from .views import FormState, decision_at, describe_decision, same_decision, show_run
+
+router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+
+Apply = Callable[[str | None, int | None], Awaitable[Run]]
+"""Applies one decision, given the reviewer and the round."""
+
+
+@router.post("/runs/{interaction_id}/approve")
+async def approve(
+    request: Request,
+    interaction_id: str,
+    agent: Agent,
+    policy: Policy,
+    reviewer: str = Form(""),
+    round: str = Form(""),
+    csrf_token: str = Form(""),
+) -> Response:
+    """Approve the sequence under review; the run completes with it."""
+
+    def apply(name: str | None, number: int | None) -> Awaitable[Run]:
+        return agent.approve(interaction_id, reviewer=name, round=number)
+
+    decision = _Decision("approve", reviewer, round, {})
+    return await _decide(request, agent, policy, interaction_id, csrf_token, decision, apply)
+
+
+@router.post("/runs/{interaction_id}/revise")
+async def revise(
+    request: Request,
+    interaction_id: str,
+    agent: Agent,
+    policy: Policy,
+    guidance: str = Form(""),
+    reviewer: str = Form(""),
+    round: str = Form(""),
+    csrf_token: str = Form(""),
+) -> Response:
+    """Ask the LLM for another version with the reviewer's guidance."""
+
+    def apply(name: str | None, number: int | None) -> Awaitable[Run]:
+        return agent.revise(interaction_id, guidance, reviewer=name, round=number)
+
+    decision = _Decision("revise", reviewer, round, {"guidance": guidance}, text=guidance)
+    return await _decide(request, agent, policy, interaction_id, csrf_token, decision, apply)
+
+
+@router.post("/runs/{interaction_id}/edit")
+async def edit(
+    request: Request,
+    interaction_id: str,
+    agent: Agent,
+    policy: Policy,
+    opener_subject: str = Form(""),
+    opener_body: str = Form(""),
+    follow_up_subject: str = Form(""),
+    follow_up_body: str = Form(""),
+    follow_up_wait_days: str = Form(""),
+    reviewer: str = Form(""),
+    round: str = Form(""),
+    csrf_token: str = Form(""),
+) -> Response:
+    """Put the reviewer's own emails under review as the next round."""
+    typed = {
+        "opener_subject": opener_subject,
+        "opener_body": opener_body,
+        "follow_up_subject": follow_up_subject,
+        "follow_up_body": follow_up_body,
+        "follow_up_wait_days": follow_up_wait_days,
+    }
+    sequence = {
+        "opener": {
+            "subject": _one_line(opener_subject),
+            "body": _as_typed(opener_body),
+            "wait_days": 0,
+        },
+        "follow_up": {
+            "subject": _one_line(follow_up_subject),
+            "body": _as_typed(follow_up_body),
+            "wait_days": follow_up_wait_days.strip(),
+        },
+    }
+
+    def apply(name: str | None, number: int | None) -> Awaitable[Run]:
+        return agent.edit(interaction_id, sequence, reviewer=name, round=number)
+
+    decision = _Decision("edit", reviewer, round, typed, sequence=sequence)
+    return await _decide(request, agent, policy, interaction_id, csrf_token, decision, apply)
+
+
+@router.post("/runs/{interaction_id}/reject")
+async def reject(
+    request: Request,
+    interaction_id: str,
+    agent: Agent,
+    policy: Policy,
+    reason: str = Form(""),
+    reviewer: str = Form(""),
+    round: str = Form(""),
+    csrf_token: str = Form(""),
+) -> Response:
+    """End the run as rejected, with the reviewer's reason."""
+
+    def apply(name: str | None, number: int | None) -> Awaitable[Run]:
+        return agent.reject(interaction_id, reason, reviewer=name, round=number)
+
+    decision = _Decision("reject", reviewer, round, {"reason": reason}, text=reason)
+    return await _decide(request, agent, policy, interaction_id, csrf_token, decision, apply)
+
+
+class _Decision:
+    """One submitted decision form: its kind, fields as typed, and what the agent gets."""
+
+    def __init__(
+        self,
+        kind: str,
+        reviewer: str,
+        round: str,
+        typed: dict[str, str],
+        *,
+        text: str | None = None,
+        sequence: dict[str, Any] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.reviewer = reviewer
+        self.round_text = round
+        self.text = text
+        self.sequence = sequence
+        self.kept = FormState(kind, {**typed, "reviewer": reviewer})
+
+    def round(self) -> int | None:
+        """The round the form was shown for (None when it carries none)."""
+        text = self.round_text.strip()
+        if not text:
+            return None
+        if not text.isdigit() or len(text) > 9:
+            raise InvalidInput("the form's round is not a number; reload the run page")
+        return int(text)
+
+    def name(self) -> str | None:
+        """The reviewer's name, or None when left blank."""
+        return self.reviewer if self.reviewer.strip() else None
+
+
+async def _decide(
+    request: Request,
+    agent: ColdMailAgent,
+    policy: WebPolicy,
+    interaction_id: str,
+    csrf: str,
+    decision: _Decision,
+    apply: Apply,
+) -> Response:
+    """Apply the decision; on success back to the run page, else the page saying why."""
+    if not csrf_matches(request, csrf):
+        return form_expired(request)
+    try:
+        round = decision.round()
+        run = await apply(decision.name(), round)
+    except RunBeingResumed:
+        return await _after_a_simultaneous_decision(
+            request, agent, policy, interaction_id, decision
+        )
+    except RunConflict as exc:
+        return await _not_applied(request, agent, policy, interaction_id, decision, str(exc))
+    except (InvalidInput, LlmError) as exc:
+        run = await agent.get(interaction_id)
+        return await show_run(
+            request,
+            agent,
+            policy,
+            run,
+            status=exc.http_status,
+            message=str(exc),
+            message_kind="error",
+            form=decision.kept,
+        )
+    return to_run_page(run)
+
+
+async def _after_a_simultaneous_decision(
+    request: Request,
+    agent: ColdMailAgent,
+    policy: WebPolicy,
+    interaction_id: str,
+    decision: _Decision,
+) -> Response:
+    """Another decision holds the run: wait for it, then say whether it was this one."""
+    # The agent accepted this decision before finding the run taken: it validates again.
+    mine = make_decision(
+        decision.kind,
+        text=decision.text,
+        sequence=decision.sequence,
+        reviewer=decision.name(),
+        round=decision.round(),
+    )
+    run = await wait_until_settled(agent, interaction_id)
+    history = await agent.history(interaction_id)
+    taken = decision_at(history, mine.round)
+    if taken is not None and same_decision(taken, mine):
+        return to_run_page(run)  # the same form twice: the first submission is ours
+    if taken is not None:
+        return await _not_applied(request, agent, policy, interaction_id, decision, "")
+    if run.status is RunStatus.RESUMING:
+        message = (
+            "Your decision was not applied: another reviewer's decision is being applied right "
+            "now. Look at the run again in a moment."
+        )
+        kept = None
+    else:
+        message = (
+            "Your decision was not applied: another decision was being applied at the same "
+            "moment and failed. What you typed is still in the form; submit it again."
+        )
+        kept = decision.kept
+    return await show_run(
+        request, agent, policy, run, status=409, message=message, message_kind="error", form=kept
+    )
+
+
+async def _not_applied(
+    request: Request,
+    agent: ColdMailAgent,
+    policy: WebPolicy,
+    interaction_id: str,
+    decision: _Decision,
+    reason: str,
+) -> Response:
+    """The 409 page: which decision this round took instead, or the agent's ``reason``."""
+    run = await agent.get(interaction_id)
+    history = await agent.history(interaction_id)
+    round = decision.round()
+    taken = decision_at(history, round) if round is not None else None
+    if taken is not None:
+        message = (
+            f"Your decision was not applied: round {taken.round} was already decided — "
+            f"{describe_decision(taken, 'another reviewer')}, at "
+            f"{taken.at:%Y-%m-%d %H:%M:%S} UTC. The run as it is now is shown below."
+        )
+    else:
+        message = f"Your decision was not applied: {reason}."
+    kept = decision.kept if run.status is RunStatus.AWAITING_REVIEW else None
+    return await show_run(
+        request, agent, policy, run, status=409, message=message, message_kind="error", form=kept
+    )
+
+
+def _as_typed(text: str) -> str:
+    """A textarea's text as the reviewer typed it: browsers send each line break as CRLF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _one_line(text: str) -> str:
+    """A subject: one line, without the spaces around it."""
+    return text.strip()

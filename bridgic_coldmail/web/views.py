@@ -1,0 +1,260 @@
+"""What the run page shows, built from a run, its history and its lint: the review rounds, the
+words each version changed, and the forms with whatever the reviewer typed.
+
+The rounds come from the history alone: each ``review`` event is a round (its sequence and
+when it was put up), and the decision event of the same round (``approved``, ``revised``,
+``edited``, ``rejected``) says who ended it, how and when.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from markupsafe import Markup, escape
+
+from ..agent import ColdMailAgent
+from ..models import (
+    MAX_FEEDBACK_CHARS,
+    MAX_REASON_CHARS,
+    MAX_REVIEWER_CHARS,
+    Decision,
+    EmailSequence,
+    EmailStep,
+    Run,
+    RunEvent,
+    RunStatus,
+)
+from .responses import templates
+from .security import CSRF_COOKIE, WebPolicy, csrf_token, set_private_cookie
+from .uploads import ExportRefused
+
+DECISION_OF_EVENT = {
+    "approved": "approve",
+    "revised": "revise",
+    "edited": "edit",
+    "rejected": "reject",
+}
+"""History event kind → the decision it records."""
+
+EVENT_LABELS = {
+    "paused": "paused for audience feedback",
+    "feedback": "feedback received",
+    "failed": "failed and given back",
+    "review": "put up for review",
+    "approved": "approved",
+    "revised": "revision asked",
+    "edited": "edited by the reviewer",
+    "rejected": "rejected",
+    "completed": "completed",
+}
+
+
+def _max_length(name: str) -> int:
+    limits = [getattr(m, "max_length", None) for m in EmailStep.model_fields[name].metadata]
+    return next(limit for limit in limits if isinstance(limit, int))
+
+
+SUBJECT_LIMIT = _max_length("subject")
+BODY_LIMIT = _max_length("body")
+"""The edit form's ``maxlength``: the sequence schema's own limits."""
+MAX_SHOWN_ROWS = 50
+"""Skipped rows listed on the page when an export is refused (the message counts them all)."""
+
+
+def age(moment: datetime) -> str:
+    """'3 min', '2 h', '5 d' since ``moment``."""
+    seconds = max(0, int((datetime.now(timezone.utc) - moment).total_seconds()))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def highlight_changes(before: str, after: str) -> Markup:
+    """``after`` with the words that differ from ``before`` in ``<ins>``, everything escaped."""
+    old, new = re.split(r"(\s+)", before), re.split(r"(\s+)", after)
+    parts: list[str] = []
+    for op, _, _, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        chunk = "".join(str(escape(token)) for token in new[j1:j2])
+        parts.append(chunk if op == "equal" else f"<ins>{chunk}</ins>" if chunk.strip() else chunk)
+    return Markup("".join(parts))
+
+
+def diff(before: EmailSequence, after: EmailSequence) -> list[dict[str, Markup]]:
+    """Each email of ``after`` with what changed since ``before`` marked."""
+    return [
+        {
+            "subject": highlight_changes(old.subject, new.subject),
+            "body": highlight_changes(old.body, new.body),
+        }
+        for old, new in zip(before.steps, after.steps, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class ReviewRound:
+    """One review round: the sequence put up, and the decision that ended it (if any yet)."""
+
+    number: int
+    sequence: EmailSequence
+    at: datetime
+    decision: RunEvent | None
+    verified: bool
+
+
+def review_rounds(history: list[RunEvent]) -> list[ReviewRound]:
+    """The rounds in order, each with its decision."""
+    rounds: list[ReviewRound] = []
+    for event in history:
+        if event.kind == "review" and event.sequence is not None and event.round is not None:
+            rounds.append(ReviewRound(event.round, event.sequence, event.at, None, event.verified))
+        elif event.kind in DECISION_OF_EVENT and rounds and rounds[-1].number == event.round:
+            last = rounds[-1]
+            rounds[-1] = ReviewRound(
+                last.number, last.sequence, last.at, event, last.verified and event.verified
+            )
+    return rounds
+
+
+def decision_at(history: list[RunEvent], round: int | None) -> RunEvent | None:
+    """The decision event of ``round`` (None: the latest decision), if one was taken."""
+    decisions = [e for e in history if e.kind in DECISION_OF_EVENT]
+    if round is not None:
+        decisions = [e for e in decisions if e.round == round]
+    return decisions[-1] if decisions else None
+
+
+def same_decision(event: RunEvent, mine: Decision) -> bool:
+    """Whether the recorded decision is the one ``mine`` would make (whoever made it)."""
+    kind = DECISION_OF_EVENT[event.kind]
+    text = event.detail if kind in ("revise", "reject") else None
+    recorded = Decision(kind=kind, text=text, sequence=event.sequence)  # type: ignore[arg-type]
+    return recorded.same_as(mine)
+
+
+def describe_decision(event: RunEvent, who: str | None = None) -> str:
+    """'Ann asked for a revision: “shorter”', for the rounds list and conflict messages."""
+    actor = event.actor or who or "a reviewer"
+    detail = _clip(event.detail or "")
+    return {
+        "approved": f"{actor} approved it",
+        "revised": f"{actor} asked for a revision: “{detail}”",
+        "edited": f"{actor} edited the emails",
+        "rejected": f"{actor} rejected the run: “{detail}”",
+    }[event.kind]
+
+
+def event_label(event: RunEvent) -> str:
+    """One history line's label: what happened, in which round, by whom."""
+    label = EVENT_LABELS[event.kind]
+    if event.round is not None and event.kind != "completed":
+        label += f" (round {event.round})"
+    if event.actor:
+        label += f" by {event.actor}"
+    return label
+
+
+def _clip(text: str, width: int = 200) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@dataclass
+class FormState:
+    """What a reviewer submitted, shown again when it was not applied: which form, and its
+    fields as typed."""
+
+    open: str | None = None
+    """``feedback``, ``new``, ``approve``, ``revise``, ``edit``, ``reject`` or ``export``."""
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def edit_values(sequence: EmailSequence) -> dict[str, str]:
+    """The edit form's fields, prefilled from ``sequence``."""
+    return {
+        "opener_subject": sequence.opener.subject,
+        "opener_body": sequence.opener.body,
+        "follow_up_subject": sequence.follow_up.subject,
+        "follow_up_body": sequence.follow_up.body,
+        "follow_up_wait_days": str(sequence.follow_up.wait_days),
+    }
+
+
+async def show_run(
+    request: Request,
+    agent: ColdMailAgent,
+    policy: WebPolicy,
+    run: Run,
+    *,
+    status: int = 200,
+    message: str | None = None,
+    message_kind: str = "notice",
+    form: FormState | None = None,
+    export_problem: ExportRefused | None = None,
+) -> Response:
+    """The run page, with its history and lint; sets the CSRF cookie its forms need."""
+    history = await agent.history(run.interaction_id)
+    issues = await agent.lint(run.interaction_id)
+    form = form or FormState()
+    rounds = review_rounds(history)
+    decided = [r for r in rounds if r.decision is not None]
+    under_review = run.sequence if run.status is RunStatus.AWAITING_REVIEW else None
+    base = decided[-1].sequence if decided else run.draft
+    values: dict[str, str] = {}
+    if run.sequence is not None:
+        values.update(edit_values(run.sequence))
+    values.update(form.values)
+    csrf = csrf_token(request)
+    context: dict[str, Any] = {
+        "run": run,
+        "history": history,
+        "event_label": event_label,
+        "rounds": rounds,
+        "decided": decided,
+        "describe_decision": describe_decision,
+        "under_review": under_review,
+        "review_diffs": diff(base, under_review) if under_review is not None else None,
+        "review_base": "the draft" if not decided else f"round {decided[-1].number}",
+        "final_diffs": diff(run.draft, run.final) if run.final is not None else None,
+        "last_diffs": diff(run.draft, run.sequence) if run.sequence is not None else None,
+        "can_revise": run.round is not None
+        and run.max_rounds is not None
+        and run.round < run.max_rounds,
+        "lint": issues,
+        "age": age,
+        "csrf_token": csrf,
+        "limits": {
+            "feedback": MAX_FEEDBACK_CHARS,
+            "reason": MAX_REASON_CHARS,
+            "reviewer": MAX_REVIEWER_CHARS,
+            "subject": SUBJECT_LIMIT,
+            "body": BODY_LIMIT,
+            "upload_mb": _megabytes(policy.max_upload_bytes),
+        },
+        "form": form,
+        "values": values,
+        "message": message,
+        "message_kind": message_kind,
+        "export_problem": export_problem,
+        "max_shown_rows": MAX_SHOWN_ROWS,
+    }
+    response = templates.TemplateResponse(request, "run.html", context, status)
+    set_private_cookie(response, request, policy, CSRF_COOKIE, csrf)
+    return response
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1024 / 1024:.3g} MB"
+
+
+def form_text(values: Mapping[str, Any], name: str) -> str:
+    """A submitted form field as text ('' when absent or a file)."""
+    value = values.get(name)
+    return value if isinstance(value, str) else ""
