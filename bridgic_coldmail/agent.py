@@ -361,16 +361,20 @@ class ColdMailAgent:
         interval = self._store.lease_seconds / 3
 
         async def renew() -> None:
+            wait = interval
             while True:
-                await asyncio.sleep(interval)
+                await asyncio.sleep(wait)
                 try:
                     renewed = await self._store.renew(claim)
                 except StoreError:
-                    continue  # locked for a moment: the lease still has two thirds to run
+                    # Locked for a moment: try again soon, while the lease still runs.
+                    wait = min(interval, 1.0)
+                    continue
                 if renewed is None:
                     lost.set()
                     task.cancel()
                     return
+                wait = interval
 
         keeper = asyncio.create_task(renew())
         try:

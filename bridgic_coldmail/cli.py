@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import stat
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -354,13 +356,31 @@ async def _apply_decision(agent: ColdMailAgent, args: argparse.Namespace, decisi
     return await agent.approve(rid, **common)
 
 
+MAX_SEQUENCE_FILE_BYTES = 1024 * 1024
+"""An edited sequence is two emails; a file larger than this is not one."""
+
+
 def _read_sequence(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        # Non-blocking, then checked: a FIFO or a device (/dev/zero) would never end.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise InvalidInput(f"{path} does not exist; write the emails there as JSON") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"{path} is not a regular file; write the emails to a file")
+        os.set_blocking(fd, True)
+        raw = os.read(fd, MAX_SEQUENCE_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_SEQUENCE_FILE_BYTES:
+        raise InvalidInput(f"{path} is over 1 MiB; an edited sequence is two short emails")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -285,7 +285,14 @@ def _write_atomically(
     leads_path: Path,
     issues: list[LintIssue],
 ) -> tuple[int, list[SkippedRow]]:
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        fd, temp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+        )
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot write {target}: {exc.strerror or exc}; choose a folder you can write to"
+        ) from None
     temp = Path(temp_name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
@@ -299,6 +306,12 @@ def _write_atomically(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, target)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise InvalidInput(
+            f"cannot write {target}: {exc.strerror or exc}; nothing was written (check the "
+            "disk and the folder)"
+        ) from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -42,7 +42,9 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import os
 import re
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,7 +137,15 @@ class LeadReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self._file: IO[bytes] = self.path.open("rb")
+            # Non-blocking, then checked: a FIFO or a device would never end.
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise InvalidInput(
+                    f"{self.path} is not a regular file; give the lead list's CSV file"
+                )
+            os.set_blocking(fd, True)
+            self._file: IO[bytes] = os.fdopen(fd, "rb")
         except FileNotFoundError:
             raise InvalidInput(f"no lead list at {self.path}; check the path") from None
         except IsADirectoryError:

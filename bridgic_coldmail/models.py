@@ -272,8 +272,9 @@ class Run(BaseModel):
         }
 
 
-CLI_JSON_KEYS = ("interaction_id", "status", "draft", "final", "feedback", "round")
-"""The keys ``coldmail … --json`` prints: the documented five, plus ``round``."""
+CLI_JSON_KEYS = ("interaction_id", "status", "draft", "final", "feedback", "round", "verified")
+"""The keys ``coldmail … --json`` prints: the documented five, plus ``round`` and
+``verified`` (False for a run whose text an earlier release stored unsigned)."""
 
 
 class DamagedRun(BaseModel):

@@ -192,12 +192,26 @@ def check_web_token(token: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """A database URL with its password replaced by ``***`` (for messages and logs)."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """A database URL with its password replaced by ``***`` (for messages and logs).
+
+    The user information ends at the *last* ``@`` before the host, so a password that
+    itself contains ``@`` is hidden whole."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    if "@" not in authority:
+        return url
+    userinfo, _, host = authority.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    hidden = f"{user}:***" if ":" in userinfo else user
+    return f"{scheme}://{hidden}@{host}{slash}{tail}"
 
 
 def _parse(name: str, value: Any, *, source: str) -> Any:
-    shown = "***" if name in _SECRET else repr(value)
+    shown = (
+        "***" if name in _SECRET else repr(redact_url(str(value))) if name == "db" else repr(value)
+    )
     parser = _PARSERS.get(name, _text)
     try:
         return parser(value)
@@ -215,6 +229,8 @@ def _db(value: Any) -> str:
     text = str(os.fspath(value)).strip() if isinstance(value, (str, os.PathLike)) else None
     if not text:
         raise ValueError("give a file path or a postgresql:// URL")
+    if "://" in text and not is_postgres_url(text):
+        raise ValueError("the only database URLs are postgresql://…; give a file path for SQLite")
     return text
 
 
@@ -254,10 +270,16 @@ def _path(value: Any) -> Path:
 
 def _key(value: Any) -> str:
     text = _text(value)
+    advice = 'e.g. python -c "import secrets; print(secrets.token_hex(32))"'
+    if not text.isascii() or not text.isprintable():
+        raise ValueError(f"use printable ASCII characters only, {advice}")
     if len(text) < MIN_KEY_CHARS:
         raise ValueError(
-            f"{len(text)} characters; use at least {MIN_KEY_CHARS} random ones, e.g. "
-            'python -c "import secrets; print(secrets.token_hex(32))"'
+            f"{len(text)} characters; use at least {MIN_KEY_CHARS} random ones, {advice}"
+        )
+    if len(set(text)) < 8:
+        raise ValueError(
+            f"it repeats too few characters to be a secret; use a random one, {advice}"
         )
     return text
 

@@ -28,6 +28,7 @@ import json
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,15 @@ MIN_KEY_CHARS = 32
 _FINGERPRINT_MESSAGE = b"bridgic-coldmail key fingerprint v1"
 _ROW_DOMAIN = b"bridgic-coldmail row v1"
 _EVENT_DOMAIN = b"bridgic-coldmail event v1"
+_SNAPSHOT_DOMAIN = b"bridgic-coldmail snapshot v2"
+_LEGACY_DOMAIN = b"bridgic-coldmail stored before 0.5"
+_TRUSTED_DOMAIN = b"bridgic-coldmail trusted by an operator"
+SIGNATURE_TRUSTED = b"\x03"
+"""The first byte of a signature an operator gave an unsigned legacy snapshot
+(``trust_unsigned``): valid only on a legacy row, never mistaken for this release's own."""
+SIGNATURE_V2 = b"\x02"
+"""The first byte of a snapshot signature written by 0.5 and later (older ones are 32 bare
+bytes), so a row of this release stripped of its row MAC is recognisable as such."""
 
 MacValue = str | int | bool | bytes | None
 
@@ -56,7 +66,13 @@ class SnapshotSigner:
         return f"SnapshotSigner(source={self.source!r})"
 
     def sign(self, interaction_id: str, serialization_version: str, data: bytes) -> bytes:
-        """HMAC-SHA256 of the three fields, each length-prefixed so none bleeds into another."""
+        """The snapshot signature: ``0x02`` and an HMAC-SHA256 of the three fields."""
+        return SIGNATURE_V2 + self.mac_values(
+            _SNAPSHOT_DOMAIN, [interaction_id, serialization_version, data]
+        )
+
+    def _sign_v1(self, interaction_id: str, serialization_version: str, data: bytes) -> bytes:
+        """The signature releases 0.2 to 0.4 wrote: the fields, each length-prefixed."""
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
         for part in (interaction_id.encode(), serialization_version.encode(), data):
             mac.update(len(part).to_bytes(8, "big"))
@@ -64,11 +80,41 @@ class SnapshotSigner:
         return mac.digest()
 
     def verify(
-        self, interaction_id: str, serialization_version: str, data: bytes, signature: bytes
+        self,
+        interaction_id: str,
+        serialization_version: str,
+        data: bytes,
+        signature: bytes,
+        *,
+        legacy: bool = False,
     ) -> bool:
-        """True when ``signature`` is this key's signature of the fields (constant-time)."""
-        expected = self.sign(interaction_id, serialization_version, data)
-        return hmac.compare_digest(expected, signature)
+        """True when ``signature`` is this key's signature of the fields (constant-time).
+
+        A signature of releases before 0.5 is accepted only for a ``legacy`` row (one stored
+        before this database was upgraded to 0.5)."""
+        if is_v2_signature(signature):
+            expected = self.sign(interaction_id, serialization_version, data)
+        elif not legacy:
+            return False
+        elif len(signature) == 33 and bytes(signature)[:1] == SIGNATURE_TRUSTED:
+            expected = self.sign_trusted(interaction_id, serialization_version, data)
+        else:
+            expected = self._sign_v1(interaction_id, serialization_version, data)
+        return hmac.compare_digest(expected, bytes(signature))
+
+    def sign_trusted(self, interaction_id: str, serialization_version: str, data: bytes) -> bytes:
+        """The signature ``trust_unsigned`` gives a legacy snapshot, on an operator's word."""
+        return SIGNATURE_TRUSTED + self.mac_values(
+            _TRUSTED_DOMAIN, [interaction_id, serialization_version, data]
+        )
+
+    def legacy_mark(self, interaction_id: str) -> bytes:
+        """What the 0.5 upgrade writes beside each run already stored: a MAC of its id alone.
+
+        It says "this run existed before this database was upgraded", nothing about the run's
+        text — which stays unsigned, and is shown flagged. A row without a row MAC and
+        without a valid mark was stripped of its MAC."""
+        return self.mac_values(_LEGACY_DOMAIN, [interaction_id])
 
     def mac_values(self, domain: bytes, values: Sequence[MacValue]) -> bytes:
         """HMAC of a list of values, encoded unambiguously (type-tagged, length-prefixed)."""
@@ -95,6 +141,11 @@ class SnapshotSigner:
     def fingerprint(self) -> str:
         """A value that identifies the key without revealing it; stored in the database."""
         return hmac.new(self._key, _FINGERPRINT_MESSAGE, hashlib.sha256).hexdigest()[:32]
+
+
+def is_v2_signature(signature: bytes | None) -> bool:
+    """Whether a stored snapshot signature was written by 0.5 or later."""
+    return signature is not None and len(signature) == 33 and bytes(signature)[:1] == SIGNATURE_V2
 
 
 def _encode(value: MacValue) -> tuple[bytes, bytes]:
@@ -171,9 +222,15 @@ def load_signer(source: KeySource, *, may_create: bool, holds_runs: bool) -> Sna
 
 
 def _read_key_file(path: Path) -> str:
-    """Read a key file that is a regular file of ours, readable only by us."""
+    """Read a key file that is a regular file of ours, readable only by us.
+
+    Opened without following a symlink and without blocking (a FIFO would otherwise wait
+    for a writer forever), then checked on the open descriptor, so a file swapped between the
+    check and the read cannot slip through.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, flags)
     except OSError as exc:
         if os.path.islink(path):
             raise ConfigurationError(
@@ -183,10 +240,13 @@ def _read_key_file(path: Path) -> str:
         raise ConfigurationError(
             f"cannot read the signing key file {path}: {exc.strerror}"
         ) from None
-    with os.fdopen(fd, "r") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigurationError(f"the signing key file {path} is not a regular file")
+            raise ConfigurationError(
+                f"the signing key file {path} is not a regular file; give the path of the key "
+                "file, or remove what is there to have a new key made for a new database"
+            )
         if hasattr(os, "getuid") and info.st_uid != os.getuid():
             raise ConfigurationError(
                 f"the signing key file {path} belongs to user id {info.st_uid}, not to the "
@@ -198,26 +258,53 @@ def _read_key_file(path: Path) -> str:
                 f"the signing key file {path} can be read or changed by other users (mode "
                 f"{stat.S_IMODE(info.st_mode):04o}); make it private with chmod 600 {path}"
             )
-        text = handle.read().strip()
-    if len(text) < MIN_KEY_CHARS:
+        raw = os.read(fd, _MAX_KEY_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
         raise ConfigurationError(
-            f"the signing key file {path} holds {len(text)} characters, fewer than "
-            f"{MIN_KEY_CHARS}; restore the original file"
+            f"the signing key file {path} is not a key written by bridgic-coldmail (it is not "
+            "text); restore the original file"
+        ) from None
+    if len(text) < MIN_KEY_CHARS or len(raw) > _MAX_KEY_FILE_BYTES:
+        raise ConfigurationError(
+            f"the signing key file {path} holds {len(text)} characters, not a key of "
+            f"{MIN_KEY_CHARS} to {_MAX_KEY_FILE_BYTES}; restore the original file"
         )
     return text
 
 
+_MAX_KEY_FILE_BYTES = 4096
+
+
 def _create_key_file(path: Path) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    """Write a new key file atomically: a private temporary file, fsynced, then linked to
+    ``path`` — so a concurrent opener either finds no file or the whole key, and a crash
+    leaves no empty key file behind."""
+    folder = path.parent
     try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        return  # another process created it first; theirs is read (and checked) next
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot create the signing key file {path} ({exc.strerror}); make the folder "
             f"writable or set {KEY_ENV}"
         ) from None
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(handle.fileno(), 0o600)  # whatever the umask
-        handle.write(secrets.token_hex(32) + "\n")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # whatever the umask
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made it first; theirs is read (and checked) next
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the signing key file {path} ({exc.strerror}); make the folder "
+                f"writable or set {KEY_ENV}"
+            ) from None
+    finally:
+        os.unlink(temporary)

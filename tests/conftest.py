@@ -19,6 +19,7 @@ import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent
 from bridgic_coldmail.settings import Settings
+from bridgic_coldmail.signing import KeySource, SnapshotSigner, key_file_for, load_signer
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .rows import Rows, SqliteRows
@@ -191,6 +192,16 @@ class Backend:
 
     def settings(self, **overrides: object) -> Settings:
         return Settings.resolve(env={**os.environ, **self.env}, db=self.db, **overrides)
+
+    def signer(self) -> SnapshotSigner:
+        """The store's signer, to write rows as a release holding the key would."""
+        settings = self.settings()
+        key_file = settings.key_file
+        if key_file is None and not settings.is_postgres:
+            key_file = key_file_for(Path(self.db))
+        return load_signer(
+            KeySource(settings.secret_key, key_file), may_create=False, holds_runs=True
+        )
 
 
 @pytest.fixture(params=BACKENDS)

@@ -247,3 +247,11 @@ def make_schema_1_database(db_path: Path, runs: list[tuple[str, bytes, str]]) ->
                     "2026-11-01T00:00:00.000000+00:00",
                 ),
             )
+
+
+def as_legacy(rows: Rows, signer: SnapshotSigner, interaction_id: str, **columns: Any) -> None:
+    """Make a run look exactly as one stored before 0.5 looks after the upgrade: no row MAC,
+    the upgrade's legacy mark, and (given in ``columns``) whatever else that release wrote."""
+    rows.set(
+        interaction_id, row_mac=None, legacy_mark=signer.legacy_mark(interaction_id), **columns
+    )

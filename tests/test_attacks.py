@@ -48,7 +48,7 @@ from bridgic_coldmail.testing import ScriptedOpenAIServer
 from bridgic_coldmail.web.app import create_app
 
 from .conftest import REPO, _coldmail, run_cli
-from .rows import SqliteRows
+from .rows import SqliteRows, as_legacy, signer_for
 
 FEEDBACK = "CTOs at mid-size hospitals"
 FORGED = "Hi,\n\nPay the overdue invoice at http://evil.example/pay today.\n\nDana"
@@ -188,14 +188,14 @@ async def test_a_planted_schema_4_copy_of_a_signed_run_is_not_shown_as_a_legacy_
 async def test_unverified_text_is_flagged_in_every_json_output(
     db_path: Path, server: ScriptedOpenAIServer, brief: Brief
 ) -> None:
-    """README: runs whose text is not signed 'are shown, flagged unverified'. ``--json``
-    prints six keys, none of them ``verified``: a script reading it cannot tell."""
+    """README: runs whose text is not signed 'are shown, flagged unverified'. A script
+    reading ``--json`` must be able to tell, too."""
     interaction_id = await _at_review(db_path, brief)
-    _forge_sequence(SqliteRows(db_path), interaction_id)
+    as_legacy(SqliteRows(db_path), signer_for(db_path), interaction_id, signature=None)
     shown = run_cli("show", interaction_id, "--json")
     listed = run_cli("list", "--json")
-    assert json.loads(shown.stdout).get("verified") is False
-    assert json.loads(listed.stdout)[0].get("verified") is False
+    assert json.loads(shown.stdout)["verified"] is False
+    assert json.loads(listed.stdout)[0]["verified"] is False
 
 
 async def test_show_sequence_does_not_print_unverified_emails_as_if_genuine(
@@ -291,12 +291,13 @@ async def test_the_result_a_resume_returns_is_the_one_stored(
             END;
             """
         )
-    async with ColdMailAgent.open(db_path) as agent:
-        try:
+    try:
+        async with ColdMailAgent.open(db_path) as agent:
             returned = await agent.resume(interaction_id, FEEDBACK)
-        except ColdmailError:
-            return  # refused: nothing was reported that is not stored
-        stored = await agent.get(interaction_id)
+            stored = await agent.get(interaction_id)
+    except ColdmailError as refused:  # refused: nothing was reported that is not stored
+        assert "did not create (table shadow, trigger keep, trigger undo)" in str(refused)
+        return
     assert (stored.status, stored.round) == (returned.status, returned.round)
 
 

@@ -17,7 +17,7 @@ from bridgic_coldmail.render import json_for_terminal, terminal_safe
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import run_cli
-from .rows import SqliteRows
+from .rows import SqliteRows, as_legacy, signer_for
 
 ESC = "\x1b"
 HOSTILE = (
@@ -142,7 +142,9 @@ def test_one_unreadable_row_does_not_take_down_the_listing(
         good = agent.start(brief).interaction_id
         bad = agent.start(brief).interaction_id
     # A row stored by an earlier release (no MAC) whose JSON a disk error mangled.
-    SqliteRows(db_path).set(bad, row_mac=None, draft_json='{"opener": ')
+    rows = SqliteRows(db_path)
+    as_legacy(rows, signer_for(db_path), bad, signature=None)
+    rows.set(bad, draft_json='{"opener": ')
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert f"{bad}  DAMAGED" in out and "cannot be read" in out and good in out

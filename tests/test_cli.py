@@ -26,7 +26,7 @@ Cli = Callable[..., Completed]
 
 START = ["--product", "Acme Scheduler", "--offer", "cuts no-shows by 30%", "--sender", "Dana Lee"]
 FEEDBACK = "CTOs at mid-size hospitals"
-PUBLIC_KEYS = {"interaction_id", "status", "draft", "final", "feedback", "round"}
+PUBLIC_KEYS = {"interaction_id", "status", "draft", "final", "feedback", "round", "verified"}
 
 
 def _start_json(*extra: str, cli: Cli = run_cli) -> dict[str, object]:

@@ -345,7 +345,7 @@ def test_a_full_disk_at_the_end_leaves_no_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(InvalidInput, match="cannot write .*: No space left on device; nothing was"):
         export_sequence(sequence(), leads(tmp_path, "a@x.com,A,B"), tmp_path / "o.csv")
     assert (not (tmp_path / "o.csv").exists(), leftovers(tmp_path)) == (True, [])
 

@@ -325,7 +325,7 @@ async def test_key_from_the_environment(
     tmp_path: Path, brief: Brief, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db_path = tmp_path / "env-key.db"
-    monkeypatch.setenv(KEY_ENV, "k" * 40)
+    monkeypatch.setenv(KEY_ENV, "k3y-0f-f0rty-characters-abcdefghijklmnop")
     interaction_id = await _paused(db_path, brief)
     assert not key_file_for(db_path).exists()
     async with ColdMailAgent.open(db_path) as agent:

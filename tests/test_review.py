@@ -332,7 +332,9 @@ def test_the_review_loop_on_the_command_line(
     approved = json.loads(cli("approve", rid, "--round", "3", "--json").stdout)
     assert approved["status"] == "completed"
     assert approved["final"]["opener"]["subject"] == "My subject"
-    assert set(approved) == {"interaction_id", "status", "draft", "final", "feedback", "round"}
+    assert set(approved) == {
+        "interaction_id", "status", "draft", "final", "feedback", "round", "verified"
+    }  # fmt: skip
     again = cli("reject", rid, "--reason", "late")
     assert again.returncode == RunConflict.exit_code and "already completed" in again.stderr
     history = cli("show", rid).stdout

@@ -31,7 +31,7 @@ from bridgic_coldmail.store import (
 )
 
 from .conftest import Backend
-from .rows import age, expire_lease
+from .rows import age, as_legacy, expire_lease
 
 VERSIONS = {"1.0"}
 FEEDBACK = Action.feedback("CTOs at mid-size hospitals")
@@ -194,11 +194,11 @@ async def test_a_newer_schema_is_refused(backend: Backend) -> None:
 
 
 async def test_a_different_key_is_refused(backend: Backend) -> None:
-    store = await connect_store(backend.settings(secret_key="k" * 40))
+    store = await connect_store(backend.settings(secret_key=uuid.uuid4().hex))
     await store.insert_paused(_new())
     await store.close()
     with pytest.raises(ConfigurationError, match="is not the key that signed the runs"):
-        await connect_store(backend.settings(secret_key="z" * 40))
+        await connect_store(backend.settings(secret_key=uuid.uuid4().hex))
 
 
 # --------------------------------------------------------------------------- tampering
@@ -238,7 +238,9 @@ async def test_an_edited_column_is_never_shown_as_genuine(
 async def test_one_damaged_row_does_not_hide_the_others(store: RunStore, backend: Backend) -> None:
     good = await store.insert_paused(_new())
     bad = await store.insert_paused(_new())
-    backend.rows.set(bad.interaction_id, row_mac=None, brief_json="{not json")
+    # Only text an earlier release stored unsigned can be unreadable without being tampered.
+    as_legacy(backend.rows, backend.signer(), bad.interaction_id, signature=None)
+    backend.rows.set(bad.interaction_id, brief_json="{not json")
     listed = {r.interaction_id: r for r in await store.list()}
     assert isinstance(listed[good.interaction_id], Run)
     damaged = listed[bad.interaction_id]
@@ -284,8 +286,8 @@ async def test_an_unsigned_legacy_snapshot_is_refused_until_trusted(
     store: RunStore, backend: Backend
 ) -> None:
     new = await store.insert_paused(_new())
-    # As a 0.1 run looks after migration: no row MAC, no snapshot signature.
-    backend.rows.set(new.interaction_id, row_mac=None, signature=None)
+    # As a 0.1 run looks after migration: no row MAC, no snapshot signature, the legacy mark.
+    as_legacy(backend.rows, backend.signer(), new.interaction_id, signature=None)
     refused = await store.claim(new.interaction_id, FEEDBACK, VERSIONS)
     assert isinstance(refused, Refusal) and refused.reason is RefusalReason.UNSIGNED
     listed = await store.get(new.interaction_id)
@@ -317,13 +319,39 @@ async def test_an_altered_history_is_refused_or_flagged(
         backend.rows.delete_event(rid, 2)
         history = await store.history(rid)
         assert isinstance(history, Refusal) and history.reason is RefusalReason.TAMPERED
-    else:
+    else:  # every event of a signed run has a MAC: a missing one was removed
         backend.rows.set_event(rid, 2, mac=None, detail="edited")
         history = await store.history(rid)
-        assert isinstance(history, list)
-        assert [(e.detail, e.verified) for e in history if e.kind == "feedback"] == [
-            ("edited", False)
-        ]
+        assert isinstance(history, Refusal) and history.reason is RefusalReason.TAMPERED
+
+
+async def test_a_legacy_runs_history_is_shown_flagged(store: RunStore, backend: Backend) -> None:
+    new = await store.insert_paused(_new())
+    as_legacy(backend.rows, backend.signer(), new.interaction_id, signature=None)
+    backend.rows.set_event(new.interaction_id, 1, mac=None)  # as the upgrade left it
+    history = await store.history(new.interaction_id)
+    assert isinstance(history, list)
+    assert [(e.kind, e.verified) for e in history] == [("paused", False)]
+    run = await store.get(new.interaction_id)
+    assert isinstance(run, Run) and not run.verified
+
+
+@pytest.mark.parametrize("column", ["row_mac", "legacy_mark"])
+async def test_a_row_stripped_of_its_mac_is_not_taken_for_a_legacy_run(
+    store: RunStore, backend: Backend, column: str
+) -> None:
+    new = await store.insert_paused(_new())
+    claim = await _claim(store, new.interaction_id)
+    await store.complete(claim, Finished(RunStatus.COMPLETED, _sequence("f")))  # no signature
+    if column == "row_mac":
+        backend.rows.set(new.interaction_id, row_mac=None, brief_json='{"forged": 1}')
+    else:  # a mark copied from another run does not fit this one
+        other = await store.insert_paused(_new())
+        as_legacy(backend.rows, backend.signer(), other.interaction_id)
+        mark = backend.rows.row(other.interaction_id)["legacy_mark"]  # type: ignore[index]
+        backend.rows.set(new.interaction_id, row_mac=None, legacy_mark=mark)
+    shown = await store.get(new.interaction_id)
+    assert isinstance(shown, DamagedRun) and shown.tampered
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ import json
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any, Literal, Protocol
 
@@ -44,7 +44,7 @@ from ..models import (
     RunEvent,
     RunStatus,
 )
-from ..signing import MacValue, SnapshotSigner, json_text
+from ..signing import MacValue, SnapshotSigner, is_v2_signature, json_text
 
 ActionKind = Literal["feedback", "approve", "revise", "edit", "reject"]
 
@@ -307,6 +307,7 @@ RUN_COLUMNS = (
     "claim_token",
     "claim_expires_at",
     "row_mac",
+    "legacy_mark",
 )
 """Every column but the snapshot, in the order stores select them."""
 
@@ -349,36 +350,51 @@ def _mac_value(value: Any) -> MacValue:
 
 def iso(moment: datetime) -> str:
     """Fixed width, UTC: lexical order is time order."""
-    from datetime import timezone
-
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def parse_time(value: Any) -> datetime:
-    """A stored timestamp (ISO text in SQLite, a datetime in PostgreSQL) as a datetime."""
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
+    """A stored timestamp (ISO text in SQLite, a datetime in PostgreSQL) as an aware datetime.
+
+    Timestamps are not signed; one stored without a time zone is read as UTC, so comparing
+    it with the clock can never fail."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def decode_row(row: Mapping[str, Any], signer: SnapshotSigner) -> ListedRun:
     """A row as a :class:`Run`, or as a :class:`DamagedRun` saying why it cannot be shown.
 
-    A row with a MAC is shown only if the MAC matches. A row without one was stored by a
-    release before 0.5; it is shown with ``verified=False`` if it parses.
+    A row with a MAC is shown only if the MAC matches. A row without one must carry the mark
+    the 0.5 upgrade gave every run already stored (``signing.legacy_mark``) and no snapshot
+    signature of 0.5 or later: then it is a run of an earlier release, shown with
+    ``verified=False``. Anything else is a row whose MAC was removed: tampered.
     """
-    mac = row.get("row_mac")
-    verified = mac is not None
-    if verified and not signer.check_mac(mac, signer.row_mac(row_mac_values(row))):
-        return _damaged(
-            row,
-            "its stored text does not match its signature: it was changed outside bridgic-coldmail",
-            tampered=True,
-        )
+    if not is_legacy(row, signer):
+        try:
+            matches = signer.check_mac(row.get("row_mac"), signer.row_mac(row_mac_values(row)))
+        except TypeError:  # a value of the wrong type in a signed column
+            matches = False
+        if not matches:
+            return _damaged(
+                row,
+                "its stored text does not match its signature: it was changed outside "
+                "bridgic-coldmail",
+                tampered=True,
+            )
     try:
-        return run_from_row(row, verified=verified)
+        return run_from_row(row, verified=row.get("row_mac") is not None)
     except (ValidationError, ValueError, TypeError, KeyError) as exc:
         return _damaged(row, f"its stored text cannot be read ({type(exc).__name__})", False)
+
+
+def is_legacy(row: Mapping[str, Any], signer: SnapshotSigner) -> bool:
+    """A run stored before this database was upgraded to 0.5: no row MAC, a valid legacy
+    mark, and no signature of this release."""
+    if row.get("row_mac") is not None or is_v2_signature(row.get("signature")):
+        return False
+    mark = row.get("legacy_mark")
+    return signer.check_mac(mark, signer.legacy_mark(str(row["interaction_id"])))
 
 
 def run_from_row(row: Mapping[str, Any], *, verified: bool = True) -> Run:
@@ -434,10 +450,13 @@ def decode_events(
     out: list[RunEvent] = []
     for index, event in enumerate(events, start=1):
         mac = event.get("mac")
-        verified = mac is not None and signer.check_mac(
-            mac, signer.event_mac(event_mac_values(event))
-        )
-        if mac is not None and not verified:
+        try:
+            verified = mac is not None and signer.check_mac(
+                mac, signer.event_mac(event_mac_values(event))
+            )
+        except TypeError:
+            verified = False
+        if (mac is not None or signed_row) and not verified:  # a signed run writes every MAC
             return Refusal(
                 RefusalReason.TAMPERED,
                 problem=f"history event {index} does not match its signature",
@@ -512,16 +531,17 @@ def judge_claim(
     run = decoded
     status = run.status
     if status is RunStatus.RESUMING:
-        expires = parse_time(row["claim_expires_at"]) if row.get("claim_expires_at") else None
+        expires = _lease_end(row.get("claim_expires_at"))
         pending = Action.from_json(row["pending_json"]) if row.get("pending_json") else None
         if expires is not None and expires >= now:
             return Refusal(RefusalReason.HELD, run=run, held_until=expires, pending=pending)
         status = paused_status(row)  # the lease ran out: the run is paused again
 
-    decided = Action.from_json(row["decided_json"]) if row.get("decided_json") else None
+    decided = decisions(row)
+    legacy = row.get("row_mac") is None
     if action.kind == "feedback":
         if status is RunStatus.AWAITING_FEEDBACK:
-            return _check_snapshot(row, run, status, supported_versions, signer, snapshot)
+            return _check_snapshot(row, run, status, supported_versions, signer, snapshot, legacy)
         if run.feedback == action.text:
             return AlreadyDone(run)
         feedback = Action.feedback(run.feedback) if run.feedback else None
@@ -532,23 +552,35 @@ def judge_claim(
         return Refusal(RefusalReason.WRONG_STATE, run=run)
     current_round = run.round or 0
     if status.is_final:
-        if (
-            decided is not None
-            and decided.same_as(action)
-            and action.round in (None, decided.round)
-        ):
+        last = decided[-1] if decided else None
+        if last is not None and last.same_as(action) and action.round in (None, last.round):
             return AlreadyDone(run)
-        return Refusal(RefusalReason.CONFLICT, run=run, decided=decided)
+        return Refusal(RefusalReason.CONFLICT, run=run, decided=last)
     # awaiting_review
     if action.round is not None and action.round != current_round:
         if action.round > current_round:
             return Refusal(RefusalReason.WRONG_STATE, run=run)
-        if decided is not None and decided.round == action.round and decided.same_as(action):
+        earlier = next((d for d in decided if d.round == action.round), None)
+        if earlier is not None and earlier.same_as(action):
             return AlreadyDone(run)
-        return Refusal(RefusalReason.CONFLICT, run=run, decided=decided)
+        return Refusal(RefusalReason.CONFLICT, run=run, decided=earlier)
     if action.kind == "revise" and current_round >= (run.max_rounds or current_round):
         return Refusal(RefusalReason.ROUND_LIMIT, run=run)
-    return _check_snapshot(row, run, status, supported_versions, signer, snapshot)
+    return _check_snapshot(row, run, status, supported_versions, signer, snapshot, legacy)
+
+
+def decisions(row: Mapping[str, Any]) -> list[Action]:
+    """The review decisions the run took, one per round, oldest first."""
+    text = row.get("decided_json")
+    return [Action.from_json(json_text(item)) for item in json.loads(text)] if text else []
+
+
+def _lease_end(value: Any) -> datetime | None:
+    """When a lease ends; an unreadable one (the column is not signed) counts as ended."""
+    try:
+        return parse_time(value) if value else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _check_snapshot(
@@ -558,6 +590,7 @@ def _check_snapshot(
     supported_versions: Collection[str],
     signer: SnapshotSigner,
     snapshot: bytes | None,
+    legacy: bool,
 ) -> ClaimPlan | Refusal:
     version = str(row["serialization_version"])
     signature = row.get("signature")
@@ -565,7 +598,9 @@ def _check_snapshot(
         return Refusal(RefusalReason.DAMAGED, run=run, problem="its snapshot is missing")
     if signature is None:
         return Refusal(RefusalReason.UNSIGNED, run=run)
-    if not signer.verify(str(row["interaction_id"]), version, snapshot, bytes(signature)):
+    if not signer.verify(
+        str(row["interaction_id"]), version, snapshot, bytes(signature), legacy=legacy
+    ):
         return Refusal(
             RefusalReason.TAMPERED,
             run=run,
@@ -625,6 +660,13 @@ def plan_claim(
     """The row after a granted claim: resuming, with the action pending and its event."""
     expires = now + timedelta(seconds=lease)
     change = RowChange(dict(row))
+    if row.get("status") == RunStatus.RESUMING.value:  # taken over from a resumer that died
+        change.add_event(
+            now,
+            "failed",
+            detail="the previous attempt stopped before it finished (its lease ran out)",
+            round=row.get("round"),
+        )
     change.row.update(
         status=RunStatus.RESUMING.value,
         pending_json=action.to_json(),
@@ -665,13 +707,15 @@ def plan_complete(
         updated_at=iso(now),
     )
     if action.kind != "feedback":
-        change.row["decided_json"] = Action(
+        taken = Action(
             action.kind,
             text=action.text,
             sequence=action.sequence,
             reviewer=action.reviewer,
             round=claim.run.round,
-        ).to_json()
+        )
+        history = [json.loads(a.to_json()) for a in decisions(row)]
+        change.row["decided_json"] = json_text([*history, json.loads(taken.to_json())])
     if isinstance(result, Paused):
         change.row.update(
             status=RunStatus.AWAITING_REVIEW.value,

@@ -48,6 +48,7 @@ from .base import (
     RowChange,
     decode_events,
     decode_row,
+    is_legacy,
     iso,
     judge_claim,
     plan_claim,
@@ -55,7 +56,7 @@ from .base import (
     plan_insert,
     plan_release,
 )
-from .sqlite_migrations import MIGRATIONS, SCHEMA_VERSION
+from .sqlite_migrations import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
 
@@ -136,8 +137,14 @@ class SqliteRunStore:
         await self._conn.close()
 
     async def _hop(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        location = self.location
+
+        def guarded(db: sqlite3.Connection) -> T:
+            _check_schema_objects(db, location)
+            return work(db)
+
         with _storage_errors(self.location, self.busy_timeout):
-            return await _on_thread(self._conn, work)
+            return await _on_thread(self._conn, guarded)
 
     # ------------------------------------------------------------------ writes
 
@@ -293,16 +300,20 @@ class SqliteRunStore:
         def work(db: sqlite3.Connection) -> list[str]:
             with _transaction(db):
                 rows = db.execute(
-                    "SELECT interaction_id, serialization_version, snapshot FROM runs "
+                    "SELECT interaction_id, serialization_version, snapshot, legacy_mark, "
+                    "row_mac, signature FROM runs "
                     "WHERE snapshot IS NOT NULL AND signature IS NULL AND row_mac IS NULL "
                     "ORDER BY created_at"
                 ).fetchall()
                 wanted = None if interaction_ids is None else set(interaction_ids)
                 signed = []
-                for interaction_id, version, snapshot in rows:
+                for interaction_id, version, snapshot, *_ in rows:
                     if wanted is not None and interaction_id not in wanted:
                         continue
-                    signature = signer.sign(interaction_id, version, bytes(snapshot))
+                    row = {"interaction_id": interaction_id, "legacy_mark": _[0]}
+                    if not is_legacy(row, signer):
+                        continue  # a row of this release stripped of its MACs: never signed
+                    signature = signer.sign_trusted(interaction_id, version, bytes(snapshot))
                     db.execute(
                         "UPDATE runs SET signature = ? WHERE interaction_id = ?",
                         (signature, interaction_id),
@@ -393,6 +404,34 @@ def _transaction(
     finally:
         if not durable:
             db.execute("PRAGMA synchronous = FULL")
+
+
+_checked_schema_versions: dict[int, int] = {}
+
+
+def _check_schema_objects(db: sqlite3.Connection, location: str) -> None:
+    """Refuse a database holding a trigger, a view or any object this release did not make.
+
+    Cheap on every call: the objects are listed only when ``PRAGMA schema_version`` (which
+    SQLite bumps on every schema change, by any connection) differs from the last check.
+    """
+    version = db.execute("PRAGMA schema_version").fetchone()[0]
+    if _checked_schema_versions.get(id(db)) == version:
+        return
+    found = {
+        (str(kind), str(name))
+        for kind, name in db.execute("SELECT type, name FROM sqlite_master")
+        if not str(name).startswith("sqlite_autoindex_")
+    }
+    planted = sorted(found - EXPECTED_OBJECTS)
+    if planted:
+        listed = ", ".join(f"{kind} {name}" for kind, name in planted)
+        raise StoreError(
+            f"{location} holds schema objects bridgic-coldmail did not create ({listed}); it "
+            "was changed outside bridgic-coldmail and is not used. Restore it from a backup",
+            topic="tampered_schema",
+        )
+    _checked_schema_versions[id(db)] = version
 
 
 def _fetch(db: sqlite3.Connection, query: str, interaction_id: str) -> dict[str, Any] | None:
@@ -531,6 +570,13 @@ def _migrate(db: sqlite3.Connection, shown: str, keys: KeySource) -> SnapshotSig
                     "INSERT INTO coldmail_schema (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, iso(_now())),
                 )
+        if current < LEGACY_MARK_VERSION and holds_runs:
+            ids = [row[0] for row in db.execute("SELECT interaction_id FROM runs")]
+            db.executemany(
+                "UPDATE runs SET legacy_mark = ? WHERE interaction_id = ?",
+                [(signer.legacy_mark(i), i) for i in ids],
+            )
+        _check_schema_objects(db, shown)
         if fingerprint is None:
             db.execute(
                 "INSERT INTO coldmail_meta (key, value) VALUES ('key_fingerprint', ?)",

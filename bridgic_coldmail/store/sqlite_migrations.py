@@ -158,7 +158,9 @@ END""",
 # led there and the one being applied), merge fields, a MAC over what people read, and a
 # history written by the store itself — numbered and signed per event — instead of by
 # triggers, so each event can carry its MAC. Rows and events stored before have no MAC: they
-# are shown flagged as unverified, never signed after the fact.
+# are shown flagged as unverified, never signed after the fact. The store then gives each run
+# already present a `legacy_mark` (a MAC of its id alone, in Python: it needs the key), so
+# that a row of this release stripped of its MAC cannot pass for one of an earlier release.
 V5_REVIEW_ROUNDS_AND_ROW_MACS = (
     "DROP TRIGGER IF EXISTS run_paused",
     "DROP TRIGGER IF EXISTS run_claimed",
@@ -213,6 +215,7 @@ FROM run_events""",
     claim_token           TEXT,
     claim_expires_at      TEXT,
     row_mac               BLOB,
+    legacy_mark           BLOB,
     signature             BLOB,
     snapshot              BLOB
 )""",
@@ -234,6 +237,23 @@ FROM runs""",
     "CREATE INDEX runs_by_status_and_update ON runs (status, updated_at)",
 )
 
+
+EXPECTED_OBJECTS = {
+    ("table", "coldmail_schema"),
+    ("table", "coldmail_meta"),
+    ("table", "runs"),
+    ("table", "run_events"),
+    ("table", "sqlite_sequence"),
+    ("index", "runs_by_status_and_age"),
+    ("index", "runs_by_age"),
+    ("index", "runs_by_status_and_update"),
+}
+"""Everything the current schema holds (besides SQLite's own ``sqlite_autoindex_*``): no
+trigger and no view. Anything else was planted — a trigger could undo a write inside the
+store's own transaction — and the database is refused."""
+
+LEGACY_MARK_VERSION = 5
+"""Crossing this version marks the runs already stored as legacy (see above)."""
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs table", V1_RUNS),
