@@ -1,0 +1,302 @@
+"""The embedded model, measured: on-topic quality, draft and refine times, and its speed
+against plain llama.cpp generation on the same hardware in the same run.
+
+    python -m benchmarks.local_model          # prints Markdown rows for RESULTS.md
+
+Quality: :data:`QUALITY_CASES` are twelve briefs (different products, industries and
+senders, with and without an audience and a call to action), each with a reviewer's feedback
+and a seed, fixed here before any output was looked at. Each case drafts and refines with the
+real model and passes only if every check of :func:`check_case` holds. The test suite runs
+the same cases (``tests/test_local_quality.py``) and needs at least 11 of 12.
+
+Speed: each case's draft and refinement are timed through ``LocalLlm.acompose``; after each
+one, plain ``Llama.create_completion`` generates the same number of tokens from the same
+first prompt and the same cached state (the order alternates from case to case so drift in
+the machine's speed hits both sides). The ratio of the two rates is what this package's way
+of generating costs against what the hardware does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+from bridgic_coldmail.models import Brief, EmailSequence, EmailStep
+from bridgic_coldmail.writing import WritingTask
+
+# --------------------------------------------------------------------------- the fixed cases
+
+
+@dataclass(frozen=True)
+class QualityCase:
+    """A brief, the reviewer's feedback on the audience, merge fields and the seed used."""
+
+    brief: Brief
+    feedback: str
+    seed: int
+    fields: tuple[str, ...] = ()
+
+
+QUALITY_CASES: tuple[QualityCase, ...] = (
+    QualityCase(
+        Brief(
+            product="Ledgerly",
+            offer="reconciles invoices against bank feeds automatically, saving finance "
+            "teams 2 days a month",
+            sender="Sam Roy, CEO of Ledgerly",
+        ),
+        "Controllers at 200-1000 person manufacturing firms who close the books monthly in "
+        "Excel",
+        seed=101,
+    ),
+    QualityCase(
+        Brief(
+            product="Acme Scheduler",
+            offer="cuts patient no-shows by 30% with two-way SMS reminders",
+            sender="Dana Lee, founder of Acme",
+            audience="clinic managers",
+        ),
+        "CTOs at mid-size hospitals",
+        seed=202,
+        fields=("first_name",),
+    ),
+    QualityCase(
+        Brief(
+            product="Shipcheck",
+            offer="audits parcel carrier invoices and claims refunds for late deliveries",
+            sender="Priya Nair",
+            audience="e-commerce operations leads",
+            cta="a 20-minute demo",
+        ),
+        "Actually, finance directors at online retailers shipping over 5,000 parcels a month",
+        seed=303,
+    ),
+    QualityCase(
+        Brief(
+            product="Harvest Hub",
+            offer="an online ordering page for farm shops, live in a day",
+            sender="Tom Okafor, co-founder of Harvest Hub",
+            cta="reply and I'll set up a free trial page for your shop",
+        ),
+        "owners of family-run farm shops in rural England",
+        seed=404,
+        fields=("first_name", "company"),
+    ),
+    QualityCase(
+        Brief(
+            product="Tallyho!",
+            offer="turns paper timesheets into payroll-ready exports",
+            sender="Maria Gonzalez, Head of Sales at Tallyho!",
+            audience="construction companies",
+        ),
+        "Payroll administrators at construction firms with 50 to 300 site workers, not the "
+        "owners",
+        seed=505,
+    ),
+    QualityCase(
+        Brief(
+            product="CodeGuard",
+            offer="catches leaked API keys in pull requests before they are merged",
+            sender="Lena Fischer",
+            audience="engineering managers",
+            cta="Start a free 14-day trial at codeguard.dev",
+        ),
+        "Security leads at fintech startups with 20-100 engineers",
+        seed=606,
+    ),
+    QualityCase(
+        Brief(
+            product="Roomly",
+            offer="fills empty meeting rooms by releasing no-show bookings automatically",
+            sender="Chris Park, Roomly",
+        ),
+        "Workplace managers at companies with hybrid offices of 300+ staff",
+        seed=707,
+        fields=("first_name",),
+    ),
+    QualityCase(
+        Brief(
+            product="VetNote",
+            offer="writing consultation notes from a recording of the appointment",
+            sender="Dr. Aisha Khan, founder of VetNote",
+            audience="veterinary clinics",
+            cta="a 15-minute demo",
+        ),
+        "Practice owners of small-animal vet clinics with 2-5 vets who write notes after hours",
+        seed=808,
+    ),
+    QualityCase(
+        Brief(
+            product="FleetPulse",
+            offer="predicts truck breakdowns from engine data two weeks ahead",
+            sender="Jordan Blake, VP Sales at FleetPulse",
+            cta="Book a call at fleetpulse.io/demo",
+        ),
+        "Maintenance managers at regional trucking fleets of 50-500 vehicles",
+        seed=909,
+    ),
+    QualityCase(
+        Brief(
+            product="Menu Mate",
+            offer="a QR menu that updates prices across all your locations at once",
+            sender="Sofia Rossi",
+            audience="restaurant owners",
+        ),
+        "Operations directors at restaurant groups with 5 to 40 locations",
+        seed=1111,
+    ),
+    QualityCase(
+        Brief(
+            product="GrantBox",
+            offer="find and track grants your nonprofit is eligible for",
+            sender="Ben Adler, GrantBox",
+            audience="nonprofit directors",
+            cta="Reply 'yes' and I'll send three grants that match you.",
+        ),
+        "The emails should target development officers at small arts nonprofits (under 20 "
+        "staff)",
+        seed=1212,
+    ),
+    QualityCase(
+        Brief(
+            product="ClearCloud Backup",
+            offer="backs up Microsoft 365 mailboxes and restores any file in minutes",
+            sender="Ravi Shah, Account Executive at ClearCloud",
+            audience="IT managers",
+            cta="a free backup health check",
+        ),
+        "IT directors at law firms of 50-200 lawyers who worry about losing client email",
+        seed=1313,
+    ),
+)
+"""Fixed before any output was looked at; the test asserts on exactly these."""
+
+QUALITY_PASS_MARK = 11
+
+# --------------------------------------------------------------------------- the checks
+
+FORBIDDEN_EXAMPLE_TEXT = (
+    # the worksheet's examples (local_writer.WORKSHEET_HEAD)
+    "Pipewise",
+    "Crewtable",
+    "Fernlog",
+    "facility managers at hospitals",
+    "owners of busy independent restaurants",
+    "quality managers at contract research labs",
+    # the compact prompt's worked example that the issue saw copied (prompts.py before 0.5)
+    "Brightdesk",
+    "support teams at online shops",
+    "shoe shop",
+)
+"""Names and phrases of every example ever put in a prompt for the small model."""
+
+_CHECK_STOP_WORDS = frozenset(
+    """a an the and or of at in on for to with by from who whom which that this these those
+    their they them is are be been was were should must will would could can really actually
+    emails email sequence target targeting audience readers reader people write written aim
+    aimed about not but only just more than over under into our your you it its as""".split()
+)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:[-'][a-z0-9]+)*", text.lower())
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ies", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def feedback_key_terms(feedback: str) -> list[str]:
+    """The words that say who the feedback means, by this rule: the feedback's first clause
+    (up to the first ".", ";", "(" or "not"), its words without the stop words of
+    :data:`_CHECK_STOP_WORDS`, each kept once."""
+    clause = re.split(r"[.;(]|\bnot\b", feedback, maxsplit=1)[0]
+    terms: list[str] = []
+    for word in _words(clause):
+        if word not in _CHECK_STOP_WORDS and word not in terms:
+            terms.append(word)
+    return terms
+
+
+def _names(haystack: str, phrase: str) -> bool:
+    """Whether ``phrase`` appears in ``haystack`` as words, case-insensitively."""
+    pattern = r"(?<![a-z0-9])" + re.escape(phrase.lower()) + r"(?![a-z0-9])"
+    return re.search(pattern, haystack.lower()) is not None
+
+
+def _sender_name(sender: str) -> str:
+    return sender.split(",", 1)[0].strip()
+
+
+def _product_name(product: str) -> str:
+    return product.strip().rstrip(".!?,;:").strip()
+
+
+def check_email(step: EmailStep, brief: Brief, fields: tuple[str, ...]) -> list[str]:
+    """What is wrong with one email (empty when nothing is)."""
+    problems = []
+    text = f"{step.subject}\n{step.body}"
+    if not _names(text, _product_name(brief.product)):
+        problems.append("does not name the product")
+    tail = "\n".join([line for line in step.body.splitlines() if line.strip()][-3:])
+    if _sender_name(brief.sender).lower() not in tail.lower():
+        problems.append("is not signed by the sender")
+    for phrase in FORBIDDEN_EXAMPLE_TEXT:
+        if _names(text, phrase):
+            problems.append(f"contains the prompt example's {phrase!r}")
+    if step.subject.strip().rstrip(".!?").lower() == _product_name(brief.product).lower():
+        problems.append("has the product name as its whole subject")
+    sentences = [s.strip().lower() for s in re.split(r"(?<=[.!?])\s+", step.body) if s.strip()]
+    repeated = {s for s in sentences if sentences.count(s) > 1 and len(_words(s)) > 3}
+    if repeated:
+        problems.append(f"repeats {sorted(repeated)[0]!r}")
+    for name in re.findall(r"\{\{\s*([^}|]+?)\s*(?:\|[^}]*)?\}\}", text):
+        if name not in fields:
+            problems.append(f"uses the merge field {name!r}, which the task does not have")
+    return problems
+
+
+def check_sequence(
+    sequence: EmailSequence, brief: Brief, fields: tuple[str, ...] = ()
+) -> list[str]:
+    """What is wrong with a sequence: every email's problems, a short opener, a copied
+    follow-up."""
+    problems = [f"opener {p}" for p in check_email(sequence.opener, brief, fields)]
+    problems += [f"follow-up {p}" for p in check_email(sequence.follow_up, brief, fields)]
+    if len(_words(sequence.opener.body)) < 40:
+        problems.append(f"the opener's body has {len(_words(sequence.opener.body))} words")
+    opener, follow = _words(sequence.opener.body), _words(sequence.follow_up.body)
+    similarity = difflib.SequenceMatcher(None, opener, follow, autojunk=False).ratio()
+    if similarity >= 0.6 or sequence.opener.subject == sequence.follow_up.subject:
+        problems.append(f"the follow-up copies the opener (similarity {similarity:.2f})")
+    return problems
+
+
+def check_refinement(refined: EmailSequence, feedback: str) -> list[str]:
+    """Whether the refinement names the audience: at least two thirds of the feedback's key
+    terms (:func:`feedback_key_terms`) appear in it, compared without plural endings."""
+    terms = feedback_key_terms(feedback)
+    text = " ".join(f"{s.subject} {s.body}" for s in refined.steps)
+    present = {_stem(w) for w in _words(text)}
+    missing = [t for t in terms if _stem(t) not in present]
+    if not terms or len(terms) - len(missing) < max(1, -(-2 * len(terms) // 3)):
+        return [f"the refinement misses the feedback's {missing} (key terms {terms})"]
+    return []
+
+
+def check_case(
+    case: QualityCase, draft: EmailSequence, refined: EmailSequence
+) -> list[str]:
+    """Every problem of one case's draft and refinement; the case passes when there is none."""
+    problems = [f"draft: {p}" for p in check_sequence(draft, case.brief, case.fields)]
+    problems += [f"refinement: {p}" for p in check_sequence(refined, case.brief, case.fields)]
+    problems += check_refinement(refined, case.feedback)
+    return problems
