@@ -349,22 +349,27 @@ class LocalModelResults:
         return sum(result.passed for result in self.cases)
 
 
-async def _run(cases: tuple[QualityCase, ...], log: Any) -> LocalModelResults:
-    from bridgic_coldmail.local_llm import LocalLlm, _load
+async def ameasure(
+    cases: tuple[QualityCase, ...] = QUALITY_CASES, log: Any = None
+) -> LocalModelResults:
+    """Draft and refine every case with the real model; time it and check it (async)."""
+    log = log or (lambda message: None)
+    from bridgic_coldmail.local_llm import LocalLlm, using_model
     from bridgic_coldmail.local_writer import TEMPERATURE, WORKSHEET_HEAD, LlamaLines
 
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     warm = LocalLlm(seed=0)
-    llama, lock = _load(warm.model_path, warm.n_ctx, warm.n_threads)
-    lines = LlamaLines(llama)
-    head = lines.tokenize(WORKSHEET_HEAD, bos=True)
-    with lock:
+    shared = (warm.model_path, warm.n_ctx, warm.n_threads)
+    with using_model(*shared) as llama:
+        lines = LlamaLines(llama)
+        head = lines.tokenize(WORKSHEET_HEAD, bos=True)
         lines.start(head)
     first_call = time.perf_counter() - started
 
     def plain(prompt: list[int], tokens: int, seed: int) -> tuple[int, float]:
-        with lock:
+        with using_model(*shared) as llama:
+            lines = LlamaLines(llama)
             lines.start(head)
             began = time.perf_counter()
             out = llama.create_completion(
@@ -429,7 +434,34 @@ def _p95(values: list[float]) -> float:
 
 def measure(cases: tuple[QualityCase, ...] = QUALITY_CASES, log: Any = None) -> LocalModelResults:
     """Draft and refine every case with the real model; time it and check it."""
-    return asyncio.run(_run(cases, log or (lambda message: None)))
+    return asyncio.run(ameasure(cases, log))
+
+
+def figures(results: LocalModelResults) -> list[dict[str, Any]]:
+    """The rows as keyword arguments for ``benchmarks.run.Figure`` (plain llama.cpp in the
+    "floor" column of the speed row), for the full benchmark run to include."""
+    seeds = ", ".join(str(r.case.seed) for r in results.cases)
+    low, high = results.plain_spread
+    n = len(results.cases)
+    return [
+        dict(workload="local model: draft (acompose)", unit="s",
+             ours=[r.draft_seconds for r in results.cases], target="≤ 8 s (p50)",
+             met=results.draft_p50 <= 8,
+             note=f"{results.model}, {n} briefs, fixed seeds; the first call in a process adds "
+             f"{results.first_call_seconds:.1f} s (load + worksheet head)"),
+        dict(workload="local model: refine (acompose)", unit="s",
+             ours=[r.refine_seconds for r in results.cases], target="≤ 8 s (p50)",
+             met=results.refine_p50 <= 8, note="the same briefs and seeds"),
+        dict(workload="local model: tokens/s, ours (floor: plain llama.cpp)", unit="tokens/s",
+             ours=[results.ours_tokens_per_second], floor=[results.plain_tokens_per_second],
+             target="≥ 0.8× plain", met=results.speed_ratio >= 0.8, higher_is_better=True,
+             note="plain: create_completion of the same number of tokens from the same prompt, "
+             f"interleaved call by call; plain per call {low:.0f}–{high:.0f} tokens/s"),
+        dict(workload="local model: on-topic quality", unit=f"of {n} cases",
+             ours=[float(results.quality_passed)], target=f"≥ {QUALITY_PASS_MARK} of 12",
+             met=results.quality_passed >= QUALITY_PASS_MARK, higher_is_better=True,
+             note=f"seeds {seeds}; checks in benchmarks/local_model.py"),
+    ]  # fmt: skip
 
 
 def markdown_rows(results: LocalModelResults) -> list[str]:

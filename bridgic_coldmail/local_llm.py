@@ -25,18 +25,20 @@ used from two threads at once) and a log callback that silences llama.cpp's load
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import json
 import os
 import random
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bridgic.core.model import BaseLlm
 from bridgic.core.model.protocols import PydanticModel
-from bridgic.core.model.types import Message
+from bridgic.core.model.types import Message, Role
 
 from .errors import ConfigurationError
 from .local_writer import TEMPERATURE as COMPOSE_TEMPERATURE
@@ -86,6 +88,31 @@ def default_model_path() -> Path:
         raise ConfigurationError(f"cannot prepare the local model file: {exc}") from None
 
 
+SMALL_MODEL = 1_000_000_000
+"""From this many parameters up, ``acompose`` asks the model for whole emails."""
+
+
+def whole_email_messages(task: WritingTask) -> list[Message]:
+    """The prompt a capable model gets for a task: ``prompts.py``'s draft or refinement, and
+    for a revision the reviewer's latest guidance after it."""
+    from .prompts import draft_messages, refine_messages
+
+    if task.kind == "draft" or task.current is None:
+        messages = draft_messages(task.brief)
+    else:
+        audience = task.feedback or task.brief.audience or "the likeliest buyer"
+        messages = refine_messages(task.brief, task.current, audience)
+    notes = []
+    if task.kind == "revise" and task.guidance:
+        notes.append(f"Revise both emails following this guidance: {task.guidance[-1]}")
+    if task.fields:
+        names = ", ".join(f"{{{{{name}}}}}" for name in task.fields)
+        notes.append(f"You may use these merge fields and no others: {names}.")
+    if notes:
+        messages.append(Message.from_text(text="\n".join(notes), role=Role.USER))
+    return messages
+
+
 def default_threads() -> int:
     """Threads for generating tokens: half the cores, at least one, at most four.
 
@@ -121,6 +148,17 @@ def _load(path: Path, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
                 raise ConfigurationError(f"cannot load the local model {path}: {exc}") from None
             _generation_locks[key] = threading.Lock()
         return _models[key], _generation_locks[key]
+
+
+@contextlib.contextmanager
+def using_model(path: Path, n_ctx: int, n_threads: int) -> Iterator[Any]:
+    """The shared ``Llama``, held under its lock for the duration (one user at a time)."""
+    while True:
+        llama, lock = _load(path, n_ctx, n_threads)
+        with lock:
+            if llama in _models.values():  # not released while we waited for the lock
+                yield llama
+                return
 
 
 def release_local_models() -> int:
@@ -202,6 +240,10 @@ class LocalLlm(BaseLlm):
         seed: fixes sampling: the same task and seed give the same emails. ``None`` draws a
             fresh seed for every call.
         n_threads: threads that generate tokens; by default :func:`default_threads`.
+        whole_emails: how ``acompose`` writes. ``False``: the model writes short lines and
+            code composes the emails (``local_writer``), for small base models. ``True``: the
+            model writes both emails whole, under the grammar, from the prompts capable models
+            get. ``None`` (default): whole emails from :data:`SMALL_MODEL` parameters up.
     """
 
     wants_compact_prompts = True
@@ -215,6 +257,7 @@ class LocalLlm(BaseLlm):
         temperature: float | None = None,
         seed: int | None = None,
         n_threads: int | None = None,
+        whole_emails: bool | None = None,
     ) -> None:
         if not local_extra_installed():
             raise ConfigurationError(f"the local LLM needs llama-cpp-python; {INSTALL_HINT}")
@@ -223,25 +266,37 @@ class LocalLlm(BaseLlm):
         self.temperature = temperature
         self.seed = seed
         self.n_threads = n_threads or default_threads()
+        self.whole_emails = whole_emails
         self.last_stats: ComposeStats | None = None
         """What the last ``compose`` cost: model calls, tokens, seconds."""
         self._grammars: dict[str, Any] = {}
 
     def compose(self, task: WritingTask) -> EmailSequence:
         """Write the sequence the task asks for (blocking; see ``acompose``)."""
-        llama, lock = _load(self.model_path, self.n_ctx, self.n_threads)
         seed = self.seed if self.seed is not None else random.randrange(2**31 - 1)
         stats = ComposeStats()
-        lines = LlamaLines(llama, temperature=self.temperature or COMPOSE_TEMPERATURE)
-        with lock:
-            sequence = write_sequence(lines, task, seed, stats)
-        self.last_stats = stats
-        return sequence
+        temperature = COMPOSE_TEMPERATURE if self.temperature is None else self.temperature
+        from llama_cpp import llama_model_n_params
+
+        with using_model(self.model_path, self.n_ctx, self.n_threads) as llama:
+            whole = self.whole_emails
+            if whole is None:
+                whole = llama_model_n_params(llama.model) >= SMALL_MODEL
+            if not whole:
+                sequence = write_sequence(LlamaLines(llama, temperature), task, seed, stats)
+                self.last_stats = stats
+                return sequence
+        self.last_stats = None
+        result = self.structured_output(
+            whole_email_messages(task), PydanticModel(model=EmailSequence)
+        )
+        return cast(EmailSequence, result)
 
     async def acompose(self, task: WritingTask) -> EmailSequence:
-        """The ``SequenceComposer`` protocol: the model writes short lines for this task's
-        reader and the emails are composed around the brief's own words (``local_writer``),
-        on a worker thread so the event loop stays responsive."""
+        """The ``SequenceComposer`` protocol, on a worker thread so the event loop stays
+        responsive. A small model writes short lines for this task's reader and the emails
+        are composed around the brief's own words (``local_writer``); a larger one writes
+        whole emails (see ``whole_emails``)."""
         return await asyncio.to_thread(self.compose, task)
 
     def _grammar(self, model: type) -> Any:
@@ -257,12 +312,11 @@ class LocalLlm(BaseLlm):
         """Generate JSON under the grammar of ``constraint`` and validate it."""
         if not isinstance(constraint, PydanticModel):
             raise ConfigurationError("the local LLM supports PydanticModel constraints only")
-        llama, lock = _load(self.model_path, self.n_ctx, self.n_threads)
         temperature = STRUCTURED_TEMPERATURE if self.temperature is None else self.temperature
         options: dict[str, Any] = {}
         if self.seed is not None:
             options["seed"] = self.seed
-        with lock:
+        with using_model(self.model_path, self.n_ctx, self.n_threads) as llama:
             output = llama.create_completion(
                 render_prompt(messages),
                 grammar=self._grammar(constraint.model),
@@ -305,5 +359,6 @@ class LocalLlm(BaseLlm):
         self.temperature = None
         self.seed = None
         self.n_threads = default_threads()
+        self.whole_emails = None
         self.last_stats = None
         self._grammars = {}

@@ -4,20 +4,22 @@ A base model of 270 million parameters continues documents; asked for a whole em
 copies the worked example it was shown (product, audience and all) or repeats itself. It
 does write a short phrase about a named reader tolerably well. So the work is split:
 
-* The model fills in a few lines of a *research worksheet*, one line per call, stopped at
-  the end of the line (no JSON grammar: on Gemma's 262,144-token vocabulary the grammar
-  made every token about four times slower). For a reader it writes the chore that costs
-  them time today, a question that makes them think about it, and two subject lines.
-  The worksheet's examples are three invented products (:data:`EXAMPLE_PRODUCTS`), never an
-  email, so there is no email to copy.
-* Each line is sampled up to :data:`CANDIDATES` times with seeds derived from the task's
-  seed, checked (:func:`check_line`: the right shape, no number the brief does not contain,
-  no text from the examples, no repetition) and scored by the words it shares with the
-  brief; the best survivor is used, else a plain sentence written in code.
+* The model fills in two lines of a *customer research worksheet*, one line per call,
+  stopped at the end of the line (no JSON grammar: on Gemma's 262,144-token vocabulary the
+  grammar made every token about four times slower): two chores this reader still does by
+  hand ("reconciling bank feeds in Excel"). When the task names no reader, it first guesses
+  one, for the worksheet only. The worksheet's examples are four invented products
+  (:data:`EXAMPLE_PRODUCTS`) and never an email, so there is no email to copy.
+* Each line is sampled a few times (:class:`LineSpec`) with seeds derived from the task's
+  seed, checked by :func:`check_line` (an -ing phrase, no figures, not the offer itself,
+  nothing from the examples, no repetition, not cut off) and scored by the words it shares
+  with the offer and the reader; the best survivor is used, else code writes a plain
+  sentence without it.
 * The emails are composed in code (:func:`compose`) around the brief's own words: the
   product, the offer, the sender, the call to action, and the audience (the reviewer's
-  feedback when there is one, see :func:`audience_from_feedback`). So every email names the
-  product and is signed by the sender whatever the model writes.
+  feedback when there is one, read by :func:`audience_from_feedback`). The opener's hook and
+  subject use the first chore, the follow-up's question the second. So every email names the
+  product and the reader and is signed by the sender, whatever the model writes.
 
 The worksheet's fixed head (:data:`WORKSHEET_HEAD`) is evaluated once per process and kept
 in llama.cpp's KV cache; each call then evaluates only its own lines (see
@@ -52,26 +54,26 @@ that cost that reader time or money today, each in a few words.
 Product: Pipewise
 What it does: detects leaks in water pipes from acoustic sensors
 Reader: facility managers at hospitals
-Chore today: finding hidden leaks only after a ceiling stains
-Another chore: booking emergency plumbers at night
+Done by hand today: finding hidden leaks only after a ceiling stains
+Also done by hand: booking emergency plumbers at night
 
 Product: Crewtable
 What it does: builds staff rotas from everyone's availability in minutes
 Reader: owners of busy independent restaurants
-Chore today: rebuilding the rota every Sunday night from text messages
-Another chore: phoning around to cover last-minute sick calls
+Done by hand today: rebuilding the rota every Sunday night from text messages
+Also done by hand: phoning around to cover last-minute sick calls
 
 Product: Fernlog
 What it does: keeps lab samples traceable with barcode labels and an audit log
 Reader: quality managers at contract research labs
-Chore today: digging through paper logs when an auditor asks where a sample was
-Another chore: relabelling tubes by hand after a freezer move
+Done by hand today: digging through paper logs when an auditor asks where a sample was
+Also done by hand: relabelling tubes by hand after a freezer move
 
 Product: Quotebird
 What it does: turns a site visit into a priced quote on the spot
 Reader: owners of small roofing companies
-Chore today: typing up quotes at the kitchen table after a long day on site
-Another chore: chasing customers who never answered a quote
+Done by hand today: typing up quotes at the kitchen table after a long day on site
+Also done by hand: chasing customers who never answered a quote
 """
 """The fixed start of every prompt: an instruction line and four filled-in examples."""
 
@@ -103,8 +105,8 @@ class LineSpec:
 READER = LineSpec("Reader", "reader", 16, 2, 1)
 # A chore must share a word with the offer or the reader: an off-topic chore is worse than
 # the plain sentence code writes without one.
-CHORE = LineSpec("Chore today", "chore", 24, 4, 2, minimum=0.5)
-ANOTHER_CHORE = LineSpec("Another chore", "chore", 24, 3, 2, minimum=0.5)
+CHORE = LineSpec("Done by hand today", "chore", 24, 4, 2, minimum=0.5)
+ANOTHER_CHORE = LineSpec("Also done by hand", "chore", 24, 3, 2, minimum=0.5)
 
 # --------------------------------------------------------------------------- words
 
@@ -119,6 +121,14 @@ _STOP_WORDS = frozenset(
 )
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'&+.-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_DANGLING = frozenset(
+    """a an the and or but of to in on at by for from with into onto over under about as
+    than that who which whose when while if so their his her its your our my this these
+    those is are was were be been has have had do does""".split()
+)
+_FAST = re.compile(
+    r"\b(?:automatic(?:ally)?|automated|instantly|in (?:minutes|seconds)|one click)\b", re.I
+)
 _FIRST_PERSON = frozenset({"i", "i'm", "i've", "i'd", "me", "my", "we", "we're", "our", "us"})
 
 
@@ -177,8 +187,9 @@ class Topic:
 def check_line(kind: str, text: str, topic: Topic) -> float | None:
     """The score of a model-written line, or ``None`` when it must not be used.
 
-    A usable line has its kind's shape (a chore starts with a verb in -ing and does not
-    name the product; a reader is a short phrase), contains no number the task does not
+    A usable line has its kind's shape (a chore starts with a verb in -ing, ends on a word
+    that can end a phrase, and neither names the product nor repeats the offer; a reader is
+    a short phrase), contains no number the task does not
     contain, no markup, nothing from the examples, and no word three times. Its score counts
     the meaningful words it shares with the offer (1 each) and with the reader (½ each), at
     most 3: a chore about what the product does, for this reader, scores highest.
@@ -195,15 +206,20 @@ def check_line(kind: str, text: str, topic: Topic) -> float | None:
     meaningful = [stem(w) for w in ws if w not in _STOP_WORDS]
     if any(meaningful.count(w) > 2 for w in meaningful):
         return None
-    if len(set(zip(ws, ws[1:], strict=False))) < len(ws) - 1:
-        return None  # a repeated pair of words: the model is looping
+    pairs = list(zip(ws, ws[1:], strict=False))
+    if len(set(pairs)) < len(pairs) or any(a == b for a, b in pairs):
+        return None  # "claim claim", or a repeated pair of words: the model is looping
     if any(w in _FIRST_PERSON for w in ws) or text.endswith(("?", "!")):
         return None
     if topic.product.lower() in text.lower():
         return None
     if kind == "chore":
-        if not (3 <= len(ws) <= 14):
-            return None
+        if not (3 <= len(ws) <= 14) or ws[-1] in _DANGLING:
+            return None  # too short, too long, or cut off ("… who have left their old shop on")
+        if shingles(text) & shingles(topic.offer) or _FAST.search(text):
+            return None  # the offer itself ("… in one click") is not what they do by hand
+        if _NUMBER.search(text):
+            return None  # "cancelling appointments by 30%": the brief's figures belong to the offer
         if not (ws[0].endswith("ing") and ws[0].isalpha() and len(ws[0]) >= 5):
             return None
     elif kind == "reader":
@@ -507,7 +523,7 @@ def compose(task: WritingTask, audience: str | None, lines: Lines) -> EmailSeque
     what = offer_clause(product, _one_line(brief.offer))
     audience_text = _one_line(audience) if audience else None
     chore = lines.chore
-    second = lines.another_chore or chore
+    second = lines.another_chore  # never the opener's chore again
 
     if audience_text and chore:
         hook = (
@@ -530,9 +546,8 @@ def compose(task: WritingTask, audience: str | None, lines: Lines) -> EmailSeque
         )
     follow_on = "" if short else " It takes a few minutes to see whether it fits the way you work."
     sign_off = f"Best,\n{name}" + (f"\n{title}" if title else "")
-    opener_body = "\n\n".join(
-        [greeting, hook, what + follow_on, _cta_sentence(brief.cta), sign_off]
-    )
+    cta = _one_line(brief.cta) if brief.cta else None
+    opener_body = "\n\n".join([greeting, hook, what + follow_on, _cta_sentence(cta), sign_off])
 
     if second:
         question = f"How many hours a month go into {second}?"
@@ -554,7 +569,7 @@ def compose(task: WritingTask, audience: str | None, lines: Lines) -> EmailSeque
     if chore and len(words(chore)) <= 7:
         opener_subject = f"Still {chore}?"
     else:
-        opener_subject = for_reader or _fallback_subject(product, brief.offer)
+        opener_subject = for_reader or _fallback_subject(product, _one_line(brief.offer))
     follow_subject = for_reader if for_reader and for_reader != opener_subject else None
     return EmailSequence(
         opener=EmailStep(subject=_subject(opener_subject), body=opener_body, wait_days=0),
@@ -574,19 +589,36 @@ _HEAD_END = re.compile(
 
 
 def _audience_head(audience: str) -> str | None:
-    """The audience's head noun phrase: "controllers at … firms who …" → "controllers"."""
-    head = _HEAD_END.split(audience, maxsplit=1)[0].strip()
-    return head if 1 <= len(words(head)) <= 4 else None
+    """The audience's head noun phrase: "controllers at … firms who …" → "controllers",
+    "owners of farm shops in …" → "owners of farm shops" (a lone noun keeps its "of")."""
+    match = _HEAD_END.search(audience)
+    head = audience[: match.start()] if match else audience
+    lone = [w for w in words(head) if w not in ("a", "an", "the")]
+    if match and len(lone) == 1 and match.group().strip().lower() == "of":
+        rest = audience[match.end() :]
+        after = _HEAD_END.search(rest)
+        head = audience[: match.end() + (after.start() if after else len(rest))]
+    head = head.strip()
+    return head if 1 <= len(words(head)) <= 5 else None
 
 
 def _subject(text: str) -> str:
     return _upper_first(" ".join(text.split()))[:200]
 
 
+_OFFER_BREAK = re.compile(
+    r"[,;.:(]| - |\s(?:by|with|from|for|in|using|via|so|and|across|while|without)\s",
+    re.IGNORECASE,
+)
+
+
 def _fallback_subject(product: str, offer: str) -> str:
-    clause = re.split(r"[,;.:(]| - ", _strip_end(offer), maxsplit=1)[0]
-    short = " ".join(clause.split()[:6])
-    return f"{product.rstrip('.!?,;:')}: {_lower_first(short)}"
+    """ "Roomly: fills empty meeting rooms": the product and the offer up to its first break,
+    when that is short; else a plain "A note about Roomly"."""
+    clause = _OFFER_BREAK.split(_strip_end(offer), maxsplit=1)[0].strip()
+    if 2 <= len(clause.split()) <= 7:
+        return f"{product.rstrip('.!?,;:')}: {_lower_first(clause)}"
+    return f"A note about {product}"
 
 
 # --------------------------------------------------------------------------- the whole job
