@@ -194,6 +194,18 @@ FORBIDDEN_EXAMPLE_TEXT = (
 )
 """Names and phrases of every example ever put in a prompt for the small model."""
 
+
+def _example_runs() -> frozenset[tuple[str, ...]]:
+    """Every run of five words in the values of the worksheet's examples."""
+    from bridgic_coldmail.local_writer import WORKSHEET_HEAD
+
+    runs = set()
+    for line in WORKSHEET_HEAD.split("\n\n", 1)[1].splitlines():
+        ws = _words(line.partition(": ")[2])
+        runs |= {tuple(ws[i : i + 5]) for i in range(len(ws) - 4)}
+    return frozenset(runs)
+
+
 _CHECK_STOP_WORDS = frozenset(
     """a an the and or of at in on for to with by from who whom which that this these those
     their they them is are be been was were should must will would could can really actually
@@ -251,6 +263,10 @@ def check_email(step: EmailStep, brief: Brief, fields: tuple[str, ...]) -> list[
     for phrase in FORBIDDEN_EXAMPLE_TEXT:
         if _names(text, phrase):
             problems.append(f"contains the prompt example's {phrase!r}")
+    ws = _words(text)
+    copied = {tuple(ws[i : i + 5]) for i in range(len(ws) - 4)} & _example_runs()
+    if copied:
+        problems.append(f"copies the prompt example's {' '.join(sorted(copied)[0])!r}")
     if step.subject.strip().rstrip(".!?").lower() == _product_name(brief.product).lower():
         problems.append("has the product name as its whole subject")
     sentences = [s.strip().lower() for s in re.split(r"(?<=[.!?])\s+", step.body) if s.strip()]

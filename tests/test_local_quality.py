@@ -80,6 +80,13 @@ def test_the_issues_output_fails_the_checks() -> None:
     assert any(p.startswith("the refinement misses") for p in problems)
 
 
+def test_a_line_copied_from_the_worksheets_examples_fails() -> None:
+    copied = _composed(LEDGERLY, LEDGERLY.feedback,
+                       chore="typing up quotes at the kitchen table")  # fmt: skip
+    problems = check_sequence(copied, LEDGERLY.brief)
+    assert problems == ["opener copies the prompt example's 'quotes at the kitchen table'"]
+
+
 def test_a_product_name_subject_and_a_repeated_line_fail() -> None:
     # The issue's second try: the subject was the product name, the body repeated a line.
     body = (
