@@ -12,9 +12,11 @@ Two ways in:
   write only short lines, sampled with stop sequences, and composes the emails around the
   brief in code. This is the fast, on-topic path for a 270M base model.
 * :meth:`LocalLlm.structured_output`, as for any Bridgic LLM: JSON under llama.cpp's grammar,
-  built from the pydantic model's schema, then validated. It works, but on Gemma's
-  262,144-token vocabulary the grammar makes each token about four times slower, and a base
-  model asked for whole emails copies its example; it stays for callers who want it.
+  built from the pydantic model's schema, then validated. ``acompose`` takes this path for
+  models of :data:`SMALL_MODEL` parameters and more, with the prompts capable models get.
+  With the 270M model it works but serves poorly: on Gemma's 262,144-token vocabulary the
+  grammar makes each token about four times slower, and a base model asked for whole emails
+  copies its prompt's example.
 
 Process-wide state, shared by every ``LocalLlm``: the loaded models (``_models``, one per
 file, context size and thread count, each with a lock, since a llama.cpp context cannot be
@@ -117,8 +119,9 @@ def default_threads() -> int:
     """Threads for generating tokens: half the cores, at least one, at most four.
 
     Generating one token at a time, each thread waits for the slowest at every layer: on a
-    two-core machine that other work shares, two threads ran at a third of one thread's
-    speed (benchmarks/NOTES.md). Evaluating a prompt uses every core.
+    two-core machine with one core taken by another process, two threads generated 10-22
+    tokens/s against 26-29 for one, and the slowest sequence took 22 s instead of 4
+    (benchmarks/NOTES.md). Evaluating a prompt, a batch of tokens, uses every core.
     """
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 

@@ -1,4 +1,5 @@
-"""The embedded local model, for real: pause → SQLite → resume in separate processes.
+"""The embedded local model, for real: pause → SQLite → resume in separate processes, the same
+emails for the same task and seed, releasing the process-wide model, and the whole-email path.
 
 Marked ``local`` (``pytest -m local`` selects them). Without the extra they are skipped on a
 developer's machine, but they fail in CI, which installs it: they must never be skipped there.
