@@ -179,20 +179,21 @@ QUALITY_PASS_MARK = 11
 
 # --------------------------------------------------------------------------- the checks
 
-FORBIDDEN_EXAMPLE_TEXT = (
-    # the worksheet's examples (local_writer.WORKSHEET_HEAD)
-    "Pipewise",
-    "Crewtable",
-    "Fernlog",
-    "facility managers at hospitals",
-    "owners of busy independent restaurants",
-    "quality managers at contract research labs",
-    # the compact prompt's worked example that the issue saw copied (prompts.py before 0.5)
-    "Brightdesk",
-    "support teams at online shops",
-    "shoe shop",
-)
-"""Names and phrases of every example ever put in a prompt for the small model."""
+OLD_EXAMPLE_TEXT = ("Brightdesk", "support teams at online shops", "shoe shop")
+"""Names from the compact prompt's worked example that the issue saw copied (0.4)."""
+
+
+def forbidden_example_text() -> tuple[str, ...]:
+    """The names of every example product and reader ever put in a small model's prompt: the
+    worksheet's (read from ``local_writer.WORKSHEET_HEAD``) and the old worked example's."""
+    from bridgic_coldmail.local_writer import WORKSHEET_HEAD
+
+    names = [
+        line.partition(": ")[2]
+        for line in WORKSHEET_HEAD.splitlines()
+        if line.startswith(("Product: ", "Reader: "))
+    ]
+    return (*names, *OLD_EXAMPLE_TEXT)
 
 
 def _example_runs() -> frozenset[tuple[str, ...]]:
@@ -260,7 +261,7 @@ def check_email(step: EmailStep, brief: Brief, fields: tuple[str, ...]) -> list[
     tail = "\n".join([line for line in step.body.splitlines() if line.strip()][-3:])
     if _sender_name(brief.sender).lower() not in tail.lower():
         problems.append("is not signed by the sender")
-    for phrase in FORBIDDEN_EXAMPLE_TEXT:
+    for phrase in forbidden_example_text():
         if _names(text, phrase):
             problems.append(f"contains the prompt example's {phrase!r}")
     ws = _words(text)

@@ -85,6 +85,10 @@ def test_a_line_copied_from_the_worksheets_examples_fails() -> None:
                        chore="typing up quotes at the kitchen table")  # fmt: skip
     problems = check_sequence(copied, LEDGERLY.brief)
     assert problems == ["opener copies the prompt example's 'quotes at the kitchen table'"]
+    # An example's reader, as if the draft had been written for it.
+    named = _composed(LEDGERLY, "owners of small roofing companies")
+    problems = check_sequence(named, LEDGERLY.brief)
+    assert "opener contains the prompt example's 'owners of small roofing companies'" in problems
 
 
 def test_a_product_name_subject_and_a_repeated_line_fail() -> None:
