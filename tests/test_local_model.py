@@ -1,4 +1,5 @@
-"""The embedded local model, for real: pause → SQLite → resume in separate processes.
+"""The embedded local model, for real: pause → SQLite → resume in separate processes, the same
+emails for the same task and seed, releasing the process-wide model, and the whole-email path.
 
 Marked ``local`` (``pytest -m local`` selects them). Without the extra they are skipped on a
 developer's machine, but they fail in CI, which installs it: they must never be skipped there.
@@ -13,8 +14,9 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from bridgic_coldmail import EmailSequence
+from bridgic_coldmail import Brief, EmailSequence
 from bridgic_coldmail.local_llm import local_extra_installed
+from bridgic_coldmail.writing import SequenceComposer, WritingTask
 
 from .conftest import run_cli, spawn_coldmail
 
@@ -77,3 +79,67 @@ def test_interrupted_demo_then_resume_with_the_local_model(db_path: Path) -> Non
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["status"] == "completed"
+
+
+BRIEF = Brief(
+    product="Ledgerly",
+    offer="reconciles invoices against bank feeds automatically, saving finance teams 2 days a "
+    "month",
+    sender="Sam Roy, CEO of Ledgerly",
+)
+FEEDBACK = "Controllers at 200-1000 person manufacturing firms who close the books monthly in Excel"
+
+
+async def test_the_same_task_and_seed_give_the_same_emails_whatever_ran_before() -> None:
+    from bridgic_coldmail.local_llm import LocalLlm, release_local_models
+
+    task = WritingTask(kind="refine", brief=BRIEF, feedback=FEEDBACK)
+    try:
+        llm = LocalLlm(seed=42)
+        assert isinstance(llm, SequenceComposer)
+        first = await llm.acompose(task)
+        # Another task in between leaves other tokens in the model's cache.
+        other = await LocalLlm(seed=7).acompose(WritingTask(kind="draft", brief=BRIEF))
+        assert other != first
+        assert await llm.acompose(task) == first
+        release_local_models()  # a freshly loaded model, as in a new process
+        assert await LocalLlm(seed=42).acompose(task) == first
+        assert await LocalLlm(seed=43).acompose(task) != first
+    finally:
+        release_local_models()
+
+
+def test_release_local_models_frees_the_process_wide_model_and_log_callback() -> None:
+    from bridgic_coldmail import local_llm
+    from bridgic_coldmail.local_llm import LocalLlm, release_local_models
+
+    release_local_models()
+    llm = LocalLlm(seed=1)
+    llm.compose(WritingTask(kind="draft", brief=BRIEF))
+    assert len(local_llm._models) == 1 and local_llm._keep_alive
+    model = next(iter(local_llm._models.values()))
+
+    assert release_local_models() == 1
+    assert local_llm._models == {} and local_llm._generation_locks == {}
+    assert local_llm._keep_alive == []  # llama.cpp's own log callback is back
+    assert model._ctx.ctx is None  # the llama.cpp context was freed
+    assert release_local_models() == 0
+
+    llm.compose(WritingTask(kind="draft", brief=BRIEF))  # loads again on demand
+    assert len(local_llm._models) == 1
+    release_local_models()
+
+
+async def test_whole_emails_under_the_grammar_for_larger_models_and_direct_callers() -> None:
+    # The path a larger GGUF takes (and structured_output for anyone calling it directly):
+    # whole emails from the capable models' prompts, schema-valid JSON, validated by pydantic.
+    # (With the 270M model the words are poor; a small model writes lines instead.)
+    from bridgic_coldmail.local_llm import LocalLlm, release_local_models
+
+    llm = LocalLlm(seed=1, whole_emails=True)
+    try:
+        sequence = await llm.acompose(WritingTask(kind="draft", brief=BRIEF))
+    finally:
+        release_local_models()
+    assert isinstance(sequence, EmailSequence) and llm.last_stats is None
+    assert sequence.opener.wait_days == 0 and sequence.follow_up.wait_days >= 1

@@ -1,0 +1,522 @@
+"""The embedded model, measured: on-topic quality, draft and refine times, and its speed
+against plain llama.cpp generation on the same hardware in the same run.
+
+    python -m benchmarks.local_model          # prints Markdown rows for RESULTS.md
+
+Quality: :data:`QUALITY_CASES` are twelve briefs (different products, industries and
+senders, with and without an audience and a call to action), each with a reviewer's feedback
+and a seed, fixed here before any output was looked at. Each case drafts and refines with the
+real model and passes only if every check of :func:`check_case` holds. The test suite runs
+the same cases (``tests/test_local_quality.py``) and needs at least 11 of 12.
+
+Speed: each case's draft and refinement are timed through ``LocalLlm.acompose``; after each
+one, plain ``Llama.create_completion`` generates the same number of tokens from the same
+first prompt and the same cached state (interleaved call by call, so drift in the
+machine's speed hits both sides). The ratio of the two rates is what this package's way
+of generating costs against what the hardware does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import os
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bridgic_coldmail.models import Brief, EmailSequence, EmailStep
+from bridgic_coldmail.writing import WritingTask
+
+# --------------------------------------------------------------------------- the fixed cases
+
+
+@dataclass(frozen=True)
+class QualityCase:
+    """A brief, the reviewer's feedback on the audience, merge fields and the seed used."""
+
+    brief: Brief
+    feedback: str
+    seed: int
+    fields: tuple[str, ...] = ()
+
+
+QUALITY_CASES: tuple[QualityCase, ...] = (
+    QualityCase(
+        Brief(
+            product="Ledgerly",
+            offer="reconciles invoices against bank feeds automatically, saving finance "
+            "teams 2 days a month",
+            sender="Sam Roy, CEO of Ledgerly",
+        ),
+        "Controllers at 200-1000 person manufacturing firms who close the books monthly in Excel",
+        seed=101,
+    ),
+    QualityCase(
+        Brief(
+            product="Acme Scheduler",
+            offer="cuts patient no-shows by 30% with two-way SMS reminders",
+            sender="Dana Lee, founder of Acme",
+            audience="clinic managers",
+        ),
+        "CTOs at mid-size hospitals",
+        seed=202,
+        fields=("first_name",),
+    ),
+    QualityCase(
+        Brief(
+            product="Shipcheck",
+            offer="audits parcel carrier invoices and claims refunds for late deliveries",
+            sender="Priya Nair",
+            audience="e-commerce operations leads",
+            cta="a 20-minute demo",
+        ),
+        "Actually, finance directors at online retailers shipping over 5,000 parcels a month",
+        seed=303,
+    ),
+    QualityCase(
+        Brief(
+            product="Harvest Hub",
+            offer="an online ordering page for farm shops, live in a day",
+            sender="Tom Okafor, co-founder of Harvest Hub",
+            cta="reply and I'll set up a free trial page for your shop",
+        ),
+        "owners of family-run farm shops in rural England",
+        seed=404,
+        fields=("first_name", "company"),
+    ),
+    QualityCase(
+        Brief(
+            product="Tallyho!",
+            offer="turns paper timesheets into payroll-ready exports",
+            sender="Maria Gonzalez, Head of Sales at Tallyho!",
+            audience="construction companies",
+        ),
+        "Payroll administrators at construction firms with 50 to 300 site workers, not the owners",
+        seed=505,
+    ),
+    QualityCase(
+        Brief(
+            product="CodeGuard",
+            offer="catches leaked API keys in pull requests before they are merged",
+            sender="Lena Fischer",
+            audience="engineering managers",
+            cta="Start a free 14-day trial at codeguard.dev",
+        ),
+        "Security leads at fintech startups with 20-100 engineers",
+        seed=606,
+    ),
+    QualityCase(
+        Brief(
+            product="Roomly",
+            offer="fills empty meeting rooms by releasing no-show bookings automatically",
+            sender="Chris Park, Roomly",
+        ),
+        "Workplace managers at companies with hybrid offices of 300+ staff",
+        seed=707,
+        fields=("first_name",),
+    ),
+    QualityCase(
+        Brief(
+            product="VetNote",
+            offer="writing consultation notes from a recording of the appointment",
+            sender="Dr. Aisha Khan, founder of VetNote",
+            audience="veterinary clinics",
+            cta="a 15-minute demo",
+        ),
+        "Practice owners of small-animal vet clinics with 2-5 vets who write notes after hours",
+        seed=808,
+    ),
+    QualityCase(
+        Brief(
+            product="FleetPulse",
+            offer="predicts truck breakdowns from engine data two weeks ahead",
+            sender="Jordan Blake, VP Sales at FleetPulse",
+            cta="Book a call at fleetpulse.io/demo",
+        ),
+        "Maintenance managers at regional trucking fleets of 50-500 vehicles",
+        seed=909,
+    ),
+    QualityCase(
+        Brief(
+            product="Menu Mate",
+            offer="a QR menu that updates prices across all your locations at once",
+            sender="Sofia Rossi",
+            audience="restaurant owners",
+        ),
+        "Operations directors at restaurant groups with 5 to 40 locations",
+        seed=1111,
+    ),
+    QualityCase(
+        Brief(
+            product="GrantBox",
+            offer="find and track grants your nonprofit is eligible for",
+            sender="Ben Adler, GrantBox",
+            audience="nonprofit directors",
+            cta="Reply 'yes' and I'll send three grants that match you.",
+        ),
+        "The emails should target development officers at small arts nonprofits (under 20 staff)",
+        seed=1212,
+    ),
+    QualityCase(
+        Brief(
+            product="ClearCloud Backup",
+            offer="backs up Microsoft 365 mailboxes and restores any file in minutes",
+            sender="Ravi Shah, Account Executive at ClearCloud",
+            audience="IT managers",
+            cta="a free backup health check",
+        ),
+        "IT directors at law firms of 50-200 lawyers who worry about losing client email",
+        seed=1313,
+    ),
+)
+"""Fixed before any output was looked at; the test asserts on exactly these."""
+
+QUALITY_PASS_MARK = 11
+
+# --------------------------------------------------------------------------- the checks
+
+OLD_EXAMPLE_TEXT = ("Brightdesk", "support teams at online shops", "shoe shop")
+"""Names from the compact prompt's worked example that the issue saw copied (0.4)."""
+
+
+def forbidden_example_text() -> tuple[str, ...]:
+    """The names of every example product and reader ever put in a small model's prompt: the
+    worksheet's (read from ``local_writer.WORKSHEET_HEAD``) and the old worked example's."""
+    from bridgic_coldmail.local_writer import WORKSHEET_HEAD
+
+    names = [
+        line.partition(": ")[2]
+        for line in WORKSHEET_HEAD.splitlines()
+        if line.startswith(("Product: ", "Reader: "))
+    ]
+    return (*names, *OLD_EXAMPLE_TEXT)
+
+
+def _example_runs() -> frozenset[tuple[str, ...]]:
+    """Every run of five words in the values of the worksheet's examples."""
+    from bridgic_coldmail.local_writer import WORKSHEET_HEAD
+
+    runs = set()
+    for line in WORKSHEET_HEAD.split("\n\n", 1)[1].splitlines():
+        ws = _words(line.partition(": ")[2])
+        runs |= {tuple(ws[i : i + 5]) for i in range(len(ws) - 4)}
+    return frozenset(runs)
+
+
+_CHECK_STOP_WORDS = frozenset(
+    """a an the and or of at in on for to with by from who whom which that this these those
+    their they them is are be been was were should must will would could can really actually
+    emails email sequence target targeting audience readers reader people write written aim
+    aimed about not but only just more than over under into our your you it its as""".split()
+)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:[-'][a-z0-9]+)*", text.lower())
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ies", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def feedback_key_terms(feedback: str) -> list[str]:
+    """The words that say who the feedback means, by this rule: the feedback's first clause
+    (up to the first ".", ";", "(" or "not"), its words without the stop words of
+    :data:`_CHECK_STOP_WORDS`, each kept once."""
+    clause = re.split(r"[.;(]|\bnot\b", feedback, maxsplit=1)[0]
+    terms: list[str] = []
+    for word in _words(clause):
+        if word not in _CHECK_STOP_WORDS and word not in terms:
+            terms.append(word)
+    return terms
+
+
+def _names(haystack: str, phrase: str) -> bool:
+    """Whether ``phrase`` appears in ``haystack`` as words, case-insensitively."""
+    pattern = r"(?<![a-z0-9])" + re.escape(phrase.lower()) + r"(?![a-z0-9])"
+    return re.search(pattern, haystack.lower()) is not None
+
+
+def _sender_name(sender: str) -> str:
+    return sender.split(",", 1)[0].strip()
+
+
+def _product_name(product: str) -> str:
+    return product.strip().rstrip(".!?,;:").strip()
+
+
+def check_email(step: EmailStep, brief: Brief, fields: tuple[str, ...]) -> list[str]:
+    """What is wrong with one email (empty when nothing is)."""
+    problems = []
+    text = f"{step.subject}\n{step.body}"
+    if not _names(text, _product_name(brief.product)):
+        problems.append("does not name the product")
+    tail = "\n".join([line for line in step.body.splitlines() if line.strip()][-3:])
+    if _sender_name(brief.sender).lower() not in tail.lower():
+        problems.append("is not signed by the sender")
+    for phrase in forbidden_example_text():
+        if _names(text, phrase):
+            problems.append(f"contains the prompt example's {phrase!r}")
+    ws = _words(text)
+    copied = {tuple(ws[i : i + 5]) for i in range(len(ws) - 4)} & _example_runs()
+    if copied:
+        problems.append(f"copies the prompt example's {' '.join(sorted(copied)[0])!r}")
+    if step.subject.strip().rstrip(".!?").lower() == _product_name(brief.product).lower():
+        problems.append("has the product name as its whole subject")
+    sentences = [s.strip().lower() for s in re.split(r"(?<=[.!?])\s+", step.body) if s.strip()]
+    repeated = {s for s in sentences if sentences.count(s) > 1 and len(_words(s)) > 3}
+    if repeated:
+        problems.append(f"repeats {sorted(repeated)[0]!r}")
+    for name in re.findall(r"\{\{\s*([^}|]+?)\s*(?:\|[^}]*)?\}\}", text):
+        if name not in fields:
+            problems.append(f"uses the merge field {name!r}, which the task does not have")
+    return problems
+
+
+def check_sequence(
+    sequence: EmailSequence, brief: Brief, fields: tuple[str, ...] = ()
+) -> list[str]:
+    """What is wrong with a sequence: every email's problems, a short opener, a copied
+    follow-up."""
+    problems = [f"opener {p}" for p in check_email(sequence.opener, brief, fields)]
+    problems += [f"follow-up {p}" for p in check_email(sequence.follow_up, brief, fields)]
+    if len(_words(sequence.opener.body)) < 40:
+        problems.append(f"the opener's body has {len(_words(sequence.opener.body))} words")
+    opener, follow = _words(sequence.opener.body), _words(sequence.follow_up.body)
+    similarity = difflib.SequenceMatcher(None, opener, follow, autojunk=False).ratio()
+    if similarity >= 0.6 or sequence.opener.subject == sequence.follow_up.subject:
+        problems.append(f"the follow-up copies the opener (similarity {similarity:.2f})")
+    return problems
+
+
+def check_refinement(refined: EmailSequence, feedback: str) -> list[str]:
+    """Whether the refinement names the audience: at least two thirds of the feedback's key
+    terms (:func:`feedback_key_terms`) appear in it, compared without plural endings."""
+    terms = feedback_key_terms(feedback)
+    text = " ".join(f"{s.subject} {s.body}" for s in refined.steps)
+    present = {_stem(w) for w in _words(text)}
+    missing = [t for t in terms if _stem(t) not in present]
+    if not terms or len(terms) - len(missing) < max(1, -(-2 * len(terms) // 3)):
+        return [f"the refinement misses the feedback's {missing} (key terms {terms})"]
+    return []
+
+
+def check_case(case: QualityCase, draft: EmailSequence, refined: EmailSequence) -> list[str]:
+    """Every problem of one case's draft and refinement; the case passes when there is none."""
+    problems = [f"draft: {p}" for p in check_sequence(draft, case.brief, case.fields)]
+    problems += [f"refinement: {p}" for p in check_sequence(refined, case.brief, case.fields)]
+    problems += check_refinement(refined, case.feedback)
+    return problems
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One case: its draft and refinement, their times, and what the checks found."""
+
+    case: QualityCase
+    draft: EmailSequence
+    refined: EmailSequence
+    draft_seconds: float
+    refine_seconds: float
+    problems: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class LocalModelResults:
+    """What :func:`measure` found, by name."""
+
+    model: str
+    cases: tuple[CaseResult, ...]
+    draft_p50: float
+    """Seconds, median over the cases, through ``LocalLlm.acompose``."""
+    draft_p95: float
+    refine_p50: float
+    refine_p95: float
+    ours_tokens_per_second: float
+    """Every token this package generated (kept or not) over the whole time of its calls."""
+    plain_tokens_per_second: float
+    """Plain ``create_completion`` of the same number of tokens from the same prompt."""
+    plain_spread: tuple[float, float]
+    """The slowest and fastest plain rate of one call: how noisy the machine was."""
+    first_call_seconds: float
+    """Loading the model and evaluating the worksheet's head, once per process."""
+    load_average: tuple[float, float]
+    """The 1-minute load average before and after."""
+
+    @property
+    def speed_ratio(self) -> float:
+        return self.ours_tokens_per_second / self.plain_tokens_per_second
+
+    @property
+    def quality_passed(self) -> int:
+        return sum(result.passed for result in self.cases)
+
+
+async def ameasure(
+    cases: tuple[QualityCase, ...] = QUALITY_CASES, log: Any = None
+) -> LocalModelResults:
+    """Draft and refine every case with the real model; time it and check it (async)."""
+    log = log or (lambda message: None)
+    from bridgic_coldmail.local_llm import LocalLlm, using_model
+    from bridgic_coldmail.local_writer import TEMPERATURE, WORKSHEET_HEAD, LlamaLines
+
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    warm = LocalLlm(seed=0)
+    shared = (warm.model_path, warm.n_ctx, warm.n_threads)
+    with using_model(*shared) as llama:
+        lines = LlamaLines(llama)
+        head = lines.tokenize(WORKSHEET_HEAD, bos=True)
+        lines.start(head)
+    first_call = time.perf_counter() - started
+
+    def plain(prompt: list[int], tokens: int, seed: int) -> tuple[int, float]:
+        with using_model(*shared) as llama:
+            lines = LlamaLines(llama)
+            lines.start(head)
+            began = time.perf_counter()
+            out = llama.create_completion(
+                prompt, max_tokens=tokens, temperature=TEMPERATURE, seed=seed
+            )
+            return int(out["usage"]["completion_tokens"]), time.perf_counter() - began
+
+    ours_tokens = ours_seconds = plain_tokens = plain_seconds = 0.0
+    plain_rates: list[float] = []
+    results = []
+    for number, case in enumerate(cases):
+        llm = LocalLlm(seed=case.seed)
+        timed: list[tuple[EmailSequence, float]] = []
+        for kind in ("draft", "refine"):
+            task = WritingTask(
+                kind=kind,  # type: ignore[arg-type]
+                brief=case.brief,
+                feedback=case.feedback if kind == "refine" else None,
+                current=timed[0][0] if timed else None,
+                fields=case.fields,
+            )
+
+            # Interleaved call by call, so drift in the machine's speed hits both alike.
+            began = time.perf_counter()
+            sequence = await llm.acompose(task)
+            timed.append((sequence, time.perf_counter() - began))
+            stats = llm.last_stats
+            assert stats is not None
+            n, seconds = await asyncio.to_thread(plain, stats.first_prompt, stats.tokens, case.seed)
+            ours_tokens += stats.tokens
+            ours_seconds += stats.seconds
+            plain_tokens += n
+            plain_seconds += seconds
+            plain_rates.append(n / seconds)
+        (draft, draft_s), (refined, refine_s) = timed
+        problems = tuple(check_case(case, draft, refined))
+        log(f"case {number + 1}: draft {draft_s:.1f} s, refine {refine_s:.1f} s, "
+            f"{'pass' if not problems else '; '.join(problems)}")  # fmt: skip
+        results.append(CaseResult(case, draft, refined, draft_s, refine_s, problems))
+
+    drafts = [r.draft_seconds for r in results]
+    refines = [r.refine_seconds for r in results]
+    return LocalModelResults(
+        model=warm.model_path.name,
+        cases=tuple(results),
+        draft_p50=statistics.median(drafts),
+        draft_p95=_p95(drafts),
+        refine_p50=statistics.median(refines),
+        refine_p95=_p95(refines),
+        ours_tokens_per_second=ours_tokens / ours_seconds,
+        plain_tokens_per_second=plain_tokens / plain_seconds,
+        plain_spread=(min(plain_rates), max(plain_rates)),
+        first_call_seconds=first_call,
+        load_average=(load_before, os.getloadavg()[0]),
+    )
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def measure(cases: tuple[QualityCase, ...] = QUALITY_CASES, log: Any = None) -> LocalModelResults:
+    """Draft and refine every case with the real model; time it and check it."""
+    return asyncio.run(ameasure(cases, log))
+
+
+def figures(results: LocalModelResults) -> list[dict[str, Any]]:
+    """The rows as keyword arguments for ``benchmarks.run.Figure`` (plain llama.cpp in the
+    "floor" column of the speed row), for the full benchmark run to include."""
+    seeds = ", ".join(str(r.case.seed) for r in results.cases)
+    low, high = results.plain_spread
+    n = len(results.cases)
+    return [
+        dict(workload="local model: draft (acompose)", unit="s",
+             ours=[r.draft_seconds for r in results.cases], target="≤ 8 s (p50)",
+             met=results.draft_p50 <= 8,
+             note=f"{results.model}, {n} briefs, fixed seeds; the first call in a process adds "
+             f"{results.first_call_seconds:.1f} s (load + worksheet head)"),
+        dict(workload="local model: refine (acompose)", unit="s",
+             ours=[r.refine_seconds for r in results.cases], target="≤ 8 s (p50)",
+             met=results.refine_p50 <= 8, note="the same briefs and seeds"),
+        dict(workload="local model: tokens/s, ours (floor: plain llama.cpp)", unit="tokens/s",
+             ours=[results.ours_tokens_per_second], floor=[results.plain_tokens_per_second],
+             target="≥ 0.8× plain", met=results.speed_ratio >= 0.8, higher_is_better=True,
+             note="plain: create_completion of the same number of tokens from the same prompt, "
+             f"interleaved call by call; plain per call {low:.0f}–{high:.0f} tokens/s"),
+        dict(workload="local model: on-topic quality", unit=f"of {n} cases",
+             ours=[float(results.quality_passed)], target=f"≥ {QUALITY_PASS_MARK} of 12",
+             met=results.quality_passed >= QUALITY_PASS_MARK, higher_is_better=True,
+             note=f"seeds {seeds}; checks in benchmarks/local_model.py"),
+    ]  # fmt: skip
+
+
+def markdown_rows(results: LocalModelResults) -> list[str]:
+    """Rows in the table format of RESULTS.md (workload, unit, ours p50/p95, floor, …)."""
+    seeds = ", ".join(str(r.case.seed) for r in results.cases)
+    low, high = results.plain_spread
+    noise = (
+        f"plain rate per call {low:.0f}–{high:.0f} tokens/s; load average "
+        f"{results.load_average[0]:.2f} → {results.load_average[1]:.2f}"
+    )
+    met = {True: "yes", False: "**no**"}
+    return [
+        f"| local model: draft (acompose) | s | {results.draft_p50:.2f} | "
+        f"{results.draft_p95:.2f} | — | — | — | ≤ 8 s (p50) | {met[results.draft_p50 <= 8]} | "
+        f"{results.model}, {len(results.cases)} briefs, fixed seeds; first call in a process "
+        f"adds {results.first_call_seconds:.1f} s (load + worksheet head) |",
+        f"| local model: refine (acompose) | s | {results.refine_p50:.2f} | "
+        f"{results.refine_p95:.2f} | — | — | — | ≤ 8 s (p50) | "
+        f"{met[results.refine_p50 <= 8]} | the same briefs and seeds |",
+        f"| local model: generation speed vs plain llama.cpp | tokens/s | "
+        f"{results.ours_tokens_per_second:.1f} | — | {results.plain_tokens_per_second:.1f} | — | "
+        f"{results.speed_ratio:.2f}× | ≥ 0.8× plain | {met[results.speed_ratio >= 0.8]} | "
+        f"plain: create_completion of the same number of tokens from the same prompt, "
+        f"interleaved; {noise} |",
+        f"| local model: on-topic quality | cases passed | {results.quality_passed} / "
+        f"{len(results.cases)} | — | — | — | — | ≥ {QUALITY_PASS_MARK} of 12 | "
+        f"{met[results.quality_passed >= QUALITY_PASS_MARK]} | seeds {seeds}; checks in "
+        f"benchmarks/local_model.py |",
+    ]
+
+
+def main() -> None:
+    results = measure(log=lambda message: print(message, file=sys.stderr, flush=True))
+    for result in results.cases:
+        if result.problems:
+            print(f"<!-- {result.case.brief.product}: {'; '.join(result.problems)} -->")
+    print("\n".join(markdown_rows(results)))
+
+
+if __name__ == "__main__":
+    main()
