@@ -69,9 +69,9 @@ def local_extra_installed() -> bool:
     return True
 
 
-def default_model_path() -> Path:
-    """``COLDMAIL_LOCAL_MODEL``, or the Gemma 3 270M file assembled from its PyPI package."""
-    configured = os.environ.get(MODEL_ENV, "").strip()
+def default_model_path(configured: str | os.PathLike[str] | None = None) -> Path:
+    """The model file: ``configured`` (the ``local_model`` setting, ``COLDMAIL_LOCAL_MODEL``)
+    when given, else the Gemma 3 270M file assembled from its PyPI package."""
     if configured:
         path = Path(configured).expanduser()
         if not path.is_file():
@@ -249,9 +249,6 @@ class LocalLlm(BaseLlm):
             get. ``None`` (default): whole emails from :data:`SMALL_MODEL` parameters up.
     """
 
-    wants_compact_prompts = True
-    """Tells an automa that still sends prompts to use the short ones for small base models."""
-
     def __init__(
         self,
         model_path: str | os.PathLike[str] | None = None,
@@ -264,7 +261,7 @@ class LocalLlm(BaseLlm):
     ) -> None:
         if not local_extra_installed():
             raise ConfigurationError(f"the local LLM needs llama-cpp-python; {INSTALL_HINT}")
-        self.model_path = Path(model_path) if model_path else default_model_path()
+        self.model_path = default_model_path(model_path)
         self.n_ctx = n_ctx
         self.temperature = temperature
         self.seed = seed
