@@ -165,6 +165,15 @@ class Settings:
                 "database lock; raise the lease or lower the busy timeout"
             )
 
+    def __repr__(self) -> str:
+        """Secrets are left out, and the database URL is shown without its password."""
+        shown = ", ".join(
+            f"{item.name}={redact_url(self.db) if item.name == 'db' else getattr(self, item.name)!r}"
+            for item in fields(self)
+            if item.repr
+        )
+        return f"Settings({shown})"
+
     @property
     def is_postgres(self) -> bool:
         """Whether ``db`` names a PostgreSQL server rather than an SQLite file."""
@@ -177,8 +186,11 @@ def is_postgres_url(db: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """A database URL with its password replaced by ``***`` (for messages and logs)."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """A database URL with its password replaced by ``***`` (for messages and logs): the
+    one in the user information (up to the last ``@`` before the path, as a password with an
+    unencoded ``@`` would otherwise leak its tail) and a ``password=`` query parameter."""
+    url = re.sub(r"(://[^:/@?#]*:)[^/?#]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 def _parse(name: str, value: Any, *, source: str) -> Any:
