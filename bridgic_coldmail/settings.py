@@ -167,11 +167,9 @@ class Settings:
 
     def __repr__(self) -> str:
         """Secrets are left out, and the database URL is shown without its password."""
-        shown = ", ".join(
-            f"{item.name}={redact_url(self.db) if item.name == 'db' else getattr(self, item.name)!r}"
-            for item in fields(self)
-            if item.repr
-        )
+        values = {item.name: getattr(self, item.name) for item in fields(self) if item.repr}
+        values["db"] = redact_url(self.db)
+        shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
         return f"Settings({shown})"
 
     @property
