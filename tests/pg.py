@@ -24,6 +24,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -362,3 +363,80 @@ class PostgresRows:
                 yield
             finally:
                 conn.rollback()
+
+
+# --------------------------------------------------------------------------- PgBouncer
+
+
+@contextmanager
+def pgbouncer(server: Server, *, server_connections: int = 2) -> Iterator[Any]:
+    """Debian's PgBouncer in **transaction pooling** in front of the throwaway cluster.
+
+    Yields a function from a database URL on the cluster to the same database through
+    PgBouncer. Few server connections, so that client connections really share them (a
+    session setting or a prepared statement would leak to, or be missing on, another client).
+    Skips (fails under CI) without the ``pgbouncer`` program or with an external server.
+    """
+    program = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    problem = None
+    if not Path(program).exists():
+        problem = "PgBouncer is not installed (apt-get install pgbouncer)"
+    elif server.cluster is None:
+        problem = f"PgBouncer is tested only against the throwaway cluster, not {PG_URL_ENV}"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"{problem} (CI must run the PostgreSQL tests)", pytrace=False)
+        pytest.skip(problem)
+    cluster = server.cluster
+    assert cluster is not None
+    folder = Path(tempfile.mkdtemp(prefix="coldmail-pgbouncer-", dir="/tmp"))
+    port = 6432
+    (folder / "users.txt").write_text(f'"coldmail" "{cluster.password}"\n')
+    (folder / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={cluster.folder} port=5432\n"
+        "[pgbouncer]\n"
+        "listen_addr =\n"
+        f"listen_port = {port}\n"
+        f"unix_socket_dir = {folder}\n"
+        "auth_type = scram-sha-256\n"
+        f"auth_file = {folder / 'users.txt'}\n"
+        "pool_mode = transaction\n"
+        f"default_pool_size = {server_connections}\n"
+        "max_client_conn = 500\n"
+        "ignore_startup_parameters = extra_float_digits\n"
+        f"logfile = {folder / 'pgbouncer.log'}\n"
+    )
+    user = pwd.getpwnam(cluster.user) if cluster.user else None
+    if user:
+        for path in (folder, *folder.iterdir()):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    folder.chmod(0o700)
+    proc = subprocess.Popen(
+        [program, str(folder / "pgbouncer.ini")],
+        cwd=folder,
+        user=user.pw_uid if user else None,
+        group=user.pw_gid if user else None,
+        extra_groups=[] if user else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        socket_file = folder / f".s.PGSQL.{port}"
+        for _ in range(100):
+            if socket_file.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not socket_file.exists():
+            error = proc.stderr.read().decode() if proc.stderr and proc.poll() else ""
+            raise RuntimeError(f"PgBouncer did not start: {error}")
+
+        def through(url: str) -> str:
+            parts = urlsplit(url)
+            return urlunsplit(parts._replace(query=f"host={folder}&port={port}"))
+
+        yield through
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -353,3 +353,42 @@ def test_purge_from_the_command_line_works_the_same_on_both_backends(
     assert backend.rows.count() == 0 and backend.rows.events(interaction_id) == []
     if backend.name == "postgres":
         assert urlsplit(backend.db).password not in purged.stdout + purged.stderr
+
+
+async def test_many_agents_through_pgbouncer_in_transaction_pooling(
+    pg: Backend, server: Any
+) -> None:
+    """Two agents (eight pooled connections) over PgBouncer's two server connections: every
+    transaction may land on another server session, so any session state would break."""
+    from bridgic_coldmail import ColdMailAgent, RunBeingResumed
+    from bridgic_coldmail.models import Run
+
+    from .pg import pgbouncer, session_server
+
+    with pgbouncer(session_server()) as through:
+        settings = pg.settings().with_overrides(db=through(pg.db), pool_size=4)
+        async with (
+            ColdMailAgent.open(settings=settings) as a,
+            ColdMailAgent.open(settings=settings) as b,
+        ):
+            runs = await asyncio.gather(*(a.start(BRIEF) for _ in range(40)))
+            ids = [run.interaction_id for run in runs]
+            outcomes = await asyncio.gather(
+                *(agent.resume(i, "CTOs") for i in ids for agent in (a, b)),
+                return_exceptions=True,
+            )
+            histories = await asyncio.gather(*(b.history(i) for i in ids))
+            shown = await asyncio.gather(*(agent.get(i) for i in ids * 3 for agent in (a, b)))
+            age(pg.rows, ids[0], timedelta(days=40))
+            purged = await b.purge(timedelta(days=30))
+            listed = await a.list(limit=100)
+
+    failures = [o for o in outcomes if not isinstance(o, (Run, RunBeingResumed))]
+    assert failures == []
+    assert server.count("draft") == 40 and server.count("refine") == 40  # one refine per run
+    assert all([e.kind for e in h] == ["paused", "feedback", "completed"] for h in histories)
+    assert {run.status for run in shown} == {RunStatus.COMPLETED}
+    assert purged == 1
+    assert len(listed) == 39 and all(
+        isinstance(r, Run) and r.status is RunStatus.COMPLETED for r in listed
+    )
