@@ -1,5 +1,8 @@
 """PostgreSQL for the tests: one server per session, a fresh database per test, raw row access.
 
+(The benchmarks start their durable cluster with :func:`start_cluster` from here too; this
+module imports pytest only when a test needs it.)
+
 The server is, in order of preference:
 
 1. ``COLDMAIL_TEST_PG_URL``: a URL of a database on a server where the user may ``CREATE
@@ -30,12 +33,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import pytest
+if TYPE_CHECKING:
+    import pytest
 
-from .conftest import Backend
+    from .conftest import Backend
 
 PG_URL_ENV = "COLDMAIL_TEST_PG_URL"
 PG_BIN_ENV = "COLDMAIL_TEST_PG_BIN"
@@ -240,16 +244,25 @@ def session_server() -> Server:
         except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
             _server_problem = f"{type(exc).__name__}: {exc}"
     if _server is None:
-        message = f"PostgreSQL is not available for the tests: {_server_problem}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI must run the PostgreSQL tests)", pytrace=False)
-        pytest.skip(message)
+        _unavailable(f"PostgreSQL is not available for the tests: {_server_problem}")
+    assert _server is not None
     return _server
+
+
+def _unavailable(message: str) -> None:
+    """Skip the test — or, under CI, fail it: CI must run every PostgreSQL test."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI must run the PostgreSQL tests)", pytrace=False)
+    pytest.skip(message)
 
 
 @contextmanager
 def postgres_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """A :class:`Backend` on a fresh PostgreSQL database for the test ``request`` runs."""
+    from .conftest import Backend
+
     server = session_server()
     with server.database() as url:
         rows = PostgresRows(url)
@@ -384,9 +397,7 @@ def pgbouncer(server: Server, *, server_connections: int = 2) -> Iterator[Any]:
     elif server.cluster is None:
         problem = f"PgBouncer is tested only against the throwaway cluster, not {PG_URL_ENV}"
     if problem:
-        if os.environ.get("CI"):
-            pytest.fail(f"{problem} (CI must run the PostgreSQL tests)", pytrace=False)
-        pytest.skip(problem)
+        _unavailable(problem)
     cluster = server.cluster
     assert cluster is not None
     folder = Path(tempfile.mkdtemp(prefix="coldmail-pgbouncer-", dir="/tmp"))
