@@ -392,3 +392,28 @@ async def test_many_agents_through_pgbouncer_in_transaction_pooling(
     assert len(listed) == 39 and all(
         isinstance(r, Run) and r.status is RunStatus.COMPLETED for r in listed
     )
+
+
+async def test_a_claim_cancelled_while_waiting_for_the_row_leaves_nothing_behind(
+    pg: Backend,
+) -> None:
+    """A caller that goes away (a closed web request) mid-transaction: its connection goes
+    back to the pool usable, and no transaction stays open holding the row."""
+    store = await connect_store(pg.settings(pool_size=1, busy_timeout=5, lease_seconds=30))
+    try:
+        new = await store.insert_paused(_new())
+        with pg.rows.lock():
+            waiting = asyncio.create_task(store.claim(new.interaction_id, FEEDBACK, VERSIONS))
+            await asyncio.sleep(0.3)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        claimed = await asyncio.wait_for(store.claim(new.interaction_id, FEEDBACK, VERSIONS), 2)
+    finally:
+        await store.close()
+    assert isinstance(claimed, Claim)
+    open_transactions = pg.rows._execute(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state LIKE 'idle in transaction%%'"
+    ).fetchone()["n"]
+    assert open_transactions == 0
