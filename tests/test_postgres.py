@@ -100,6 +100,8 @@ async def test_a_password_never_appears_in_an_error_a_log_or_a_repr(
     else:  # an unencoded space: libpq's complaint quotes the password
         secret = f"{secret} x"
         url = _with_password(pg.db, secret, encode=False)
+    if form != "malformed URL" and _accepts_any_password(pg.db):
+        pytest.skip("the server of COLDMAIL_TEST_PG_URL accepts any password (trust auth)")
     caplog.set_level(logging.DEBUG)
     settings = Settings.resolve(env={**os.environ, **pg.env}, db=url)
 
@@ -112,6 +114,14 @@ async def test_a_password_never_appears_in_an_error_a_log_or_a_repr(
     assert "cannot connect" in str(caught.value) or "not a usable PostgreSQL URL" in str(
         caught.value
     )
+
+
+def _accepts_any_password(url: str) -> bool:
+    try:
+        psycopg.connect(_with_password(url, "not-the-password-" + uuid.uuid4().hex)).close()
+    except psycopg.OperationalError:
+        return False
+    return True
 
 
 async def test_the_working_password_is_not_in_the_store_repr_or_its_location(
