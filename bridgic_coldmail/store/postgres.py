@@ -163,8 +163,12 @@ class PostgresRunStore:
             name="coldmail",
             open=False,
         )
-        with errors.mapped(connecting=True):
-            await pool.open(wait=True, timeout=settings.pool_timeout)
+        try:
+            with errors.mapped(connecting=True):
+                await pool.open(wait=True, timeout=settings.pool_timeout)
+        except BaseException:
+            await pool.close()
+            raise
         return cls(pool, shown, signer, settings, secrets)
 
     async def close(self) -> None:
@@ -401,12 +405,15 @@ class PostgresRunStore:
         if not _storable(interaction_id):
             return None
         async with self._reading() as conn:
-            results = await _script(
-                conn,
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
-                f"{_SELECT_ROW}; {_SELECT_EVENTS}; COMMIT",
-                [interaction_id, interaction_id],
-            )
+            try:
+                results = await _script(
+                    conn,
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                    f"{_SELECT_ROW}; {_SELECT_EVENTS}; COMMIT",
+                    [interaction_id, interaction_id],
+                )
+            finally:
+                await _rollback_unless_idle(conn)
         found, events = results[1] or [], results[2] or []
         if not found:
             return None
@@ -449,12 +456,17 @@ class _Tx:
 
     async def end(self) -> None:
         """Roll back whatever was not committed (a refusal, or an error)."""
-        status = self._conn.info.transaction_status
-        if status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
-            try:
-                await self._conn.execute("ROLLBACK")
-            except psycopg.Error:
-                pass  # a broken connection: the pool discards it, the server rolls back
+        await _rollback_unless_idle(self._conn)
+
+
+async def _rollback_unless_idle(conn: Connection) -> None:
+    """End a transaction left open by a refusal or an error, before the pool reuses ``conn``."""
+    status = conn.info.transaction_status
+    if status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
+        try:
+            await conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # a broken connection: the pool discards it, the server rolls back
 
 
 async def _script(
