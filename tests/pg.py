@@ -239,7 +239,11 @@ def session_server() -> Server:
                 _server = Server(given)
             else:
                 cluster = start_cluster()
-                _server = Server(cluster.url, cluster)
+                try:
+                    _server = Server(cluster.url, cluster)
+                except BaseException:
+                    cluster.stop()  # started, but unusable from here: do not leave it running
+                    raise
             atexit.register(_server.close)
         except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
             _server_problem = f"{type(exc).__name__}: {exc}"
