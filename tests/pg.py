@@ -363,6 +363,10 @@ class PostgresRows:
     def count(self) -> int:
         return int(self._execute("SELECT COUNT(*) AS n FROM coldmail.runs").fetchone()["n"])
 
+    def ids(self) -> list[str]:
+        found = self._execute("SELECT interaction_id FROM coldmail.runs ORDER BY created_at")
+        return [str(r["interaction_id"]) for r in found.fetchall()]
+
     def record_schema_version(self, version: int) -> None:
         self._execute(
             "INSERT INTO coldmail.coldmail_schema (version, name) VALUES (%s, %s)",

@@ -427,3 +427,32 @@ async def test_a_claim_cancelled_while_waiting_for_the_row_leaves_nothing_behind
         "AND state LIKE 'idle in transaction%%'"
     ).fetchone()["n"]
     assert open_transactions == 0
+
+
+@pytest.mark.parametrize(
+    ("plant", "named"),
+    [
+        (
+            "CREATE FUNCTION coldmail.keep() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN NEW.status := OLD.status; RETURN NEW; END $$; "
+            "CREATE TRIGGER keep_status BEFORE UPDATE ON coldmail.runs "
+            "FOR EACH ROW EXECUTE FUNCTION coldmail.keep()",
+            "trigger keep_status",
+        ),
+        (
+            "CREATE RULE no_claims AS ON UPDATE TO coldmail.runs DO INSTEAD NOTHING",
+            "rule no_claims",
+        ),
+        ("CREATE VIEW coldmail.all_runs AS SELECT * FROM coldmail.runs", "v all_runs"),
+    ],
+)
+async def test_objects_planted_in_the_schema_are_refused(
+    pg: Backend, plant: str, named: str
+) -> None:
+    """A trigger that keeps a claimed run's status would let a second resumer through."""
+    store = await connect_store(pg.settings())
+    await store.insert_paused(_new())
+    await store.close()
+    pg.rows._execute(plant)
+    with pytest.raises(StoreError, match=f"did not create \\({named}\\)"):
+        await connect_store(pg.settings())

@@ -18,6 +18,10 @@ Design notes:
   row while this one waited for its lock, PostgreSQL re-evaluates it on the new row), so
   hosts whose clocks disagree still agree on who holds a lease. ``purge`` ages runs by the
   server's clock too.
+* **Nothing planted.** Built-in functions are called as ``pg_catalog.…`` and tables by their
+  schema, and opening refuses a ``coldmail`` schema holding a trigger, a rule or a relation
+  the migrations did not create: such an object could undo the claim's write inside the
+  store's own transaction and let two resumers through.
 * **PgBouncer in transaction pooling works.** No session state: per-transaction settings
   are ``set_config(…, true)`` (``lock_timeout`` from ``busy_timeout``, an idle-in-transaction
   limit, ``synchronous_commit``); migrations take ``pg_advisory_xact_lock``, released at
@@ -70,7 +74,13 @@ from .base import (
     plan_insert,
     plan_release,
 )
-from .postgres_migrations import MIGRATION_LOCK, MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from .postgres_migrations import (
+    EXPECTED_RELATIONS,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+)
 
 try:
     import psycopg
@@ -88,11 +98,11 @@ _TIME_COLUMNS = ("created_at", "updated_at", "completed_at", "claim_expires_at",
 _EVENT_SELECT = ", ".join([*EVENT_COLUMNS, "mac"])
 _SELECT_ROW = f"SELECT {_COLUMNS} FROM coldmail.runs WHERE interaction_id = %s"
 _LOCK_ROW = (
-    f"SELECT {_COLUMNS}, clock_timestamp() AS db_now FROM coldmail.runs "
+    f"SELECT {_COLUMNS}, pg_catalog.clock_timestamp() AS db_now FROM coldmail.runs "
     "WHERE interaction_id = %s FOR UPDATE"
 )
 _LOCK_ROW_WITH_SNAPSHOT = (
-    f"SELECT {_COLUMNS}, snapshot, clock_timestamp() AS db_now FROM coldmail.runs "
+    f"SELECT {_COLUMNS}, snapshot, pg_catalog.clock_timestamp() AS db_now FROM coldmail.runs "
     "WHERE interaction_id = %s FOR UPDATE"
 )
 _SELECT_EVENTS = (
@@ -191,11 +201,11 @@ class PostgresRunStore:
 
     def _begin(self, durable: bool) -> tuple[str, list[Any]]:
         settings = [
-            "set_config('lock_timeout', %s, true)",
-            "set_config('idle_in_transaction_session_timeout', %s, true)",
+            "pg_catalog.set_config('lock_timeout', %s, true)",
+            "pg_catalog.set_config('idle_in_transaction_session_timeout', %s, true)",
         ]
         if not durable:
-            settings.append("set_config('synchronous_commit', 'off', true)")
+            settings.append("pg_catalog.set_config('synchronous_commit', 'off', true)")
         values = [_milliseconds(self.busy_timeout), _milliseconds(max(self.lease_seconds, 10))]
         return f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {', '.join(settings)}", values
 
@@ -213,7 +223,7 @@ class PostgresRunStore:
         signer = self._signer
         signature = signer.sign(new.interaction_id, new.serialization_version, new.snapshot)
         async with self._transaction() as tx:
-            (clock,) = await tx.open("SELECT clock_timestamp() AS db_now", [])
+            (clock,) = await tx.open("SELECT pg_catalog.clock_timestamp() AS db_now", [])
             change = plan_insert(new, now=clock["db_now"], signature=signature)
             change.seal(signer, sign_row=True)
             columns = [*RUN_COLUMNS, "snapshot"]
@@ -271,7 +281,7 @@ class PostgresRunStore:
         """Extend the lease from the server's now; None when the claim was lost."""
         async with self._transaction(durable=False) as tx:
             renewed = await tx.only(
-                "UPDATE coldmail.runs SET claim_expires_at = clock_timestamp() + %s "
+                "UPDATE coldmail.runs SET claim_expires_at = pg_catalog.clock_timestamp() + %s "
                 "WHERE interaction_id = %s AND claim_token = %s AND status = 'resuming' "
                 "RETURNING claim_expires_at",
                 [timedelta(seconds=self.lease_seconds), claim.interaction_id, claim.token],
@@ -331,12 +341,12 @@ class PostgresRunStore:
                 "WITH gone AS ("
                 " DELETE FROM coldmail.runs WHERE interaction_id IN ("
                 "  SELECT interaction_id FROM coldmail.runs"
-                "  WHERE status = ANY(%s) AND updated_at < clock_timestamp() - %s"
+                "  WHERE status = ANY(%s) AND updated_at < pg_catalog.clock_timestamp() - %s"
                 "  ORDER BY interaction_id FOR UPDATE)"
                 " RETURNING interaction_id),"
                 " history AS (DELETE FROM coldmail.run_events"
                 "  WHERE interaction_id IN (SELECT interaction_id FROM gone))"
-                " SELECT count(*) AS deleted FROM gone",
+                " SELECT pg_catalog.count(*) AS deleted FROM gone",
                 [names, older_than],
             )
         return int(deleted[0]["deleted"])
@@ -589,12 +599,12 @@ async def _migrate(
     migration advisory lock, so concurrent openers on any host apply each migration once."""
     async with conn.transaction():
         await conn.execute(
-            "SELECT set_config('lock_timeout', %s, true)",
+            "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
             [_milliseconds(max(settings.busy_timeout, 10))],
         )
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
         cursor = await conn.execute(
-            "SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n "
+            "SELECT c.relname AS name FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
             "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v')",
             [SCHEMA],
         )
@@ -611,7 +621,7 @@ async def _migrate(
                 """CREATE TABLE coldmail.coldmail_schema (
                        version    integer PRIMARY KEY,
                        name       text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"""
+                       applied_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp())"""
             )
         cursor = await conn.execute(
             "SELECT COALESCE(MAX(version), 0) AS version FROM coldmail.coldmail_schema"
@@ -653,7 +663,39 @@ async def _migrate(
                 "INSERT INTO coldmail.coldmail_meta (key, value) VALUES ('key_fingerprint', %s)",
                 [signer.fingerprint],
             )
+        planted = await _planted_objects(conn)
+        if planted:
+            raise StoreError(
+                f"{shown} holds objects in schema '{SCHEMA}' that bridgic-coldmail did not "
+                f"create ({', '.join(planted)}); a trigger or rule there could change what the "
+                "store writes, so the database is refused: drop them, or restore the database",
+                topic="store_path",
+            )
     return signer
+
+
+async def _planted_objects(conn: Connection) -> list[str]:
+    """What the schema holds besides :data:`EXPECTED_RELATIONS`: other relations (views,
+    sequences, tables), any trigger and any rule."""
+    cursor = await conn.execute(
+        "SELECT c.relkind::text AS kind, c.relname AS name FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s",
+        [SCHEMA],
+    )
+    found = [(r["kind"], r["name"]) for r in await cursor.fetchall()]
+    planted = [f"{kind} {name}" for kind, name in found if (kind, name) not in EXPECTED_RELATIONS]
+    cursor = await conn.execute(
+        "SELECT 'trigger ' || t.tgname AS what FROM pg_catalog.pg_trigger t "
+        "JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND NOT t.tgisinternal "
+        "UNION ALL SELECT 'rule ' || r.rulename FROM pg_catalog.pg_rewrite r "
+        "JOIN pg_catalog.pg_class c ON c.oid = r.ev_class "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'r'",
+        [SCHEMA, SCHEMA],
+    )
+    return planted + [r["what"] for r in await cursor.fetchall()]
 
 
 # --------------------------------------------------------------------------- errors

@@ -17,7 +17,9 @@ Column types are chosen so the MACs of ``base.py`` see the same values as from S
 ``review`` is a ``smallint`` (a boolean would come back as ``True`` and MAC differently from
 ``1``), JSON is kept as ``text`` (``jsonb`` would reorder keys), and timestamps are
 ``timestamptz`` written from the server's clock (``base.iso`` renders them identically).
-``interaction_id`` is ``COLLATE "C"`` so ordering is bytewise, as in SQLite.
+``interaction_id`` is ``COLLATE "C"`` so ordering is bytewise, as in SQLite. ``legacy_mark``
+exists for the shared row format; a PostgreSQL store never holds a run of a release before
+0.5, so it stays empty.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ V1_RUNS_HISTORY_META = (
     claim_token           text,
     claim_expires_at      timestamptz,
     row_mac               bytea,
+    legacy_mark           bytea,
     signature             bytea,
     snapshot              bytea
 )""",
@@ -95,3 +98,21 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, signed history, metadata", V1_RUNS_HISTORY_META),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
+
+EXPECTED_RELATIONS = {
+    ("r", "coldmail_schema"),
+    ("r", "coldmail_meta"),
+    ("r", "runs"),
+    ("r", "run_events"),
+    ("i", "coldmail_schema_pkey"),
+    ("i", "coldmail_meta_pkey"),
+    ("i", "runs_pkey"),
+    ("i", "run_events_pkey"),
+    ("i", "runs_by_status_and_age"),
+    ("i", "runs_by_age"),
+    ("i", "runs_by_status_and_update"),
+}
+"""Every relation (``pg_class.relkind``, name) the current schema holds in ``coldmail``. With
+no trigger and no rule on them: anything else was planted by a database writer — a trigger
+or a rule could undo the claim's write inside the store's own transaction and let two
+resumers through — and the database is refused. Each migration that adds one adds it here."""
