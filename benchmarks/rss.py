@@ -1,6 +1,6 @@
 """Peak RSS of one process running N concurrent runs (start all, then resume all).
 
-python -m benchmarks.rss ours|floor N DB_PATH     # prints {"peak_rss_mb": ...}
+python -m benchmarks.rss ours|floor sqlite|postgres LOCATION N     # prints {"peak_rss_mb": ...}
 """
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ import json
 import resource
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from .fake_llm import InstantLlm
-from .run import concurrent_throughput, opened
+from .scenarios import concurrent
+from .subjects import Kind, Store, opened
 
 
-async def main(kind: str, n: int, path: Path) -> None:
-    async with opened(kind, path, InstantLlm()) as subject:
-        await concurrent_throughput(subject, n)
+async def main(kind: Kind, store: Store, n: int) -> None:
+    async with opened(kind, store, InstantLlm()) as subject:
+        await concurrent(subject, n)
 
 
 def peak_rss_kb() -> int:
@@ -32,6 +34,6 @@ def peak_rss_kb() -> int:
 
 
 if __name__ == "__main__":
-    kind, n, path = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-    asyncio.run(main(kind, n, path))
+    kind, backend, location, n = sys.argv[1:]
+    asyncio.run(main(cast(Kind, kind), Store(cast(Any, backend), location), int(n)))
     print(json.dumps({"peak_rss_mb": peak_rss_kb() / 1024}))

@@ -1,11 +1,20 @@
-"""Measure what bridgic-coldmail adds around the LLM, beside the raw Bridgic + aiosqlite floor.
+"""Measure what bridgic-coldmail adds around the LLM, beside floors doing the bare minimum.
 
-    python -m benchmarks                 # the full run (a few minutes); writes RESULTS.md
+    python -m benchmarks                 # the full run (several minutes); writes RESULTS.md
     python -m benchmarks --smoke --out /tmp/r.md   # tiny N: proves the harness still works
 
-The LLM is :class:`benchmarks.fake_llm.InstantLlm` (zero latency) except in the HTTP-path
-figure, which goes through the real OpenAI client to the loopback scripted server running
-in a separate process.
+The harness is three layers: ``subjects.py`` (this package or its floor, on an SQLite file or
+a PostgreSQL database), ``scenarios.py`` (workloads returning named results) and
+``report.py`` (figures and the table). This module puts them together as a list of
+sections, :data:`SECTIONS`; each section returns the figures (rows) it measured.
+
+PostgreSQL rows need a server: ``COLDMAIL_BENCH_PG_URL`` (a database where the user may
+``CREATE DATABASE``), else a throwaway cluster with the server's durable defaults (fsync and
+``synchronous_commit`` on) started from Debian's binaries (``tests/pg.py``); without either
+they are left out and the header says why.
+
+The LLM is :class:`benchmarks.fake_llm.InstantLlm` (zero latency) except in the HTTP rows,
+which go through the real OpenAI client to the loopback scripted server in another process.
 """
 
 from __future__ import annotations
@@ -13,39 +22,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
-import random
-import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from importlib.metadata import version
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridgic_coldmail import Brief, ColdMailAgent, RunStatus
-from bridgic_coldmail.llm import llm_from_env
-from bridgic_coldmail.signing import load_signer
+from bridgic_coldmail.llm import close_llm, openai_llm
+from bridgic_coldmail.settings import Settings
 
+from . import scenarios
 from .fake_llm import InstantLlm
-from .floor import RawFloor
+from .report import HERE, Figure, Run, p50, render
+from .subjects import KINDS, LABELS, BackendName, Places, Subject, opened
 
-HERE = Path(__file__).resolve().parent
-BRIEF = Brief(
-    product="Acme Scheduler",
-    offer="cuts patient no-shows by 30% with two-way SMS reminders",
-    sender="Dana Lee, founder of Acme",
-    audience="clinic managers",
-)
-FEEDBACK = "CTOs at mid-size hospitals"
+BENCH_PG_URL_ENV = "COLDMAIL_BENCH_PG_URL"
 
 
 @dataclass
@@ -53,6 +48,7 @@ class Sizes:
     rounds: int = 3
     sequential: int = 300
     concurrent: int = 1000
+    processes: int = 4
     disk: int = 1000
     scale_small: int = 1_000
     scale_large: int = 100_000
@@ -63,236 +59,243 @@ SMOKE = Sizes(rounds=1, sequential=5, concurrent=20, disk=20, scale_small=50, sc
               scale_samples=5)  # fmt: skip
 
 
-# --------------------------------------------------------------------------- subjects
-
-
-class Subject:
-    """What is measured: ``start`` and ``resume`` on one database."""
-
-    name: str
-
-    async def start(self) -> str:
-        raise NotImplementedError
-
-    async def resume(self, interaction_id: str) -> object:
-        raise NotImplementedError
-
-
-class Ours(Subject):
-    name = "bridgic-coldmail"
-
-    def __init__(self, agent: ColdMailAgent) -> None:
-        self.agent = agent
-
-    async def start(self) -> str:
-        return (await self.agent.start(BRIEF)).interaction_id
-
-    async def resume(self, interaction_id: str) -> object:
-        return await self.agent.resume(interaction_id, FEEDBACK)
-
-
-class Floor(Subject):
-    name = "raw Bridgic + aiosqlite"
-
-    def __init__(self, floor: RawFloor) -> None:
-        self.floor = floor
-
-    async def start(self) -> str:
-        return await self.floor.start(BRIEF)
-
-    async def resume(self, interaction_id: str) -> object:
-        return await self.floor.resume(interaction_id, FEEDBACK)
-
-
-@contextlib.asynccontextmanager
-async def opened(kind: str, path: Path, llm: Any) -> AsyncIterator[Subject]:
-    if kind == "ours":
-        async with ColdMailAgent.open(path, llm=llm) as agent:
-            yield Ours(agent)
-    else:
-        floor = await RawFloor.open(path, llm)
-        try:
-            yield Floor(floor)
-        finally:
-            await floor.close()
-
-
-# --------------------------------------------------------------------------- statistics
-
-
 @dataclass
-class Figure:
-    workload: str
-    unit: str
-    ours: list[float] = field(default_factory=list)
-    floor: list[float] = field(default_factory=list)
-    target: str = ""
-    met: bool | None = None
-    note: str = ""
-    higher_is_better: bool = False
+class Context:
+    """What every section gets: the sizes, fresh stores on demand, and a progress log."""
+
+    sizes: Sizes
+    places: Places
+    log: Callable[[str], None]
+
+    @property
+    def backends(self) -> tuple[BackendName, ...]:
+        return ("sqlite", "postgres") if self.places.postgres_url else ("sqlite",)
 
 
-def p50(samples: list[float]) -> float:
-    return statistics.median(samples) if samples else float("nan")
+Section = Callable[[Context], Awaitable[list[Figure]]]
 
 
-def p95(samples: list[float]) -> float:
-    if not samples:
-        return float("nan")
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+async def _alternating(
+    ctx: Context,
+    backend: BackendName,
+    name: str,
+    body: Callable[[Subject], Awaitable[Any]],
+    llm: Callable[[], Any] = InstantLlm,
+) -> dict[str, list[Any]]:
+    """``body`` for each round, this package and the floor alternating (so drift in machine
+    speed hits both alike), each on a fresh store."""
+    results: dict[str, list[Any]] = {kind: [] for kind in KINDS}
+    for round_ in range(ctx.sizes.rounds):
+        for kind in KINDS:
+            store = ctx.places.new(backend, f"{name}-{kind}-{round_}")
+            async with opened(kind, store, llm()) as subject:
+                results[kind].append(await body(subject))
+    return results
 
 
-def _fmt(value: float, unit: str) -> str:
-    if value != value:  # NaN
-        return "—"
-    if unit == "ms":
-        return f"{value:.3f}"
-    if unit in ("runs/s",):
-        return f"{value:,.0f}"
-    if unit in ("KB", "MB"):
-        return f"{value:.2f}"
-    return f"{value:.2f}"
+# --------------------------------------------------------------------------- sections
 
 
-# --------------------------------------------------------------------------- scenarios
+async def latency(ctx: Context) -> list[Figure]:
+    """Start, resume and the full cycle, one run at a time."""
+    figures = []
+    for backend in ctx.backends:
+        found = await _alternating(
+            ctx, backend, "seq", lambda s: scenarios.sequential(s, ctx.sizes.sequential)
+        )
+        ours, floor = scenarios.Latencies(), scenarios.Latencies()
+        for latencies in found["ours"]:
+            ours.extend(latencies)
+        for latencies in found["floor"]:
+            floor.extend(latencies)
+        label = LABELS[backend]
+        cycle = Figure(f"full cycle, {label}", "ms", ours.cycle, floor.cycle)
+        if backend == "sqlite":
+            cycle.target = "≤ 1.5× floor and ≤ 2.5 ms (p50)"
+            cycle.met = p50(ours.cycle) <= min(2.5, 1.5 * p50(floor.cycle))
+        figures += [
+            Figure(f"start → paused and stored, {label}", "ms", ours.start, floor.start),
+            Figure(f"load → resumed → completed, {label}", "ms", ours.resume, floor.resume),
+            cycle,
+        ]
+        ctx.log(f"sequential latencies on {label} done")
+    return figures
 
 
-async def sequential_latencies(subject: Subject, n: int) -> tuple[list[float], ...]:
-    for _ in range(5):  # warm-up: imports, caches, first pages
-        await subject.resume(await subject.start())
-    starts, resumes, cycles = [], [], []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        interaction_id = await subject.start()
-        t1 = time.perf_counter()
-        await subject.resume(interaction_id)
-        t2 = time.perf_counter()
-        starts.append((t1 - t0) * 1000)
-        resumes.append((t2 - t1) * 1000)
-        cycles.append((t2 - t0) * 1000)
-    return starts, resumes, cycles
-
-
-async def concurrent_throughput(subject: Subject, n: int) -> tuple[float, float, int]:
-    t0 = time.perf_counter()
-    started = await asyncio.gather(*(subject.start() for _ in range(n)), return_exceptions=True)
-    t1 = time.perf_counter()
-    ids = [s for s in started if isinstance(s, str)]
-    resumed = await asyncio.gather(*(subject.resume(i) for i in ids), return_exceptions=True)
-    t2 = time.perf_counter()
-    errors = sum(isinstance(r, BaseException) for r in [*started, *resumed])
-    return len(ids) / (t1 - t0), (len(ids) - errors) / (t2 - t1), errors
-
-
-def _file_size_after_checkpoint(path: Path, vacuum: bool = False) -> int:
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        if vacuum:
-            conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return path.stat().st_size
-
-
-async def disk_per_run(kind: str, folder: Path, n: int) -> tuple[float, float, float]:
-    path = folder / f"disk-{kind}.db"
-    llm = InstantLlm()
-    async with opened(kind, path, llm):
-        pass
-    empty = _file_size_after_checkpoint(path)
-    async with opened(kind, path, llm) as subject:
-        ids = [await subject.start() for _ in range(n)]
-    awaiting = (_file_size_after_checkpoint(path) - empty) / n
-    async with opened(kind, path, llm) as subject:
-        for interaction_id in ids:
-            await subject.resume(interaction_id)
-    completed = (_file_size_after_checkpoint(path) - empty) / n
-    vacuumed = (_file_size_after_checkpoint(path, vacuum=True) - empty) / n
-    return awaiting / 1024, completed / 1024, vacuumed / 1024
-
-
-async def _populate(path: Path, stored: int) -> list[str]:
-    """``stored`` awaiting runs: copies of one real paused row under fresh ids, each signed."""
-    async with ColdMailAgent.open(path, llm=InstantLlm()) as agent:
-        template = (await agent.start(BRIEF)).interaction_id
-    signer = load_signer(path, may_create=False)
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        row = conn.execute(
-            "SELECT brief_json, draft_json, question, snapshot, serialization_version "
-            "FROM runs WHERE interaction_id = ?",
-            (template,),
-        ).fetchone()
-        brief_json, draft_json, question, snapshot, serialization_version = row
-        base = datetime.now(timezone.utc) - timedelta(days=30)
-        ids = [uuid.uuid4().hex for _ in range(stored - 1)]
-
-        def rows() -> Iterator[tuple[Any, ...]]:
-            for n, interaction_id in enumerate(ids):
-                moment = (base + timedelta(seconds=n)).isoformat(timespec="microseconds")
-                signature = signer.sign(interaction_id, serialization_version, snapshot)
-                yield (interaction_id, brief_json, draft_json, question, snapshot,
-                       serialization_version, signature, moment, moment)  # fmt: skip
-
-        with conn:
-            conn.executemany(
-                "INSERT INTO runs (interaction_id, status, brief_json, draft_json, question, "
-                "snapshot, serialization_version, signature, created_at, updated_at) "
-                "VALUES (?, 'awaiting_feedback', ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows(),
-            )
-            conn.executemany(
-                "INSERT INTO run_events (interaction_id, at, kind) VALUES (?, ?, 'paused')",
-                ((i, base.isoformat()) for i in ids),
-            )
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return [template, *ids]
-
-
-async def scaling(
-    folder: Path, small: int, large: int, samples: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """get / resume / list timings on a small and a large store, measured alternately so that
-    a noisy machine slows both alike (the ratio between them is the figure)."""
-    sizes = {"small": small, "large": large}
-    ids = {name: await _populate(folder / f"scale-{n}.db", n) for name, n in sizes.items()}
-    timings: dict[str, dict[str, list[float]]] = {
-        name: {"get": [], "resume": [], "list": []} for name in sizes
-    }
-    async with contextlib.AsyncExitStack() as stack:
-        agents = {
-            name: await stack.enter_async_context(
-                ColdMailAgent.open(folder / f"scale-{n}.db", llm=InstantLlm())
-            )
-            for name, n in sizes.items()
-        }
-        fresh = {
-            name: [(await agent.start(BRIEF)).interaction_id for _ in range(samples)]
-            for name, agent in agents.items()
-        }
-        picks = {name: random.sample(ids[name], min(samples, len(ids[name]))) for name in sizes}
-
-        async def timed(name: str, op: str, call: Awaitable[Any]) -> None:
-            t0 = time.perf_counter()
-            await call
-            timings[name][op].append((time.perf_counter() - t0) * 1000)
-
-        for i in range(samples):
-            for name, agent in agents.items():
-                await timed(name, "get", agent.get(picks[name][i % len(picks[name])]))
-                await timed(name, "resume", agent.resume(fresh[name][i], FEEDBACK))
-                await timed(name, "list", agent.list(RunStatus.AWAITING_FEEDBACK, limit=50))
-    return timings["small"], timings["large"]
-
-
-def peak_rss_mb(kind: str, n: int, folder: Path) -> float:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.rss", kind, str(n), str(folder / f"rss-{kind}.db")],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=HERE.parent,
+def _throughput_figures(
+    what: str,
+    label: str,
+    found: dict[str, list[scenarios.Throughput]],
+    targets: bool,
+    how: str = "",
+) -> list[Figure]:
+    errors = sum(t.errors for t in found["ours"])
+    started = Figure(
+        f"{what} started concurrently{how}, {label}",
+        "runs/s",
+        [t.started_per_s for t in found["ours"]],
+        [t.started_per_s for t in found["floor"]],
+        higher_is_better=True,
+        note=f"errors: {errors}",
     )
-    return float(json.loads(result.stdout)["peak_rss_mb"])
+    resumed = Figure(
+        f"{what} resumed concurrently{how}, {label}",
+        "runs/s",
+        [t.resumed_per_s for t in found["ours"]],
+        [t.resumed_per_s for t in found["floor"]],
+        higher_is_better=True,
+        note=f"errors: {errors}",
+    )
+    if targets and label == "SQLite":
+        started.target, resumed.target = "≥ 1,000 runs/s, 0 errors", "≥ 0.8× floor, 0 errors"
+        started.met = p50(started.ours) >= 1000 and errors == 0
+        resumed.met = resumed.ratio >= 0.8 and errors == 0
+    elif targets:
+        started.target = resumed.target = "0 errors"
+        started.met = resumed.met = errors == 0
+    return [started, resumed]
+
+
+async def concurrency(ctx: Context) -> list[Figure]:
+    """N runs started at once on one event loop, then resumed at once."""
+    figures = []
+    n = ctx.sizes.concurrent
+    for backend in ctx.backends:
+        found = await _alternating(ctx, backend, "conc", lambda s: scenarios.concurrent(s, n))
+        figures += _throughput_figures(f"{n:,} runs", LABELS[backend], found, targets=True)
+        ctx.log(f"concurrency on {LABELS[backend]} done")
+    return figures
+
+
+async def many_processes(ctx: Context) -> list[Figure]:
+    """The same N runs from several processes at once, each with its own store."""
+    figures = []
+    n, count = ctx.sizes.concurrent, ctx.sizes.processes
+    for backend in ctx.backends:
+        found: dict[str, list[scenarios.Throughput]] = {kind: [] for kind in KINDS}
+        for round_ in range(ctx.sizes.rounds):
+            for kind in KINDS:
+                store = ctx.places.new(backend, f"procs-{kind}-{round_}")
+                found[kind].append(
+                    await asyncio.to_thread(scenarios.processes, kind, store, n, count)
+                )
+        what = f"{n:,} runs from {count} processes"
+        figures += _throughput_figures(what, LABELS[backend], found, targets=True)
+        ctx.log(f"{count} processes on {LABELS[backend]} done")
+    return figures
+
+
+async def http(ctx: Context) -> list[Figure]:
+    """N concurrent runs through the real OpenAI client and the loopback scripted server."""
+    n = ctx.sizes.concurrent
+    with (
+        scripted_server_process() as base_url,
+        _environment({"OPENAI_API_BASE": base_url, "OPENAI_API_KEY": "benchmark"}),
+    ):
+        llms: list[Any] = []
+
+        def llm() -> Any:
+            llms.append(openai_llm(Settings.resolve(llm_timeout=60)))
+            return llms[-1]
+
+        try:
+            found = await _alternating(
+                ctx, "sqlite", "http", lambda s: scenarios.concurrent(s, n), llm
+            )
+        finally:
+            for made in llms:
+                await close_llm(made)
+    ctx.log("concurrency over HTTP done")
+    how = " (HTTP, loopback server)"
+    return _throughput_figures(f"{n:,} runs", "SQLite", found, False, how)
+
+
+async def disk(ctx: Context) -> list[Figure]:
+    """Bytes per stored run in the SQLite file."""
+    usage = {
+        kind: await scenarios.disk_per_run(
+            kind, ctx.places.new("sqlite", f"disk-{kind}"), ctx.sizes.disk
+        )  # fmt: skip
+        for kind in KINDS
+    }
+    ctx.log("disk done")
+    ours, floor = usage["ours"], usage["floor"]
+    return [
+        Figure(
+            "disk per awaiting run, SQLite",
+            "KB",
+            [ours.awaiting_kb],
+            [floor.awaiting_kb],
+            "≤ 6 KB",
+            met=ours.awaiting_kb <= 6,
+        ),  # fmt: skip
+        Figure(
+            "disk per completed run (after checkpoint), SQLite",
+            "KB",
+            [ours.completed_kb],
+            [floor.completed_kb],
+            note=f"after VACUUM: {ours.vacuumed_kb:.2f} KB (floor {floor.vacuumed_kb:.2f} KB)",
+        ),
+    ]
+
+
+async def scale(ctx: Context) -> list[Figure]:
+    """get / resume / list with a large store against a small one."""
+    s = ctx.sizes
+    found = await scenarios.scaling(ctx.places, s.scale_small, s.scale_large, s.scale_samples)
+    figures = []
+    for op, label in (("get", "get"), ("resume", "resume"), ("list", "list page (50 awaiting)")):
+        large, small = getattr(found.large, op), getattr(found.small, op)
+        figure = Figure(
+            f"{label} with {s.scale_large:,} stored (vs {s.scale_small:,}), SQLite",
+            "ms",
+            large,
+            small,
+            "≤ 1.2× the small store",
+            note="floor column: the same operation with the small store",
+        )
+        figure.met = figure.ratio <= 1.2
+        figures.append(figure)
+    ctx.log("scaling done")
+    return figures
+
+
+async def memory(ctx: Context) -> list[Figure]:
+    """Peak RSS of a process running N runs at once."""
+    n = ctx.sizes.concurrent
+    rss = {
+        kind: await asyncio.to_thread(
+            scenarios.peak_rss_mb, kind, ctx.places.new("sqlite", f"rss-{kind}"), n
+        )
+        for kind in KINDS
+    }
+    ctx.log("memory done")
+    return [
+        Figure(
+            f"peak RSS, {n:,} concurrent runs, SQLite",
+            "MB",
+            [rss["ours"]],
+            [rss["floor"]],
+            "≤ 100 MB",
+            met=rss["ours"] <= 100,
+        )  # fmt: skip
+    ]
+
+
+SECTIONS: list[Section] = [latency, concurrency, many_processes, http, disk, scale, memory]
+"""Every section, in report order. The local model's rows (``benchmarks/local_model.py``)
+join as one more section: append it here."""
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+async def measure(ctx: Context, sections: list[Section] | None = None) -> list[Figure]:
+    figures: list[Figure] = []
+    for section in SECTIONS if sections is None else sections:
+        figures += await section(ctx)
+        ctx.places.drop_all()
+    return figures
 
 
 @contextlib.contextmanager
@@ -306,167 +309,10 @@ def scripted_server_process() -> Iterator[str]:
     )
     try:
         assert proc.stdout is not None
-        base_url = proc.stdout.readline().strip()
-        yield base_url
+        yield proc.stdout.readline().strip()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-def local_model_figures(rounds: int) -> list[Figure]:
-    """Draft and refine times of the embedded model, when its extra is installed."""
-    from bridgic.core.model.protocols import PydanticModel
-
-    from bridgic_coldmail import EmailSequence
-    from bridgic_coldmail.local_llm import LocalLlm, local_extra_installed
-    from bridgic_coldmail.prompts import draft_messages, refine_messages
-
-    if not local_extra_installed():
-        return []
-    llm = LocalLlm()
-    constraint = PydanticModel(model=EmailSequence)
-    drafts, refines = [], []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        draft = llm.structured_output(draft_messages(BRIEF, compact=True), constraint)
-        t1 = time.perf_counter()
-        llm.structured_output(refine_messages(BRIEF, draft, FEEDBACK, compact=True), constraint)
-        t2 = time.perf_counter()
-        drafts.append((t1 - t0) * 1000)
-        refines.append((t2 - t1) * 1000)
-    note = f"{llm.model_path.name}, one call each, no retries"
-    return [
-        Figure("local model: draft", "ms", drafts, note=note),
-        Figure("local model: refine", "ms", refines, note=note),
-    ]
-
-
-# --------------------------------------------------------------------------- orchestration
-
-
-async def _rounds(
-    kind: str, folder: Path, rounds: int, body: Callable[[Subject], Awaitable[Any]], llm: Any
-) -> list[Any]:
-    results = []
-    for r in range(rounds):
-        async with opened(kind, folder / f"{kind}-{body.__name__}-{r}.db", llm) as subject:
-            results.append(await body(subject))
-    return results
-
-
-async def measure(sizes: Sizes, folder: Path, log: Callable[[str], None]) -> list[Figure]:
-    figures: list[Figure] = []
-    seq: dict[str, list[Any]] = {"ours": [], "floor": []}
-    for _ in range(sizes.rounds):  # alternate, so drift in machine speed hits both alike
-        for kind in seq:
-            seq[kind] += await _rounds(
-                kind, folder, 1, lambda s: sequential_latencies(s, sizes.sequential), InstantLlm()
-            )
-    for index, (label, target) in enumerate(
-        [
-            ("start → paused and stored", ""),
-            ("load → resumed → completed", ""),
-            ("full cycle", "≤ 1.5× floor and ≤ 2.5 ms (p50)"),
-        ]
-    ):
-        figure = Figure(
-            label,
-            "ms",
-            [x for round_ in seq["ours"] for x in round_[index]],
-            [x for round_ in seq["floor"] for x in round_[index]],
-            target,
-        )
-        if index == 2:
-            figure.met = p50(figure.ours) <= min(2.5, 1.5 * p50(figure.floor))
-        figures.append(figure)
-    log("sequential latencies done")
-
-    for kind_llm, title in (("instant", ""), ("http", " (HTTP, loopback server)")):
-        with contextlib.ExitStack() as stack:
-            if kind_llm == "http":
-                base_url = stack.enter_context(scripted_server_process())
-                env = {"OPENAI_API_BASE": base_url, "OPENAI_API_KEY": "benchmark"}
-                stack.enter_context(_environment(env))
-
-            conc = {}
-            for kind in ("ours", "floor"):
-                llm = InstantLlm() if kind_llm == "instant" else llm_from_env(60)
-                conc[kind] = await _rounds(
-                    kind,
-                    folder,
-                    sizes.rounds,
-                    lambda s: concurrent_throughput(s, sizes.concurrent),
-                    llm,
-                )
-        errors = sum(r[2] for r in conc["ours"])
-        for index, (verb, target_rate) in enumerate((("started", 1000), ("resumed", 800))):
-            figure = Figure(
-                f"{sizes.concurrent:,} runs {verb} concurrently{title}",
-                "runs/s",
-                [r[index] for r in conc["ours"]],
-                [r[index] for r in conc["floor"]],
-                "" if title else f"≥ {target_rate:,} runs/s, 0 errors",
-                higher_is_better=True,
-                note=f"errors: {errors}",
-            )
-            if not title:
-                figure.met = p50(figure.ours) >= target_rate and errors == 0
-            figures.append(figure)
-        log(f"concurrency{title} done")
-
-    disk = {kind: await disk_per_run(kind, folder, sizes.disk) for kind in ("ours", "floor")}
-    figures.append(
-        Figure(
-            "disk per awaiting run",
-            "KB",
-            [disk["ours"][0]],
-            [disk["floor"][0]],
-            "≤ 6 KB",
-            met=disk["ours"][0] <= 6,
-        )  # fmt: skip
-    )
-    figures.append(
-        Figure(
-            "disk per completed run (after checkpoint)",
-            "KB",
-            [disk["ours"][1]],
-            [disk["floor"][1]],
-            note=f"after VACUUM: {disk['ours'][2]:.2f} KB (floor {disk['floor'][2]:.2f} KB)",
-        )
-    )
-    log("disk done")
-
-    small, large = await scaling(folder, sizes.scale_small, sizes.scale_large, sizes.scale_samples)
-    for op, label in (("get", "get"), ("resume", "resume"), ("list", "list page (50 awaiting)")):
-        ratio = p50(large[op]) / p50(small[op])
-        figures.append(
-            Figure(
-                f"{label} with {sizes.scale_large:,} stored (vs {sizes.scale_small:,})",
-                "ms",
-                large[op],
-                small[op],
-                "≤ 1.2× the small store",
-                met=ratio <= 1.2,
-                note="floor column: the same operation with the small store",
-            )
-        )
-    log("scaling done")
-
-    rss = {kind: peak_rss_mb(kind, sizes.concurrent, folder) for kind in ("ours", "floor")}
-    figures.append(
-        Figure(
-            f"peak RSS, {sizes.concurrent:,} concurrent runs",
-            "MB",
-            [rss["ours"]],
-            [rss["floor"]],
-            "≤ 100 MB",
-            met=rss["ours"] <= 100,
-        )  # fmt: skip
-    )
-    log("memory done")
-    figures += local_model_figures(sizes.rounds)
-    log("local model done")
-    return figures
 
 
 @contextlib.contextmanager
@@ -483,72 +329,65 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def render(figures: list[Figure], command: str, elapsed: float, sizes: Sizes) -> str:
-    versions = ", ".join(
-        f"{name} {version(name)}"
-        for name in (
-            "bridgic-coldmail",
-            "bridgic-core",
-            "bridgic-llms-openai",
-            "aiosqlite",
-            "pydantic",
-            "openai",
-        )  # fmt: skip
-    )
-    lines = [
-        "# Benchmark results",
-        "",
-        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- Command: `{command}` ({elapsed:.0f} s)",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
-        f"{platform.release()}; Python {platform.python_version()}; SQLite "
-        f"{sqlite3.sqlite_version}",
-        f"- Versions: {versions}",
-        f"- Rounds: {sizes.rounds}; latencies pool every sample of every round "
-        f"({sizes.sequential} runs a round); throughputs are per round (median and the "
-        "worst round in the p95 column).",
-        "- LLM: an in-process `InstantLlm` (zero latency) unless the row says HTTP; the HTTP "
-        "rows use the real OpenAI client against `python -m bridgic_coldmail.testing` in "
-        "another process.",
-        "- Floor: the same automa and LLM with raw aiosqlite, one row per snapshot, no "
-        "signature, claim, history or JSON columns (`benchmarks/floor.py`).",
-        "",
-        "| workload | unit | ours p50 | ours p95 | floor p50 | floor p95 | ours ÷ floor | "
-        "target | met | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for f in figures:
-        if f.higher_is_better:
-            ours95, floor95 = min(f.ours, default=float("nan")), min(f.floor, default=float("nan"))
-        else:
-            ours95, floor95 = p95(f.ours), p95(f.floor)
-        ratio = p50(f.ours) / p50(f.floor) if f.floor and p50(f.floor) else float("nan")
-        met = "—" if f.met is None else ("yes" if f.met else "**no**")
-        lines.append(
-            f"| {f.workload} | {f.unit} | {_fmt(p50(f.ours), f.unit)} | {_fmt(ours95, f.unit)} "
-            f"| {_fmt(p50(f.floor), f.unit)} | {_fmt(floor95, f.unit)} | "
-            f"{'—' if ratio != ratio else f'{ratio:.2f}×'} | {f.target or '—'} | {met} | "
-            f"{f.note} |"
-        )
-    if not any(f.workload.startswith("local model") for f in figures):
-        lines += ["", "Local model: not measured (install the `local` extra to include it)."]
-    lines.append("")
-    notes = HERE / "NOTES.md"
-    if notes.exists():
-        lines += [notes.read_text().strip(), ""]
-    return "\n".join(lines)
+@contextlib.contextmanager
+def postgres_server(wanted: bool) -> Iterator[tuple[str | None, str]]:
+    """A PostgreSQL URL to create benchmark databases from, and what the header says."""
+    if not wanted:
+        yield None, "not measured (--no-postgres)"
+        return
+    given = os.environ.get(BENCH_PG_URL_ENV)
+    if given:
+        yield given, f"${BENCH_PG_URL_ENV}"
+        return
+    try:
+        from tests.pg import start_cluster
+
+        cluster = start_cluster(durable=True)
+    except Exception as exc:  # noqa: BLE001 - no server means no PostgreSQL rows, said why
+        yield None, f"not measured ({exc})"
+        return
+    try:
+        version = subprocess.run(
+            [str(cluster.bindir / "postgres"), "--version"], capture_output=True, text=True
+        ).stdout.strip()
+        yield cluster.url, f"{version}, a throwaway local cluster on a Unix socket, fsync on"
+    finally:
+        cluster.stop()
+
+
+def _section(name: str) -> Section:
+    for section in SECTIONS:
+        if section.__name__ == name.strip():
+            return section
+    raise argparse.ArgumentTypeError(f"no section {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--no-postgres", action="store_true", help="leave out PostgreSQL rows")
+    parser.add_argument(
+        "--only",
+        type=lambda text: [_section(name) for name in text.split(",")],
+        help=f"some sections only, e.g. --only latency,concurrency "
+        f"({', '.join(s.__name__ for s in SECTIONS)})",
+    )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else Sizes()
     command = "python -m benchmarks" + (" --smoke" if args.smoke else "")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="coldmail-bench-") as folder:
-        figures = asyncio.run(measure(sizes, Path(folder), lambda m: print(m, flush=True)))
-    text = render(figures, command, time.perf_counter() - started, sizes)
+    with (
+        tempfile.TemporaryDirectory(prefix="coldmail-bench-") as folder,
+        postgres_server(not args.no_postgres) as (pg_url, pg_said),
+    ):
+        places = Places(Path(folder), pg_url)
+        try:
+            ctx = Context(sizes, places, lambda m: print(m, flush=True))
+            figures = asyncio.run(measure(ctx, args.only))
+        finally:
+            places.drop_all()
+    run = Run(command, time.perf_counter() - started, sizes.rounds, sizes.sequential, pg_said)
+    text = render(figures, run)
     args.out.write_text(text)
     print(text)

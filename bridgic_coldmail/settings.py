@@ -171,6 +171,13 @@ class Settings:
                 "database lock; raise the lease or lower the busy timeout"
             )
 
+    def __repr__(self) -> str:
+        """Secrets are left out, and the database URL is shown without its password."""
+        values = {item.name: getattr(self, item.name) for item in fields(self) if item.repr}
+        values["db"] = redact_url(self.db)
+        shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
+        return f"Settings({shown})"
+
     @property
     def is_postgres(self) -> bool:
         """Whether ``db`` names a PostgreSQL server rather than an SQLite file."""
@@ -192,20 +199,11 @@ def check_web_token(token: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """A database URL with its password replaced by ``***`` (for messages and logs).
-
-    The user information ends at the *last* ``@`` before the host, so a password that
-    itself contains ``@`` is hidden whole."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, tail = rest.partition("/")
-    if "@" not in authority:
-        return url
-    userinfo, _, host = authority.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    hidden = f"{user}:***" if ":" in userinfo else user
-    return f"{scheme}://{hidden}@{host}{slash}{tail}"
+    """A database URL with its password replaced by ``***`` (for messages and logs): the
+    one in the user information (up to the last ``@`` before the path, as a password with an
+    unencoded ``@`` would otherwise leak its tail) and a ``password=`` query parameter."""
+    url = re.sub(r"(://[^:/@?#]*:)[^/?#]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 def _parse(name: str, value: Any, *, source: str) -> Any:

@@ -55,7 +55,8 @@ def _environment(
 ) -> None:
     """Every test (and every child process) talks to the scripted server and a temp database."""
     for name in list(os.environ):
-        if name.startswith(("OPENAI_", "COLDMAIL_")):
+        # COLDMAIL_TEST_* configure the test run itself (e.g. COLDMAIL_TEST_PG_URL), not the code.
+        if name.startswith(("OPENAI_", "COLDMAIL_")) and not name.startswith("COLDMAIL_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("OPENAI_API_BASE", openai_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)

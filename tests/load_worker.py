@@ -4,7 +4,9 @@
     python -m tests.load_worker resume IDS_FILE    # every id resumed concurrently
     python -m tests.load_worker race IDS_FILE      # per id, two forked processes race
 
-Prints one JSON object on stdout. Settings come from the environment (COLDMAIL_DB, OPENAI_*).
+Prints one JSON object on stdout. Settings come from the environment (COLDMAIL_DB, which may
+be a postgresql:// URL, COLDMAIL_SECRET_KEY, OPENAI_*): each process opens its own store,
+so on PostgreSQL each has its own connection pool.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from bridgic_coldmail import Brief, ColdMailAgent, ColdmailError, RunBeingResumed
+from bridgic_coldmail import Brief, ColdMailAgent, ColdmailError, RunBeingResumed, RunStatus
+from bridgic_coldmail.settings import is_postgres_url
 
 BRIEF = Brief(product="Acme Scheduler", offer="cuts no-shows by 30%", sender="Dana Lee")
 FEEDBACK = "CTOs at mid-size hospitals"
@@ -42,8 +46,9 @@ async def resume(ids: list[str]) -> dict[str, Any]:
         results = await asyncio.gather(
             *(agent.resume(i, FEEDBACK) for i in ids), return_exceptions=True
         )
+    done = [r for r in results if not isinstance(r, BaseException)]
     return {
-        "completed": sum(1 for r in results if not isinstance(r, BaseException)),
+        "completed": sum(1 for r in done if r.status is RunStatus.COMPLETED),
         "errors": [_error(r) for r in results if isinstance(r, BaseException)],
     }
 
@@ -66,6 +71,9 @@ def _racer(interaction_id: str, barrier: Any) -> None:
 
 def race(ids: list[str]) -> dict[str, Any]:
     import bridgic.llms.openai  # noqa: F401  (imported once here, not in every forked racer)
+
+    if is_postgres_url(os.environ.get("COLDMAIL_DB", "")):
+        import bridgic_coldmail.store.postgres  # noqa: F401  (likewise psycopg and its pool)
 
     context = multiprocessing.get_context("fork")
     outcomes: list[list[int | None]] = []

@@ -1,0 +1,808 @@
+"""The PostgreSQL store: many hosts, one set of runs, the same promises as the SQLite file.
+
+Design notes:
+
+* **The same rules, in the same order, as SQLite.** Every write is one transaction that
+  locks the run's row (``SELECT … FOR UPDATE``), checks its signature and MACs and decides in
+  Python with ``base.py`` (``judge_claim``, ``plan_*``), then writes the row and its history
+  events and commits. A snapshot leaves the store only after its signature verified and the
+  claim committed; a refusal writes nothing. Only the holder of the current claim token can
+  renew, complete or release (fencing), because those too read the locked row first.
+* **Two round trips per write.** A transaction is sent as two multi-statement simple queries:
+  ``BEGIN``, its settings and the locking ``SELECT``; then the writes and ``COMMIT``. psycopg
+  binds their parameters client-side with libpq's quoting (``AsyncClientCursor``), which is
+  what lets several statements share one round trip; on a loopback socket this beat both
+  one statement per round trip and psycopg's pipeline mode (benchmarks/NOTES.md).
+* **The server's clock.** Leases, ``created_at``/``updated_at`` and history times come from
+  ``clock_timestamp()`` read in the locking ``SELECT`` (if another transaction changed the
+  row while this one waited for its lock, PostgreSQL re-evaluates it on the new row), so
+  hosts whose clocks disagree still agree on who holds a lease. ``purge`` ages runs by the
+  server's clock too.
+* **Nothing planted.** Built-in functions are called as ``pg_catalog.…`` and tables by their
+  schema, and opening refuses a ``coldmail`` schema holding a trigger, a rule or a relation
+  the migrations did not create: such an object could undo the claim's write inside the
+  store's own transaction and let two resumers through.
+* **PgBouncer in transaction pooling works.** No session state: per-transaction settings
+  are ``set_config(…, true)`` (``lock_timeout`` from ``busy_timeout``, an idle-in-transaction
+  limit, ``synchronous_commit``); migrations take ``pg_advisory_xact_lock``, released at
+  commit; no ``LISTEN``, no ``search_path`` (tables are schema-qualified). Server-side
+  prepared statements are off unless ``prepare_statements`` is set (then psycopg prepares
+  the repeated reads; the writes are simple queries, never prepared).
+* **Durability where it matters**, as on SQLite: a pause and a result commit with the
+  server's ``synchronous_commit`` (on by default); a claim, a renewal and a release with
+  ``synchronous_commit = off``, since losing one to a crash only leaves the run claimable
+  again (the WAL is sequential: a result's commit flushes the claim before it).
+* **Errors by SQLSTATE**, never by message text; connection failures (which carry no
+  SQLSTATE) pass libpq's reason through. The password of the URL never appears in a
+  message, a log line or a ``repr``: messages show the URL redacted, and libpq's text is
+  scrubbed of the password, which libpq echoes for some malformed URLs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import re
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..errors import ColdmailError, ConfigurationError, StoreError
+from ..models import ListedRun, Run, RunEvent, RunStatus
+from ..settings import Settings, redact_url
+from ..signing import KeySource, SnapshotSigner, load_signer
+from .base import (
+    EVENT_COLUMNS,
+    RUN_COLUMNS,
+    Action,
+    Claim,
+    ClaimOutcome,
+    ClaimPlan,
+    Finished,
+    NewRun,
+    Paused,
+    Refusal,
+    RefusalReason,
+    RowChange,
+    decode_events,
+    decode_row,
+    is_legacy,
+    judge_claim,
+    plan_claim,
+    plan_complete,
+    plan_insert,
+    plan_release,
+)
+from .postgres_migrations import (
+    EXPECTED_RELATIONS,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+)
+
+try:
+    import psycopg
+    from psycopg import AsyncClientCursor, AsyncConnection, IsolationLevel, pq
+    from psycopg.rows import DictRow, dict_row
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
+except ImportError:  # pragma: no cover - exercised only without the extra
+    raise ConfigurationError(
+        "a postgresql:// database needs the postgres extra: "
+        "pip install 'bridgic-coldmail[postgres]'"
+    ) from None
+
+_COLUMNS = ", ".join(RUN_COLUMNS)
+_TIME_COLUMNS = ("created_at", "updated_at", "completed_at", "claim_expires_at", "at")
+_EVENT_SELECT = ", ".join([*EVENT_COLUMNS, "mac"])
+_SELECT_ROW = f"SELECT {_COLUMNS} FROM coldmail.runs WHERE interaction_id = %s"
+_LOCK_ROW = (
+    f"SELECT {_COLUMNS}, pg_catalog.clock_timestamp() AS db_now FROM coldmail.runs "
+    "WHERE interaction_id = %s FOR UPDATE"
+)
+_LOCK_ROW_WITH_SNAPSHOT = (
+    f"SELECT {_COLUMNS}, snapshot, pg_catalog.clock_timestamp() AS db_now FROM coldmail.runs "
+    "WHERE interaction_id = %s FOR UPDATE"
+)
+_SELECT_EVENTS = (
+    f"SELECT {_EVENT_SELECT} FROM coldmail.run_events WHERE interaction_id = %s ORDER BY seq"
+)
+_INSERT_EVENT_ROW = f"({', '.join('%s' for _ in range(len(EVENT_COLUMNS) + 1))})"
+
+Connection = AsyncConnection[DictRow]
+
+
+class PostgresRunStore:
+    """Runs in a PostgreSQL database shared by every host. Open with :meth:`connect`."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Connection],
+        location: str,
+        signer: SnapshotSigner,
+        settings: Settings,
+        secrets: frozenset[str],
+    ) -> None:
+        self._pool = pool
+        self._signer = signer
+        self._secrets = secrets
+        self.location = location
+        """The server and database, for messages: the URL without its password."""
+        self.lease_seconds = settings.lease_seconds
+        self.busy_timeout = settings.busy_timeout
+        self.pool_size = settings.pool_size
+        self.pool_timeout = settings.pool_timeout
+
+    def __repr__(self) -> str:
+        return f"PostgresRunStore({self.location!r}, pool_size={self.pool_size})"
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> PostgresRunStore:
+        """Connect, migrate under an advisory lock, check the key, and open the pool.
+
+        The caller must ``close()`` the store.
+
+        Raises:
+            StoreError: the server cannot be reached, refuses us, or the database is not ours.
+            ConfigurationError: no usable signing key (``COLDMAIL_SECRET_KEY`` or
+                ``COLDMAIL_KEY_FILE``), or it is not the key that signed the stored runs.
+        """
+        url = _libpq_url(settings.db)
+        secrets = _passwords(url)
+        shown = _scrub(redact_url(settings.db), secrets)
+        keys = KeySource(secret=settings.secret_key, file=settings.key_file)
+        options = _connection_options(url, settings, secrets, shown)
+        errors = _ErrorContext(shown, secrets, settings.busy_timeout, settings.pool_timeout)
+        with errors.mapped(connecting=True):
+            first = await AsyncConnection.connect(url, **options)
+        try:
+            with errors.mapped():
+                await _configure(first)
+                signer = await _migrate(first, shown, keys, settings)
+        finally:
+            await first.close()
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            url,
+            connection_class=AsyncConnection[DictRow],
+            kwargs=options,
+            min_size=1,
+            max_size=settings.pool_size,
+            timeout=settings.pool_timeout,
+            configure=_configure,
+            name="coldmail",
+            open=False,
+        )
+        try:
+            with errors.mapped(connecting=True):
+                await pool.open(wait=True, timeout=settings.pool_timeout)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, shown, signer, settings, secrets)
+
+    async def close(self) -> None:
+        """Close every pooled connection (idempotent)."""
+        await self._pool.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @asynccontextmanager
+    async def _transaction(self, *, durable: bool = True) -> AsyncIterator[_Tx]:
+        """A pooled connection in one transaction, rolled back unless finished."""
+        errors = _ErrorContext(self.location, self._secrets, self.busy_timeout, self.pool_timeout)
+        with errors.mapped():
+            async with self._pool.connection() as conn:
+                tx = _Tx(conn, self._begin(durable))
+                try:
+                    yield tx
+                finally:
+                    await tx.end()
+
+    def _begin(self, durable: bool) -> tuple[str, list[Any]]:
+        settings = [
+            "pg_catalog.set_config('lock_timeout', %s, true)",
+            "pg_catalog.set_config('idle_in_transaction_session_timeout', %s, true)",
+        ]
+        if not durable:
+            settings.append("pg_catalog.set_config('synchronous_commit', 'off', true)")
+        values = [_milliseconds(self.busy_timeout), _milliseconds(max(self.lease_seconds, 10))]
+        return f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {', '.join(settings)}", values
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[Connection]:
+        errors = _ErrorContext(self.location, self._secrets, self.busy_timeout, self.pool_timeout)
+        with errors.mapped():
+            async with self._pool.connection() as conn:
+                yield conn
+
+    # ------------------------------------------------------------------ writes
+
+    async def insert_paused(self, new: NewRun) -> Run:
+        """Store a freshly paused run, signed, with its 'paused' event (durable)."""
+        signer = self._signer
+        signature = signer.sign(new.interaction_id, new.serialization_version, new.snapshot)
+        async with self._transaction() as tx:
+            (clock,) = await tx.open("SELECT pg_catalog.clock_timestamp() AS db_now", [])
+            change = plan_insert(new, now=clock["db_now"], signature=signature)
+            change.seal(signer, sign_row=True)
+            columns = [*RUN_COLUMNS, "snapshot"]
+            insert = (
+                f"INSERT INTO coldmail.runs ({', '.join(columns)}) "
+                f"VALUES ({', '.join('%s' for _ in columns)})"
+            )
+            values = [*(change.row.get(c) for c in RUN_COLUMNS), new.snapshot]
+            await tx.finish([(insert, values), *_insert_events(change)])
+        run = decode_row(change.row, signer)
+        assert isinstance(run, Run)
+        return run
+
+    async def claim(
+        self, interaction_id: str, action: Action, supported_versions: Collection[str]
+    ) -> ClaimOutcome:
+        """Take the run to apply ``action``, or say why not; a refusal writes nothing."""
+        if not _storable(interaction_id):
+            return Refusal(RefusalReason.NOT_FOUND)
+        signer, lease = self._signer, self.lease_seconds
+        async with self._transaction(durable=False) as tx:
+            found = await tx.open(_LOCK_ROW_WITH_SNAPSHOT, [interaction_id])
+            if not found:
+                return Refusal(RefusalReason.NOT_FOUND)
+            row, now = _split(found[0])
+            snapshot = row.pop("snapshot")
+            verdict = judge_claim(
+                row,
+                action,
+                now=now,
+                supported_versions=supported_versions,
+                signer=signer,
+                snapshot=snapshot,
+            )
+            if not isinstance(verdict, ClaimPlan):
+                return verdict  # rolled back: nothing written
+            assert snapshot is not None
+            change, expires = plan_claim(row, verdict, action, now=now, lease=lease)
+            change.seal(signer, sign_row=row["row_mac"] is not None)
+            await tx.finish(_update(row, change))
+        claimed = decode_row({**row, **change.row}, signer)
+        assert isinstance(claimed, Run)
+        return Claim(
+            interaction_id=interaction_id,
+            token=verdict.token,
+            pause_id=str(row["pause_id"] or interaction_id),
+            snapshot=snapshot,
+            serialization_version=str(row["serialization_version"]),
+            action=action,
+            run=claimed.model_copy(update={"status": verdict.from_status}),
+            expires_at=expires,
+        )
+
+    async def renew(self, claim: Claim) -> datetime | None:
+        """Extend the lease from the server's now; None when the claim was lost."""
+        async with self._transaction(durable=False) as tx:
+            renewed = await tx.only(
+                "UPDATE coldmail.runs SET claim_expires_at = pg_catalog.clock_timestamp() + %s "
+                "WHERE interaction_id = %s AND claim_token = %s AND status = 'resuming' "
+                "RETURNING claim_expires_at",
+                [timedelta(seconds=self.lease_seconds), claim.interaction_id, claim.token],
+            )
+        return _utc(renewed[0]["claim_expires_at"]) if renewed else None
+
+    async def complete(self, claim: Claim, result: Paused | Finished) -> Run | None:
+        """Record the result if the claim is still ours (durable); None when fenced out."""
+        signer = self._signer
+        signature = (
+            signer.sign(claim.interaction_id, result.serialization_version, result.snapshot)
+            if isinstance(result, Paused)
+            else None
+        )
+        async with self._transaction() as tx:
+            held = await self._held_row(tx, claim)
+            if held is None:
+                return None
+            row, now = held
+            change = plan_complete(row, claim, result, now=now, signature=signature)
+            change.seal(signer, sign_row=row["row_mac"] is not None)
+            snapshot = result.snapshot if isinstance(result, Paused) else None
+            await tx.finish(_update(row, change, snapshot=(snapshot,)))
+        run = decode_row({**row, **change.row}, signer)
+        assert isinstance(run, Run)
+        return run
+
+    async def release(self, claim: Claim, error: str) -> bool:
+        """Give the run back with the error recorded; False when the claim was lost."""
+        error = error.replace("\x00", "\\0")  # PostgreSQL text cannot hold NUL
+        async with self._transaction(durable=False) as tx:
+            held = await self._held_row(tx, claim)
+            if held is None:
+                return False
+            row, now = held
+            change = plan_release(row, error, now=now)
+            change.seal(self._signer, sign_row=row["row_mac"] is not None)
+            await tx.finish(_update(row, change))
+        return True
+
+    async def _held_row(self, tx: _Tx, claim: Claim) -> tuple[dict[str, Any], datetime] | None:
+        """The locked row if ``claim`` still holds it (the fence), and the server's now."""
+        found = await tx.open(_LOCK_ROW, [claim.interaction_id])
+        if not found:
+            return None
+        row, now = _split(found[0])
+        if row["status"] != RunStatus.RESUMING.value or row["claim_token"] != claim.token:
+            return None
+        return row, now
+
+    async def purge(self, older_than: timedelta, statuses: Collection[RunStatus]) -> int:
+        """Delete runs of these statuses unchanged for ``older_than`` (by the server's
+        clock), and their history; rows are locked in id order, so purges never deadlock."""
+        names = sorted(s.value for s in statuses)
+        async with self._transaction() as tx:
+            deleted = await tx.only(
+                "WITH gone AS ("
+                " DELETE FROM coldmail.runs WHERE interaction_id IN ("
+                "  SELECT interaction_id FROM coldmail.runs"
+                "  WHERE status = ANY(%s) AND updated_at < pg_catalog.clock_timestamp() - %s"
+                "  ORDER BY interaction_id FOR UPDATE)"
+                " RETURNING interaction_id),"
+                " history AS (DELETE FROM coldmail.run_events"
+                "  WHERE interaction_id IN (SELECT interaction_id FROM gone))"
+                " SELECT pg_catalog.count(*) AS deleted FROM gone",
+                [names, older_than],
+            )
+        return int(deleted[0]["deleted"])
+
+    async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
+        """Sign the unsigned snapshots of these runs (all when None); returns their ids.
+
+        Only for an operator who has decided that whoever wrote them is trusted: signing is
+        what lets Bridgic's loader (pickle) run them.
+        """
+        wanted = None if interaction_ids is None else set(interaction_ids)
+        async with self._transaction() as tx:
+            rows = await tx.open(
+                "SELECT interaction_id, serialization_version, snapshot, legacy_mark "
+                "FROM coldmail.runs "
+                "WHERE snapshot IS NOT NULL AND signature IS NULL AND row_mac IS NULL "
+                "ORDER BY created_at, interaction_id FOR UPDATE",
+                [],
+            )
+            chosen = [
+                r
+                for r in rows
+                if (wanted is None or r["interaction_id"] in wanted)
+                # a row of this release stripped of its MACs is never signed
+                and is_legacy(_normalized(r), self._signer)
+            ]
+            updates = [
+                (
+                    "UPDATE coldmail.runs SET signature = %s WHERE interaction_id = %s",
+                    [
+                        self._signer.sign_trusted(
+                            r["interaction_id"], r["serialization_version"], bytes(r["snapshot"])
+                        ),
+                        r["interaction_id"],
+                    ],
+                )
+                for r in chosen
+            ]
+            await tx.finish(updates)
+        return [str(r["interaction_id"]) for r in chosen]
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, interaction_id: str) -> ListedRun | None:
+        """The run, a ``DamagedRun`` when it cannot be shown, or None."""
+        if not _storable(interaction_id):
+            return None
+        async with self._reading() as conn:
+            cursor = await conn.execute(_SELECT_ROW, [interaction_id])
+            found = await cursor.fetchone()
+        return None if found is None else decode_row(_normalized(found), self._signer)
+
+    async def list(
+        self, status: RunStatus | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[ListedRun]:
+        """Runs, newest first, optionally of one status; never reads a snapshot."""
+        where, params = ("WHERE status = %s", [status.value]) if status else ("", [])
+        query = (
+            f"SELECT {_COLUMNS} FROM coldmail.runs {where} "
+            "ORDER BY created_at DESC, interaction_id DESC LIMIT %s OFFSET %s"
+        )
+        async with self._reading() as conn:
+            cursor = await conn.execute(query, [*params, limit, offset])
+            rows = await cursor.fetchall()
+        return [decode_row(_normalized(row), self._signer) for row in rows]
+
+    async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
+        """The run's events, oldest first; a TAMPERED refusal when they were altered.
+
+        The row and its events are read from one snapshot (REPEATABLE READ), so an event
+        written meanwhile can never look like one added behind the store's back.
+        """
+        if not _storable(interaction_id):
+            return None
+        async with self._reading() as conn:
+            try:
+                results = await _script(
+                    conn,
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                    f"{_SELECT_ROW}; {_SELECT_EVENTS}; COMMIT",
+                    [interaction_id, interaction_id],
+                )
+            finally:
+                await _rollback_unless_idle(conn)
+        found, events = results[1] or [], results[2] or []
+        if not found:
+            return None
+        row = _normalized(found[0])
+        run = decode_row(row, self._signer)
+        if not isinstance(run, Run):
+            return Refusal(
+                RefusalReason.TAMPERED if run.tampered else RefusalReason.DAMAGED,
+                problem=run.problem,
+            )
+        return decode_events(row, [_normalized(e) for e in events], self._signer)
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+class _Tx:
+    """One transaction on one connection, sent in (at most) two round trips."""
+
+    def __init__(self, conn: Connection, begin: tuple[str, list[Any]]) -> None:
+        self._conn = conn
+        self._begin = begin
+
+    async def open(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """BEGIN, the transaction's settings and ``query``, in one round trip; its rows."""
+        begin, values = self._begin
+        results = await _script(self._conn, f"{begin}; {query}", [*values, *params])
+        return results[-1] or []
+
+    async def only(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        """BEGIN, the settings, ``query`` and COMMIT, in one round trip; its rows."""
+        begin, values = self._begin
+        results = await _script(self._conn, f"{begin}; {query}; COMMIT", [*values, *params])
+        return results[-2] or []
+
+    async def finish(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """The writes and COMMIT, in one round trip."""
+        script = "; ".join([*(sql for sql, _ in statements), "COMMIT"])
+        await _script(self._conn, script, [v for _, values in statements for v in values])
+
+    async def end(self) -> None:
+        """Roll back whatever was not committed (a refusal, or an error)."""
+        await _rollback_unless_idle(self._conn)
+
+
+async def _rollback_unless_idle(conn: Connection) -> None:
+    """End a transaction left open by a refusal or an error, before the pool reuses ``conn``."""
+    status = conn.info.transaction_status
+    if status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
+        try:
+            await conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # a broken connection: the pool discards it, the server rolls back
+
+
+async def _script(
+    conn: Connection, script: str, params: Sequence[Any]
+) -> list[list[dict[str, Any]] | None]:
+    """Run several statements in one round trip; the rows of each (None: no rows)."""
+    cursor = AsyncClientCursor(conn)
+    try:
+        await cursor.execute(script, params)
+        results: list[list[dict[str, Any]] | None] = []
+        while True:
+            results.append(await cursor.fetchall() if cursor.description is not None else None)
+            if not cursor.nextset():
+                return results
+    finally:
+        await cursor.close()
+
+
+def _update(
+    row: Mapping[str, Any], change: RowChange, snapshot: tuple[bytes | None, ...] = ()
+) -> list[tuple[str, Sequence[Any]]]:
+    """The UPDATE of the columns that changed (and the snapshot, when given), plus events."""
+    changed = {
+        name: change.row.get(name)
+        for name in RUN_COLUMNS
+        if name != "interaction_id" and change.row.get(name) != row.get(name)
+    }
+    if snapshot:
+        changed["snapshot"] = snapshot[0]
+    statements: list[tuple[str, Sequence[Any]]] = []
+    if changed:
+        assignments = ", ".join(f"{name} = %s" for name in changed)
+        statements.append(
+            (
+                f"UPDATE coldmail.runs SET {assignments} WHERE interaction_id = %s",
+                [*changed.values(), row["interaction_id"]],
+            )
+        )
+    return [*statements, *_insert_events(change)]
+
+
+def _insert_events(change: RowChange) -> list[tuple[str, Sequence[Any]]]:
+    if not change.events:
+        return []
+    values = [v for e in change.events for v in (*(e[c] for c in EVENT_COLUMNS), e["mac"])]
+    rows = ", ".join(_INSERT_EVENT_ROW for _ in change.events)
+    return [(f"INSERT INTO coldmail.run_events ({_EVENT_SELECT}) VALUES {rows}", values)]
+
+
+def _split(found: Mapping[str, Any]) -> tuple[dict[str, Any], datetime]:
+    row = _normalized(found)
+    now = row.pop("db_now")
+    return row, now
+
+
+def _normalized(found: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as the rules expect it: timestamps in UTC (as SQLite stores them)."""
+    row = dict(found)
+    for name in (*_TIME_COLUMNS, "db_now"):
+        value = row.get(name)
+        if isinstance(value, datetime):
+            row[name] = _utc(value)
+    return row
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc)
+
+
+def _storable(interaction_id: str) -> bool:
+    """Whether PostgreSQL could hold this id at all (its text type cannot hold NUL)."""
+    return "\x00" not in interaction_id
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{max(1, math.ceil(seconds * 1000))}ms"
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+async def _configure(conn: Connection) -> None:
+    """Client-side only (no SET reaches the server): BEGIN always says READ COMMITTED."""
+    await conn.set_isolation_level(IsolationLevel.READ_COMMITTED)
+
+
+def _libpq_url(db: str) -> str:
+    """libpq does not know SQLAlchemy's ``postgresql+psycopg://`` spelling."""
+    return re.sub(r"^postgresql\+psycopg://", "postgresql://", db)
+
+
+def _connection_options(
+    url: str, settings: Settings, secrets: frozenset[str], shown: str
+) -> dict[str, Any]:
+    """Keyword arguments for every connection: autocommit (each transaction is explicit),
+    rows as dicts, no server-side prepared statements unless asked, a connect timeout."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise StoreError(
+            f"{shown} is not a usable PostgreSQL URL: {_scrub(str(exc).strip(), secrets)}",
+            topic="store_path",
+        ) from None
+    options: dict[str, Any] = {
+        "autocommit": True,
+        "row_factory": dict_row,
+        "prepare_threshold": 5 if settings.prepare_statements else None,
+    }
+    if "connect_timeout" not in given:
+        options["connect_timeout"] = max(2, math.ceil(settings.pool_timeout))
+    if "application_name" not in given:
+        options["application_name"] = "bridgic-coldmail"
+    return options
+
+
+async def _migrate(
+    conn: Connection, shown: str, keys: KeySource, settings: Settings
+) -> SnapshotSigner:
+    """Check the schema and the key, apply missing migrations; one transaction holding the
+    migration advisory lock, so concurrent openers on any host apply each migration once."""
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
+            [_milliseconds(max(settings.busy_timeout, 10))],
+        )
+        await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        cursor = await conn.execute(
+            "SELECT c.relname AS name FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v')",
+            [SCHEMA],
+        )
+        tables = {row["name"] for row in await cursor.fetchall()}
+        if tables and "coldmail_schema" not in tables:
+            raise StoreError(
+                f"{shown} has a schema '{SCHEMA}' that another application created (it has "
+                "no coldmail_schema table); use another database",
+                topic="store_path",
+            )
+        if not tables:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            await conn.execute(
+                """CREATE TABLE coldmail.coldmail_schema (
+                       version    integer PRIMARY KEY,
+                       name       text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp())"""
+            )
+        cursor = await conn.execute(
+            "SELECT COALESCE(MAX(version), 0) AS version FROM coldmail.coldmail_schema"
+        )
+        current = int((await cursor.fetchone() or {"version": 0})["version"])
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{shown} has schema version {current}, newer than this bridgic-coldmail "
+                f"understands ({SCHEMA_VERSION}); upgrade bridgic-coldmail"
+            )
+        fingerprint = None
+        if "coldmail_meta" in tables:
+            cursor = await conn.execute(
+                "SELECT value FROM coldmail.coldmail_meta WHERE key = 'key_fingerprint'"
+            )
+            found = await cursor.fetchone()
+            fingerprint = found["value"] if found else None
+        holds_runs = False
+        if "runs" in tables:
+            cursor = await conn.execute("SELECT 1 AS one FROM coldmail.runs LIMIT 1")
+            holds_runs = await cursor.fetchone() is not None
+        signer = load_signer(keys, may_create=fingerprint is None, holds_runs=holds_runs)
+        if fingerprint is not None and fingerprint != signer.fingerprint:
+            raise ConfigurationError(
+                f"the signing key from {signer.source} is not the key that signed the runs in "
+                f"{shown}; set COLDMAIL_SECRET_KEY (or COLDMAIL_KEY_FILE) to the key every "
+                "other host uses"
+            )
+        for migration in MIGRATIONS:
+            if migration.version > current:
+                for statement in migration.statements:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO coldmail.coldmail_schema (version, name) VALUES (%s, %s)",
+                    [migration.version, migration.name],
+                )
+        if fingerprint is None:
+            await conn.execute(
+                "INSERT INTO coldmail.coldmail_meta (key, value) VALUES ('key_fingerprint', %s)",
+                [signer.fingerprint],
+            )
+        planted = await _planted_objects(conn)
+        if planted:
+            raise StoreError(
+                f"{shown} holds objects in schema '{SCHEMA}' that bridgic-coldmail did not "
+                f"create ({', '.join(planted)}); a trigger or rule there could change what the "
+                "store writes, so the database is refused: drop them, or restore the database",
+                topic="store_path",
+            )
+    return signer
+
+
+async def _planted_objects(conn: Connection) -> list[str]:
+    """What the schema holds besides :data:`EXPECTED_RELATIONS`: other relations (views,
+    sequences, tables), any trigger and any rule."""
+    cursor = await conn.execute(
+        "SELECT c.relkind::text AS kind, c.relname AS name FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s",
+        [SCHEMA],
+    )
+    found = [(r["kind"], r["name"]) for r in await cursor.fetchall()]
+    planted = [f"{kind} {name}" for kind, name in found if (kind, name) not in EXPECTED_RELATIONS]
+    cursor = await conn.execute(
+        "SELECT 'trigger ' || t.tgname AS what FROM pg_catalog.pg_trigger t "
+        "JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND NOT t.tgisinternal "
+        "UNION ALL SELECT 'rule ' || r.rulename FROM pg_catalog.pg_rewrite r "
+        "JOIN pg_catalog.pg_class c ON c.oid = r.ev_class "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'r'",
+        [SCHEMA, SCHEMA],
+    )
+    return planted + [r["what"] for r in await cursor.fetchall()]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _passwords(url: str) -> frozenset[str]:
+    """Every spelling of the URL's password (user-info or ``password=`` parameter)."""
+    found: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            found |= {parts.password, unquote(parts.password)}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "password":
+                found.add(value)
+    except ValueError:
+        pass
+    for raw in re.findall(r"[?&]password=([^&#]*)", url):
+        found |= {raw, unquote(raw)}
+    credentials = re.match(r"^[a-z+]+://[^:/@]*:([^/]*)@", url)
+    if credentials:
+        found |= {credentials.group(1), unquote(credentials.group(1))}
+    return frozenset(s for s in found if s)
+
+
+def _scrub(text: str, secrets: frozenset[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return redact_url(text)
+
+
+_LOCKED = "55P03"
+_RETRYABLE = {"40001": "serialization failure", "40P01": "deadlock"}
+
+
+class _ErrorContext:
+    """Turns psycopg's errors into a ``StoreError`` that names the server, by SQLSTATE."""
+
+    def __init__(
+        self, shown: str, secrets: frozenset[str], busy_timeout: float, pool_timeout: float
+    ) -> None:
+        self.shown = shown
+        self.secrets = secrets
+        self.busy_timeout = busy_timeout
+        self.pool_timeout = pool_timeout
+
+    @contextmanager
+    def mapped(self, *, connecting: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except ColdmailError:
+            raise
+        except PoolTimeout:
+            raise StoreError(
+                f"no connection to {self.shown} became free within {self.pool_timeout:g} s "
+                "(every pooled connection busy, or the server unreachable); raise "
+                "COLDMAIL_PG_POOL_SIZE or COLDMAIL_PG_POOL_TIMEOUT, or check the server"
+            ) from None
+        except psycopg.Error as exc:
+            raise StoreError(self.message(exc, connecting)) from None
+
+    def message(self, exc: psycopg.Error, connecting: bool) -> str:
+        shown, state = self.shown, exc.sqlstate or ""
+        detail = _scrub((exc.diag.message_primary or str(exc)).strip(), self.secrets)
+        if state == _LOCKED:
+            return (
+                f"{shown} is locked by another process for more than {self.busy_timeout:g} s; "
+                "wait for it to finish and retry"
+            )
+        if state in _RETRYABLE:
+            return (
+                f"{shown} refused a change that raced with another ({_RETRYABLE[state]}); "
+                "nothing was changed, retry"
+            )
+        if state == "53100":
+            return f"the disk holding {shown} is full; free some space on the database server"
+        if state == "53300":
+            return (
+                f"{shown} has no free connection slots ({detail}); lower "
+                "COLDMAIL_PG_POOL_SIZE or raise the server's max_connections"
+            )
+        if state.startswith("53"):
+            return f"the server of {shown} is out of resources: {detail}"
+        if state == "3D000":
+            return f"the database of {shown} does not exist ({detail}); create it first"
+        if state.startswith("28"):
+            return f"{shown} refused the login ({detail}); check the user and password"
+        if state == "42501":
+            return (
+                f"the user of {shown} lacks a privilege ({detail}); let it create the schema "
+                f"'{SCHEMA}' (GRANT CREATE ON DATABASE) or own it"
+            )
+        if state == "25006":
+            return f"{shown} is read-only ({detail}); point at the primary server"
+        if state == "57014":
+            return f"a statement on {shown} was cancelled ({detail}); retry"
+        if state.startswith("08") or state.startswith("57P") or not state:
+            reason = _scrub(" ".join(str(exc).split()), self.secrets) or type(exc).__name__
+            if connecting:
+                return f"cannot connect to {shown}: {reason}; check the URL and the server"
+            return f"lost the connection to {shown} ({reason}); retry"
+        return f"database error in {shown}: {detail} (SQLSTATE {state})"

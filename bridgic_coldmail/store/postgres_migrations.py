@@ -1,0 +1,118 @@
+"""The PostgreSQL schema's numbered migrations, recorded in ``coldmail.coldmail_schema``.
+
+Every table lives in the ``coldmail`` schema (namespace), so a database shared with other
+applications keeps our tables apart from theirs and no ``search_path`` is ever set (a
+session setting would not survive PgBouncer's transaction pooling). Statements name their
+tables in full.
+
+Rules for this list, the same as SQLite's: each migration is a list of statements written out
+in full; append new migrations, never edit a shipped one. All of them run in one transaction
+that holds ``pg_advisory_xact_lock(MIGRATION_LOCK)``, so hosts that open the database at the
+same moment apply each migration once — and therefore a migration must be transactional:
+**no** ``CREATE INDEX CONCURRENTLY`` (PostgreSQL refuses it inside a transaction; a big table
+that needs one gets it from an operator, not from ``open``), no ``VACUUM``, no
+``ALTER TYPE … ADD VALUE`` used in the same migration. ``tests/test_postgres.py`` checks it.
+
+Column types are chosen so the MACs of ``base.py`` see the same values as from SQLite:
+``review`` is a ``smallint`` (a boolean would come back as ``True`` and MAC differently from
+``1``), JSON is kept as ``text`` (``jsonb`` would reorder keys), and timestamps are
+``timestamptz`` written from the server's clock (``base.iso`` renders them identically).
+``interaction_id`` is ``COLLATE "C"`` so ordering is bytewise, as in SQLite. ``legacy_mark``
+exists for the shared row format; a PostgreSQL store never holds a run of a release before
+0.5, so it stays empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA = "coldmail"
+MIGRATION_LOCK = 0x636F6C646D61696C
+"""The advisory lock key that serializes migrations: the bytes of 'coldmail'."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+V1_RUNS_HISTORY_META = (
+    """CREATE TABLE coldmail.runs (
+    interaction_id        text COLLATE "C" PRIMARY KEY,
+    status                text NOT NULL
+                          CHECK (status IN ('awaiting_feedback', 'resuming', 'awaiting_review',
+                                            'completed', 'rejected')),
+    review                smallint NOT NULL DEFAULT 0,
+    round                 integer,
+    max_rounds            integer,
+    fields_json           text,
+    brief_json            text NOT NULL,
+    draft_json            text NOT NULL,
+    question              text NOT NULL,
+    feedback              text,
+    sequence_json         text,
+    rejection             text,
+    decided_json          text,
+    pending_json          text,
+    last_error            text,
+    pause_id              text,
+    serialization_version text NOT NULL,
+    event_count           integer NOT NULL DEFAULT 0,
+    created_at            timestamptz NOT NULL,
+    updated_at            timestamptz NOT NULL,
+    completed_at          timestamptz,
+    claim_token           text,
+    claim_expires_at      timestamptz,
+    row_mac               bytea,
+    legacy_mark           bytea,
+    signature             bytea,
+    snapshot              bytea
+)""",
+    "CREATE INDEX runs_by_status_and_age ON coldmail.runs "
+    "(status, created_at DESC, interaction_id DESC)",
+    "CREATE INDEX runs_by_age ON coldmail.runs (created_at DESC, interaction_id DESC)",
+    "CREATE INDEX runs_by_status_and_update ON coldmail.runs (status, updated_at)",
+    # No foreign key to runs: the history is written and deleted by the store in the same
+    # transaction as its run (purge deletes both), exactly as on SQLite.
+    """CREATE TABLE coldmail.run_events (
+    interaction_id text COLLATE "C" NOT NULL,
+    seq            integer NOT NULL,
+    at             timestamptz NOT NULL,
+    kind           text NOT NULL
+                   CHECK (kind IN ('paused', 'feedback', 'failed', 'review', 'approved',
+                                   'revised', 'edited', 'rejected', 'completed')),
+    round          integer,
+    actor          text,
+    detail         text,
+    sequence_json  text,
+    mac            bytea,
+    PRIMARY KEY (interaction_id, seq)
+)""",
+    "CREATE TABLE coldmail.coldmail_meta (key text PRIMARY KEY, value text NOT NULL)",
+)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "runs, signed history, metadata", V1_RUNS_HISTORY_META),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+EXPECTED_RELATIONS = {
+    ("r", "coldmail_schema"),
+    ("r", "coldmail_meta"),
+    ("r", "runs"),
+    ("r", "run_events"),
+    ("i", "coldmail_schema_pkey"),
+    ("i", "coldmail_meta_pkey"),
+    ("i", "runs_pkey"),
+    ("i", "run_events_pkey"),
+    ("i", "runs_by_status_and_age"),
+    ("i", "runs_by_age"),
+    ("i", "runs_by_status_and_update"),
+}
+"""Every relation (``pg_class.relkind``, name) the current schema holds in ``coldmail``. With
+no trigger and no rule on them: anything else was planted by a database writer — a trigger
+or a rule could undo the claim's write inside the store's own transaction and let two
+resumers through — and the database is refused. Each migration that adds one adds it here."""
