@@ -282,9 +282,34 @@ async def memory(ctx: Context) -> list[Figure]:
     ]
 
 
-SECTIONS: list[Section] = [latency, concurrency, many_processes, http, disk, scale, memory]
-"""Every section, in report order. The local model's rows (``benchmarks/local_model.py``)
-join as one more section: append it here."""
+async def local_model(ctx: Context) -> list[Figure]:
+    """The embedded model: speed against plain llama.cpp, and the on-topic quality check
+    (``benchmarks/local_model.py``). Left out when the ``local`` extra is not installed."""
+    from bridgic_coldmail.local_llm import local_extra_installed
+
+    if not local_extra_installed():
+        ctx.log("local model: the local extra is not installed; its rows are left out")
+        return []
+    from . import local_model as local
+
+    smoke = ctx.sizes.rounds == SMOKE.rounds and ctx.sizes.concurrent == SMOKE.concurrent
+    cases = local.QUALITY_CASES[:1] if smoke else local.QUALITY_CASES
+    results = await local.ameasure(cases, log=ctx.log)
+    ctx.log("local model done")
+    return [Figure(**row) for row in local.figures(results)]
+
+
+SECTIONS: list[Section] = [
+    latency,
+    concurrency,
+    many_processes,
+    http,
+    disk,
+    scale,
+    memory,
+    local_model,
+]
+"""Every section, in report order."""
 
 
 # --------------------------------------------------------------------------- orchestration

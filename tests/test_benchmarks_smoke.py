@@ -31,3 +31,7 @@ def test_benchmark_smoke_run_writes_a_table(tmp_path: Path) -> None:
     ):
         assert row in text, row
     assert "errors: 0" in text
+    from bridgic_coldmail.local_llm import local_extra_installed
+
+    if local_extra_installed():
+        assert "local model: on-topic quality" in text and "local model: tokens/s" in text
