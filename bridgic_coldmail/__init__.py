@@ -7,7 +7,7 @@ async with ColdMailAgent.open("snapshots/coldmail.db") as agent:
 
 from __future__ import annotations
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 from .agent import ColdMailAgent
 from .automa import ColdMailAutoma

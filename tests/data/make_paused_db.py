@@ -30,7 +30,14 @@ async def main() -> None:
             paused = await agent.start(brief)
             done = await agent.start(brief)
             await agent.resume(done.interaction_id, FEEDBACK)
-    print(f"{db_path.name}: awaiting {paused.interaction_id}, completed {done.interaction_id}")
+            # From 0.5: a run paused at review round 2 (one revision), with merge fields.
+            review = await agent.start(brief, review=True, fields=["First Name"])
+            await agent.resume(review.interaction_id, FEEDBACK)
+            await agent.revise(review.interaction_id, "shorter", reviewer="Ann")
+    print(
+        f"{db_path.name}: awaiting {paused.interaction_id}, completed {done.interaction_id}, "
+        f"at review {review.interaction_id}"
+    )
 
 
 if __name__ == "__main__":
