@@ -30,13 +30,30 @@ _INTERACTION_ID = re.compile(r"[0-9a-f]{32}")
 _ALLOWED_CONTROL = {"\n", "\t", "\r"}
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+"""Unicode's "Cc" characters but newline, tab and carriage return (one regex: this runs on
+every text field each time a stored run is read)."""
+_VISIBLE = re.compile(
+    r"[^\s\u00ad\u0600-\u0605\u061c\u06dd\u070f\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]"
+)
+"""A character that shows: not white space and not a format ("Cf") character such as a
+zero-width space or a bidi control."""
+
+
 def _has_control_chars(text: str) -> bool:
-    return any(unicodedata.category(c) == "Cc" and c not in _ALLOWED_CONTROL for c in text)
+    return _CONTROL.search(text) is not None
 
 
 def _is_invisible(text: str) -> bool:
     """True when no character would show: only spaces, zero-width or bidi controls ("Cf")."""
-    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Zs", "Zl", "Zp") for c in text)
+    found = _VISIBLE.search(text)  # usually the first character: then one check decides
+    if found is not None and not _invisible_char(found.group()):
+        return False
+    return all(_invisible_char(c) for c in text)
+
+
+def _invisible_char(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char) in ("Cf", "Zs", "Zl", "Zp")
 
 
 def clean_text(value: str, *, field: str, limit: int) -> str:

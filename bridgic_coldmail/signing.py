@@ -117,13 +117,16 @@ class SnapshotSigner:
         return self.mac_values(_LEGACY_DOMAIN, [interaction_id])
 
     def mac_values(self, domain: bytes, values: Sequence[MacValue]) -> bytes:
-        """HMAC of a list of values, encoded unambiguously (type-tagged, length-prefixed)."""
-        mac = hmac.new(self._key, domain, hashlib.sha256)
+        """HMAC of a list of values, encoded unambiguously (type-tagged, length-prefixed).
+
+        The encoding is built in one buffer and hashed in one call (the same bytes as
+        updating value by value, at a fraction of the Python calls)."""
+        parts = [domain]
         for value in values:
             tag, data = _encode(value)
-            mac.update(tag + len(data).to_bytes(8, "big"))
-            mac.update(data)
-        return mac.digest()
+            parts.append(tag + len(data).to_bytes(8, "big"))
+            parts.append(data)
+        return hmac.digest(self._key, b"".join(parts), "sha256")
 
     def row_mac(self, values: Sequence[MacValue]) -> bytes:
         """The MAC of a run's readable columns (see the store for which)."""

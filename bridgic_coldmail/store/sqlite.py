@@ -55,6 +55,7 @@ from .base import (
     plan_complete,
     plan_insert,
     plan_release,
+    run_from_row,
 )
 from .sqlite_migrations import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
 
@@ -64,9 +65,20 @@ _SELECT_ROW = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE interaction_id =
 _SELECT_ROW_WITH_SNAPSHOT = (
     f"SELECT {', '.join(RUN_COLUMNS)}, snapshot FROM runs WHERE interaction_id = ?"
 )
+_HOLD_ROW = (
+    # The schema cookie comes with the row, so the planted-object check costs no statement
+    # of its own (a one-row select, left-joined: the cookie comes even without a run).
+    f"SELECT s.schema_version AS schema_cookie, {', '.join('r.' + c for c in RUN_COLUMNS)}, "
+    "r.snapshot FROM (SELECT schema_version FROM pragma_schema_version) AS s "
+    "LEFT JOIN runs AS r ON r.interaction_id = ?"
+)
 _UPDATE_COLUMNS = [c for c in RUN_COLUMNS if c != "interaction_id"]
 _UPDATE_ROW = (
     f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _UPDATE_COLUMNS)} WHERE interaction_id = ?"
+)
+_UPDATE_ROW_AND_SNAPSHOT = (
+    f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _UPDATE_COLUMNS)}, snapshot = ? "
+    "WHERE interaction_id = ?"
 )
 _INSERT_ROW = (
     f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}, snapshot) "
@@ -136,11 +148,14 @@ class SqliteRunStore:
         """Close the connection (idempotent)."""
         await self._conn.close()
 
-    async def _hop(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _hop(self, work: Callable[[sqlite3.Connection], T], *, checked: bool = False) -> T:
+        """Run ``work`` on the connection's thread; first make sure no object was planted in
+        the schema (``checked``: ``work`` reads the schema cookie itself, with its row)."""
         location = self.location
 
         def guarded(db: sqlite3.Connection) -> T:
-            _check_schema_objects(db, location)
+            if not checked:
+                _check_schema_objects(db, location)
             return work(db)
 
         with _storage_errors(self.location, self.busy_timeout):
@@ -162,19 +177,17 @@ class SqliteRunStore:
                 _insert_events(db, change)
 
         await self._hop(work)
-        run = decode_row(change.row, signer)
-        assert isinstance(run, Run)
-        return run
+        return run_from_row(change.row)  # just signed here: no MAC to check
 
     async def claim(
         self, interaction_id: str, action: Action, supported_versions: Collection[str]
     ) -> ClaimOutcome:
         """Take the run to apply ``action``, or say why not; a refusal writes nothing."""
-        signer, lease = self._signer, self.lease_seconds
+        signer, lease, location = self._signer, self.lease_seconds, self.location
 
         def work(db: sqlite3.Connection) -> ClaimOutcome:
             with _transaction(db, durable=False) as tx:
-                row = _fetch(db, _SELECT_ROW_WITH_SNAPSHOT, interaction_id)
+                row = _hold(db, interaction_id, location)
                 now = _now()
                 snapshot = bytes(row["snapshot"]) if row and row["snapshot"] is not None else None
                 verdict = judge_claim(
@@ -192,8 +205,7 @@ class SqliteRunStore:
                 change, expires = plan_claim(row, verdict, action, now=now, lease=lease)
                 change.seal(signer, sign_row=row["row_mac"] is not None)
                 _update(db, change)
-                claimed = decode_row({**row, **change.row}, signer)
-                assert isinstance(claimed, Run)
+                claimed = run_from_row(change.row, verified=row["row_mac"] is not None)
                 return Claim(
                     interaction_id=interaction_id,
                     token=verdict.token,
@@ -205,7 +217,7 @@ class SqliteRunStore:
                     expires_at=expires,
                 )
 
-        return await self._hop(work)
+        return await self._hop(work, checked=True)
 
     async def renew(self, claim: Claim) -> datetime | None:
         """Extend the lease from now; None when the claim was lost (fenced out)."""
@@ -233,24 +245,21 @@ class SqliteRunStore:
         )
         snapshot = result.snapshot if isinstance(result, Paused) else None
 
+        location = self.location
+
         def work(db: sqlite3.Connection) -> Run | None:
             with _transaction(db) as tx:
-                row = _held_row(db, claim)
-                if row is None:
+                row = _hold(db, claim.interaction_id, location)
+                if not _held_by(row, claim):
                     tx.rollback()
                     return None
+                assert row is not None
                 change = plan_complete(row, claim, result, now=_now(), signature=signature)
                 change.seal(signer, sign_row=row["row_mac"] is not None)
-                _update(db, change)
-                db.execute(
-                    "UPDATE runs SET snapshot = ? WHERE interaction_id = ?",
-                    (snapshot, claim.interaction_id),
-                )
-                run = decode_row({**row, **change.row}, signer)
-                assert isinstance(run, Run)
-                return run
+                _update(db, change, snapshot=snapshot)
+                return run_from_row(change.row, verified=row["row_mac"] is not None)
 
-        return await self._hop(work)
+        return await self._hop(work, checked=True)
 
     async def release(self, claim: Claim, error: str) -> bool:
         """Give the run back with the error recorded; False when the claim was lost."""
@@ -409,13 +418,16 @@ def _transaction(
 _checked_schema_versions: dict[int, int] = {}
 
 
-def _check_schema_objects(db: sqlite3.Connection, location: str) -> None:
+def _check_schema_objects(
+    db: sqlite3.Connection, location: str, *, cookie: int | None = None
+) -> None:
     """Refuse a database holding a trigger, a view or any object this release did not make.
 
-    Cheap on every call: the objects are listed only when ``PRAGMA schema_version`` (which
-    SQLite bumps on every schema change, by any connection) differs from the last check.
+    Cheap on every call: the objects are listed only when the schema cookie (``PRAGMA
+    schema_version``, which SQLite bumps on every schema change, by any connection) differs
+    from the last check. ``cookie``: already read by the caller, with its row.
     """
-    version = db.execute("PRAGMA schema_version").fetchone()[0]
+    version = cookie if cookie is not None else db.execute("PRAGMA schema_version").fetchone()[0]
     if _checked_schema_versions.get(id(db)) == version:
         return
     found = {
@@ -442,14 +454,36 @@ def _fetch(db: sqlite3.Connection, query: str, interaction_id: str) -> dict[str,
 def _held_row(db: sqlite3.Connection, claim: Claim) -> dict[str, Any] | None:
     """The row if ``claim`` still holds it (the fence), else None."""
     row = _fetch(db, _SELECT_ROW, claim.interaction_id)
-    if row is None or row["status"] != "resuming" or row["claim_token"] != claim.token:
+    return row if _held_by(row, claim) else None
+
+
+def _held_by(row: dict[str, Any] | None, claim: Claim) -> bool:
+    return row is not None and row["status"] == "resuming" and row["claim_token"] == claim.token
+
+
+def _hold(db: sqlite3.Connection, interaction_id: str, location: str) -> dict[str, Any] | None:
+    """The run's row (snapshot included) in the open transaction, after checking the schema
+    cookie that comes with it (see ``_check_schema_objects``)."""
+    found = db.execute(_HOLD_ROW, (interaction_id,)).fetchone()
+    _check_schema_objects(db, location, cookie=found["schema_cookie"])
+    if found["interaction_id"] is None:
         return None
+    row = dict(found)
+    del row["schema_cookie"]
     return row
 
 
-def _update(db: sqlite3.Connection, change: RowChange) -> None:
+_KEEP = object()
+
+
+def _update(db: sqlite3.Connection, change: RowChange, *, snapshot: Any = _KEEP) -> None:
+    """Write the changed row (and its snapshot, when given) and its new events."""
     row = change.row
-    db.execute(_UPDATE_ROW, [*(row.get(c) for c in _UPDATE_COLUMNS), row["interaction_id"]])
+    values = [row.get(c) for c in _UPDATE_COLUMNS]
+    if snapshot is _KEEP:
+        db.execute(_UPDATE_ROW, [*values, row["interaction_id"]])
+    else:
+        db.execute(_UPDATE_ROW_AND_SNAPSHOT, [*values, snapshot, row["interaction_id"]])
     _insert_events(db, change)
 
 
