@@ -95,7 +95,7 @@ def side_by_side(before: EmailSequence, after: EmailSequence, width: int | None 
     column = max(30, (width - 3) // 2)
 
     def block(title: str, subject: str, body: str) -> list[str]:
-        lines = [title, f"Subject: {terminal_safe(subject)}", ""]
+        lines = [title, *textwrap.wrap(f"Subject: {terminal_safe(subject)}", column), ""]
         for paragraph in terminal_safe(body.strip()).splitlines():
             lines += textwrap.wrap(paragraph, column) or [""]
         return [line[:column] for line in lines]
