@@ -447,11 +447,7 @@ class ColdMailAgent:
         if reason is RefusalReason.NOT_FOUND:
             return RunNotFound(interaction_id, self.db_path)
         if reason is RefusalReason.TAMPERED:
-            return SnapshotIntegrityError(
-                f"run {interaction_id} does not match its signature ({refusal.problem}): it "
-                "was altered, truncated or copied from another run, and was not loaded; "
-                "restore the database from a backup"
-            )
+            return _integrity_error(interaction_id, refusal.problem, tampered=True)
         if reason is RefusalReason.UNSIGNED:
             return SnapshotIntegrityError(
                 f"run {interaction_id} has no signature: it was stored by bridgic-coldmail "
@@ -461,7 +457,7 @@ class ColdMailAgent:
                 topic="unsigned",
             )
         if reason is RefusalReason.DAMAGED:
-            return StoreError(f"{refusal.problem}; restore the database from a backup")
+            return _integrity_error(interaction_id, refusal.problem, tampered=False)
         if reason is RefusalReason.UNKNOWN_FORMAT:
             versions = ", ".join(sorted(SUPPORTED_SERIALIZATION_VERSIONS))
             return SnapshotError(
@@ -550,15 +546,8 @@ class ColdMailAgent:
         if found is None:
             raise RunNotFound(interaction_id, self.db_path)
         if isinstance(found, Refusal):
-            problem = f"run {interaction_id} is damaged: {found.problem}"
-            if found.reason is RefusalReason.TAMPERED:
-                return_error: ColdmailError = SnapshotIntegrityError(
-                    f"{problem}; its history was changed outside bridgic-coldmail and is not "
-                    "shown; restore the database from a backup"
-                )
-            else:
-                return_error = StoreError(f"{problem}; restore the database from a backup")
-            raise return_error
+            tampered = found.reason is RefusalReason.TAMPERED
+            raise _integrity_error(interaction_id, found.problem, tampered=tampered)
         return found
 
     async def list(
@@ -720,11 +709,22 @@ def _acronyms(run: Run) -> frozenset[str]:
 
 
 def _damaged_error(damaged: DamagedRun) -> ColdmailError:
-    if damaged.tampered:
+    return _integrity_error(damaged.interaction_id, damaged.detail, tampered=damaged.tampered)
+
+
+def _integrity_error(interaction_id: str, detail: str | None, *, tampered: bool) -> ColdmailError:
+    """The one wording of a run that cannot be used: altered (tampered) or unreadable."""
+    what = detail or "its stored data is not as this installation wrote it"
+    if tampered:
         return SnapshotIntegrityError(
-            f"{damaged.problem}; it is not shown; restore the database from a backup"
+            f"run {interaction_id} does not match its signature: {what}; it was not loaded "
+            "or shown. Restore the database from a backup",
+            topic="tampered",
         )
-    return StoreError(f"{damaged.problem}; restore the database from a backup")
+    return StoreError(
+        f"run {interaction_id} cannot be used: {what}; restore the database from a backup",
+        topic="damaged",
+    )
 
 
 def _check_fields(fields: Iterable[str]) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ also records the graph it was paused in: runs paused by releases before 0.5 (who
 ends at ``refine``) finish through that old graph. This module changes rarely; the LLM step
 lives in ``writing.py``.
 
-Three Bridgic behaviours shape it:
+Four Bridgic behaviours shape it:
 
 * On resume, the worker that called ``interact_with_human`` re-runs from its top. The two
   pausing workers (``ask_audience``, ``review``) therefore do no LLM work; every LLM call

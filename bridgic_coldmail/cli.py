@@ -317,7 +317,7 @@ def _export_summary(args: argparse.Namespace, report: Any) -> str:
                     {"row": s.row, "email": s.email, "reason": s.reason} for s in report.skipped
                 ],
                 "lint": [
-                    {"code": i.code, "severity": str(i.severity), "message": i.message}
+                    {"code": i.code, "severity": i.severity.value, "message": i.message}
                     for i in report.lint
                 ],
             }

@@ -25,7 +25,8 @@ class ColdmailError(Exception):
 
 
 class InvalidInput(ColdmailError, ValueError):
-    """A brief, a piece of feedback or an interaction id was refused before anything changed."""
+    """Input was refused before anything changed: a brief, feedback, a review decision, an
+    interaction id, a lead list, an argument."""
 
     exit_code = 2
     http_status = 422
@@ -48,7 +49,8 @@ class RunNotFound(ColdmailError, KeyError):
 
 
 class RunConflict(ColdmailError):
-    """The run already completed with different feedback."""
+    """The run already took other feedback or another decision, or the decision does not fit
+    where the run is (before audience feedback, past the round limit, not in review mode)."""
 
     exit_code = 4
     http_status = 409
@@ -64,8 +66,8 @@ class RunBeingResumed(ColdmailError):
 class LlmError(ColdmailError):
     """The LLM call failed or returned output that does not validate.
 
-    When this happens during a resume, the run is back to ``awaiting_feedback`` and can be
-    resumed again.
+    When this happens while feedback or a decision is applied, the run is back where it
+    paused (``awaiting_feedback`` or ``awaiting_review``) and can be resumed again.
     """
 
     exit_code = 6
@@ -80,7 +82,8 @@ class ConfigurationError(ColdmailError):
 
 
 class StoreError(ColdmailError):
-    """The database cannot be used: wrong path, not an SQLite file, locked, or a bad row."""
+    """The store cannot be used: a wrong path, not an SQLite file, locked, full, a PostgreSQL
+    server out of reach, or a run that cannot be read."""
 
     exit_code = 8
     http_status = 503

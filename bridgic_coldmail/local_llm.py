@@ -40,13 +40,14 @@ from typing import Any, cast
 
 from bridgic.core.model import BaseLlm
 from bridgic.core.model.protocols import PydanticModel
-from bridgic.core.model.types import Message, Role
+from bridgic.core.model.types import Message
 
 from .errors import ConfigurationError
 from .local_writer import TEMPERATURE as COMPOSE_TEMPERATURE
 from .local_writer import ComposeStats, LlamaLines, write_sequence
 from .models import EmailSequence
-from .writing import WritingTask
+from .prompts import messages_for
+from .writing import SequenceAnswer, WritingTask, answer_model
 
 MODEL_ENV = "COLDMAIL_LOCAL_MODEL"
 INSTALL_HINT = "pip install 'bridgic-coldmail[local]'"
@@ -92,27 +93,6 @@ def default_model_path(configured: str | os.PathLike[str] | None = None) -> Path
 
 SMALL_MODEL = 1_000_000_000
 """From this many parameters up, ``acompose`` asks the model for whole emails."""
-
-
-def whole_email_messages(task: WritingTask) -> list[Message]:
-    """The prompt a capable model gets for a task: ``prompts.py``'s draft or refinement, and
-    for a revision the reviewer's latest guidance after it."""
-    from .prompts import draft_messages, refine_messages
-
-    if task.kind == "draft" or task.current is None:
-        messages = draft_messages(task.brief)
-    else:
-        audience = task.feedback or task.brief.audience or "the likeliest buyer"
-        messages = refine_messages(task.brief, task.current, audience)
-    notes = []
-    if task.kind == "revise" and task.guidance:
-        notes.append(f"Revise both emails following this guidance: {task.guidance[-1]}")
-    if task.fields:
-        names = ", ".join(f"{{{{{name}}}}}" for name in task.fields)
-        notes.append(f"You may use these merge fields and no others: {names}.")
-    if notes:
-        messages.append(Message.from_text(text="\n".join(notes), role=Role.USER))
-    return messages
 
 
 def default_threads() -> int:
@@ -206,23 +186,39 @@ _keep_alive: list[Any] = []
 
 
 def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema llama.cpp's grammar enforces: the model's, with the opener fixed at day 0,
-    the follow-up's day chosen from sensible values, and text lengths bounded so a small
-    model cannot ramble past ``MAX_TOKENS`` (pydantic still validates everything after)."""
+    """The schema llama.cpp's grammar enforces, from a sequence's JSON schema (the answer
+    schema of ``writing.answer_model``, or ``EmailSequence``'s): references inlined, the
+    opener's day (where asked) fixed at 0, the follow-up's chosen from sensible values, and
+    text lengths bounded so a small model cannot ramble past ``MAX_TOKENS``. Every pattern
+    (the merge-field rule) is kept; pydantic still validates everything after."""
     schema = copy.deepcopy(schema)
-    step = schema["$defs"]["EmailStep"]["properties"]
-    step["subject"] = {"type": "string", "minLength": 3, "maxLength": 90}
-    step["body"] = {"type": "string", "minLength": 40, "maxLength": 600}
-    opener = copy.deepcopy(schema["$defs"]["EmailStep"])
-    opener["properties"]["wait_days"] = {"enum": [0]}
-    follow_up = copy.deepcopy(schema["$defs"]["EmailStep"])
-    follow_up["properties"]["wait_days"] = {"enum": [2, 3, 4, 5, 7]}
-    schema["properties"] = {"opener": opener, "follow_up": follow_up}
-    schema["required"] = ["opener", "follow_up"]
-    schema.pop("$defs")
-    for part in (opener, follow_up):
+    defs = schema.pop("$defs", {})
+
+    def resolved(node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref")
+        return copy.deepcopy(defs[ref.rsplit("/", 1)[-1]]) if ref else copy.deepcopy(node)
+
+    parts = {}
+    for name in ("opener", "follow_up"):
+        part = resolved(schema["properties"][name])
+        fields = part["properties"]
+        for text, (shortest, longest) in (("subject", (3, 90)), ("body", (40, 600))):
+            bounded: dict[str, Any] = {
+                "type": "string",
+                "minLength": shortest,
+                "maxLength": longest,
+            }
+            if "pattern" in fields[text]:
+                bounded["pattern"] = fields[text]["pattern"]
+            fields[text] = bounded
+        if "wait_days" in fields:
+            fields["wait_days"] = {"enum": [0] if name == "opener" else [2, 3, 4, 5, 7]}
         part.pop("title", None)
-        part["required"] = ["subject", "body", "wait_days"]
+        part["required"] = list(fields)
+        part["additionalProperties"] = False
+        parts[name] = part
+    schema["properties"] = parts
+    schema["required"] = ["opener", "follow_up"]
     return schema
 
 
@@ -236,7 +232,7 @@ class LocalLlm(BaseLlm):
     composes sequences itself (``acompose``, the ``SequenceComposer`` protocol).
 
     Args:
-        model_path: a .gguf file; by default ``COLDMAIL_LOCAL_MODEL`` or Gemma 3 270M.
+        model_path: a .gguf file (the ``local_model`` setting); by default Gemma 3 270M.
         n_ctx: the context size in tokens.
         temperature: sampling temperature; by default 0.6 for composing and 0.7 for
             structured output.
@@ -286,11 +282,13 @@ class LocalLlm(BaseLlm):
                 sequence = write_sequence(LlamaLines(llama, temperature), task, seed, stats)
                 self.last_stats = stats
                 return sequence
+        # A capable model writes both emails whole: the prompts and the answer schema every
+        # capable model gets (merge fields and every earlier guidance included).
         self.last_stats = None
-        result = self.structured_output(
-            whole_email_messages(task), PydanticModel(model=EmailSequence)
+        answer = self.structured_output(
+            messages_for(task), PydanticModel(model=answer_model(task.fields))
         )
-        return cast(EmailSequence, result)
+        return cast(SequenceAnswer, answer).to_sequence()
 
     async def acompose(self, task: WritingTask) -> EmailSequence:
         """The ``SequenceComposer`` protocol, on a worker thread so the event loop stays

@@ -1,8 +1,7 @@
 """The data a run is made of: the brief, the two-step email sequence, and the stored run.
 
-``EmailStep`` and ``EmailSequence`` are also the LLM's output schema (Bridgic structured
-output with a ``PydanticModel`` constraint), so their field descriptions are written for the
-model as much as for people.
+``EmailStep`` and ``EmailSequence`` hold every sequence a run stores; the LLM answers in the
+schema of ``writing.answer_model``, which states every rule these enforce.
 
 Their import paths are part of every paused snapshot: do not move or rename them.
 """
@@ -134,7 +133,7 @@ class EmailStep(BaseModel):
     wait_days: int = Field(
         ge=0,
         le=90,
-        description="Days to wait before sending: 0 for the opener, 2 to 7 for the follow-up.",
+        description="Days to wait before sending: 0 for the opener, at least 1 for the follow-up.",
     )
 
 
@@ -303,7 +302,9 @@ class DamagedRun(BaseModel):
     interaction_id: str
     status: str
     problem: str
-    """What is wrong, in one sentence."""
+    """What is wrong, in one sentence that names the run."""
+    detail: str = ""
+    """What is wrong, as a fragment ("its text was changed outside bridgic-coldmail")."""
     tampered: bool
     """True when the row does not match its signature; False when it only fails to parse."""
     created_at: datetime | None = None
@@ -443,6 +444,12 @@ def make_decision(
             )
         except ValidationError as exc:
             raise InvalidInput(describe_validation_error(exc, "invalid emails")) from None
+        for name, step in (("opener", parsed.opener), ("follow_up", parsed.follow_up)):
+            for part, text in (("subject", step.subject), ("body", step.body)):
+                if _has_control_chars(text):
+                    raise InvalidInput(
+                        f"invalid emails: {name}.{part} contains control characters; use plain text"
+                    )
     elif sequence is not None:
         raise InvalidInput(f"{kind} takes no emails; use edit to replace them")
     reviewer = validate_reviewer(reviewer)

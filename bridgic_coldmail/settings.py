@@ -4,7 +4,8 @@
 whole, so a malformed value or two settings that cannot work together fail at start-up with
 one :class:`ConfigurationError` naming the variable, never half way through a run. The
 agent, the command line, the web server and the local model read their settings from here
-and nowhere else; no other module reads ``os.environ``.
+and nowhere else; no other module reads ``os.environ`` (``web/serve.py`` only hands the
+resolved settings to uvicorn's worker processes through it).
 
 Secrets (the signing key, the OpenAI key, the web token) are kept out of ``repr``.
 """
@@ -185,7 +186,7 @@ class Settings:
 
 
 def is_postgres_url(db: str) -> bool:
-    """``postgresql://…`` or ``postgres://…``."""
+    """``postgresql://…``, ``postgres://…`` or ``postgresql+psycopg://…``."""
     return db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
 
 

@@ -15,13 +15,17 @@ from collections.abc import Awaitable, Collection, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from typing_extensions import Unpack
 
 from .agent import ColdMailAgent, OpenOptions
 from .models import Brief, EmailSequence, ListedRun, Run, RunEvent, RunStatus
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .export import ExportReport
+    from .lint import LintIssue
 
 T = TypeVar("T")
 
@@ -147,6 +151,28 @@ class SyncColdMailAgent:
     ) -> int:
         """Delete old runs; see :meth:`ColdMailAgent.purge`."""
         return self._call(self._agent.purge(older_than, statuses))
+
+    def export(
+        self,
+        interaction_id: str,
+        leads: str | os.PathLike[str],
+        out: str | os.PathLike[str],
+        *,
+        format: str = "csv",
+        strict: bool = False,
+    ) -> ExportReport:
+        """Export the final sequence for a lead list; see :meth:`ColdMailAgent.export`."""
+        return self._call(
+            self._agent.export(interaction_id, leads, out, format=format, strict=strict)
+        )
+
+    def preview_export(self, interaction_id: str, leads: str | os.PathLike[str]) -> ExportReport:
+        """What an export would find; see :meth:`ColdMailAgent.preview_export`."""
+        return self._call(self._agent.preview_export(interaction_id, leads))
+
+    def lint(self, interaction_id: str) -> builtins.list[LintIssue]:
+        """Lint the newest sequence; see :meth:`ColdMailAgent.lint`."""
+        return self._call(self._agent.lint(interaction_id))
 
     def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign unsigned legacy runs; see :meth:`ColdMailAgent.trust_unsigned`."""

@@ -11,7 +11,7 @@ import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, InvalidInput, RunConflict
 from bridgic_coldmail.cli import main
-from bridgic_coldmail.testing import ScriptedOpenAIServer
+from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 FEEDBACK = "Controllers at manufacturing firms"
 
@@ -79,6 +79,18 @@ def test_a_thousand_leads_from_start_to_export(
         assert row["step2_delay_days"] == "4"
     assert rows[7]["Company"].startswith("'=HYPERLINK")  # never run as a formula
 
+    summary_json = tmp_path / "again.csv"
+    assert main(["export", rid, "--leads", str(leads_path), "--out", str(summary_json),
+                 "--json"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert report == {
+        "out": str(summary_json),
+        "format": "csv",
+        "rows_written": 1000,
+        "skipped": [],
+        "lint": [],
+    }
+
     as_json = tmp_path / "campaign.json"
     args = ["export", rid, "--leads", str(leads_path), "--out", str(as_json), "--format", "json"]
     assert main(args) == 0
@@ -109,7 +121,7 @@ async def test_export_through_the_python_api_reports_what_it_skipped(
             await agent.export(run.interaction_id, leads_path, tmp_path / "strict.csv", strict=True)
         assert not (tmp_path / "strict.csv").exists()
         issues = await agent.lint(run.interaction_id)
-    assert all(issue.code != "unknown-field" for issue in issues)
+    assert issues == []
 
 
 def test_start_with_a_lead_list_without_an_email_column_is_refused(
@@ -121,3 +133,24 @@ def test_start_with_a_lead_list_without_an_email_column_is_refused(
                  str(leads_path)])  # fmt: skip
     assert code == InvalidInput.exit_code
     assert "email" in capsys.readouterr().err
+
+
+def test_export_json_reports_lint_issues_with_their_severity(
+    server: ScriptedOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leads_path = tmp_path / "leads.csv"
+    leads_path.write_text("email\nann@example.com\n", encoding="utf-8")
+    shouting = {
+        "opener": {"subject": "FREE OFFER inside", "body": "Hi,\n\nAct now.\n\nSam"},
+        "follow_up": {"subject": "s", "body": "b", "wait_days": 3},
+    }
+    server.enqueue(Reply(kind="refine", content=json.dumps(shouting)))
+    assert main(["start", "--product", "Ledgerly", "--offer", "o", "--sender", "Sam",
+                 "--json"]) == 0  # fmt: skip
+    rid = json.loads(capsys.readouterr().out)["interaction_id"]
+    assert main(["resume", rid, "--feedback", FEEDBACK]) == 0
+    capsys.readouterr()
+    out = tmp_path / "o.csv"
+    assert main(["export", rid, "--leads", str(leads_path), "--out", str(out), "--json"]) == 0
+    lint = json.loads(capsys.readouterr().out)["lint"]
+    assert {(i["code"], i["severity"]) for i in lint} >= {("capitals", "warning")}

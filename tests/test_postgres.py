@@ -404,6 +404,15 @@ async def test_many_agents_through_pgbouncer_in_transaction_pooling(
     )
 
 
+async def _waiting_on_a_lock(pg: Backend) -> None:
+    """Return once some session of this database waits for a lock (an event, not a delay)."""
+    while not pg.rows._execute(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'"
+    ).fetchone()["n"]:
+        await asyncio.sleep(0.02)
+
+
 async def test_a_claim_cancelled_while_waiting_for_the_row_leaves_nothing_behind(
     pg: Backend,
 ) -> None:
@@ -414,7 +423,7 @@ async def test_a_claim_cancelled_while_waiting_for_the_row_leaves_nothing_behind
         new = await store.insert_paused(_new())
         with pg.rows.lock():
             waiting = asyncio.create_task(store.claim(new.interaction_id, FEEDBACK, VERSIONS))
-            await asyncio.sleep(0.3)
+            await asyncio.wait_for(_waiting_on_a_lock(pg), 10)  # the claim is stuck on the row
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting

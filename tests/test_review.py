@@ -234,13 +234,30 @@ async def test_decisions_that_do_not_fit_the_state_change_nothing(
             lambda a, i: a.edit(
                 i,
                 MINE.model_copy(
+                    update={"opener": MINE.opener.model_copy(update={"subject": "Hi\x1b]52;c;x"})}
+                ),
+            ),
+            "opener.subject contains control characters",
+        ),
+        (
+            lambda a, i: a.edit(
+                i,
+                MINE.model_copy(
                     update={"opener": MINE.opener.model_copy(update={"body": "Hi {{ceo}}"})}
                 ),
             ),
             "merge fields the run does not have: ceo",
         ),
     ],
-    ids=["empty-guidance", "empty-reason", "bad-emails", "round-0", "bad-reviewer", "bad-field"],
+    ids=[
+        "empty-guidance",
+        "empty-reason",
+        "bad-emails",
+        "round-0",
+        "bad-reviewer",
+        "control-chars-in-edit",
+        "bad-field",
+    ],
 )
 async def test_bad_decisions_are_refused_before_anything_changes(
     agent: ColdMailAgent, brief: Brief, db_path: Path, call: object, message: str

@@ -209,7 +209,8 @@ class Refusal:
     version: str | None = None
     """For ``UNKNOWN_FORMAT``: the snapshot's serialization version."""
     problem: str | None = None
-    """For ``TAMPERED`` and ``DAMAGED``: what is wrong."""
+    """For ``TAMPERED`` and ``DAMAGED``: what is wrong, as a fragment ("its snapshot was
+    altered…"); the agent words the sentence."""
 
 
 @dataclass(frozen=True)
@@ -376,12 +377,7 @@ def decode_row(row: Mapping[str, Any], signer: SnapshotSigner) -> ListedRun:
         except TypeError:  # a value of the wrong type in a signed column
             matches = False
         if not matches:
-            return _damaged(
-                row,
-                "its stored text does not match its signature: it was changed outside "
-                "bridgic-coldmail",
-                tampered=True,
-            )
+            return _damaged(row, "its text was changed outside bridgic-coldmail", tampered=True)
     try:
         return run_from_row(row, verified=row.get("row_mac") is not None)
     except (ValidationError, ValueError, TypeError, KeyError) as exc:
@@ -436,6 +432,7 @@ def _damaged(row: Mapping[str, Any], problem: str, tampered: bool) -> DamagedRun
         interaction_id=str(row["interaction_id"]),
         status=str(row.get("status")),
         problem=f"run {row['interaction_id']} is damaged: {problem}",
+        detail=problem,
         tampered=tampered,
         created_at=moment("created_at"),
         updated_at=moment("updated_at"),
@@ -459,7 +456,7 @@ def decode_events(
         if (mac is not None or signed_row) and not verified:  # a signed run writes every MAC
             return Refusal(
                 RefusalReason.TAMPERED,
-                problem=f"history event {index} does not match its signature",
+                problem=f"history event {index} was changed outside bridgic-coldmail",
             )
         try:
             sequence_json = event.get("sequence_json")
@@ -527,7 +524,7 @@ def judge_claim(
     decoded = decode_row(row, signer)
     if isinstance(decoded, DamagedRun):
         reason = RefusalReason.TAMPERED if decoded.tampered else RefusalReason.DAMAGED
-        return Refusal(reason, problem=decoded.problem)
+        return Refusal(reason, problem=decoded.detail)
     run = decoded
     status = run.status
     if status is RunStatus.RESUMING:
@@ -604,7 +601,7 @@ def _check_snapshot(
         return Refusal(
             RefusalReason.TAMPERED,
             run=run,
-            problem="its snapshot does not match its signature",
+            problem="its snapshot was altered, truncated or copied from another run",
         )
     if version not in supported_versions:
         return Refusal(RefusalReason.UNKNOWN_FORMAT, run=run, version=version)

@@ -440,7 +440,7 @@ class PostgresRunStore:
         if not isinstance(run, Run):
             return Refusal(
                 RefusalReason.TAMPERED if run.tampered else RefusalReason.DAMAGED,
-                problem=run.problem,
+                problem=run.detail,
             )
         return decode_events(row, [_normalized(e) for e in events], self._signer)
 

@@ -93,7 +93,8 @@ def _now() -> datetime:
 
 
 class SqliteRunStore:
-    """Runs in one SQLite file. Open with ``async with SqliteRunStore.open(path) as store``."""
+    """Runs in one SQLite file. Open with ``await SqliteRunStore.connect(path)`` (and
+    ``close()``), or ``async with store.open_store(settings)``."""
 
     def __init__(
         self,
@@ -105,6 +106,7 @@ class SqliteRunStore:
     ) -> None:
         self._conn = conn
         self._signer = signer
+        self._schema = _SchemaGuard(path)
         self.location = path
         self.lease_seconds = lease_seconds
         self.busy_timeout = busy_timeout
@@ -151,11 +153,11 @@ class SqliteRunStore:
     async def _hop(self, work: Callable[[sqlite3.Connection], T], *, checked: bool = False) -> T:
         """Run ``work`` on the connection's thread; first make sure no object was planted in
         the schema (``checked``: ``work`` reads the schema cookie itself, with its row)."""
-        location = self.location
+        schema = self._schema
 
         def guarded(db: sqlite3.Connection) -> T:
             if not checked:
-                _check_schema_objects(db, location)
+                schema.check(db)
             return work(db)
 
         with _storage_errors(self.location, self.busy_timeout):
@@ -183,11 +185,11 @@ class SqliteRunStore:
         self, interaction_id: str, action: Action, supported_versions: Collection[str]
     ) -> ClaimOutcome:
         """Take the run to apply ``action``, or say why not; a refusal writes nothing."""
-        signer, lease, location = self._signer, self.lease_seconds, self.location
+        signer, lease, schema = self._signer, self.lease_seconds, self._schema
 
         def work(db: sqlite3.Connection) -> ClaimOutcome:
             with _transaction(db, durable=False) as tx:
-                row = _hold(db, interaction_id, location)
+                row = _hold(db, interaction_id, schema)
                 now = _now()
                 snapshot = bytes(row["snapshot"]) if row and row["snapshot"] is not None else None
                 verdict = judge_claim(
@@ -245,11 +247,11 @@ class SqliteRunStore:
         )
         snapshot = result.snapshot if isinstance(result, Paused) else None
 
-        location = self.location
+        schema = self._schema
 
         def work(db: sqlite3.Connection) -> Run | None:
             with _transaction(db) as tx:
-                row = _hold(db, claim.interaction_id, location)
+                row = _hold(db, claim.interaction_id, schema)
                 if not _held_by(row, claim):
                     tx.rollback()
                     return None
@@ -371,7 +373,7 @@ class SqliteRunStore:
         if not isinstance(run, Run):
             return Refusal(
                 RefusalReason.TAMPERED if run.tampered else RefusalReason.DAMAGED,
-                problem=run.problem,
+                problem=run.detail,
             )
         return decode_events(row, events, self._signer)
 
@@ -415,21 +417,30 @@ def _transaction(
             db.execute("PRAGMA synchronous = FULL")
 
 
-_checked_schema_versions: dict[int, int] = {}
-
-
-def _check_schema_objects(
-    db: sqlite3.Connection, location: str, *, cookie: int | None = None
-) -> None:
-    """Refuse a database holding a trigger, a view or any object this release did not make.
+class _SchemaGuard:
+    """Refuses a database holding a trigger, a view or any object this release did not make.
 
     Cheap on every call: the objects are listed only when the schema cookie (``PRAGMA
     schema_version``, which SQLite bumps on every schema change, by any connection) differs
-    from the last check. ``cookie``: already read by the caller, with its row.
+    from the one this store last checked. Each store has its own guard, and a new store
+    always lists the objects once, so no cookie value can be forged to skip the check.
     """
-    version = cookie if cookie is not None else db.execute("PRAGMA schema_version").fetchone()[0]
-    if _checked_schema_versions.get(id(db)) == version:
-        return
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.checked: int | None = None
+
+    def check(self, db: sqlite3.Connection, cookie: int | None = None) -> None:
+        """``cookie``: already read by the caller, with its row."""
+        if cookie is None:
+            cookie = int(db.execute("PRAGMA schema_version").fetchone()[0])
+        if cookie != self.checked:
+            _check_schema_objects(db, self.location)
+            self.checked = cookie
+
+
+def _check_schema_objects(db: sqlite3.Connection, location: str) -> None:
+    """List the schema's objects and refuse any this release did not create."""
     found = {
         (str(kind), str(name))
         for kind, name in db.execute("SELECT type, name FROM sqlite_master")
@@ -443,7 +454,6 @@ def _check_schema_objects(
             "was changed outside bridgic-coldmail and is not used. Restore it from a backup",
             topic="tampered_schema",
         )
-    _checked_schema_versions[id(db)] = version
 
 
 def _fetch(db: sqlite3.Connection, query: str, interaction_id: str) -> dict[str, Any] | None:
@@ -461,11 +471,13 @@ def _held_by(row: dict[str, Any] | None, claim: Claim) -> bool:
     return row is not None and row["status"] == "resuming" and row["claim_token"] == claim.token
 
 
-def _hold(db: sqlite3.Connection, interaction_id: str, location: str) -> dict[str, Any] | None:
+def _hold(
+    db: sqlite3.Connection, interaction_id: str, schema: _SchemaGuard
+) -> dict[str, Any] | None:
     """The run's row (snapshot included) in the open transaction, after checking the schema
-    cookie that comes with it (see ``_check_schema_objects``)."""
+    cookie that comes with it (see ``_SchemaGuard``)."""
     found = db.execute(_HOLD_ROW, (interaction_id,)).fetchone()
-    _check_schema_objects(db, location, cookie=found["schema_cookie"])
+    schema.check(db, cookie=int(found["schema_cookie"]))
     if found["interaction_id"] is None:
         return None
     row = dict(found)

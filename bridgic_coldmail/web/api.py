@@ -302,7 +302,7 @@ async def api_export(
     """Render a completed run's final sequence for every lead of the CSV body and return the
     file. 409 when the run has no final sequence; 422 when nothing can be exported (or, with
     ``strict``, when any lead is skipped or the lint warns), naming every problem."""
-    await exportable(agent, interaction_id)
+    run = await exportable(agent, interaction_id)  # its id, normalised, names the download
     if (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower() != "text/csv":
         raise WebError(415, "send the lead list as CSV with Content-Type: text/csv")
     with private_folder() as folder:
@@ -318,7 +318,7 @@ async def api_export(
         if not isinstance(result, tuple):
             raise InvalidInput(result.message)
         report, handle = result
-    return download(handle, report, interaction_id=interaction_id, format=format, folder=folder)
+    return download(handle, report, interaction_id=run.interaction_id, format=format, folder=folder)
 
 
 async def exportable(agent: ColdMailAgent, interaction_id: str) -> Run:
