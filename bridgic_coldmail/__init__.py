@@ -23,8 +23,21 @@ from .errors import (
     SnapshotIntegrityError,
     StoreError,
 )
-from .models import MAX_FEEDBACK_CHARS, Brief, EmailSequence, EmailStep, Run, RunEvent, RunStatus
+from .models import (
+    MAX_FEEDBACK_CHARS,
+    Brief,
+    DamagedRun,
+    Decision,
+    EmailSequence,
+    EmailStep,
+    ListedRun,
+    Run,
+    RunEvent,
+    RunStatus,
+    make_decision,
+)
 from .retry import RetryPolicy
+from .settings import Settings
 from .sync import SyncColdMailAgent
 
 __all__ = [
@@ -34,9 +47,12 @@ __all__ = [
     "ColdMailAutoma",
     "ColdmailError",
     "ConfigurationError",
+    "DamagedRun",
+    "Decision",
     "EmailSequence",
     "EmailStep",
     "InvalidInput",
+    "ListedRun",
     "LlmError",
     "RetryPolicy",
     "Run",
@@ -45,9 +61,11 @@ __all__ = [
     "RunEvent",
     "RunNotFound",
     "RunStatus",
+    "Settings",
     "SnapshotError",
     "SnapshotIntegrityError",
     "StoreError",
     "SyncColdMailAgent",
     "__version__",
+    "make_decision",
 ]

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 from .models import (
     Brief,
     DamagedRun,
+    Decision,
     EmailSequence,
     ListedRun,
     ReviewOutcome,
@@ -274,7 +275,7 @@ class ColdMailAgent:
         that round took returns the stored result, a different one is a ``RunConflict``.
         """
         decision = make_decision("approve", reviewer=reviewer, round=round)
-        return await self._decide(interaction_id, decision)
+        return await self.decide(interaction_id, decision)
 
     async def revise(
         self,
@@ -290,7 +291,7 @@ class ColdMailAgent:
         Refused (``RunConflict``) once the run reached its maximum rounds.
         """
         decision = make_decision("revise", text=guidance, reviewer=reviewer, round=round)
-        return await self._decide(interaction_id, decision)
+        return await self.decide(interaction_id, decision)
 
     async def edit(
         self,
@@ -302,7 +303,7 @@ class ColdMailAgent:
     ) -> Run:
         """Put the reviewer's own emails under review (next round); no LLM call."""
         decision = make_decision("edit", sequence=sequence, reviewer=reviewer, round=round)
-        return await self._decide(interaction_id, decision)
+        return await self.decide(interaction_id, decision)
 
     async def reject(
         self,
@@ -314,9 +315,21 @@ class ColdMailAgent:
     ) -> Run:
         """End the run as ``rejected``; it is kept with its history."""
         decision = make_decision("reject", text=reason, reviewer=reviewer, round=round)
-        return await self._decide(interaction_id, decision)
+        return await self.decide(interaction_id, decision)
 
-    async def _decide(self, interaction_id: str, decision: Any) -> Run:
+    async def decide(self, interaction_id: str, decision: Decision) -> Run:
+        """Apply a review decision built with ``models.make_decision`` (what ``approve``,
+        ``revise``, ``edit`` and ``reject`` do, for callers that hold the decision as data).
+
+        Raises:
+            InvalidInput: malformed id, or edited emails with a field the run lacks.
+            RunNotFound: no run under this id.
+            RunConflict: the run took another decision for that round, or is not awaiting
+                review (still awaiting feedback, finished, not in review mode, or past its
+                round limit for a revision).
+            RunBeingResumed: another caller holds the run right now.
+            LlmError: a revision's LLM call failed; the run stays at its round.
+        """
         interaction_id = validate_interaction_id(interaction_id)
         if decision.sequence is not None:
             run = await self.get(interaction_id)

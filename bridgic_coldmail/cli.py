@@ -27,6 +27,7 @@ from .errors import INTERRUPTED, ColdmailError, InvalidInput
 from .models import (
     CLI_JSON_KEYS,
     DamagedRun,
+    Decision,
     ListedRun,
     Run,
     RunStatus,
@@ -275,7 +276,7 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
             run = await agent.resume(args.interaction_id, args.feedback, reviewer=args.reviewer)
             return _emit(args, run, format_run(run))
         if decision is not None:
-            run = await _apply_decision(agent, args, decision)
+            run = await agent.decide(args.interaction_id, decision)
             return _emit(args, run, format_run(run))
         if command == "show":
             run = await agent.get(args.interaction_id)
@@ -334,7 +335,7 @@ def _export_summary(args: argparse.Namespace, report: Any) -> str:
     return "\n".join(lines)
 
 
-def _decision(args: argparse.Namespace) -> Any:
+def _decision(args: argparse.Namespace) -> Decision:
     common = {"reviewer": args.reviewer, "round": args.round}
     if args.command == "revise":
         return make_decision("revise", text=args.feedback, **common)
@@ -343,17 +344,6 @@ def _decision(args: argparse.Namespace) -> Any:
     if args.command == "edit":
         return make_decision("edit", sequence=_read_sequence(args.file), **common)
     return make_decision("approve", **common)
-
-
-async def _apply_decision(agent: ColdMailAgent, args: argparse.Namespace, decision: Any) -> Run:
-    rid, common = args.interaction_id, {"reviewer": decision.reviewer, "round": decision.round}
-    if decision.kind == "revise":
-        return await agent.revise(rid, decision.text, **common)
-    if decision.kind == "reject":
-        return await agent.reject(rid, decision.text, **common)
-    if decision.kind == "edit":
-        return await agent.edit(rid, decision.sequence, **common)
-    return await agent.approve(rid, **common)
 
 
 MAX_SEQUENCE_FILE_BYTES = 1024 * 1024

@@ -23,7 +23,15 @@ from typing import TextIO, TypeVar
 
 from .agent import ColdMailAgent
 from .errors import INTERRUPTED, InvalidInput
-from .models import Brief, EmailSequence, Run, RunStatus, make_brief, validate_feedback
+from .models import (
+    Brief,
+    EmailSequence,
+    Run,
+    RunStatus,
+    make_brief,
+    make_decision,
+    validate_feedback,
+)
 from .prompts import AUDIENCE_QUESTION
 from .render import format_sequence, resume_command, review_hint, terminal_safe
 from .settings import Settings
@@ -204,13 +212,7 @@ def _review_rounds(run: Run, settings: Settings, interactive: bool, out: TextIO)
 
 
 async def _decide(run: Run, kind: str, text: str | None, settings: Settings, out: TextIO) -> Run:
+    decision = make_decision(kind, text=text, round=run.round)
     async with ColdMailAgent.open(settings=settings) as agent:
-        if kind == "approve":
-            return await agent.approve(run.interaction_id, round=run.round)
-        if kind == "reject":
-            assert text is not None
-            return await agent.reject(run.interaction_id, text, round=run.round)
-        assert text is not None
-        return await with_progress(
-            "Revising", agent.revise(run.interaction_id, text, round=run.round), out
-        )
+        work = agent.decide(run.interaction_id, decision)
+        return await (with_progress("Revising", work, out) if kind == "revise" else work)

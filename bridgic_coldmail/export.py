@@ -51,13 +51,13 @@ from typing import IO, Literal
 
 from .errors import InvalidInput
 from .leads import Lead, LeadHeader, LeadReader, RowProblem
-from .lint import DEFAULT_ACRONYMS, LintIssue, lint_sequence
+from .lint import DEFAULT_ACRONYMS, FORMULA_PREFIXES, LintIssue, lint_sequence
 from .merge import Missing, Template
 from .models import EmailSequence
 
 OUTPUT_COLUMNS = ("step1_subject", "step1_body", "step2_subject", "step2_body", "step2_delay_days")
 """The columns an export adds after the lead's own, in this order."""
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_TRIGGERS = FORMULA_PREFIXES
 """A cell starting with one of these is prefixed with ``'`` in a CSV export."""
 MAX_LISTED = 10
 """How many rows and issues an error message lists before saying "and N more"."""

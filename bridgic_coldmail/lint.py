@@ -122,7 +122,7 @@ _SPAM = re.compile(
     r"(?<!\w)(?:" + "|".join(re.escape(p) for p in SPAM_PHRASES) + r")(?!\w)", re.IGNORECASE
 )
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-"""The same characters ``export.FORMULA_TRIGGERS`` neutralises (export imports lint, not back)."""
+"""What a spreadsheet reads as the start of a formula; ``export`` neutralises exactly these."""
 
 
 class Severity(str, Enum):

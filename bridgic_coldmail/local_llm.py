@@ -44,7 +44,7 @@ from bridgic.core.model.types import Message
 
 from .errors import ConfigurationError
 from .local_writer import TEMPERATURE as COMPOSE_TEMPERATURE
-from .local_writer import ComposeStats, LlamaLines, write_sequence
+from .local_writer import ComposeStats, LlamaLines, compose_from_lines
 from .models import EmailSequence
 from .prompts import messages_for
 from .writing import SequenceAnswer, WritingTask, answer_model
@@ -279,7 +279,7 @@ class LocalLlm(BaseLlm):
             if whole is None:
                 whole = llama_model_n_params(llama.model) >= SMALL_MODEL
             if not whole:
-                sequence = write_sequence(LlamaLines(llama, temperature), task, seed, stats)
+                sequence = compose_from_lines(LlamaLines(llama, temperature), task, seed, stats)
                 self.last_stats = stats
                 return sequence
         # A capable model writes both emails whole: the prompts and the answer schema every

@@ -624,7 +624,7 @@ def _fallback_subject(product: str, offer: str) -> str:
 # --------------------------------------------------------------------------- the whole job
 
 
-def write_sequence(
+def compose_from_lines(
     model: LineModel, task: WritingTask, seed: int, stats: ComposeStats | None = None
 ) -> EmailSequence:
     """The sequence a task asks for: model lines (seeded), then composition."""

@@ -26,7 +26,6 @@ BRIEF_LIMITS = {"product": 200, "offer": 1000, "sender": 200, "audience": 500, "
 """The most characters each brief field may have (after line breaks count as one)."""
 _INTERACTION_ID = re.compile(r"[0-9a-f]{32}")
 # Newlines and tabs are fine in prose; every other control character is refused.
-_ALLOWED_CONTROL = {"\n", "\t", "\r"}
 
 
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")

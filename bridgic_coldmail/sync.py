@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from typing_extensions import Unpack
 
 from .agent import ColdMailAgent, OpenOptions
-from .models import Brief, EmailSequence, ListedRun, Run, RunEvent, RunStatus
+from .models import Brief, Decision, EmailSequence, ListedRun, Run, RunEvent, RunStatus
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -129,6 +129,10 @@ class SyncColdMailAgent:
         return self._call(
             self._agent.reject(interaction_id, reason, reviewer=reviewer, round=round)
         )
+
+    def decide(self, interaction_id: str, decision: Decision) -> Run:
+        """Apply a review decision; see :meth:`ColdMailAgent.decide`."""
+        return self._call(self._agent.decide(interaction_id, decision))
 
     def get(self, interaction_id: str) -> Run:
         """The stored run; see :meth:`ColdMailAgent.get`."""

@@ -109,3 +109,27 @@ def test_flags_without_feedback_and_no_terminal_leave_the_run_waiting(
     assert "No terminal to ask on: the run waits for feedback" in result.stdout
     listed = json.loads(run_cli("list", "--json").stdout)
     assert [r["status"] for r in listed] == ["awaiting_feedback"]
+
+
+def test_demo_with_review_rounds_until_approval(
+    server: ScriptedOpenAIServer, db_path: Path
+) -> None:
+    child = spawn_coldmail("demo", *FLAGS, "--review", "--feedback", "CTOs")
+    interaction_id = _interaction_id(child)
+    child.expect(r"Review round 1 of 5\. Decide with one of:")
+    child.expect(r"Approve \(a\), revise \(r\) or reject \(x\)\? ")
+    child.sendline("r")
+    child.expect(r"What should the next version change\? ")
+    child.sendline("shorter")
+    child.expect(r"Revising… +\d+ s")
+    child.expect(r"Subject: Acme Scheduler, revised: shorter")
+    child.expect(r"Review round 2 of 5")
+    child.expect(r"Approve \(a\), revise \(r\) or reject \(x\)\? ")
+    child.sendline("a")
+    child.expect("The run is completed.")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    stored = SqliteRows(db_path).row(interaction_id)
+    assert stored is not None and (stored["status"], stored["round"]) == ("completed", 2)
+    assert [r.kind for r in server.requests] == ["draft", "refine", "revise"]

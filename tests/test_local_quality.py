@@ -32,8 +32,8 @@ from bridgic_coldmail.local_writer import (
     audience_from_feedback,
     check_line,
     compose,
+    compose_from_lines,
     offer_clause,
-    write_sequence,
 )
 from bridgic_coldmail.models import Brief, EmailSequence, EmailStep
 from bridgic_coldmail.writing import WritingTask
@@ -273,7 +273,7 @@ def test_the_best_scoring_line_is_used_and_the_record_holds_the_task() -> None:
     })  # fmt: skip
     task = WritingTask(kind="refine", brief=LEDGERLY.brief, feedback=LEDGERLY.feedback)
     stats = ComposeStats()
-    sequence = write_sequence(model, task, seed=7, stats=stats)
+    sequence = compose_from_lines(model, task, seed=7, stats=stats)
     assert "My guess is that matching invoices and bank statements by hand takes" in (
         sequence.opener.body
     )
@@ -293,9 +293,9 @@ def test_revise_shows_the_guidance_to_the_model_and_shortens_when_asked() -> Non
         kind="revise", brief=LEDGERLY.brief, feedback=LEDGERLY.feedback, current=draft,
         guidance=("warmer", "shorter, mention the trial"),
     )  # fmt: skip
-    revised = write_sequence(model, task, seed=1)
+    revised = compose_from_lines(model, task, seed=1)
     assert "Note from the reviewer: shorter, mention the trial\n" in model.prompts[0]
-    longer = write_sequence(
+    longer = compose_from_lines(
         ScriptedLines({"Done by hand today": ["matching invoices against bank feeds by hand"]}),
         WritingTask(kind="refine", brief=LEDGERLY.brief, feedback=LEDGERLY.feedback), seed=1,
     )  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 from bridgic_coldmail import errors
 from bridgic_coldmail.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES
 from bridgic_coldmail.testing import ScriptedOpenAIServer
-from bridgic_coldmail.web.api import MAX_OFFSET
+from bridgic_coldmail.web.api import API_MAX_OFFSET
 from bridgic_coldmail.web.app import create_app
 from bridgic_coldmail.web.security import check_bind_address
 
@@ -93,7 +93,7 @@ async def test_json_with_a_charset_is_json(client: httpx.AsyncClient) -> None:
     assert answer.status_code == 201
 
 
-@pytest.mark.parametrize("offset", [str(MAX_OFFSET + 1), str(2**63), str(10**400)])
+@pytest.mark.parametrize("offset", [str(API_MAX_OFFSET + 1), str(2**63), str(10**400)])
 async def test_an_offset_past_the_documented_maximum_is_422(
     client: httpx.AsyncClient, offset: str
 ) -> None:
@@ -107,7 +107,7 @@ async def test_an_offset_past_the_documented_maximum_is_422(
 
 
 async def test_the_largest_documented_offset_is_accepted(client: httpx.AsyncClient) -> None:
-    answer = await client.get("/api/runs", params={"offset": str(MAX_OFFSET)})
+    answer = await client.get("/api/runs", params={"offset": str(API_MAX_OFFSET)})
     assert (answer.status_code, answer.json()) == (200, [])
 
 
@@ -198,7 +198,7 @@ WEB_ROWS = {
         "/api/runs",
         {"content": b"{}", "headers": {"Content-Type": "text/plain"}},
     ),
-    "`offset` over 1,000,000,000 (API)": ("GET", f"/api/runs?offset={MAX_OFFSET + 1}", {}),
+    "`offset` over 1,000,000,000 (API)": ("GET", f"/api/runs?offset={API_MAX_OFFSET + 1}", {}),
 }
 
 

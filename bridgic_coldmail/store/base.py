@@ -26,7 +26,7 @@ from __future__ import annotations
 import builtins
 import json
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -440,7 +440,7 @@ def _damaged(row: Mapping[str, Any], problem: str, tampered: bool) -> DamagedRun
 
 
 def decode_events(
-    run_row: Mapping[str, Any], events: list[Mapping[str, Any]], signer: SnapshotSigner
+    run_row: Mapping[str, Any], events: Sequence[Mapping[str, Any]], signer: SnapshotSigner
 ) -> list[RunEvent] | Refusal:
     """The run's events after checking each MAC and, for a signed row, that none is missing."""
     signed_row = run_row.get("row_mac") is not None
@@ -485,6 +485,18 @@ def decode_events(
                 RefusalReason.TAMPERED, problem="its history has events missing or added"
             )
     return out
+
+
+def decode_history(
+    row: Mapping[str, Any], events: Sequence[Mapping[str, Any]], signer: SnapshotSigner
+) -> list[RunEvent] | Refusal:
+    """A run's history: its row checked first (a tampered row refuses its history too), then
+    every event (see :func:`decode_events`)."""
+    run = decode_row(row, signer)
+    if not isinstance(run, Run):
+        reason = RefusalReason.TAMPERED if run.tampered else RefusalReason.DAMAGED
+        return Refusal(reason, problem=run.detail)
+    return decode_events(row, events, signer)
 
 
 # --------------------------------------------------------------------------- the rules
@@ -649,6 +661,29 @@ class RowChange:
         self.row["row_mac"] = signer.row_mac(row_mac_values(self.row)) if sign_row else None
         for event in self.events:
             event["mac"] = signer.event_mac(event_mac_values(event))
+
+
+def claim_from(
+    row: Mapping[str, Any],
+    change: RowChange,
+    plan: ClaimPlan,
+    action: Action,
+    *,
+    snapshot: bytes,
+    expires: datetime,
+) -> Claim:
+    """The :class:`Claim` a granted claim hands the agent, from the row it just wrote."""
+    run = run_from_row(change.row, verified=row.get("row_mac") is not None)  # just signed
+    return Claim(
+        interaction_id=str(row["interaction_id"]),
+        token=plan.token,
+        pause_id=str(row.get("pause_id") or row["interaction_id"]),
+        snapshot=snapshot,
+        serialization_version=str(row["serialization_version"]),
+        action=action,
+        run=run.model_copy(update={"status": plan.from_status}),
+        expires_at=expires,
+    )
 
 
 def plan_claim(

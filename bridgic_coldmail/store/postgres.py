@@ -66,7 +66,8 @@ from .base import (
     Refusal,
     RefusalReason,
     RowChange,
-    decode_events,
+    claim_from,
+    decode_history,
     decode_row,
     is_legacy,
     judge_claim,
@@ -74,6 +75,7 @@ from .base import (
     plan_complete,
     plan_insert,
     plan_release,
+    run_from_row,
 )
 from .postgres_migrations import (
     EXPECTED_RELATIONS,
@@ -234,9 +236,7 @@ class PostgresRunStore:
             )
             values = [*(change.row.get(c) for c in RUN_COLUMNS), new.snapshot]
             await tx.finish([(insert, values), *_insert_events(change)])
-        run = decode_row(change.row, signer)
-        assert isinstance(run, Run)
-        return run
+        return run_from_row(change.row)  # just signed here: no MAC to check
 
     async def claim(
         self, interaction_id: str, action: Action, supported_versions: Collection[str]
@@ -265,18 +265,7 @@ class PostgresRunStore:
             change, expires = plan_claim(row, verdict, action, now=now, lease=lease)
             change.seal(signer, sign_row=row["row_mac"] is not None)
             await tx.finish(_update(row, change))
-        claimed = decode_row({**row, **change.row}, signer)
-        assert isinstance(claimed, Run)
-        return Claim(
-            interaction_id=interaction_id,
-            token=verdict.token,
-            pause_id=str(row["pause_id"] or interaction_id),
-            snapshot=snapshot,
-            serialization_version=str(row["serialization_version"]),
-            action=action,
-            run=claimed.model_copy(update={"status": verdict.from_status}),
-            expires_at=expires,
-        )
+        return claim_from(row, change, verdict, action, snapshot=snapshot, expires=expires)
 
     async def renew(self, claim: Claim) -> datetime | None:
         """Extend the lease from the server's now; None when the claim was lost."""
@@ -306,9 +295,7 @@ class PostgresRunStore:
             change.seal(signer, sign_row=row["row_mac"] is not None)
             snapshot = result.snapshot if isinstance(result, Paused) else None
             await tx.finish(_update(row, change, snapshot=(snapshot,)))
-        run = decode_row({**row, **change.row}, signer)
-        assert isinstance(run, Run)
-        return run
+        return run_from_row(change.row, verified=row["row_mac"] is not None)  # just signed
 
     async def release(self, claim: Claim, error: str) -> bool:
         """Give the run back with the error recorded; False when the claim was lost."""
@@ -435,14 +422,8 @@ class PostgresRunStore:
         found, events = results[1] or [], results[2] or []
         if not found:
             return None
-        row = _normalized(found[0])
-        run = decode_row(row, self._signer)
-        if not isinstance(run, Run):
-            return Refusal(
-                RefusalReason.TAMPERED if run.tampered else RefusalReason.DAMAGED,
-                problem=run.detail,
-            )
-        return decode_events(row, [_normalized(e) for e in events], self._signer)
+        events_found = [_normalized(event) for event in events]
+        return decode_history(_normalized(found[0]), events_found, self._signer)
 
 
 # --------------------------------------------------------------------------- transactions

@@ -44,9 +44,9 @@ from .base import (
     NewRun,
     Paused,
     Refusal,
-    RefusalReason,
     RowChange,
-    decode_events,
+    claim_from,
+    decode_history,
     decode_row,
     is_legacy,
     iso,
@@ -207,17 +207,7 @@ class SqliteRunStore:
                 change, expires = plan_claim(row, verdict, action, now=now, lease=lease)
                 change.seal(signer, sign_row=row["row_mac"] is not None)
                 _update(db, change)
-                claimed = run_from_row(change.row, verified=row["row_mac"] is not None)
-                return Claim(
-                    interaction_id=interaction_id,
-                    token=verdict.token,
-                    pause_id=str(row["pause_id"] or interaction_id),
-                    snapshot=snapshot,
-                    serialization_version=str(row["serialization_version"]),
-                    action=action,
-                    run=claimed.model_copy(update={"status": verdict.from_status}),
-                    expires_at=expires,
-                )
+                return claim_from(row, change, verdict, action, snapshot=snapshot, expires=expires)
 
         return await self._hop(work, checked=True)
 
@@ -367,15 +357,7 @@ class SqliteRunStore:
                 return row, [dict(e) for e in events]
 
         row, events = await self._hop(work)
-        if row is None:
-            return None
-        run = decode_row(row, self._signer)
-        if not isinstance(run, Run):
-            return Refusal(
-                RefusalReason.TAMPERED if run.tampered else RefusalReason.DAMAGED,
-                problem=run.detail,
-            )
-        return decode_events(row, events, self._signer)
+        return None if row is None else decode_history(row, events, self._signer)
 
 
 async def _on_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:

@@ -41,7 +41,7 @@ from .dependencies import Agent
 from .responses import WebError
 from .uploads import MEDIA_TYPES, UNNAMED, download, export_upload, private_folder, save_upload
 
-MAX_OFFSET = 1_000_000_000
+API_MAX_OFFSET = 1_000_000_000
 """The largest ``offset`` the API accepts (larger ones are a 422, not a database error)."""
 
 
@@ -225,7 +225,7 @@ async def api_list(
     agent: Agent,
     status: RunStatus | None = None,
     limit: int = Query(50, ge=1, le=MAX_PAGE),
-    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    offset: int = Query(0, ge=0, le=API_MAX_OFFSET),
 ) -> Response:
     """Runs, newest first, optionally of one status; a damaged one says what is wrong."""
     runs = await agent.list(status, limit=limit, offset=offset)

@@ -27,7 +27,7 @@ from ..models import (
     make_brief,
     validate_feedback,
 )
-from .api import MAX_OFFSET, exportable
+from .api import API_MAX_OFFSET, exportable
 from .dependencies import Agent, Policy
 from .responses import error_response, templates
 from .security import (
@@ -43,7 +43,7 @@ from .views import FormState, age, form_text, show_run
 
 PAGE_SIZE = 20
 """Runs per inbox page."""
-MAX_INBOX_PAGE = MAX_OFFSET // PAGE_SIZE + 1
+MAX_INBOX_PAGE = API_MAX_OFFSET // PAGE_SIZE + 1
 TABS = {
     "awaiting": (RunStatus.AWAITING_FEEDBACK, "Waiting for feedback"),
     "review": (RunStatus.AWAITING_REVIEW, "Awaiting review"),
