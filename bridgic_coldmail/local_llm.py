@@ -189,8 +189,10 @@ def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """The schema llama.cpp's grammar enforces, from a sequence's JSON schema (the answer
     schema of ``writing.answer_model``, or ``EmailSequence``'s): references inlined, the
     opener's day (where asked) fixed at 0, the follow-up's chosen from sensible values, and
-    text lengths bounded so a small model cannot ramble past ``MAX_TOKENS``. Every pattern
-    (the merge-field rule) is kept; pydantic still validates everything after."""
+    text lengths bounded so a small model cannot ramble past ``MAX_TOKENS``. The merge-field
+    pattern is left out: llama.cpp applies a pattern to the string's JSON text, so it would let
+    an unescaped quote or newline through, and it drops the lengths. Pydantic validates the
+    answer against the full schema after, and a refused one is retried."""
     schema = copy.deepcopy(schema)
     defs = schema.pop("$defs", {})
 
@@ -208,8 +210,6 @@ def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
                 "minLength": shortest,
                 "maxLength": longest,
             }
-            if "pattern" in fields[text]:
-                bounded["pattern"] = fields[text]["pattern"]
             fields[text] = bounded
         if "wait_days" in fields:
             fields["wait_days"] = {"enum": [0] if name == "opener" else [2, 3, 4, 5, 7]}
