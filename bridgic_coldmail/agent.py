@@ -61,6 +61,7 @@ from .models import (
     RunStatus,
     make_brief,
     make_decision,
+    preview,
     validate_feedback,
     validate_interaction_id,
     validate_page,
@@ -510,7 +511,7 @@ class ColdMailAgent:
         if action.kind == "feedback":
             return RunConflict(
                 f"run {interaction_id} already took different feedback "
-                f"({_preview(run.feedback)}); start a new run to try another audience"
+                f"({preview(run.feedback)}); start a new run to try another audience"
             )
         if not run.review:
             return RunConflict(
@@ -768,11 +769,6 @@ def _doing(pending: Action | None) -> str:
     if pending is None or pending.kind == "feedback":
         return "being resumed"
     return f"being {pending.event_kind} (review decision)"
-
-
-def _preview(text: str | None, width: int = 60) -> str:
-    text = (text or "").replace("\n", " ")
-    return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def _parse_status(status: RunStatus | str | None) -> RunStatus | None:

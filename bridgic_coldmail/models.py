@@ -348,7 +348,7 @@ class Decision(BaseModel):
         """``approve``, ``revise 'shorter'``, … for messages."""
         if self.kind == "edit":
             return "edit (the reviewer's own emails)"
-        return f"{self.kind} {_preview(self.text)}" if self.text else self.kind
+        return f"{self.kind} {preview(self.text)}" if self.text else self.kind
 
 
 class ReviewOutcome(BaseModel):
@@ -366,7 +366,8 @@ MAX_REVIEWER_CHARS = 200
 MAX_REASON_CHARS = MAX_FEEDBACK_CHARS
 
 
-def _preview(text: str | None, width: int = 60) -> str:
+def preview(text: str | None, width: int = 60) -> str:
+    """``text`` on one line, quoted, cut at ``width`` characters (for messages)."""
     text = (text or "").replace("\n", " ")
     return repr(text if len(text) <= width else text[: width - 1] + "…")
 

@@ -102,7 +102,11 @@ class Action:
 
     @classmethod
     def from_json(cls, text: str) -> Action:
-        data = json.loads(text)
+        return cls.from_data(json.loads(text))
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Action:
+        """An action from its JSON data (as :meth:`to_json` wrote it)."""
         sequence = data.get("sequence")
         return cls(
             data["kind"],
@@ -546,7 +550,6 @@ def judge_claim(
             return Refusal(RefusalReason.HELD, run=run, held_until=expires, pending=pending)
         status = paused_status(row)  # the lease ran out: the run is paused again
 
-    decided = decisions(row)
     legacy = row.get("row_mac") is None
     if action.kind == "feedback":
         if status is RunStatus.AWAITING_FEEDBACK:
@@ -559,6 +562,7 @@ def judge_claim(
     # A review decision.
     if status is RunStatus.AWAITING_FEEDBACK:
         return Refusal(RefusalReason.WRONG_STATE, run=run)
+    decided = decisions(row)
     current_round = run.round or 0
     if status.is_final:
         last = decided[-1] if decided else None
@@ -581,7 +585,7 @@ def judge_claim(
 def decisions(row: Mapping[str, Any]) -> list[Action]:
     """The review decisions the run took, one per round, oldest first."""
     text = row.get("decided_json")
-    return [Action.from_json(json_text(item)) for item in json.loads(text)] if text else []
+    return [Action.from_data(item) for item in json.loads(text)] if text else []
 
 
 def _lease_end(value: Any) -> datetime | None:
@@ -746,8 +750,8 @@ def plan_complete(
             reviewer=action.reviewer,
             round=claim.run.round,
         )
-        history = [json.loads(a.to_json()) for a in decisions(row)]
-        change.row["decided_json"] = json_text([*history, json.loads(taken.to_json())])
+        earlier = json.loads(row.get("decided_json") or "[]")  # appended to, not re-decoded
+        change.row["decided_json"] = json_text([*earlier, json.loads(taken.to_json())])
     if isinstance(result, Paused):
         change.row.update(
             status=RunStatus.AWAITING_REVIEW.value,
