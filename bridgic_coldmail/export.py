@@ -25,11 +25,13 @@ Design decisions:
 * **Streamed.** Leads are read and written one at a time; memory does not grow with the
   list except for the duplicate check in :mod:`bridgic_coldmail.leads` and the list of
   skipped rows.
-* **No formulas.** In the CSV every cell — the lead's own cells and the rendered subjects
-  and bodies — that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets
-  a leading ``'`` (OWASP's CSV-injection rule), so a spreadsheet shows it as text and never
-  runs it. Addresses never need it (see ``leads.is_valid_email``). JSON is not
-  neutralised: it is not opened by spreadsheets, and its consumers want the exact text.
+* **No formulas.** Every CSV cell — the header, the lead's own cells and the rendered
+  subjects and bodies — is passed through :func:`.formulas.neutralize_cell`: a ``'`` goes
+  before every place where a spreadsheet could start a cell with a formula, whether it
+  splits the line on ``,``, ``;`` or tabs, and after leading blanks or a full-width ``＝``
+  (OWASP's CSV-injection rule, with its warning about separators). Addresses never need it
+  (see ``leads.is_valid_email``). JSON is not neutralised: it is not opened by
+  spreadsheets, and its consumers want the exact text.
 * **Column names.** A lead column whose field name is one of :data:`OUTPUT_COLUMNS` (e.g.
   "Step1 Subject") is refused rather than overwritten or duplicated.
 * **CSV dialect.** UTF-8 without a byte-order mark (a BOM can end up in the first column's
@@ -50,15 +52,18 @@ from pathlib import Path
 from typing import IO, Literal
 
 from .errors import InvalidInput
+from .formulas import FORMULA_PREFIXES
+from .formulas import neutralize_cell as neutralize_cell
 from .leads import Lead, LeadHeader, LeadReader, RowProblem
-from .lint import DEFAULT_ACRONYMS, FORMULA_PREFIXES, LintIssue, lint_sequence
+from .lint import DEFAULT_ACRONYMS, LintIssue, lint_sequence
 from .merge import Missing, Template
 from .models import EmailSequence
 
 OUTPUT_COLUMNS = ("step1_subject", "step1_body", "step2_subject", "step2_body", "step2_delay_days")
 """The columns an export adds after the lead's own, in this order."""
 FORMULA_TRIGGERS = FORMULA_PREFIXES
-"""A cell starting with one of these is prefixed with ``'`` in a CSV export."""
+"""A value starting with one of these gets a ``'`` in a CSV export (see :mod:`.formulas` for
+the whole rule: also after separators and blanks)."""
 MAX_LISTED = 10
 """How many rows and issues an error message lists before saying "and N more"."""
 
@@ -93,11 +98,6 @@ class ExportReport:
     skipped: tuple[SkippedRow, ...]
     lint: tuple[LintIssue, ...]
     """Lint findings (warnings; errors would have refused the export)."""
-
-
-def neutralize_cell(value: str) -> str:
-    """``value`` prefixed with ``'`` when a spreadsheet would read it as a formula."""
-    return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
 
 
 def export_sequence(
