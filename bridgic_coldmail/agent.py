@@ -654,12 +654,18 @@ class ColdMailAgent:
             RunConflict: the run has no final sequence yet.
             InvalidInput: the lead list itself cannot be used.
         """
-        from .export import preview_export, run_stoppable
+        from .export import preview_export, run_stoppable, store_files
 
         run = await self.get(interaction_id)
         if run.final is None:
             raise RunConflict(_not_final(run), topic="not_final")
-        return await run_stoppable(preview_export, run.final, Path(leads), acronyms=_acronyms(run))
+        return await run_stoppable(
+            preview_export,
+            run.final,
+            Path(leads),
+            acronyms=_acronyms(run),
+            protected=store_files(self.settings),
+        )
 
     async def lint(self, interaction_id: str) -> builtins.list[LintIssue]:
         """Lint the run's newest sequence (the final one, or the one under review) against

@@ -240,8 +240,8 @@ def export_sequence(
         strict: refuse on any lint warning or skipped row instead of reporting it.
         acronyms: upper-case words the capitals rule accepts (e.g. the product's name).
         overwrite: replace ``out`` if it is an existing regular file.
-        protected: files ``out`` must never be, with what they are (see
-            :func:`store_files`).
+        protected: files ``out`` must never be, nor ``leads_path``, with what they are
+            (see :func:`store_files`).
         stop: lets another thread stop the export (see :class:`StopSignal`).
 
     Returns:
@@ -255,6 +255,7 @@ def export_sequence(
     if format not in FORMATS:
         raise InvalidInput(f"unknown export format {format!r}; use csv or json")
     stop = stop or StopSignal()
+    _check_leads(Path(leads_path), protected or {})
     to_stdout = os.fspath(out) == STDOUT
     if to_stdout:
         _check_stdout()
@@ -295,6 +296,7 @@ def preview_export(
     leads_path: str | Path,
     *,
     acronyms: Iterable[str] = DEFAULT_ACRONYMS,
+    protected: Mapping[Path, str] | None = None,
     stop: StopSignal | None = None,
 ) -> ExportReport:
     """Everything :func:`export_sequence` would find, without writing: lint issues (errors
@@ -303,6 +305,7 @@ def preview_export(
     Raises:
         InvalidInput: the lead list itself cannot be used (encoding, header, shape).
     """
+    _check_leads(Path(leads_path), protected or {})
     with LeadReader(leads_path) as reader:
         issues = lint_sequence(sequence, reader.header.fields, acronyms=acronyms)
         reserved = _reserved_columns(reader.header)
@@ -313,6 +316,19 @@ def preview_export(
             return ExportReport(None, "csv", columns, 0, (), tuple(issues))
         ready, skipped = _count(_render_all(sequence, reader, stop or StopSignal()))
     return ExportReport(None, "csv", columns, ready, tuple(skipped), tuple(issues))
+
+
+def _check_leads(leads: Path, protected: Mapping[Path, str]) -> None:
+    """Refuse a lead list that is one of the store's files: reading the key file as a CSV
+    would print the key in the message about its header."""
+    with contextlib.suppress(OSError):
+        found = os.stat(leads)
+        for path, what in protected.items():
+            with contextlib.suppress(OSError):
+                if os.path.samestat(found, os.stat(path)):
+                    raise InvalidInput(
+                        f"{leads} is {what}, not a lead list; give the lead list's CSV"
+                    )
 
 
 def _count(

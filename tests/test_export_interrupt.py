@@ -51,17 +51,20 @@ def _temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name.endswith(".part")]
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    ("signal_number", "format"),
+    [(signal.SIGINT, "csv"), (signal.SIGTERM, "csv"), (signal.SIGINT, "json")],
+)
 def test_an_interrupted_export_keeps_the_old_file_and_leaves_no_temporary(
-    completed: str, big_list: Path, tmp_path: Path, signal_number: int
+    completed: str, big_list: Path, tmp_path: Path, signal_number: int, format: str
 ) -> None:
     folder = tmp_path / "exports"
     folder.mkdir()
     out = folder / "campaign.csv"
     old = b"the previous export, byte for byte\r\n" * 100
     out.write_bytes(old)
-    command = [sys.executable, "-m", "bridgic_coldmail", "export", completed,
-               "--leads", str(big_list), "--out", str(out), "--overwrite"]  # fmt: skip
+    command = [sys.executable, "-m", "bridgic_coldmail", "export", completed, "--leads",
+               str(big_list), "--out", str(out), "--overwrite", "--format", format]  # fmt: skip
     child = subprocess.Popen(
         command,
         cwd=REPO,

@@ -9,9 +9,11 @@ import io
 import json
 import os
 import stat
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -21,7 +23,7 @@ from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.signing import key_file_for
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
-from .conftest import Completed
+from .conftest import PROCESS_TIMEOUT, REPO, Completed
 from .test_export import leads, leftovers, sequence
 
 OLD = b"the previous export\r\n"
@@ -49,7 +51,8 @@ def _system_files_are_never_touched(monkeypatch: pytest.MonkeyPatch) -> None:
     writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 
     def open_(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
-        if flags & writing:
+        harmless = os.fsdecode(path) == os.devnull and not flags & (os.O_CREAT | os.O_TRUNC)
+        if flags & writing and not harmless:  # (subprocess opens /dev/null for its stdin)
             guard(path, dir_fd)
         return real_open(path, flags, mode, dir_fd=dir_fd)
 
@@ -154,11 +157,14 @@ def test_a_symlink_to_a_regular_file_updates_that_file_and_keeps_the_link(
 
 @pytest.fixture
 def store(tmp_path: Path) -> tuple[Path, dict[Path, str]]:
-    """A database path with its WAL, shared memory and key files present, and what an agent
-    on it protects."""
+    """A database path with its WAL, shared-memory, journal and key files present (SQLite
+    never has a WAL and a journal at once; here each is there to be linked to), and what an
+    agent on it protects."""
     db = tmp_path / "runs" / "coldmail.db"
     db.parent.mkdir()
-    for name in ("coldmail.db", "coldmail.db-wal", "coldmail.db-shm", "coldmail.db.key"):
+    names = ("coldmail.db", "coldmail.db-wal", "coldmail.db-shm", "coldmail.db-journal",
+             "coldmail.db.key")  # fmt: skip
+    for name in names:
         (db.parent / name).write_bytes(b"precious " + name.encode())
     return db, store_files(Settings(db=str(db)))
 
@@ -179,8 +185,6 @@ def test_the_database_and_its_key_are_never_replaced(
         target = tmp_path / "campaign.csv"
         target.symlink_to(db.parent / name)
     elif route == "hard link":
-        if not (db.parent / name).exists():
-            pytest.skip("no file to link to")
         target = tmp_path / "campaign.csv"
         os.link(db.parent / name, target)
     before = {p.name: p.read_bytes() for p in db.parent.iterdir()}
@@ -218,14 +222,45 @@ async def test_the_agent_refuses_its_own_database_as_the_target(
 # --- an existing file -------------------------------------------------------------------
 
 
-def test_an_existing_file_is_kept_unless_overwrite_is_given(tmp_path: Path, source: Path) -> None:
-    out = tmp_path / "campaign.csv"
+@pytest.mark.parametrize("format", ["csv", "json"])
+def test_an_existing_file_is_kept_unless_overwrite_is_given(
+    tmp_path: Path, source: Path, format: Literal["csv", "json"]
+) -> None:
+    out = tmp_path / f"campaign.{format}"
     out.write_bytes(OLD)
-    with pytest.raises(InvalidInput, match=r"campaign.csv already exists; .*overwrite=True"):
-        export_sequence(sequence(), source, out)
+    with pytest.raises(InvalidInput, match=rf"campaign.{format} already exists; .*overwrite=True"):
+        export_sequence(sequence(), source, out, format=format)
     assert out.read_bytes() == OLD and leftovers(tmp_path) == []
-    report = export_sequence(sequence(), source, out, overwrite=True)
-    assert report.rows_written == 2 and out.read_bytes().startswith(b"email,")
+    report = export_sequence(sequence(), source, out, overwrite=True, format=format)
+    assert report.rows_written == 2 and out.read_bytes().startswith(
+        b"email," if format == "csv" else b"["
+    )
+
+
+@pytest.mark.parametrize("format", ["csv", "json"])
+def test_json_goes_through_the_same_target_rules(
+    tmp_path: Path,
+    source: Path,
+    store: tuple[Path, dict[Path, str]],
+    format: Literal["csv", "json"],
+) -> None:
+    db, protected = store
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(db)
+    for target, refusal in (
+        (fifo, "is not a regular file"),
+        (link, "write the export to another file"),
+        (Path("/dev/stdout"), "give - to write to standard output"),
+        (tmp_path, "is a folder"),
+    ):
+        with pytest.raises(InvalidInput, match=refusal):
+            export_sequence(
+                sequence(), source, target, format=format, overwrite=True, protected=protected
+            )
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and link.is_symlink()
+    assert db.read_bytes() == b"precious coldmail.db" and leftovers(tmp_path) == []
 
 
 def test_overwrite_is_not_needed_for_a_new_file(tmp_path: Path, source: Path) -> None:
@@ -420,3 +455,54 @@ def test_cli_dash_prints_the_file_on_stdout_and_the_summary_on_stderr(
     as_json = cli("export", completed, "--leads", str(source), "--out", "-", "--json")
     assert json.loads(as_json.stderr)["out"] == "-"
     assert [r[0] for r in csv.reader(io.StringIO(as_json.stdout))][1:] == ["ana@x.com", "bo@y.io"]
+
+
+def test_cli_dash_into_a_pipe_closed_early_ends_with_one_line(
+    completed: str, tmp_path: Path
+) -> None:
+    """``coldmail export … --out - | head``: the reader leaves; one line says so, no traceback
+    and no "Exception ignored" from the interpreter's last flush."""
+    source = tmp_path / "big.csv"
+    with source.open("w", encoding="utf-8") as handle:
+        handle.write("email,first_name\n")
+        handle.writelines(f"lead{n}@example.com,Name{n}\n" for n in range(50_000))
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bridgic_coldmail",
+            "export",
+            completed,
+            "--leads",
+            str(source),
+            "--out",
+            "-",
+        ],  # fmt: skip
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    assert child.stdout.read(100).startswith(b"email,first_name")
+    child.stdout.close()
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=PROCESS_TIMEOUT) == InvalidInput.exit_code
+    assert stderr.count("\n") == 1 and "standard output was closed" in stderr, stderr
+
+
+def test_cli_never_reads_the_key_file_as_a_lead_list(
+    cli: Callable[..., Completed], completed: str, db_path: Path, tmp_path: Path
+) -> None:
+    """Read as a CSV, the key file is a one-column list without an email column, and the
+    message naming its header would print the key."""
+    key = Path(f"{db_path}.key")
+    secret = key.read_text(encoding="ascii").strip()
+    link = tmp_path / "leads.csv"
+    link.symlink_to(key)
+    for leads_path in (key, link):
+        refused = cli("export", completed, "--leads", str(leads_path), "--out",
+                      str(tmp_path / "o.csv"))  # fmt: skip
+        assert refused.returncode == InvalidInput.exit_code
+        assert "is the signing key file, not a lead list" in refused.stderr
+        assert secret[:16] not in refused.stderr + refused.stdout
