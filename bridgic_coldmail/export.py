@@ -126,7 +126,7 @@ class ExportReport:
     """What an export wrote (or, from :func:`preview_export`, would write)."""
 
     out: Path | None
-    """The file written; None for a preview."""
+    """The file written, as it was given; None for a preview or standard output."""
     format: ExportFormat
     columns: tuple[str, ...]
     """The exported columns: the lead list's own, then :data:`OUTPUT_COLUMNS`."""
