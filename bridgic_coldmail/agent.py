@@ -608,27 +608,31 @@ class ColdMailAgent:
         *,
         format: str = "csv",
         strict: bool = False,
+        overwrite: bool = False,
     ) -> ExportReport:
         """Render the run's final sequence for every lead of a CSV list, into ``out``.
 
         One row per lead (its own columns, then ``step1_subject``, ``step1_body``,
         ``step2_subject`` — blank, so it threads as a reply —, ``step2_body`` and
         ``step2_delay_days``), merge fields filled in, formulas neutralised. The run must be
-        completed (approved, in review mode). See ``export.export_sequence``.
+        completed (approved, in review mode). ``out`` is a new file, or an existing regular
+        file with ``overwrite=True``, never this agent's database or key file; ``"-"`` is
+        standard output. Cancelling the call (Ctrl-C) stops the export between two rows and
+        leaves ``out`` as it was. See ``export.export_sequence``.
 
         Raises:
             RunConflict: the run has no final sequence yet.
             InvalidInput: the lead list or ``out`` cannot be used; or, with ``strict``, a
                 lint warning or a lead that cannot be rendered (``out`` is then untouched).
         """
-        from .export import FORMATS, export_sequence
+        from .export import FORMATS, export_sequence, run_stoppable, store_files
 
         run = await self.get(interaction_id)
         if run.final is None:
             raise RunConflict(_not_final(run), topic="not_final")
         if format not in FORMATS:
             raise InvalidInput(f"unknown export format {format!r}; use csv or json")
-        return await asyncio.to_thread(
+        return await run_stoppable(
             export_sequence,
             run.final,
             Path(leads),
@@ -636,6 +640,8 @@ class ColdMailAgent:
             format=format,
             strict=strict,
             acronyms=_acronyms(run),
+            overwrite=overwrite,
+            protected=store_files(self.settings),
         )
 
     async def preview_export(
@@ -648,13 +654,17 @@ class ColdMailAgent:
             RunConflict: the run has no final sequence yet.
             InvalidInput: the lead list itself cannot be used.
         """
-        from .export import preview_export
+        from .export import preview_export, run_stoppable, store_files
 
         run = await self.get(interaction_id)
         if run.final is None:
             raise RunConflict(_not_final(run), topic="not_final")
-        return await asyncio.to_thread(
-            preview_export, run.final, Path(leads), acronyms=_acronyms(run)
+        return await run_stoppable(
+            preview_export,
+            run.final,
+            Path(leads),
+            acronyms=_acronyms(run),
+            protected=store_files(self.settings),
         )
 
     async def lint(self, interaction_id: str) -> builtins.list[LintIssue]:

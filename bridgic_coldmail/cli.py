@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import stat
 import sys
 from collections.abc import Sequence
@@ -185,7 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export", "render a completed run's emails for every lead of a CSV list")
     export.add_argument("interaction_id", metavar="INTERACTION_ID")
     export.add_argument("--leads", required=True, type=Path, metavar="CSV", help="the lead list")
-    export.add_argument("--out", required=True, type=Path, metavar="FILE", help="file to write")
+    export.add_argument(
+        "--out", required=True, metavar="FILE", help="file to write, or - for standard output"
+    )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace FILE if it exists (only a regular file; never the database or its key)",
+    )
     export.add_argument("--format", choices=("csv", "json"), default="csv", help="default csv")
     export.add_argument(
         "--strict", action="store_true", help="refuse on any lint warning or skipped lead"
@@ -211,7 +220,9 @@ def _execute(args: argparse.Namespace, settings: Settings) -> int:
         return run_demo(args, settings)
     if args.command == "serve":
         return _serve(args, settings)
-    _print(asyncio.run(_run_command(args, settings)))
+    text = asyncio.run(_run_command(args, settings))
+    if text is not None:
+        _print(text)
     return 0
 
 
@@ -221,7 +232,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return serve(settings, host=args.host, port=args.port, workers=args.workers)
 
 
-async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
+async def _run_command(args: argparse.Namespace, settings: Settings) -> str | None:
     # Bad input is refused before the database is even opened.
     command = args.command
     if command == "start":
@@ -255,14 +266,7 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
 
     async with ColdMailAgent.open(settings=settings) as agent:
         if command == "export":
-            report = await agent.export(
-                args.interaction_id,
-                args.leads,
-                args.out,
-                format=args.format,
-                strict=args.strict,
-            )
-            return _export_summary(args, report)
+            return await _export(agent, args)
         if command == "start":
             run = await agent.start(brief, review=args.review, fields=fields)
             return _emit(
@@ -307,11 +311,62 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
         return "\n".join(format_run_line(r) for r in runs)
 
 
+async def _export(agent: ColdMailAgent, args: argparse.Namespace) -> str | None:
+    """Run the export; SIGTERM stops it like Ctrl-C (the previous file kept, no temporary
+    file left). With ``--out -`` the file goes to stdout and the summary to stderr."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    terminated: list[bool] = []
+
+    def terminate() -> None:
+        terminated.append(True)
+        if task is not None:
+            task.cancel()
+
+    handled = False
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+        handled = True
+    try:
+        report = await agent.export(
+            args.interaction_id,
+            args.leads,
+            args.out,
+            format=args.format,
+            strict=args.strict,
+            overwrite=args.overwrite,
+        )
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None
+        raise
+    except InvalidInput as exc:
+        if exc.topic == "out_exists":
+            raise InvalidInput(
+                f"{args.out} already exists; add --overwrite to replace it, or choose another --out"
+            ) from None
+        if exc.topic == "stdout_closed":
+            # The reader is gone: what is still buffered for stdout must not fail at exit.
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+        raise
+    finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGTERM)
+    summary = _export_summary(args, report)
+    if report.out is None:  # the file went to stdout
+        _print(summary, stream=sys.stderr)
+        return None
+    return summary
+
+
 def _export_summary(args: argparse.Namespace, report: Any) -> str:
     if args.json:
         return json_for_terminal(
             {
-                "out": str(report.out),
+                "out": "-" if report.out is None else str(report.out),
                 "format": report.format,
                 "rows_written": report.rows_written,
                 "skipped": [
@@ -323,7 +378,8 @@ def _export_summary(args: argparse.Namespace, report: Any) -> str:
                 ],
             }
         )
-    lines = [f"Wrote {report.rows_written} lead(s) to {report.out} ({report.format})."]
+    where = "standard output" if report.out is None else report.out
+    lines = [f"Wrote {report.rows_written} lead(s) to {where} ({report.format})."]
     if report.skipped:
         lines.append(f"Skipped {len(report.skipped)} lead(s), not sent with a hole:")
         lines += [f"  {s}" for s in report.skipped[:20]]

@@ -18,18 +18,40 @@ Design decisions:
   strict export is all-or-nothing. All of these become one :class:`InvalidInput` whose
   message lists every problem; :func:`preview_export` gives the same findings as data
   without writing, for a page or a prompt.
-* **Atomic.** Rows stream into a temporary file beside ``out``, which replaces ``out`` only
-  when everything succeeded (``os.replace``); any failure — a bad row, a full disk,
-  Ctrl-C — removes the temporary file and leaves ``out`` as it was. The file is created
-  readable by its owner only (it holds personal data).
+* **Only a regular file, and never the store's own.** ``out`` must be a new path or an
+  existing regular file; a folder, a FIFO, a device, a socket, a dangling symlink, and any
+  path through ``/dev``, ``/proc`` or ``/sys`` (``/dev/stdout`` is whatever fd 1 is, perhaps
+  a log file) are refused, and so are the lead list and the files in ``protected`` (the run
+  database, its ``-wal``/``-shm``/``-journal`` and its key file: :func:`store_files`),
+  compared by real path and by device and inode, so a symlink or a hard link to them is
+  refused too. An existing file is replaced only with ``overwrite=True``. ``out="-"`` writes
+  to standard output instead (not a terminal), with no temporary file.
+* **Atomic.** Rows stream into a new temporary file (``O_EXCL``, mode 0600) in ``out``'s
+  folder, opened once as a directory handle: the file is created, checked and renamed
+  relative to that handle, so a folder swapped for a symlink meanwhile does not move the
+  write. Just before the rename the target is looked at again: if something other than a
+  regular file, or one of the protected files, is there now, or (without ``overwrite``) any
+  file, the export is refused. A new file is put in place with ``link()``, which fails if
+  the name was taken meanwhile; an existing one with ``rename()``, which replaces the name,
+  never writes into what was there, and never follows a symlink. Any failure — a bad row, a
+  full disk, a refusal, Ctrl-C — removes the temporary file and leaves ``out`` as it was.
+  What is not promised: someone who can write that folder can still put something at the
+  name between that last look and the rename (microseconds); the rename then replaces that
+  name, not the file or device it pointed to.
+* **Stoppable.** Another thread (the event loop, on Ctrl-C or a cancelled task) stops an
+  export through its :class:`StopSignal`: the work checks it before each row and once more
+  in the same lock as the rename, so a stopped export either finished before the stop or
+  leaves nothing behind.
 * **Streamed.** Leads are read and written one at a time; memory does not grow with the
   list except for the duplicate check in :mod:`bridgic_coldmail.leads` and the list of
   skipped rows.
-* **No formulas.** In the CSV every cell — the lead's own cells and the rendered subjects
-  and bodies — that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets
-  a leading ``'`` (OWASP's CSV-injection rule), so a spreadsheet shows it as text and never
-  runs it. Addresses never need it (see ``leads.is_valid_email``). JSON is not
-  neutralised: it is not opened by spreadsheets, and its consumers want the exact text.
+* **No formulas.** Every CSV cell — the header, the lead's own cells and the rendered
+  subjects and bodies — is passed through :func:`.formulas.neutralize_cell`: a ``'`` goes
+  before every place where a spreadsheet could start a cell with a formula, whether it
+  splits the line on ``,``, ``;`` or tabs, and after leading blanks or a full-width ``＝``
+  (OWASP's CSV-injection rule, with its warning about separators). Addresses never need it
+  (see ``leads.is_valid_email``). JSON is not neutralised: it is not opened by
+  spreadsheets, and its consumers want the exact text.
 * **Column names.** A lead column whose field name is one of :data:`OUTPUT_COLUMNS` (e.g.
   "Step1 Subject") is refused rather than overwritten or duplicated.
 * **CSV dialect.** UTF-8 without a byte-order mark (a BOM can end up in the first column's
@@ -39,29 +61,49 @@ Design decisions:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
+import errno
+import functools
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
+import secrets
+import stat
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from .errors import InvalidInput
+from .formulas import FORMULA_PREFIXES
+from .formulas import neutralize_cell as neutralize_cell
 from .leads import Lead, LeadHeader, LeadReader, RowProblem
-from .lint import DEFAULT_ACRONYMS, FORMULA_PREFIXES, LintIssue, lint_sequence
+from .lint import DEFAULT_ACRONYMS, LintIssue, lint_sequence
 from .merge import Missing, Template
 from .models import EmailSequence
+from .signing import key_file_for
+from .store.sqlite import _file_kind
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 OUTPUT_COLUMNS = ("step1_subject", "step1_body", "step2_subject", "step2_body", "step2_delay_days")
 """The columns an export adds after the lead's own, in this order."""
 FORMULA_TRIGGERS = FORMULA_PREFIXES
-"""A cell starting with one of these is prefixed with ``'`` in a CSV export."""
+"""A value starting with one of these gets a ``'`` in a CSV export (see :mod:`.formulas` for
+the whole rule: also after separators and blanks)."""
+STDOUT = "-"
+"""``out`` that means standard output."""
+SPECIAL_FOLDERS = (Path("/dev"), Path("/proc"), Path("/sys"))
+"""An export never writes a path through these (``/dev/shm`` excepted: a plain file system)."""
+PLAIN_FOLDERS = (Path("/dev/shm"),)
 MAX_LISTED = 10
 """How many rows and issues an error message lists before saying "and N more"."""
 
+T = TypeVar("T")
 ExportFormat = Literal["csv", "json"]
 FORMATS: tuple[ExportFormat, ...] = ("csv", "json")
 _UNRENDERABLE = {"bad-placeholder", "unknown-field"}
@@ -84,7 +126,7 @@ class ExportReport:
     """What an export wrote (or, from :func:`preview_export`, would write)."""
 
     out: Path | None
-    """The file written; None for a preview."""
+    """The file written, as it was given; None for a preview or standard output."""
     format: ExportFormat
     columns: tuple[str, ...]
     """The exported columns: the lead list's own, then :data:`OUTPUT_COLUMNS`."""
@@ -95,29 +137,112 @@ class ExportReport:
     """Lint findings (warnings; errors would have refused the export)."""
 
 
-def neutralize_cell(value: str) -> str:
-    """``value`` prefixed with ``'`` when a spreadsheet would read it as a formula."""
-    return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
+class ExportStopped(Exception):
+    """The export was stopped (Ctrl-C, a cancelled task) before its file was put in place."""
+
+
+class StopSignal:
+    """Lets another thread stop an export between two rows.
+
+    Stopping and putting the file in place exclude each other: after :meth:`stop` returns
+    True the file will never be put in place; False means it already was.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._done = False
+
+    def stop(self) -> bool:
+        """Ask the export to stop; False if it had already put its file in place."""
+        with self._lock:
+            if self._done:
+                return False
+            self._stopped = True
+            return True
+
+    def check(self) -> None:
+        """Raise :class:`ExportStopped` if a stop was asked for."""
+        if self._stopped:
+            raise ExportStopped("the export was stopped; nothing was written")
+
+    @contextlib.contextmanager
+    def finishing(self) -> Iterator[None]:
+        """Hold off :meth:`stop` while the file is put in place (raises if already stopped)."""
+        with self._lock:
+            self.check()
+            yield
+            self._done = True
+
+
+async def run_stoppable(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``work(*args, stop=…, **kwargs)`` on a worker thread. Cancelling the caller (Ctrl-C,
+    SIGTERM in the CLI, a cancelled request) stops it before its next row and waits until it
+    has removed its temporary file; if it had already put its file in place, its report is
+    returned instead of the cancellation, so nobody is told "interrupted" about a file that
+    was written."""
+    stop = StopSignal()
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, functools.partial(work, *args, stop=stop, **kwargs))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stopped_in_time = stop.stop()
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        # exception() is asked first, so that an ExportStopped counts as retrieved.
+        if not future.cancelled() and future.exception() is None and not stopped_in_time:
+            return future.result()
+        raise
+
+
+def store_files(settings: Settings) -> dict[Path, str]:
+    """The files of the run store ``settings`` name that an export must never replace: an
+    SQLite database with its ``-wal``, ``-shm`` and ``-journal`` files (by the name given and
+    its real path), and the signing key file. Path → what it is, for the message."""
+    files: dict[Path, str] = {}
+    if not settings.is_postgres:
+        given = Path(settings.db)
+        for db in dict.fromkeys((given, Path(os.path.realpath(given)))):
+            files[db] = "the run database"
+            for suffix, what in (("-wal", "write-ahead log"), ("-shm", "shared-memory file"),
+                                 ("-journal", "rollback journal")):  # fmt: skip
+                files[db.with_name(db.name + suffix)] = f"the run database's {what}"
+    key = settings.key_file
+    if key is None and not settings.is_postgres:
+        key = key_file_for(Path(settings.db))
+    if key is not None:
+        files[Path(key)] = "the signing key file"
+    return files
 
 
 def export_sequence(
     sequence: EmailSequence,
     leads_path: str | Path,
-    out: str | Path,
+    out: str | os.PathLike[str],
     *,
     format: ExportFormat = "csv",
     strict: bool = False,
     acronyms: Iterable[str] = DEFAULT_ACRONYMS,
+    overwrite: bool = False,
+    protected: Mapping[Path, str] | None = None,
+    stop: StopSignal | None = None,
 ) -> ExportReport:
     """Render ``sequence`` for every lead of the CSV at ``leads_path`` into ``out``.
 
     Args:
         sequence: the reviewed sequence (a completed run's ``final``).
         leads_path: the lead list, a UTF-8 CSV with an email column (see ``leads``).
-        out: the file to write; replaced atomically, only on success.
+        out: the file to write, replaced atomically and only on success; ``"-"`` for
+            standard output (then nothing is written unless the export can succeed).
         format: ``"csv"`` (for import into a sending tool) or ``"json"``.
         strict: refuse on any lint warning or skipped row instead of reporting it.
         acronyms: upper-case words the capitals rule accepts (e.g. the product's name).
+        overwrite: replace ``out`` if it is an existing regular file.
+        protected: files ``out`` must never be, nor ``leads_path``, with what they are
+            (see :func:`store_files`).
+        stop: lets another thread stop the export (see :class:`StopSignal`).
 
     Returns:
         The report: rows written, rows skipped with their reasons, lint warnings.
@@ -125,30 +250,45 @@ def export_sequence(
     Raises:
         InvalidInput: the lead list, ``out`` or the sequence cannot be used, or (strict)
             there was a warning or a skipped row; ``out`` is then untouched.
+        ExportStopped: ``stop`` was used; ``out`` is untouched.
     """
     if format not in FORMATS:
         raise InvalidInput(f"unknown export format {format!r}; use csv or json")
-    target = Path(out)
-    _check_target(target, Path(leads_path))
+    stop = stop or StopSignal()
+    _check_leads(Path(leads_path), protected or {})
+    to_stdout = os.fspath(out) == STDOUT
+    if to_stdout:
+        _check_stdout()
+        target = None
+    else:
+        target = _Target.check(Path(out), Path(leads_path), protected or {}, overwrite)
     with LeadReader(leads_path) as reader:
         issues = _checked_lint(sequence, reader.header, strict=strict, acronyms=acronyms)
-        if strict and issues:
-            skipped = [s for s in _render_all(sequence, reader) if isinstance(s, SkippedRow)]
-            raise InvalidInput(_refusal(issues, skipped, reader.path))
+        if strict and issues:  # refused whatever the rows are; list them too, write nothing
+            _refuse(*_count(_render_all(sequence, reader, stop)), strict, issues, reader.path)
         columns = (*reader.header.columns, *OUTPUT_COLUMNS)
-        rows = _render_all(sequence, reader)
         delay = sequence.follow_up.wait_days
-        written, skipped = _write_atomically(
-            target,
-            format,
-            columns,
-            rows,
-            delay,
-            strict=strict,
-            leads_path=reader.path,
-            issues=issues,
+        if target is not None:
+            written, skipped = target.write(
+                lambda handle: _write_rows(
+                    handle, format, columns, _render_all(sequence, reader, stop), delay
+                ),
+                lambda written, skipped: _refuse(written, skipped, strict, issues, reader.path),
+                stop,
+            )
+            return ExportReport(
+                target.given, format, columns, written, tuple(skipped), tuple(issues)
+            )
+        # Standard output cannot be taken back: find every refusal first, then write.
+        ready, skipped = _count(_render_all(sequence, reader, stop))
+        _refuse(ready, skipped, strict, issues, reader.path)
+    with LeadReader(leads_path) as again:
+        written, skipped = _write_stdout(
+            lambda handle: _write_rows(
+                handle, format, columns, _render_all(sequence, again, stop), delay
+            )
         )
-    return ExportReport(target, format, columns, written, tuple(skipped), tuple(issues))
+    return ExportReport(None, format, columns, written, tuple(skipped), tuple(issues))
 
 
 def preview_export(
@@ -156,6 +296,8 @@ def preview_export(
     leads_path: str | Path,
     *,
     acronyms: Iterable[str] = DEFAULT_ACRONYMS,
+    protected: Mapping[Path, str] | None = None,
+    stop: StopSignal | None = None,
 ) -> ExportReport:
     """Everything :func:`export_sequence` would find, without writing: lint issues (errors
     included, unlike an export) and the rows that would be skipped.
@@ -163,6 +305,7 @@ def preview_export(
     Raises:
         InvalidInput: the lead list itself cannot be used (encoding, header, shape).
     """
+    _check_leads(Path(leads_path), protected or {})
     with LeadReader(leads_path) as reader:
         issues = lint_sequence(sequence, reader.header.fields, acronyms=acronyms)
         reserved = _reserved_columns(reader.header)
@@ -171,27 +314,108 @@ def preview_export(
         columns = (*reader.header.columns, *OUTPUT_COLUMNS)
         if any(issue.code in _UNRENDERABLE for issue in issues):
             return ExportReport(None, "csv", columns, 0, (), tuple(issues))
-        ready = 0
-        skipped: list[SkippedRow] = []
-        for item in _render_all(sequence, reader):
-            if isinstance(item, SkippedRow):
-                skipped.append(item)
-            else:
-                ready += 1
+        ready, skipped = _count(_render_all(sequence, reader, stop or StopSignal()))
     return ExportReport(None, "csv", columns, ready, tuple(skipped), tuple(issues))
 
 
-def _check_target(target: Path, leads_path: Path) -> None:
-    if target.is_dir():
-        raise InvalidInput(f"{target} is a folder; give the file to write, e.g. campaign.csv")
-    parent = target.parent
-    if not parent.is_dir():
-        raise InvalidInput(f"the folder {parent} does not exist; create it or choose another")
+def _check_leads(leads: Path, protected: Mapping[Path, str]) -> None:
+    """Refuse a lead list that is one of the store's files: reading the key file as a CSV
+    would print the key in the message about its header."""
     with contextlib.suppress(OSError):
-        if target.exists() and target.samefile(leads_path):
-            raise InvalidInput(
-                f"{target} is the lead list itself; write the export to another file"
-            )
+        found = os.stat(leads)
+        for path, what in protected.items():
+            with contextlib.suppress(OSError):
+                if os.path.samestat(found, os.stat(path)):
+                    raise InvalidInput(
+                        f"{leads} is {what}, not a lead list; give the lead list's CSV"
+                    )
+
+
+def _count(
+    rows: Iterator[tuple[Lead, tuple[str, str, str]] | SkippedRow],
+) -> tuple[int, list[SkippedRow]]:
+    """How many rows would be written, and the rows skipped."""
+    ready = 0
+    skipped: list[SkippedRow] = []
+    for item in rows:
+        if isinstance(item, SkippedRow):
+            skipped.append(item)
+        else:
+            ready += 1
+    return ready, skipped
+
+
+def _refuse(
+    written: int, skipped: list[SkippedRow], strict: bool, issues: list[LintIssue], path: Path
+) -> None:
+    """Raise if what was (or would be) written may not be kept."""
+    if strict and (skipped or issues):
+        raise InvalidInput(_refusal(issues, skipped, path))
+    if written == 0:
+        raise InvalidInput(f"none of the leads in {path} could be exported: " + _list_rows(skipped))
+
+
+def _check_stdout() -> None:
+    if sys.stdout.isatty():
+        raise InvalidInput(
+            "standard output is a terminal; an export is for a file or another program: "
+            "redirect it (> campaign.csv, | other-program) or write it to a file"
+        )
+
+
+class _Sink(Protocol):
+    def write(self, text: str, /) -> int: ...
+
+
+WriteRows = Callable[[_Sink], tuple[int, list[SkippedRow]]]
+"""Writes the export's rows into a sink; returns how many were written and those skipped."""
+KeepCheck = Callable[[int, list[SkippedRow]], None]
+"""Raises if what was written may not be kept (see ``_refuse``)."""
+
+
+class _Utf8Out:
+    """Text written as UTF-8 to standard output's bytes, a chunk at a time (its own text
+    layer may use another encoding and translate line ends)."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self) -> None:
+        sys.stdout.flush()
+        self._binary: IO[bytes] | None = getattr(sys.stdout, "buffer", None)
+        self._parts: list[str] = []
+        self._size = 0
+
+    def write(self, text: str, /) -> int:
+        self._parts.append(text)
+        self._size += len(text)
+        if self._size >= self.CHUNK:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        text = "".join(self._parts)
+        self._parts.clear()
+        self._size = 0
+        if self._binary is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            self._binary.write(text.encode("utf-8"))
+            self._binary.flush()
+
+
+def _write_stdout(write_rows: WriteRows) -> tuple[int, list[SkippedRow]]:
+    handle = _Utf8Out()
+    try:
+        written, skipped = write_rows(handle)
+        handle.flush()
+    except BrokenPipeError:
+        raise InvalidInput(
+            "standard output was closed before the export was complete (the program reading "
+            "it stopped); send it to a file instead",
+            topic="stdout_closed",
+        ) from None
+    return written, skipped
 
 
 def _reserved_columns(header: LeadHeader) -> str | None:
@@ -220,7 +444,7 @@ def _checked_lint(
 
 
 def _render_all(
-    sequence: EmailSequence, reader: LeadReader
+    sequence: EmailSequence, reader: LeadReader, stop: StopSignal
 ) -> Iterator[tuple[Lead, tuple[str, str, str]] | SkippedRow]:
     """Each lead rendered (subject, body, follow-up body), or the reason it is skipped."""
     templates = [
@@ -230,6 +454,7 @@ def _render_all(
     used = list(dict.fromkeys(name for template in templates for name in template.fields))
     column_of = dict(zip(reader.header.fields, reader.header.columns, strict=True))
     for item in reader:
+        stop.check()
         if isinstance(item, RowProblem):
             yield SkippedRow(item.row, item.email, item.reason)
             continue
@@ -274,53 +499,246 @@ def _render_all(
         yield item, (subject, body, follow_up)
 
 
-def _write_atomically(
-    target: Path,
-    format: ExportFormat,
-    columns: tuple[str, ...],
-    rows: Iterator[tuple[Lead, tuple[str, str, str]] | SkippedRow],
-    delay_days: int,
-    *,
-    strict: bool,
-    leads_path: Path,
-    issues: list[LintIssue],
-) -> tuple[int, list[SkippedRow]]:
-    try:
-        fd, temp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-        )
-    except OSError as exc:
-        raise InvalidInput(
-            f"cannot write {target}: {exc.strerror or exc}; choose a folder you can write to"
-        ) from None
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            written, skipped = _write_rows(handle, format, columns, rows, delay_days)
-            if strict and skipped:
-                raise InvalidInput(_refusal(issues, skipped, leads_path))
-            if written == 0:
+class _Target:
+    """A checked place to write: the name as given, and the real folder and file name it
+    resolves to (a symlink to a regular file is followed, so the link stays)."""
+
+    def __init__(
+        self,
+        given: Path,
+        folder: Path,
+        name: str,
+        forbidden: dict[tuple[int, int], str],
+        overwrite: bool,
+    ) -> None:
+        self.given = given
+        self.folder = folder
+        self.name = name
+        self._forbidden = forbidden
+        """(device, inode) of the protected files and the lead list → what each is."""
+        self._overwrite = overwrite
+
+    @classmethod
+    def check(
+        cls, given: Path, leads: Path, protected: Mapping[Path, str], overwrite: bool
+    ) -> _Target:
+        """Refuse ``given`` unless it is a new path or (with ``overwrite``) a regular file,
+        and none of the protected files or the lead list."""
+        special = _special_route(given)
+        if special is not None:
+            via = "" if special == os.path.abspath(given) else f" (it leads to {special})"
+            raise InvalidInput(
+                f"{given} is a special file{via}: an export writes only to a regular file; "
+                "give a file path, or give - to write to standard output"
+            )
+        real = Path(os.path.realpath(given))
+        named = {Path(os.path.realpath(p)): what for p, what in protected.items()}
+        named[Path(os.path.realpath(leads))] = "the lead list itself"
+        if real in named:
+            raise InvalidInput(_protected_message(given, named[real], real))
+        forbidden: dict[tuple[int, int], str] = {}
+        for path, what in named.items():
+            with contextlib.suppress(OSError):
+                found = os.stat(path)
+                forbidden[(found.st_dev, found.st_ino)] = what
+        try:
+            found = os.stat(given)
+        except FileNotFoundError:
+            if os.path.islink(given):
                 raise InvalidInput(
-                    f"none of the leads in {leads_path} could be exported: " + _list_rows(skipped)
+                    f"{given} is a symbolic link to {real}, which does not exist; give the "
+                    "path of the file to write"
+                ) from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot use {given}: {exc.strerror or exc}") from None
+        else:
+            if stat.S_ISDIR(found.st_mode):
+                raise InvalidInput(
+                    f"{given} is a folder; give the file to write, e.g. campaign.csv"
                 )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
+            _check_existing(given, found, forbidden, overwrite)
+        if not real.parent.is_dir():
+            raise InvalidInput(
+                f"the folder {given.parent} does not exist; create it or choose another"
+            )
+        return cls(given, real.parent, real.name, forbidden, overwrite)
+
+    def write(
+        self,
+        write_rows: WriteRows,
+        keep: KeepCheck,
+        stop: StopSignal,
+    ) -> tuple[int, list[SkippedRow]]:
+        """Write the rows into a new temporary file in the folder and put it in place if
+        ``keep`` does not raise; on any failure remove it and leave the target as it was."""
+        with _Folder.open(self.folder, self.given) as folder:
+            temp, fd = folder.create_temporary(self.name)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                    written, skipped = write_rows(handle)
+                    keep(written, skipped)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                with stop.finishing():
+                    self._put_in_place(folder, temp)
+            except OSError as exc:
+                folder.remove(temp)
+                raise InvalidInput(
+                    f"cannot write {self.given}: {exc.strerror or exc}; nothing was written "
+                    "(check the disk and the folder)"
+                ) from None
+            except BaseException:
+                folder.remove(temp)
+                raise
+            folder.sync()
+        return written, skipped
+
+    def _put_in_place(self, folder: _Folder, temp: str) -> None:
+        """Look at the target once more, then rename (link, for a new file) onto it."""
+        try:
+            found = folder.lstat(self.name)
+        except FileNotFoundError:
+            found = None
+        if found is not None:
+            _check_existing(self.given, found, self._forbidden, overwrite=self._overwrite)
+            folder.replace(temp, self.name)
+            return
+        try:
+            folder.link(temp, self.name)
+        except FileExistsError:
+            raise InvalidInput(_exists_message(self.given), topic="out_exists") from None
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            folder.replace(temp, self.name)  # a file system without hard links
+            return
+        folder.remove(temp)
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.EMLINK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _check_existing(
+    given: Path, found: os.stat_result, forbidden: dict[tuple[int, int], str], overwrite: bool
+) -> None:
+    if not stat.S_ISREG(found.st_mode):
+        kind = "symbolic link" if stat.S_ISLNK(found.st_mode) else _file_kind(found.st_mode)
         raise InvalidInput(
-            f"cannot write {target}: {exc.strerror or exc}; nothing was written (check the "
-            "disk and the folder)"
-        ) from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _sync_folder(target.parent)
-    return written, skipped
+            f"{given} is not a regular file (it is a {kind}); an export writes only to a "
+            "regular file: give a file path, or - for standard output"
+        )
+    what = forbidden.get((found.st_dev, found.st_ino))
+    if what is not None:
+        raise InvalidInput(_protected_message(given, what, None))
+    if not overwrite:
+        raise InvalidInput(_exists_message(given), topic="out_exists")
+
+
+def _exists_message(given: Path) -> str:
+    return (
+        f"{given} already exists; an export replaces a file only when asked to "
+        "(overwrite=True), so choose another file or ask for it to be replaced"
+    )
+
+
+def _protected_message(given: Path, what: str, real: Path | None) -> str:
+    also = f" ({real})" if real is not None and str(real) != str(given) else ""
+    return f"{given} is {what}{also}; write the export to another file"
+
+
+def _special_route(path: Path) -> str | None:
+    """The first path under /dev, /proc or /sys that ``path`` goes through, following
+    symlinks one at a time (``/dev/stdout`` resolves to fd 1's file, which may be a log)."""
+    current = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on symlinks in one lookup
+        for candidate in (current, os.path.realpath(os.path.dirname(current))):
+            if _is_special(Path(candidate)):
+                return current
+        try:
+            link = os.readlink(current)
+        except OSError:
+            return None
+        current = os.path.normpath(os.path.join(os.path.dirname(current), link))
+    return None
+
+
+def _is_special(path: Path) -> bool:
+    def under(folder: Path) -> bool:
+        return path == folder or folder in path.parents
+
+    return any(map(under, SPECIAL_FOLDERS)) and not any(map(under, PLAIN_FOLDERS))
+
+
+class _Folder:
+    """The folder an export writes into, opened once: every later step names its files
+    relative to this handle (POSIX ``*at`` calls), so the folder swapped for a symlink
+    meanwhile cannot move the write elsewhere."""
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, path: Path, given: Path) -> Iterator[_Folder]:
+        fd = None
+        if _AT_CALLS:
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            except OSError as exc:
+                raise InvalidInput(
+                    f"cannot write {given}: {exc.strerror or exc}; choose a folder you can write to"
+                ) from None
+        try:
+            yield cls(path, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _name(self, name: str) -> str:
+        return name if self.fd is not None else str(self.path / name)
+
+    def create_temporary(self, name: str) -> tuple[str, int]:
+        """A new file ``.<name>.<random>.part``, only for its owner; returns its name and fd."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        for _ in range(100):
+            temp = f".{name[:100]}.{secrets.token_hex(4)}.part"
+            try:
+                return temp, os.open(self._name(temp), flags, 0o600, dir_fd=self.fd)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise InvalidInput(
+                    f"cannot write {self.path / name}: {exc.strerror or exc}; choose a folder "
+                    "you can write to"
+                ) from None
+        raise InvalidInput(f"cannot create a temporary file in {self.path}; clean it up")
+
+    def lstat(self, name: str) -> os.stat_result:
+        return os.stat(self._name(name), dir_fd=self.fd, follow_symlinks=False)
+
+    def link(self, source: str, name: str) -> None:
+        os.link(self._name(source), self._name(name), src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def replace(self, source: str, name: str) -> None:
+        os.replace(self._name(source), self._name(name), src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._name(name), dir_fd=self.fd)
+
+    def sync(self) -> None:
+        """Make the rename itself durable (POSIX); best effort elsewhere."""
+        with contextlib.suppress(OSError):
+            if self.fd is not None:
+                os.fsync(self.fd)
+
+
+_AT_CALLS = {os.open, os.stat, os.link, os.unlink, os.rename} <= os.supports_dir_fd
 
 
 def _write_rows(
-    handle: IO[str],
+    handle: _Sink,
     format: ExportFormat,
     columns: tuple[str, ...],
     rows: Iterator[tuple[Lead, tuple[str, str, str]] | SkippedRow],
@@ -380,13 +798,3 @@ def _list_rows(skipped: list[SkippedRow]) -> str:
     shown = "; ".join(str(s) for s in skipped[:MAX_LISTED])
     more = f"; and {len(skipped) - MAX_LISTED} more" if len(skipped) > MAX_LISTED else ""
     return shown + more
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); best effort elsewhere."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -16,8 +16,9 @@ code                   default  when
 ``too-many-links``     warning  an email has more than :data:`MAX_LINKS` (1) link
 ``capitals``           warning  a word of 4+ letters all in capitals, not a known acronym
 ``spam-phrase``        warning  a phrase from :data:`SPAM_PHRASES`
-``formula-prefix``     warning  a subject or body starts with ``= + - @``, tab or CR: the export
-                                prefixes it with ``'`` (see export.py), which may be sent
+``formula-prefix``     warning  a subject or body would begin a spreadsheet cell with ``= + - @``
+                                (at its start, a line's, or after ``, ;`` or a tab): the export
+                                puts ``'`` there (see :mod:`.formulas`), which may be sent
 =====================  =======  =============================================================
 
 Placeholder problems are always errors: such a text cannot be rendered for any lead. The
@@ -51,6 +52,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
+from .formulas import FORMULA_PREFIXES as FORMULA_PREFIXES  # where release 0.5 had it
+from .formulas import formula_starts
 from .merge import find_placeholders, syntax_errors, unknown_fields
 from .models import EmailSequence
 
@@ -121,8 +124,6 @@ _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 _SPAM = re.compile(
     r"(?<!\w)(?:" + "|".join(re.escape(p) for p in SPAM_PHRASES) + r")(?!\w)", re.IGNORECASE
 )
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-"""What a spreadsheet reads as the start of a formula; ``export`` neutralises exactly these."""
 
 
 class Severity(str, Enum):
@@ -225,14 +226,20 @@ def lint_sequence(
                 "spam-phrase",
                 f"spam-trigger phrases: {', '.join(repr(p) for p in phrases)}; rephrase them",
             )
-        if visible.startswith(FORMULA_PREFIXES):
-            add(
-                "formula-prefix",
-                f"starts with {visible[0]!r}: the CSV export prefixes it with ' so "
-                "a spreadsheet does not run it as a formula, and the sending tool may send "
-                "that quote; start with a word",
-            )
+        starts = formula_starts(visible)
+        if starts:
+            add("formula-prefix", _formula_message(visible, starts))
     return issues
+
+
+def _formula_message(text: str, starts: list[int]) -> str:
+    shown = ", ".join(repr(text[start : start + 12]) for start in starts[:3])
+    more = f" and {len(starts) - 3} more" if len(starts) > 3 else ""
+    return (
+        f"{shown}{more} would begin a spreadsheet cell as a formula (at the start, a line's "
+        "start, or after a comma, semicolon or tab, as Excel splits a CSV in many countries): "
+        "the CSV export puts ' before it, and the sending tool may send that quote; reword it"
+    )
 
 
 def considered_text(text: str) -> str:

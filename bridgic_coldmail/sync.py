@@ -164,10 +164,13 @@ class SyncColdMailAgent:
         *,
         format: str = "csv",
         strict: bool = False,
+        overwrite: bool = False,
     ) -> ExportReport:
         """Export the final sequence for a lead list; see :meth:`ColdMailAgent.export`."""
         return self._call(
-            self._agent.export(interaction_id, leads, out, format=format, strict=strict)
+            self._agent.export(
+                interaction_id, leads, out, format=format, strict=strict, overwrite=overwrite
+            )
         )
 
     def preview_export(self, interaction_id: str, leads: str | os.PathLike[str]) -> ExportReport:

@@ -303,7 +303,9 @@ def test_strict_refuses_lint_warnings_and_skipped_rows_in_one_error(tmp_path: Pa
     out.write_text("the previous export\n", encoding="utf-8")
     source = leads(tmp_path, "ana@x.com,Ana,Acme", "bad,Bo,B")
     with pytest.raises(InvalidInput) as caught:
-        export_sequence(sequence(subject="AMAZING question"), source, out, strict=True)
+        export_sequence(
+            sequence(subject="AMAZING question"), source, out, strict=True, overwrite=True
+        )
     message = str(caught.value)
     assert message.startswith("export refused (strict): 1 lint issue(s): opener subject: words")
     assert "1 row(s) of" in message and "row 3 (bad): 'bad' is not a valid email" in message
@@ -315,7 +317,7 @@ def test_strict_refuses_skipped_rows_alone_and_leaves_the_old_file(tmp_path: Pat
     out.write_text("the previous export\n", encoding="utf-8")
     source = leads(tmp_path, "ana@x.com,Ana,Acme", "ana@x.com,Ann,Acme")
     with pytest.raises(InvalidInput, match=r"row 3 \(ana@x.com\): duplicate of row 2"):
-        export_sequence(sequence(), source, out, strict=True)
+        export_sequence(sequence(), source, out, strict=True, overwrite=True)
     assert (out.read_text(encoding="utf-8"), leftovers(tmp_path)) == ("the previous export\n", [])
 
 
@@ -334,7 +336,7 @@ def test_a_failure_half_way_leaves_the_previous_file_and_no_temporary(tmp_path: 
     out.write_text("the previous export\n", encoding="utf-8")
     rows = [f"lead{i}@x.com,N{i},C{i}" for i in range(50)] + ["ragged@x.com,only two"]
     with pytest.raises(InvalidInput, match="row 52 .* has 2 cells"):
-        export_sequence(sequence(), leads(tmp_path, *rows), out)
+        export_sequence(sequence(), leads(tmp_path, *rows), out, overwrite=True)
     assert (out.read_text(encoding="utf-8"), leftovers(tmp_path)) == ("the previous export\n", [])
 
 
