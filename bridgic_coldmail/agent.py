@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridgic.core.automa import Snapshot
 from bridgic.core.automa.interaction import InteractionException, InteractionFeedback
+from pydantic import ValidationError
 from typing_extensions import Unpack
 
 from .automa import REVIEW_EVENT, ColdMailAutoma
@@ -62,6 +63,7 @@ from .models import (
     make_brief,
     make_decision,
     preview,
+    preview_list,
     validate_feedback,
     validate_interaction_id,
     validate_page,
@@ -332,9 +334,17 @@ class ColdMailAgent:
             LlmError: a revision's LLM call failed; the run stays at its round.
         """
         interaction_id = validate_interaction_id(interaction_id)
-        if decision.sequence is not None:
+        decision = _checked_decision(decision)
+        if decision.kind in ("edit", "approve"):
             run = await self.get(interaction_id)
-            _check_placeholders(decision.sequence, run.fields)
+            if decision.sequence is not None:
+                _check_placeholders(decision.sequence, run.fields)
+            elif (
+                run.status is RunStatus.AWAITING_REVIEW
+                and run.sequence is not None
+                and decision.round in (None, run.round)
+            ):
+                _check_exportable(run, run.sequence)
         return await self._apply(interaction_id, Action.of(decision))
 
     async def _apply(self, interaction_id: str, action: Action) -> Run:
@@ -752,16 +762,55 @@ def _check_fields(fields: Iterable[str]) -> tuple[str, ...]:
     return tuple(field_names(names))
 
 
+def _checked_decision(decision: Any) -> Decision:
+    """``decision`` validated again: it may have been built with ``model_construct`` or
+    changed with ``model_copy``, which skip the rules every other way in is held to."""
+    if not isinstance(decision, Decision):
+        raise InvalidInput(
+            f"decide takes a Decision (see make_decision), not {type(decision).__name__}"
+        )
+    return make_decision(
+        getattr(decision, "kind", None),
+        text=getattr(decision, "text", None),
+        sequence=getattr(decision, "sequence", None),
+        reviewer=getattr(decision, "reviewer", None),
+        round=getattr(decision, "round", None),
+    )
+
+
+def _check_exportable(run: Run, sequence: EmailSequence) -> None:
+    """Refuse to approve emails that no lead could be exported with (a run edited by a
+    release that accepted them): an approved run can always be exported."""
+    from .merge import unknown_fields
+
+    problem: str | None = None
+    try:
+        EmailSequence.model_validate(sequence.model_dump())
+    except ValidationError as exc:
+        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    if problem is None:
+        texts = [text for step in sequence.steps for text in (step.subject, step.body)]
+        unknown = unknown_fields(texts, run.fields)
+        if unknown:
+            problem = f"they use merge fields the run does not have: {preview_list(unknown)}"
+    if problem is not None:
+        raise RunConflict(
+            f"run {run.interaction_id} cannot be approved: the emails under review at round "
+            f"{run.round} cannot be exported ({problem}); edit them, then approve",
+            topic="not_exportable",
+        )
+
+
 def _check_placeholders(sequence: EmailSequence, fields: tuple[str, ...]) -> None:
     from .merge import unknown_fields
 
     texts = [text for step in sequence.steps for text in (step.subject, step.body)]
     unknown = unknown_fields(texts, fields)
     if unknown:
-        known = ", ".join(fields) or "none"
+        known = preview_list(fields, quoted=False) or "none"
         raise InvalidInput(
-            f"the emails use merge fields the run does not have: {', '.join(sorted(unknown))} "
-            f"(its fields: {known})"
+            "the emails use merge fields the run does not have: "
+            f"{preview_list(sorted(unknown), quoted=False)} (its fields: {known})"
         )
 
 

@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from ..models import (
+    STORED,
     Brief,
     DamagedRun,
     Decision,
@@ -75,14 +76,12 @@ class Action:
         )
 
     def decision(self) -> Decision:
-        """The review decision this action carries (not for ``feedback``)."""
+        """The review decision this action carries (not for ``feedback``); built from data
+        that was validated when it came in, so no rule added since refuses it."""
         assert self.kind != "feedback"
-        return Decision(
-            kind=self.kind,
-            text=self.text,
-            sequence=self.sequence,
-            reviewer=self.reviewer,
-            round=self.round,
+        data = {"kind": self.kind, "text": self.text, "sequence": self.sequence}
+        return Decision.model_validate(
+            {**data, "reviewer": self.reviewer, "round": self.round}, context=STORED
         )
 
     def same_as(self, other: Action) -> bool:
@@ -111,7 +110,7 @@ class Action:
         return cls(
             data["kind"],
             text=data.get("text"),
-            sequence=EmailSequence.model_validate(sequence) if sequence else None,
+            sequence=EmailSequence.model_validate(sequence, context=STORED) if sequence else None,
             reviewer=data.get("reviewer"),
             round=data.get("round"),
         )
@@ -401,13 +400,15 @@ def run_from_row(row: Mapping[str, Any], *, verified: bool = True) -> Run:
     """Build the :class:`Run` (no MAC check: use :func:`decode_row`)."""
     status = RunStatus(row["status"])
     sequence_json = row.get("sequence_json")
-    sequence = EmailSequence.model_validate_json(sequence_json) if sequence_json else None
+    sequence = (
+        EmailSequence.model_validate_json(sequence_json, context=STORED) if sequence_json else None
+    )
     fields_json = row.get("fields_json")
     return Run(
         interaction_id=row["interaction_id"],
         status=status,
-        brief=Brief.model_validate_json(row["brief_json"]),
-        draft=EmailSequence.model_validate_json(row["draft_json"]),
+        brief=Brief.model_validate_json(row["brief_json"], context=STORED),
+        draft=EmailSequence.model_validate_json(row["draft_json"], context=STORED),
         question=row["question"],
         feedback=row.get("feedback"),
         final=sequence if status is RunStatus.COMPLETED else None,
@@ -472,7 +473,9 @@ def decode_events(
                     round=event.get("round"),
                     actor=event.get("actor"),
                     sequence=(
-                        EmailSequence.model_validate_json(sequence_json) if sequence_json else None
+                        EmailSequence.model_validate_json(sequence_json, context=STORED)
+                        if sequence_json
+                        else None
                     ),
                     verified=verified,
                 )
