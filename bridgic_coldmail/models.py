@@ -338,6 +338,14 @@ class Run(BaseModel):
     verified: bool = True
     """False when the run was stored by a release before 0.5 and its text is not signed."""
 
+    def describe_state(self) -> str:
+        """Where the run is, for messages: ``awaiting review at round 2``, ``completed``…"""
+        if self.status is RunStatus.AWAITING_REVIEW:
+            return f"awaiting review at round {self.round}"
+        if self.status is RunStatus.RESUMING:
+            return "being worked on"
+        return str(self.status.value).replace("_", " ")
+
     def to_public_dict(self) -> dict[str, Any]:
         """The run as JSON data: the one shape of the JSON API and of ``coldmail … --json``."""
         return {

@@ -580,9 +580,49 @@ def judge_claim(
         if earlier is not None and earlier.same_as(action):
             return AlreadyDone(run)
         return Refusal(RefusalReason.CONFLICT, run=run, decided=earlier)
+    if action.round is None and decided and _repeats_last(decided[-1], action, current_round):
+        return AlreadyDone(run)
     if action.kind == "revise" and current_round >= (run.max_rounds or current_round):
         return Refusal(RefusalReason.ROUND_LIMIT, run=run)
     return _check_snapshot(row, run, status, supported_versions, signer, snapshot, legacy)
+
+
+def _repeats_last(last: Action, action: Action, current_round: int) -> bool:
+    """Whether ``action``, sent without a round, repeats the decision that made the current
+    round: the same request sent again because its answer was lost (a dropped connection, a
+    process that died after the commit, a client that timed out). It gets the stored result;
+    to take the same decision again on purpose, a caller names the round."""
+    return last.round == current_round - 1 and last.same_as(action)
+
+
+def holds(row: Mapping[str, Any] | None, claim: Claim) -> bool:
+    """Whether ``claim`` still holds the run (the fence): it is resuming under its token."""
+    return (
+        row is not None
+        and row.get("status") == RunStatus.RESUMING.value
+        and row.get("claim_token") == claim.token
+    )
+
+
+def recorded(row: Mapping[str, Any] | None, claim: Claim, signer: SnapshotSigner) -> Run | None:
+    """The run, if it already records ``claim``'s action for the pause it was claimed from —
+    this claim's completion committed though its acknowledgement was lost, or another
+    resumer recorded the same action after taking the lease over — else None.
+
+    Read from the row alone, no new column: feedback is recorded once the run has moved past
+    the audience question with that feedback; a decision once ``decided_json`` holds the same
+    decision for the claimed round."""
+    if row is None or holds(row, claim):
+        return None
+    run = decode_row(row, signer)
+    if not isinstance(run, Run):
+        return None
+    action = claim.action
+    if action.kind == "feedback":
+        refined = row.get("round") is not None or run.status.is_final
+        return run if refined and run.feedback == action.text else None
+    taken = next((d for d in decisions(row) if d.round == claim.run.round), None)
+    return run if taken is not None and taken.same_as(action) else None
 
 
 def decisions(row: Mapping[str, Any]) -> list[Action]:

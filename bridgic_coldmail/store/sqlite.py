@@ -48,6 +48,7 @@ from .base import (
     claim_from,
     decode_history,
     decode_row,
+    holds,
     is_legacy,
     iso,
     judge_claim,
@@ -55,6 +56,7 @@ from .base import (
     plan_complete,
     plan_insert,
     plan_release,
+    recorded,
     run_from_row,
 )
 from .sqlite_migrations import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
@@ -228,7 +230,9 @@ class SqliteRunStore:
         return await self._hop(work)
 
     async def complete(self, claim: Claim, result: Paused | Finished) -> Run | None:
-        """Record the result if the claim is still ours (durable); None when fenced out."""
+        """Record the result if the claim is still ours (durable). Idempotent: when the run
+        already records the claim's action (an earlier call committed but its reply was
+        lost), that run, unchanged; None when fenced out."""
         signer = self._signer
         signature = (
             signer.sign(claim.interaction_id, result.serialization_version, result.snapshot)
@@ -242,9 +246,9 @@ class SqliteRunStore:
         def work(db: sqlite3.Connection) -> Run | None:
             with _transaction(db) as tx:
                 row = _hold(db, claim.interaction_id, schema)
-                if not _held_by(row, claim):
+                if not holds(row, claim):
                     tx.rollback()
-                    return None
+                    return recorded(row, claim, signer)
                 assert row is not None
                 change = plan_complete(row, claim, result, now=_now(), signature=signature)
                 change.seal(signer, sign_row=row["row_mac"] is not None)
@@ -446,11 +450,7 @@ def _fetch(db: sqlite3.Connection, query: str, interaction_id: str) -> dict[str,
 def _held_row(db: sqlite3.Connection, claim: Claim) -> dict[str, Any] | None:
     """The row if ``claim`` still holds it (the fence), else None."""
     row = _fetch(db, _SELECT_ROW, claim.interaction_id)
-    return row if _held_by(row, claim) else None
-
-
-def _held_by(row: dict[str, Any] | None, claim: Claim) -> bool:
-    return row is not None and row["status"] == "resuming" and row["claim_token"] == claim.token
+    return row if holds(row, claim) else None
 
 
 def _hold(
