@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .agent import MAX_PAGE, ColdMailAgent
 from .demo import run_demo
-from .errors import INTERRUPTED, ColdmailError, InvalidInput
+from .errors import INTERRUPTED, OUTPUT_CLOSED, ColdmailError, InvalidInput
 from .models import (
     CLI_JSON_KEYS,
     DamagedRun,
@@ -570,6 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print("coldmail: interrupted; stored runs are unchanged or resumable", stream=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:
+        return _reader_went_away()
     except Exception as exc:  # a bug: still one line, unless asked for the traceback
         if debug:
             raise
@@ -579,6 +581,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
         return 1
+
+
+def _reader_went_away() -> int:
+    """Standard output's reader closed the pipe (``coldmail list --json | head``): end
+    quietly, with the status of a process that SIGPIPE ended, as ``yes | head`` does. What
+    Python would still flush at exit goes nowhere, so no "Exception ignored" either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file descriptor (a test's captured output)
+        pass
+    return OUTPUT_CLOSED
 
 
 def entry_point() -> None:

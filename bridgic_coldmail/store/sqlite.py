@@ -18,6 +18,7 @@ Design notes:
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import os
 import sqlite3
@@ -134,8 +135,13 @@ class SqliteRunStore:
         db_path = _prepare_path(Path(path))
         shown = str(path)
         keys = KeySource(secret=secret_key, file=key_file or key_file_for(db_path))
-        with _storage_errors(shown, busy_timeout):
-            conn = await aiosqlite.connect(db_path, isolation_level=None, timeout=busy_timeout)
+        conn = aiosqlite.connect(db_path, isolation_level=None, timeout=busy_timeout)
+        try:
+            with _storage_errors(shown, busy_timeout):
+                await conn
+        except BaseException:
+            await _stopped(conn)
+            raise
         try:
             conn.row_factory = sqlite3.Row
             with _storage_errors(shown, busy_timeout):
@@ -362,6 +368,20 @@ class SqliteRunStore:
 
         row, events = await self._hop(work)
         return None if row is None else decode_history(row, events, self._signer)
+
+
+async def _stopped(conn: aiosqlite.Connection) -> None:
+    """Wait for the thread of a connection that failed to open. aiosqlite tells it to stop
+    but does not wait, and ``close()`` does nothing without a connection; a thread still
+    running when the event loop closes reports into it and dies with a traceback ("Event
+    loop is closed") after the error was printed."""
+    thread = conn._thread
+    if thread.is_alive():
+        await asyncio.to_thread(thread.join, _THREAD_STOP_SECONDS)
+
+
+_THREAD_STOP_SECONDS = 5.0
+"""How long to wait for that thread: it has nothing left to do but stop."""
 
 
 async def _on_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
