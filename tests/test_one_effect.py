@@ -354,6 +354,8 @@ class CommitReplyDropper:
         self.armed = False
         self.dropped = 0
         self._server: asyncio.AbstractServer | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> CommitReplyDropper:
         path = str(self.folder / ".s.PGSQL.5432")
@@ -363,11 +365,18 @@ class CommitReplyDropper:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
+        for writer in self._writers:  # every connection still open ends, and its handler
+            writer.close()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     async def _serve(
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
     ) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         server_in, server_out = await asyncio.open_unix_connection(self.target)
+        self._writers += [client_out, server_out]
         state = {"armed_here": False}
 
         async def upstream() -> None:
