@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -288,6 +289,42 @@ def test_ctrl_c_before_the_commit_reports_the_run_unchanged(
     )
     run, _ = asyncio.run(_stored(rid))
     assert (run.status, run.round) == (RunStatus.AWAITING_REVIEW, 1)
+
+
+async def test_a_claim_interrupted_while_it_is_granted_is_given_back(
+    agent: ColdMailAgent,
+    server: ScriptedOpenAIServer,
+    brief: Brief,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled while SQLite's thread grants the claim: the claim still commits, and the
+    run must not stay held by nobody until its lease runs out."""
+    rid = await _at_review(agent, brief)
+    original = sqlite_store._transaction
+    granting, go_on = threading.Event(), threading.Event()
+
+    @contextmanager
+    def slow_claim(
+        db: sqlite3.Connection, *, durable: bool = True, immediate: bool = True
+    ) -> Iterator[Any]:
+        with original(db, durable=durable, immediate=immediate) as tx:
+            yield tx
+            if not durable and not granting.is_set():  # the claim, about to commit
+                granting.set()
+                go_on.wait(timeout=PROCESS_TIMEOUT)
+
+    monkeypatch.setattr(sqlite_store, "_transaction", slow_claim)
+    deciding = asyncio.create_task(agent.revise(rid, "shorter"))
+    await asyncio.to_thread(granting.wait, PROCESS_TIMEOUT)
+    deciding.cancel()  # Ctrl-C while the claim is being granted
+    go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        await deciding
+    monkeypatch.undo()
+    run = await agent.get(rid)
+    assert (run.status, run.round) == (RunStatus.AWAITING_REVIEW, 1)  # given back at once
+    assert _kinds(await agent.history(rid))[-2:] == [("revised", 1), ("failed", 1)]
+    assert server.count("revise") == 0
 
 
 async def _stored(rid: str) -> tuple[Run, list[Any]]:
