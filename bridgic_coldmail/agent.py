@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridgic.core.automa import Snapshot
 from bridgic.core.automa.interaction import InteractionException, InteractionFeedback
+from pydantic import ValidationError
 from typing_extensions import Unpack
 
 from .automa import REVIEW_EVENT, ColdMailAutoma
@@ -62,6 +63,7 @@ from .models import (
     make_brief,
     make_decision,
     preview,
+    preview_list,
     validate_feedback,
     validate_interaction_id,
     validate_page,
@@ -74,6 +76,7 @@ from .store import (
     Action,
     AlreadyDone,
     Claim,
+    ClaimOutcome,
     Finished,
     NewRun,
     Paused,
@@ -332,9 +335,17 @@ class ColdMailAgent:
             LlmError: a revision's LLM call failed; the run stays at its round.
         """
         interaction_id = validate_interaction_id(interaction_id)
-        if decision.sequence is not None:
+        decision = _checked_decision(decision)
+        if decision.kind in ("edit", "approve"):
             run = await self.get(interaction_id)
-            _check_placeholders(decision.sequence, run.fields)
+            if decision.sequence is not None:
+                _check_placeholders(decision.sequence, run.fields)
+            elif (
+                run.status is RunStatus.AWAITING_REVIEW
+                and run.sequence is not None
+                and decision.round in (None, run.round)
+            ):
+                _check_exportable(run, run.sequence)
         return await self._apply(interaction_id, Action.of(decision))
 
     async def _apply(self, interaction_id: str, action: Action) -> Run:
@@ -347,7 +358,7 @@ class ColdMailAgent:
                 stored = await self._store.get(interaction_id)
                 if not (isinstance(stored, Run) and not stored.status.is_paused):
                     raise
-        outcome = await self._store.claim(interaction_id, action, SUPPORTED_SERIALIZATION_VERSIONS)
+        outcome = await self._claim(interaction_id, action)
         if isinstance(outcome, AlreadyDone):
             return outcome.run
         if isinstance(outcome, Refusal):
@@ -355,18 +366,91 @@ class ColdMailAgent:
         claim = outcome
         try:
             result = await self._holding(claim, self._run_automa(claim, llm=needs_llm))
-            completed = await self._store.complete(claim, result)
+            try:
+                completed = await self._store.complete(claim, result)
+            except StoreError as failure:
+                completed = await self._complete_again(claim, result, failure)
         except BaseException as exc:
-            # Shielded: a cancelled step must still give the run back.
-            await asyncio.shield(self._give_back(claim, _describe(exc)))
+            if not (isinstance(exc, StoreError) and exc.topic == "unconfirmed"):
+                # Shielded: a cancelled step must still give the run back. Giving back is
+                # fenced too: a result recorded after all is never marked as failed. (Once
+                # unconfirmed, the lease is over: there is nothing left to give back.)
+                await asyncio.shield(self._give_back(claim, _describe(exc)))
             raise
         if completed is None:
-            raise RunBeingResumed(
-                f"run {interaction_id} was taken over by another resumer while this one "
-                "worked (its lease expired and was not renewed in time); that resumer's "
-                "result is the one recorded"
-            )
+            raise await self._fenced_out(claim)
         return completed
+
+    async def _claim(self, interaction_id: str, action: Action) -> ClaimOutcome:
+        """Claim the run. A claim interrupted (Ctrl-C, a cancelled task) may still be
+        granted — SQLite's thread and PostgreSQL's commit carry on — so it is awaited to the
+        end and given back, never left holding the run until its lease runs out."""
+        claiming = asyncio.ensure_future(
+            self._store.claim(interaction_id, action, SUPPORTED_SERIALIZATION_VERSIONS)
+        )
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError as cancelled:
+            try:
+                granted = await claiming
+            except Exception:
+                granted = None
+            if isinstance(granted, Claim):
+                await self._give_back(granted, _describe(cancelled))
+            raise
+
+    async def _complete_again(
+        self, claim: Claim, result: Paused | Finished, failure: StoreError
+    ) -> Run | None:
+        """Recording the result failed (the reply to the commit lost, the database locked or
+        full): try again while the lease runs. ``complete`` is fenced and idempotent, so
+        this records the result once, or returns what was recorded, or None when fenced
+        out — the caller learns the recorded result, never a second effect."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._store.lease_seconds
+        pause = min(1.0, self._store.lease_seconds / 10)
+        while True:
+            try:
+                return await self._store.complete(claim, result)
+            except StoreError as exc:
+                failure = exc
+            if loop.time() + pause >= deadline:
+                raise _unconfirmed_error(claim, failure, self._store.lease_seconds)
+            await asyncio.sleep(pause)
+
+    async def _fenced_out(self, claim: Claim) -> ColdmailError:
+        """The claim was taken over while this resumer worked: say what the store holds."""
+        taken = (
+            f"run {claim.interaction_id} was taken over by another resumer while this one "
+            "worked (its lease expired and was not renewed in time), and this one recorded "
+            "nothing"
+        )
+        try:
+            found = await self._store.get(claim.interaction_id)
+        except StoreError:
+            found = None
+        if not isinstance(found, Run):
+            return RunBeingResumed(f"{taken}; look at the run to see what it holds now")
+        if found.status is RunStatus.RESUMING:
+            return RunBeingResumed(
+                f"{taken}; another resumer is working on it now: look at it again in a moment",
+                topic="held",
+            )
+        if found.status is claim.run.status and found.round == claim.run.round:
+            again = "resume it again" if claim.action.kind == "feedback" else "decide again"
+            return RunBeingResumed(
+                f"{taken}; the other resumer did not finish either, so nothing was recorded: "
+                f"the run is {found.describe_state()} again; {again}"
+            )
+        feedback = (
+            f" with the feedback {preview(found.feedback)}"
+            if claim.action.kind == "feedback"
+            else ""
+        )
+        return RunBeingResumed(
+            f"{taken}; another resumer's result is recorded: the run is "
+            f"{found.describe_state()}{feedback}"
+        )
 
     async def _holding(self, claim: Claim, work: Awaitable[T]) -> T:
         """Await ``work`` while renewing the claim's lease; stop it if the claim is lost."""
@@ -762,16 +846,55 @@ def _check_fields(fields: Iterable[str]) -> tuple[str, ...]:
     return tuple(field_names(names))
 
 
+def _checked_decision(decision: Any) -> Decision:
+    """``decision`` validated again: it may have been built with ``model_construct`` or
+    changed with ``model_copy``, which skip the rules every other way in is held to."""
+    if not isinstance(decision, Decision):
+        raise InvalidInput(
+            f"decide takes a Decision (see make_decision), not {type(decision).__name__}"
+        )
+    return make_decision(
+        getattr(decision, "kind", None),
+        text=getattr(decision, "text", None),
+        sequence=getattr(decision, "sequence", None),
+        reviewer=getattr(decision, "reviewer", None),
+        round=getattr(decision, "round", None),
+    )
+
+
+def _check_exportable(run: Run, sequence: EmailSequence) -> None:
+    """Refuse to approve emails that no lead could be exported with (a run edited by a
+    release that accepted them): an approved run can always be exported."""
+    from .merge import unknown_fields
+
+    problem: str | None = None
+    try:
+        EmailSequence.model_validate(sequence.model_dump())
+    except ValidationError as exc:
+        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    if problem is None:
+        texts = [text for step in sequence.steps for text in (step.subject, step.body)]
+        unknown = unknown_fields(texts, run.fields)
+        if unknown:
+            problem = f"they use merge fields the run does not have: {preview_list(unknown)}"
+    if problem is not None:
+        raise RunConflict(
+            f"run {run.interaction_id} cannot be approved: the emails under review at round "
+            f"{run.round} cannot be exported ({problem}); edit them, then approve",
+            topic="not_exportable",
+        )
+
+
 def _check_placeholders(sequence: EmailSequence, fields: tuple[str, ...]) -> None:
     from .merge import unknown_fields
 
     texts = [text for step in sequence.steps for text in (step.subject, step.body)]
     unknown = unknown_fields(texts, fields)
     if unknown:
-        known = ", ".join(fields) or "none"
+        known = preview_list(fields, quoted=False) or "none"
         raise InvalidInput(
-            f"the emails use merge fields the run does not have: {', '.join(sorted(unknown))} "
-            f"(its fields: {known})"
+            "the emails use merge fields the run does not have: "
+            f"{preview_list(sorted(unknown), quoted=False)} (its fields: {known})"
         )
 
 
@@ -789,6 +912,24 @@ def _parse_status(status: RunStatus | str | None) -> RunStatus | None:
     except ValueError:
         names = ", ".join(s.value for s in RunStatus)
         raise InvalidInput(f"unknown status {status!r}; use one of {names}") from None
+
+
+def _unconfirmed_error(claim: Claim, failure: StoreError, waited: float) -> StoreError:
+    """The store failed as the result was recorded and did not answer for a whole lease: say
+    so, and name the retry that is safe (the same action for the same pause)."""
+    action = claim.action
+    if action.kind == "feedback":
+        what, again = "the feedback", "resume it with the same feedback"
+    else:
+        what = f"the decision ({action.decision().describe()})"
+        again = f"apply the same decision for round {claim.run.round}"
+    return StoreError(
+        f"{what} for run {claim.interaction_id} was worked out, but whether it was recorded "
+        f"could not be confirmed: recording it failed ({failure}), and so did every check "
+        f"for {waited:g} s. To finish, {again}: if it was recorded, that returns the "
+        "recorded result; if not, it is applied once",
+        topic="unconfirmed",
+    )
 
 
 def _describe(exc: BaseException) -> str:

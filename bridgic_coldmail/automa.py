@@ -34,7 +34,7 @@ from bridgic.core.automa.args import From
 from bridgic.core.automa.interaction import Event
 
 from .errors import ConfigurationError
-from .models import Brief, Decision, EmailSequence, ReviewOutcome
+from .models import STORED, Brief, Decision, EmailSequence, ReviewOutcome
 from .prompts import AUDIENCE_QUESTION, REVIEW_QUESTION
 from .retry import NO_RETRY, RetryPolicy
 from .writing import TaskKind, WritingTask, write_sequence
@@ -86,7 +86,7 @@ class ColdMailAutoma(GraphAutoma):
             raise ConfigurationError("the automa was started without a brief")
         task = WritingTask(
             kind=kind,
-            brief=Brief.model_validate(brief),
+            brief=Brief.model_validate(brief, context=STORED),
             feedback=feedback,
             current=current,
             guidance=guidance,
@@ -138,7 +138,9 @@ class ColdMailAutoma(GraphAutoma):
         Re-runs from the top on resume, so it does no LLM work: a revision is a ferry to
         ``revise``, an edit a ferry back here with the reviewer's emails.
         """
-        sequence = EmailSequence.model_validate(sequence)
+        # The sequence of an earlier round, from the snapshot: checked when it was written,
+        # never refused by a rule added since (or the run could not be edited to fix it).
+        sequence = EmailSequence.model_validate(sequence, context=STORED)
         if not review_mode:
             return ReviewOutcome(status="completed", sequence=sequence)
         event = Event(
@@ -189,7 +191,7 @@ class ColdMailAutoma(GraphAutoma):
             brief,
             fields,
             feedback=feedback,
-            current=EmailSequence.model_validate(sequence),
+            current=EmailSequence.model_validate(sequence, context=STORED),
             guidance=tuple(guidance),
         )
         self.ferry_to(

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import stat
 import sys
@@ -25,13 +26,14 @@ from typing import Any, NoReturn
 from . import __version__
 from .agent import MAX_PAGE, ColdMailAgent
 from .demo import run_demo
-from .errors import INTERRUPTED, ColdmailError, InvalidInput
+from .errors import INTERRUPTED, OUTPUT_CLOSED, ColdmailError, InvalidInput
 from .models import (
     CLI_JSON_KEYS,
     DamagedRun,
     Decision,
     ListedRun,
     Run,
+    RunEvent,
     RunStatus,
     make_brief,
     make_decision,
@@ -47,7 +49,8 @@ from .render import (
     resume_hint,
     terminal_safe,
 )
-from .settings import BACKENDS, Settings
+from .settings import BACKENDS, Settings, redact_url
+from .store import Action
 
 MAX_AGE_DAYS = 100 * 365
 """``--older-than`` beyond a century is a typo (and would overflow the date)."""
@@ -276,11 +279,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
                 f"Paused and saved as {run.interaction_id} in {agent.db_path}.\n"
                 f"{resume_hint(run)}",
             )
-        if command == "resume":
-            run = await agent.resume(args.interaction_id, args.feedback, reviewer=args.reviewer)
-            return _emit(args, run, format_run(run))
-        if decision is not None:
-            run = await agent.decide(args.interaction_id, decision)
+        if command == "resume" or decision is not None:
+            run = await _apply(agent, args, decision)
             return _emit(args, run, format_run(run))
         if command == "show":
             run = await agent.get(args.interaction_id)
@@ -360,6 +360,116 @@ async def _export(agent: ColdMailAgent, args: argparse.Namespace) -> str | None:
         _print(summary, stream=sys.stderr)
         return None
     return summary
+
+
+class _Interrupted(Exception):
+    """Ctrl-C stopped a feedback or a decision; the message says what the store holds."""
+
+
+async def _apply(agent: ColdMailAgent, args: argparse.Namespace, decision: Decision | None) -> Run:
+    """Resume the run with ``args.feedback``, or apply ``decision``. The run is read first, so
+    that what is said afterwards comes from the store: that the command changed nothing (it
+    repeated what the run already took), a retry that is safe if the result could not be
+    confirmed, or, after Ctrl-C, whether the step was recorded."""
+    interaction_id = args.interaction_id
+    before = await agent.get(interaction_id)
+    args.safe_retry = _safe_retry(args, before)
+    try:
+        if decision is None:
+            run = await agent.resume(interaction_id, args.feedback, reviewer=args.reviewer)
+        else:
+            run = await agent.decide(interaction_id, decision)
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task
+        raise _Interrupted(await _after_interrupt(agent, args, before, decision)) from None
+    if decision is not None and run.updated_at == before.updated_at:
+        _print(f"coldmail: {_nothing_changed(args, before)}", stream=sys.stderr)
+    return run
+
+
+def _nothing_changed(args: argparse.Namespace, before: Run) -> str:
+    """The note for a decision the run had already taken (the stored result was printed)."""
+    interaction_id, kind = args.interaction_id, args.command
+    taken = "already took this decision; nothing changed"
+    if args.round is not None:
+        return f"round {args.round} of run {interaction_id} {taken}"
+    if before.status is RunStatus.AWAITING_REVIEW and before.round is not None:
+        return (
+            f"round {before.round - 1} of run {interaction_id} {taken}. To {kind} round "
+            f"{before.round} the same way, add --round {before.round}"
+        )
+    state = before.describe_state()
+    return f"run {interaction_id} was already {state} by this decision; nothing changed"
+
+
+async def _after_interrupt(
+    agent: ColdMailAgent, args: argparse.Namespace, before: Run, decision: Decision | None
+) -> str:
+    """What to say after Ctrl-C stopped a step: read from the store, never assumed."""
+    interaction_id = args.interaction_id
+    what = "feedback" if decision is None else "decision"
+    try:
+        after = await agent.get(interaction_id)
+        history = await agent.history(interaction_id)
+    except ColdmailError:
+        return f"interrupted; see coldmail show {interaction_id} for where the run is"
+    if after.status is RunStatus.RESUMING:
+        return (
+            f"interrupted; run {interaction_id} is being worked on by another process; see "
+            f"coldmail show {interaction_id} in a moment"
+        )
+    if (after.status, after.round) == (before.status, before.round):
+        return (
+            f"interrupted before the {what} was recorded: run {interaction_id} is unchanged, "
+            f"{after.describe_state()}; run the command again to apply it"
+        )
+    ours = (
+        after.feedback == args.feedback
+        if decision is None
+        else _took(history, before.round, decision)
+    )
+    if not ours:
+        return (
+            f"interrupted; run {interaction_id} took another {what} meanwhile and is "
+            f"{after.describe_state()}; see coldmail show {interaction_id}"
+        )
+    return (
+        f"interrupted, but the {what} was recorded: run {interaction_id} is "
+        f"{after.describe_state()}; see coldmail show {interaction_id}"
+    )
+
+
+def _took(history: list[RunEvent], round: int | None, decision: Decision) -> bool:
+    """Whether the decision recorded for ``round`` is ``decision`` (whoever sent it)."""
+    decisions = ("approved", "revised", "edited", "rejected")
+    taken = [e for e in history if e.kind in decisions and e.round == round]
+    if not taken or taken[-1].kind != Action.of(decision).event_kind:
+        return False
+    last = taken[-1]
+    if decision.kind == "edit":
+        return last.sequence == decision.sequence
+    return decision.kind == "approve" or last.detail == decision.text
+
+
+def _safe_retry(args: argparse.Namespace, before: Run) -> str:
+    """The command that finishes this step safely if its result could not be confirmed: the
+    same feedback again, or the same decision for the round it was for (either returns the
+    recorded result if there is one, and applies the step once if not)."""
+    words = ["coldmail"]
+    if args.db:
+        words += ["--db", redact_url(args.db)]
+    words += [args.command, args.interaction_id]
+    words += {
+        "resume": ["--feedback", getattr(args, "feedback", "")],
+        "revise": ["--feedback", getattr(args, "feedback", "")],
+        "reject": ["--reason", getattr(args, "reason", "")],
+        "edit": ["--file", str(getattr(args, "file", ""))],
+    }.get(args.command, [])
+    if args.reviewer:
+        words += ["--reviewer", args.reviewer]
+    round = getattr(args, "round", None) or before.round
+    if args.command != "resume" and round is not None:
+        words += ["--round", str(round)]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _export_summary(args: argparse.Namespace, report: Any) -> str:
@@ -481,6 +591,7 @@ _HINTS = {
     "awaiting_feedback": "coldmail resume {id} --feedback '…' first",
     "not_final": "see `coldmail show {id}`",
     "store_path": "choose another --db path",
+    "unconfirmed": "run {retry}",
 }
 
 
@@ -488,7 +599,10 @@ def _hint(exc: ColdmailError, args: argparse.Namespace | None) -> str:
     template = _HINTS.get(exc.topic or "")
     if template is None:
         return ""
-    return "; " + template.format(id=getattr(args, "interaction_id", None) or "ID")
+    return "; " + template.format(
+        id=getattr(args, "interaction_id", None) or "ID",
+        retry=getattr(args, "safe_retry", None) or "the same command again",
+    )
 
 
 def _print(text: str, *, stream: Any = None) -> None:
@@ -506,9 +620,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ColdmailError as exc:
         _print(f"coldmail: error: {exc}{_hint(exc, args)}", stream=sys.stderr)
         return exc.exit_code
+    except _Interrupted as interrupted:
+        _print(f"coldmail: {interrupted}", stream=sys.stderr)
+        return INTERRUPTED
     except KeyboardInterrupt:
         _print("coldmail: interrupted; stored runs are unchanged or resumable", stream=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:
+        return _reader_went_away()
     except Exception as exc:  # a bug: still one line, unless asked for the traceback
         if debug:
             raise
@@ -518,6 +637,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
         return 1
+
+
+def _reader_went_away() -> int:
+    """Standard output's reader closed the pipe (``coldmail list --json | head``): end
+    quietly, with the status of a process that SIGPIPE ended, as ``yes | head`` does. What
+    Python would still flush at exit goes nowhere, so no "Exception ignored" either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file descriptor (a test's captured output)
+        pass
+    return OUTPUT_CLOSED
 
 
 def entry_point() -> None:

@@ -107,6 +107,8 @@ class SnapshotIntegrityError(SnapshotError):
 
 INTERRUPTED = 130
 """The exit code after Ctrl-C (128 + SIGINT), as shells expect."""
+OUTPUT_CLOSED = 141
+"""The exit code when the reader of the output went away (128 + SIGPIPE), as ``yes | head``."""
 
 EXIT_CODES: dict[str, int] = {
     "ok": 0,
@@ -120,5 +122,6 @@ EXIT_CODES: dict[str, int] = {
     "storage": StoreError.exit_code,
     "integrity": SnapshotIntegrityError.exit_code,
     "interrupted": INTERRUPTED,
+    "output closed": OUTPUT_CLOSED,
 }
 """Exit codes of the ``coldmail`` command, by meaning (documented in the README)."""

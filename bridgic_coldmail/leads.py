@@ -55,6 +55,7 @@ from typing import IO
 
 from .errors import InvalidInput
 from .merge import field_names
+from .models import control_chars, preview, preview_list
 
 EMAIL_HEADERS = ("email", "e_mail", "email_address", "e_mail_address")
 """Normalised header names that mark the email column."""
@@ -242,14 +243,13 @@ class LeadReader:
             )
         fields = field_names(record)
         matches = [i for i, name in enumerate(fields) if name in EMAIL_HEADERS]
-        shown = ", ".join(repr(c) for c in record)
         if not matches:
             raise InvalidInput(
-                f"the lead list {self.path} has no email column (its headers are {shown}); "
-                "name the column with the addresses 'email'"
+                f"the lead list {self.path} has no email column (its headers are "
+                f"{preview_list(record)}); name the column with the addresses 'email'"
             )
         if len(matches) > 1:
-            both = " and ".join(repr(record[i]) for i in matches)
+            both = " and ".join(preview(record[i], 40) for i in matches)  # at most four
             raise InvalidInput(
                 f"the lead list {self.path} has more than one email column ({both}); "
                 "keep the one to send to and rename or delete the others"
@@ -277,6 +277,10 @@ class LeadReader:
                 )
             leads += 1
             email = record[header.email_index].strip()
+            unreadable = _control_characters(record, header)
+            if unreadable:
+                yield RowProblem(row, email, unreadable)
+                continue
             if not email:
                 yield RowProblem(row, email, "the email cell is empty")
                 continue
@@ -295,6 +299,23 @@ class LeadReader:
             raise InvalidInput(
                 f"the lead list {self.path} has a header but no lead rows; add one row per lead"
             )
+
+
+def _control_characters(record: list[str], header: LeadHeader) -> str | None:
+    """Why a row cannot be used when a cell holds control characters, else None.
+
+    Such a row is refused rather than cleaned: the characters (a terminal escape, a bell, a
+    line separator…) would reach the emails and the export, and quietly removing them would
+    change a lead's data without anyone knowing. Line breaks and tabs, which a quoted CSV
+    cell may hold, are not control characters here."""
+    for column, cell in zip(header.columns, record, strict=True):
+        found = control_chars(cell)
+        if found:
+            return (
+                f"the {preview(column, 40)} cell contains control characters "
+                f"({preview_list(found, quoted=False)}); remove them from the lead list"
+            )
+    return None
 
 
 def _email_key(email: str) -> int:

@@ -76,23 +76,25 @@ def field_name(header: str) -> str:
     """The merge-field name of one column header, or ``InvalidInput`` saying how to fix it."""
     folded = unicodedata.normalize("NFKD", header).encode("ascii", "ignore").decode("ascii")
     name = re.sub(r"[^a-z0-9]+", "_", folded.lower()).strip("_")
-    shown = repr(header)
+    if name and name[0].isalpha() and len(name) <= MAX_NAME_CHARS:
+        return name
+    from .models import preview  # models imports this module: import when used
+
+    shown = preview(header)
     if not name:
         raise InvalidInput(
             f"column {shown} has no letters or digits a merge field can be named after; "
             "give it a name such as 'company'"
         )
-    if not name[0].isalpha():
-        raise InvalidInput(
-            f"column {shown} becomes the field name {name!r}, which does not start with a "
-            "letter; rename the column, e.g. 'field_" + name + "'"
-        )
     if len(name) > MAX_NAME_CHARS:
         raise InvalidInput(
-            f"column {shown[:80]} is too long for a field name (at most {MAX_NAME_CHARS} "
+            f"column {shown} is too long for a field name (at most {MAX_NAME_CHARS} "
             "characters after normalisation); shorten it"
         )
-    return name
+    raise InvalidInput(
+        f"column {shown} becomes the field name {name!r}, which does not start with a "
+        "letter; rename the column, e.g. 'field_" + name + "'"
+    )
 
 
 def field_names(header: Sequence[str]) -> list[str]:
@@ -106,11 +108,15 @@ def field_names(header: Sequence[str]) -> list[str]:
             )
         name = field_name(column)
         if name in seen:
+            from .models import preview
+
             first = seen[name]
-            how = "appears twice" if first == column else f"and {first!r} both become {name!r}"
+            how = (
+                "appears twice" if first == column else f"and {preview(first)} both become {name!r}"
+            )
             raise InvalidInput(
-                f"the header column {column!r} {how}; every column needs its own name — "
-                "rename or delete one of them"
+                f"the header column {preview(column)} {how}; every column needs its own name "
+                "— rename or delete one of them"
             )
         seen[name] = column
         names.append(name)
@@ -141,14 +147,15 @@ def _parse(text: str) -> tuple[list[Placeholder], list[str]]:
         raw = match.group(0)
         name = inner.group(1) if inner else ""
         fallback = inner.group(2) if inner else None
+        shown = raw if len(raw) <= 60 else raw[:59] + "…"
         if inner is None or not _NAME.fullmatch(name):
             problems.append(
-                f"{raw} is not a placeholder: a field name is lower case letters, digits and "
+                f"{shown} is not a placeholder: a field name is lower case letters, digits and "
                 "_, e.g. {{first_name}} or {{first_name|there}}"
             )
         elif fallback is not None and _FALLBACK_FORBIDDEN.search(fallback):
             problems.append(
-                f"{raw!r} is not a placeholder: a fallback is one line without '|', "
+                f"{shown!r} is not a placeholder: a fallback is one line without '|', "
                 "e.g. {{first_name|there}}"
             )
         else:
@@ -190,12 +197,23 @@ def unknown_fields(texts: Iterable[str], fields: Iterable[str]) -> list[str]:
     return list(unknown)
 
 
-def is_allowed_text(text: str, fields: Iterable[str]) -> bool:
+def is_allowed_text(text: str, fields: Iterable[str], *, single_line: bool = False) -> bool:
     """Whether every placeholder is well-formed and names one of ``fields``, with no stray
-    brace: the same set of texts :func:`allowed_text_pattern` matches."""
+    brace and no control character (nor, ``single_line``, a line break): the same set of
+    texts :func:`allowed_text_pattern` matches."""
     placeholders, problems = _parse(text)
     allowed = set(_check_names(fields))
-    return not problems and all(p.name in allowed for p in placeholders)
+    if problems or not all(p.name in allowed for p in placeholders):
+        return False
+    if single_line and ("\n" in text or "\r" in text):
+        return False
+    return re.search(f"[{_control_class()}]", text) is None
+
+
+def _control_class() -> str:
+    from .models import CONTROL_CLASS  # models imports this module: import when used
+
+    return CONTROL_CLASS
 
 
 class Template:
@@ -228,9 +246,12 @@ class Template:
             try:
                 value = values[placeholder.name].strip()
             except KeyError:
+                from .models import preview_list
+
+                known = preview_list(sorted(values), quoted=False) or "none"
                 raise InvalidInput(
                     f"the text uses {{{{{placeholder.name}}}}}, but the lead list has no such "
-                    f"column; known fields: {', '.join(sorted(values)) or 'none'}"
+                    f"column; known fields: {known}"
                 ) from None
             if value:
                 parts.append(value)
@@ -258,9 +279,10 @@ def render(text: str, values: Mapping[str, str]) -> str | Missing:
     return Template(text).render(values)
 
 
-def allowed_text_pattern(fields: Iterable[str]) -> str:
+def allowed_text_pattern(fields: Iterable[str], *, single_line: bool = False) -> str:
     """A JSON-Schema ``pattern`` matching exactly the texts whose placeholders all name one
-    of ``fields`` and that contain no stray brace (see the module docstring's grammar).
+    of ``fields`` and that contain no stray brace (see the module docstring's grammar), no
+    control character (``models.CONTROL_CLASS``) and, with ``single_line``, no line break.
 
     It uses only ECMA-262 syntax every JSON-Schema validator and OpenAI's strict structured
     output accept: anchors, a non-capturing group, alternation, character classes with
@@ -269,11 +291,14 @@ def allowed_text_pattern(fields: Iterable[str]) -> str:
     With no fields it allows no placeholder at all.
     """
     names = sorted(_check_names(fields), key=lambda n: (-len(n), n))
-    plain = r"[^{}]"
+    control = _control_class()
+    line_breaks = r"\r\n" if single_line else ""
+    plain = "[^{}" + line_breaks + control + "]"
     if not names:
         return f"^{plain}*$"
     alternatives = "|".join(names)  # validated: [a-z0-9_] only, nothing to escape
-    placeholder = r"\{\{ *(?:" + alternatives + r") *(?:\|[^{}|\r\n]*)?\}\}"
+    fallback = r"[^{}|\r\n" + control + "]"
+    placeholder = r"\{\{ *(?:" + alternatives + r") *(?:\|" + fallback + r"*)?\}\}"
     return f"^(?:{plain}|{placeholder})*$"
 
 

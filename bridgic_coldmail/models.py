@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .errors import InvalidInput
+from .merge import syntax_errors
 
 MAX_FEEDBACK_CHARS = 2000
 """Feedback longer than this is refused: it is a note about the audience, not a document."""
@@ -27,10 +37,24 @@ BRIEF_LIMITS = {"product": 200, "offer": 1000, "sender": 200, "audience": 500, "
 _INTERACTION_ID = re.compile(r"[0-9a-f]{32}")
 # Newlines and tabs are fine in prose; every other control character is refused.
 
+CONTROL_CLASS = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u2028\u2029"
+"""The body of a regex character class (Python and ECMA-262 alike, so the LLM's JSON schema
+can state it) for the characters no text may hold: Unicode's "Cc" characters but newline,
+tab and carriage return, plus the line and paragraph separators U+2028 and U+2029, which
+terminals, browsers and JavaScript treat as line breaks."""
+_CONTROL = re.compile(f"[{CONTROL_CLASS}]")
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-"""Unicode's "Cc" characters but newline, tab and carriage return (one regex: this runs on
-every text field each time a stored run is read)."""
+STORED: dict[str, Any] = {"stored": True}
+"""Validation context for text read back from the store or a snapshot. It was checked when
+it came in; a rule added since must not make a stored run unreadable, so the content rules
+(control characters, placeholders, one-line subjects) are not applied again to it."""
+
+
+def is_stored(info: ValidationInfo) -> bool:
+    """Whether this validation reads stored data (see :data:`STORED`)."""
+    return isinstance(info.context, dict) and bool(info.context.get("stored"))
+
+
 _VISIBLE = re.compile(
     r"[^\s\u00ad\u0600-\u0605\u061c\u06dd\u070f\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]"
 )
@@ -40,6 +64,12 @@ zero-width space or a bidi control."""
 
 def _has_control_chars(text: str) -> bool:
     return _CONTROL.search(text) is not None
+
+
+def control_chars(text: str) -> list[str]:
+    """The control characters ``text`` holds (see :data:`CONTROL_CLASS`), each once, as
+    ``U+001B``, in order of appearance."""
+    return list(dict.fromkeys(f"U+{ord(c):04X}" for c in _CONTROL.findall(text)))
 
 
 def _is_invisible(text: str) -> bool:
@@ -77,6 +107,24 @@ def clean_text(value: str, *, field: str, limit: int) -> str:
     return text
 
 
+def checked_text(
+    value: Any, *, field: str, limit: int, empty_hint: str, long_hint: str = "shorten it"
+) -> str:
+    """``value`` stripped and checked (see :func:`clean_text`); a ``PydanticCustomError``
+    whose message says what is wrong and what to do, for a model's validator."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("not_text", f"{field} must be text, not {type(value).__name__}")
+    try:
+        return clean_text(value, field=field, limit=limit)
+    except PydanticCustomError as exc:
+        hint = {
+            "empty": empty_hint,
+            "too_long": long_hint,
+            "control_chars": "remove them and try again",
+        }[exc.type]
+        raise PydanticCustomError(exc.type, f"{exc.message()}; {hint}") from None
+
+
 def describe_validation_error(error: ValidationError, what: str) -> str:
     """One readable line from a pydantic error: ``what: field: message; field: message``."""
     parts = []
@@ -99,20 +147,22 @@ class Brief(BaseModel):
 
     @field_validator("product", "offer", "sender", mode="before")
     @classmethod
-    def _required_text(cls, value: Any, info: Any) -> Any:
+    def _required_text(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
             raise PydanticCustomError("missing", f"{info.field_name} is required")
-        if isinstance(value, str):
-            return clean_text(value, field=info.field_name, limit=BRIEF_LIMITS[info.field_name])
+        if isinstance(value, str) and not is_stored(info):
+            field = str(info.field_name)
+            return clean_text(value, field=field, limit=BRIEF_LIMITS[field])
         return value
 
     @field_validator("audience", "cta", mode="before")
     @classmethod
-    def _optional_text(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, str):
+    def _optional_text(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and not is_stored(info):
             if _is_invisible(value):
                 return None
-            return clean_text(value, field=info.field_name, limit=BRIEF_LIMITS[info.field_name])
+            field = str(info.field_name)
+            return clean_text(value, field=field, limit=BRIEF_LIMITS[field])
         return value
 
 
@@ -134,6 +184,30 @@ class EmailStep(BaseModel):
         le=90,
         description="Days to wait before sending: 0 for the opener, at least 1 for the follow-up.",
     )
+
+    @field_validator("subject", "body", mode="before")
+    @classmethod
+    def _exportable(cls, value: Any, info: ValidationInfo) -> Any:
+        """The rules every email is held to, whoever wrote it (a reviewer, the LLM): plain
+        text, a one-line subject, and only well-formed placeholders, so that an approved
+        sequence can always be exported. Line breaks in a body become LF."""
+        if not isinstance(value, str) or is_stored(info):
+            return value
+        if info.field_name == "subject":
+            if "\n" in value or "\r" in value:
+                raise PydanticCustomError(
+                    "line_break", "a subject is one line; remove the line break"
+                )
+        else:
+            value = value.replace("\r\n", "\n").replace("\r", "\n")
+        if _has_control_chars(value):
+            raise PydanticCustomError(
+                "control_chars", "contains control characters; use plain text"
+            )
+        problems = syntax_errors(value)
+        if problems:
+            raise PydanticCustomError("placeholder", problems[0])
+        return value
 
 
 class EmailSequence(BaseModel):
@@ -264,6 +338,14 @@ class Run(BaseModel):
     verified: bool = True
     """False when the run was stored by a release before 0.5 and its text is not signed."""
 
+    def describe_state(self) -> str:
+        """Where the run is, for messages: ``awaiting review at round 2``, ``completed``…"""
+        if self.status is RunStatus.AWAITING_REVIEW:
+            return f"awaiting review at round {self.round}"
+        if self.status is RunStatus.RESUMING:
+            return "being worked on"
+        return str(self.status.value).replace("_", " ")
+
     def to_public_dict(self) -> dict[str, Any]:
         """The run as JSON data: the one shape of the JSON API and of ``coldmail … --json``."""
         return {
@@ -327,7 +409,13 @@ DecisionKind = Literal["approve", "revise", "edit", "reject"]
 
 
 class Decision(BaseModel):
-    """A reviewer's decision on a run awaiting review (see ``ColdMailAgent.approve`` …)."""
+    """A reviewer's decision on a run awaiting review (see ``ColdMailAgent.approve`` …).
+
+    It validates itself: every rule a decision must follow is here, so that every way in —
+    the named methods, ``decide``, the command line, the JSON API, the inbox's forms — holds
+    it to the same rules (``ColdMailAgent.decide`` validates again what it is handed, in
+    case it was built with ``model_construct`` or changed with ``model_copy``).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -339,6 +427,63 @@ class Decision(BaseModel):
     reviewer: str | None = None
     round: int | None = None
     """The round this decision answers; None means the run's current round."""
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, value: Any) -> Any:
+        if value not in ("approve", "revise", "edit", "reject"):
+            raise PydanticCustomError(
+                "kind", f"unknown decision {value!r:.60}; use approve, revise, edit or reject"
+            )
+        return value
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _checked_text(cls, value: Any, info: ValidationInfo) -> Any:
+        rule = _DECISION_TEXT.get(info.data.get("kind", ""))
+        if value is None or rule is None or is_stored(info):
+            return value  # a text where none belongs is refused below, by kind
+        return checked_text(value, **rule)
+
+    @field_validator("reviewer", mode="before")
+    @classmethod
+    def _checked_reviewer(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or is_stored(info):
+            return value
+        return checked_text(value, **_REVIEWER)
+
+    @field_validator("round", mode="before")
+    @classmethod
+    def _checked_round(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PydanticCustomError(
+                "round", f"round must be a whole number, not {type(value).__name__}"
+            )
+        if not 1 <= value <= MAX_ROUND_NUMBER:
+            raise PydanticCustomError(
+                "round", f"round must be between 1 and {MAX_ROUND_NUMBER}, not {value}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _fits_its_kind(self) -> Decision:
+        kind = self.kind
+        if kind in _DECISION_TEXT and self.text is None:
+            rule = _DECISION_TEXT[kind]
+            raise PydanticCustomError(
+                "empty", f"{rule['field']} must not be empty; {rule['empty_hint']}"
+            )
+        if kind not in _DECISION_TEXT and self.text is not None:
+            raise PydanticCustomError("text", f"{kind} takes no text")
+        if kind == "edit" and self.sequence is None:
+            raise PydanticCustomError(
+                "emails", "edit needs the reviewer's emails (an EmailSequence)"
+            )
+        if kind != "edit" and self.sequence is not None:
+            raise PydanticCustomError("emails", f"{kind} takes no emails; use edit to replace them")
+        return self
 
     def same_as(self, other: Decision) -> bool:
         """Whether two decisions would do the same thing (who made them does not matter)."""
@@ -372,6 +517,21 @@ def preview(text: str | None, width: int = 60) -> str:
     return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
+def preview_list(
+    items: Iterable[str], *, most: int = 10, width: int = 40, quoted: bool = True
+) -> str:
+    """``'a', 'b', … and 12 more``: the first ``most`` items, each cut at ``width``
+    characters (and quoted, like :func:`preview`), for a message of bounded length however
+    long the list or its items."""
+    items = list(items)
+    shown = [
+        preview(item, width) if quoted else item if len(item) <= width else item[:width] + "…"
+        for item in items[:most]
+    ]
+    more = len(items) - len(shown)
+    return ", ".join(shown) + (f", … and {more} more" if more else "")
+
+
 def validate_feedback(feedback: Any) -> str:
     """Return the feedback stripped, or raise ``InvalidInput`` saying what is wrong with it."""
     return validate_text(
@@ -392,21 +552,40 @@ def validate_text(
     long_hint: str = "shorten it",
 ) -> str:
     """``value`` stripped and checked (see :func:`clean_text`), or one ``InvalidInput``."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be text, not {type(value).__name__}")
     try:
-        return clean_text(value, field=field, limit=limit)
+        return checked_text(
+            value, field=field, limit=limit, empty_hint=empty_hint, long_hint=long_hint
+        )
     except PydanticCustomError as exc:
-        hint = {
-            "empty": empty_hint,
-            "too_long": long_hint,
-            "control_chars": "remove them and try again",
-        }[exc.type]
-        raise InvalidInput(f"{exc.message()}; {hint}") from None
+        raise InvalidInput(exc.message()) from None
+
+
+_DECISION_TEXT: dict[str, dict[str, Any]] = {
+    "revise": {
+        "field": "guidance",
+        "limit": MAX_FEEDBACK_CHARS,
+        "empty_hint": "say what the next version should change",
+    },
+    "reject": {
+        "field": "reason",
+        "limit": MAX_REASON_CHARS,
+        "empty_hint": "say why the run is rejected; it is kept in the history",
+    },
+}
+"""The text each kind of decision carries, and its rule."""
+_REVIEWER: dict[str, Any] = {
+    "field": "reviewer",
+    "limit": MAX_REVIEWER_CHARS,
+    "empty_hint": "give a name or leave it out",
+}
+_OWN_MESSAGES = frozenset(
+    {"kind", "not_text", "empty", "too_long", "control_chars", "text", "emails", "round"}
+)
+"""Error types whose message is a whole sentence, shown without the field's name."""
 
 
 def make_decision(
-    kind: str,
+    kind: Any,
     *,
     text: Any = None,
     sequence: Any = None,
@@ -414,62 +593,37 @@ def make_decision(
     round: Any = None,
 ) -> Decision:
     """A validated :class:`Decision`, or one ``InvalidInput`` that says what to fix."""
-    if kind not in ("approve", "revise", "edit", "reject"):
-        raise InvalidInput(f"unknown decision {kind!r}; use approve, revise, edit or reject")
-    if kind == "revise":
-        text = validate_text(
-            text,
-            field="guidance",
-            limit=MAX_FEEDBACK_CHARS,
-            empty_hint="say what the next version should change",
+    if isinstance(sequence, BaseModel):  # validated again: it may have been built unchecked
+        sequence = sequence.model_dump()
+    try:
+        return Decision.model_validate(
+            {"kind": kind, "text": text, "sequence": sequence, "reviewer": reviewer, "round": round}
         )
-    elif kind == "reject":
-        text = validate_text(
-            text,
-            field="reason",
-            limit=MAX_REASON_CHARS,
-            empty_hint="say why the run is rejected; it is kept in the history",
-        )
-    elif text is not None:
-        raise InvalidInput(f"{kind} takes no text")
-    parsed: EmailSequence | None = None
-    if kind == "edit":
-        if sequence is None:
-            raise InvalidInput("edit needs the reviewer's emails (an EmailSequence)")
-        try:
-            parsed = (
-                sequence
-                if isinstance(sequence, EmailSequence)
-                else EmailSequence.model_validate(sequence)
-            )
-        except ValidationError as exc:
-            raise InvalidInput(describe_validation_error(exc, "invalid emails")) from None
-        for name, step in (("opener", parsed.opener), ("follow_up", parsed.follow_up)):
-            for part, text in (("subject", step.subject), ("body", step.body)):
-                if _has_control_chars(text):
-                    raise InvalidInput(
-                        f"invalid emails: {name}.{part} contains control characters; use plain text"
-                    )
-    elif sequence is not None:
-        raise InvalidInput(f"{kind} takes no emails; use edit to replace them")
-    reviewer = validate_reviewer(reviewer)
-    if round is not None and (isinstance(round, bool) or not isinstance(round, int)):
-        raise InvalidInput(f"round must be a whole number, not {type(round).__name__}")
-    if round is not None and not 1 <= round <= MAX_ROUND_NUMBER:
-        raise InvalidInput(f"round must be between 1 and {MAX_ROUND_NUMBER}, not {round}")
-    return Decision(kind=kind, text=text, sequence=parsed, reviewer=reviewer, round=round)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise InvalidInput(describe_decision_error(exc)) from None
+
+
+def describe_decision_error(error: ValidationError) -> str:
+    """One readable line from a :class:`Decision`'s validation error: the message of a rule
+    as it is (it names its field), or ``invalid emails: opener.subject: …`` for the emails."""
+    parts = []
+    for item in error.errors():
+        where = [str(p) for p in item["loc"]]
+        if where[:1] == ["sequence"]:
+            inner = ".".join(where[1:])
+            parts.append(f"invalid emails: {inner + ': ' if inner else ''}{item['msg']}")
+        elif item["type"] in _OWN_MESSAGES:
+            parts.append(item["msg"])
+        else:
+            parts.append(f"{'.'.join(where)}: {item['msg']}" if where else item["msg"])
+    return "; ".join(parts)
 
 
 def validate_reviewer(reviewer: Any) -> str | None:
     """A reviewer's name, checked (None when not given)."""
     if reviewer is None:
         return None
-    return validate_text(
-        reviewer,
-        field="reviewer",
-        limit=MAX_REVIEWER_CHARS,
-        empty_hint="give a name or leave it out",
-    )
+    return validate_text(reviewer, **_REVIEWER)
 
 
 MAX_ROUND_NUMBER = 10_000

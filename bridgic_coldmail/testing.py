@@ -74,11 +74,11 @@ def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
         guidance = _verbatim(user_text, REVISE_MARKER) or "the guidance"
         return {
             "opener": {
-                "subject": f"{product}, revised: {guidance}"[:200],
+                "subject": _one_line(f"{product}, revised: {guidance}"[:200]),
                 "body": f"{hello}\n\nRevised as asked ({guidance}): {product}.\n\n{sender}",
             },
             "follow_up": {
-                "subject": f"Following up, revised: {guidance}"[:200],
+                "subject": _one_line(f"Following up, revised: {guidance}"[:200]),
                 "body": f"Hi again,\n\nOne more thought on {product}.\n\n{sender}",
                 "wait_days": 5,
             },
@@ -87,24 +87,29 @@ def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
         audience = _verbatim(user_text, REFINE_MARKER) or "the audience"
         opener = f"{hello}\n\nWritten for {audience}: {product} saves you time.\n\n{sender}"
         return {
-            "opener": {"subject": f"{product} for {audience}"[:200], "body": opener},
+            "opener": {"subject": _one_line(f"{product} for {audience}"[:200]), "body": opener},
             "follow_up": {
-                "subject": f"One more idea for {audience}"[:200],
+                "subject": _one_line(f"One more idea for {audience}"[:200]),
                 "body": f"Hi again,\n\nA short case study for {audience}.\n\n{sender}",
                 "wait_days": 4,
             },
         }
     return {
         "opener": {
-            "subject": f"A faster way with {product}"[:200],
+            "subject": _one_line(f"A faster way with {product}"[:200]),
             "body": f"{hello}\n\n{product} could help your team.\n\n{sender}",
         },
         "follow_up": {
-            "subject": f"Following up on {product}"[:200],
+            "subject": _one_line(f"Following up on {product}"[:200]),
             "body": f"Hi again,\n\nHappy to show {product} in 15 minutes.\n\n{sender}",
             "wait_days": 3,
         },
     }
+
+
+def _one_line(subject: str) -> str:
+    """A subject is one line (a brief or a guidance may have several)."""
+    return " ".join(subject.split())
 
 
 def _merge_fields(text: str) -> list[str]:

@@ -108,7 +108,6 @@ def answer_model(fields: tuple[str, ...] = ()) -> type[SequenceAnswer]:
     """
     from .merge import allowed_text_pattern  # the placeholder grammar lives there
 
-    pattern = allowed_text_pattern(fields)
     placeholder_rule = (
         f" Merge fields allowed: {', '.join('{{' + f + '}}' for f in fields)}, optionally "
         "with a fallback as {{name|fallback}}; no other braces."
@@ -117,24 +116,28 @@ def answer_model(fields: tuple[str, ...] = ()) -> type[SequenceAnswer]:
     )
     config = ConfigDict(extra="forbid", frozen=True, regex_engine="python-re")
 
-    def text(max_length: int, description: str) -> Any:
+    def text(max_length: int, description: str, *, single_line: bool = False) -> Any:
         return Field(
             min_length=1,
             max_length=max_length,
-            pattern=pattern,
+            pattern=allowed_text_pattern(fields, single_line=single_line),
             description=description + placeholder_rule,
         )
 
+    subject_rule = "Subject line: one line, short, specific, no clickbait."
     opener = create_model(
         "OpenerAnswer",
         __config__=config,
-        subject=(str, text(MAX_SUBJECT_CHARS, "Subject line: short, specific, no clickbait.")),
+        subject=(str, text(MAX_SUBJECT_CHARS, subject_rule, single_line=True)),
         body=(str, text(MAX_BODY_CHARS, "Plain-text body, greeting to sign-off, < 150 words.")),
     )
     follow_up = create_model(
         "FollowUpAnswer",
         __config__=config,
-        subject=(str, text(MAX_SUBJECT_CHARS, "Subject line of the follow-up.")),
+        subject=(
+            str,
+            text(MAX_SUBJECT_CHARS, "Subject line of the follow-up, one line.", single_line=True),
+        ),
         body=(str, text(MAX_BODY_CHARS, "Plain-text body, greeting to sign-off, < 150 words.")),
         wait_days=(
             int,
@@ -211,6 +214,8 @@ def _checked(sequence: EmailSequence, task: WritingTask) -> EmailSequence:
     """Hold every writer (composers too) to the schema's placeholder rule."""
     from .merge import is_allowed_text, unknown_fields
 
+    # Validated again (a composer may build it unchecked): EmailStep's rules hold for all.
+    sequence = EmailSequence.model_validate(sequence.model_dump())
     texts = [text for step in sequence.steps for text in (step.subject, step.body)]
     if all(is_allowed_text(text, task.fields) for text in texts):
         return sequence

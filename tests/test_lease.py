@@ -1,5 +1,6 @@
 """Exactly once under real timings: leases renewed while the LLM works, fenced completion,
-settings that cannot work together refused, and a failed completion that gives the run back.
+settings that cannot work together refused, and a failed completion recorded once the store
+accepts writes again (or reported unconfirmed when it does not within the lease).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def test_the_lease_setting_from_the_environment_is_checked_too() -> None:
         Settings.resolve(env=env)
 
 
-async def test_a_completion_that_fails_gives_the_run_back_with_the_error(
+async def test_a_completion_that_fails_is_recorded_once_the_store_accepts_writes_again(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
     rows = SqliteRows(db_path)
@@ -161,19 +162,52 @@ async def test_a_completion_that_fails_gives_the_run_back_with_the_error(
         resuming = asyncio.create_task(agent.resume(pending.interaction_id, FEEDBACK))
         await asyncio.to_thread(locked.wait, 30)
         await asyncio.wait_for(store.complete_failed.wait(), 30)  # the result was not written
-        assert not resuming.done()  # still trying to give the run back, not gone for good
+        assert not resuming.done()  # still trying to record it, not gone for good
         release_lock.set()
-        with pytest.raises(StoreError, match="is locked by another process"):
-            await resuming
+        done = await resuming  # recorded as soon as the lock was free: the LLM's work kept
         await asyncio.to_thread(holder.join)
-        run = await agent.get(pending.interaction_id)
-        assert run.status is RunStatus.AWAITING_FEEDBACK  # not stuck in resuming
-        assert "locked" in str(run.last_error)
-        done = await agent.resume(pending.interaction_id, FEEDBACK)
+        history = await agent.history(pending.interaction_id)
+    finally:
+        await store.close()
+    assert done.status is RunStatus.COMPLETED and done.feedback == FEEDBACK
+    assert [e.kind for e in history] == ["paused", "feedback", "completed"]
+    assert server.count("refine") == 1
+
+
+async def test_a_result_that_cannot_be_recorded_within_the_lease_is_reported_unconfirmed(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    """The lock outlasts the lease: the resumer stops trying, says the result could not be
+    confirmed and how to finish; the run is claimable again, and finishing it works."""
+    rows = SqliteRows(db_path)
+    agent = await _observed_agent(db_path, **SHORT)
+    store = agent._store
+    assert isinstance(store, _ObservedStore)
+    try:
+        pending = await agent.start(brief)
+        release_lock = threading.Event()
+
+        def hold_the_lock() -> None:
+            wait_for_request(server, "refine")
+            with rows.lock():
+                release_lock.wait(timeout=30)
+
+        server.enqueue(Reply(kind="refine", delay=0.2))
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        try:
+            with pytest.raises(StoreError, match="could not be confirmed") as unconfirmed:
+                await agent.resume(pending.interaction_id, FEEDBACK)
+        finally:
+            release_lock.set()
+            await asyncio.to_thread(holder.join)
+        assert "resume it with the same feedback" in str(unconfirmed.value)
+        assert unconfirmed.value.topic == "unconfirmed"
+        done = await agent.resume(pending.interaction_id, FEEDBACK)  # the lease has run out
     finally:
         await store.close()
     assert done.status is RunStatus.COMPLETED
-    assert server.count("refine") == 2
+    assert server.count("refine") == 2  # the first result was never recorded
 
 
 @pytest.fixture
@@ -194,7 +228,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-async def test_a_full_disk_at_completion_gives_the_run_back_once_space_is_freed(
+async def test_a_full_disk_at_completion_records_the_result_once_space_is_freed(
     server: ScriptedOpenAIServer, small_disk: Path, brief: Brief
 ) -> None:
     db_path = small_disk / "coldmail.db"
@@ -218,10 +252,9 @@ async def test_a_full_disk_at_completion_gives_the_run_back_once_space_is_freed(
         await asyncio.wait_for(store.complete_failed.wait(), 30)  # disk full: not written
         assert not resuming.done()
         filler.unlink()  # the operator frees space
-        with pytest.raises(StoreError, match="disk holding .* is full"):
-            await resuming
+        done = await resuming
         run = await agent.get(pending.interaction_id)
     finally:
         await store.close()
-    assert run.status is RunStatus.AWAITING_FEEDBACK
-    assert "is full" in str(run.last_error)
+    assert run == done and run.status is RunStatus.COMPLETED
+    assert server.count("refine") == 1

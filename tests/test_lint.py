@@ -18,7 +18,7 @@ from bridgic_coldmail.lint import (
     lint_sequence,
     spam_phrases,
 )
-from bridgic_coldmail.models import EmailSequence, EmailStep
+from bridgic_coldmail.models import STORED, EmailSequence, EmailStep
 
 FIELDS = ["email", "first_name", "company", "website", "calendar"]
 
@@ -66,7 +66,10 @@ def test_any_field_is_unknown_without_a_lead_list() -> None:
 
 
 def test_a_malformed_placeholder_is_an_error() -> None:
-    issues = lint_sequence(sequence(follow_up="Hi {first_name}"), FIELDS)
+    """(Refused on the way in now; a run stored by an earlier release may hold one.)"""
+    stored = sequence().model_dump()
+    stored["follow_up"]["body"] = "Hi {first_name}"
+    issues = lint_sequence(EmailSequence.model_validate(stored, context=STORED), FIELDS)
     assert {(i.code, i.step, i.severity) for i in issues} == {
         ("bad-placeholder", "follow_up", Severity.ERROR)
     }

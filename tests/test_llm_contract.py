@@ -9,6 +9,7 @@ allowed 0-90) would make one of them fail.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,10 @@ def test_the_schema_states_the_rules_the_code_enforces(
     assert set(defs["OpenerAnswer"]["properties"]) == {"subject", "body"}  # no day to get wrong
     wait = defs["FollowUpAnswer"]["properties"]["wait_days"]
     assert (wait["minimum"], wait["maximum"]) == (1, 30)
-    assert defs["OpenerAnswer"]["properties"]["body"]["pattern"] == "^[^{}]*$"
+    body = re.compile(defs["OpenerAnswer"]["properties"]["body"]["pattern"])
+    subject = re.compile(defs["OpenerAnswer"]["properties"]["subject"]["pattern"])
+    assert body.search("Hi,\n\nplain text") and not body.search("{") and not body.search("\x1b")
+    assert subject.search("One line") and not subject.search("Two\nlines")
     with_fields = schemas[FIELDS]["$defs"]["OpenerAnswer"]["properties"]["subject"]["pattern"]
     assert "first_name" in with_fields and "company" in with_fields
 

@@ -162,14 +162,19 @@ def test_a_value_that_looks_like_a_placeholder_is_inserted_verbatim_once() -> No
 # --- the pattern ----------------------------------------------------------------------------
 
 
+CONTROL = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u2028\u2029"
+
+
 def test_the_pattern_for_known_fields_is_exactly_this() -> None:
+    placeholder = rf"\{{\{{ *(?:first_name|company) *(?:\|[^{{}}|\r\n{CONTROL}]*)?\}}\}}"
     assert allowed_text_pattern(["first_name", "company"]) == (
-        r"^(?:[^{}]|\{\{ *(?:first_name|company) *(?:\|[^{}|\r\n]*)?\}\})*$"
+        rf"^(?:[^{{}}{CONTROL}]|{placeholder})*$"
     )
 
 
 def test_without_fields_the_pattern_allows_no_brace_at_all() -> None:
-    assert allowed_text_pattern([]) == "^[^{}]*$"
+    assert allowed_text_pattern([]) == f"^[^{{}}{CONTROL}]*$"
+    assert allowed_text_pattern([], single_line=True) == rf"^[^{{}}\r\n{CONTROL}]*$"
 
 
 def test_the_pattern_refuses_a_field_that_is_not_a_field_name() -> None:

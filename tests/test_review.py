@@ -237,7 +237,7 @@ async def test_decisions_that_do_not_fit_the_state_change_nothing(
                     update={"opener": MINE.opener.model_copy(update={"subject": "Hi\x1b]52;c;x"})}
                 ),
             ),
-            "opener.subject contains control characters",
+            "opener.subject: contains control characters",
         ),
         (
             lambda a, i: a.edit(

@@ -412,6 +412,42 @@ async def test_an_expired_lease_can_be_taken_over_and_the_old_holder_is_fenced_o
     assert isinstance(stored, Run) and stored.final == _sequence("winner")
 
 
+async def test_completing_again_returns_what_was_recorded_and_writes_nothing(
+    store: RunStore, backend: Backend
+) -> None:
+    """``complete`` is idempotent: called again for a claim whose completion committed (its
+    reply lost), it returns the recorded run and changes nothing; a claim taken over whose
+    action another claimer recorded gets that run too; a different action gets None."""
+    new = await store.insert_paused(_new(review=True))
+    rid = new.interaction_id
+    await store.complete(await _claim(store, rid), Paused("p2", b"r1", "1.0", _sequence("r1"), 1))
+    claim = await _claim(store, rid, Action("revise", text="shorter"))
+    result = Paused("p3", b"r2", "1.0", _sequence("r2"), 2)
+    first = await store.complete(claim, result)
+    row, events = backend.rows.row(rid), backend.rows.events(rid)
+    again = await store.complete(claim, result)
+    assert first is not None and again is not None and again.round == 2
+    assert (again.sequence, again.pause_id) == (first.sequence, first.pause_id)
+    assert (backend.rows.row(rid), backend.rows.events(rid)) == (row, events)
+
+    taken_over = await _claim(store, rid, Action("approve"))
+    expire_lease(backend.rows, rid)
+    winner = await _claim(store, rid, Action("approve", reviewer="Bo"))
+    done = await store.complete(winner, Finished(RunStatus.COMPLETED, _sequence("r2")))
+    late = await store.complete(taken_over, Finished(RunStatus.COMPLETED, _sequence("r2")))
+    assert done is not None and late is not None and late.final == done.final
+
+    other = await store.insert_paused(_new(review=True))
+    oid = other.interaction_id
+    await store.complete(await _claim(store, oid), Paused("q2", b"r1", "1.0", _sequence("r1"), 1))
+    loser = await _claim(store, oid, Action("reject", text="no"))
+    expire_lease(backend.rows, oid)
+    await store.complete(
+        await _claim(store, oid, Action("approve")), Finished(RunStatus.COMPLETED, _sequence("r1"))
+    )
+    assert await store.complete(loser, Finished(RunStatus.REJECTED, _sequence("r1"), "no")) is None
+
+
 async def test_renewing_extends_the_lease(store: RunStore, backend: Backend) -> None:
     new = await store.insert_paused(_new())
     claim = await _claim(store, new.interaction_id)

@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from ..models import (
+    STORED,
     Brief,
     DamagedRun,
     Decision,
@@ -75,14 +76,12 @@ class Action:
         )
 
     def decision(self) -> Decision:
-        """The review decision this action carries (not for ``feedback``)."""
+        """The review decision this action carries (not for ``feedback``); built from data
+        that was validated when it came in, so no rule added since refuses it."""
         assert self.kind != "feedback"
-        return Decision(
-            kind=self.kind,
-            text=self.text,
-            sequence=self.sequence,
-            reviewer=self.reviewer,
-            round=self.round,
+        data = {"kind": self.kind, "text": self.text, "sequence": self.sequence}
+        return Decision.model_validate(
+            {**data, "reviewer": self.reviewer, "round": self.round}, context=STORED
         )
 
     def same_as(self, other: Action) -> bool:
@@ -111,7 +110,7 @@ class Action:
         return cls(
             data["kind"],
             text=data.get("text"),
-            sequence=EmailSequence.model_validate(sequence) if sequence else None,
+            sequence=EmailSequence.model_validate(sequence, context=STORED) if sequence else None,
             reviewer=data.get("reviewer"),
             round=data.get("round"),
         )
@@ -401,13 +400,15 @@ def run_from_row(row: Mapping[str, Any], *, verified: bool = True) -> Run:
     """Build the :class:`Run` (no MAC check: use :func:`decode_row`)."""
     status = RunStatus(row["status"])
     sequence_json = row.get("sequence_json")
-    sequence = EmailSequence.model_validate_json(sequence_json) if sequence_json else None
+    sequence = (
+        EmailSequence.model_validate_json(sequence_json, context=STORED) if sequence_json else None
+    )
     fields_json = row.get("fields_json")
     return Run(
         interaction_id=row["interaction_id"],
         status=status,
-        brief=Brief.model_validate_json(row["brief_json"]),
-        draft=EmailSequence.model_validate_json(row["draft_json"]),
+        brief=Brief.model_validate_json(row["brief_json"], context=STORED),
+        draft=EmailSequence.model_validate_json(row["draft_json"], context=STORED),
         question=row["question"],
         feedback=row.get("feedback"),
         final=sequence if status is RunStatus.COMPLETED else None,
@@ -472,7 +473,9 @@ def decode_events(
                     round=event.get("round"),
                     actor=event.get("actor"),
                     sequence=(
-                        EmailSequence.model_validate_json(sequence_json) if sequence_json else None
+                        EmailSequence.model_validate_json(sequence_json, context=STORED)
+                        if sequence_json
+                        else None
                     ),
                     verified=verified,
                 )
@@ -577,9 +580,49 @@ def judge_claim(
         if earlier is not None and earlier.same_as(action):
             return AlreadyDone(run)
         return Refusal(RefusalReason.CONFLICT, run=run, decided=earlier)
+    if action.round is None and decided and _repeats_last(decided[-1], action, current_round):
+        return AlreadyDone(run)
     if action.kind == "revise" and current_round >= (run.max_rounds or current_round):
         return Refusal(RefusalReason.ROUND_LIMIT, run=run)
     return _check_snapshot(row, run, status, supported_versions, signer, snapshot, legacy)
+
+
+def _repeats_last(last: Action, action: Action, current_round: int) -> bool:
+    """Whether ``action``, sent without a round, repeats the decision that made the current
+    round: the same request sent again because its answer was lost (a dropped connection, a
+    process that died after the commit, a client that timed out). It gets the stored result;
+    to take the same decision again on purpose, a caller names the round."""
+    return last.round == current_round - 1 and last.same_as(action)
+
+
+def holds(row: Mapping[str, Any] | None, claim: Claim) -> bool:
+    """Whether ``claim`` still holds the run (the fence): it is resuming under its token."""
+    return (
+        row is not None
+        and row.get("status") == RunStatus.RESUMING.value
+        and row.get("claim_token") == claim.token
+    )
+
+
+def recorded(row: Mapping[str, Any] | None, claim: Claim, signer: SnapshotSigner) -> Run | None:
+    """The run, if it already records ``claim``'s action for the pause it was claimed from —
+    this claim's completion committed though its acknowledgement was lost, or another
+    resumer recorded the same action after taking the lease over — else None.
+
+    Read from the row alone, no new column: feedback is recorded once the run has moved past
+    the audience question with that feedback; a decision once ``decided_json`` holds the same
+    decision for the claimed round."""
+    if row is None or holds(row, claim):
+        return None
+    run = decode_row(row, signer)
+    if not isinstance(run, Run):
+        return None
+    action = claim.action
+    if action.kind == "feedback":
+        refined = row.get("round") is not None or run.status.is_final
+        return run if refined and run.feedback == action.text else None
+    taken = next((d for d in decisions(row) if d.round == claim.run.round), None)
+    return run if taken is not None and taken.same_as(action) else None
 
 
 def decisions(row: Mapping[str, Any]) -> list[Action]:

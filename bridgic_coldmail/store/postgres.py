@@ -69,12 +69,14 @@ from .base import (
     claim_from,
     decode_history,
     decode_row,
+    holds,
     is_legacy,
     judge_claim,
     plan_claim,
     plan_complete,
     plan_insert,
     plan_release,
+    recorded,
     run_from_row,
 )
 from .postgres_migrations import (
@@ -279,7 +281,9 @@ class PostgresRunStore:
         return _utc(renewed[0]["claim_expires_at"]) if renewed else None
 
     async def complete(self, claim: Claim, result: Paused | Finished) -> Run | None:
-        """Record the result if the claim is still ours (durable); None when fenced out."""
+        """Record the result if the claim is still ours (durable). Idempotent: when the run
+        already records the claim's action (an earlier call committed but its reply was
+        lost), that run, unchanged; None when fenced out."""
         signer = self._signer
         signature = (
             signer.sign(claim.interaction_id, result.serialization_version, result.snapshot)
@@ -287,10 +291,12 @@ class PostgresRunStore:
             else None
         )
         async with self._transaction() as tx:
-            held = await self._held_row(tx, claim)
-            if held is None:
+            found = await tx.open(_LOCK_ROW, [claim.interaction_id])
+            if not found:
                 return None
-            row, now = held
+            row, now = _split(found[0])
+            if not holds(row, claim):
+                return recorded(row, claim, signer)  # rolled back: nothing written
             change = plan_complete(row, claim, result, now=now, signature=signature)
             change.seal(signer, sign_row=row["row_mac"] is not None)
             snapshot = result.snapshot if isinstance(result, Paused) else None

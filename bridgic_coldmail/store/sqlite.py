@@ -18,6 +18,7 @@ Design notes:
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import os
 import sqlite3
@@ -48,6 +49,7 @@ from .base import (
     claim_from,
     decode_history,
     decode_row,
+    holds,
     is_legacy,
     iso,
     judge_claim,
@@ -55,6 +57,7 @@ from .base import (
     plan_complete,
     plan_insert,
     plan_release,
+    recorded,
     run_from_row,
 )
 from .sqlite_migrations import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
@@ -132,8 +135,13 @@ class SqliteRunStore:
         db_path = _prepare_path(Path(path))
         shown = str(path)
         keys = KeySource(secret=secret_key, file=key_file or key_file_for(db_path))
-        with _storage_errors(shown, busy_timeout):
-            conn = await aiosqlite.connect(db_path, isolation_level=None, timeout=busy_timeout)
+        conn = aiosqlite.connect(db_path, isolation_level=None, timeout=busy_timeout)
+        try:
+            with _storage_errors(shown, busy_timeout):
+                await conn
+        except BaseException:
+            await _stopped(conn)
+            raise
         try:
             conn.row_factory = sqlite3.Row
             with _storage_errors(shown, busy_timeout):
@@ -228,7 +236,9 @@ class SqliteRunStore:
         return await self._hop(work)
 
     async def complete(self, claim: Claim, result: Paused | Finished) -> Run | None:
-        """Record the result if the claim is still ours (durable); None when fenced out."""
+        """Record the result if the claim is still ours (durable). Idempotent: when the run
+        already records the claim's action (an earlier call committed but its reply was
+        lost), that run, unchanged; None when fenced out."""
         signer = self._signer
         signature = (
             signer.sign(claim.interaction_id, result.serialization_version, result.snapshot)
@@ -242,9 +252,9 @@ class SqliteRunStore:
         def work(db: sqlite3.Connection) -> Run | None:
             with _transaction(db) as tx:
                 row = _hold(db, claim.interaction_id, schema)
-                if not _held_by(row, claim):
+                if not holds(row, claim):
                     tx.rollback()
-                    return None
+                    return recorded(row, claim, signer)
                 assert row is not None
                 change = plan_complete(row, claim, result, now=_now(), signature=signature)
                 change.seal(signer, sign_row=row["row_mac"] is not None)
@@ -360,6 +370,20 @@ class SqliteRunStore:
         return None if row is None else decode_history(row, events, self._signer)
 
 
+async def _stopped(conn: aiosqlite.Connection) -> None:
+    """Wait for the thread of a connection that failed to open. aiosqlite tells it to stop
+    but does not wait, and ``close()`` does nothing without a connection; a thread still
+    running when the event loop closes reports into it and dies with a traceback ("Event
+    loop is closed") after the error was printed."""
+    thread = conn._thread
+    if thread.is_alive():
+        await asyncio.to_thread(thread.join, _THREAD_STOP_SECONDS)
+
+
+_THREAD_STOP_SECONDS = 5.0
+"""How long to wait for that thread: it has nothing left to do but stop."""
+
+
 async def _on_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``work`` on the connection's thread: one round trip, however many statements."""
     result = await conn._execute(work, conn._conn)  # type: ignore[no-untyped-call]
@@ -446,11 +470,7 @@ def _fetch(db: sqlite3.Connection, query: str, interaction_id: str) -> dict[str,
 def _held_row(db: sqlite3.Connection, claim: Claim) -> dict[str, Any] | None:
     """The row if ``claim`` still holds it (the fence), else None."""
     row = _fetch(db, _SELECT_ROW, claim.interaction_id)
-    return row if _held_by(row, claim) else None
-
-
-def _held_by(row: dict[str, Any] | None, claim: Claim) -> bool:
-    return row is not None and row["status"] == "resuming" and row["claim_token"] == claim.token
+    return row if holds(row, claim) else None
 
 
 def _hold(
