@@ -83,7 +83,7 @@ from .formulas import neutralize_cell as neutralize_cell
 from .leads import Lead, LeadHeader, LeadReader, RowProblem
 from .lint import DEFAULT_ACRONYMS, LintIssue, lint_sequence
 from .merge import Missing, Template
-from .models import EmailSequence
+from .models import EmailSequence, preview_list
 from .signing import key_file_for
 from .store.sqlite import _file_kind
 
@@ -423,7 +423,7 @@ def _reserved_columns(header: LeadHeader) -> str | None:
     if not clashes:
         return None
     return (
-        f"the lead list already has the column(s) {', '.join(repr(c) for c in clashes)}, "
+        f"the lead list already has the column(s) {preview_list(clashes)}, "
         f"which the export adds ({', '.join(OUTPUT_COLUMNS)}); rename or delete them"
     )
 
@@ -465,7 +465,7 @@ def _render_all(
             yield SkippedRow(
                 item.row,
                 item.email,
-                f"the {', '.join(repr(c) for c in braces)} cell contains {{ or }}, which the "
+                f"the {preview_list(braces)} cell contains {{ or }}, which the "
                 "sending tool would read as one of its variables; remove them",
             )
             continue
@@ -482,7 +482,7 @@ def _render_all(
             yield SkippedRow(
                 item.row,
                 item.email,
-                f"no value for {', '.join(repr(column_of[n]) for n in names)} and "
+                f"no value for {preview_list(column_of[n] for n in names)} and "
                 f"{{{{{names[0]}}}}} has no fallback; fill the cell, or give a fallback "
                 f"such as {{{{{names[0]}|…}}}}",
             )
