@@ -102,18 +102,21 @@ async def concurrent(
     )
 
 
-def processes(kind: Kind, store: Store, n: int, count: int = 4) -> Throughput:
+def processes(
+    kind: Kind, store: Store, n: int, count: int = 4, module: str = "benchmarks.workers"
+) -> Throughput:
     """``n`` runs from ``count`` processes (``n / count`` each, every process with its own
     store: its own SQLite connection, or its own PostgreSQL pool), started at once, then
     resumed at once; a rate is all runs over the wall time from the first process's start to
-    the last one's end (``time.monotonic`` is one clock for every process on Linux)."""
+    the last one's end (``time.monotonic`` is one clock for every process on Linux).
+    ``module``: the worker to run (``benchmarks.workers``'s protocol)."""
     share = n // count
     workers = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "benchmarks.workers",
+                module,
                 kind,
                 store.backend,
                 store.location,
