@@ -755,12 +755,48 @@ SPY_PARTS = (
     ("  Bridgic arun", "GraphAutoma.arun ("),
     ("  snapshot dump (a finished run)", "_get_snapshot"),
     ("ColdMailAgent._holding (lease keeper task)", "ColdMailAgent._holding ("),
-    ("validate_interaction_id / feedback", "validate_"),
+    ("validate_interaction_id / feedback", "validate_interaction_id ("),
     ("asyncio (event loop machinery)", "BaseEventLoop._run_once ("),
 )
 
 
-def spy(backend: BackendName, n: int, concurrent: bool, rate: int, gil: bool) -> None:
+SPY_PACKAGES = (
+    "bridgic_coldmail/store/",
+    "bridgic_coldmail/signing",
+    "bridgic_coldmail/models",
+    "bridgic_coldmail/agent",
+    "bridgic_coldmail/",
+    "bridgic/",
+    "pydantic",
+    "msgpack",
+    "aiosqlite/",
+    "psycopg",
+    "asyncio/",
+    "json/",
+    "importlib",
+    "inspect.py",
+    "typing.py",
+    "copy.py",
+    "threading.py",
+    "queue.py",
+    "selectors.py",
+    "logging/",
+)
+
+
+def innermost_package(stack: str) -> str:
+    """The package of the innermost frame that belongs to a known one."""
+    for frame in reversed(stack.split(";")):
+        where = frame.rsplit("(", 1)[-1]
+        for package in SPY_PACKAGES:
+            if package in where:
+                return package.rstrip("/")
+    return "other"
+
+
+def spy(
+    backend: BackendName, n: int, concurrent: bool, rate: int, gil: bool, keep: str | None
+) -> None:
     """Sample a plain run of N resumes with py-spy (all threads) and say where they were."""
     import shutil
     import subprocess
@@ -768,7 +804,7 @@ def spy(backend: BackendName, n: int, concurrent: bool, rate: int, gil: bool) ->
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not installed (pip install py-spy)")
     with tempfile.TemporaryDirectory(prefix="coldmail-spy-") as folder:
-        raw = Path(folder) / "samples.txt"
+        raw = Path(keep) if keep else Path(folder) / "samples.txt"
         command = ["py-spy", "record", "--format", "raw", "--threads", "--rate", str(rate)]
         command += ["--gil"] if gil else []
         command += ["-o", str(raw), "--", sys.executable, "-m", "benchmarks.profile_resume"]
@@ -781,8 +817,8 @@ def spy(backend: BackendName, n: int, concurrent: bool, rate: int, gil: bool) ->
     print(f"({load()}; {rate} samples/s)\n")
     threads: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for stack, times in stacks:
-        name = stack.split(";", 1)[0].split(": ", 1)[-1]
-        thread = "event loop" if name == "MainThread" else "aiosqlite's thread"
+        db_thread = "_connection_worker_thread" in stack
+        thread = "aiosqlite's thread" if db_thread else "event loop"
         # The resumes only: not the imports, opening and closing the store, or the starts.
         if thread == "event loop" and "BaseEventLoop._run_once" not in stack:
             continue
@@ -794,6 +830,14 @@ def spy(backend: BackendName, n: int, concurrent: bool, rate: int, gil: bool) ->
     for thread, found in threads.items():
         count = sum(c for _, c in found)
         print(f"## {thread}: {count / rate * 1000 / n:.3f} ms per resume ({count / total:.0%})")
+        print("\nBy the innermost frame's package (exclusive):")
+        packages: Counter[str] = Counter()
+        for stack, c in found:
+            packages[innermost_package(stack)] += c
+        for name, c in packages.most_common():
+            if c / count >= 0.01:
+                print(f"- {name}: {c / rate * 1000 / n:.3f} ms ({c / count:.0%})")
+        print("\nBy part of the path (inclusive: a sample counts in every part it is in):")
         for label, marker in SPY_PARTS:
             part = sum(c for stack, c in found if marker in stack)
             if part:
@@ -1003,6 +1047,7 @@ def main(argv: list[str] | None = None) -> None:
         if name == "spy":
             one.add_argument("--rate", type=int, default=200)
             one.add_argument("--gil", action="store_true", help="only threads holding the GIL")
+            one.add_argument("--keep", help="keep py-spy's raw samples in this file")
     many = sub.add_parser("contention")
     many.add_argument("--processes", type=int, default=4)
     many.add_argument("--n", type=int, default=1000)
@@ -1018,7 +1063,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "ledger":
         asyncio.run(ledger(args.number))
     elif args.what == "spy":
-        spy(args.backend, args.n, args.concurrent, args.rate, args.gil)
+        spy(args.backend, args.n, args.concurrent, args.rate, args.gil, args.keep)
     elif args.what == "plain":
         asyncio.run(plain(args.backend, args.n, args.concurrent))
     else:
