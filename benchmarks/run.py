@@ -144,7 +144,10 @@ async def peers(ctx: Context) -> list[Row]:
                 ctx.loads += found.load
                 if found.settings:
                     settings[f"{SUBJECT_LABELS[kind]} on {LABELS[backend]}"] = found.settings
-            ctx.log(f"side by side on {LABELS[backend]}: round {round_ + 1} of {s.rounds} done")
+            ctx.log(
+                f"side by side on {LABELS[backend]}: round {round_ + 1} of {s.rounds} done "
+                f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+            )
         rows += _comparisons(LABELS[backend], s.peer_concurrent, rounds)
     ctx.said += _side_by_side_header(s, kinds, why, settings)
     return rows
