@@ -737,27 +737,29 @@ async def ledger(number: int) -> None:
 
 # --------------------------------------------------------------------------- spy
 
-SPY_PARTS = (
-    # (label, a frame that marks it); inclusive: a sample counts for every part it is in
-    ("claim (the store's transaction)", "SqliteRunStore.claim.<locals>.work"),
-    ("complete (the store's transaction)", "SqliteRunStore.complete.<locals>.work"),
-    ("  judge_claim (MACs, signature, decode)", "judge_claim ("),
-    ("  decode_row (row MAC check + run_from_row)", "decode_row ("),
-    ("  run_from_row (pydantic: brief, draft, sequence)", "run_from_row ("),
-    ("  RowChange.seal (row and event MACs)", "RowChange.seal ("),
-    ("  SnapshotSigner.mac_values", "SnapshotSigner.mac_values ("),
-    ("  SnapshotSigner.verify (snapshot HMAC)", "SnapshotSigner.verify ("),
-    ("  claim_from (builds the Claim: run_from_row again)", "claim_from ("),
-    ("  plan_claim / plan_complete", "plan_c"),
-    ("  sqlite3 statements (_hold, _update, _insert_events, BEGIN/COMMIT)", "_transaction ("),
-    ("the automa (load, run)", "ColdMailAgent._run_automa ("),
-    ("  Snapshot load (msgpack, class lookups)", "load_from_snapshot ("),
-    ("  Bridgic arun", "GraphAutoma.arun ("),
-    ("  snapshot dump (a finished run)", "_get_snapshot"),
-    ("ColdMailAgent._holding (lease keeper task)", "ColdMailAgent._holding ("),
-    ("validate_interaction_id / feedback", "validate_interaction_id ("),
-    ("asyncio (event loop machinery)", "BaseEventLoop._run_once ("),
-)
+SPY_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # (label, frames that mark it); inclusive: a sample counts for every part it is in
+    ("claim (the store's transaction)",
+     ("SqliteRunStore.claim.<locals>.work", "PostgresRunStore.claim (")),
+    ("complete (the store's transaction)",
+     ("SqliteRunStore.complete.<locals>.work", "PostgresRunStore.complete (")),
+    ("  judge_claim (MACs, signature, decode)", ("judge_claim (",)),
+    ("  decode_row (row MAC check + run_from_row)", ("decode_row (",)),
+    ("  run_from_row (pydantic: brief, draft, sequence)", ("run_from_row (",)),
+    ("  RowChange.seal (row and event MACs)", ("RowChange.seal (",)),
+    ("  SnapshotSigner.mac_values", ("SnapshotSigner.mac_values (",)),
+    ("  SnapshotSigner.verify (snapshot HMAC)", ("SnapshotSigner.verify (",)),
+    ("  claim_from (builds the Claim: run_from_row again)", ("claim_from (",)),
+    ("  plan_claim / plan_complete", ("plan_claim (", "plan_complete (")),
+    ("  statements and round trips (the store's _transaction and _Tx)",
+     ("_transaction (", "_Tx.", "_script (")),
+    ("the automa (load, run)", ("ColdMailAgent._run_automa (",)),
+    ("  Snapshot load (msgpack, class lookups)", ("load_from_snapshot (",)),
+    ("  Bridgic arun", ("GraphAutoma.arun (",)),
+    ("ColdMailAgent._holding (lease keeper task)", ("ColdMailAgent._holding (",)),
+    ("validate_interaction_id / feedback", ("validate_interaction_id (",)),
+    ("asyncio (event loop machinery)", ("BaseEventLoop._run_once (",)),
+)  # fmt: skip
 
 
 SPY_PACKAGES = (
@@ -838,8 +840,8 @@ def spy(
             if c / count >= 0.01:
                 print(f"- {name}: {c / rate * 1000 / n:.3f} ms ({c / count:.0%})")
         print("\nBy part of the path (inclusive: a sample counts in every part it is in):")
-        for label, marker in SPY_PARTS:
-            part = sum(c for stack, c in found if marker in stack)
+        for label, markers in SPY_PARTS:
+            part = sum(c for stack, c in found if any(m in stack for m in markers))
             if part:
                 print(f"- {label}: {part / rate * 1000 / n:.3f} ms ({part / count:.0%})")
         print()
