@@ -31,6 +31,18 @@ def test_benchmark_smoke_run_writes_a_table(tmp_path: Path) -> None:
     ):
         assert row in text, row
     assert "errors: 0" in text
+    assert "## Side by side: this package, LangGraph and the floor" in text
+    from benchmarks.langgraph_peer import missing
+
+    if missing() is None:  # the bench extra: LangGraph's columns hold figures
+        side_by_side = text.split("## Side by side")[1].split("## This package against")[0]
+        for line in side_by_side.splitlines():
+            if line.startswith("| full cycle, ") or line.startswith("| resume, "):
+                cells = [c.strip() for c in line.strip("|").split("|")]
+                assert "—" not in cells[2:9], line  # ours, LangGraph ×2, floor, three ratios
+        assert "synchronous=FULL" in side_by_side
+    else:
+        assert "LangGraph: not measured" in text
     from bridgic_coldmail.local_llm import local_extra_installed
 
     if local_extra_installed():
