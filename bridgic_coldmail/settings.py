@@ -32,6 +32,7 @@ DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_MAX_ROUNDS = 5
 DEFAULT_POOL_SIZE = 10
 DEFAULT_POOL_TIMEOUT = 30.0
+DEFAULT_STATEMENT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 """A lead list uploaded to the web inbox for export: about 80,000 leads of a few columns."""
@@ -61,6 +62,7 @@ ENV = {
     "pool_size": "COLDMAIL_PG_POOL_SIZE",
     "pool_timeout": "COLDMAIL_PG_POOL_TIMEOUT",
     "prepare_statements": "COLDMAIL_PG_PREPARE",
+    "statement_timeout": "COLDMAIL_PG_STATEMENT_TIMEOUT",
     "web_token": "COLDMAIL_WEB_TOKEN",
     "allowed_hosts": "COLDMAIL_ALLOWED_HOSTS",
     "public_origin": "COLDMAIL_PUBLIC_ORIGIN",
@@ -89,6 +91,7 @@ class AgentOptions(TypedDict, total=False):
     pool_size: int
     pool_timeout: float
     prepare_statements: bool
+    statement_timeout: float
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class Settings:
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
     prepare_statements: bool = False
     """Server-side prepared statements on PostgreSQL; off so PgBouncer's transaction mode works."""
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
+    """PostgreSQL: seconds a statement may run besides its wait for a lock (see
+    ``store/postgres.py`` for the bound every call then keeps)."""
     web_token: str | None = field(default=None, repr=False)
     allowed_hosts: tuple[str, ...] = ()
     """Host names the web server answers besides loopback and its bound address."""
@@ -340,6 +346,7 @@ _PARSERS: dict[str, Any] = {
     "pool_size": _count(1, 1000),
     "pool_timeout": _seconds,
     "prepare_statements": _flag,
+    "statement_timeout": _seconds,
     "web_token": _web_token,
     "allowed_hosts": _hosts,
     "public_origin": _origin,

@@ -40,13 +40,26 @@ Design notes:
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import logging
 import math
+import os
 import re
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+import select
+import socket
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ColdmailError, ConfigurationError, StoreError
@@ -114,6 +127,20 @@ _SELECT_EVENTS = (
 _INSERT_EVENT_ROW = f"({', '.join('%s' for _ in range(len(EVENT_COLUMNS) + 1))})"
 
 Connection = AsyncConnection[DictRow]
+T = TypeVar("T")
+
+# psycopg and its pool log what they do about connections (a failed reconnection attempt,
+# a discarded broken connection) as warnings. The store reports what matters to the caller
+# as a StoreError; without this handler Python would print each of those records on a
+# command-line user's terminal. An application that configures logging still gets them.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
+NETWORK_ALLOWANCE = 2.0
+"""Seconds allowed for the network on top of what the server may spend on a round trip."""
+ROUND_TRIPS = 2
+"""Round trips of the longest store call (a write: lock and read; write and commit)."""
+_ATTEMPTS = 3
+"""Tries of a round trip that cannot have committed anything, when its connection is lost."""
 
 
 class PostgresRunStore:
@@ -136,6 +163,12 @@ class PostgresRunStore:
         self.busy_timeout = settings.busy_timeout
         self.pool_size = settings.pool_size
         self.pool_timeout = settings.pool_timeout
+        self.statement_timeout = settings.statement_timeout
+        self.answer_timeout = _answer_timeout(settings)
+        """Seconds a round trip may wait for the server's answer before its connection is
+        dropped (the server's own limits, plus :data:`NETWORK_ALLOWANCE`)."""
+        self.call_timeout = self.pool_timeout + ROUND_TRIPS * self.answer_timeout
+        """Every call ends within this many seconds (with a ``StoreError`` at worst)."""
 
     def __repr__(self) -> str:
         return f"PostgresRunStore({self.location!r}, pool_size={self.pool_size})"
@@ -160,11 +193,29 @@ class PostgresRunStore:
         with errors.mapped(connecting=True):
             first = await AsyncConnection.connect(url, **options)
         try:
-            with errors.mapped():
-                await _configure(first)
-                signer = await _migrate(first, shown, keys, settings)
+            # Opening waits for other hosts' migrations (up to its lock timeout), then runs
+            # its statements: a server that stops answering meanwhile is given up on too.
+            limit = _migration_lock_timeout(settings) + _answer_timeout(settings)
+            watchdog = _Watchdog(first, limit)
+            try:
+                with errors.mapped(), watchdog:
+                    await _configure(first)
+                    signer = await _migrate(first, shown, keys, settings)
+            except StoreError:
+                if watchdog.fired:
+                    raise StoreError(errors.no_answer(limit, committing=False)) from None
+                raise
         finally:
             await first.close()
+
+        async def check(conn: Connection) -> None:
+            """The pool's check of an idle connection before it hands it out (no round
+            trip): one the server closed is discarded, and so is every other connection
+            from before, since a server restart or a failover closed them all."""
+            if _closed_by_server(conn):
+                await pool.drain()
+                raise psycopg.OperationalError("the server closed this connection")
+
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
             connection_class=AsyncConnection[DictRow],
@@ -172,7 +223,12 @@ class PostgresRunStore:
             min_size=1,
             max_size=settings.pool_size,
             timeout=settings.pool_timeout,
+            # The pool retries a failed connection with a doubling delay, and after an
+            # outage its next try could come later than a caller waits: give up sooner, so
+            # that a caller's wait starts a new try at once.
+            reconnect_timeout=settings.pool_timeout,
             configure=_configure,
+            check=check,
             name="coldmail",
             open=False,
         )
@@ -191,33 +247,50 @@ class PostgresRunStore:
     # ------------------------------------------------------------------ plumbing
 
     @asynccontextmanager
-    async def _transaction(self, *, durable: bool = True) -> AsyncIterator[_Tx]:
-        """A pooled connection in one transaction, rolled back unless finished."""
-        errors = _ErrorContext(self.location, self._secrets, self.busy_timeout, self.pool_timeout)
-        with errors.mapped():
-            async with self._pool.connection() as conn:
-                tx = _Tx(conn, self._begin(durable))
-                try:
-                    yield tx
-                finally:
-                    await tx.end()
+    async def _transaction(
+        self, *, durable: bool = True, idempotent: bool = False
+    ) -> AsyncIterator[_Tx]:
+        """A pooled connection in one transaction, rolled back unless finished.
+
+        ``idempotent``: running its one round trip twice does no harm (a lease renewal), so
+        it is sent again on a fresh connection when the first one is lost.
+        """
+        call = self._call()
+        with call.errors.mapped():
+            tx = _Tx(call, self._begin(durable), idempotent=idempotent)
+            try:
+                yield tx
+            finally:
+                await call.end()
 
     def _begin(self, durable: bool) -> tuple[str, list[Any]]:
         settings = [
             "pg_catalog.set_config('lock_timeout', %s, true)",
+            "pg_catalog.set_config('statement_timeout', %s, true)",
             "pg_catalog.set_config('idle_in_transaction_session_timeout', %s, true)",
         ]
         if not durable:
             settings.append("pg_catalog.set_config('synchronous_commit', 'off', true)")
-        values = [_milliseconds(self.busy_timeout), _milliseconds(max(self.lease_seconds, 10))]
+        values = [
+            _milliseconds(self.busy_timeout),
+            _milliseconds(self.busy_timeout + self.statement_timeout),
+            _milliseconds(max(self.lease_seconds, 10)),
+        ]
         return f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {', '.join(settings)}", values
 
-    @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[Connection]:
+    async def _read(self, send: Callable[[Connection], Awaitable[T]]) -> T:
+        """``send`` on a pooled connection; it writes nothing, so it is sent again on a
+        fresh connection when the first one is lost."""
+        call = self._call()
+        with call.errors.mapped():
+            try:
+                return await call.send(send, retry=True, commits=False)
+            finally:
+                await call.end()
+
+    def _call(self) -> _Call:
         errors = _ErrorContext(self.location, self._secrets, self.busy_timeout, self.pool_timeout)
-        with errors.mapped():
-            async with self._pool.connection() as conn:
-                yield conn
+        return _Call(self._pool, errors, self.pool_timeout, self.answer_timeout, self.call_timeout)
 
     # ------------------------------------------------------------------ writes
 
@@ -269,7 +342,7 @@ class PostgresRunStore:
 
     async def renew(self, claim: Claim) -> datetime | None:
         """Extend the lease from the server's now; None when the claim was lost."""
-        async with self._transaction(durable=False) as tx:
+        async with self._transaction(durable=False, idempotent=True) as tx:
             renewed = await tx.only(
                 "UPDATE coldmail.runs SET claim_expires_at = pg_catalog.clock_timestamp() + %s "
                 "WHERE interaction_id = %s AND claim_token = %s AND status = 'resuming' "
@@ -382,9 +455,12 @@ class PostgresRunStore:
         """The run, a ``DamagedRun`` when it cannot be shown, or None."""
         if not _storable(interaction_id):
             return None
-        async with self._reading() as conn:
+
+        async def fetch(conn: Connection) -> DictRow | None:
             cursor = await conn.execute(_SELECT_ROW, [interaction_id])
-            found = await cursor.fetchone()
+            return await cursor.fetchone()
+
+        found = await self._read(fetch)
         return None if found is None else decode_row(_normalized(found), self._signer)
 
     async def list(
@@ -396,9 +472,12 @@ class PostgresRunStore:
             f"SELECT {_COLUMNS} FROM coldmail.runs {where} "
             "ORDER BY created_at DESC, interaction_id DESC LIMIT %s OFFSET %s"
         )
-        async with self._reading() as conn:
+
+        async def fetch(conn: Connection) -> builtins.list[DictRow]:
             cursor = await conn.execute(query, [*params, limit, offset])
-            rows = await cursor.fetchall()
+            return await cursor.fetchall()
+
+        rows = await self._read(fetch)
         return [decode_row(_normalized(row), self._signer) for row in rows]
 
     async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
@@ -409,9 +488,10 @@ class PostgresRunStore:
         """
         if not _storable(interaction_id):
             return None
-        async with self._reading() as conn:
+
+        async def fetch(conn: Connection) -> builtins.list[builtins.list[dict[str, Any]] | None]:
             try:
-                results = await _script(
+                return await _script(
                     conn,
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
                     f"{_SELECT_ROW}; {_SELECT_EVENTS}; COMMIT",
@@ -419,6 +499,8 @@ class PostgresRunStore:
                 )
             finally:
                 await _rollback_unless_idle(conn)
+
+        results = await self._read(fetch)
         found, events = results[1] or [], results[2] or []
         if not found:
             return None
@@ -430,32 +512,189 @@ class PostgresRunStore:
 
 
 class _Tx:
-    """One transaction on one connection, sent in (at most) two round trips."""
+    """One transaction on one connection, sent in (at most) two round trips.
 
-    def __init__(self, conn: Connection, begin: tuple[str, list[Any]]) -> None:
-        self._conn = conn
+    The first round trip (:meth:`open`) commits nothing, so when its connection turns out
+    lost it is sent again on a fresh one; the one that commits (:meth:`finish`, :meth:`only`)
+    is never sent twice, unless the transaction is idempotent: a lost answer to it is a
+    ``StoreError`` with the topic ``commit_unknown``.
+    """
+
+    def __init__(self, call: _Call, begin: tuple[str, list[Any]], *, idempotent: bool) -> None:
+        self._call = call
         self._begin = begin
+        self._idempotent = idempotent
 
     async def open(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """BEGIN, the transaction's settings and ``query``, in one round trip; its rows."""
         begin, values = self._begin
-        results = await _script(self._conn, f"{begin}; {query}", [*values, *params])
+        results = await self._call.send(
+            lambda conn: _script(conn, f"{begin}; {query}", [*values, *params]),
+            retry=True,
+            commits=False,
+        )
         return results[-1] or []
 
     async def only(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """BEGIN, the settings, ``query`` and COMMIT, in one round trip; its rows."""
         begin, values = self._begin
-        results = await _script(self._conn, f"{begin}; {query}; COMMIT", [*values, *params])
+        results = await self._call.send(
+            lambda conn: _script(conn, f"{begin}; {query}; COMMIT", [*values, *params]),
+            retry=self._idempotent,
+            commits=True,
+        )
         return results[-2] or []
 
     async def finish(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """The writes and COMMIT, in one round trip."""
         script = "; ".join([*(sql for sql, _ in statements), "COMMIT"])
-        await _script(self._conn, script, [v for _, values in statements for v in values])
+        params = [v for _, values in statements for v in values]
+        await self._call.send(lambda conn: _script(conn, script, params), retry=False, commits=True)
+
+
+class _Call:
+    """One store call: the pooled connection it holds, and its deadline. Every wait in it —
+    for a connection, for each answer — ends by then; a round trip that cannot have
+    committed anything is sent again on a fresh connection when its connection is lost."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Connection],
+        errors: _ErrorContext,
+        pool_timeout: float,
+        answer_timeout: float,
+        call_timeout: float,
+    ) -> None:
+        self.errors = errors
+        self._pool = pool
+        self._pool_timeout = pool_timeout
+        self._answer_timeout = answer_timeout
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + call_timeout
+        self._conn: Connection | None = None
+
+    async def send(
+        self, send: Callable[[Connection], Awaitable[T]], *, retry: bool, commits: bool
+    ) -> T:
+        """``send`` on the call's connection, within the time left for one answer.
+
+        Raises:
+            StoreError: no answer in time; or the connection was lost during a round trip
+                that commits (topic ``commit_unknown``), or during any round trip once the
+                retries or the time ran out.
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            conn = await self._connection()
+            limit = min(self._answer_timeout, max(self._deadline - self._loop.time(), 0.001))
+            watchdog = _Watchdog(conn, limit)
+            try:
+                with watchdog:
+                    return await send(conn)
+            except psycopg.Error as exc:
+                if watchdog.fired:
+                    raise StoreError(
+                        self.errors.no_answer(limit, committing=commits),
+                        topic="commit_unknown" if commits else None,
+                    ) from None
+                if not conn.closed:
+                    raise  # the server answered: an error with its SQLSTATE
+                if retry and attempt < _ATTEMPTS and self._loop.time() < self._deadline:
+                    await self._give_back()  # broken: the pool replaces it
+                    await self._pool.drain()  # its siblings were likely cut off with it
+                    continue
+                if commits:
+                    raise StoreError(self.errors.lost_commit(exc), topic="commit_unknown") from None
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def end(self) -> None:
-        """Roll back whatever was not committed (a refusal, or an error)."""
-        await _rollback_unless_idle(self._conn)
+        """Roll back whatever was not committed (a refusal, or an error), then give the
+        connection back to the pool."""
+        if self._conn is None:
+            return
+        try:
+            await self.send(_rollback_unless_idle, retry=False, commits=False)
+        except (StoreError, psycopg.Error):
+            pass  # a broken connection: the pool discards it, the server rolls back
+        finally:
+            await self._give_back()
+
+    async def _connection(self) -> Connection:
+        if self._conn is None:
+            left = self._deadline - self._loop.time()
+            if left <= 0:
+                raise PoolTimeout("the call ran out of time")
+            self._conn = await self._pool.getconn(timeout=min(self._pool_timeout, left))
+        return self._conn
+
+    async def _give_back(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.putconn(conn)
+
+
+class _Watchdog:
+    """Drops the connection if no answer came within ``limit`` seconds: its socket is shut
+    down, so the round trip fails at once as if the server had closed it.
+
+    Neither the server's timeouts (a server that stopped answering sends nothing) nor TCP's
+    (a proxy in between acknowledges every packet) end such a wait; and cancelling the
+    waiting task would make psycopg try to cancel the query over another connection and
+    wait for that too."""
+
+    def __init__(self, conn: Connection, limit: float) -> None:
+        self._conn = conn
+        self._limit = limit
+        self._timer: asyncio.TimerHandle | None = None
+        self.fired = False
+
+    def __enter__(self) -> _Watchdog:
+        self._timer = asyncio.get_running_loop().call_later(self._limit, self._drop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _drop(self) -> None:
+        self.fired = True
+        _shut_down(self._conn)
+
+
+def _shut_down(conn: Connection) -> None:
+    """Shut the connection's socket down both ways (its file descriptor stays open for
+    psycopg, which then finds the connection closed and discards it)."""
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg.Error):
+        pass  # already closed
+
+
+def _closed_by_server(conn: Connection) -> bool:
+    """Whether the server closed this idle connection (it restarted, it timed the session
+    out, the backend was killed): its socket is readable and reading it finds the end. A
+    local check that costs no round trip; a connection cut silently is found by the round
+    trip that uses it, and sent again on another when nothing can have been committed."""
+    if conn.closed:
+        return True
+    pgconn = conn.pgconn
+    try:
+        for _ in range(4):  # a last message (why the server closes), then the end
+            if not _readable(pgconn.socket):
+                return False
+            pgconn.consume_input()  # raises at the end of the stream
+    except (psycopg.OperationalError, OSError, ValueError):
+        return True
+    return pgconn.status != pq.ConnStatus.OK
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows
 
 
 async def _rollback_unless_idle(conn: Connection) -> None:
@@ -544,6 +783,18 @@ def _milliseconds(seconds: float) -> str:
     return f"{max(1, math.ceil(seconds * 1000))}ms"
 
 
+def _answer_timeout(settings: Settings) -> float:
+    """Seconds a round trip may wait for its answer: what the server may spend on it (the
+    lock wait, then the statement; it cancels the statement past their sum), plus
+    :data:`NETWORK_ALLOWANCE` for the network."""
+    return settings.busy_timeout + settings.statement_timeout + NETWORK_ALLOWANCE
+
+
+def _migration_lock_timeout(settings: Settings) -> float:
+    """How long opening waits for the migration lock another host holds."""
+    return max(settings.busy_timeout, 10)
+
+
 # --------------------------------------------------------------------------- connecting
 
 
@@ -561,7 +812,9 @@ def _connection_options(
     url: str, settings: Settings, secrets: frozenset[str], shown: str
 ) -> dict[str, Any]:
     """Keyword arguments for every connection: autocommit (each transaction is explicit),
-    rows as dicts, no server-side prepared statements unless asked, a connect timeout."""
+    rows as dicts, no server-side prepared statements unless asked, a connect timeout, and
+    TCP keepalives with a user timeout, so that a peer that vanished is noticed (the URL may
+    set each of the last)."""
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
@@ -574,10 +827,16 @@ def _connection_options(
         "row_factory": dict_row,
         "prepare_threshold": 5 if settings.prepare_statements else None,
     }
-    if "connect_timeout" not in given:
-        options["connect_timeout"] = max(2, math.ceil(settings.pool_timeout))
-    if "application_name" not in given:
-        options["application_name"] = "bridgic-coldmail"
+    defaults: dict[str, Any] = {
+        "connect_timeout": max(2, math.ceil(settings.pool_timeout)),
+        "application_name": "bridgic-coldmail",
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": math.ceil(_answer_timeout(settings) * 1000),
+    }
+    options.update({key: value for key, value in defaults.items() if key not in given})
     return options
 
 
@@ -588,8 +847,12 @@ async def _migrate(
     migration advisory lock, so concurrent openers on any host apply each migration once."""
     async with conn.transaction():
         await conn.execute(
-            "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
-            [_milliseconds(max(settings.busy_timeout, 10))],
+            "SELECT pg_catalog.set_config('lock_timeout', %s, true), "
+            "pg_catalog.set_config('statement_timeout', %s, true)",
+            [
+                _milliseconds(_migration_lock_timeout(settings)),
+                _milliseconds(_migration_lock_timeout(settings) + settings.statement_timeout),
+            ],
         )
         await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
         cursor = await conn.execute(
@@ -745,6 +1008,27 @@ class _ErrorContext:
             ) from None
         except psycopg.Error as exc:
             raise StoreError(self.message(exc, connecting)) from None
+
+    def no_answer(self, limit: float, *, committing: bool) -> str:
+        """A round trip whose answer did not come in time: its connection was dropped."""
+        if committing:
+            return (
+                f"{self.shown} did not answer within {limit:g} s while committing (the "
+                "server, or the network to it, stopped answering): the change may have been "
+                "recorded; check the server and the network, then look before you retry"
+            )
+        return (
+            f"{self.shown} did not answer within {limit:g} s (the server, or the network to "
+            "it, stopped answering); nothing was changed: check them, then retry"
+        )
+
+    def lost_commit(self, exc: psycopg.Error) -> str:
+        """The connection was lost after COMMIT may have reached the server."""
+        reason = _scrub(" ".join(str(exc).split()), self.secrets) or type(exc).__name__
+        return (
+            f"lost the connection to {self.shown} while committing ({reason}): the change "
+            "may have been recorded; look before you retry"
+        )
 
     def message(self, exc: psycopg.Error, connecting: bool) -> str:
         shown, state = self.shown, exc.sqlstate or ""
