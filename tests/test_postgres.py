@@ -767,3 +767,49 @@ async def test_a_commit_whose_outcome_is_unknown_says_so(
     assert "may have been recorded" in str(caught.value)
     recorded = pg.rows.row(claim.interaction_id)["status"]
     assert recorded == ("completed" if fault == "lose_reply" else "resuming")
+
+
+# --------------------------------------------------------------------------- what the database is
+
+
+@pytest.mark.parametrize("encoding", ["SQL_ASCII", "LATIN1"])
+async def test_a_database_not_in_utf8_is_refused_before_anything_is_written(
+    encoding: str,
+) -> None:
+    """SQL_ASCII stores bytes unchecked (text read back differs: a false tampering alarm);
+    LATIN1 cannot hold an em dash (the draft would be lost when it is stored)."""
+    from .pg import SECRET_KEY, PostgresRows, session_server
+
+    options = f"WITH ENCODING '{encoding}' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+    with session_server().database(options) as url:
+        settings = Settings.resolve(env={**os.environ, "COLDMAIL_SECRET_KEY": SECRET_KEY}, db=url)
+        with pytest.raises(StoreError) as caught:
+            await connect_store(settings)
+        rows = PostgresRows(url)
+        try:
+            schema = rows._execute(
+                "SELECT count(*) AS n FROM pg_namespace WHERE nspname = 'coldmail'"
+            ).fetchone()["n"]
+        finally:
+            rows.close()
+    assert f"encoding {encoding}" in str(caught.value) and "UTF8" in str(caught.value)
+    assert schema == 0
+
+
+async def test_text_outside_latin1_round_trips_whatever_the_client_encoding_default(
+    pg: Backend,
+) -> None:
+    """A database (or role) may set client_encoding to LATIN1 by default: the store always
+    talks UTF-8, so an em dash, an emoji and CJK text are stored and read back exactly."""
+    database = urlsplit(pg.db).path.lstrip("/")
+    pg.rows._execute(f"ALTER DATABASE \"{database}\" SET client_encoding TO 'LATIN1'")
+    text = "Acme — 予約 ✉️ naïve"
+    store = await connect_store(pg.settings())
+    try:
+        new = _new()
+        new = NewRun(**{**new.__dict__, "brief": Brief(product=text, offer="x", sender="Dana")})
+        await store.insert_paused(new)
+        shown = await store.get(new.interaction_id)
+    finally:
+        await store.close()
+    assert shown is not None and shown.brief.product == text  # type: ignore[union-attr]

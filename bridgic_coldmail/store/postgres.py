@@ -812,9 +812,9 @@ def _connection_options(
     url: str, settings: Settings, secrets: frozenset[str], shown: str
 ) -> dict[str, Any]:
     """Keyword arguments for every connection: autocommit (each transaction is explicit),
-    rows as dicts, no server-side prepared statements unless asked, a connect timeout, and
-    TCP keepalives with a user timeout, so that a peer that vanished is noticed (the URL may
-    set each of the last)."""
+    rows as dicts, no server-side prepared statements unless asked, UTF-8 whatever the
+    server's or the role's default, a connect timeout, and TCP keepalives with a user
+    timeout, so that a peer that vanished is noticed (the URL may set each of the last)."""
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
@@ -822,10 +822,18 @@ def _connection_options(
             f"{shown} is not a usable PostgreSQL URL: {_scrub(str(exc).strip(), secrets)}",
             topic="store_path",
         ) from None
+    encoding = str(given.get("client_encoding", "UTF8"))
+    if encoding.replace("-", "").replace("_", "").upper() != "UTF8":
+        raise StoreError(
+            f"{shown} sets client_encoding={encoding}; bridgic-coldmail talks UTF-8 with "
+            "the server: remove that parameter",
+            topic="store_path",
+        )
     options: dict[str, Any] = {
         "autocommit": True,
         "row_factory": dict_row,
         "prepare_threshold": 5 if settings.prepare_statements else None,
+        "client_encoding": "UTF8",
     }
     defaults: dict[str, Any] = {
         "connect_timeout": max(2, math.ceil(settings.pool_timeout)),
@@ -846,14 +854,23 @@ async def _migrate(
     """Check the schema and the key, apply missing migrations; one transaction holding the
     migration advisory lock, so concurrent openers on any host apply each migration once."""
     async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_catalog.set_config('lock_timeout', %s, true), "
+        cursor = await conn.execute(
+            "SELECT pg_catalog.current_setting('server_encoding') AS encoding, "
+            "pg_catalog.set_config('lock_timeout', %s, true), "
             "pg_catalog.set_config('statement_timeout', %s, true)",
             [
                 _milliseconds(_migration_lock_timeout(settings)),
                 _milliseconds(_migration_lock_timeout(settings) + settings.statement_timeout),
             ],
         )
+        encoding = str((await cursor.fetchone() or {"encoding": "?"})["encoding"])
+        if encoding != "UTF8":
+            raise StoreError(
+                f"{shown} uses the encoding {encoding}; bridgic-coldmail needs a UTF8 "
+                "database (text in any other encoding is altered or refused): create one "
+                "with CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0",
+                topic="store_path",
+            )
         await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
         cursor = await conn.execute(
             "SELECT c.relname AS name FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
