@@ -813,3 +813,69 @@ async def test_text_outside_latin1_round_trips_whatever_the_client_encoding_defa
     finally:
         await store.close()
     assert shown is not None and shown.brief.product == text  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- libpq keyword strings
+
+
+def _keywords(url: str, **extra: str) -> str:
+    """The database of ``url`` as a libpq keyword string, values quoted as libpq wants."""
+    given = {**psycopg.conninfo.conninfo_to_dict(url), **extra}
+    return " ".join(
+        f"{key}='{str(value).replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"
+        for key, value in given.items()
+    )
+
+
+async def test_a_libpq_keyword_string_is_a_postgresql_database(
+    pg: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    keywords = _keywords(pg.db)
+    password = urlsplit(pg.db).password
+    assert password and f"password='{password}'" in keywords
+
+    settings = pg.settings().with_overrides(db=keywords)
+    store = await connect_store(settings)
+    try:
+        paused = await store.insert_paused(_new())
+        shown = [repr(settings), repr(store), store.location]
+    finally:
+        await store.close()
+    assert settings.is_postgres
+    assert pg.rows.row(paused.interaction_id) is not None  # stored on the server
+    assert list(tmp_path.iterdir()) == []  # and no file made of the string
+    assert all(password not in text for text in shown)
+
+
+@pytest.mark.parametrize(
+    "keywords",
+    [
+        "host=/nonexistent-socket-dir dbname=runs password='Hunter2 secret",  # unclosed quote
+        "host=/nonexistent-socket-dir dbname=runs password=Hunter2-secret",  # no server there
+        "dbname=runs password=Hunter2-secret no_such_keyword=1",
+    ],
+)
+def test_a_keyword_string_that_cannot_be_used_is_refused_without_showing_its_password(
+    keywords: str, tmp_path: Path, server: Any
+) -> None:
+    import subprocess
+    import sys
+
+    from .pg import SECRET_KEY
+
+    env = {**os.environ, "COLDMAIL_DB": keywords, "COLDMAIL_SECRET_KEY": SECRET_KEY,
+           "COLDMAIL_PG_POOL_TIMEOUT": "2"}  # fmt: skip
+    coldmail = str(Path(sys.executable).parent / "coldmail")
+    for command in (
+        ["list"],
+        ["start", "--product", "Acme", "--offer", "saves time", "--sender", "Dana"],
+    ):
+        result = subprocess.run(
+            [coldmail, *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert result.returncode in (7, 8), result.stderr
+        assert "Hunter2" not in result.stdout + result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr  # one line
+    assert list(tmp_path.iterdir()) == []  # no SQLite file named after the password

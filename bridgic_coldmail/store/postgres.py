@@ -64,7 +64,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ColdmailError, ConfigurationError, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
-from ..settings import Settings, redact_url
+from ..settings import Settings, is_libpq_keywords, redact_url
 from ..signing import KeySource, SnapshotSigner, load_signer
 from .base import (
     EVENT_COLUMNS,
@@ -804,7 +804,10 @@ async def _configure(conn: Connection) -> None:
 
 
 def _libpq_url(db: str) -> str:
-    """libpq does not know SQLAlchemy's ``postgresql+psycopg://`` spelling."""
+    """libpq does not know SQLAlchemy's ``postgresql+psycopg://`` spelling (a keyword string
+    is passed on as it is)."""
+    if is_libpq_keywords(db):
+        return db.strip()
     return re.sub(r"^postgresql\+psycopg://", "postgresql://", db)
 
 
@@ -971,8 +974,14 @@ async def _planted_objects(conn: Connection) -> list[str]:
 
 
 def _passwords(url: str) -> frozenset[str]:
-    """Every spelling of the URL's password (user-info or ``password=`` parameter)."""
+    """Every spelling of the URL's password (user-info or ``password=`` parameter, or the
+    keyword string's ``password``), and of the SSL key's ``sslpassword``."""
     found: set[str] = set()
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+        found |= {str(given[key]) for key in ("password", "sslpassword") if key in given}
+    except psycopg.Error:
+        pass  # malformed: the patterns below still find what they can
     try:
         parts = urlsplit(url)
         if parts.password:
@@ -982,8 +991,12 @@ def _passwords(url: str) -> frozenset[str]:
                 found.add(value)
     except ValueError:
         pass
-    for raw in re.findall(r"[?&]password=([^&#]*)", url):
+    for raw in re.findall(r"[?&](?:ssl)?password=([^&#]*)", url):
         found |= {raw, unquote(raw)}
+    for quoted, bare in re.findall(
+        r"(?:^|\s)(?:ssl)?password\s*=\s*(?:'((?:[^'\\]|\\.)*)'?|(\S*))", url
+    ):
+        found |= {quoted, re.sub(r"\\(.)", r"\1", quoted), bare}
     credentials = re.match(r"^[a-z+]+://[^:/@]*:([^/]*)@", url)
     if credentials:
         found |= {credentials.group(1), unquote(credentials.group(1))}
