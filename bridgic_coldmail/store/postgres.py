@@ -32,6 +32,16 @@ Design notes:
   server's ``synchronous_commit`` (on by default); a claim, a renewal and a release with
   ``synchronous_commit = off``, since losing one to a crash only leaves the run claimable
   again (the WAL is sequential: a result's commit flushes the claim before it).
+* **Faults.** A restart closes every pooled connection: the pool's ``check`` finds one closed
+  without a round trip (end of stream on its socket) and drains the pool. A round trip that
+  commits nothing (a read, a write's first one) or may run twice (a lease renewal) is sent
+  again on a fresh connection when its own turns out lost; one that commits never is, and a
+  lost answer to it is a ``StoreError`` with the topic ``commit_unknown``. Every call has a
+  deadline: the server's ``statement_timeout`` and ``lock_timeout`` bound its work, and a
+  watchdog shuts the socket down when no answer came in time (a stalled proxy acknowledges
+  every packet, so no TCP timeout fires, and cancelling the task would make psycopg wait for
+  a cancel). psycopg's own log records go to a ``NullHandler`` (an application's logging
+  still gets them), never to a command-line user's terminal.
 * **Errors by SQLSTATE**, never by message text; connection failures (which carry no
   SQLSTATE) pass libpq's reason through. The password of the URL never appears in a
   message, a log line or a ``repr``: messages show the URL redacted, and libpq's text is
@@ -44,7 +54,6 @@ import asyncio
 import builtins
 import logging
 import math
-import os
 import re
 import select
 import socket
@@ -662,13 +671,18 @@ class _Watchdog:
 
 
 def _shut_down(conn: Connection) -> None:
-    """Shut the connection's socket down both ways (its file descriptor stays open for
-    psycopg, which then finds the connection closed and discards it)."""
+    """Shut the connection's socket down both ways (its descriptor stays open for psycopg,
+    which then finds the connection closed and discards it)."""
     try:
-        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
+        sock = socket.socket(fileno=conn.pgconn.socket)
     except (OSError, psycopg.Error):
-        pass  # already closed
+        return  # already closed
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more
+    finally:
+        sock.detach()  # libpq's descriptor: not ours to close
 
 
 def _closed_by_server(conn: Connection) -> bool:
