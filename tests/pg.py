@@ -514,11 +514,13 @@ class FaultyProxy:
     * :meth:`trap`: act once on the next client message that contains ``marker``:
       ``"cut"`` closes that connection without forwarding the message (so the statement never
       ran), ``"lose_reply"`` forwards it and closes the connection once the server's answer
-      arrives, without passing it on (a commit whose acknowledgement was lost), ``"stall"``
-      holds the message and stalls everything from then on.
+      arrives, without passing it on (a commit whose acknowledgement was lost),
+      ``"close_after_reply"`` passes the answer on and then closes the connection (the
+      server went away between two round trips), ``"stall"`` holds the message and stalls
+      everything from then on.
     """
 
-    ACTIONS = ("cut", "lose_reply", "stall")
+    ACTIONS = ("cut", "lose_reply", "close_after_reply", "stall")
 
     def __init__(self, upstream: Path | tuple[str, int]) -> None:
         import asyncio
@@ -642,13 +644,16 @@ class FaultyProxy:
                     if action == "stall":
                         self._flowing.clear()
                         await self._flowing.wait()
-                    if action == "lose_reply":
-                        link.lose_reply = True
-                elif not to_server and link.lose_reply:
+                    if action in ("lose_reply", "close_after_reply"):
+                        link.after_reply = action
+                elif not to_server and link.after_reply == "lose_reply":
                     link.abort()
                     return
                 writer.write(data)
                 await writer.drain()
+                if not to_server and link.after_reply == "close_after_reply":
+                    link.close()
+                    return
         except OSError:
             pass
         finally:
@@ -661,7 +666,8 @@ class _Link:
     def __init__(self, client: Any, server: Any) -> None:
         self.client = client
         self.server = server
-        self.lose_reply = False
+        self.after_reply: str | None = None
+        """What to do once the server answers the trapped message."""
 
     def abort(self) -> None:
         self.client.transport.abort()

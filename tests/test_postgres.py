@@ -769,6 +769,28 @@ async def test_a_commit_whose_outcome_is_unknown_says_so(
     assert recorded == ("completed" if fault == "lose_reply" else "resuming")
 
 
+async def test_a_connection_lost_between_the_two_round_trips_of_a_write_changes_nothing(
+    pg: Backend, proxy: Any
+) -> None:
+    """The server went away after locking the row and before COMMIT was sent: the
+    transaction died with the connection, and the error says nothing was changed (not
+    "may have been recorded"); doing it again then works."""
+    store = await connect_store(_through(pg, proxy, busy_timeout=1, lease_seconds=30))
+    try:
+        claim = await _claimed(store)
+        proxy.trap(b"FOR UPDATE", "close_after_reply")
+        with pytest.raises(StoreError) as caught:
+            await store.complete(claim, Finished(RunStatus.COMPLETED, SEQUENCE))
+        assert pg.rows.row(claim.interaction_id)["status"] == "resuming"
+        again = await store.complete(claim, Finished(RunStatus.COMPLETED, SEQUENCE))
+    finally:
+        await store.close()
+    assert proxy.sprung
+    assert caught.value.topic == "connection_lost"
+    assert "nothing was changed, retry" in str(caught.value)
+    assert again is not None and again.status is RunStatus.COMPLETED
+
+
 # --------------------------------------------------------------------------- what the database is
 
 

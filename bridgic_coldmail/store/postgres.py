@@ -594,6 +594,12 @@ class _Call:
         """
         for attempt in range(1, _ATTEMPTS + 1):
             conn = await self._connection()
+            in_transaction = conn.info.transaction_status != pq.TransactionStatus.IDLE
+            if _closed_by_server(conn):  # found closed before anything was sent on it
+                if not in_transaction and attempt < _ATTEMPTS and self._time_left():
+                    await self._replace()
+                    continue
+                raise StoreError(self.errors.lost_before_commit(), topic="connection_lost")
             limit = min(self._answer_timeout, max(self._deadline - self._loop.time(), 0.001))
             watchdog = _Watchdog(conn, limit)
             try:
@@ -607,13 +613,12 @@ class _Call:
                     ) from None
                 if not conn.closed:
                     raise  # the server answered: an error with its SQLSTATE
-                if retry and attempt < _ATTEMPTS and self._loop.time() < self._deadline:
-                    await self._give_back()  # broken: the pool replaces it
-                    await self._pool.drain()  # its siblings were likely cut off with it
+                if retry and attempt < _ATTEMPTS and self._time_left():
+                    await self._replace()
                     continue
                 if commits:
                     raise StoreError(self.errors.lost_commit(exc), topic="commit_unknown") from None
-                raise
+                raise StoreError(self.errors.message(exc), topic="connection_lost") from None
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def end(self) -> None:
@@ -640,6 +645,15 @@ class _Call:
         conn, self._conn = self._conn, None
         if conn is not None:
             await self._pool.putconn(conn)
+
+    async def _replace(self) -> None:
+        """Give the lost connection back (the pool replaces it) and drain the pool: the
+        others were likely cut off with it (a restart, a failover, a network failure)."""
+        await self._give_back()
+        await self._pool.drain()
+
+    def _time_left(self) -> bool:
+        return self._loop.time() < self._deadline
 
 
 class _Watchdog:
@@ -1066,6 +1080,14 @@ class _ErrorContext:
             "it, stopped answering); nothing was changed: check them, then retry"
         )
 
+    def lost_before_commit(self) -> str:
+        """The connection was found closed in the middle of a transaction, before its
+        COMMIT was sent: the server rolled it back."""
+        return (
+            f"lost the connection to {self.shown} (the server closed it) before the change "
+            "was committed; nothing was changed, retry"
+        )
+
     def lost_commit(self, exc: psycopg.Error) -> str:
         """The connection was lost after COMMIT may have reached the server."""
         reason = _scrub(" ".join(str(exc).split()), self.secrets) or type(exc).__name__
@@ -1074,7 +1096,7 @@ class _ErrorContext:
             "may have been recorded; look before you retry"
         )
 
-    def message(self, exc: psycopg.Error, connecting: bool) -> str:
+    def message(self, exc: psycopg.Error, connecting: bool = False) -> str:
         shown, state = self.shown, exc.sqlstate or ""
         detail = _scrub((exc.diag.message_primary or str(exc)).strip(), self.secrets)
         if state == _LOCKED:
