@@ -32,6 +32,7 @@ DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_MAX_ROUNDS = 5
 DEFAULT_POOL_SIZE = 10
 DEFAULT_POOL_TIMEOUT = 30.0
+DEFAULT_STATEMENT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 """A lead list uploaded to the web inbox for export: about 80,000 leads of a few columns."""
@@ -61,6 +62,7 @@ ENV = {
     "pool_size": "COLDMAIL_PG_POOL_SIZE",
     "pool_timeout": "COLDMAIL_PG_POOL_TIMEOUT",
     "prepare_statements": "COLDMAIL_PG_PREPARE",
+    "statement_timeout": "COLDMAIL_PG_STATEMENT_TIMEOUT",
     "web_token": "COLDMAIL_WEB_TOKEN",
     "allowed_hosts": "COLDMAIL_ALLOWED_HOSTS",
     "public_origin": "COLDMAIL_PUBLIC_ORIGIN",
@@ -89,6 +91,7 @@ class AgentOptions(TypedDict, total=False):
     pool_size: int
     pool_timeout: float
     prepare_statements: bool
+    statement_timeout: float
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class Settings:
     """The resolved settings. Build with :meth:`resolve`; every field is already valid."""
 
     db: str = DEFAULT_DB
-    """An SQLite file path, or a ``postgresql://`` URL."""
+    """An SQLite file path, a ``postgresql://`` URL, or libpq keywords (``host=… dbname=…``)."""
     llm: str | None = None
     """``"openai"``, ``"local"``, or None for the default rule (see ``llm.choose_backend``)."""
     model: str = DEFAULT_MODEL
@@ -115,6 +118,9 @@ class Settings:
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
     prepare_statements: bool = False
     """Server-side prepared statements on PostgreSQL; off so PgBouncer's transaction mode works."""
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
+    """PostgreSQL: seconds a statement may run besides its wait for a lock (see
+    ``store/postgres.py`` for the bound every call then keeps)."""
     web_token: str | None = field(default=None, repr=False)
     allowed_hosts: tuple[str, ...] = ()
     """Host names the web server answers besides loopback and its bound address."""
@@ -182,12 +188,33 @@ class Settings:
     @property
     def is_postgres(self) -> bool:
         """Whether ``db`` names a PostgreSQL server rather than an SQLite file."""
-        return is_postgres_url(self.db)
+        return is_postgres_url(self.db) or is_libpq_keywords(self.db)
 
 
 def is_postgres_url(db: str) -> bool:
     """``postgresql://…``, ``postgres://…`` or ``postgresql+psycopg://…``."""
     return db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
+
+
+LIBPQ_KEYWORDS = frozenset(
+    """host hostaddr port dbname user password passfile require_auth channel_binding
+    connect_timeout client_encoding options application_name fallback_application_name
+    keepalives keepalives_idle keepalives_interval keepalives_count tcp_user_timeout
+    replication gssencmode sslmode sslnegotiation requiressl sslcompression sslcert sslkey
+    sslpassword sslcertmode sslrootcert sslcrl sslcrldir sslsni requirepeer
+    ssl_min_protocol_version ssl_max_protocol_version min_protocol_version
+    max_protocol_version krbsrvname gsslib gssdelegation service target_session_attrs
+    load_balance_hosts""".split()
+)
+"""libpq's connection parameter key words (its documentation, "Parameter Key Words")."""
+
+
+def is_libpq_keywords(db: str) -> bool:
+    """Whether ``db`` is a libpq keyword/value string (``host=db.internal dbname=runs``): it
+    begins with one of libpq's key words and ``=``. (A file whose name begins so is still
+    reachable as ``./host=…``.)"""
+    found = re.match(r"\s*([A-Za-z_]+)\s*=", db)
+    return found is not None and found.group(1) in LIBPQ_KEYWORDS
 
 
 def check_web_token(token: str) -> str:
@@ -200,11 +227,14 @@ def check_web_token(token: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """A database URL with its password replaced by ``***`` (for messages and logs): the
-    one in the user information (up to the last ``@`` before the path, as a password with an
-    unencoded ``@`` would otherwise leak its tail) and a ``password=`` query parameter."""
+    """A database URL or libpq keyword string with its passwords replaced by ``***`` (for
+    messages and logs): the one in the user information (up to the last ``@`` before the
+    path, as a password with an unencoded ``@`` would otherwise leak its tail), a
+    ``password=`` or ``sslpassword=`` query parameter, and a ``password=`` or
+    ``sslpassword=`` keyword, quoted or not (an unclosed quote hides the rest)."""
     url = re.sub(r"(://[^:/@?#]*:)[^/?#]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    url = re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", url)
+    return re.sub(r"((?:^|\s)(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S*)", r"\1***", url)
 
 
 def _parse(name: str, value: Any, *, source: str) -> Any:
@@ -227,8 +257,8 @@ def _text(value: Any) -> str:
 def _db(value: Any) -> str:
     text = str(os.fspath(value)).strip() if isinstance(value, (str, os.PathLike)) else None
     if not text:
-        raise ValueError("give a file path or a postgresql:// URL")
-    if "://" in text and not is_postgres_url(text):
+        raise ValueError("give a file path, a postgresql:// URL or libpq keywords (host=…)")
+    if "://" in text and not is_postgres_url(text) and not is_libpq_keywords(text):
         raise ValueError("the only database URLs are postgresql://…; give a file path for SQLite")
     return text
 
@@ -340,6 +370,7 @@ _PARSERS: dict[str, Any] = {
     "pool_size": _count(1, 1000),
     "pool_timeout": _seconds,
     "prepare_statements": _flag,
+    "statement_timeout": _seconds,
     "web_token": _web_token,
     "allowed_hosts": _hosts,
     "public_origin": _origin,
