@@ -542,3 +542,54 @@ async def test_an_api_decision_that_is_not_json_is_415(
     rid = await at_review(db_path, brief)
     refused = await client.post(f"/api/runs/{rid}/approve", data={"round": "1"})
     assert refused.status_code == 415
+
+
+@pytest.mark.parametrize("round", ["²", "١", "１", "1²", "0x1", "-1", "1e3"])
+async def test_a_round_that_is_not_ascii_digits_is_refused_on_the_page(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, round: str
+) -> None:
+    interaction_id = await at_review(db_path, brief)
+    fields = await form(client, interaction_id)
+    for action, extra in (("approve", {}), ("reject", {"reason": "no"})):
+        answer = await client.post(
+            f"/runs/{interaction_id}/{action}",
+            data={**fields, **extra, "round": round},
+            headers={"Origin": BASE},
+        )
+        assert answer.status_code == 422, (action, round)
+        assert "the form&#39;s round is not a number; reload the run page" in answer.text
+        assert answer.headers["cache-control"] == "no-store"
+    run = await stored_run(db_path, interaction_id)
+    assert (run.status, run.round) == (RunStatus.AWAITING_REVIEW, 1)
+
+
+@pytest.mark.parametrize("round", ["²", "١", "1", 1.0, True, [1]])
+async def test_a_round_that_is_not_a_json_integer_is_refused_by_the_api(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, round: object
+) -> None:
+    interaction_id = await at_review(db_path, brief)
+    answer = await client.post(f"/api/runs/{interaction_id}/approve", json={"round": round})
+    assert answer.status_code == 422
+    assert answer.json()["error"]["type"] == "InvalidInput"
+    assert answer.json()["error"]["message"].startswith("invalid request: round:")
+    assert (await stored_run(db_path, interaction_id)).status is RunStatus.AWAITING_REVIEW
+
+
+async def test_an_edit_whose_days_are_not_ascii_digits_keeps_what_was_typed(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await at_review(db_path, brief)
+    fields = await form(client, interaction_id)
+    typed = {
+        "opener_subject": "Hello",
+        "opener_body": "Hi there",
+        "follow_up_subject": "Again",
+        "follow_up_body": "Hi again",
+        "follow_up_wait_days": "³",
+    }
+    answer = await client.post(
+        f"/runs/{interaction_id}/edit", data={**fields, **typed}, headers={"Origin": BASE}
+    )
+    assert answer.status_code == 422 and "wait_days" in answer.text
+    assert 'name="follow_up_wait_days" required min="1" max="90" value="³"' in answer.text
+    assert (await stored_run(db_path, interaction_id)).round == 1
