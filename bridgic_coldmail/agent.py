@@ -575,6 +575,10 @@ class ColdMailAgent:
         limit, offset = validate_page(limit, offset, MAX_PAGE)
         return await self._store.list(_parse_status(status), limit=limit, offset=offset)
 
+    async def counts(self) -> dict[RunStatus, int]:
+        """How many stored runs each status has (statuses without runs left out)."""
+        return await self._store.counts()
+
     async def purge(
         self,
         older_than: timedelta,

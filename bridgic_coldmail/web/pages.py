@@ -39,7 +39,7 @@ from .security import (
     set_private_cookie,
 )
 from .uploads import download, export_upload, private_folder, read_chunks, save_upload, shown_name
-from .views import FormState, age, form_text, show_run
+from .views import FormState, age, clip, form_text, show_run
 
 PAGE_SIZE = 20
 """Runs per inbox page."""
@@ -51,6 +51,8 @@ TABS = {
     "rejected": (RunStatus.REJECTED, "Rejected"),
 }
 """The inbox's tabs: name in the address → the status listed, and the tab's label."""
+AUDIENCE_CHARS = 120
+"""The audience a list row shows (the feedback, else the brief's guess), clipped to this."""
 BRIEF_FIELDS = ("product", "offer", "sender", "audience", "cta")
 MAX_FIELDS_CHARS = 2000
 """The new-run form's merge-field list, as typed (comma-separated column names)."""
@@ -79,10 +81,12 @@ async def inbox(
     tab: str = "awaiting",
     page: int = Query(1, ge=1, le=MAX_INBOX_PAGE),
 ) -> Response:
-    """The runs of one tab (default: waiting for feedback), newest first."""
+    """The runs of one tab (default: waiting for feedback), newest first; each tab says how
+    many runs it has."""
     tab = tab if tab in TABS else "awaiting"
     status = TABS[tab][0]
     runs = await agent.list(status, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
+    counts = await agent.counts()
     return templates.TemplateResponse(
         request,
         "inbox.html",
@@ -91,8 +95,10 @@ async def inbox(
             "has_more": len(runs) > PAGE_SIZE,
             "page": page,
             "tab": tab,
-            "tabs": {name: label for name, (_, label) in TABS.items()},
+            "tabs": {name: (label, counts.get(s, 0)) for name, (s, label) in TABS.items()},
             "age": age,
+            "clip": clip,
+            "audience_chars": AUDIENCE_CHARS,
         },
     )
 

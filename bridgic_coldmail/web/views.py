@@ -196,7 +196,7 @@ def same_decision(event: RunEvent, mine: Decision) -> bool:
 def describe_decision(event: RunEvent, who: str | None = None) -> str:
     """'Ann asked for a revision: “shorter”', for the rounds list and conflict messages."""
     actor = event.actor or who or "a reviewer"
-    detail = _clip(event.detail or "")
+    detail = clip(event.detail or "")
     return {
         "approved": f"{actor} approved it",
         "revised": f"{actor} asked for a revision: “{detail}”",
@@ -215,7 +215,8 @@ def event_label(event: RunEvent) -> str:
     return label
 
 
-def _clip(text: str, width: int = 200) -> str:
+def clip(text: str, width: int = 200) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
     text = text.replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
 
