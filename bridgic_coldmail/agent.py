@@ -612,18 +612,21 @@ class ColdMailAgent:
         *,
         format: str = "csv",
         strict: bool = False,
+        max_bytes: int | None = None,
     ) -> ExportReport:
         """Render the run's final sequence for every lead of a CSV list, into ``out``.
 
         One row per lead (its own columns, then ``step1_subject``, ``step1_body``,
         ``step2_subject`` — blank, so it threads as a reply —, ``step2_body`` and
         ``step2_delay_days``), merge fields filled in, formulas neutralised. The run must be
-        completed (approved, in review mode). See ``export.export_sequence``.
+        completed (approved, in review mode). ``max_bytes`` caps the file written (the web
+        inbox's ``COLDMAIL_MAX_EXPORT_BYTES``). See ``export.export_sequence``.
 
         Raises:
             RunConflict: the run has no final sequence yet.
             InvalidInput: the lead list or ``out`` cannot be used; or, with ``strict``, a
-                lint warning or a lead that cannot be rendered (``out`` is then untouched).
+                lint warning or a lead that cannot be rendered; or the file would pass
+                ``max_bytes`` (``topic="export_too_large"``). ``out`` is then untouched.
         """
         from .export import FORMATS, export_sequence
 
@@ -640,6 +643,7 @@ class ColdMailAgent:
             format=format,
             strict=strict,
             acronyms=_acronyms(run),
+            max_bytes=max_bytes,
         )
 
     async def preview_export(

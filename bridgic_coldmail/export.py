@@ -108,6 +108,7 @@ def export_sequence(
     format: ExportFormat = "csv",
     strict: bool = False,
     acronyms: Iterable[str] = DEFAULT_ACRONYMS,
+    max_bytes: int | None = None,
 ) -> ExportReport:
     """Render ``sequence`` for every lead of the CSV at ``leads_path`` into ``out``.
 
@@ -118,6 +119,8 @@ def export_sequence(
         format: ``"csv"`` (for import into a sending tool) or ``"json"``.
         strict: refuse on any lint warning or skipped row instead of reporting it.
         acronyms: upper-case words the capitals rule accepts (e.g. the product's name).
+        max_bytes: the largest file to write; past it the export stops, removes what it
+            wrote and raises (``topic="export_too_large"``). None: no limit.
 
     Returns:
         The report: rows written, rows skipped with their reasons, lint warnings.
@@ -147,6 +150,7 @@ def export_sequence(
             strict=strict,
             leads_path=reader.path,
             issues=issues,
+            max_bytes=max_bytes,
         )
     return ExportReport(target, format, columns, written, tuple(skipped), tuple(issues))
 
@@ -284,6 +288,7 @@ def _write_atomically(
     strict: bool,
     leads_path: Path,
     issues: list[LintIssue],
+    max_bytes: int | None = None,
 ) -> tuple[int, list[SkippedRow]]:
     try:
         fd, temp_name = tempfile.mkstemp(
@@ -296,7 +301,8 @@ def _write_atomically(
     temp = Path(temp_name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            written, skipped = _write_rows(handle, format, columns, rows, delay_days)
+            sink = handle if max_bytes is None else _Capped(handle, max_bytes)
+            written, skipped = _write_rows(sink, format, columns, rows, delay_days)
             if strict and skipped:
                 raise InvalidInput(_refusal(issues, skipped, leads_path))
             if written == 0:
@@ -319,8 +325,26 @@ def _write_atomically(
     return written, skipped
 
 
+class _Capped:
+    """A text file that refuses to grow past ``limit`` bytes of UTF-8 (before writing them)."""
+
+    def __init__(self, handle: IO[str], limit: int) -> None:
+        self._handle = handle
+        self._limit = limit
+        self._size = 0
+
+    def write(self, text: str) -> int:
+        self._size += len(text.encode("utf-8"))
+        if self._size > self._limit:
+            raise InvalidInput(
+                f"the export is larger than {self._limit} bytes, the limit; nothing was written",
+                topic="export_too_large",
+            )
+        return self._handle.write(text)
+
+
 def _write_rows(
-    handle: IO[str],
+    handle: IO[str] | _Capped,
     format: ExportFormat,
     columns: tuple[str, ...],
     rows: Iterator[tuple[Lead, tuple[str, str, str]] | SkippedRow],

@@ -121,6 +121,8 @@ class WebPolicy:
     token: str | None
     max_body_bytes: int
     max_upload_bytes: int
+    max_export_bytes: int
+    """The largest file one export may write and hold while it downloads."""
     https: bool | None
     """Whether browsers reach the app over HTTPS (from ``public_origin``); None: ask each
     request's scheme."""
@@ -147,6 +149,7 @@ class WebPolicy:
             token,
             settings.max_body_bytes,
             settings.max_upload_bytes,
+            settings.export_limit,
             https,
         )
 

@@ -35,7 +35,7 @@ from ..models import (
 )
 from .responses import templates
 from .security import CSRF_COOKIE, WebPolicy, csrf_token, set_private_cookie
-from .uploads import ExportRefused
+from .uploads import ExportRefused, ExportShown
 
 DECISION_OF_EVENT = {
     "approved": "approve",
@@ -77,8 +77,10 @@ MAX_SHOWN_ROUNDS = 20
 MAX_SHOWN_EVENTS = 60
 """History events the run page lists, the newest; it counts the others. With the rounds'
 cap, a page stays the same size however many rounds a run has been through."""
-MAX_SHOWN_ROWS = 50
-"""Skipped rows listed on the page when an export is refused (the message counts them all)."""
+MAX_SHOWN_ROWS = 100
+"""Rows an export leaves out listed with their address and why; the others by number."""
+MAX_LISTED_ROW_NUMBERS = 5000
+"""Row numbers listed after those rows; past them the page counts the rest."""
 
 
 def age(moment: datetime) -> str:
@@ -253,6 +255,7 @@ async def show_run(
     message_kind: str = "notice",
     form: FormState | None = None,
     export_problem: ExportRefused | None = None,
+    export_shown: ExportShown | None = None,
 ) -> Response:
     """The run page, with its history and lint; sets the CSRF cookie its forms need.
 
@@ -275,6 +278,7 @@ async def show_run(
         message_kind=message_kind,
         form=form or FormState(),
         export_problem=export_problem,
+        export_shown=export_shown,
     )
     set_private_cookie(response, request, policy, CSRF_COOKIE, csrf)
     return response
@@ -293,6 +297,7 @@ def _render_run_page(
     message_kind: str,
     form: FormState,
     export_problem: ExportRefused | None,
+    export_shown: ExportShown | None,
 ) -> Response:
     rounds = review_rounds(history)
     decided = [r for r in rounds if r.decision is not None]
@@ -331,13 +336,16 @@ def _render_run_page(
             "subject": SUBJECT_LIMIT,
             "body": BODY_LIMIT,
             "upload_mb": _megabytes(policy.max_upload_bytes),
+            "export_mb": _megabytes(policy.max_export_bytes),
         },
         "form": form,
         "values": values,
         "message": message,
         "message_kind": message_kind,
         "export_problem": export_problem,
+        "export_shown": export_shown,
         "max_shown_rows": MAX_SHOWN_ROWS,
+        "max_listed_row_numbers": MAX_LISTED_ROW_NUMBERS,
     }
     return templates.TemplateResponse(request, "run.html", context, status)
 
