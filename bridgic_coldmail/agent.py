@@ -673,7 +673,8 @@ class ColdMailAgent:
 
         run = await self.get(interaction_id)
         sequence = run.sequence or run.draft
-        return lint_sequence(sequence, run.fields, acronyms=_acronyms(run))
+        # Tens of milliseconds for bodies at their limit: not on the event loop.
+        return await asyncio.to_thread(lint_sequence, sequence, run.fields, acronyms=_acronyms(run))
 
     async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign the unsigned snapshots of these runs (all of them when None).

@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import Indel, LCSseq
 
-from bridgic_coldmail import Brief, ColdMailAgent
+from bridgic_coldmail import Brief, ColdMailAgent, lint
 from bridgic_coldmail.web import views
 
 from .test_web import settings_for, web_client
@@ -210,23 +210,33 @@ async def test_a_run_edited_with_the_worst_texts_renders_with_bounded_work(
     assert max(aligned_cells) <= views.MAX_DIFF_CELLS
 
 
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [(views, "highlight_changes"), (lint, "lint_sequence")],
+    ids=["diff", "lint"],
+)
 async def test_a_slow_page_does_not_hold_up_other_requests(
-    client: httpx.AsyncClient, db_path: Path, brief: Brief, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient,
+    db_path: Path,
+    brief: Brief,
+    monkeypatch: pytest.MonkeyPatch,
+    module: Any,
+    name: str,
 ) -> None:
     interaction_id = await at_review(db_path, brief)
     rendering, inbox_answered = threading.Event(), threading.Event()
-    real = views.highlight_changes
+    real = getattr(module, name)
     first = [True]
 
-    def slow(before: str, after: str) -> Any:
-        """A render that lasts until the inbox has been answered (or the guard runs out)."""
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        """A step that lasts until the inbox has been answered (or the guard runs out)."""
         if first[0]:
             first[0] = False
             rendering.set()
             inbox_answered.wait(HANG_GUARD / 4)
-        return real(before, after)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(views, "highlight_changes", slow)
+    monkeypatch.setattr(module, name, slow)
     heavy = asyncio.create_task(client.get(f"/runs/{interaction_id}"))
     assert await asyncio.to_thread(rendering.wait, HANG_GUARD)
     inbox = await asyncio.wait_for(client.get("/?tab=review"), HANG_GUARD)
