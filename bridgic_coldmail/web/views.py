@@ -9,6 +9,7 @@ when it was put up), and the decision event of the same round (``approved``, ``r
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from rapidfuzz.distance import Indel
 
 from ..agent import ColdMailAgent
@@ -70,8 +71,8 @@ MAX_DIFF_CELLS = (BODY_LIMIT // 2 + 1) ** 2
 """The most word pairs (words before × words after, common ends trimmed) the change
 highlighting aligns: every valid body fits, as it has at most ``BODY_LIMIT // 2 + 1`` words.
 The work is at most ``MAX_DIFF_CELLS / 64`` steps (about 0.1 million)."""
-_WORD = re.compile(r"(\S+)(\s*)")
-"""A word and the spaces after it."""
+_WORD = re.compile(r"\S+")
+"""A word: what ``str.split()`` separates (both take the same characters for spaces)."""
 MAX_SHOWN_ROUNDS = 20
 """Decided rounds the run page shows with their emails, the newest; it counts the others."""
 MAX_SHOWN_EVENTS = 60
@@ -99,20 +100,25 @@ def highlight_changes(before: str, after: str) -> Markup:
     The unmarked words are a longest common subsequence of the two texts' words, found by
     rapidfuzz's bit-parallel LCS in ``ceil(n / 64) * m`` steps whatever the words are; once
     the common ends are trimmed, a middle of more than :data:`MAX_DIFF_CELLS` word pairs is
-    marked whole instead.
+    marked whole instead. Each run of changed words is escaped and wrapped as one piece.
     """
-    old = _WORD.findall(before)
-    lead = after[: len(after) - len(after.lstrip())]
-    new = _WORD.findall(after)
-    changed = _changed_words([word for word, _ in old], [word for word, _ in new])
-    parts = [str(escape(lead))]
-    for index, (word, space) in enumerate(new):
-        opens = changed[index] and (index == 0 or not changed[index - 1])
-        closes = changed[index] and (index + 1 == len(new) or not changed[index + 1])
-        parts.append("<ins>" if opens else "")
-        parts.append(str(escape(word)))
-        parts.append("</ins>" if closes else "")
-        parts.append(str(escape(space)))
+    words = list(_WORD.finditer(after))
+    changed = _changed_words(before.split(), [word.group() for word in words])
+    parts: list[str] = []
+    shown = 0  # where the text not yet in ``parts`` starts
+    index = 0
+    while index < len(words):
+        if not changed[index]:
+            index += 1
+            continue
+        last = index
+        while last + 1 < len(words) and changed[last + 1]:
+            last += 1
+        start, end = words[index].start(), words[last].end()
+        parts += [html.escape(after[shown:start]), "<ins>", html.escape(after[start:end])]
+        parts.append("</ins>")
+        shown, index = end, last + 1
+    parts.append(html.escape(after[shown:]))
     return Markup("".join(parts))
 
 
