@@ -263,7 +263,7 @@ async def test_a_run_with_many_rounds_shows_the_newest_and_counts_the_others(
     # Rounds 1 to 34 were decided; 35 is under review. The newest 20 are shown, in order.
     assert [int(n) for n in shown] == list(range(rounds - views.MAX_SHOWN_ROUNDS, rounds))
     assert f"{rounds - 1 - views.MAX_SHOWN_ROUNDS} earlier rounds are not shown" in page
-    assert f"coldmail history {interaction_id}" in page
+    assert f"coldmail show {interaction_id}</code> prints the whole history" in page
     assert len(page) < (views.MAX_SHOWN_ROUNDS + 3) * 4 * BODY  # the page does not grow with them
     assert len(history) > views.MAX_SHOWN_EVENTS
     assert page.count('<tr class="event">') == views.MAX_SHOWN_EVENTS
