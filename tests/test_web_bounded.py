@@ -194,7 +194,8 @@ async def test_a_run_edited_with_the_worst_texts_renders_with_bounded_work(
 ) -> None:
     interaction_id = await at_review(db_path, brief)
     texts = [text for case in WORST_PAIRS.values() for text in case(BODY)]
-    subjects = [text for case in WORST_PAIRS.values() for text in case(SUBJECT)]
+    # A subject is one line: the same words, their line breaks made spaces.
+    subjects = [" ".join(text.split()) for case in WORST_PAIRS.values() for text in case(SUBJECT)]
     async with ColdMailAgent.open(db_path) as agent:
         for text, subject in zip(texts, subjects, strict=True):  # twelve rounds of edits
             await agent.edit(interaction_id, worst_sequence(text, subject))
