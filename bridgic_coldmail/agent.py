@@ -659,6 +659,10 @@ class ColdMailAgent:
         limit, offset = validate_page(limit, offset, MAX_PAGE)
         return await self._store.list(_parse_status(status), limit=limit, offset=offset)
 
+    async def counts(self) -> dict[RunStatus, int]:
+        """How many stored runs each status has (statuses without runs left out)."""
+        return await self._store.counts()
+
     async def purge(
         self,
         older_than: timedelta,
@@ -693,6 +697,7 @@ class ColdMailAgent:
         format: str = "csv",
         strict: bool = False,
         overwrite: bool = False,
+        max_bytes: int | None = None,
     ) -> ExportReport:
         """Render the run's final sequence for every lead of a CSV list, into ``out``.
 
@@ -702,12 +707,14 @@ class ColdMailAgent:
         completed (approved, in review mode). ``out`` is a new file, or an existing regular
         file with ``overwrite=True``, never this agent's database or key file; ``"-"`` is
         standard output. Cancelling the call (Ctrl-C) stops the export between two rows and
-        leaves ``out`` as it was. See ``export.export_sequence``.
+        leaves ``out`` as it was. ``max_bytes`` caps the file written (the web inbox's
+        ``COLDMAIL_MAX_EXPORT_BYTES``). See ``export.export_sequence``.
 
         Raises:
             RunConflict: the run has no final sequence yet.
             InvalidInput: the lead list or ``out`` cannot be used; or, with ``strict``, a
-                lint warning or a lead that cannot be rendered (``out`` is then untouched).
+                lint warning or a lead that cannot be rendered; or the file would pass
+                ``max_bytes`` (``topic="export_too_large"``). ``out`` is then untouched.
         """
         from .export import FORMATS, export_sequence, run_stoppable, store_files
 
@@ -726,6 +733,7 @@ class ColdMailAgent:
             acronyms=_acronyms(run),
             overwrite=overwrite,
             protected=store_files(self.settings),
+            max_bytes=max_bytes,
         )
 
     async def preview_export(
@@ -759,7 +767,8 @@ class ColdMailAgent:
 
         run = await self.get(interaction_id)
         sequence = run.sequence or run.draft
-        return lint_sequence(sequence, run.fields, acronyms=_acronyms(run))
+        # Tens of milliseconds for bodies at their limit: not on the event loop.
+        return await asyncio.to_thread(lint_sequence, sequence, run.fields, acronyms=_acronyms(run))
 
     async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign the unsigned snapshots of these runs (all of them when None).

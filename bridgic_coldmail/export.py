@@ -228,6 +228,7 @@ def export_sequence(
     overwrite: bool = False,
     protected: Mapping[Path, str] | None = None,
     stop: StopSignal | None = None,
+    max_bytes: int | None = None,
 ) -> ExportReport:
     """Render ``sequence`` for every lead of the CSV at ``leads_path`` into ``out``.
 
@@ -243,6 +244,8 @@ def export_sequence(
         protected: files ``out`` must never be, nor ``leads_path``, with what they are
             (see :func:`store_files`).
         stop: lets another thread stop the export (see :class:`StopSignal`).
+        max_bytes: the largest file to write; past it the export stops, removes what it
+            wrote and raises (``topic="export_too_large"``). None: no limit.
 
     Returns:
         The report: rows written, rows skipped with their reasons, lint warnings.
@@ -271,7 +274,11 @@ def export_sequence(
         if target is not None:
             written, skipped = target.write(
                 lambda handle: _write_rows(
-                    handle, format, columns, _render_all(sequence, reader, stop), delay
+                    handle if max_bytes is None else _Capped(handle, max_bytes),
+                    format,
+                    columns,
+                    _render_all(sequence, reader, stop),
+                    delay,
                 ),
                 lambda written, skipped: _refuse(written, skipped, strict, issues, reader.path),
                 stop,
@@ -735,6 +742,24 @@ class _Folder:
 
 
 _AT_CALLS = {os.open, os.stat, os.link, os.unlink, os.rename} <= os.supports_dir_fd
+
+
+class _Capped:
+    """A text file that refuses to grow past ``limit`` bytes of UTF-8 (before writing them)."""
+
+    def __init__(self, handle: _Sink, limit: int) -> None:
+        self._handle = handle
+        self._limit = limit
+        self._size = 0
+
+    def write(self, text: str) -> int:
+        self._size += len(text.encode("utf-8"))
+        if self._size > self._limit:
+            raise InvalidInput(
+                f"the export is larger than {self._limit} bytes, the limit; nothing was written",
+                topic="export_too_large",
+            )
+        return self._handle.write(text)
 
 
 def _write_rows(

@@ -36,6 +36,9 @@ DEFAULT_STATEMENT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 """A lead list uploaded to the web inbox for export: about 80,000 leads of a few columns."""
+EXPORT_PER_UPLOAD = 16
+"""The web export's default size limit, in multiples of the upload limit: a lead of a few
+columns becomes a row about ten times larger once both emails are filled in."""
 MIN_KEY_CHARS = 32
 MIN_WEB_TOKEN_CHARS = 32
 MAX_SECONDS = 7 * 24 * 3600.0
@@ -68,6 +71,7 @@ ENV = {
     "public_origin": "COLDMAIL_PUBLIC_ORIGIN",
     "max_body_bytes": "COLDMAIL_MAX_BODY_BYTES",
     "max_upload_bytes": "COLDMAIL_MAX_UPLOAD_BYTES",
+    "max_export_bytes": "COLDMAIL_MAX_EXPORT_BYTES",
     "debug": "COLDMAIL_DEBUG",
 }
 """The environment variable behind each setting."""
@@ -130,6 +134,9 @@ class Settings:
     """The largest request body the web server reads (JSON and forms)."""
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     """The largest lead list the web server accepts for an export (its only upload)."""
+    max_export_bytes: int | None = None
+    """The largest file one web export may write (and hold while it downloads); None:
+    :data:`EXPORT_PER_UPLOAD` times ``max_upload_bytes`` (see :attr:`export_limit`)."""
     debug: bool = False
 
     @classmethod
@@ -184,6 +191,14 @@ class Settings:
         values["db"] = redact_url(self.db)
         shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
         return f"Settings({shown})"
+
+    @property
+    def export_limit(self) -> int:
+        """The largest file one web export may write: ``max_export_bytes``, or by default
+        :data:`EXPORT_PER_UPLOAD` times the upload limit."""
+        if self.max_export_bytes is not None:
+            return self.max_export_bytes
+        return EXPORT_PER_UPLOAD * self.max_upload_bytes
 
     @property
     def is_postgres(self) -> bool:
@@ -376,5 +391,6 @@ _PARSERS: dict[str, Any] = {
     "public_origin": _origin,
     "max_body_bytes": _count(1024, 16 * 1024 * 1024),
     "max_upload_bytes": _count(1024, 1024 * 1024 * 1024),
+    "max_export_bytes": _count(1024, 64 * 1024 * 1024 * 1024),
     "debug": _flag,
 }

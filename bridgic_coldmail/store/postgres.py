@@ -100,6 +100,7 @@ from .base import (
     plan_release,
     recorded,
     run_from_row,
+    status_counts,
 )
 from .postgres_migrations import (
     EXPECTED_RELATIONS,
@@ -494,6 +495,15 @@ class PostgresRunStore:
 
         rows = await self._read(fetch)
         return [decode_row(_normalized(row), self._signer) for row in rows]
+
+    async def counts(self) -> dict[RunStatus, int]:
+        """How many runs each status has."""
+        async with self._reading() as conn:
+            cursor = await conn.execute(
+                "SELECT status, COUNT(*) AS n FROM coldmail.runs GROUP BY status"
+            )
+            rows = await cursor.fetchall()
+        return status_counts((row["status"], row["n"]) for row in rows)
 
     async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
         """The run's events, oldest first; a TAMPERED refusal when they were altered.

@@ -59,6 +59,7 @@ from .base import (
     plan_release,
     recorded,
     run_from_row,
+    status_counts,
 )
 from .sqlite_migrations import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
 
@@ -352,6 +353,12 @@ class SqliteRunStore:
         )
         rows = await self._hop(lambda db: db.execute(query, (*params, limit, offset)).fetchall())
         return [decode_row(dict(row), self._signer) for row in rows]
+
+    async def counts(self) -> dict[RunStatus, int]:
+        """How many runs each status has."""
+        query = "SELECT status, COUNT(*) FROM runs GROUP BY status"
+        rows = await self._hop(lambda db: db.execute(query).fetchall())
+        return status_counts((row[0], row[1]) for row in rows)
 
     async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
         """The run's events, oldest first; a TAMPERED refusal when they were altered."""
