@@ -498,11 +498,14 @@ class PostgresRunStore:
 
     async def counts(self) -> dict[RunStatus, int]:
         """How many runs each status has."""
-        async with self._reading() as conn:
+
+        async def fetch(conn: Connection) -> builtins.list[DictRow]:
             cursor = await conn.execute(
                 "SELECT status, COUNT(*) AS n FROM coldmail.runs GROUP BY status"
             )
-            rows = await cursor.fetchall()
+            return await cursor.fetchall()
+
+        rows = await self._read(fetch)
         return status_counts((row["status"], row["n"]) for row in rows)
 
     async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
