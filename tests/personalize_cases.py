@@ -339,7 +339,7 @@ CASES = (
         ),
     ),
 )
-"""Nine leads; 35 honest lines and 48 dishonest ones."""
+"""Nine leads; 35 honest lines and 49 dishonest ones."""
 
 
 HELD_OUT = (
@@ -466,3 +466,38 @@ HELD_OUT = (
 )
 """Written with CASES, before any check existed, and not looked at while tuning the check:
 four more leads, 17 honest lines and 15 dishonest ones."""
+
+
+STYLES = (
+    LeadCase(
+        "maria-styles",
+        LEDGERLY,
+        LEDGERLY_SEQUENCE,
+        CASES[0].lead,
+        honest=(
+            "Kudos on the Lübeck plant, Maria.",
+            "Third plant in Lübeck: that's a milestone, Maria.",
+            "Hope the Lübeck launch went smoothly for the finance team.",
+            "You've got three plants' worth of invoices to match now, Maria.",
+            "Don't let the Lübeck plant's invoices eat your month-end, Maria.",
+            "Ever wondered how long matching takes across three plants?",
+            "Three plants, one close: that's a lot of bank lines.",
+            "Quite a year for Brightwater Foods, with Lübeck up and running.",
+            "Exciting times at Brightwater Foods GmbH!",
+            "It's month-end somewhere, and at Brightwater it now spans Lübeck too.",
+            "Here's a thought for the finance team at Brightwater Foods.",
+            "Spotted the note about Lübeck, and thought of your month-end.",
+            "Lübeck-based plants still send their invoices to Hamburg, I'd guess.",
+        ),
+        dishonest=(
+            "Ms. Keller, congrats on the Lübeck plant.",  # a salutation the data does not give
+            "Since January, Brightwater has opened a plant in Lübeck.",  # a date
+            "Your LinkedIn says you run finance at Brightwater Foods.",  # a source
+            "Managing month-end across two countries can't be easy, Maria.",  # a figure
+            "Brightwater Foods was named one of Hamburg's best employers.",  # an award
+        ),
+    ),
+)
+"""Sentence shapes the check first got wrong, added while tuning it (contractions, number words
+and adverbs at the start of a sentence, praise that is not a claim); not part of the measure
+of the rules written before them."""
