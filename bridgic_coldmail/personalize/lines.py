@@ -9,7 +9,7 @@ it to two sets of rules.
 empty, no control character, no line break or tab, no bidi override, no ``{{…}}`` placeholder
 or stray brace (``merge.syntax_errors``), no ``[placeholder]`` or ``<markup>``, no link and
 no email address, no greeting (the email already has one), not starting with a character a
-spreadsheet runs as a formula, at most two sentences.
+spreadsheet runs as a formula, at least three words and at most two sentences.
 
 **Honesty**: a line may only name what the lead's columns, the brief, the approved sequence
 or a reviewer's guidance say. Checked without a model, by rules a person can predict:
@@ -32,8 +32,11 @@ or a reviewer's guidance say. Checked without a model, by rules a person can pre
 
 What it cannot see: a claim made only of common lower-case words ("your team is growing
 fast"), and meaning — a line about another kind of product in ordinary words passes. The
-rules assume English capitalisation: in German, where every noun is capitalised, a line
-would name too many "names" and be refused.
+rules assume English: in German, where every noun is capitalised, a line would name too
+many "names" and be refused, and an event told in another language ("Wir eröffnen ein Werk")
+is not recognised as one. The lead's cells are the source of truth: a claim planted in them
+passes, which is why a cell that reads as instructions to the model is left out of them
+(:func:`lead_columns`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from ..retry import InvalidOutput
 MAX_LINE_CHARS = 200
 """The longest line: one sentence that fits the first line of an email on a phone."""
 MAX_SENTENCES = 2
+MIN_WORDS = 3
 MAX_CELL_CHARS = 300
 """A lead's cell is cut to this many characters before the LLM sees it (and before the
 honesty check reads it: a fact the LLM was not shown cannot have been taken from the data)."""
@@ -132,8 +136,9 @@ class LineTask:
 def lead_columns(lead: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], int]:
     """``(name, value)`` pairs to show a writer, and how many non-empty columns the bounds
     left out: email columns and empty cells are skipped, control and format characters
-    become spaces, white space is collapsed, each value is cut at :data:`MAX_CELL_CHARS`, and
-    at most :data:`MAX_COLUMNS` columns and :data:`MAX_LEAD_CHARS` characters are shown."""
+    become spaces, white space is collapsed, a cell that reads as instructions to the model
+    is left out, each value is cut at :data:`MAX_CELL_CHARS`, and at most
+    :data:`MAX_COLUMNS` columns and :data:`MAX_LEAD_CHARS` characters are shown."""
     shown: list[tuple[str, str]] = []
     left_out = 0
     total = 0
@@ -144,6 +149,9 @@ def lead_columns(lead: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], 
         value = _one_line(str(cell))
         if not value:
             continue
+        if _INSTRUCTIONS.search(value):
+            left_out += 1  # a cell that talks to the model is not a fact about the lead
+            continue
         if len(value) > MAX_CELL_CHARS:
             value = value[: MAX_CELL_CHARS - 1].rstrip() + "…"
         if left_out or len(shown) == MAX_COLUMNS or total + len(value) > MAX_LEAD_CHARS:
@@ -152,6 +160,14 @@ def lead_columns(lead: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], 
         shown.append((label, value))
         total += len(value)
     return tuple(shown), left_out
+
+
+_INSTRUCTIONS = re.compile(
+    r"(?i)\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:instructions?|prompts?|rules)\b"
+    r"|\bsystem prompt\b|\byou are now\b|\bnew instructions\b"
+)
+"""A cell that looks like instructions to the model ("ignore all previous instructions…"):
+it is left out, so that neither the prompt nor the facts a line is checked against hold it."""
 
 
 def _one_line(text: str) -> str:
@@ -231,6 +247,8 @@ def text_problems(text: str) -> list[str]:
         problems.append("the line has a link or a web address; leave links out")
     if _GREETING.match(stripped):
         problems.append("the line starts with a greeting; the email already greets the reader")
+    if len(stripped.split()) < MIN_WORDS:
+        problems.append("the line is too short to open an email; write a whole sentence")
     if len(_SENTENCE_END.findall(stripped)) >= MAX_SENTENCES:
         problems.append(f"the line has more than {MAX_SENTENCES} sentences; write one")
     return problems
