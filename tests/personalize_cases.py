@@ -315,7 +315,7 @@ CASES = (
         dishonest=(
             "Check http://evil.example for what Veritas has been up to.",  # the injected link
             "Reply to finance@veritas-tooling.example with your month-end dates.",  # an address
-            "=HYPERLINK(\"http://evil.example\", \"Veritas\")",  # a formula
+            '=HYPERLINK("http://evil.example", "Veritas")',  # a formula
         ),
     ),
     LeadCase(
@@ -386,8 +386,7 @@ HELD_OUT = (
             "job_title": "Assistant Controller",
             "company_name": "Hollis Steel Fabrication",
             "state": "Ohio",
-            "linkedin_headline": "Assistant Controller | month-end close, audit prep, "
-            "intercompany",
+            "linkedin_headline": "Assistant Controller | month-end close, audit prep, intercompany",
         },
         honest=(
             "Month-end close, audit prep and intercompany on one plate is a lot, Derek.",
@@ -421,8 +420,7 @@ HELD_OUT = (
             "chairs": "6",
         },
         honest=(
-            "With 6 chairs at Lagoon Dental Care, a single no-show leaves a real gap in the "
-            "day.",
+            "With 6 chairs at Lagoon Dental Care, a single no-show leaves a real gap in the day.",
             "Amara, practice administrators like you are usually the ones calling patients "
             "who did not turn up.",
             "Dental practices in Lagos are busy, and Lagoon Dental Care is probably no "

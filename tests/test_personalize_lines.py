@@ -168,7 +168,9 @@ def test_hostile_cells_are_cleaned_cut_and_bounded_before_anyone_reads_them() ->
     # A name that only the 10,000th character of a cell gives is not in the facts.
     long_tail = {"note": "x " * 2000 + "Zanzibar"}
     tail_task = LineTask(LineContext(LEDGERLY, LEDGERLY_SEQUENCE), long_tail)
-    assert "'Zanzibar'" in str(line_problems("Zanzibar must be lovely this time of year.", tail_task))
+    assert "'Zanzibar'" in str(
+        line_problems("Zanzibar must be lovely this time of year.", tail_task)
+    )
 
 
 def test_a_lead_read_from_a_csv_becomes_a_task_without_its_address(tmp_path: Path) -> None:

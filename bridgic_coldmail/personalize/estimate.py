@@ -14,6 +14,7 @@ so the estimate also gives the most a batch can take (every lead at every try).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -59,11 +60,14 @@ def call_tokens(
 ) -> CallTokens:
     """A structured-output call's tokens: ``messages`` (Bridgic ``Message``s) and the
     ``answer`` model's JSON schema in, at most ``longest_answer`` characters of JSON out."""
-    schema = json.dumps(answer.model_json_schema(), separators=(",", ":"))
     prompt = sum(tokens_in(str(m.content or "")) + TOKENS_PER_MESSAGE for m in messages)
-    return CallTokens(
-        prompt + tokens_in(schema) + TOKENS_PER_REPLY, tokens_in("x" * longest_answer)
-    )
+    answer_tokens = math.ceil(longest_answer / CHARS_PER_TOKEN)
+    return CallTokens(prompt + _schema_tokens(answer) + TOKENS_PER_REPLY, answer_tokens)
+
+
+@functools.cache
+def _schema_tokens(answer: type[BaseModel]) -> int:
+    return tokens_in(json.dumps(answer.model_json_schema(), separators=(",", ":")))
 
 
 class TokenCounter(Protocol):
