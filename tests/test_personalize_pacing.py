@@ -335,3 +335,40 @@ async def test_the_token_budget_holds_for_a_batch(
         # Tokens of the calls started by then never exceed the bucket plus its refill.
         needed = (index + 1) * per_call - budget
         assert at >= needed / (budget / 0.6) - 0.02, (index, at)
+
+
+@pytest.mark.parametrize(
+    ("value", "halts"),
+    [
+        ("inf", True),
+        ("1e9", True),
+        ("nan", False),
+        ("-5", False),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", False),  # a date in the past
+        ("soon", False),  # not a wait: the backoff applies
+        ("", False),
+    ],
+)
+async def test_hostile_retry_after_values_neither_hang_nor_crash_the_batch(
+    llm: object,
+    server: ScriptedOpenAIServer,
+    respond: Callable[..., None],
+    value: str,
+    halts: bool,
+) -> None:
+    calls = iter(range(1000))
+
+    def once_then_honest(request: RecordedRequest) -> Reply:
+        if next(calls) == 0:
+            return Reply("Rate limit reached", status=429, headers={"Retry-After": value})
+        return honest(request)
+
+    respond(once_then_honest)
+    pacer = Pacer(2, retry=RETRY)
+    writer = LlmLineWriter(llm, model="m", timeout=10, pacer=pacer, retry=RETRY)
+    if halts:
+        with pytest.raises(LlmError, match="longer than the 5 s allowed"):
+            await run_batch(writer, 3)
+    else:
+        assert await run_batch(writer, 3) == [True, True, True]
+        assert pacer.stats.rate_limited == 1 and pacer.paused_for <= RETRY.max_delay

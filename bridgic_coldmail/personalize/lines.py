@@ -41,6 +41,7 @@ passes, which is why a cell that reads as instructions to the model is left out 
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -143,10 +144,10 @@ def lead_columns(lead: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], 
     left_out = 0
     total = 0
     for name, cell in lead.items():
-        label = _one_line(str(name))[:64]
+        label = one_line(str(name))[:64]
         if not label or _folded(label).replace(" ", "_") in EMAIL_HEADERS:
             continue
-        value = _one_line(str(cell))
+        value = one_line(str(cell))
         if not value:
             continue
         if _INSTRUCTIONS.search(value):
@@ -170,7 +171,11 @@ _INSTRUCTIONS = re.compile(
 it is left out, so that neither the prompt nor the facts a line is checked against hold it."""
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """``text`` on one line: control and format characters become spaces, white space runs
+    one space."""
+    if text.isprintable():  # no control, format or odd space character: the common case
+        return " ".join(text.split())
     cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
     return " ".join(cleaned.split())
 
@@ -480,10 +485,13 @@ def unknown_names(text: str, facts: Facts) -> list[str]:
     for match in _TOKEN.finditer(text):
         token = _POSSESSIVE.sub("", match.group())
         initial = _starts_sentence(text, match.start())
-        for caseless in _caseless_runs(token):
-            if not facts.contains(_folded(caseless)):
-                unknown[caseless] = None
-        cased = "".join(" " if _is_caseless(c) else c for c in token).split()
+        if token.isascii():
+            cased = [token]
+        else:
+            for caseless in _caseless_runs(token):
+                if not facts.contains(_folded(caseless)):
+                    unknown[caseless] = None
+            cased = "".join(" " if _is_caseless(c) else c for c in token).split()
         for part in cased:
             if _is_unknown_name(part, initial, facts):
                 unknown[part] = None
@@ -554,6 +562,7 @@ def unsupported_events(text: str, facts: Facts) -> list[str]:
     return claimed
 
 
+@functools.lru_cache(maxsize=65536)
 def _folded(text: str) -> str:
     """Lower case without accents: ``Société`` and ``societe`` compare equal."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())

@@ -37,7 +37,7 @@ from ..retry import InvalidOutput, RetryPolicy, describe, is_retryable, retry_af
 from ..settings import Settings
 from ..writing import SequenceComposer, ask_structured
 from .estimate import CallTokens, call_tokens
-from .lines import MAX_LINE_CHARS, LineRefused, LineTask, check_line
+from .lines import MAX_LINE_CHARS, LineRefused, LineTask, check_line, one_line
 from .pacing import Pacer
 
 DEFAULT_TRIES = 3
@@ -154,7 +154,7 @@ def line_messages(task: LineTask, refused: Sequence[tuple[str, str]] = ()) -> li
 
 
 def _quoted(text: str) -> str:
-    return " ".join(text.split())[:MAX_QUOTED_CHARS]
+    return one_line(text)[:MAX_QUOTED_CHARS]
 
 
 class _Unusable(Exception):
