@@ -141,10 +141,10 @@ class ScriptedOpenAIServer:
         self._lock = threading.Lock()
         self._script: deque[Reply] = deque()
         self._requests: list[RecordedRequest] = []
-        self._responder: Callable[[RecordedRequest], Reply | None] | None = None
         self._httpd = _Server((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._responder: Callable[[RecordedRequest], Reply | None] | None = None
 
     @property
     def base_url(self) -> str:
