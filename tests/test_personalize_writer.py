@@ -189,7 +189,7 @@ async def test_hostile_lead_data_from_a_real_csv_reaches_the_model_cleaned(
     path = tmp_path / "leads.csv"
     rows = [
         "email,first_name,company,note",
-        'a@x.example,"An\x1b]52;c;ZXZpbA==\x07na",Acme\x7f Ltd,"' + "spam " * 2000 + '"',
+        'a@x.example,Anna,Acme Ltd,"' + "spam " * 2000 + '"',
         'b@x.example,Bo,"=HYPERLINK(""http://evil.example"",""x"")",<img src=x onerror=alert(1)>',
         "c@x.example,Jürgen,Müller & Söhne GmbH,Wir eröffnen ein Werk in Graz",
         "d@x.example,陈伟,深圳光明电子,我们正在升级ERP系统",
@@ -210,10 +210,24 @@ async def test_hostile_lead_data_from_a_real_csv_reaches_the_model_cleaned(
     assert "formula" in (results[1].skipped or "")
     for request in server.requests:
         text = json.dumps(request.body, ensure_ascii=False)
-        assert "\\u001b" not in text and "\\u0007" not in text and "\\u007f" not in text
         assert "@x.example" not in text
         assert text.count("spam") <= 60  # the 10 kB cell was cut
-    assert "Acme Ltd" in server.requests[0].user_text  # DEL became a space, then collapsed
+    assert "- company: 深圳光明电子" in server.requests[-1].user_text
+
+
+async def test_control_characters_in_a_leads_cells_never_reach_the_model(
+    llm: object, server: ScriptedOpenAIServer, respond: Callable[..., None]
+) -> None:
+    # Lead lists read by LeadReader may refuse such rows; a host application's own mapping
+    # of a lead may not, and the prompt must be clean either way.
+    respond(lambda request: line("As a team at Acme Ltd, you probably match invoices by hand."))
+    lead = {"first_name": "An\x1b]52;c;ZXZpbA==\x07na", "company": "Acme\x7f Ltd\u202e"}
+    result = await writer_for(llm).write(LineTask(CONTEXT, lead))
+    assert result.written
+    text = json.dumps(server.requests[0].body, ensure_ascii=False)
+    for char in ("\x1b", "\x07", "\x7f", "\u202e"):
+        assert char not in text and f"\\u{ord(char):04x}" not in text
+    assert "- company: Acme Ltd\n" in server.requests[0].user_text
 
 
 async def test_a_call_that_keeps_failing_skips_the_lead_for_a_later_run(
