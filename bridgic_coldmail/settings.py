@@ -138,6 +138,17 @@ class Settings:
     """The largest file one web export may write (and hold while it downloads); None:
     :data:`EXPORT_PER_UPLOAD` times ``max_upload_bytes`` (see :attr:`export_limit`)."""
     debug: bool = False
+    # Personalization batches (issue 23; see the block at the end of this module).
+    personalize_concurrency: int = 8
+    """LLM calls in flight at once while writing lines (halved by HTTP 429, then regained)."""
+    personalize_sample_size: int = 5
+    """Leads whose lines a person reads and approves before the whole list is written."""
+    personalize_tokens_per_minute: int | None = None
+    """A budget of estimated tokens a minute for a batch's calls; None for none."""
+    price_prompt_per_1k: float | None = None
+    """What 1,000 prompt tokens cost, to estimate a batch's cost (any currency)."""
+    price_answer_per_1k: float | None = None
+    """What 1,000 answer tokens cost, in the same currency."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -177,6 +188,7 @@ class Settings:
 
     def check(self) -> None:
         """Refuse combinations that cannot work together."""
+        _check_prices(self)
         if self.lease_seconds < LEASE_PER_BUSY_TIMEOUT * self.busy_timeout:
             raise ConfigurationError(
                 f"the lease ({ENV['lease_seconds']}={self.lease_seconds:g} s) must be at least "
@@ -394,3 +406,49 @@ _PARSERS: dict[str, Any] = {
     "max_export_bytes": _count(1024, 64 * 1024 * 1024 * 1024),
     "debug": _flag,
 }
+
+
+# --------------------------------------------------------------------------- personalization
+# The settings of a personalization batch (issue 23): one line per lead, written by the LLM.
+
+ENV.update(
+    personalize_concurrency="COLDMAIL_PERSONALIZE_CONCURRENCY",
+    personalize_sample_size="COLDMAIL_PERSONALIZE_SAMPLE_SIZE",
+    personalize_tokens_per_minute="COLDMAIL_PERSONALIZE_TPM",
+    price_prompt_per_1k="COLDMAIL_PRICE_PROMPT_PER_1K",
+    price_answer_per_1k="COLDMAIL_PRICE_ANSWER_PER_1K",
+)
+MAX_PRICE_PER_1K = 1000.0
+"""No model costs this much per 1,000 tokens: a larger price is a typo (per million?)."""
+
+
+def _price(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("expected a price per 1,000 tokens")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError("expected a price of 0 or more per 1,000 tokens")
+    if number > MAX_PRICE_PER_1K:
+        raise ValueError(
+            f"at most {MAX_PRICE_PER_1K:g} per 1,000 tokens; a price per million tokens is "
+            "1,000 times the price per 1,000"
+        )
+    return number
+
+
+def _check_prices(settings: Settings) -> None:
+    given = [settings.price_prompt_per_1k is not None, settings.price_answer_per_1k is not None]
+    if any(given) and not all(given):
+        raise ConfigurationError(
+            f"set both {ENV['price_prompt_per_1k']} and {ENV['price_answer_per_1k']} (0 is a "
+            "price), or neither: a cost estimate from one of them would be too low"
+        )
+
+
+_PARSERS.update(
+    personalize_concurrency=_count(1, 256),
+    personalize_sample_size=_count(1, 1000),
+    personalize_tokens_per_minute=_count(1000, 1_000_000_000),
+    price_prompt_per_1k=_price,
+    price_answer_per_1k=_price,
+)

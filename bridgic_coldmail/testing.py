@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -148,6 +149,7 @@ class ScriptedOpenAIServer:
         self._httpd = _Server((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._responder: Callable[[RecordedRequest], Reply | None] | None = None
 
     @property
     def base_url(self) -> str:
@@ -184,6 +186,14 @@ class ScriptedOpenAIServer:
         with self._lock:
             self._script.extend(replies)
 
+    def respond_with(self, responder: Callable[[RecordedRequest], Reply | None] | None) -> None:
+        """Answer every request the queue does not answer with ``responder(request)``: a
+        reply chosen from what was asked (per lead, per try, a storm of 429s…); when it
+        returns None, a generated answer. ``None`` removes it. It runs on the server's
+        threads, one per request: keep its state behind a lock."""
+        with self._lock:
+            self._responder = responder
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """Every request received so far, in arrival order."""
@@ -207,6 +217,9 @@ class ScriptedOpenAIServer:
                 if reply.kind is None or reply.kind == request.kind:
                     del self._script[index]
                     return reply
+            responder = self._responder
+        if responder is not None and (chosen := responder(request)) is not None:
+            return chosen
         return Reply()
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

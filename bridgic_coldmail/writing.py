@@ -189,25 +189,41 @@ async def _write_once(
 ) -> EmailSequence:
     if llm is None:
         raise ConfigurationError("no LLM attached to the automa; call attach_llm() first")
+    result: Any
     if isinstance(llm, SequenceComposer):
-        call: Any = llm.acompose(task)
+        result = await within(llm.acompose(task), timeout)
     else:
         from .prompts import messages_for  # the prompts are for capable models only
 
-        call = llm.astructured_output(
-            messages=messages_for(task),
-            constraint=PydanticModel(model=answer_model(task.fields)),
-            model=model,
+        result = await ask_structured(
+            llm, messages_for(task), answer_model(task.fields), model=model, timeout=timeout
         )
-    try:
-        result = await asyncio.wait_for(call, timeout)
-    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-        raise TimeoutError(f"no answer within {timeout:g} s") from None
     if isinstance(result, SequenceAnswer):
         return _checked(result.to_sequence(), task)
     if isinstance(result, EmailSequence):
         return _checked(result, task)
     raise LlmError(f"the LLM returned {type(result).__name__}, not an email sequence")
+
+
+async def ask_structured(
+    llm: Any, messages: list[Any], answer: type[BaseModel], *, model: str, timeout: float | None
+) -> Any:
+    """One structured-output call: ``messages`` to ``llm``, the answer parsed as ``answer``
+    (whose JSON schema the server receives), within ``timeout``. The emails and the
+    personalized lines (``personalize.writer``) both take this path; retries are the caller's.
+    """
+    call = llm.astructured_output(
+        messages=messages, constraint=PydanticModel(model=answer), model=model
+    )
+    return await within(call, timeout)
+
+
+async def within(call: Any, timeout: float | None) -> Any:
+    """Await ``call``; past ``timeout`` seconds raise the builtin ``TimeoutError`` (retried)."""
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        raise TimeoutError(f"no answer within {timeout:g} s") from None
 
 
 def _checked(sequence: EmailSequence, task: WritingTask) -> EmailSequence:
