@@ -281,3 +281,20 @@ def test_smtp_credentials_are_percent_decoded() -> None:
     server = SmtpServer.parse("smtp://me%40example.com:p%40ss%3Aw%2Frd@mail.example.com")
     assert (server.username, server.password) == ("me@example.com", "p@ss:w/rd")
     assert SmtpServer.parse("smtp://u:@h").password is None
+
+
+@pytest.mark.parametrize(("module", "kind"), [("aiosmtplib", "email"), ("httpx", "webhook")])
+async def test_a_missing_notify_extra_is_named(
+    monkeypatch: pytest.MonkeyPatch, module: str, kind: str
+) -> None:
+    from bridgic_coldmail.notify import deliver
+
+    from .notify_servers import make_notification, make_settings
+
+    dest = "r@example.com" if kind == "email" else "https://x.example/h"
+    settings = make_settings(smtp_url="smtp://127.0.0.1:25", mail_from="a@example.com")
+    monkeypatch.setitem(sys.modules, module, None)  # forces the ImportError
+    with pytest.raises(ConfigurationError, match=r"pip install 'bridgic-coldmail\[notify\]'"):
+        require_channels([parse_destination(dest)], settings)
+    result = await deliver(make_notification(dest), settings)
+    assert result.outcome == "retry" and "bridgic-coldmail[notify]" in result.reason
