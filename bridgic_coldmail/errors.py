@@ -125,3 +125,29 @@ EXIT_CODES: dict[str, int] = {
     "output closed": OUTPUT_CLOSED,
 }
 """Exit codes of the ``coldmail`` command, by meaning (documented in the README)."""
+
+
+class LinkRefused(ColdmailError):
+    """A one-click link cannot be used: it is forged, edited, truncated, or signed with
+    another key. Its message says nothing about any run."""
+
+    exit_code = 2
+    http_status = 403
+
+
+class LinkExpired(LinkRefused):
+    """A genuine one-click link whose time is over."""
+
+    http_status = 410
+
+
+class LinkRunGone(LinkRefused):
+    """A genuine one-click link to a run that is no longer stored."""
+
+    http_status = 404
+
+
+class LinkAnswered(LinkRefused):
+    """A genuine one-click link to a pause that is over: it was answered, or the run moved on."""
+
+    http_status = 410

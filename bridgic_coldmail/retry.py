@@ -98,6 +98,12 @@ def retry_after(exc: BaseException) -> float | None:
     headers: Any = getattr(response, "headers", None)
     if headers is None:
         return None
+    return retry_after_seconds(headers)
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms`` in seconds, from a
+    response's headers (anything with a case-insensitive ``get``); None when absent."""
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
@@ -115,6 +121,8 @@ def retry_after(exc: BaseException) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # RFC 5322's "-0000": UTC, the local zone unknown
+        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 

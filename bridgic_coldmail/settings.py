@@ -18,11 +18,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import TypedDict
 
-from .errors import ConfigurationError
+from .errors import ColdmailError, ConfigurationError
+
+if TYPE_CHECKING:
+    from .notify.destinations import Destination
 
 DEFAULT_DB = str(Path("snapshots") / "coldmail.db")
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -150,6 +153,20 @@ class Settings:
     price_answer_per_1k: float | None = None
     """What 1,000 answer tokens cost, in the same currency."""
 
+    # Reaching the reviewer (bridgic_coldmail.notify): parsed and checked at the module's end.
+    notify: tuple[Destination, ...] = ()
+    """Where every run's notifications go (``COLDMAIL_NOTIFY``, comma-separated)."""
+    smtp_url: str | None = field(default=None, repr=False)
+    """``smtp://user:password@host:port`` or ``smtps://…``, for email destinations."""
+    mail_from: str | None = None
+    """The sender of notification emails: ``coldmail@example.com`` or ``Name <address>``."""
+    webhook_secret: str | None = field(default=None, repr=False)
+    """``whsec_…`` (space-separated during a rotation), signing webhook destinations."""
+    notify_timeout: float = 15.0
+    """Seconds one delivery attempt may take, as a whole."""
+    link_ttl: float = 7 * 24 * 3600.0
+    """Seconds a one-click link works when its pause has no deadline (default: a week)."""
+
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Each setting from ``overrides`` when given (not None), else the environment, else
@@ -189,6 +206,7 @@ class Settings:
     def check(self) -> None:
         """Refuse combinations that cannot work together."""
         _check_prices(self)
+        check_notify_settings(self)
         if self.lease_seconds < LEASE_PER_BUSY_TIMEOUT * self.busy_timeout:
             raise ConfigurationError(
                 f"the lease ({ENV['lease_seconds']}={self.lease_seconds:g} s) must be at least "
@@ -451,4 +469,82 @@ _PARSERS.update(
     personalize_tokens_per_minute=_count(1000, 1_000_000_000),
     price_prompt_per_1k=_price,
     price_answer_per_1k=_price,
+)
+
+
+# -- Reaching the reviewer (bridgic_coldmail.notify) --------------------------------------
+
+ENV.update(
+    notify="COLDMAIL_NOTIFY",
+    smtp_url="COLDMAIL_SMTP_URL",
+    mail_from="COLDMAIL_MAIL_FROM",
+    webhook_secret="COLDMAIL_WEBHOOK_SECRET",
+    notify_timeout="COLDMAIL_NOTIFY_TIMEOUT",
+    link_ttl="COLDMAIL_LINK_TTL",
+)
+_SECRET.update({"smtp_url", "webhook_secret", "notify"})  # a DEST may hold a token
+
+
+def check_notify_settings(settings: Settings) -> None:
+    """The default destinations can be reached: each kind has its settings and its extra.
+
+    Raises:
+        ConfigurationError: what is missing, naming the variable or the extra.
+    """
+    from .notify.destinations import require_channels
+
+    if (settings.smtp_url is None) != (settings.mail_from is None):
+        given, missing = (
+            ("smtp_url", "mail_from") if settings.smtp_url else ("mail_from", "smtp_url")
+        )
+        raise ConfigurationError(f"{ENV[given]} is set but {ENV[missing]} is not; email needs both")
+    require_channels(settings.notify, settings)
+
+
+def _destinations(value: Any) -> tuple[Destination, ...]:
+    from .notify.destinations import parse_destinations
+
+    try:
+        return parse_destinations(value)
+    except ColdmailError as exc:  # InvalidInput, or ConfigurationError for a missing extra
+        raise ValueError(str(exc)) from None
+
+
+def _smtp_url(value: Any) -> str:
+    from .notify.channels import SmtpServer
+
+    text = _text(value)
+    SmtpServer.parse(text)
+    return text
+
+
+def _mail_from(value: Any) -> str:
+    from email.headerregistry import Address
+
+    from .notify.destinations import parse_email_address
+
+    text = _text(value)
+    named = re.fullmatch(r"([^<>]*?)\s*<([^<>]*)>", text)
+    name, address = (named.group(1).strip().strip('"'), named.group(2)) if named else ("", text)
+    if not name.isprintable() or len(name) > 100 or '"' in name or "\\" in name:
+        raise ValueError("the name before <address> must be one printable line, no quotes")
+    address = parse_email_address(address)
+    return str(Address(display_name=name, addr_spec=address)) if name else address
+
+
+def _webhook_secret(value: Any) -> str:
+    from .notify.channels import webhook_keys
+
+    text = _text(value)
+    webhook_keys(text)
+    return " ".join(text.split())
+
+
+_PARSERS.update(
+    notify=_destinations,
+    smtp_url=_smtp_url,
+    mail_from=_mail_from,
+    webhook_secret=_webhook_secret,
+    notify_timeout=_seconds,
+    link_ttl=_seconds,
 )
