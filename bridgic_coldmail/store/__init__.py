@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from ..errors import DatabaseNotFound
 from ..settings import Settings
 from .base import (
     Action,
@@ -23,23 +24,39 @@ from .base import (
     RefusalReason,
     RunStore,
 )
+from .deferred import DeferredSqliteStore
 from .sqlite import SqliteRunStore
 
 
-async def connect_store(settings: Settings) -> RunStore:
-    """Open the store ``settings.db`` names; the caller closes it."""
+async def connect_store(settings: Settings, *, must_exist: bool = False) -> RunStore:
+    """Open the store ``settings.db`` names; the caller closes it.
+
+    An SQLite path with no database is never created by opening it: the store answers reads
+    as an empty one and creates the database with the first run it stores — or, with
+    ``must_exist``, opening raises :class:`DatabaseNotFound` (for commands that only read).
+    """
     if settings.is_postgres:
         from .postgres import PostgresRunStore
 
         store: RunStore = await PostgresRunStore.connect(settings)
         return store
-    return await SqliteRunStore.connect(
-        settings.db,
-        busy_timeout=settings.busy_timeout,
-        lease_seconds=settings.lease_seconds,
-        secret_key=settings.secret_key,
-        key_file=settings.key_file,
-    )
+
+    async def open_sqlite(create: bool) -> RunStore:
+        return await SqliteRunStore.connect(
+            settings.db,
+            busy_timeout=settings.busy_timeout,
+            lease_seconds=settings.lease_seconds,
+            secret_key=settings.secret_key,
+            key_file=settings.key_file,
+            create=create,
+        )
+
+    try:
+        return await open_sqlite(False)
+    except DatabaseNotFound:
+        if must_exist:
+            raise
+        return DeferredSqliteStore(settings.db, settings.lease_seconds, open_sqlite)
 
 
 @asynccontextmanager
@@ -57,6 +74,7 @@ __all__ = [
     "AlreadyDone",
     "Claim",
     "ClaimOutcome",
+    "DeferredSqliteStore",
     "Finished",
     "NewRun",
     "Paused",
