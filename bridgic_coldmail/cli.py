@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .agent import MAX_PAGE, ColdMailAgent
 from .demo import run_demo
-from .errors import INTERRUPTED, ColdmailError, InvalidInput
+from .errors import INTERRUPTED, ColdmailError, DatabaseNotFound, InvalidInput
 from .models import (
     CLI_JSON_KEYS,
     DamagedRun,
@@ -35,6 +35,7 @@ from .models import (
     make_decision,
     validate_feedback,
     validate_interaction_id,
+    validate_page,
 )
 from .render import (
     format_history,
@@ -45,18 +46,19 @@ from .render import (
     resume_hint,
     terminal_safe,
 )
-from .settings import BACKENDS, Settings
+from .settings import BACKENDS, Settings, default_db_path
 
 MAX_AGE_DAYS = 100 * 365
 """``--older-than`` beyond a century is a typo (and would overflow the date)."""
 
 
 def _add_db(parser: argparse.ArgumentParser, default: Any) -> None:
+    shown = str(default_db_path()).replace("%", "%%")  # argparse formats help with %
     parser.add_argument(
         "--db",
         metavar="PATH_OR_URL",
         default=default,
-        help="SQLite file or postgresql:// URL (default: $COLDMAIL_DB or snapshots/coldmail.db)",
+        help=f"SQLite file or postgresql:// URL (default: $COLDMAIL_DB, else {shown})",
     )
 
 
@@ -67,6 +69,14 @@ def _add_llm(parser: argparse.ArgumentParser, default: Any) -> None:
         default=default,
         help="which LLM (default: $COLDMAIL_LLM, else openai when configured, else local)",
     )
+
+
+_WHERE_RUNS_ARE = """\
+Runs are kept in
+  {db}
+unless --db or COLDMAIL_DB names another database. `start` and `demo` create
+it with the first run they store (so does `serve`, when a run is started from
+the inbox); no other command creates one."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="coldmail",
         description="Draft a two-email cold sequence, pause for audience feedback, resume later.",
+        epilog=_WHERE_RUNS_ARE.format(db=default_db_path()).replace("%", "%%"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the path stays on one line
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_db(parser, None)
@@ -236,6 +248,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
         args.interaction_id = validate_interaction_id(args.interaction_id)
     if command == "resume":
         args.feedback = validate_feedback(args.feedback)
+    if command == "list":
+        validate_page(args.limit, 0, MAX_PAGE)
     decision = _decision(args) if command in ("approve", "revise", "edit", "reject") else None
     if command == "trust-unsigned":
         ids = [validate_interaction_id(i) for i in args.interaction_ids]
@@ -253,7 +267,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
 
         fields = read_header(args.leads).fields
 
-    async with ColdMailAgent.open(settings=settings) as agent:
+    # Only `start` may create the database; the others read or change runs that must exist.
+    async with ColdMailAgent.open(settings=settings, must_exist=command != "start") as agent:
         if command == "export":
             report = await agent.export(
                 args.interaction_id,
@@ -429,6 +444,16 @@ _HINTS = {
 
 
 def _hint(exc: ColdmailError, args: argparse.Namespace | None) -> str:
+    if isinstance(exc, DatabaseNotFound):
+        if exc.location == str(default_db_path()):
+            return (
+                " (the default location); `coldmail start` or `coldmail demo` creates it, "
+                "or point --db / COLDMAIL_DB at another database"
+            )
+        return (
+            "; check --db / COLDMAIL_DB, or run `coldmail start` to create one there "
+            f"(the default is {default_db_path()})"
+        )
     template = _HINTS.get(exc.topic or "")
     if template is None:
         return ""

@@ -93,10 +93,11 @@ def run_cli(
     env: dict[str, str] | None = None,
     module: bool = False,
     timeout: float = PROCESS_TIMEOUT,
+    cwd: Path = REPO,
 ) -> Completed:
-    """Run ``coldmail`` (or ``python -m bridgic_coldmail``) in a child process."""
+    """Run ``coldmail`` (or ``python -m bridgic_coldmail``) in a child process, in ``cwd``."""
     command = [sys.executable, "-m", "bridgic_coldmail"] if module else [_coldmail()]
-    return run_process([*command, *args], env=env, timeout=timeout)
+    return run_process([*command, *args], env=env, timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture
@@ -124,7 +125,10 @@ def cli(
 
 
 def run_process(
-    command: list[str], env: dict[str, str] | None = None, timeout: float = PROCESS_TIMEOUT
+    command: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = PROCESS_TIMEOUT,
+    cwd: Path = REPO,
 ) -> Completed:
     result = subprocess.run(
         command,
@@ -133,7 +137,7 @@ def run_process(
         timeout=timeout,
         env={**os.environ, **(env or {})},
         stdin=subprocess.DEVNULL,
-        cwd=REPO,
+        cwd=cwd,
     )
     return Completed(result.returncode, result.stdout, result.stderr)
 

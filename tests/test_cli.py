@@ -113,25 +113,28 @@ def test_db_option_before_or_after_the_command_and_python_dash_m(tmp_path: Path)
     interaction_id = json.loads(started.stdout)["interaction_id"]
     shown = run_cli("show", interaction_id, "--db", str(other), "--json")
     assert json.loads(shown.stdout)["interaction_id"] == interaction_id
-    assert run_cli("show", interaction_id).returncode == EXIT_CODES["not found"]  # $COLDMAIL_DB
+    _start_json()  # $COLDMAIL_DB holds runs too, but not that one
+    assert run_cli("show", interaction_id).returncode == EXIT_CODES["not found"]
 
 
 def test_empty_list_says_so(db_path: Path, cli: Cli) -> None:
-    result = cli("list")
+    _start_json(cli=cli)
+    result = cli("list", "--status", "completed")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"No runs in {db_path}."
-    assert cli("list", "--json").stdout.strip() == "[]"
+    assert result.stdout.strip() == f"No runs with status completed in {db_path}."
+    assert cli("list", "--status", "completed", "--json").stdout.strip() == "[]"
 
 
 def test_error_exit_codes_are_distinct_and_one_line(
     server: ScriptedOpenAIServer, db_path: Path, tmp_path: Path, cli: Cli
 ) -> None:
     unknown = "0123456789abcdef0123456789abcdef"
-    _assert_one_line_error(cli("resume", unknown, "--feedback", FEEDBACK), 3, "no run with")
     _assert_one_line_error(cli("show", "'; DROP TABLE runs; --"), 2, "not an interaction id")
     _assert_one_line_error(cli("start", *START[:4], "--sender", "  "), 2, "sender")
+    _assert_one_line_error(cli("show", unknown), 8, "there is no database at")
 
     interaction_id = str(_start_json(cli=cli)["interaction_id"])
+    _assert_one_line_error(cli("resume", unknown, "--feedback", FEEDBACK), 3, "no run with")
     _assert_one_line_error(cli("resume", interaction_id, "--feedback", " "), 2, "empty")
     server.enqueue(Reply(kind="refine", status=400, content="invalid request"))
     _assert_one_line_error(
