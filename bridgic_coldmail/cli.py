@@ -285,7 +285,7 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
                 run,
                 f"{format_sequence(run.draft)}\n\n"
                 f"Paused and saved as {run.interaction_id} in {agent.db_path}.\n"
-                f"{resume_hint(run)}",
+                f"{resume_hint(run, db=settings.db)}",
             )
         if command == "resume":
             run = await agent.resume(args.interaction_id, args.feedback, reviewer=args.reviewer)

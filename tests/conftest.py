@@ -160,17 +160,23 @@ def wait_for_request(server: ScriptedOpenAIServer, kind: str) -> None:
 
 
 def spawn_coldmail(
-    *args: str, env: dict[str, str] | None = None, timeout: float = PROCESS_TIMEOUT
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = PROCESS_TIMEOUT,
+    columns: int = 120,
 ) -> pexpect.spawn:
-    """``coldmail`` on a pseudo-terminal, as a person at a keyboard would run it."""
+    """``coldmail`` on a pseudo-terminal ``columns`` wide, as a person at a keyboard would run
+    it (``COLUMNS`` is not passed on: the width is the terminal's)."""
+    environment = {**os.environ, **(env or {})}
+    environment.pop("COLUMNS", None)
     return pexpect.spawn(
         _coldmail(),
         list(args),
         cwd=str(REPO),
-        env={**os.environ, **(env or {})},
+        env=environment,
         encoding="utf-8",
         timeout=timeout,
-        dimensions=(50, 120),
+        dimensions=(50, columns),
     )
 
 

@@ -10,6 +10,8 @@ pointed at a place with no database say where they looked and how to choose anot
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import sqlite3
 import stat
 from datetime import timedelta
@@ -204,3 +206,22 @@ async def test_the_inbox_creates_nothing_until_a_run_is_started(
             created.json()["interaction_id"]
         ]
 
+
+def test_the_resume_command_start_prints_works_from_another_folder(
+    server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    """``start`` names its database in the command it prints (absolute, so it works from any
+    folder) with a placeholder where the answer goes; filled in, it resumes that run."""
+    db = tmp_path / "mine.db"
+    started = run_cli("--db", "mine.db", *START[:-1], cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    printed = started.stdout.splitlines()[-1].strip()
+    assert printed.startswith(f"coldmail --db {db} resume ")
+    assert printed.endswith("--feedback '<who the emails are really for>'")
+    command = printed.replace("<who the emails are really for>", "CTOs at mid-size hospitals")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    resumed = run_cli(*shlex.split(command)[1:], "--json", cwd=other, env={"COLDMAIL_DB": ""})
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["feedback"] == "CTOs at mid-size hospitals"
+    assert os.listdir(other) == []
