@@ -158,7 +158,7 @@ class ColdMailAgent:
         backend = llm if isinstance(llm, str) or llm is None else None
         resolved = base.with_overrides(db=db_path, llm=backend, **options)
         checked = None if llm is None or isinstance(llm, str) else check_llm(llm)
-        store = await connect_store(resolved, must_exist=must_exist)
+        store = await connect_store(resolved, missing="refuse" if must_exist else "defer")
         agent = cls(store, resolved, checked, retry)
         try:
             yield agent

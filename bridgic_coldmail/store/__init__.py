@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from ..errors import DatabaseNotFound
 from ..settings import Settings
@@ -28,12 +29,16 @@ from .deferred import DeferredSqliteStore
 from .sqlite import SqliteRunStore
 
 
-async def connect_store(settings: Settings, *, must_exist: bool = False) -> RunStore:
+async def connect_store(
+    settings: Settings, *, missing: Literal["create", "defer", "refuse"] = "create"
+) -> RunStore:
     """Open the store ``settings.db`` names; the caller closes it.
 
-    An SQLite path with no database is never created by opening it: the store answers reads
-    as an empty one and creates the database with the first run it stores — or, with
-    ``must_exist``, opening raises :class:`DatabaseNotFound` (for commands that only read).
+    ``missing`` says what happens when an SQLite path holds no database yet: ``"create"`` it
+    now (with its folder and key); ``"defer"`` — a store that answers reads as an empty one
+    and creates the database with the first run it stores (what ``ColdMailAgent.open``
+    does); ``"refuse"`` — raise :class:`DatabaseNotFound` (for callers that only read).
+    A PostgreSQL server's schema is always created on first open.
     """
     if settings.is_postgres:
         from .postgres import PostgresRunStore
@@ -51,10 +56,12 @@ async def connect_store(settings: Settings, *, must_exist: bool = False) -> RunS
             create=create,
         )
 
+    if missing == "create":
+        return await open_sqlite(True)
     try:
         return await open_sqlite(False)
     except DatabaseNotFound:
-        if must_exist:
+        if missing == "refuse":
             raise
         return DeferredSqliteStore(settings.db, settings.lease_seconds, open_sqlite)
 
