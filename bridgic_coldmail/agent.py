@@ -75,6 +75,7 @@ from .store import (
     AlreadyDone,
     Claim,
     Finished,
+    IfMissing,
     NewRun,
     Paused,
     Refusal,
@@ -98,7 +99,7 @@ class OpenOptions(AgentOptions, total=False):
     llm: ColdmailLlm | str | None
     retry: RetryPolicy | None
     settings: Settings | None
-    must_exist: bool
+    missing: IfMissing
 
 
 class ColdMailAgent:
@@ -140,25 +141,28 @@ class ColdMailAgent:
                 ``get`` and ``list`` work without any LLM settings.
             retry: how each LLM step is retried; default ``RetryPolicy()``.
             settings: resolved settings to start from; default: from the environment.
-            must_exist: raise :class:`DatabaseNotFound` when there is no database yet
-                (for callers that only read), instead of answering as an empty store.
+            missing: when the SQLite database does not exist yet: ``"defer"`` (default) —
+                reads find nothing and the first run started creates it; ``"create"`` — now,
+                so a path that cannot hold one fails here rather than after the first LLM
+                call; ``"refuse"`` — raise :class:`DatabaseNotFound` (for callers that only
+                read).
             **options: any other setting by name (``model``, ``llm_timeout``,
                 ``busy_timeout``, ``lease_seconds``, ``max_rounds``, ``key_file``, …; see
                 ``settings.Settings``), overriding the environment.
 
         Raises:
-            DatabaseNotFound: ``must_exist`` and there is no database at ``db_path``.
+            DatabaseNotFound: ``missing="refuse"`` and there is no database at ``db_path``.
             StoreError: the store cannot be opened or is not a bridgic-coldmail database.
             ConfigurationError: ``llm`` is not a usable LLM, or a setting is malformed.
         """
-        must_exist = bool(options.pop("must_exist", False))
+        missing = options.pop("missing", "defer")
         llm = options.pop("llm", None)
         retry = options.pop("retry", None)
         base = options.pop("settings", None) or Settings.resolve()
         backend = llm if isinstance(llm, str) or llm is None else None
         resolved = base.with_overrides(db=db_path, llm=backend, **options)
         checked = None if llm is None or isinstance(llm, str) else check_llm(llm)
-        store = await connect_store(resolved, missing="refuse" if must_exist else "defer")
+        store = await connect_store(resolved, missing=missing)
         agent = cls(store, resolved, checked, retry)
         try:
             yield agent

@@ -47,6 +47,7 @@ from .render import (
     terminal_safe,
 )
 from .settings import BACKENDS, Settings, default_db_path
+from .store import IfMissing
 
 MAX_AGE_DAYS = 100 * 365
 """``--older-than`` beyond a century is a typo (and would overflow the date)."""
@@ -267,8 +268,10 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
 
         fields = read_header(args.leads).fields
 
-    # Only `start` may create the database; the others read or change runs that must exist.
-    async with ColdMailAgent.open(settings=settings, must_exist=command != "start") as agent:
+    # Only `start` creates the database (now: an unusable path or key fails before the LLM
+    # is paid); the others read or change runs, which must exist.
+    missing: IfMissing = "create" if command == "start" else "refuse"
+    async with ColdMailAgent.open(settings=settings, missing=missing) as agent:
         if command == "export":
             report = await agent.export(
                 args.interaction_id,

@@ -136,7 +136,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, out: TextIO = sys.std
     review = bool(getattr(args, "review", False))
 
     async def draft() -> tuple[Run, str]:
-        async with ColdMailAgent.open(settings=settings) as agent:
+        async with ColdMailAgent.open(settings=settings, missing="create") as agent:
             run = await with_progress("Drafting", agent.start(brief, review=review), out)
             return run, agent.db_path
 

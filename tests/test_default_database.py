@@ -138,7 +138,7 @@ async def test_the_python_api_opens_the_same_default_and_creates_it_with_the_fir
         done = await agent.resume(started.interaction_id, "CTOs at mid-size hospitals")
         assert done.status is RunStatus.COMPLETED
     with pytest.raises(DatabaseNotFound):
-        async with ColdMailAgent.open(home / "other.db", must_exist=True):
+        async with ColdMailAgent.open(home / "other.db", missing="refuse"):
             pass
     assert not (home / "other.db").exists()
 

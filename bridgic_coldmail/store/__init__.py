@@ -28,10 +28,11 @@ from .base import (
 from .deferred import DeferredSqliteStore
 from .sqlite import SqliteRunStore
 
+IfMissing = Literal["create", "defer", "refuse"]
+"""What opening does when an SQLite path holds no database yet (see :func:`connect_store`)."""
 
-async def connect_store(
-    settings: Settings, *, missing: Literal["create", "defer", "refuse"] = "create"
-) -> RunStore:
+
+async def connect_store(settings: Settings, *, missing: IfMissing = "create") -> RunStore:
     """Open the store ``settings.db`` names; the caller closes it.
 
     ``missing`` says what happens when an SQLite path holds no database yet: ``"create"`` it
@@ -82,6 +83,7 @@ __all__ = [
     "Claim",
     "ClaimOutcome",
     "DeferredSqliteStore",
+    "IfMissing",
     "Finished",
     "NewRun",
     "Paused",
