@@ -42,6 +42,7 @@ from .render import (
     format_run,
     format_run_line,
     format_sequence,
+    full_location,
     json_for_terminal,
     resume_hint,
     terminal_safe,
@@ -287,7 +288,7 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str:
                 args,
                 run,
                 f"{format_sequence(run.draft)}\n\n"
-                f"Paused and saved as {run.interaction_id} in {agent.db_path}.\n"
+                f"Paused and saved as {run.interaction_id} in {full_location(agent.db_path)}.\n"
                 f"{resume_hint(run, db=settings.db)}",
             )
         if command == "resume":

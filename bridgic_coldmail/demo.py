@@ -33,6 +33,7 @@ from .models import (
 )
 from .render import (
     format_sequence,
+    full_location,
     next_steps,
     resume_command,
     review_hint,
@@ -147,7 +148,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, out: TextIO = sys.std
         return INTERRUPTED
 
     print(f"\n{format_sequence(pending.draft)}\n", file=out)  # format_sequence is terminal-safe
-    print(f"Saved as {pending.interaction_id} in {db_path}.", file=out)
+    print(f"Saved as {pending.interaction_id} in {full_location(db_path)}.", file=out)
     resume = resume_command(pending, db=settings.db)
     print(f"If you stop now, resume any time with:\n  {resume}\n", file=out)
 

@@ -215,6 +215,7 @@ def test_the_resume_command_start_prints_works_from_another_folder(
     db = tmp_path / "mine.db"
     started = run_cli("--db", "mine.db", *START[:-1], cwd=tmp_path)
     assert started.returncode == 0, started.stderr
+    assert f" in {db}.\n" in started.stdout  # where it is stored, as an absolute path
     printed = started.stdout.splitlines()[-1].strip()
     assert printed.startswith(f"coldmail --db {db} resume ")
     assert printed.endswith("--feedback '<who the emails are really for>'")
