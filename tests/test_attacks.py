@@ -91,6 +91,7 @@ def _inbox(db_path: Path) -> Any:
     return create_app(Settings.resolve(db=str(db_path)), host="127.0.0.1", port=8000)
 
 
+@pytest.mark.slow
 async def test_a_history_event_whose_mac_was_removed_is_refused_in_a_signed_run(
     db_path: Path, server: ScriptedOpenAIServer, brief: Brief
 ) -> None:
@@ -194,6 +195,7 @@ async def test_a_planted_schema_4_copy_of_a_signed_run_is_not_shown_as_a_legacy_
         )
 
 
+@pytest.mark.slow
 async def test_unverified_text_is_flagged_in_every_json_output(
     db_path: Path, server: ScriptedOpenAIServer, brief: Brief
 ) -> None:
@@ -372,6 +374,7 @@ async def test_one_timestamp_without_a_time_zone_does_not_take_the_inbox_down(
     assert inbox.status_code == 200
 
 
+@pytest.mark.slow
 async def test_an_unreadable_lease_is_not_an_unexpected_error(
     db_path: Path, server: ScriptedOpenAIServer, brief: Brief
 ) -> None:
@@ -482,6 +485,7 @@ def _open_key(path: str, barrier: object, results: object) -> None:
         results.put(str(exc))  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_two_processes_creating_the_same_key_file_both_get_the_key(tmp_path: Path) -> None:
     """The key file is created with O_EXCL and *then* written: the loser of the race reads
     it empty and is told 'holds 0 characters … restore the original file' (about 1 race in
@@ -544,6 +548,7 @@ def test_an_input_file_that_never_ends_is_refused(db_path: Path, args: tuple[str
     assert done.returncode == 2, done.stderr
 
 
+@pytest.mark.slow
 async def test_export_into_a_folder_that_cannot_be_written_is_invalid_input(
     db_path: Path, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
 ) -> None:

@@ -48,6 +48,7 @@ def _assert_one_line_error(result: Completed, code: int, *fragments: str) -> Non
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_pause_in_one_process_resume_in_another(server: ScriptedOpenAIServer) -> None:
     started = _start_json("--audience", "clinic managers", "--cta", "Book a demo")
     assert set(started) == PUBLIC_KEYS
@@ -110,6 +111,7 @@ def test_show_and_list(db_path: Path, cli: Cli) -> None:
     assert len(lines) == 2 and lines[0].startswith(str(second["interaction_id"]))
 
 
+@pytest.mark.slow
 def test_db_option_before_or_after_the_command_and_python_dash_m(tmp_path: Path) -> None:
     other = tmp_path / "elsewhere" / "other.db"
     started = run_cli("--db", str(other), "start", *START, "--json", module=True)
@@ -167,6 +169,7 @@ def test_argument_errors_use_the_bad_input_code(cli: Cli) -> None:
     assert "the following arguments are required: --offer, --sender" in result.stderr
 
 
+@pytest.mark.slow
 def test_resume_script_with_feedback(server: ScriptedOpenAIServer) -> None:
     interaction_id = str(_start_json()["interaction_id"])
     result = run_process(
@@ -177,6 +180,7 @@ def test_resume_script_with_feedback(server: ScriptedOpenAIServer) -> None:
     assert server.count("refine") == 1
 
 
+@pytest.mark.slow
 def test_resume_script_asks_on_the_terminal(server: ScriptedOpenAIServer) -> None:
     interaction_id = str(_start_json()["interaction_id"])
     child = pexpect.spawn(
@@ -198,6 +202,7 @@ def test_resume_script_asks_on_the_terminal(server: ScriptedOpenAIServer) -> Non
     assert server.count("refine") == 1
 
 
+@pytest.mark.slow
 def test_resume_script_without_feedback_or_terminal_fails_clearly() -> None:
     interaction_id = str(_start_json()["interaction_id"])
     result = run_process([sys.executable, "examples/resume.py", interaction_id])

@@ -95,6 +95,7 @@ def test_a_reading_command_on_a_missing_database_creates_nothing_and_says_where_
     assert not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_fresh_home_from_any_folder_finds_one_database(
     server: ScriptedOpenAIServer, home: Path, tmp_path: Path
 ) -> None:
@@ -143,6 +144,7 @@ async def test_the_python_api_opens_the_same_default_and_creates_it_with_the_fir
     assert not (home / "other.db").exists()
 
 
+@pytest.mark.slow
 async def test_a_database_another_process_creates_meanwhile_is_found(
     server: ScriptedOpenAIServer, db_path: Path
 ) -> None:
@@ -207,6 +209,7 @@ async def test_the_inbox_creates_nothing_until_a_run_is_started(
         ]
 
 
+@pytest.mark.slow
 def test_the_resume_command_start_prints_works_from_another_folder(
     server: ScriptedOpenAIServer, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pexpect
+import pytest
 
 from bridgic_coldmail.prompts import AUDIENCE_QUESTION
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
@@ -66,6 +67,7 @@ def test_demo_end_to_end(server: ScriptedOpenAIServer, db_path: Path) -> None:
     assert shown.count(AUDIENCE_QUESTION) == 1 and shown.count("really for?") == 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_the_question_leaves_a_resumable_run(
     server: ScriptedOpenAIServer, db_path: Path
 ) -> None:
@@ -107,6 +109,7 @@ def test_no_terminal_and_no_flags_fails_clearly_instead_of_hanging() -> None:
     assert "has no terminal to ask on; pass --product, --offer and --sender" in result.stderr
 
 
+@pytest.mark.slow
 def test_flags_and_feedback_without_a_terminal_print_plain_progress(
     server: ScriptedOpenAIServer,
 ) -> None:
@@ -117,6 +120,7 @@ def test_flags_and_feedback_without_a_terminal_print_plain_progress(
     assert "DRAFT" in result.stdout and "REFINED" in result.stdout
 
 
+@pytest.mark.slow
 def test_flags_without_feedback_and_no_terminal_leave_the_run_waiting(
     server: ScriptedOpenAIServer,
 ) -> None:

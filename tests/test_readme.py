@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bridgic_coldmail.cli import build_parser
 from bridgic_coldmail.errors import EXIT_CODES
 from bridgic_coldmail.testing import ScriptedOpenAIServer
@@ -16,6 +18,7 @@ from .conftest import PROCESS_TIMEOUT, REPO
 README = (REPO / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_ten_line_example_runs(
     server: ScriptedOpenAIServer, tmp_path: Path, db_path: Path
 ) -> None:
