@@ -78,6 +78,7 @@ from .store import (
     Claim,
     ClaimOutcome,
     Finished,
+    IfMissing,
     NewRun,
     Paused,
     Refusal,
@@ -101,6 +102,7 @@ class OpenOptions(AgentOptions, total=False):
     llm: ColdmailLlm | str | None
     retry: RetryPolicy | None
     settings: Settings | None
+    missing: IfMissing
 
 
 class ColdMailAgent:
@@ -131,8 +133,10 @@ class ColdMailAgent:
         """Open the agent on a run store.
 
         Args:
-            db_path: an SQLite file (its folder is created) or a ``postgresql://`` URL;
-                default ``COLDMAIL_DB`` or ``snapshots/coldmail.db``.
+            db_path: an SQLite file or a ``postgresql://`` URL; default ``COLDMAIL_DB``,
+                else ``coldmail.db`` in the per-user data folder (``settings.default_db_path``,
+                the ``coldmail`` command's). Opening never creates an SQLite database: the
+                first run started creates it, with its folder and signing key.
             llm: any Bridgic LLM implementing ``BaseLlm`` and ``StructuredOutput``; or
                 ``"openai"`` / ``"local"``; or None to choose from the settings
                 (``COLDMAIL_LLM``, else OpenAI when configured, else the local model when
@@ -140,21 +144,28 @@ class ColdMailAgent:
                 ``get`` and ``list`` work without any LLM settings.
             retry: how each LLM step is retried; default ``RetryPolicy()``.
             settings: resolved settings to start from; default: from the environment.
+            missing: when the SQLite database does not exist yet: ``"defer"`` (default) —
+                reads find nothing and the first run started creates it; ``"create"`` — now,
+                so a path that cannot hold one fails here rather than after the first LLM
+                call; ``"refuse"`` — raise :class:`DatabaseNotFound` (for callers that only
+                read).
             **options: any other setting by name (``model``, ``llm_timeout``,
                 ``busy_timeout``, ``lease_seconds``, ``max_rounds``, ``key_file``, …; see
                 ``settings.Settings``), overriding the environment.
 
         Raises:
+            DatabaseNotFound: ``missing="refuse"`` and there is no database at ``db_path``.
             StoreError: the store cannot be opened or is not a bridgic-coldmail database.
             ConfigurationError: ``llm`` is not a usable LLM, or a setting is malformed.
         """
+        missing = options.pop("missing", "defer")
         llm = options.pop("llm", None)
         retry = options.pop("retry", None)
         base = options.pop("settings", None) or Settings.resolve()
         backend = llm if isinstance(llm, str) or llm is None else None
         resolved = base.with_overrides(db=db_path, llm=backend, **options)
         checked = None if llm is None or isinstance(llm, str) else check_llm(llm)
-        store = await connect_store(resolved)
+        store = await connect_store(resolved, missing=missing)
         agent = cls(store, resolved, checked, retry)
         try:
             yield agent

@@ -89,6 +89,15 @@ class StoreError(ColdmailError):
     http_status = 503
 
 
+class DatabaseNotFound(StoreError):
+    """There is no bridgic-coldmail database where one was looked for, and the caller only
+    reads: nothing was created (starting a run creates the database)."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        super().__init__(f"there is no database at {location}", topic="no_database")
+
+
 class SnapshotError(StoreError):
     """A stored snapshot cannot be resumed by this version of the code."""
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import platformdirs
 from typing_extensions import TypedDict
 
 from .errors import ColdmailError, ConfigurationError
@@ -27,7 +28,7 @@ from .errors import ColdmailError, ConfigurationError
 if TYPE_CHECKING:
     from .notify.destinations import Destination
 
-DEFAULT_DB = str(Path("snapshots") / "coldmail.db")
+APP_NAME = "coldmail"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_LLM_TIMEOUT = 120.0
 DEFAULT_BUSY_TIMEOUT = 10.0
@@ -105,8 +106,9 @@ class AgentOptions(TypedDict, total=False):
 class Settings:
     """The resolved settings. Build with :meth:`resolve`; every field is already valid."""
 
-    db: str = DEFAULT_DB
-    """An SQLite file path, a ``postgresql://`` URL, or libpq keywords (``host=… dbname=…``)."""
+    db: str = field(default_factory=lambda: str(default_db_path()))
+    """An SQLite file path, a ``postgresql://`` URL, or libpq keywords (``host=… dbname=…``);
+    default :func:`default_db_path`."""
     llm: str | None = None
     """``"openai"``, ``"local"``, or None for the default rule (see ``llm.choose_backend``)."""
     model: str = DEFAULT_MODEL
@@ -234,6 +236,14 @@ class Settings:
     def is_postgres(self) -> bool:
         """Whether ``db`` names a PostgreSQL server rather than an SQLite file."""
         return is_postgres_url(self.db) or is_libpq_keywords(self.db)
+
+
+def default_db_path() -> Path:
+    """Where runs are kept when no database is named: ``coldmail.db`` in the per-user data
+    folder (``$XDG_DATA_HOME/coldmail``, else ``~/.local/share/coldmail`` on Linux;
+    ``~/Library/Application Support/coldmail`` on macOS; ``%LOCALAPPDATA%\\coldmail`` on
+    Windows), so every command finds the same runs whatever folder it runs from."""
+    return platformdirs.user_data_path(APP_NAME, appauthor=False) / "coldmail.db"
 
 
 def is_postgres_url(db: str) -> bool:

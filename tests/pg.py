@@ -195,9 +195,13 @@ class Cluster:
 
 
 def find_bindir() -> Path | None:
-    """Where PostgreSQL's server programs are: $COLDMAIL_TEST_PG_BIN, Debian's newest, PATH."""
+    """Where PostgreSQL's server programs are: $COLDMAIL_TEST_PG_BIN (when set, only there:
+    pointing it nowhere hides them), else Debian's newest, else PATH."""
     given = os.environ.get(PG_BIN_ENV)
-    candidates = [Path(given)] if given else []
+    if given is not None:
+        folder = Path(given)
+        return folder if (folder / "initdb").exists() and (folder / "pg_ctl").exists() else None
+    candidates: list[Path] = []
     debian = sorted(
         glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True
     )

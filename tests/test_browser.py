@@ -29,9 +29,10 @@ import pytest
 from bridgic_coldmail import Brief, ColdMailAgent, RunStatus
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
-from .conftest import REPO
+from .conftest import REPO, find_chromium
 
-CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.browser
+CHROMIUM = find_chromium() or "/usr/bin/chromium"
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",

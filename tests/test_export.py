@@ -401,6 +401,7 @@ the writer's buffers. Input and output are each larger than the bound (see the a
 an export that held either in memory could not stay under it."""
 
 
+@pytest.mark.slow
 def test_an_export_streams_in_bounded_memory(tmp_path: Path) -> None:
     source = tmp_path / "leads.csv"
     note = "n" * 250

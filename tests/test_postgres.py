@@ -352,6 +352,7 @@ async def test_no_session_state_is_left_on_a_pooled_connection(pg: Backend) -> N
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_purge_from_the_command_line_works_the_same_on_both_backends(
     backend: Backend, server: Any
 ) -> None:
@@ -373,6 +374,7 @@ def test_purge_from_the_command_line_works_the_same_on_both_backends(
         assert urlsplit(backend.db).password not in purged.stdout + purged.stderr
 
 
+@pytest.mark.slow
 async def test_many_agents_through_pgbouncer_in_transaction_pooling(
     pg: Backend, server: Any
 ) -> None:
