@@ -177,6 +177,99 @@ QUALITY_CASES: tuple[QualityCase, ...] = (
 
 QUALITY_PASS_MARK = 11
 
+LONG_FEEDBACK_CASES: tuple[QualityCase, ...] = (
+    QualityCase(
+        Brief(
+            product="Kilnbook",
+            offer="books firing slots on shared kilns and tracks who loaded what",
+            sender="Marta Silva, founder of Kilnbook",
+        ),
+        "Ceramics program coordinators at community colleges who run shared kilns for 100+ "
+        "students and spend Fridays sorting out firing schedules by email",
+        seed=2101,
+    ),
+    QualityCase(
+        Brief(
+            product="Pawpost",
+            offer="sends vaccination reminders to pet owners by text",
+            sender="Liam O'Brien",
+            audience="vets",
+        ),
+        "Practice managers at multi-site veterinary groups (3 to 12 clinics) who are measured "
+        "on rebooking rates and still send reminder postcards by hand",
+        seed=2202,
+        fields=("first_name",),
+    ),
+    QualityCase(
+        Brief(
+            product="Spoolr",
+            offer="predicts filament and resin needs for 3D print farms and reorders before you "
+            "run out",
+            sender="Ana Costa, Spoolr",
+        ),
+        "Not hobbyists. Operations leads at small manufacturing shops running 10-50 printers "
+        "around the clock, where a stalled print costs a day",
+        seed=2303,
+    ),
+    QualityCase(
+        Brief(
+            product="Docketly",
+            offer="turns court deadlines into shared calendar entries for the whole team",
+            sender="Ruth Adeyemi, co-founder of Docketly",
+            cta="a 20-minute walkthrough",
+        ),
+        "Litigation paralegals at mid-size law firms; they track deadlines in spreadsheets and "
+        "get blamed when one is missed, so the pitch should be about peace of mind",
+        seed=2404,
+    ),
+    QualityCase(
+        Brief(
+            product="Crateful",
+            offer="tracks returnable crates between the warehouse and stores",
+            sender="Omar Haddad, Crateful",
+            audience="retail chains",
+        ),
+        "The right people are logistics coordinators at regional grocery chains with 20 to 80 "
+        "stores who lose thousands of crates a year and reorder them every quarter",
+        seed=2505,
+    ),
+    QualityCase(
+        Brief(
+            product="TutorTrack",
+            offer="schedules tutoring sessions and sends progress notes to parents automatically",
+            sender="Grace Kim, TutorTrack",
+            cta="Reply and I'll set up a free month for your centre.",
+        ),
+        "Owners of independent tutoring centres with 5-15 tutors, usually former teachers, who "
+        "do the scheduling themselves on weekends",
+        seed=2606,
+        fields=("first_name", "company"),
+    ),
+    QualityCase(
+        Brief(
+            product="Brewlog",
+            offer="logs fermentation temperatures from every tank and alerts the brewer on a phone",
+            sender="Felix Braun, Brewlog",
+        ),
+        "Head brewers at craft breweries producing 2,000 to 20,000 barrels a year. They check "
+        "tanks at night and worry about a stuck fermentation ruining a batch.",
+        seed=2707,
+    ),
+    QualityCase(
+        Brief(
+            product="Permitpal",
+            offer="fills in and files building permit applications for contractors",
+            sender="Dana Whitfield, Permitpal",
+            audience="contractors",
+        ),
+        "Office managers at residential renovation companies in California who handle permits "
+        "for 30+ jobs a year across several cities, each with its own forms",
+        seed=2808,
+    ),
+)
+"""Long feedbacks, the kind a person types when they know the market: written down, with
+their seeds, before any output of the change that reads them (0.6) was looked at."""
+
 # --------------------------------------------------------------------------- the checks
 
 OLD_EXAMPLE_TEXT = ("Brightdesk", "support teams at online shops", "shoe shop")
