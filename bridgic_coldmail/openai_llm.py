@@ -60,6 +60,11 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 """The part of an HTTP error body that is read; the rest is dropped unread."""
 MAX_ANSWER_CHARS = 64 * 1024
 """The longest answer text parsed as JSON; a valid sequence is under 11,000 characters."""
+GENERATION_MAX_CHARS = {"subject": 120, "body": 1000}
+"""The longest subject and body the schema of the fallback forms allows (see
+:func:`generation_schema`): room for the prompt's "under 150 words", and within what
+llama.cpp's grammar parser takes: it refused the grammar of a 1,200-character bound ("exceeds
+sane defaults"), and llama-cpp-python's server, given 1,500, stopped answering."""
 
 _TOKEN_PARAMETERS: tuple[str | None, ...] = ("max_tokens", "max_completion_tokens", None)
 _REFUSAL_STATUSES = frozenset({400, 404, 405, 415, 422, 500, 501})
@@ -169,7 +174,9 @@ class ColdmailOpenAILlm(OpenAILlm):
         options: dict[str, Any],
     ) -> Any:
         """One request in ``form``, trying the token-limit parameters the server takes."""
-        schema = inline_schema(constraint.model.model_json_schema())
+        schema = generation_schema(
+            constraint.model.model_json_schema(), grammar=form in {"json_object", "tools"}
+        )
         if form != "json_schema":
             messages = _with_instruction(messages, json_answer_instruction(schema, form))
         params = self._build_parameters(messages=messages, model=model, **options)
@@ -267,6 +274,65 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
     resolved: dict[str, Any] = resolve(schema)
     return resolved
+
+
+def generation_schema(schema: dict[str, Any], *, grammar: bool = True) -> dict[str, Any]:
+    """The schema the forms other than ``json_schema`` carry, from the answer schema.
+
+    References are inlined (:func:`inline_schema`), and each text is at most
+    :data:`GENERATION_MAX_CHARS` long: a small model under a grammar writes until the limit,
+    and the answer schema allows 5,000 characters. For a schema a server may build a grammar
+    from (``grammar``: the ``json_object`` and ``tools`` forms), every rule is stated the way
+    llama.cpp's grammar builder reads it, so that every answer the grammar allows is valid: a
+    text's placeholder ``pattern`` becomes :func:`json_text_pattern` (it constrains a string's
+    JSON text, not its value), and a bounded integer lists its values (the builder ignores
+    ``minimum`` and ``maximum``). For the prompt form the pattern is left out; the
+    descriptions state the rule. Every answer either schema allows is valid.
+    """
+    schema = inline_schema(schema)
+
+    def bound(node: Any, name: str = "") -> None:
+        if isinstance(node, dict):
+            limit = GENERATION_MAX_CHARS.get(name)
+            if node.get("type") == "string" and limit is not None:
+                node["maxLength"] = min(node.get("maxLength", limit), limit)
+                pattern = node.pop("pattern", None)
+                if grammar and isinstance(pattern, str):
+                    node["pattern"] = json_text_pattern(pattern, node["maxLength"])
+            low, high = node.get("minimum"), node.get("maximum")
+            if grammar and node.get("type") == "integer" and low is not None and high is not None:
+                if 0 <= high - low <= 100:
+                    node["enum"] = list(range(low, high + 1))
+            for key, value in node.items():
+                if key == "properties" and isinstance(value, dict):
+                    for field_name, field_schema in value.items():
+                        bound(field_schema, field_name)
+                elif isinstance(value, (dict, list)):
+                    bound(value)
+        elif isinstance(node, list):
+            for item in node:
+                bound(item)
+
+    bound(schema)
+    return schema
+
+
+_JSON_TEXT_CHAR = r'([^{}"\\\x00-\x1f]|\\[nrt"\\/])'
+"""One character of a string's JSON text that is not a brace: anything but a quote, a
+backslash or a control character, or one of the escapes ``\\n`` ``\\r`` ``\\t`` ``\\"``
+``\\\\`` ``\\/``."""
+
+
+def json_text_pattern(pattern: str, max_units: int) -> str:
+    """The placeholder pattern of ``merge.allowed_text_pattern``, rewritten for the JSON text
+    of a string (what llama.cpp's grammar builder matches a ``pattern`` against), at most
+    ``max_units`` characters or placeholders long, in the syntax that builder reads (plain
+    groups, no ``(?:``). A string's JSON text matches it exactly when the string's value
+    matches ``pattern`` and contains no control character other than a line break or a tab."""
+    inner = pattern.removeprefix("^").removesuffix("$").removesuffix("*")
+    inner = inner.replace(r"[^{}|\r\n]", r'[^{}|"\\\x00-\x1f]')
+    inner = inner.replace("[^{}]", _JSON_TEXT_CHAR).replace("(?:", "(")
+    return f"^({inner}){{1,{max_units}}}$"
 
 
 def _with_instruction(messages: list[Message], instruction: str) -> list[Message]:

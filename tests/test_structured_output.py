@@ -8,13 +8,18 @@ next. The refusals are the real servers' status codes and error bodies (``testin
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridgic_coldmail import Brief, ColdMailAgent, LlmError, RetryPolicy, RunStatus
 from bridgic_coldmail.errors import ConfigurationError
+from bridgic_coldmail.merge import allowed_text_pattern
+from bridgic_coldmail.openai_llm import json_text_pattern
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer, default_sequence
 
@@ -105,10 +110,18 @@ async def test_each_form_carries_the_schema_where_that_form_takes_it(
         else:
             assert "response_format" not in body and "tools" not in body
             schema = json.loads(user_text.split("JSON schema:\n", 1)[1])
-        # The schema is self-contained (no $ref for a server to resolve) and complete.
+        # The schema is self-contained (no $ref for a server to resolve) and complete; where a
+        # server may build a grammar from it, in the terms llama.cpp's grammar builder reads.
         assert "$ref" not in json.dumps(schema) and "$defs" not in schema
         assert set(schema["properties"]) == {"opener", "follow_up"}
-        assert schema["properties"]["follow_up"]["properties"]["wait_days"]["maximum"] == 30
+        follow_up = schema["properties"]["follow_up"]["properties"]
+        assert follow_up["body"]["maxLength"] == 1000 and follow_up["subject"]["maxLength"] == 120
+        assert "no { or }" in json.dumps(schema).lower()  # the rule, in words
+        if form == "prompt":
+            assert "pattern" not in json.dumps(schema)
+        else:
+            assert follow_up["wait_days"]["enum"] == list(range(1, 31))
+            assert follow_up["body"]["pattern"] == json_text_pattern(allowed_text_pattern(()), 1000)
 
 
 async def test_a_plain_json_answer_in_a_code_fence_is_accepted(
@@ -203,3 +216,20 @@ def test_the_setting_takes_only_the_known_forms() -> None:
         assert Settings.resolve(env={"COLDMAIL_STRUCTURED_OUTPUT": value}).structured_output
     with pytest.raises(ConfigurationError, match="COLDMAIL_STRUCTURED_OUTPUT='xml' .* auto"):
         Settings.resolve(env={"COLDMAIL_STRUCTURED_OUTPUT": "xml"})
+
+
+_PIECES = [*'ab {}|"\\/\n\r\té€', "{{first_name}}", "{{company|your team}}", "{{ceo}}"]
+_PIECES += ["{{first_name|a|b}}", "\\n", "{{ first_name }}"]
+
+
+@pytest.mark.parametrize("fields", [(), ("first_name", "company")], ids=["no-fields", "fields"])
+@given(text=st.lists(st.sampled_from(_PIECES), max_size=12).map("".join))
+@settings(max_examples=300, deadline=None)
+def test_the_json_text_pattern_accepts_exactly_the_valid_texts(
+    fields: tuple[str, ...], text: str
+) -> None:
+    # llama.cpp matches a pattern against a string's JSON text; pydantic against its value.
+    value_ok = re.fullmatch(allowed_text_pattern(fields), text) is not None and 1 <= len(text)
+    json_text = json.dumps(text, ensure_ascii=False)[1:-1]
+    text_ok = re.fullmatch(json_text_pattern(allowed_text_pattern(fields), 10_000), json_text)
+    assert value_ok == (text_ok is not None), (text, json_text)
