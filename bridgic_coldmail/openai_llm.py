@@ -22,10 +22,11 @@ call pays for the refusals. Forced to one form (``json_schema``, ``json_object``
 URL with any password hidden, never the key.
 
 What a server sends back is capped before anything parses it: ``max_tokens`` on every request
-(``max_completion_tokens`` for a server that refuses the former, nothing for one that refuses
-both), the HTTP body as it is read (:data:`MAX_RESPONSE_BYTES`, compressed or not, whatever its
-framing; an error body is cut at :data:`MAX_ERROR_BODY_BYTES`), and the answer's text before
-JSON parsing (:data:`MAX_ANSWER_CHARS`).
+(``max_completion_tokens`` for a server that refuses the former; nothing for one that refuses
+both, or that refuses a limit its context cannot hold beside the prompt, as vLLM does), the
+HTTP body as it is read (:data:`MAX_RESPONSE_BYTES`, compressed or not, whatever its framing;
+an error body is cut at :data:`MAX_ERROR_BODY_BYTES`), and the answer's text before JSON
+parsing (:data:`MAX_ANSWER_CHARS`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import threading
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from bridgic.core.model.protocols import PydanticModel
 from bridgic.core.model.types import Message
@@ -47,7 +48,7 @@ from bridgic.llms.openai import OpenAILlm
 from pydantic import ValidationError
 
 from .prompts import TOOL_NAME, json_answer_instruction
-from .retry import InvalidOutput, Unretryable, error_message, summarize
+from .retry import FailureNote, InvalidOutput, Unretryable, error_message, summarize
 from .settings import ENV, redact_url
 
 FORMS = ("json_schema", "json_object", "tools", "prompt")
@@ -84,11 +85,6 @@ class FormRefused(Unretryable):
 class UnusableResponse(Unretryable):
     """The server's answer cannot be read within the caps: larger than any sequence, or
     encoded in a way that was not asked for. The same request would get the same again."""
-
-
-class ServerLimits(Exception):
-    """Why the answer was asked for as plain JSON: the forms this server refused. It wraps
-    the failure of the plain-JSON answer, whose retryability it keeps."""
 
 
 @dataclass
@@ -150,7 +146,7 @@ class ColdmailOpenAILlm(OpenAILlm):
             except Exception as exc:
                 reason = refusal_reason(exc, form)
                 if reason is None:
-                    raise self._with_limits(form, choice, exc) from exc
+                    self._raise_with_limits(form, choice, exc)
                 with _choices_lock:
                     choice.refused[form] = reason
                     if choice.form == form:
@@ -161,7 +157,7 @@ class ColdmailOpenAILlm(OpenAILlm):
             try:
                 return _parse(form, response, constraint)
             except Exception as exc:
-                raise self._with_limits(form, choice, exc) from exc
+                self._raise_with_limits(form, choice, exc)
         raise FormRefused(self._refusal_message(choice, forms, model_name, forced))
 
     async def _ask(
@@ -203,24 +199,30 @@ class ColdmailOpenAILlm(OpenAILlm):
             try:
                 return await self.async_client.chat.completions.create(**params)
             except Exception as exc:
-                if parameter is None or not _names_parameter(exc, parameter):
+                refused = None if parameter is None else _token_limit_refused(exc, parameter)
+                if parameter is None or refused is None:
                     raise
                 params.pop(parameter)
-                following = _TOKEN_PARAMETERS[_TOKEN_PARAMETERS.index(parameter) + 1]
+                following = (
+                    None
+                    if refused == "context"
+                    else _TOKEN_PARAMETERS[_TOKEN_PARAMETERS.index(parameter) + 1]
+                )
                 with _choices_lock:
                     if choice.token_parameter == parameter:
                         choice.token_parameter = following
 
-    def _with_limits(self, form: str, choice: _ServerChoice, exc: Exception) -> Exception:
-        """``exc``, wrapped with the server's refusals when they are why ``form`` was used."""
+    def _raise_with_limits(self, form: str, choice: _ServerChoice, exc: Exception) -> NoReturn:
+        """Raise ``exc``, wrapped in a note of the server's refusals when they are why the
+        answer was asked for as plain JSON."""
         if form != "prompt" or not choice.refused or isinstance(exc, Unretryable):
-            return exc
+            raise exc
         refused = "; ".join(f"{name}: {reason}" for name, reason in choice.refused.items())
-        return ServerLimits(
+        raise FailureNote(
             f"the LLM server at {self.base_url} takes no structured output for this model "
             f"({refused}), so the emails were asked for as plain JSON; use a model that "
             "follows JSON instructions, or a server with JSON-schema output"
-        )
+        ) from exc
 
     def _refusal_message(
         self, choice: _ServerChoice, forms: list[str], model: str, forced: bool
@@ -251,9 +253,19 @@ def refusal_reason(exc: BaseException, form: str) -> str | None:
     return f"HTTP {status}: {summarize(error_message(exc), 200)}"
 
 
-def _names_parameter(exc: BaseException, parameter: str) -> bool:
-    status = getattr(exc, "status_code", None)
-    return status in {400, 422} and parameter in str(getattr(exc, "message", ""))
+def _token_limit_refused(exc: BaseException, parameter: str) -> str | None:
+    """How a server refused the token limit sent as ``parameter``: ``"parameter"`` (it does
+    not take that parameter; OpenAI's reasoning models want ``max_completion_tokens``),
+    ``"context"`` (the limit and the prompt exceed its context; vLLM refuses rather than
+    clamps), or None (not a refusal of the limit)."""
+    if getattr(exc, "status_code", None) not in {400, 422}:
+        return None
+    message = f"{getattr(exc, 'message', '')} {error_message(exc)}".lower()
+    if "context length" in message or "context window" in message:
+        return "context"
+    if any(name in message for name in {parameter, "max_tokens", "max_completion_tokens"}):
+        return "parameter"
+    return None
 
 
 def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:

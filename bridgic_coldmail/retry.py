@@ -32,6 +32,11 @@ class Unretryable(Exception):
     never retried, whatever it wraps."""
 
 
+class FailureNote(Exception):
+    """What a failure's message should add (e.g. which forms of structured output the server
+    refused): raised ``from`` the failure, whose retryability it keeps."""
+
+
 MAX_SUMMARY_CHARS = 300
 """The longest summary of an error's cause put into a message (and so stored)."""
 

@@ -127,6 +127,19 @@ REFUSALS: dict[str, dict[str, Refusal]] = {
         ),
     },
     "max_tokens": {
+        # vLLM refuses a limit that does not fit its context beside the prompt.
+        "vllm": Refusal(
+            400,
+            {
+                "object": "error",
+                "message": "This model's maximum context length is 4096 tokens. However, you "
+                "requested 5012 tokens (916 in the messages, 4096 in the completion). Please "
+                "reduce the length of the messages or completion.",
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            },
+        ),
         # OpenAI's reasoning models take max_completion_tokens instead.
         "openai": Refusal(
             400,

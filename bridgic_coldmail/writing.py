@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from .errors import ColdmailError, ConfigurationError, LlmError
 from .models import Brief, EmailSequence, EmailStep, describe_validation_error
 from .retry import (
+    FailureNote,
     InvalidOutput,
     RetryPolicy,
     Unretryable,
@@ -244,7 +245,7 @@ def _llm_error(
     tries = f" after {attempts} tries" if attempts > 1 else ""
     links = chain(exc)
     # Why the answer was asked for as plain JSON, when the server took no structured output.
-    limits = next((f"; {link}" for link in links if type(link).__name__ == "ServerLimits"), "")
+    limits = next((f"; {link}" for link in links if isinstance(link, FailureNote)), "")
     unretryable = next((link for link in links if isinstance(link, Unretryable)), None)
     cause = root_cause(exc)
     if unretryable is not None:

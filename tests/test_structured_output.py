@@ -175,9 +175,9 @@ async def test_a_transient_error_is_retried_in_the_same_form(
     own_server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
     own_server.enqueue(Reply(kind="draft", status=500, content="upstream connect error"))
-    own_server.enqueue(Reply(kind="draft", status=400, content="context length exceeded"))
+    own_server.enqueue(Reply(kind="draft", status=400, content="unknown model gpt-4o-mini"))
     async with ColdMailAgent.open(db_path, retry=FAST) as agent:
-        with pytest.raises(LlmError, match="context length exceeded"):
+        with pytest.raises(LlmError, match="unknown model gpt-4o-mini"):
             await agent.start(brief)
     # A 500 or 400 that does not name the response format is not a refusal of the form.
     assert _forms(own_server) == ["json_schema", "json_schema"]
@@ -193,6 +193,17 @@ async def test_a_server_that_refuses_max_tokens_gets_max_completion_tokens(
     assert second["max_completion_tokens"] == first["max_tokens"] and "max_tokens" not in second
     assert "max_tokens" not in third  # remembered
     assert _forms(own_server) == ["json_schema"] * 3
+
+
+async def test_a_server_whose_context_cannot_hold_the_limit_gets_none(
+    own_server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    own_server.refuse("max_tokens", "vllm")
+    await _start_and_resume(db_path, brief)
+    first, second, third = (r.body for r in own_server.requests)
+    assert "max_tokens" in first
+    for body in (second, third):  # neither parameter: the server clamps to its context
+        assert "max_tokens" not in body and "max_completion_tokens" not in body
 
 
 async def test_the_key_never_reaches_a_message_or_the_store(
