@@ -52,6 +52,8 @@ LEASE_PER_BUSY_TIMEOUT = 3
 the database lock: below this ratio a healthy resumer could lose its lease while waiting."""
 
 BACKENDS = ("openai", "local")
+STRUCTURED_OUTPUT_FORMS = ("auto", "json_schema", "json_object", "tools", "prompt")
+"""How an OpenAI-compatible server is asked for the JSON answer (see ``openai_llm``)."""
 
 ENV = {
     "db": "COLDMAIL_DB",
@@ -66,6 +68,7 @@ ENV = {
     "local_model": "COLDMAIL_LOCAL_MODEL",
     "openai_api_key": "OPENAI_API_KEY",
     "openai_api_base": "OPENAI_API_BASE",
+    "structured_output": "COLDMAIL_STRUCTURED_OUTPUT",
     "pool_size": "COLDMAIL_PG_POOL_SIZE",
     "pool_timeout": "COLDMAIL_PG_POOL_TIMEOUT",
     "prepare_statements": "COLDMAIL_PG_PREPARE",
@@ -96,6 +99,7 @@ class AgentOptions(TypedDict, total=False):
     local_model: str | os.PathLike[str]
     openai_api_key: str
     openai_api_base: str
+    structured_output: str
     pool_size: int
     pool_timeout: float
     prepare_statements: bool
@@ -123,6 +127,9 @@ class Settings:
     local_model: Path | None = None
     openai_api_key: str | None = field(default=None, repr=False)
     openai_api_base: str | None = None
+    structured_output: str = "auto"
+    """``auto`` (the first form the server takes), or one form forced: ``json_schema``,
+    ``json_object``, ``tools`` or ``prompt``."""
     pool_size: int = DEFAULT_POOL_SIZE
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
     prepare_statements: bool = False
@@ -325,6 +332,13 @@ def _backend(value: Any) -> str:
     return text
 
 
+def _structured_output(value: Any) -> str:
+    text = _text(value).lower()
+    if text not in STRUCTURED_OUTPUT_FORMS:
+        raise ValueError(f"use one of {', '.join(STRUCTURED_OUTPUT_FORMS)}")
+    return text
+
+
 def _seconds(value: Any) -> float:
     if isinstance(value, bool):
         raise TypeError("expected a number of seconds")
@@ -422,6 +436,7 @@ _PARSERS: dict[str, Any] = {
     "local_model": _path,
     "openai_api_key": _text,
     "openai_api_base": _text,
+    "structured_output": _structured_output,
     "pool_size": _count(1, 1000),
     "pool_timeout": _seconds,
     "prepare_statements": _flag,

@@ -32,7 +32,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import ColdmailError, ConfigurationError, LlmError
 from .models import Brief, EmailSequence, EmailStep, describe_validation_error
-from .retry import InvalidOutput, RetryPolicy, describe, is_retryable, retry_after, root_cause
+from .retry import (
+    FailureNote,
+    InvalidOutput,
+    RetryPolicy,
+    Unretryable,
+    chain,
+    describe,
+    is_retryable,
+    retry_after,
+    root_cause,
+    summarize,
+)
 
 TaskKind = Literal["draft", "refine", "revise"]
 
@@ -247,21 +258,32 @@ def _checked(sequence: EmailSequence, task: WritingTask) -> EmailSequence:
 def _llm_error(
     task: WritingTask, exc: Exception, attempts: int, timeout: float | None
 ) -> ColdmailError:
+    """One error for a failed step, whose message is one line of bounded length: it is
+    printed, and stored twice (the run's ``last_error`` and its history)."""
     if isinstance(exc, ColdmailError):
         return exc
     step = task.step_name
     tries = f" after {attempts} tries" if attempts > 1 else ""
+    links = chain(exc)
+    # Why the answer was asked for as plain JSON, when the server took no structured output.
+    limits = next((f"; {link}" for link in links if isinstance(link, FailureNote)), "")
+    unretryable = next((link for link in links if isinstance(link, Unretryable)), None)
     cause = root_cause(exc)
+    if unretryable is not None:
+        return LlmError(f"the {step} LLM call failed: {summarize(str(unretryable), 1200)}")
     if isinstance(cause, TimeoutError):
         return LlmError(
             f"the LLM did not answer the {step} request within {timeout:g} s{tries}; try "
             "again, or raise the LLM timeout"
         )
     if isinstance(cause, InvalidOutput):
-        return LlmError(f"the LLM's {step} was refused{tries}: {cause}; try again")
+        return LlmError(
+            f"the LLM's {step} was refused{tries}: {summarize(str(cause))}{limits}; try again"
+        )
     if isinstance(cause, ValidationError):
         message = describe_validation_error(cause, f"the LLM's {step} did not validate{tries}")
-        return LlmError(f"{message}; try again, or use a stronger model")
+        return LlmError(f"{summarize(message)}{limits}; try again, or use a stronger model")
     return LlmError(
-        f"the {step} LLM call failed{tries} ({describe(exc)}); check the LLM settings and try again"
+        f"the {step} LLM call failed{tries} ({describe(exc)}){limits}; check the LLM settings "
+        "and try again"
     )
