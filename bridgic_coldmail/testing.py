@@ -347,11 +347,12 @@ class ScriptedOpenAIServer:
             self._refusals[what] = refusal
 
     def reset(self) -> None:
-        """Forget recorded requests, scripted replies and refusals."""
+        """Forget recorded requests, scripted replies, refusals and the responder."""
         with self._lock:
             self._script.clear()
             self._requests.clear()
             self._refusals.clear()
+            self._responder = None
 
     def _refusal(self, request: RecordedRequest) -> Refusal | None:
         with self._lock:
