@@ -69,7 +69,7 @@ from .models import (
     validate_page,
     validate_reviewer,
 )
-from .prompts import AUDIENCE_QUESTION
+from .llm.prompts import AUDIENCE_QUESTION
 from .retry import RetryPolicy
 from .settings import AgentOptions, Settings
 from .store import (

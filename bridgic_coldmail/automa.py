@@ -34,10 +34,10 @@ from bridgic.core.automa.args import From
 from bridgic.core.automa.interaction import Event
 
 from .errors import ConfigurationError
+from .llm.prompts import AUDIENCE_QUESTION, REVIEW_QUESTION
+from .llm.writing import TaskKind, WritingTask, write_sequence
 from .models import STORED, Brief, Decision, EmailSequence, ReviewOutcome
-from .prompts import AUDIENCE_QUESTION, REVIEW_QUESTION
 from .retry import NO_RETRY, RetryPolicy
-from .writing import TaskKind, WritingTask, write_sequence
 
 AUDIENCE_EVENT = "audience_feedback"
 """The ``event_type`` of the audience pause."""

@@ -32,10 +32,10 @@ from bridgic.core.model.types import Message, Role
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ColdmailError, ConfigurationError
+from ..llm.writing import SequenceComposer, ask_structured
 from ..models import describe_validation_error, preview
 from ..retry import InvalidOutput, RetryPolicy, describe, is_retryable, retry_after, root_cause
 from ..settings import Settings
-from ..writing import SequenceComposer, ask_structured
 from .estimate import CallTokens, call_tokens
 from .lines import MAX_LINE_CHARS, LineRefused, LineTask, check_line, one_line
 from .pacing import Pacer

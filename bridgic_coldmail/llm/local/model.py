@@ -42,12 +42,12 @@ from bridgic.core.model import BaseLlm
 from bridgic.core.model.protocols import PydanticModel
 from bridgic.core.model.types import Message
 
-from .errors import ConfigurationError
-from .local_writer import TEMPERATURE as COMPOSE_TEMPERATURE
-from .local_writer import ComposeStats, LlamaLines, compose_from_lines
-from .models import EmailSequence
-from .prompts import messages_for
-from .writing import SequenceAnswer, WritingTask, answer_model
+from ...errors import ConfigurationError
+from ...models import EmailSequence
+from ..prompts import messages_for
+from ..writing import SequenceAnswer, WritingTask, answer_model
+from .writer import TEMPERATURE as COMPOSE_TEMPERATURE
+from .writer import ComposeStats, LlamaLines, compose_from_lines
 
 MODEL_ENV = "COLDMAIL_LOCAL_MODEL"
 INSTALL_HINT = "pip install 'bridgic-coldmail[local]'"

@@ -30,9 +30,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from bridgic.core.model.protocols import PydanticModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .errors import ColdmailError, ConfigurationError, LlmError
-from .models import Brief, EmailSequence, EmailStep, describe_validation_error
-from .retry import (
+from ..errors import ColdmailError, ConfigurationError, LlmError
+from ..models import Brief, EmailSequence, EmailStep, describe_validation_error
+from ..retry import (
     FailureNote,
     InvalidOutput,
     RetryPolicy,
@@ -117,7 +117,7 @@ def answer_model(fields: tuple[str, ...] = ()) -> type[SequenceAnswer]:
     Every constraint that :func:`SequenceAnswer.to_sequence` and :class:`EmailSequence`
     enforce is stated here, so an answer that follows the schema is always accepted.
     """
-    from .merge import allowed_text_pattern  # the placeholder grammar lives there
+    from ..merge import allowed_text_pattern  # the placeholder grammar lives there
 
     placeholder_rule = (
         f" Merge fields allowed: {', '.join('{{' + f + '}}' for f in fields)}, optionally "
@@ -239,7 +239,7 @@ async def within(call: Any, timeout: float | None) -> Any:
 
 def _checked(sequence: EmailSequence, task: WritingTask) -> EmailSequence:
     """Hold every writer (composers too) to the schema's placeholder rule."""
-    from .merge import is_allowed_text, unknown_fields
+    from ..merge import is_allowed_text, unknown_fields
 
     # Validated again (a composer may build it unchecked): EmailStep's rules hold for all.
     sequence = EmailSequence.model_validate(sequence.model_dump())

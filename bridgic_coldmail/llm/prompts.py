@@ -16,7 +16,7 @@ from typing import Any
 
 from bridgic.core.model.types import Message, Role
 
-from .models import Brief, EmailSequence
+from ..models import Brief, EmailSequence
 from .writing import WritingTask
 
 AUDIENCE_QUESTION = (
@@ -78,7 +78,7 @@ def sequence_text(sequence: EmailSequence) -> str:
 
 
 def _fields_paragraph(fields: tuple[str, ...]) -> str:
-    from .merge import describe_fields
+    from ..merge import describe_fields
 
     return describe_fields(fields)
 
