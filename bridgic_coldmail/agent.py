@@ -49,7 +49,7 @@ from .llm import ColdmailLlm, build_llm, check_llm, close_llm
 
 if TYPE_CHECKING:
     from .export import ExportReport
-    from .lint import LintIssue
+    from .export.lint import LintIssue
 from .models import (
     Brief,
     DamagedRun,
@@ -774,7 +774,7 @@ class ColdMailAgent:
         """Lint the run's newest sequence (the final one, or the one under review) against
         its merge fields: unknown fields, long subjects and bodies, links, capitals, spam
         phrases. Warnings; see ``lint.lint_sequence``."""
-        from .lint import lint_sequence
+        from .export.lint import lint_sequence
 
         run = await self.get(interaction_id)
         sequence = run.sequence or run.draft
@@ -830,7 +830,7 @@ def _not_final(run: Run) -> str:
 
 def _acronyms(run: Run) -> frozenset[str]:
     """Upper-case words the brief itself uses (a product called ACME is not shouting)."""
-    from .lint import DEFAULT_ACRONYMS
+    from .export.lint import DEFAULT_ACRONYMS
 
     words = re.findall(r"[A-Za-z][A-Za-z0-9]*", f"{run.brief.product} {run.brief.sender}")
     return frozenset(DEFAULT_ACRONYMS) | {w for w in words if w.isupper()}

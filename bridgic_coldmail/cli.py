@@ -278,7 +278,7 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
 
     fields: tuple[str, ...] = ()
     if command == "start" and args.leads is not None:
-        from .leads import read_header
+        from .export.leads import read_header
 
         fields = read_header(args.leads).fields
 

@@ -50,7 +50,7 @@ from functools import cached_property
 
 from pydantic_core import PydanticCustomError
 
-from ..leads import EMAIL_HEADERS, Lead
+from ..export.leads import EMAIL_HEADERS, Lead
 from ..llm.local.writer import stem
 from ..merge import syntax_errors
 from ..models import Brief, EmailSequence, clean_text

@@ -52,10 +52,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
+from ..merge import find_placeholders, syntax_errors, unknown_fields
+from ..models import EmailSequence, preview_list
 from .formulas import FORMULA_PREFIXES as FORMULA_PREFIXES  # where release 0.5 had it
 from .formulas import formula_starts
-from .merge import find_placeholders, syntax_errors, unknown_fields
-from .models import EmailSequence, preview_list
 
 MAX_SUBJECT_CHARS = 60
 """Longer subjects are cut off in inbox lists, on phones first."""
