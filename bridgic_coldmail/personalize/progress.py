@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from ..render import terminal_safe
+from ..cli.render import terminal_safe
 from .pacing import Pacer
 from .writer import LineResult
 

@@ -17,8 +17,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from .models import DamagedRun, EmailSequence, ListedRun, Run, RunEvent, RunStatus
-from .settings import default_db_path, is_postgres_url, redact_url
+from ..models import DamagedRun, EmailSequence, ListedRun, Run, RunEvent, RunStatus
+from ..settings import default_db_path, is_postgres_url, redact_url
 
 MAX_TEXT_WIDTH = 100
 """Emails wrap at the terminal's width, but never wider than this: long lines are hard to read."""
