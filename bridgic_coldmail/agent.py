@@ -773,7 +773,7 @@ class ColdMailAgent:
     async def lint(self, interaction_id: str) -> builtins.list[LintIssue]:
         """Lint the run's newest sequence (the final one, or the one under review) against
         its merge fields: unknown fields, long subjects and bodies, links, capitals, spam
-        phrases. Warnings; see ``lint.lint_sequence``."""
+        phrases. Warnings; see ``export.lint.lint_sequence``."""
         from .export.lint import lint_sequence
 
         run = await self.get(interaction_id)

@@ -5,7 +5,7 @@ worker functions by their import path, so this class and its workers (``draft``,
 ``ask_audience``, ``refine``, ``review``, ``revise``) are never moved or renamed. A snapshot
 also records the graph it was paused in: runs paused by releases before 0.5 (whose graph
 ends at ``refine``) finish through that old graph. This module changes rarely; the LLM step
-lives in ``writing.py``.
+lives in ``llm/writing.py``.
 
 Four Bridgic behaviours shape it:
 

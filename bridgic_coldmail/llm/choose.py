@@ -8,7 +8,7 @@ a snapshot: a run drafted with one backend can be resumed with another.
 The settings involved (``settings.py``): ``llm`` (``COLDMAIL_LLM``), ``local_model``
 (``COLDMAIL_LOCAL_MODEL``), ``openai_api_key`` / ``openai_api_base`` / ``model``
 (``OPENAI_API_KEY``, ``OPENAI_API_BASE``, ``OPENAI_MODEL_NAME``), ``structured_output``
-(``COLDMAIL_STRUCTURED_OUTPUT``, how a server is asked for JSON: ``openai_llm.py``) and
+(``COLDMAIL_STRUCTURED_OUTPUT``, how a server is asked for JSON: ``openai_backend.py``) and
 ``llm_timeout``.
 """
 
@@ -70,7 +70,7 @@ def build_llm(settings: Settings) -> ColdmailLlm:
 
 def openai_llm(settings: Settings) -> ColdmailLlm:
     """An ``OpenAILlm`` from the OpenAI settings, with only this package's retries, that asks
-    for structured output in a form the server takes (``openai_llm.ColdmailOpenAILlm``)."""
+    for structured output in a form the server takes (``openai_backend.ColdmailOpenAILlm``)."""
     key, base = settings.openai_api_key, settings.openai_api_base
     if not key and not base:
         raise ConfigurationError(

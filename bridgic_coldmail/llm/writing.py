@@ -14,7 +14,7 @@ Two kinds of writer:
   sent on day 0, so its day is not part of the answer.
 * A small model writes better when it writes less: an LLM that implements
   :class:`SequenceComposer` is handed the task itself and composes the emails its own way
-  (``local_writer.py``).
+  (``local/writer.py``).
 
 Either way the result is a validated :class:`EmailSequence`, and :func:`write_sequence`
 applies the one :class:`RetryPolicy` and turns any failure into one :class:`LlmError`.

@@ -2,7 +2,7 @@
 
 :class:`LlmLineWriter` asks a capable model (OpenAI or any OpenAI-compatible server) for
 ``{"line": "…"}`` through the same structured-output call as the emails
-(``writing.ask_structured``), paced by the batch's :class:`~.pacing.Pacer`. Every answer goes
+(``llm.writing.ask_structured``), paced by the batch's :class:`~.pacing.Pacer`. Every answer goes
 through :func:`~.lines.check_line`; a refused line is asked for again with the reasons shown
 to the model, at most ``tries`` lines in all. Each call is retried per the
 :class:`~bridgic_coldmail.retry.RetryPolicy` (timeouts, 5xx, dropped connections); HTTP 429
