@@ -32,17 +32,15 @@ from bridgic.core.automa.interaction import InteractionException, InteractionFee
 from pydantic import ValidationError
 from typing_extensions import Unpack
 
+from . import _wording as wording
 from .automa import REVIEW_EVENT, ColdMailAutoma
 from .errors import (
     ColdmailError,
     ConfigurationError,
     InvalidInput,
     LlmError,
-    RunBeingResumed,
     RunConflict,
     RunNotFound,
-    SnapshotError,
-    SnapshotIntegrityError,
     StoreError,
 )
 from .llm import ColdmailLlm, build_llm, check_llm, close_llm
@@ -50,6 +48,7 @@ from .llm import ColdmailLlm, build_llm, check_llm, close_llm
 if TYPE_CHECKING:
     from .export import ExportReport
     from .export.lint import LintIssue
+from .llm.prompts import AUDIENCE_QUESTION
 from .models import (
     Brief,
     DamagedRun,
@@ -62,14 +61,11 @@ from .models import (
     RunStatus,
     make_brief,
     make_decision,
-    preview,
-    preview_list,
     validate_feedback,
     validate_interaction_id,
     validate_page,
     validate_reviewer,
 )
-from .llm.prompts import AUDIENCE_QUESTION
 from .retry import RetryPolicy
 from .settings import AgentOptions, Settings
 from .store import (
@@ -373,7 +369,13 @@ class ColdMailAgent:
         if isinstance(outcome, AlreadyDone):
             return outcome.run
         if isinstance(outcome, Refusal):
-            raise self._refusal_error(interaction_id, outcome, action)
+            raise wording.refusal_error(
+                interaction_id,
+                outcome,
+                action,
+                location=self.db_path,
+                supported_versions=SUPPORTED_SERIALIZATION_VERSIONS,
+            )
         claim = outcome
         try:
             result = await self._holding(claim, self._run_automa(claim, llm=needs_llm))
@@ -386,7 +388,7 @@ class ColdMailAgent:
                 # Shielded: a cancelled step must still give the run back. Giving back is
                 # fenced too: a result recorded after all is never marked as failed. (Once
                 # unconfirmed, the lease is over: there is nothing left to give back.)
-                await asyncio.shield(self._give_back(claim, _describe(exc)))
+                await asyncio.shield(self._give_back(claim, wording.failure_note(exc)))
             raise
         if completed is None:
             raise await self._fenced_out(claim)
@@ -407,7 +409,7 @@ class ColdMailAgent:
             except Exception:
                 granted = None
             if isinstance(granted, Claim):
-                await self._give_back(granted, _describe(cancelled))
+                await self._give_back(granted, wording.failure_note(cancelled))
             raise
 
     async def _complete_again(
@@ -426,42 +428,16 @@ class ColdMailAgent:
             except StoreError as exc:
                 failure = exc
             if loop.time() + pause >= deadline:
-                raise _unconfirmed_error(claim, failure, self._store.lease_seconds)
+                raise wording.unconfirmed(claim, failure, self._store.lease_seconds)
             await asyncio.sleep(pause)
 
     async def _fenced_out(self, claim: Claim) -> ColdmailError:
         """The claim was taken over while this resumer worked: say what the store holds."""
-        taken = (
-            f"run {claim.interaction_id} was taken over by another resumer while this one "
-            "worked (its lease expired and was not renewed in time), and this one recorded "
-            "nothing"
-        )
         try:
             found = await self._store.get(claim.interaction_id)
         except StoreError:
             found = None
-        if not isinstance(found, Run):
-            return RunBeingResumed(f"{taken}; look at the run to see what it holds now")
-        if found.status is RunStatus.RESUMING:
-            return RunBeingResumed(
-                f"{taken}; another resumer is working on it now: look at it again in a moment",
-                topic="held",
-            )
-        if found.status is claim.run.status and found.round == claim.run.round:
-            again = "resume it again" if claim.action.kind == "feedback" else "decide again"
-            return RunBeingResumed(
-                f"{taken}; the other resumer did not finish either, so nothing was recorded: "
-                f"the run is {found.describe_state()} again; {again}"
-            )
-        feedback = (
-            f" with the feedback {preview(found.feedback)}"
-            if claim.action.kind == "feedback"
-            else ""
-        )
-        return RunBeingResumed(
-            f"{taken}; another resumer's result is recorded: the run is "
-            f"{found.describe_state()}{feedback}"
-        )
+        return wording.fenced_out(claim, found)
 
     async def _holding(self, claim: Claim, work: Awaitable[T]) -> T:
         """Await ``work`` while renewing the claim's lease; stop it if the claim is lost."""
@@ -490,10 +466,7 @@ class ColdMailAgent:
             return await task
         except asyncio.CancelledError:
             if lost.is_set():
-                raise RunBeingResumed(
-                    f"run {claim.interaction_id} was taken over by another resumer; this "
-                    "one stopped without recording anything"
-                ) from None
+                raise wording.taken_over(claim) from None
             raise
         finally:
             keeper.cancel()
@@ -522,15 +495,9 @@ class ColdMailAgent:
         try:
             loaded = ColdMailAutoma.load_from_snapshot(snapshot)
         except Exception as exc:
-            raise SnapshotError(
-                f"the snapshot of run {claim.interaction_id} cannot be loaded "
-                f"({type(exc).__name__}: {exc}); it was written by an incompatible release"
-            ) from exc
+            raise wording.snapshot_not_loaded(claim, exc) from exc
         if not isinstance(loaded, ColdMailAutoma):
-            raise SnapshotError(
-                f"the snapshot of run {claim.interaction_id} holds a "
-                f"{type(loaded).__name__}, not a ColdMailAutoma"
-            )
+            raise wording.snapshot_not_automa(claim, loaded)
         automa = self._automa(loaded, llm=llm)
         action = claim.action
         data: Any = (
@@ -548,86 +515,6 @@ class ColdMailAgent:
             return Finished(RunStatus.COMPLETED, result)
         raise LlmError(f"the automa returned {type(result).__name__}, not a sequence")
 
-    def _refusal_error(
-        self, interaction_id: str, refusal: Refusal, action: Action
-    ) -> ColdmailError:
-        """The error a person reads for a refused claim."""
-        reason, run = refusal.reason, refusal.run
-        if reason is RefusalReason.NOT_FOUND:
-            return RunNotFound(interaction_id, self.db_path)
-        if reason is RefusalReason.TAMPERED:
-            return _integrity_error(interaction_id, refusal.problem, tampered=True)
-        if reason is RefusalReason.UNSIGNED:
-            return SnapshotIntegrityError(
-                f"run {interaction_id} has no signature: it was stored by bridgic-coldmail "
-                "0.1 or written by another program, and was not loaded (loading a snapshot "
-                "can run code). If you trust whoever wrote this database, trust the run "
-                "explicitly and try again",
-                topic="unsigned",
-            )
-        if reason is RefusalReason.DAMAGED:
-            return _integrity_error(interaction_id, refusal.problem, tampered=False)
-        if reason is RefusalReason.UNKNOWN_FORMAT:
-            versions = ", ".join(sorted(SUPPORTED_SERIALIZATION_VERSIONS))
-            return SnapshotError(
-                f"run {interaction_id} was saved with snapshot format {refusal.version!r}, "
-                f"but this release reads only {versions}; resume it with the "
-                "bridgic-coldmail release that paused it"
-            )
-        if reason is RefusalReason.HELD:
-            doing = _doing(refusal.pending)
-            until = f"{refusal.held_until:%Y-%m-%d %H:%M:%S} UTC" if refusal.held_until else "?"
-            return RunBeingResumed(
-                f"run {interaction_id} is {doing} by another process right now; look at it "
-                f"again in a moment (if that process died, the run can be taken again after "
-                f"{until})",
-                topic="held",
-            )
-        assert run is not None
-        if reason is RefusalReason.ROUND_LIMIT:
-            return RunConflict(
-                f"run {interaction_id} is at review round {run.round} of {run.max_rounds} and "
-                "cannot be revised again; approve it, edit the emails yourself, or reject it",
-                topic="round_limit",
-            )
-        if reason is RefusalReason.WRONG_STATE:
-            if run.status is RunStatus.AWAITING_FEEDBACK:
-                return RunConflict(
-                    f"run {interaction_id} is still waiting for audience feedback; resume it "
-                    "with feedback first, then review the refined sequence",
-                    topic="awaiting_feedback",
-                )
-            return RunConflict(
-                f"run {interaction_id} is at review round {run.round}; round {action.round} "
-                "has not happened"
-            )
-        # CONFLICT: the run already took something else.
-        decided = refusal.decided
-        if action.kind == "feedback":
-            return RunConflict(
-                f"run {interaction_id} already took different feedback "
-                f"({preview(run.feedback)}); start a new run to try another audience"
-            )
-        if not run.review:
-            return RunConflict(
-                f"run {interaction_id} was not started in review mode and has no review to "
-                "decide; start a new run with review"
-            )
-        if run.status.is_final:
-            return RunConflict(
-                f"run {interaction_id} is already {run.status.value} "
-                f"({decided.decision().describe() if decided else 'decided'}); nothing changed"
-            )
-        taken = (
-            f" ({decided.decision().describe()})"
-            if decided is not None and decided.round == action.round
-            else ""
-        )
-        return RunConflict(
-            f"round {action.round} of run {interaction_id} was already decided{taken}; the "
-            f"run is at round {run.round}"
-        )
-
     # ------------------------------------------------------------------ reading
 
     async def get(self, interaction_id: str) -> Run:
@@ -644,7 +531,7 @@ class ColdMailAgent:
         if found is None:
             raise RunNotFound(interaction_id, self.db_path)
         if isinstance(found, DamagedRun):
-            raise _damaged_error(found)
+            raise wording.damaged_error(found)
         return found
 
     async def history(self, interaction_id: str) -> builtins.list[RunEvent]:
@@ -656,7 +543,7 @@ class ColdMailAgent:
             raise RunNotFound(interaction_id, self.db_path)
         if isinstance(found, Refusal):
             tampered = found.reason is RefusalReason.TAMPERED
-            raise _integrity_error(interaction_id, found.problem, tampered=tampered)
+            raise wording.integrity_error(interaction_id, found.problem, tampered=tampered)
         return found
 
     async def list(
@@ -731,7 +618,7 @@ class ColdMailAgent:
 
         run = await self.get(interaction_id)
         if run.final is None:
-            raise RunConflict(_not_final(run), topic="not_final")
+            raise RunConflict(wording.not_final(run), topic="not_final")
         if format not in FORMATS:
             raise InvalidInput(f"unknown export format {format!r}; use csv or json")
         return await run_stoppable(
@@ -761,7 +648,7 @@ class ColdMailAgent:
 
         run = await self.get(interaction_id)
         if run.final is None:
-            raise RunConflict(_not_final(run), topic="not_final")
+            raise RunConflict(wording.not_final(run), topic="not_final")
         return await run_stoppable(
             preview_export,
             run.final,
@@ -800,10 +687,7 @@ def _next_pause(claim: Claim, pause: InteractionException) -> Paused:
     """The automa paused again: it must be a new review round, else the feedback was refused."""
     interaction = pause.interactions[0]
     if interaction.interaction_id == claim.pause_id or interaction.event.event_type != REVIEW_EVENT:
-        raise SnapshotError(
-            f"the snapshot of run {claim.interaction_id} did not accept the "
-            f"{'feedback' if claim.action.kind == 'feedback' else 'decision'}"
-        )
+        raise wording.refused_by_snapshot(claim)
     data = interaction.event.data
     return Paused(
         pause_id=interaction.interaction_id,
@@ -814,45 +698,12 @@ def _next_pause(claim: Claim, pause: InteractionException) -> Paused:
     )
 
 
-def _not_final(run: Run) -> str:
-    if run.status is RunStatus.AWAITING_REVIEW:
-        return (
-            f"run {run.interaction_id} is awaiting review at round {run.round}; approve it "
-            "before exporting"
-        )
-    if run.status is RunStatus.REJECTED:
-        return f"run {run.interaction_id} was rejected; there is nothing to export"
-    return (
-        f"run {run.interaction_id} is {run.status.value.replace('_', ' ')} and has no final "
-        "sequence yet"
-    )
-
-
 def _acronyms(run: Run) -> frozenset[str]:
     """Upper-case words the brief itself uses (a product called ACME is not shouting)."""
     from .export.lint import DEFAULT_ACRONYMS
 
     words = re.findall(r"[A-Za-z][A-Za-z0-9]*", f"{run.brief.product} {run.brief.sender}")
     return frozenset(DEFAULT_ACRONYMS) | {w for w in words if w.isupper()}
-
-
-def _damaged_error(damaged: DamagedRun) -> ColdmailError:
-    return _integrity_error(damaged.interaction_id, damaged.detail, tampered=damaged.tampered)
-
-
-def _integrity_error(interaction_id: str, detail: str | None, *, tampered: bool) -> ColdmailError:
-    """The one wording of a run that cannot be used: altered (tampered) or unreadable."""
-    what = detail or "its stored data is not as this installation wrote it"
-    if tampered:
-        return SnapshotIntegrityError(
-            f"run {interaction_id} does not match its signature: {what}; it was not loaded "
-            "or shown. Restore the database from a backup",
-            topic="tampered",
-        )
-    return StoreError(
-        f"run {interaction_id} cannot be used: {what}; restore the database from a backup",
-        topic="damaged",
-    )
 
 
 def _check_fields(fields: Iterable[str]) -> tuple[str, ...]:
@@ -896,13 +747,9 @@ def _check_exportable(run: Run, sequence: EmailSequence) -> None:
         texts = [text for step in sequence.steps for text in (step.subject, step.body)]
         unknown = unknown_fields(texts, run.fields)
         if unknown:
-            problem = f"they use merge fields the run does not have: {preview_list(unknown)}"
+            problem = wording.unknown_fields_problem(unknown)
     if problem is not None:
-        raise RunConflict(
-            f"run {run.interaction_id} cannot be approved: the emails under review at round "
-            f"{run.round} cannot be exported ({problem}); edit them, then approve",
-            topic="not_exportable",
-        )
+        raise wording.not_exportable(run, problem)
 
 
 def _check_placeholders(sequence: EmailSequence, fields: tuple[str, ...]) -> None:
@@ -911,17 +758,7 @@ def _check_placeholders(sequence: EmailSequence, fields: tuple[str, ...]) -> Non
     texts = [text for step in sequence.steps for text in (step.subject, step.body)]
     unknown = unknown_fields(texts, fields)
     if unknown:
-        known = preview_list(fields, quoted=False) or "none"
-        raise InvalidInput(
-            "the emails use merge fields the run does not have: "
-            f"{preview_list(sorted(unknown), quoted=False)} (its fields: {known})"
-        )
-
-
-def _doing(pending: Action | None) -> str:
-    if pending is None or pending.kind == "feedback":
-        return "being resumed"
-    return f"being {pending.event_kind} (review decision)"
+        raise InvalidInput(wording.unknown_fields_message(unknown, fields))
 
 
 def _parse_status(status: RunStatus | str | None) -> RunStatus | None:
@@ -932,29 +769,3 @@ def _parse_status(status: RunStatus | str | None) -> RunStatus | None:
     except ValueError:
         names = ", ".join(s.value for s in RunStatus)
         raise InvalidInput(f"unknown status {status!r}; use one of {names}") from None
-
-
-def _unconfirmed_error(claim: Claim, failure: StoreError, waited: float) -> StoreError:
-    """The store failed as the result was recorded and did not answer for a whole lease: say
-    so, and name the retry that is safe (the same action for the same pause)."""
-    action = claim.action
-    if action.kind == "feedback":
-        what, again = "the feedback", "resume it with the same feedback"
-    else:
-        what = f"the decision ({action.decision().describe()})"
-        again = f"apply the same decision for round {claim.run.round}"
-    return StoreError(
-        f"{what} for run {claim.interaction_id} was worked out, but whether it was recorded "
-        f"could not be confirmed: recording it failed ({failure}), and so did every check "
-        f"for {waited:g} s. To finish, {again}: if it was recorded, that returns the "
-        "recorded result; if not, it is applied once",
-        topic="unconfirmed",
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ColdmailError):
-        return str(exc)
-    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
-        return "the resume was interrupted before it finished"
-    return f"{type(exc).__name__}: {exc}"
