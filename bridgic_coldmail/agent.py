@@ -1,18 +1,10 @@
 """``ColdMailAgent``: start a run, pause it in the store, resume it with feedback and review
 decisions, any time later, from any process or host.
 
-This is the layer that closes Bridgic's sharp edges around ``interact_with_human``:
-
-* an unknown interaction id is ``RunNotFound`` (Bridgic alone would silently pause again),
-  and a snapshot that pauses again where it was is refused rather than stored;
-* a snapshot whose serialization version this code does not know is refused, naming both;
-* each feedback or decision is applied at most once, through an atomic claim in the store,
-  not a Python lock; the claim's lease is renewed while the LLM works, and only the current
-  holder can record the result (fencing);
-* a failed step gives the run back, untouched, with the error recorded;
-* the LLM is attached after loading and never serialized (it holds the API key).
-
-The store answers with neutral outcomes; the messages people read are worded here.
+A thin facade: each method validates what it is given (``models``' rules, the same for every
+front end), hands the step to the runner (``_runner.py``: claim → verify → load → run the
+automa → complete or give back, with the lease keeper), and raises the error ``_wording``
+words for a refusal. An unknown interaction id is ``RunNotFound``.
 """
 
 from __future__ import annotations
@@ -21,41 +13,33 @@ import asyncio
 import builtins
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from bridgic.core.automa import Snapshot
-from bridgic.core.automa.interaction import InteractionException, InteractionFeedback
 from pydantic import ValidationError
 from typing_extensions import Unpack
 
 from . import _wording as wording
-from .automa import REVIEW_EVENT, ColdMailAutoma
+from ._runner import SUPPORTED_SERIALIZATION_VERSIONS, Runner
 from .errors import (
-    ColdmailError,
-    ConfigurationError,
     InvalidInput,
-    LlmError,
     RunConflict,
     RunNotFound,
-    StoreError,
 )
-from .llm import ColdmailLlm, build_llm, check_llm, close_llm
+from .llm import ColdmailLlm, check_llm
 
 if TYPE_CHECKING:
     from .export import ExportReport
     from .export.lint import LintIssue
-from .llm.prompts import AUDIENCE_QUESTION
 from .models import (
     Brief,
     DamagedRun,
     Decision,
     EmailSequence,
     ListedRun,
-    ReviewOutcome,
     Run,
     RunEvent,
     RunStatus,
@@ -70,26 +54,15 @@ from .retry import RetryPolicy
 from .settings import AgentOptions, Settings
 from .store import (
     Action,
-    AlreadyDone,
-    Claim,
-    ClaimOutcome,
-    Finished,
     IfMissing,
-    NewRun,
-    Paused,
     Refusal,
     RefusalReason,
     RunStore,
     connect_store,
 )
 
-SUPPORTED_SERIALIZATION_VERSIONS = frozenset({"1.0"})
-"""Bridgic snapshot formats this release can resume."""
-
 MAX_PAGE = 1000
 """The most runs one ``list`` call returns."""
-
-T = TypeVar("T")
 
 
 class OpenOptions(AgentOptions, total=False):
@@ -117,9 +90,7 @@ class ColdMailAgent:
     ) -> None:
         self._store = store
         self.settings = settings
-        self.retry = retry or RetryPolicy()
-        self._llm = llm
-        self._owns_llm = False  # True once we build one
+        self._runner = Runner(store, settings, llm, retry)
 
     @classmethod
     @asynccontextmanager
@@ -167,8 +138,7 @@ class ColdMailAgent:
             yield agent
         finally:
             try:
-                if agent._owns_llm and agent._llm is not None:
-                    await close_llm(agent._llm)
+                await agent._runner.aclose()
             finally:
                 await store.close()
 
@@ -178,25 +148,14 @@ class ColdMailAgent:
         return self._store.location
 
     @property
+    def retry(self) -> RetryPolicy:
+        """How each LLM step is retried."""
+        return self._runner.retry
+
+    @property
     def llm_timeout(self) -> float:
         """Seconds each LLM step may take."""
         return self.settings.llm_timeout
-
-    def _llm_or_build(self) -> ColdmailLlm:
-        if self._llm is None:
-            self._llm = build_llm(self.settings)
-            self._owns_llm = True
-        return self._llm
-
-    def _automa(self, automa: ColdMailAutoma | None = None, *, llm: bool = True) -> ColdMailAutoma:
-        automa = automa or ColdMailAutoma()
-        automa.attach_llm(
-            self._llm_or_build() if llm else None,
-            self.settings.model,
-            self.settings.llm_timeout,
-            self.retry,
-        )
-        return automa
 
     # ------------------------------------------------------------------ starting
 
@@ -225,31 +184,7 @@ class ColdMailAgent:
         """
         if not isinstance(brief, Brief):
             brief = make_brief(**dict(brief))
-        field_names = _check_fields(fields)
-        automa = self._automa()
-        try:
-            await automa.arun(
-                brief=brief.model_dump(mode="json"),
-                review_mode=review,
-                fields=list(field_names),
-            )
-        except InteractionException as pause:
-            interaction = pause.interactions[0]
-            draft = EmailSequence.model_validate(interaction.event.data["draft"])
-            return await self._store.insert_paused(
-                NewRun(
-                    interaction_id=interaction.interaction_id,
-                    brief=brief,
-                    draft=draft,
-                    question=AUDIENCE_QUESTION,
-                    snapshot=pause.snapshot.serialized_bytes,
-                    serialization_version=pause.snapshot.serialization_version,
-                    review=review,
-                    max_rounds=self.settings.max_rounds if review else None,
-                    fields=field_names,
-                )
-            )
-        raise ColdmailError("the automa finished without pausing for feedback; this is a bug")
+        return await self._runner.start(brief, review=review, fields=_check_fields(fields))
 
     # ------------------------------------------------------------------ feedback and decisions
 
@@ -355,19 +290,10 @@ class ColdMailAgent:
                 _check_exportable(run, run.sequence)
         return await self._apply(interaction_id, Action.of(decision))
 
+    # ------------------------------------------------------------------ reading
+
     async def _apply(self, interaction_id: str, action: Action) -> Run:
-        """Claim the run for ``action``, run the automa from its snapshot, record the result."""
-        needs_llm = action.kind in ("feedback", "revise")
-        if needs_llm:
-            try:  # a missing LLM setting is reported before the run is touched...
-                self._llm_or_build()
-            except ConfigurationError:  # ...unless the run is done and needs no LLM
-                stored = await self._store.get(interaction_id)
-                if not (isinstance(stored, Run) and not stored.status.is_paused):
-                    raise
-        outcome = await self._claim(interaction_id, action)
-        if isinstance(outcome, AlreadyDone):
-            return outcome.run
+        outcome = await self._runner.apply(interaction_id, action)
         if isinstance(outcome, Refusal):
             raise wording.refusal_error(
                 interaction_id,
@@ -376,144 +302,7 @@ class ColdMailAgent:
                 location=self.db_path,
                 supported_versions=SUPPORTED_SERIALIZATION_VERSIONS,
             )
-        claim = outcome
-        try:
-            result = await self._holding(claim, self._run_automa(claim, llm=needs_llm))
-            try:
-                completed = await self._store.complete(claim, result)
-            except StoreError as failure:
-                completed = await self._complete_again(claim, result, failure)
-        except BaseException as exc:
-            if not (isinstance(exc, StoreError) and exc.topic == "unconfirmed"):
-                # Shielded: a cancelled step must still give the run back. Giving back is
-                # fenced too: a result recorded after all is never marked as failed. (Once
-                # unconfirmed, the lease is over: there is nothing left to give back.)
-                await asyncio.shield(self._give_back(claim, wording.failure_note(exc)))
-            raise
-        if completed is None:
-            raise await self._fenced_out(claim)
-        return completed
-
-    async def _claim(self, interaction_id: str, action: Action) -> ClaimOutcome:
-        """Claim the run. A claim interrupted (Ctrl-C, a cancelled task) may still be
-        granted — SQLite's thread and PostgreSQL's commit carry on — so it is awaited to the
-        end and given back, never left holding the run until its lease runs out."""
-        claiming = asyncio.ensure_future(
-            self._store.claim(interaction_id, action, SUPPORTED_SERIALIZATION_VERSIONS)
-        )
-        try:
-            return await asyncio.shield(claiming)
-        except asyncio.CancelledError as cancelled:
-            try:
-                granted = await claiming
-            except Exception:
-                granted = None
-            if isinstance(granted, Claim):
-                await self._give_back(granted, wording.failure_note(cancelled))
-            raise
-
-    async def _complete_again(
-        self, claim: Claim, result: Paused | Finished, failure: StoreError
-    ) -> Run | None:
-        """Recording the result failed (the reply to the commit lost, the database locked or
-        full): try again while the lease runs. ``complete`` is fenced and idempotent, so
-        this records the result once, or returns what was recorded, or None when fenced
-        out — the caller learns the recorded result, never a second effect."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._store.lease_seconds
-        pause = min(1.0, self._store.lease_seconds / 10)
-        while True:
-            try:
-                return await self._store.complete(claim, result)
-            except StoreError as exc:
-                failure = exc
-            if loop.time() + pause >= deadline:
-                raise wording.unconfirmed(claim, failure, self._store.lease_seconds)
-            await asyncio.sleep(pause)
-
-    async def _fenced_out(self, claim: Claim) -> ColdmailError:
-        """The claim was taken over while this resumer worked: say what the store holds."""
-        try:
-            found = await self._store.get(claim.interaction_id)
-        except StoreError:
-            found = None
-        return wording.fenced_out(claim, found)
-
-    async def _holding(self, claim: Claim, work: Awaitable[T]) -> T:
-        """Await ``work`` while renewing the claim's lease; stop it if the claim is lost."""
-        task = asyncio.ensure_future(work)
-        lost = asyncio.Event()
-        interval = self._store.lease_seconds / 3
-
-        async def renew() -> None:
-            wait = interval
-            while True:
-                await asyncio.sleep(wait)
-                try:
-                    renewed = await self._store.renew(claim)
-                except StoreError:
-                    # Locked for a moment: try again soon, while the lease still runs.
-                    wait = min(interval, 1.0)
-                    continue
-                if renewed is None:
-                    lost.set()
-                    task.cancel()
-                    return
-                wait = interval
-
-        keeper = asyncio.create_task(renew())
-        try:
-            return await task
-        except asyncio.CancelledError:
-            if lost.is_set():
-                raise wording.taken_over(claim) from None
-            raise
-        finally:
-            keeper.cancel()
-            if not task.done():
-                task.cancel()
-
-    async def _give_back(self, claim: Claim, error: str) -> None:
-        """Release the claim with the error, retrying while the store is locked or full,
-        until the lease would have run out anyway."""
-        deadline = asyncio.get_running_loop().time() + self._store.lease_seconds
-        while True:
-            try:
-                await self._store.release(claim, error)
-                return
-            except StoreError:
-                if asyncio.get_running_loop().time() >= deadline:
-                    return  # the lease expires; the run becomes claimable by itself
-                await asyncio.sleep(min(1.0, self._store.lease_seconds / 10))
-
-    async def _run_automa(self, claim: Claim, *, llm: bool) -> Paused | Finished:
-        # The claim has checked the signature and the format: these bytes are our own.
-        snapshot = Snapshot(
-            serialized_bytes=claim.snapshot,
-            serialization_version=claim.serialization_version,
-        )
-        try:
-            loaded = ColdMailAutoma.load_from_snapshot(snapshot)
-        except Exception as exc:
-            raise wording.snapshot_not_loaded(claim, exc) from exc
-        if not isinstance(loaded, ColdMailAutoma):
-            raise wording.snapshot_not_automa(claim, loaded)
-        automa = self._automa(loaded, llm=llm)
-        action = claim.action
-        data: Any = (
-            action.text if action.kind == "feedback" else action.decision().model_dump(mode="json")
-        )
-        reply = InteractionFeedback(interaction_id=claim.pause_id, data=data)
-        try:
-            result = await automa.arun(feedback_data=reply)
-        except InteractionException as pause:
-            return _next_pause(claim, pause)
-        if isinstance(result, ReviewOutcome):
-            status = RunStatus.COMPLETED if result.status == "completed" else RunStatus.REJECTED
-            return Finished(status, result.sequence, result.reason)  # type: ignore[arg-type]
-        if isinstance(result, EmailSequence):  # a run paused by a release before 0.5
-            return Finished(RunStatus.COMPLETED, result)
-        raise LlmError(f"the automa returned {type(result).__name__}, not a sequence")
+        return outcome
 
     # ------------------------------------------------------------------ reading
 
@@ -681,21 +470,6 @@ class ColdMailAgent:
             else [validate_interaction_id(i) for i in interaction_ids]
         )
         return await self._store.trust_unsigned(ids)
-
-
-def _next_pause(claim: Claim, pause: InteractionException) -> Paused:
-    """The automa paused again: it must be a new review round, else the feedback was refused."""
-    interaction = pause.interactions[0]
-    if interaction.interaction_id == claim.pause_id or interaction.event.event_type != REVIEW_EVENT:
-        raise wording.refused_by_snapshot(claim)
-    data = interaction.event.data
-    return Paused(
-        pause_id=interaction.interaction_id,
-        snapshot=pause.snapshot.serialized_bytes,
-        serialization_version=pause.snapshot.serialization_version,
-        sequence=EmailSequence.model_validate(data["sequence"]),
-        round=int(data["round"]),
-    )
 
 
 def _acronyms(run: Run) -> frozenset[str]:
