@@ -546,7 +546,7 @@ async def ledger(number: int) -> None:
     from bridgic.core.automa.interaction import InteractionFeedback
 
     from bridgic_coldmail import ColdMailAutoma, RunStatus
-    from bridgic_coldmail.agent import SUPPORTED_SERIALIZATION_VERSIONS as VERSIONS
+    from bridgic_coldmail._runner import SUPPORTED_SERIALIZATION_VERSIONS as VERSIONS
     from bridgic_coldmail.models import validate_feedback, validate_interaction_id
     from bridgic_coldmail.store import Action, Finished
     from bridgic_coldmail.store import sqlite as sq
@@ -688,7 +688,7 @@ async def ledger(number: int) -> None:
                 return None
 
             async def holding() -> None:
-                await agent._holding(claim, nothing())
+                await agent._runner.holding(claim, nothing())
 
             data = Snapshot(serialized_bytes=snapshot, serialization_version="1.0")
 
@@ -696,7 +696,7 @@ async def ledger(number: int) -> None:
                 return ColdMailAutoma.load_from_snapshot(data)
 
             async def load_and_run() -> None:
-                automa = agent._automa(load_snapshot())
+                automa = agent._runner.automa(load_snapshot())
                 await automa.arun(
                     feedback_data=InteractionFeedback(interaction_id=iid, data=FEEDBACK)
                 )
@@ -708,7 +708,7 @@ async def ledger(number: int) -> None:
                     "both",
                 ),  # fmt: skip
                 (
-                    "ColdMailAgent._holding (the lease keeper task) around nothing",
+                    "Runner.holding (the lease keeper task) around nothing",
                     await cheapest_async(holding, number),
                     loop,
                 ),  # fmt: skip

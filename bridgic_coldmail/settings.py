@@ -53,7 +53,7 @@ the database lock: below this ratio a healthy resumer could lose its lease while
 
 BACKENDS = ("openai", "local")
 STRUCTURED_OUTPUT_FORMS = ("auto", "json_schema", "json_object", "tools", "prompt")
-"""How an OpenAI-compatible server is asked for the JSON answer (see ``openai_llm``)."""
+"""How an OpenAI-compatible server is asked for the JSON answer (see ``llm.openai_backend``)."""
 
 ENV = {
     "db": "COLDMAIL_DB",

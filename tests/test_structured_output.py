@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from bridgic_coldmail import Brief, ColdMailAgent, LlmError, RetryPolicy, RunStatus
 from bridgic_coldmail.errors import ConfigurationError
+from bridgic_coldmail.llm.openai_backend import json_text_pattern
 from bridgic_coldmail.merge import allowed_text_pattern
-from bridgic_coldmail.openai_llm import json_text_pattern
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer, default_sequence
 

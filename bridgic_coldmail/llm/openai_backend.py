@@ -47,9 +47,9 @@ from bridgic.core.model.types import Message
 from bridgic.llms.openai import OpenAILlm
 from pydantic import ValidationError
 
+from ..retry import FailureNote, InvalidOutput, Unretryable, error_message, summarize
+from ..settings import ENV, redact_url
 from .prompts import TOOL_NAME, json_answer_instruction
-from .retry import FailureNote, InvalidOutput, Unretryable, error_message, summarize
-from .settings import ENV, redact_url
 
 FORMS = ("json_schema", "json_object", "tools", "prompt")
 """The forms of structured output, in the order they are tried."""
