@@ -230,10 +230,10 @@ class _Forbidden(metaclass=_NoLocalClock):
 async def test_times_and_leases_come_from_the_server_clock_never_this_hosts(
     pg_store: RunStore, pg: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bridgic_coldmail.store import base, postgres
+    from bridgic_coldmail.store import codec, postgres, rules
 
-    monkeypatch.setattr(postgres, "datetime", _Forbidden)
-    monkeypatch.setattr(base, "datetime", _Forbidden)
+    for module in (postgres, codec, rules):
+        monkeypatch.setattr(module, "datetime", _Forbidden)
 
     def server_now() -> Any:
         return pg.rows._execute("SELECT clock_timestamp() AS now").fetchone()["now"]

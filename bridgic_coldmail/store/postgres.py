@@ -75,30 +75,13 @@ from ..errors import ColdmailError, ConfigurationError, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..settings import Settings, is_libpq_keywords, redact_url
 from ..signing import KeySource, SnapshotSigner, load_signer
-from .base import (
+from .codec import (
     EVENT_COLUMNS,
     RUN_COLUMNS,
-    Action,
-    Claim,
-    ClaimOutcome,
-    ClaimPlan,
-    Finished,
-    NewRun,
-    Paused,
-    Refusal,
-    RefusalReason,
     RowChange,
-    claim_from,
     decode_history,
     decode_row,
-    holds,
     is_legacy,
-    judge_claim,
-    plan_claim,
-    plan_complete,
-    plan_insert,
-    plan_release,
-    recorded,
     run_from_row,
     status_counts,
 )
@@ -108,6 +91,27 @@ from .postgres_migrations import (
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
+)
+from .protocol import (
+    Action,
+    Claim,
+    ClaimOutcome,
+    Finished,
+    NewRun,
+    Paused,
+    Refusal,
+    RefusalReason,
+)
+from .rules import (
+    ClaimPlan,
+    claim_from,
+    holds,
+    judge_claim,
+    plan_claim,
+    plan_complete,
+    plan_insert,
+    plan_release,
+    recorded,
 )
 
 try:
