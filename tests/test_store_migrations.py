@@ -5,9 +5,9 @@ so a migration that has shipped is never edited — only new ones are appended. 
 migrations between modules (or reformatting them) must not change one character of them.
 
 The fingerprints below were taken from bridgic-coldmail 0.5.0 (commit 45c78f9, files
-``bridgic_coldmail/store/sqlite_migrations.py`` and ``postgres_migrations.py``) with
-:func:`_fingerprint`; a migration added by a later release adds its own line here when it
-ships.
+``bridgic_coldmail/store/sqlite_migrations.py`` and ``postgres_migrations.py``, since moved
+to ``sqlite_sql.py`` and ``postgres_sql.py``) with :func:`_fingerprint`; a migration added
+by a later release adds its own line here when it ships.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 
 import pytest
 
-from bridgic_coldmail.store import postgres_migrations, sqlite_migrations
+from bridgic_coldmail.store import postgres_sql, sqlite_sql
 
 SHIPPED = {
     "sqlite": {
@@ -34,8 +34,8 @@ SHIPPED = {
 """sha256 of each migration as 0.5.0 shipped it, by backend and version."""
 
 MIGRATIONS = {
-    "sqlite": sqlite_migrations.MIGRATIONS,
-    "postgres": postgres_migrations.MIGRATIONS,
+    "sqlite": sqlite_sql.MIGRATIONS,
+    "postgres": postgres_sql.MIGRATIONS,
 }
 
 
@@ -60,7 +60,7 @@ def test_migrations_are_numbered_in_order_without_gaps(backend: str) -> None:
 
 def test_a_changed_statement_changes_the_fingerprint() -> None:
     """The check above can fail: one character more in one statement is seen."""
-    first = sqlite_migrations.MIGRATIONS[0]
+    first = sqlite_sql.MIGRATIONS[0]
     edited = (first.statements[0] + " ", *first.statements[1:])
     assert _fingerprint(first.version, first.name, first.statements) == SHIPPED["sqlite"][1]
     assert _fingerprint(first.version, first.name, edited) != SHIPPED["sqlite"][1]

@@ -85,7 +85,7 @@ from .codec import (
     run_from_row,
     status_counts,
 )
-from .postgres_migrations import (
+from .postgres_sql import (
     EXPECTED_RELATIONS,
     MIGRATION_LOCK,
     MIGRATIONS,

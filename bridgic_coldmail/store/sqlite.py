@@ -57,7 +57,7 @@ from .rules import (
     plan_release,
     recorded,
 )
-from .sqlite_migrations import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
+from .sqlite_sql import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
 
