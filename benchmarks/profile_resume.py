@@ -550,15 +550,13 @@ async def ledger(number: int) -> None:
     from bridgic_coldmail.models import validate_feedback, validate_interaction_id
     from bridgic_coldmail.store import Action, Finished
     from bridgic_coldmail.store import sqlite as sq
-    from bridgic_coldmail.store.base import (
+    from bridgic_coldmail.store.codec import decode_row, row_mac_values, run_from_row
+    from bridgic_coldmail.store.rules import (
         ClaimPlan,
         claim_from,
-        decode_row,
         judge_claim,
         plan_claim,
         plan_complete,
-        row_mac_values,
-        run_from_row,
     )
 
     print(f"# The resume path on SQLite, step by step (fastest of 15 batches of {number})")
