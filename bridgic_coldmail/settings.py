@@ -175,7 +175,7 @@ class Settings:
     max_export_bytes: int | None = None
     """The largest file one web export may write (and hold while it downloads), 1,024 bytes to
     64 GiB; past it the export is refused and nothing is kept. None: :data:`EXPORT_PER_UPLOAD`
-    times ``max_upload_bytes`` (128 MiB by default; see :attr:`export_limit`)."""
+    (16) times ``max_upload_bytes``, 128 MiB by default (see :attr:`export_limit`)."""
     debug: bool = False
     """Show the traceback of an unexpected error of the command line."""
     # Personalization batches (issue 23; see the block at the end of this module).
