@@ -1,5 +1,5 @@
 """Kept import path: ``bridgic_coldmail.leads`` as release 0.5 documented it
-(docs/export.md). The code is in ``bridgic_coldmail.export.leads``."""
+(docs/how-to/export.md). The code is in ``bridgic_coldmail.export.leads``."""
 
 from __future__ import annotations
 

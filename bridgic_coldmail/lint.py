@@ -1,5 +1,5 @@
 """Kept import path: ``bridgic_coldmail.lint`` as release 0.5 documented it
-(docs/export.md). The code is in ``bridgic_coldmail.export.lint``."""
+(docs/how-to/export.md). The code is in ``bridgic_coldmail.export.lint``."""
 
 from __future__ import annotations
 

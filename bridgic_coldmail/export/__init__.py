@@ -3,7 +3,7 @@
 
 The merge-field grammar they share with the models and the LLM's schema is
 ``bridgic_coldmail.merge``. ``bridgic_coldmail.export.export_sequence`` and
-``preview_export`` keep the import path release 0.5 documented (docs/export.md).
+``preview_export`` keep the import path release 0.5 documented (docs/how-to/export.md).
 """
 
 from __future__ import annotations

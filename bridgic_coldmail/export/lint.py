@@ -4,7 +4,7 @@
 ``code`` (for tests, the CLI and the web page), the step and part it is about, a message
 that says what to change, and a severity.
 
-Rules (thresholds are module constants, documented in docs/export.md):
+Rules (thresholds are module constants, documented in docs/how-to/export.md):
 
 =====================  =======  =============================================================
 code                   default  when
@@ -112,7 +112,7 @@ SPAM_PHRASES: tuple[str, ...] = (
     "dear friend",
     "winner",
 )
-"""Phrases deliverability guides list as spam triggers (sources in docs/export.md). Matched
+"""Phrases deliverability guides list as spam triggers (sources in docs/how-to/export.md). Matched
 case-insensitively as whole words; curly apostrophes count as straight ones."""
 
 _TLDS = "com|org|net|io|co|ai|app|dev|biz|info|me|us|uk|de|fr|eu|ca|au|xyz|ly|gl|gg|to|so"

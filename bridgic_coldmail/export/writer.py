@@ -4,7 +4,7 @@
 columns as they are in the list, then :data:`OUTPUT_COLUMNS` — the opener's subject and
 body, a blank follow-up subject (so the follow-up threads as a reply), the follow-up's body
 and its delay in days. In Smartlead, Instantly, lemlist or Apollo the step templates are
-then just ``{{step1_subject}}``, ``{{step1_body}}``, … (see docs/export.md).
+then just ``{{step1_subject}}``, ``{{step1_body}}``, … (see docs/how-to/export.md).
 
 Design decisions:
 
