@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from .errors import InvalidInput
 from .merge import syntax_errors
+from .text import CONTROL_CLASS, preview
 
 MAX_FEEDBACK_CHARS = 2000
 """Feedback longer than this is refused: it is a note about the audience, not a document."""
@@ -37,11 +37,6 @@ BRIEF_LIMITS = {"product": 200, "offer": 1000, "sender": 200, "audience": 500, "
 _INTERACTION_ID = re.compile(r"[0-9a-f]{32}")
 # Newlines and tabs are fine in prose; every other control character is refused.
 
-CONTROL_CLASS = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u2028\u2029"
-"""The body of a regex character class (Python and ECMA-262 alike, so the LLM's JSON schema
-can state it) for the characters no text may hold: Unicode's "Cc" characters but newline,
-tab and carriage return, plus the line and paragraph separators U+2028 and U+2029, which
-terminals, browsers and JavaScript treat as line breaks."""
 _CONTROL = re.compile(f"[{CONTROL_CLASS}]")
 
 STORED: dict[str, Any] = {"stored": True}
@@ -509,27 +504,6 @@ class ReviewOutcome(BaseModel):
 
 MAX_REVIEWER_CHARS = 200
 MAX_REASON_CHARS = MAX_FEEDBACK_CHARS
-
-
-def preview(text: str | None, width: int = 60) -> str:
-    """``text`` on one line, quoted, cut at ``width`` characters (for messages)."""
-    text = (text or "").replace("\n", " ")
-    return repr(text if len(text) <= width else text[: width - 1] + "…")
-
-
-def preview_list(
-    items: Iterable[str], *, most: int = 10, width: int = 40, quoted: bool = True
-) -> str:
-    """``'a', 'b', … and 12 more``: the first ``most`` items, each cut at ``width``
-    characters (and quoted, like :func:`preview`), for a message of bounded length however
-    long the list or its items."""
-    items = list(items)
-    shown = [
-        preview(item, width) if quoted else item if len(item) <= width else item[:width] + "…"
-        for item in items[:most]
-    ]
-    more = len(items) - len(shown)
-    return ", ".join(shown) + (f", … and {more} more" if more else "")
 
 
 def validate_feedback(feedback: Any) -> str:

@@ -2,7 +2,7 @@
 
 Errors are one line on stderr with a documented exit code (``errors.EXIT_CODES``); the
 library's message says what happened, and this layer adds the hint that names a command or a
-flag. Everything printed goes through ``render.terminal_safe`` (or ``json_for_terminal``).
+flag. Everything printed goes through ``text.terminal_safe`` (or ``json_for_terminal``).
 Set ``COLDMAIL_DEBUG=1`` to see the traceback of an unexpected error.
 """
 
@@ -42,6 +42,7 @@ from ..models import (
 )
 from ..settings import BACKENDS, Settings, default_db_path, redact_url
 from ..store import Action, IfMissing
+from ..text import terminal_safe
 from .demo import run_demo
 from .render import (
     format_history,
@@ -51,7 +52,6 @@ from .render import (
     full_location,
     json_for_terminal,
     resume_hint,
-    terminal_safe,
 )
 
 MAX_AGE_DAYS = 100 * 365

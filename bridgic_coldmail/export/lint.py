@@ -53,7 +53,8 @@ from enum import Enum
 from typing import Literal
 
 from ..merge import find_placeholders, syntax_errors, unknown_fields
-from ..models import EmailSequence, preview_list
+from ..models import EmailSequence
+from ..text import preview_list
 from .formulas import FORMULA_PREFIXES as FORMULA_PREFIXES  # where release 0.5 had it
 from .formulas import formula_starts
 
