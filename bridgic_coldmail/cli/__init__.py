@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .. import __version__
+from .._version import __version__
 from ..agent import MAX_PAGE, ColdMailAgent
 from ..errors import INTERRUPTED, OUTPUT_CLOSED, ColdmailError, DatabaseNotFound, InvalidInput
 from ..models import (
