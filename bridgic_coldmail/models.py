@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .compliance import MAX_FOOTER_CHARS, footer_text_problem
 from .errors import InvalidInput
 from .merge import syntax_errors
 
@@ -144,6 +145,14 @@ class Brief(BaseModel):
     sender: str = Field(description="Who signs the emails, e.g. 'Dana Lee, founder of Acme'.")
     audience: str | None = Field(default=None, description="A first guess at who should read it.")
     cta: str | None = Field(default=None, description="The one action the reader should take.")
+    postal_address: str | None = Field(
+        default=None,
+        description="The sender's postal address, appended by code to every exported email.",
+    )
+    opt_out: str | None = Field(
+        default=None,
+        description="One sentence on how to opt out, appended by code to every exported email.",
+    )
 
     @field_validator("product", "offer", "sender", mode="before")
     @classmethod
@@ -153,6 +162,21 @@ class Brief(BaseModel):
         if isinstance(value, str) and not is_stored(info):
             field = str(info.field_name)
             return clean_text(value, field=field, limit=BRIEF_LIMITS[field])
+        return value
+
+    @field_validator("postal_address", "opt_out", mode="before")
+    @classmethod
+    def _footer_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """Appended verbatim to every email (see ``compliance``): plain text, no braces."""
+        if isinstance(value, str) and not is_stored(info):
+            if _is_invisible(value):
+                return None
+            field = str(info.field_name)
+            text = clean_text(value, field=field, limit=MAX_FOOTER_CHARS)
+            problem = footer_text_problem(text)
+            if problem is not None:
+                raise PydanticCustomError("footer", f"{field} {problem}")
+            return text
         return value
 
     @field_validator("audience", "cta", mode="before")

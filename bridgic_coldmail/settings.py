@@ -64,6 +64,9 @@ ENV = {
     "web_token": "COLDMAIL_WEB_TOKEN",
     "allowed_hosts": "COLDMAIL_ALLOWED_HOSTS",
     "public_origin": "COLDMAIL_PUBLIC_ORIGIN",
+    "postal_address": "COLDMAIL_POSTAL_ADDRESS",
+    "opt_out": "COLDMAIL_OPT_OUT",
+    "disabled_rules": "COLDMAIL_DISABLED_RULES",
     "max_body_bytes": "COLDMAIL_MAX_BODY_BYTES",
     "max_upload_bytes": "COLDMAIL_MAX_UPLOAD_BYTES",
     "debug": "COLDMAIL_DEBUG",
@@ -89,6 +92,9 @@ class AgentOptions(TypedDict, total=False):
     pool_size: int
     pool_timeout: float
     prepare_statements: bool
+    postal_address: str
+    opt_out: str
+    disabled_rules: str | tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,12 @@ class Settings:
     """Host names the web server answers besides loopback and its bound address."""
     public_origin: str | None = None
     """The origin browsers see (``https://review.example.com``) when served behind a proxy."""
+    postal_address: str | None = None
+    """The sender's postal address appended to every exported email, unless the brief has one."""
+    opt_out: str | None = None
+    """The opt-out sentence appended to every exported email, unless the brief has one."""
+    disabled_rules: tuple[str, ...] = ()
+    """Check rules turned off (e.g. ``can-spam-address`` where CAN-SPAM does not apply)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """The largest request body the web server reads (JSON and forms)."""
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
@@ -313,6 +325,27 @@ def _origin(value: Any) -> str:
     return text.lower()
 
 
+def _footer_text(value: Any) -> str:
+    from .compliance import footer_text_problem
+
+    text = _text(value).replace("\r\n", "\n").replace("\r", "\n")
+    problem = footer_text_problem(text)
+    if problem is not None:
+        raise ValueError(f"it {problem}")
+    return text
+
+
+def _rule_ids(value: Any) -> tuple[str, ...]:
+    from .errors import InvalidInput
+    from .lint import check_rule_ids
+
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(sorted(check_rule_ids(str(item) for item in items)))
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -343,6 +376,9 @@ _PARSERS: dict[str, Any] = {
     "web_token": _web_token,
     "allowed_hosts": _hosts,
     "public_origin": _origin,
+    "postal_address": _footer_text,
+    "opt_out": _footer_text,
+    "disabled_rules": _rule_ids,
     "max_body_bytes": _count(1024, 16 * 1024 * 1024),
     "max_upload_bytes": _count(1024, 1024 * 1024 * 1024),
     "debug": _flag,
