@@ -90,13 +90,16 @@ async def test_the_run_page_shows_the_lint_warnings_of_the_sequence_under_review
     server.enqueue(Reply(kind="refine", content=SHOUTING))
     interaction_id = await at_review(db_path, brief)
     page = (await client.get(f"/runs/{interaction_id}")).text
-    assert re.findall(r"\[([a-z-]+)\]</span>", page) == ["capitals", "spam-phrase", "spam-phrase"]
+    assert re.findall(r"\[([a-z-]+)\]</span>", page) == [
+        "capitals", "spam-phrase", "spam-phrase", "can-spam-address", "can-spam-opt-out"
+    ]  # fmt: skip
 
 
 async def test_a_sequence_without_warnings_says_so(
     client: httpx.AsyncClient, db_path: Path, brief: Brief
 ) -> None:
-    interaction_id = await at_review(db_path, brief)
+    footer = {"postal_address": "1 Main St, Springfield, IL", "opt_out": "Reply 'stop'."}
+    interaction_id = await at_review(db_path, brief.model_copy(update=footer))
     page = (await client.get(f"/runs/{interaction_id}")).text
     assert "Checks before sending: no warnings." in page
 
