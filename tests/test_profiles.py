@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bridgic_coldmail import ColdMailAgent, InvalidInput
+from bridgic_coldmail import Brief, ColdMailAgent, InvalidInput
 from bridgic_coldmail.compliance import Footer
 from bridgic_coldmail.export import export_sequence, preview_export
 from bridgic_coldmail.lint import COMPLIANCE_RULES, Severity
@@ -471,3 +471,33 @@ async def test_the_python_api_refuses_an_unknown_tool_before_reading_anything(
                                profile="smartlaed")  # fmt: skip
         with pytest.raises(InvalidInput, match="unknown sending tool"):
             await agent.preview_export("0" * 32, tmp_path / "missing.csv", profile="")
+
+
+async def test_the_template_is_never_the_run_database_or_its_key(
+    server: ScriptedOpenAIServer, db_path: Path, tmp_path: Path
+) -> None:
+    leads = write_leads(tmp_path, "email,first_name\nana@acme.com,Ana\n")
+    async with ColdMailAgent.open(db_path) as agent:
+        run = await agent.start(
+            Brief(product="p", offer="o", sender="s"), fields=["email", "first_name"]
+        )
+        await agent.resume(run.interaction_id, "COOs")
+        out = tmp_path / "o.csv"
+        link = tmp_path / "innocent.txt"
+        link.symlink_to(db_path)
+        for target, what in (
+            (db_path, "the run database"),
+            (Path(f"{db_path}.key"), "the signing key file"),
+            (link, "the run database"),
+        ):
+            with pytest.raises(InvalidInput, match=what):
+                await agent.export(
+                    run.interaction_id,
+                    leads,
+                    out,
+                    profile="smartlead",
+                    template=target,
+                    overwrite=True,
+                )
+            assert not out.exists()
+    assert db_path.stat().st_size > 0 and not (tmp_path / "o.csv").exists()
