@@ -481,7 +481,7 @@ SMARTLEAD = Profile(
         "the naming rules for custom fields (we use lower-case snake_case, as every example)",
         "{{phone_number}} and {{company_url}} as template variables",
         "Smartlead's fallback syntax: a lead field without a value is sent empty in the "
-        "variant texts below (the step columns have our fallbacks applied)",
+        "texts in the tool's own variables above (the step columns have our fallbacks applied)",
         "whether line breaks in a custom field survive into an HTML body: send a test",
     ),
 )
@@ -569,7 +569,7 @@ INSTANTLY = Profile(
         "variable step1_body (we use lower-case snake_case, as Instantly's example)",
         "{{lastName}}, {{companyName}}, {{phone}}, {{website}} as template variables",
         "Instantly's fallback syntax: a lead field without a value is sent empty (or as "
-        "written) in the variant texts below",
+        "written) in the texts in the tool's own variables above",
         "whether line breaks in a custom variable survive into the sent email: send a test",
     ),
 )
@@ -649,11 +649,11 @@ LEMLIST = Profile(
     unconfirmed=(
         "the CSV import's steps, limits and which headers it maps by itself",
         "which characters a custom variable's name may have (ours are letters and digits)",
-        "the delay's unit and what it counts from: set the follow-up to the days below and "
+        "the delay's unit and what it counts from: set the follow-up to the days above and "
         "check the schedule lemlist shows",
         "whether a follow-up threads as a reply, and how lemlist sends plain text",
         "lemlist's fallback syntax: a lead field without a value is sent empty in the "
-        "variant texts below",
+        "texts in the tool's own variables above",
         "whether line breaks in a custom variable survive into the sent email: send a test",
     ),
 )
@@ -804,6 +804,8 @@ def render_template(
     if not profile.is_generic:
         lines.append(f"   - the file's standard columns: {profile.lead_fields_rule.says}"
                      f"{_cite(profile.lead_fields_rule)}")  # fmt: skip
+        lines.append(f"   - the other columns: {profile.custom_rule.says}"
+                     f"{_cite(profile.custom_rule)}")  # fmt: skip
     if profile.row_limit is not None and profile.row_limit_rule is not None:
         lines.append(f"   - {profile.row_limit_rule.says}{_cite(profile.row_limit_rule)}")
     lines += [
@@ -886,7 +888,8 @@ def _steps(
         if unsubscribe:
             out += ["", f"{indent}{unsubscribe}"]
     if cite:
-        for rule in (delay.rule, profile.threading):
+        rules = (delay.rule, profile.threading, profile.variable_rule, profile.fallback_rule)
+        for rule in (r for r in rules if r is not None):
             if rule.source:
                 out += ["", f"{indent}({profile.title}: {rule.says}{_cite(rule)})"]
     return out
