@@ -177,6 +177,101 @@ QUALITY_CASES: tuple[QualityCase, ...] = (
 
 QUALITY_PASS_MARK = 11
 
+LONG_FEEDBACK_CASES: tuple[QualityCase, ...] = (
+    QualityCase(
+        Brief(
+            product="Kilnbook",
+            offer="books firing slots on shared kilns and tracks who loaded what",
+            sender="Marta Silva, founder of Kilnbook",
+        ),
+        "Ceramics program coordinators at community colleges who run shared kilns for 100+ "
+        "students and spend Fridays sorting out firing schedules by email",
+        seed=2101,
+    ),
+    QualityCase(
+        Brief(
+            product="Pawpost",
+            offer="sends vaccination reminders to pet owners by text",
+            sender="Liam O'Brien",
+            audience="vets",
+        ),
+        "Practice managers at multi-site veterinary groups (3 to 12 clinics) who are measured "
+        "on rebooking rates and still send reminder postcards by hand",
+        seed=2202,
+        fields=("first_name",),
+    ),
+    QualityCase(
+        Brief(
+            product="Spoolr",
+            offer="predicts filament and resin needs for 3D print farms and reorders before you "
+            "run out",
+            sender="Ana Costa, Spoolr",
+        ),
+        "Not hobbyists. Operations leads at small manufacturing shops running 10-50 printers "
+        "around the clock, where a stalled print costs a day",
+        seed=2303,
+    ),
+    QualityCase(
+        Brief(
+            product="Docketly",
+            offer="turns court deadlines into shared calendar entries for the whole team",
+            sender="Ruth Adeyemi, co-founder of Docketly",
+            cta="a 20-minute walkthrough",
+        ),
+        "Litigation paralegals at mid-size law firms; they track deadlines in spreadsheets and "
+        "get blamed when one is missed, so the pitch should be about peace of mind",
+        seed=2404,
+    ),
+    QualityCase(
+        Brief(
+            product="Crateful",
+            offer="tracks returnable crates between the warehouse and stores",
+            sender="Omar Haddad, Crateful",
+            audience="retail chains",
+        ),
+        "The right people are logistics coordinators at regional grocery chains with 20 to 80 "
+        "stores who lose thousands of crates a year and reorder them every quarter",
+        seed=2505,
+    ),
+    QualityCase(
+        Brief(
+            product="TutorTrack",
+            offer="schedules tutoring sessions and sends progress notes to parents automatically",
+            sender="Grace Kim, TutorTrack",
+            cta="Reply and I'll set up a free month for your centre.",
+        ),
+        "Owners of independent tutoring centres with 5-15 tutors, usually former teachers, who "
+        "do the scheduling themselves on weekends",
+        seed=2606,
+        fields=("first_name", "company"),
+    ),
+    QualityCase(
+        Brief(
+            product="Brewlog",
+            offer="logs fermentation temperatures from every tank and alerts the brewer on a phone",
+            sender="Felix Braun, Brewlog",
+        ),
+        "Head brewers at craft breweries producing 2,000 to 20,000 barrels a year. They check "
+        "tanks at night and worry about a stuck fermentation ruining a batch.",
+        seed=2707,
+    ),
+    QualityCase(
+        Brief(
+            product="Permitpal",
+            offer="fills in and files building permit applications for contractors",
+            sender="Dana Whitfield, Permitpal",
+            audience="contractors",
+        ),
+        "Office managers at residential renovation companies in California who handle permits "
+        "for 30+ jobs a year across several cities, each with its own forms",
+        seed=2808,
+    ),
+)
+"""Long feedbacks, the kind a person types when they know the market: written down, with
+their seeds, before any output of the change that reads them (0.6) was looked at."""
+
+LONG_FEEDBACK_PASS_MARK = 7
+
 # --------------------------------------------------------------------------- the checks
 
 OLD_EXAMPLE_TEXT = ("Brightdesk", "support teams at online shops", "shoe shop")
@@ -228,14 +323,23 @@ def _stem(word: str) -> str:
 
 def feedback_key_terms(feedback: str) -> list[str]:
     """The words that say who the feedback means, by this rule: the feedback's first clause
-    (up to the first ".", ";", "(" or "not"), its words without the stop words of
+    (up to the first ".", ";", "(" or "not"; a first sentence that only says who it is not,
+    "Not hobbyists.", is skipped), its words without the stop words of
     :data:`_CHECK_STOP_WORDS`, each kept once."""
-    clause = re.split(r"[.;(]|\bnot\b", feedback, maxsplit=1)[0]
+    sentences = [s for s in re.split(r"(?<=\.)\s+", feedback.strip()) if _words(s)]
+    while len(sentences) > 1 and re.match(r"(?i)not\b", sentences[0]):
+        sentences.pop(0)
+    clause = re.split(r"[.;(]|\bnot\b", " ".join(sentences), maxsplit=1)[0]
     terms: list[str] = []
     for word in _words(clause):
         if word not in _CHECK_STOP_WORDS and word not in terms:
             terms.append(word)
     return terms
+
+
+NAMING_TERMS = 6
+"""How many of the feedback's first key terms say who it means (the role and where they
+work); what follows is context about them."""
 
 
 def _names(haystack: str, phrase: str) -> bool:
@@ -296,23 +400,98 @@ def check_sequence(
     return problems
 
 
-def check_refinement(refined: EmailSequence, feedback: str) -> list[str]:
-    """Whether the refinement names the audience: at least two thirds of the feedback's key
-    terms (:func:`feedback_key_terms`) appear in it, compared without plural endings."""
+def check_refinement(
+    refined: EmailSequence, feedback: str, brief: Brief | None = None
+) -> list[str]:
+    """Whether the refinement names the audience and uses what else was said about them.
+
+    Naming: at least two thirds of the feedback's first :data:`NAMING_TERMS` key terms
+    (:func:`feedback_key_terms`) appear in it, compared without plural endings. Context: when
+    the feedback has more key terms than that, at least one of the others that the brief does
+    not already contain appears too.
+    """
     terms = feedback_key_terms(feedback)
     text = " ".join(f"{s.subject} {s.body}" for s in refined.steps)
     present = {_stem(w) for w in _words(text)}
-    missing = [t for t in terms if _stem(t) not in present]
-    if not terms or len(terms) - len(missing) < max(1, -(-2 * len(terms) // 3)):
+    naming = terms[:NAMING_TERMS]
+    missing = [t for t in naming if _stem(t) not in present]
+    if not naming or len(naming) - len(missing) < max(1, -(-2 * len(naming) // 3)):
         return [f"the refinement misses the feedback's {missing} (key terms {terms})"]
+    known = {_stem(w) for w in _words(" ".join(_brief_texts(brief)))} if brief else set()
+    context = [t for t in terms[NAMING_TERMS:] if _stem(t) not in known]
+    if context and not any(_stem(t) in present for t in context):
+        return [f"the refinement uses none of the feedback's {context}"]
     return []
+
+
+def _brief_texts(brief: Brief) -> list[str]:
+    return [t for t in (brief.product, brief.offer, brief.sender, brief.audience, brief.cta) if t]
+
+
+LONGEST_SENTENCE_WORDS = 32
+"""A sentence longer than this reads like a pasted list, not like a person."""
+UNSUPPORTED_CLAIMS = (
+    r"\b(?:a few|few|two|in|within|under) (?:minutes|seconds|clicks)\b",
+    r"\bin no time\b",
+    r"\b(?:easy|quick|simple) to (?:set up|start|try|use)\b",
+    r"\bno (?:setup|training) (?:needed|required)\b",
+)
+"""Claims about the product that only its brief could make (how quick or easy it is): an
+email may make one only when the brief's text does."""
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+|\n+", text) if _words(s)]
+
+
+def pasted_run(sentence: str, source: str) -> list[str]:
+    """The longest run of ``source``'s words that ``sentence`` contains verbatim."""
+    said, given = _words(sentence), _words(source)
+    best: list[str] = []
+    for start in range(len(given)):
+        for end in range(len(given), start + len(best), -1):
+            run = given[start:end]
+            if any(said[i : i + len(run)] == run for i in range(len(said) - len(run) + 1)):
+                best = run
+                break
+    return best
+
+
+def check_reads_naturally(
+    sequence: EmailSequence, brief: Brief, feedback: str | None = None
+) -> list[str]:
+    """What reads as pasted or generic rather than written: a sentence that carries more than
+    half of the feedback verbatim (at least nine words of it), a sentence of more than
+    :data:`LONGEST_SENTENCE_WORDS` words, a claim of :data:`UNSUPPORTED_CLAIMS` the brief
+    does not make."""
+    problems = []
+    brief_text = " ".join(t for t in (brief.product, brief.offer, brief.cta or "") if t).lower()
+    limit = max(8, -(-len(_words(feedback or "")) // 2))
+    for label, step in (("opener", sequence.opener), ("follow-up", sequence.follow_up)):
+        for sentence in _sentences(f"{step.subject}\n{step.body}"):
+            run = pasted_run(sentence, feedback) if feedback else []
+            if len(run) > limit:
+                problems.append(f"{label} pastes {len(run)} words of the feedback: {sentence!r}")
+            if len(_words(sentence)) > LONGEST_SENTENCE_WORDS:
+                problems.append(f"{label} has a sentence of {len(_words(sentence))} words")
+        for claim in UNSUPPORTED_CLAIMS:
+            found = re.search(claim, step.body, re.IGNORECASE)
+            if found and not re.search(claim, brief_text, re.IGNORECASE):
+                problems.append(f"{label} claims {found.group()!r}, which the brief does not")
+    return problems
 
 
 def check_case(case: QualityCase, draft: EmailSequence, refined: EmailSequence) -> list[str]:
     """Every problem of one case's draft and refinement; the case passes when there is none."""
     problems = [f"draft: {p}" for p in check_sequence(draft, case.brief, case.fields)]
+    problems += [
+        f"draft: {p}" for p in check_reads_naturally(draft, case.brief, case.brief.audience)
+    ]
     problems += [f"refinement: {p}" for p in check_sequence(refined, case.brief, case.fields)]
-    problems += check_refinement(refined, case.feedback)
+    problems += [
+        f"refinement: {p}" for p in check_reads_naturally(refined, case.brief, case.feedback)
+    ]
+    problems += check_refinement(refined, case.feedback, case.brief)
     return problems
 
 
@@ -510,12 +689,27 @@ def markdown_rows(results: LocalModelResults) -> list[str]:
     ]
 
 
+def long_feedback_row(results: LocalModelResults) -> str:
+    """The row of :data:`LONG_FEEDBACK_CASES` (only its quality: the times are like the
+    fixed cases')."""
+    seeds = ", ".join(str(r.case.seed) for r in results.cases)
+    met = "yes" if results.quality_passed >= LONG_FEEDBACK_PASS_MARK else "**no**"
+    return (
+        f"| local model: long feedbacks read as a person would | cases passed | "
+        f"{results.quality_passed} / {len(results.cases)} | — | — | — | — | "
+        f"≥ {LONG_FEEDBACK_PASS_MARK} of {len(results.cases)} | {met} | seeds {seeds}; "
+        "cases written before any output of the change that reads them was seen |"
+    )
+
+
 def main() -> None:
-    results = measure(log=lambda message: print(message, file=sys.stderr, flush=True))
-    for result in results.cases:
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    results = measure(log=log)
+    long = measure(LONG_FEEDBACK_CASES, log=log)
+    for result in (*results.cases, *long.cases):
         if result.problems:
             print(f"<!-- {result.case.brief.product}: {'; '.join(result.problems)} -->")
-    print("\n".join(markdown_rows(results)))
+    print("\n".join([*markdown_rows(results), long_feedback_row(long)]))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,36 +74,49 @@ class Throughput:
     started_per_s: float
     resumed_per_s: float
     errors: int
+    cpu_ms_per_start: float = float("nan")
+    """CPU time of this process per run started (when measured): steadier than wall time
+    on a shared machine, but blind to work done in other processes (a database server)."""
+    cpu_ms_per_resume: float = float("nan")
 
 
-async def concurrent(subject: Subject, n: int) -> Throughput:
-    """``n`` starts at once on one event loop, then their ``n`` resumes at once."""
-    t0 = time.perf_counter()
+async def concurrent(
+    subject: Subject, n: int, cpu_clock: Callable[[], float] | None = None
+) -> Throughput:
+    """``n`` starts at once on one event loop, then their ``n`` resumes at once; with
+    ``cpu_clock`` (seconds of this process's CPU), also the CPU time per run of each phase."""
+    clock: Callable[[], float] = cpu_clock or (lambda: float("nan"))
+    c0, t0 = clock(), time.perf_counter()
     started = await asyncio.gather(*(subject.start() for _ in range(n)), return_exceptions=True)
-    t1 = time.perf_counter()
+    c1, t1 = clock(), time.perf_counter()
     ids = [s for s in started if isinstance(s, str)]
     resumed = await asyncio.gather(*(subject.resume(i) for i in ids), return_exceptions=True)
-    t2 = time.perf_counter()
+    c2, t2 = clock(), time.perf_counter()
     failed = sum(isinstance(r, BaseException) for r in resumed)
     return Throughput(
         started_per_s=len(ids) / (t1 - t0),
         resumed_per_s=(len(ids) - failed) / (t2 - t1),
         errors=(n - len(ids)) + failed,
+        cpu_ms_per_start=(c1 - c0) * 1000 / max(1, len(ids)),
+        cpu_ms_per_resume=(c2 - c1) * 1000 / max(1, len(ids) - failed),
     )
 
 
-def processes(kind: Kind, store: Store, n: int, count: int = 4) -> Throughput:
+def processes(
+    kind: Kind, store: Store, n: int, count: int = 4, module: str = "benchmarks.workers"
+) -> Throughput:
     """``n`` runs from ``count`` processes (``n / count`` each, every process with its own
     store: its own SQLite connection, or its own PostgreSQL pool), started at once, then
     resumed at once; a rate is all runs over the wall time from the first process's start to
-    the last one's end (``time.monotonic`` is one clock for every process on Linux)."""
+    the last one's end (``time.monotonic`` is one clock for every process on Linux).
+    ``module``: the worker to run (``benchmarks.workers``'s protocol)."""
     share = n // count
     workers = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "benchmarks.workers",
+                module,
                 kind,
                 store.backend,
                 store.location,
@@ -141,6 +155,56 @@ def processes(kind: Kind, store: Store, n: int, count: int = 4) -> Throughput:
 
     errors = sum(r["errors"] for r in starts + resumes)
     return Throughput(rate(starts), rate(resumes), errors)
+
+
+@dataclass
+class Round:
+    """One subject's round of the side-by-side section, measured in a fresh process."""
+
+    latencies: Latencies
+    throughput: Throughput
+    load: tuple[float, float]
+    """The 1-minute load average when the process began and when it ended."""
+    settings: dict[str, str]
+    """The database settings the subject ran with, when it reports them."""
+
+
+def round_in_child(kind: Kind, store: Store, sequential: int, concurrent: int) -> Round:
+    """``sequential`` runs one at a time, then ``concurrent`` at once, in a fresh process
+    (``benchmarks.child``) on ``store``."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.child",
+            kind,
+            store.backend,
+            store.location,
+            str(sequential),
+            str(concurrent),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=HERE.parent,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"the {kind} round on {store.label} failed ({result.returncode}): "
+            f"{result.stderr.strip()[-2000:]}"
+        )
+    found = json.loads(result.stdout.splitlines()[-1])
+    return Round(
+        latencies=Latencies(found["start"], found["resume"], found["cycle"]),
+        throughput=Throughput(
+            found["started_per_s"],
+            found["resumed_per_s"],
+            found["errors"],
+            found["cpu_ms_per_start"],
+            found["cpu_ms_per_resume"],
+        ),
+        load=(found["load"][0], found["load"][1]),
+        settings=found["settings"],
+    )
 
 
 def _report(worker: subprocess.Popen[str]) -> dict[str, Any]:

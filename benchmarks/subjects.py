@@ -1,4 +1,5 @@
-"""What is measured: this package or its floor (``Subject``), on a fresh store (``Store``)."""
+"""What is measured (``Subject``): this package, its floor, or LangGraph in either durability
+mode, on a fresh store (``Store``)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,27 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from bridgic_coldmail import Brief, ColdMailAgent
 
 from .floor import PostgresFloor, RawFloor
 
-Kind = Literal["ours", "floor"]
+if TYPE_CHECKING:
+    from .langgraph_peer import LangGraphPeer
+
+Kind = Literal["ours", "floor", "langgraph", "langgraph-exit"]
 BackendName = Literal["sqlite", "postgres"]
 KINDS: tuple[Kind, Kind] = ("ours", "floor")
+"""The subjects of the sections that compare this package with its floor."""
+PEERS: tuple[Kind, ...] = ("ours", "langgraph", "langgraph-exit", "floor")
+"""The subjects of the side-by-side section (``run.peers``), in the report's column order."""
+SUBJECT_LABELS: dict[Kind, str] = {
+    "ours": "ours",
+    "floor": "floor",
+    "langgraph": "LangGraph default",
+    "langgraph-exit": "LangGraph exit",
+}
 LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 SECRET_KEY = "benchmark-signing-key-" + "b" * 32
 """The PostgreSQL stores' signing key (a URL has no key file beside it)."""
@@ -113,9 +126,29 @@ class Floor:
         return await self.floor.resume(interaction_id, FEEDBACK)
 
 
+class Peer:
+    def __init__(self, peer: LangGraphPeer) -> None:
+        self.peer = peer
+        self.name = peer.name
+
+    async def start(self) -> str:
+        return await self.peer.start(BRIEF)
+
+    async def resume(self, interaction_id: str) -> object:
+        return await self.peer.resume(interaction_id, FEEDBACK)
+
+
 @contextlib.asynccontextmanager
 async def opened(kind: Kind, store: Store, llm: Any) -> AsyncIterator[Subject]:
-    """This package (``ours``) or its floor on ``store``, with ``llm``; closed on exit."""
+    """This package (``ours``), its floor or LangGraph on ``store``, with ``llm``; closed on
+    exit. LangGraph is imported only here (the ``bench`` extra)."""
+    if kind in ("langgraph", "langgraph-exit"):
+        from . import langgraph_peer
+
+        durability: langgraph_peer.Durability = "exit" if kind == "langgraph-exit" else "async"
+        async with langgraph_peer.opened(store.backend, store.location, llm, durability) as peer:
+            yield Peer(peer)
+        return
     if kind == "ours":
         async with ColdMailAgent.open(store.location, llm=llm, **store.agent_options()) as agent:
             yield Ours(agent)

@@ -1,6 +1,6 @@
 """bridgic-coldmail: a cold-email sequence that pauses for human feedback and resumes later.
 
-async with ColdMailAgent.open("snapshots/coldmail.db") as agent:
+async with ColdMailAgent.open() as agent:  # the coldmail command's database
     pending = await agent.start(Brief(product=..., offer=..., sender=...))
     done = await agent.resume(pending.interaction_id, "CTOs at mid-size hospitals")
 """
@@ -14,6 +14,7 @@ from .automa import ColdMailAutoma
 from .errors import (
     ColdmailError,
     ConfigurationError,
+    DatabaseNotFound,
     InvalidInput,
     LlmError,
     RunBeingResumed,
@@ -48,6 +49,7 @@ __all__ = [
     "ColdmailError",
     "ConfigurationError",
     "DamagedRun",
+    "DatabaseNotFound",
     "Decision",
     "EmailSequence",
     "EmailStep",

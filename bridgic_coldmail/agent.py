@@ -79,6 +79,7 @@ from .store import (
     Claim,
     ClaimOutcome,
     Finished,
+    IfMissing,
     NewRun,
     Paused,
     Refusal,
@@ -102,6 +103,7 @@ class OpenOptions(AgentOptions, total=False):
     llm: ColdmailLlm | str | None
     retry: RetryPolicy | None
     settings: Settings | None
+    missing: IfMissing
 
 
 class ColdMailAgent:
@@ -132,8 +134,10 @@ class ColdMailAgent:
         """Open the agent on a run store.
 
         Args:
-            db_path: an SQLite file (its folder is created) or a ``postgresql://`` URL;
-                default ``COLDMAIL_DB`` or ``snapshots/coldmail.db``.
+            db_path: an SQLite file or a ``postgresql://`` URL; default ``COLDMAIL_DB``,
+                else ``coldmail.db`` in the per-user data folder (``settings.default_db_path``,
+                the ``coldmail`` command's). Opening never creates an SQLite database: the
+                first run started creates it, with its folder and signing key.
             llm: any Bridgic LLM implementing ``BaseLlm`` and ``StructuredOutput``; or
                 ``"openai"`` / ``"local"``; or None to choose from the settings
                 (``COLDMAIL_LLM``, else OpenAI when configured, else the local model when
@@ -141,21 +145,28 @@ class ColdMailAgent:
                 ``get`` and ``list`` work without any LLM settings.
             retry: how each LLM step is retried; default ``RetryPolicy()``.
             settings: resolved settings to start from; default: from the environment.
+            missing: when the SQLite database does not exist yet: ``"defer"`` (default) —
+                reads find nothing and the first run started creates it; ``"create"`` — now,
+                so a path that cannot hold one fails here rather than after the first LLM
+                call; ``"refuse"`` — raise :class:`DatabaseNotFound` (for callers that only
+                read).
             **options: any other setting by name (``model``, ``llm_timeout``,
                 ``busy_timeout``, ``lease_seconds``, ``max_rounds``, ``key_file``, …; see
                 ``settings.Settings``), overriding the environment.
 
         Raises:
+            DatabaseNotFound: ``missing="refuse"`` and there is no database at ``db_path``.
             StoreError: the store cannot be opened or is not a bridgic-coldmail database.
             ConfigurationError: ``llm`` is not a usable LLM, or a setting is malformed.
         """
+        missing = options.pop("missing", "defer")
         llm = options.pop("llm", None)
         retry = options.pop("retry", None)
         base = options.pop("settings", None) or Settings.resolve()
         backend = llm if isinstance(llm, str) or llm is None else None
         resolved = base.with_overrides(db=db_path, llm=backend, **options)
         checked = None if llm is None or isinstance(llm, str) else check_llm(llm)
-        store = await connect_store(resolved)
+        store = await connect_store(resolved, missing=missing)
         agent = cls(store, resolved, checked, retry)
         try:
             yield agent
@@ -660,6 +671,10 @@ class ColdMailAgent:
         limit, offset = validate_page(limit, offset, MAX_PAGE)
         return await self._store.list(_parse_status(status), limit=limit, offset=offset)
 
+    async def counts(self) -> dict[RunStatus, int]:
+        """How many stored runs each status has (statuses without runs left out)."""
+        return await self._store.counts()
+
     async def purge(
         self,
         older_than: timedelta,
@@ -698,6 +713,7 @@ class ColdMailAgent:
         variants: Sequence[str] = (),
         disabled_rules: Iterable[str] | None = None,
         template: str | os.PathLike[str] | None = None,
+        max_bytes: int | None = None,
     ) -> ExportReport:
         """Render the run's final sequence for every lead of a CSV list, into ``out``.
 
@@ -716,14 +732,16 @@ class ColdMailAgent:
         existing regular file with ``overwrite=True``, never this agent's database or key
         file; ``"-"`` is standard output. Cancelling the call (Ctrl-C) stops the export
         between two rows and leaves ``out`` as it was. ``disabled_rules``: check rule ids
-        not to apply (default: the ``disabled_rules`` setting). See
+        not to apply (default: the ``disabled_rules`` setting). ``max_bytes`` caps the file
+        written (the web inbox's ``COLDMAIL_MAX_EXPORT_BYTES``). See
         ``export.export_sequence``.
 
         Raises:
             RunConflict: a run has no final sequence yet.
             InvalidInput: the lead list, ``out``, the profile, a variant or a rule id cannot
-                be used; or, with ``strict``, a warning or a lead that cannot be rendered
-                (``out`` is then untouched).
+                be used; or, with ``strict``, a warning or a lead that cannot be rendered; or
+                the file would pass ``max_bytes`` (``topic="export_too_large"``). ``out`` is
+                then untouched.
         """
         from .export import FORMATS, export_sequence, run_stoppable, store_files
         from .profiles import profile_named
@@ -747,6 +765,7 @@ class ColdMailAgent:
             footer=self._footer(runs[0]),
             disabled_rules=disabled,
             template=template,
+            max_bytes=max_bytes,
         )
 
     async def preview_export(
@@ -797,7 +816,9 @@ class ColdMailAgent:
         disabled = self._disabled_rules(disabled_rules)
         run = await self.get(interaction_id)
         sequence = run.sequence or run.draft
-        return lint_sequence(
+        # Tens of milliseconds for bodies at their limit: not on the event loop.
+        return await asyncio.to_thread(
+            lint_sequence,
             sequence,
             run.fields,
             acronyms=_acronyms(run),

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .agent import MAX_PAGE, ColdMailAgent
 from .demo import run_demo
-from .errors import INTERRUPTED, OUTPUT_CLOSED, ColdmailError, InvalidInput
+from .errors import INTERRUPTED, OUTPUT_CLOSED, ColdmailError, DatabaseNotFound, InvalidInput
 from .models import (
     CLI_JSON_KEYS,
     DamagedRun,
@@ -39,6 +39,7 @@ from .models import (
     make_decision,
     validate_feedback,
     validate_interaction_id,
+    validate_page,
 )
 from .profiles import NAMES as PROFILE_NAMES
 from .render import (
@@ -46,23 +47,25 @@ from .render import (
     format_run,
     format_run_line,
     format_sequence,
+    full_location,
     json_for_terminal,
     resume_hint,
     terminal_safe,
 )
-from .settings import BACKENDS, Settings, redact_url
-from .store import Action
+from .settings import BACKENDS, Settings, default_db_path, redact_url
+from .store import Action, IfMissing
 
 MAX_AGE_DAYS = 100 * 365
 """``--older-than`` beyond a century is a typo (and would overflow the date)."""
 
 
 def _add_db(parser: argparse.ArgumentParser, default: Any) -> None:
+    shown = str(default_db_path()).replace("%", "%%")  # argparse formats help with %
     parser.add_argument(
         "--db",
         metavar="PATH_OR_URL",
         default=default,
-        help="SQLite file or postgresql:// URL (default: $COLDMAIL_DB or snapshots/coldmail.db)",
+        help=f"SQLite file or postgresql:// URL (default: $COLDMAIL_DB, else {shown})",
     )
 
 
@@ -73,6 +76,14 @@ def _add_llm(parser: argparse.ArgumentParser, default: Any) -> None:
         default=default,
         help="which LLM (default: $COLDMAIL_LLM, else openai when configured, else local)",
     )
+
+
+_WHERE_RUNS_ARE = """\
+Runs are kept in
+  {db}
+unless --db or COLDMAIL_DB names another database. `start` and `demo` create
+it with the first run they store (so does `serve`, when a run is started from
+the inbox); no other command creates one."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="coldmail",
         description="Draft a two-email cold sequence, pause for audience feedback, resume later.",
+        epilog=_WHERE_RUNS_ARE.format(db=default_db_path()).replace("%", "%%"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the path stays on one line
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_db(parser, None)
@@ -290,6 +303,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
         args.interaction_id = validate_interaction_id(args.interaction_id)
     if command == "resume":
         args.feedback = validate_feedback(args.feedback)
+    if command == "list":
+        validate_page(args.limit, 0, MAX_PAGE)
     decision = _decision(args) if command in ("approve", "revise", "edit", "reject") else None
     if command == "trust-unsigned":
         ids = [validate_interaction_id(i) for i in args.interaction_ids]
@@ -307,7 +322,10 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
 
         fields = read_header(args.leads).fields
 
-    async with ColdMailAgent.open(settings=settings) as agent:
+    # Only `start` creates the database (now: an unusable path or key fails before the LLM
+    # is paid); the others read or change runs, which must exist.
+    missing: IfMissing = "create" if command == "start" else "refuse"
+    async with ColdMailAgent.open(settings=settings, missing=missing) as agent:
         if command == "export":
             return await _export(agent, args)
         if command == "start":
@@ -316,8 +334,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
                 args,
                 run,
                 f"{format_sequence(run.draft)}\n\n"
-                f"Paused and saved as {run.interaction_id} in {agent.db_path}.\n"
-                f"{resume_hint(run)}",
+                f"Paused and saved as {run.interaction_id} in {full_location(agent.db_path)}.\n"
+                f"{resume_hint(run, db=settings.db)}",
             )
         if command == "resume" or decision is not None:
             run = await _apply(agent, args, decision)
@@ -688,6 +706,16 @@ _HINTS = {
 
 
 def _hint(exc: ColdmailError, args: argparse.Namespace | None) -> str:
+    if isinstance(exc, DatabaseNotFound):
+        if exc.location == str(default_db_path()):
+            return (
+                " (the default location); `coldmail start` or `coldmail demo` creates it, "
+                "or point --db / COLDMAIL_DB at another database"
+            )
+        return (
+            "; check --db / COLDMAIL_DB, or run `coldmail start` to create one there "
+            f"(the default is {default_db_path()})"
+        )
     template = _HINTS.get(exc.topic or "")
     if template is None:
         return ""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import shutil
 import sys
 import textwrap
 import time
@@ -32,8 +31,17 @@ from .models import (
     make_decision,
     validate_feedback,
 )
-from .prompts import AUDIENCE_QUESTION
-from .render import format_sequence, resume_command, review_hint, terminal_safe
+from .render import (
+    format_sequence,
+    full_location,
+    next_steps,
+    resume_command,
+    review_hint,
+    terminal_safe,
+    terminal_width,
+    text_width,
+    wrap,
+)
 from .settings import Settings
 
 T = TypeVar("T")
@@ -98,9 +106,9 @@ async def with_progress(label: str, work: Awaitable[T], out: TextIO) -> T:
 
 
 def side_by_side(before: EmailSequence, after: EmailSequence, width: int | None = None) -> str:
-    """Draft and refinement in two columns, email by email."""
-    width = width or shutil.get_terminal_size((100, 24)).columns
-    column = max(30, (width - 3) // 2)
+    """Draft and refinement in two columns, email by email, as wide as the terminal."""
+    width = width or terminal_width()
+    column = max(20, (width - 3) // 2)
 
     def block(title: str, subject: str, body: str) -> list[str]:
         lines = [title, *textwrap.wrap(f"Subject: {terminal_safe(subject)}", column), ""]
@@ -129,7 +137,7 @@ def run_demo(args: argparse.Namespace, settings: Settings, out: TextIO = sys.std
     review = bool(getattr(args, "review", False))
 
     async def draft() -> tuple[Run, str]:
-        async with ColdMailAgent.open(settings=settings) as agent:
+        async with ColdMailAgent.open(settings=settings, missing="create") as agent:
             run = await with_progress("Drafting", agent.start(brief, review=review), out)
             return run, agent.db_path
 
@@ -140,8 +148,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, out: TextIO = sys.std
         return INTERRUPTED
 
     print(f"\n{format_sequence(pending.draft)}\n", file=out)  # format_sequence is terminal-safe
-    print(f"Saved as {pending.interaction_id} in {db_path}.", file=out)
-    resume = resume_command(pending, "who it is really for")
+    print(f"Saved as {pending.interaction_id} in {full_location(db_path)}.", file=out)
+    resume = resume_command(pending, db=settings.db)
     print(f"If you stop now, resume any time with:\n  {resume}\n", file=out)
 
     if feedback is None:
@@ -149,8 +157,8 @@ def run_demo(args: argparse.Namespace, settings: Settings, out: TextIO = sys.std
             print("No terminal to ask on: the run waits for feedback (see above).", file=out)
             return 0
         try:
-            print(AUDIENCE_QUESTION, file=out)
-            feedback = _ask("Who is this really for? ", True)
+            print(wrap(terminal_safe(pending.question), text_width()), file=out)
+            feedback = _ask("> ", True)
         except (KeyboardInterrupt, EOFError):
             print(
                 f"\nStopped. The run is saved and waiting; resume it with:\n  {resume}",
@@ -171,26 +179,28 @@ def run_demo(args: argparse.Namespace, settings: Settings, out: TextIO = sys.std
         print(f"\nStopped; the run is still resumable:\n  {resume}", file=out)
         return INTERRUPTED
     assert done.sequence is not None
-    print(terminal_safe(f"\nFeedback: {done.feedback}\n"), file=out)
+    print(f"\n{wrap(terminal_safe(f'Feedback: {done.feedback}'), text_width())}\n", file=out)
     print(side_by_side(done.draft, done.sequence), file=out)
     if done.status is RunStatus.AWAITING_REVIEW:
-        return _review_rounds(done, settings, interactive, out)
+        return _review_rounds(done, settings, db_path, interactive, out)
+    print(f"\n{next_steps(done, db_path, db=settings.db)}", file=out)
     return 0
 
 
 _CHOICES = {"a": "approve", "r": "revise", "x": "reject"}
 
 
-def _review_rounds(run: Run, settings: Settings, interactive: bool, out: TextIO) -> int:
+def _review_rounds(
+    run: Run, settings: Settings, db_path: str, interactive: bool, out: TextIO
+) -> int:
     """Ask for review decisions on the terminal until the run is approved or rejected."""
     while run.status is RunStatus.AWAITING_REVIEW:
+        hint = review_hint(run, db=settings.db)
         if not interactive:
-            print(
-                f"\nNo terminal to ask on: the run waits for review.\n{review_hint(run)}", file=out
-            )
+            print(f"\nNo terminal to ask on: the run waits for review.\n{hint}", file=out)
             return 0
         try:
-            print(f"\n{review_hint(run)}", file=out)
+            print(f"\n{hint}", file=out)
             answer = (_ask("Approve (a), revise (r) or reject (x)? ", True) or "").lower()
             kind = _CHOICES.get(answer[:1])
             if kind is None:
@@ -202,12 +212,12 @@ def _review_rounds(run: Run, settings: Settings, interactive: bool, out: TextIO)
             elif kind == "reject":
                 text = _ask("Why is it rejected? ", True)
         except (KeyboardInterrupt, EOFError):
-            print(f"\nStopped. The run waits for review:\n{review_hint(run)}", file=out)
+            print(f"\nStopped. The run waits for review:\n{hint}", file=out)
             return INTERRUPTED
         run = asyncio.run(_decide(run, kind, text, settings, out))
         if run.sequence is not None and run.status is RunStatus.AWAITING_REVIEW:
             print(f"\n{format_sequence(run.sequence)}", file=out)
-    print(f"\nThe run is {run.status.value}.", file=out)
+    print(f"\n{next_steps(run, db_path, db=settings.db)}", file=out)
     return 0
 
 

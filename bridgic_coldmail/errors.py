@@ -89,6 +89,15 @@ class StoreError(ColdmailError):
     http_status = 503
 
 
+class DatabaseNotFound(StoreError):
+    """There is no bridgic-coldmail database where one was looked for, and the caller only
+    reads: nothing was created (starting a run creates the database)."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        super().__init__(f"there is no database at {location}", topic="no_database")
+
+
 class SnapshotError(StoreError):
     """A stored snapshot cannot be resumed by this version of the code."""
 
@@ -125,3 +134,29 @@ EXIT_CODES: dict[str, int] = {
     "output closed": OUTPUT_CLOSED,
 }
 """Exit codes of the ``coldmail`` command, by meaning (documented in the README)."""
+
+
+class LinkRefused(ColdmailError):
+    """A one-click link cannot be used: it is forged, edited, truncated, or signed with
+    another key. Its message says nothing about any run."""
+
+    exit_code = 2
+    http_status = 403
+
+
+class LinkExpired(LinkRefused):
+    """A genuine one-click link whose time is over."""
+
+    http_status = 410
+
+
+class LinkRunGone(LinkRefused):
+    """A genuine one-click link to a run that is no longer stored."""
+
+    http_status = 404
+
+
+class LinkAnswered(LinkRefused):
+    """A genuine one-click link to a pause that is over: it was answered, or the run moved on."""
+
+    http_status = 410

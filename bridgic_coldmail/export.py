@@ -108,7 +108,7 @@ from .lint import (
     lint_sequence,
 )
 from .merge import Missing, Template
-from .models import EmailSequence
+from .models import EmailSequence, preview_list
 from .profiles import (
     GENERIC_COLUMNS,
     ColumnPlan,
@@ -324,6 +324,7 @@ def export_sequence(
     footer: Footer = NO_FOOTER,
     disabled_rules: Iterable[str] = (),
     template: str | os.PathLike[str] | None = None,
+    max_bytes: int | None = None,
 ) -> ExportReport:
     """Render ``sequence`` for every lead of the CSV at ``leads_path`` into ``out``.
 
@@ -348,6 +349,8 @@ def export_sequence(
         disabled_rules: check rule ids not to apply (``lint.RULES``).
         template: where to write the paste-ready template; default: next to ``out`` for a
             tool's profile (``campaign.smartlead.txt``), none for generic or standard output.
+        max_bytes: the largest file to write; past it the export stops, removes what it
+            wrote and raises (``topic="export_too_large"``). None: no limit.
 
     Returns:
         The report: rows written, rows skipped with their reasons, lint warnings, findings
@@ -394,7 +397,11 @@ def export_sequence(
         if target is not None:
             written, skipped = target.write(
                 lambda handle: _write_rows(
-                    handle, format, plan, _render_all(prepared, reader, stop, findings), counts
+                    handle if max_bytes is None else _Capped(handle, max_bytes),
+                    format,
+                    plan,
+                    _render_all(prepared, reader, stop, findings),
+                    counts,
                 ),
                 keep,
                 stop,
@@ -789,7 +796,7 @@ def _render_all(
             yield SkippedRow(
                 item.row,
                 item.email,
-                f"the {', '.join(repr(c) for c in braces)} cell contains {{ or }}, which the "
+                f"the {preview_list(braces)} cell contains {{ or }}, which the "
                 "sending tool would read as one of its variables; remove them",
             )
             continue
@@ -806,7 +813,7 @@ def _render_all(
             yield SkippedRow(
                 item.row,
                 item.email,
-                f"no value for {', '.join(repr(column_of[n]) for n in names)} and "
+                f"no value for {preview_list(column_of[n] for n in names)} and "
                 f"{{{{{names[0]}}}}} has no fallback; fill the cell, or give a fallback "
                 f"such as {{{{{names[0]}|…}}}}",
             )
@@ -1082,6 +1089,24 @@ class _Folder:
 
 
 _AT_CALLS = {os.open, os.stat, os.link, os.unlink, os.rename} <= os.supports_dir_fd
+
+
+class _Capped:
+    """A text file that refuses to grow past ``limit`` bytes of UTF-8 (before writing them)."""
+
+    def __init__(self, handle: _Sink, limit: int) -> None:
+        self._handle = handle
+        self._limit = limit
+        self._size = 0
+
+    def write(self, text: str) -> int:
+        self._size += len(text.encode("utf-8"))
+        if self._size > self._limit:
+            raise InvalidInput(
+                f"the export is larger than {self._limit} bytes, the limit; nothing was written",
+                topic="export_too_large",
+            )
+        return self._handle.write(text)
 
 
 def _write_rows(

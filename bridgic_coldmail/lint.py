@@ -85,7 +85,7 @@ from .errors import InvalidInput
 from .formulas import FORMULA_PREFIXES as FORMULA_PREFIXES  # where release 0.5 had it
 from .formulas import formula_starts
 from .merge import find_placeholders, syntax_errors, unknown_fields
-from .models import EmailSequence, EmailStep
+from .models import EmailSequence, EmailStep, preview_list
 
 MAX_SUBJECT_CHARS = 60
 """Longer subjects are cut off in inbox lists, on phones first (Instantly's writer checks
@@ -444,7 +444,7 @@ def lint_sequence(
             for problem in syntax_errors(text):
                 add("bad-placeholder", problem, Severity.ERROR)
             for name in unknown_fields([text], allowed):
-                listed = ", ".join(allowed) if allowed else "none (no lead list)"
+                listed = preview_list(allowed, quoted=False) if allowed else "none (no lead list)"
                 add(
                     "unknown-field",
                     f"{{{{{name}}}}} is not a column of the lead list (fields: {listed}); "

@@ -7,12 +7,14 @@ a snapshot: a run drafted with one backend can be resumed with another.
 
 The settings involved (``settings.py``): ``llm`` (``COLDMAIL_LLM``), ``local_model``
 (``COLDMAIL_LOCAL_MODEL``), ``openai_api_key`` / ``openai_api_base`` / ``model``
-(``OPENAI_API_KEY``, ``OPENAI_API_BASE``, ``OPENAI_MODEL_NAME``) and ``llm_timeout``.
+(``OPENAI_API_KEY``, ``OPENAI_API_BASE``, ``OPENAI_MODEL_NAME``), ``structured_output``
+(``COLDMAIL_STRUCTURED_OUTPUT``, how a server is asked for JSON: ``openai_llm.py``) and
+``llm_timeout``.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias, cast
+from typing import TypeAlias, cast
 
 from bridgic.core.model import BaseLlm
 from bridgic.core.model.protocols import StructuredOutput
@@ -67,7 +69,8 @@ def build_llm(settings: Settings) -> ColdmailLlm:
 
 
 def openai_llm(settings: Settings) -> ColdmailLlm:
-    """An ``OpenAILlm`` from the OpenAI settings, with only this package's retries."""
+    """An ``OpenAILlm`` from the OpenAI settings, with only this package's retries, that asks
+    for structured output in a form the server takes (``openai_llm.ColdmailOpenAILlm``)."""
     key, base = settings.openai_api_key, settings.openai_api_base
     if not key and not base:
         raise ConfigurationError(
@@ -75,38 +78,15 @@ def openai_llm(settings: Settings) -> ColdmailLlm:
             f"optionally {ENV['model']}), or {ENV['openai_api_base']} for an "
             "OpenAI-compatible server such as vLLM or Ollama"
         )
-    llm = _single_retry_openai_llm()(
-        api_key=key or _PLACEHOLDER_KEY, api_base=base or None, timeout=settings.llm_timeout
+    from .openai_llm import ColdmailOpenAILlm  # imported late: it pulls in the OpenAI SDK
+
+    llm = ColdmailOpenAILlm(
+        api_key=key or _PLACEHOLDER_KEY,
+        api_base=base or None,
+        timeout=settings.llm_timeout,
+        structured_output=settings.structured_output,
     )
     return cast(ColdmailLlm, llm)
-
-
-def _single_retry_openai_llm() -> type:
-    """``OpenAILlm`` with the SDK's and Bridgic's retries off: ``RetryPolicy`` is the only one."""
-    from bridgic.llms.openai import OpenAILlm  # imported late: it pulls in the OpenAI SDK
-
-    class ColdmailOpenAILlm(OpenAILlm):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.async_client: Any = self.async_client.with_options(max_retries=0)
-            self.client: Any = self.client.with_options(max_retries=0)
-
-        async def astructured_output(
-            self, messages: Any, constraint: Any, model: str | None = None, **kwargs: Any
-        ) -> Any:
-            # Bridgic's own method body, minus its @retryable_model_call, and with create()
-            # instead of parse(): the SDK's parse() rebuilds a generic pydantic model for every
-            # response, which cost ~20 ms a call under load (profiled; see benchmarks/).
-            params = self._build_parameters(
-                messages=messages,
-                model=model,
-                response_format=self._get_response_format(constraint),
-                **kwargs,
-            )
-            response = await self.async_client.chat.completions.create(**params)
-            return self._convert_response(constraint, response.choices[0].message.content)
-
-    return ColdmailOpenAILlm
 
 
 async def close_llm(llm: ColdmailLlm) -> None:

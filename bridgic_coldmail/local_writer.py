@@ -17,9 +17,11 @@ does write a short phrase about a named reader tolerably well. So the work is sp
   sentence without it.
 * The emails are composed in code (:func:`compose`) around the brief's own words: the
   product, the offer, the sender, the call to action, and the audience (the reviewer's
-  feedback when there is one, read by :func:`audience_from_feedback`). The opener's hook and
-  subject use the first chore, the follow-up's question the second. So every email names the
-  product and the reader and is signed by the sender, whatever the model writes.
+  feedback when there is one, read by :func:`read_audience`: a short phrase that names the
+  reader, and what else was said about them as the start of a sentence, never the feedback
+  pasted whole). The opener's hook and subject use the first chore, the follow-up's question
+  the second. Nothing is said about the product beyond the brief's words. So every email
+  names the product and the reader and is signed by the sender, whatever the model writes.
 
 The worksheet's fixed head (:data:`WORKSHEET_HEAD`) is evaluated once per process and kept
 in llama.cpp's KV cache; each call then evaluates only its own lines (see
@@ -381,7 +383,8 @@ _FILLER = re.compile(
     r"|(?:it|this|these|they|the emails?|the sequence|these emails)\s+"
     r"(?:should|must|needs? to|has to|have to|is|are|would|'s|'re)\s+(?:really\s+|actually\s+)?"
     r"(?:be\s+)?(?:written\s+|aimed\s+|targeted\s+)?(?:for|to|at|target(?:ing)?|about)?\s*"
-    r"|(?:the\s+)?(?:real\s+|right\s+|target\s+|true\s+)?(?:audience|readers?|target)"
+    r"|(?:the\s+)?(?:real\s+|right\s+|target\s+|true\s+)?"
+    r"(?:audience|readers?|target|people|persons?|buyers?|customers?)"
     r"\s*(?:is|are|:|=|-)\s*"
     r"|(?:please\s+)?(?:target|aim at|write (?:to|for)|send (?:it|them|this) to|focus on|go after)"
     r"\s+"
@@ -411,6 +414,230 @@ def audience_from_feedback(feedback: str) -> str:
     if len(words(clause)) == 0:
         clause = _strip_end(" ".join(feedback.strip().splitlines()[0].split()))
     return _lower_first(clause)
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who the emails are for, as code writes it into them: a short phrase that names the
+    reader, and one clause about their situation taken from the rest of what was said."""
+
+    phrase: str
+    """The role and where they work: "controllers at 200-1000 person manufacturing firms"."""
+    context: str | None = None
+    """The start of a sentence about their situation, in the second person: "If you close
+    the books monthly in Excel", "If you're shipping over 5,000 parcels a month", "With 50 to
+    300 site workers"; None when nothing usable was said."""
+    described: str = ""
+    """The feedback's first clause whole, for the model's worksheet (never put in an email)."""
+
+
+MAX_PHRASE_WORDS = 8
+"""The most words of the audience that go into one sentence as its name."""
+MAX_CONTEXT_WORDS = 12
+"""The most words of the reader's situation taken from the feedback."""
+MAX_SENTENCE_WORDS = 30
+"""The longest sentence composed around the reader's situation and a chore."""
+
+_PARENTHETICAL = re.compile(r"\s*\([^()]*\)")
+_SENTENCE_BREAK = re.compile(r"(?<=[.;!?])\s+|\s+-{1,2}\s+|\s+—\s+")
+_NEGATED = re.compile(r"^(?:not|never|no longer)\b", re.IGNORECASE)
+_PLACE_WORDS = frozenset("at in for from across on within inside near".split())
+_RELATIVE = frozenset({"who", "that", "which"})
+_QUALIFIER_START = frozenset(
+    "who whose that which where when while with because since including like such".split()
+)
+_SITUATION_END = re.compile(
+    r"[,;.](?=\s)|\s(?:so|where|because|since|but|although|which means|each)\s", re.IGNORECASE
+)
+_THEY = re.compile(r"^(?:they|they're|they've|these (?:people|readers)|most of them)\b", re.I)
+_TO_SECOND_PERSON = {
+    "they": "you", "they're": "you're", "they've": "you've", "their": "your", "theirs": "yours",
+    "themselves": "yourself", "is": "are", "was": "were", "has": "have", "does": "do",
+}  # fmt: skip
+
+
+def read_audience(text: str) -> Audience:
+    """The audience a reviewer's feedback (or a brief's guess) describes, by this rule.
+
+    The first clause that is not a negation ("Not hobbyists.") is read by
+    :func:`audience_from_feedback`, without parentheses. Its phrase is the role up to the first
+    qualifier ("at", "in", "of", "with", "who", an -ing word, a comma), then where they work
+    ("at …", "in …", "of …" up to the next qualifier) and a short place after it ("in rural
+    England"), at most :data:`MAX_PHRASE_WORDS` words. The context is the first of: a
+    relative clause ("who close the books …") or a later sentence about them ("They check
+    tanks at night …"), turned to "If you …"; an -ing phrase right after the phrase ("shipping
+    over 5,000 parcels …"), as "If you're …"; a "with …" or "of 50 …" phrase, as "With …".
+    Each is cut at a clause break (",", ";", "so", "where", …) and, past
+    :data:`MAX_CONTEXT_WORDS` words, at its last "and" before the limit, or dropped.
+    """
+    flat = _one_line(_PARENTHETICAL.sub("", text))
+    clauses = [c for c in _SENTENCE_BREAK.split(flat) if words(c)]
+    while len(clauses) > 1 and _NEGATED.match(clauses[0]):
+        clauses.pop(0)
+    described = audience_from_feedback(clauses[0] if clauses else text)
+    phrase, rest = _name_and_rest(described)
+    context = _situation(rest, plural=_plural_head(phrase))
+    if context is None:
+        for clause in clauses[1:]:
+            if _THEY.match(clause):
+                context = _you_clause(clause.split(" ", 1)[1] if " " in clause else "", True)
+                break
+    return Audience(phrase=phrase, context=context, described=described)
+
+
+def _name_and_rest(clause: str) -> tuple[str, list[str]]:
+    """The audience's short name and the words after it."""
+    tokens = clause.split()
+    i = 0
+
+    def take() -> list[str]:
+        nonlocal i
+        taken: list[str] = []
+        while i < len(tokens):
+            token = tokens[i]
+            if taken and _is_qualifier(tokens, i):
+                break
+            taken.append(token.rstrip(",;:"))
+            i += 1
+            if token.endswith((",", ";", ":")):
+                break
+        return taken
+
+    head = take()
+    ended = bool(head) and tokens[i - 1].endswith((",", ";", ":"))
+    name = list(head)
+    if (
+        not ended
+        and i < len(tokens)
+        and tokens[i].lower() == "of"
+        and not _is_number_at(tokens, i + 1)
+    ):
+        i += 1
+        name += ["of", *take()]
+        ended = tokens[i - 1].endswith((",", ";", ":"))
+    if not ended and i < len(tokens) and tokens[i].lower() in _PLACE_WORDS:
+        where = [tokens[i]]
+        i += 1
+        where += take()
+        name += where
+        ended = tokens[i - 1].endswith((",", ";", ":"))
+        if not ended and i < len(tokens) and tokens[i].lower() in {"in", "at"}:
+            start = i
+            i += 1
+            place = [tokens[start], *take()]
+            if len(place) <= 4 and len(name) + len(place) <= MAX_PHRASE_WORDS:
+                name += place
+            else:
+                i = start
+    if len(name) > MAX_PHRASE_WORDS:
+        head_only = _audience_head(" ".join(name)) or " ".join(name[:4])
+        return head_only, tokens[len(head_only.split()) :]
+    return " ".join(name).rstrip(",;:"), tokens[i:]
+
+
+def _is_qualifier(tokens: list[str], i: int) -> bool:
+    """Whether the word at ``i`` starts a qualifier: a preposition, a relative pronoun, or an
+    -ing word after a plural ("retailers shipping …", not "manufacturing firms")."""
+    bare = tokens[i].lower().rstrip(",;:")
+    if bare in _QUALIFIER_START | _PLACE_WORDS | {"of"}:
+        return True
+    before = tokens[i - 1].lower() if i > 0 else ""
+    return _is_participle(bare) and before.endswith("s") and not before.endswith("ss")
+
+
+def _is_participle(word: str) -> bool:
+    return word.endswith("ing") and len(word) > 4 and word.isalpha() and word != "during"
+
+
+def _is_number_at(tokens: list[str], i: int) -> bool:
+    return i < len(tokens) and bool(re.match(r"\d", tokens[i]))
+
+
+def _plural_head(phrase: str) -> bool:
+    head = _audience_head(phrase) or phrase
+    last = head.split()[-1].lower() if head.split() else ""
+    return last.endswith("s") and not last.endswith("ss")
+
+
+def _situation(rest: list[str], plural: bool) -> str | None:
+    """The context sentence's start from the words after the audience's name."""
+    lowered = [t.lower().rstrip(",;:") for t in rest]
+    for index, word in enumerate(lowered):
+        if word in _RELATIVE and index + 1 < len(rest):
+            clause = _you_clause(" ".join(rest[index + 1 :]), plural)
+            if clause:
+                return clause
+    if not rest:
+        return None
+    first = lowered[0]
+    if _is_participle(first):
+        said = _cut(" ".join(rest))
+        return f"If you're {said}" if said else None
+    if first == "with" or (first == "of" and _is_number_at(rest, 1)):
+        said = _cut(" ".join(rest[1:]), stop=_RELATIVE)
+        return f"With {said}" if said else None
+    return None
+
+
+def _you_clause(text: str, plural: bool) -> str | None:
+    """ "close the books monthly in Excel" (what the reader does) as "If you close …"."""
+    said = _cut(text)
+    if not said:
+        return None
+    tokens = said.split()
+    for index, token in enumerate(tokens):
+        if index > 0 and tokens[index - 1].lower() != "and":
+            continue  # the verbs: the first word, and each word after "and"
+        verb = token.lower()
+        if verb in _TO_SECOND_PERSON and verb not in {"their", "theirs", "themselves"}:
+            tokens[index] = _TO_SECOND_PERSON[verb]
+        elif not plural and verb.endswith("s") and not verb.endswith("ss") and verb.isalpha():
+            tokens[index] = _base_verb(verb)
+    tokens = [
+        _TO_SECOND_PERSON[t.lower()] if t.lower() in {"their", "theirs", "themselves"} else t
+        for t in tokens
+    ]
+    return "If you " + " ".join(tokens)
+
+
+def _fitting(context: str, budget: int) -> str | None:
+    """``context`` in at most ``budget`` words: cut at its last "and" that fits, else None."""
+    tokens = context.split()
+    while len(words(" ".join(tokens))) > budget:
+        ands = [k for k, t in enumerate(tokens) if t.lower() == "and"]
+        if not ands:
+            return None
+        tokens = tokens[: ands[-1]]
+    return " ".join(tokens)
+
+
+def _base_verb(verb: str) -> str:
+    """ "runs" → "run", "worries" → "worry", "reaches" → "reach" (enough for a clause)."""
+    if verb.endswith("ies"):
+        return verb[:-3] + "y"
+    if verb.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return verb[:-2]
+    return verb[:-1]
+
+
+def _cut(text: str, stop: frozenset[str] = frozenset()) -> str | None:
+    """``text`` up to its first clause break (and before any word of ``stop``), at most
+    :data:`MAX_CONTEXT_WORDS` words: cut at the last "and" before the limit, else None."""
+    text = _SITUATION_END.split(" " + text + " ", maxsplit=1)[0].strip()
+    tokens = text.split()
+    for index, token in enumerate(tokens):
+        if token.lower() in stop:
+            tokens = tokens[:index]
+            break
+    if len(tokens) > MAX_CONTEXT_WORDS:
+        ands = [k for k, t in enumerate(tokens[: MAX_CONTEXT_WORDS + 1]) if t.lower() == "and"]
+        if not ands:
+            return None
+        tokens = tokens[: ands[-1]]
+    said = _strip_end(" ".join(tokens))
+    if not said or len(words(said)) < 2 or said.split()[-1].lower() in _DANGLING:
+        return None
+    return said
 
 
 def _one_line(text: str) -> str:
@@ -513,41 +740,42 @@ def _wants_shorter(task: WritingTask) -> bool:
                           task.guidance[-1], re.IGNORECASE))  # fmt: skip
 
 
-def compose(task: WritingTask, audience: str | None, lines: Lines) -> EmailSequence:
-    """The two emails, in code, around the brief's words and the model's lines."""
+def compose(task: WritingTask, audience: Audience | None, lines: Lines) -> EmailSequence:
+    """The two emails, in code, around the brief's words and the model's lines.
+
+    The audience is named by its short phrase; what else was said about the reader opens the
+    sentence about their chore ("If you close the books monthly in Excel, my guess is …").
+    Nothing is said about the product beyond the brief's own words."""
     brief = task.brief
     product = _one_line(brief.product)
     name, title = _signature(_one_line(brief.sender))
     greeting = _greeting(task.fields)
     short = _wants_shorter(task)
     what = offer_clause(product, _one_line(brief.offer))
-    audience_text = _one_line(audience) if audience else None
+    audience_text = _one_line(audience.phrase) if audience else None
     chore = lines.chore
     second = lines.another_chore  # never the opener's chore again
+    # Asked for shorter emails, the context sentence goes first.
+    context = _one_line(audience.context) if audience and audience.context and not short else None
+    guess = f"my guess is that {chore} takes more of your week than it should."
+    if context and chore:
+        context = _fitting(context, MAX_SENTENCE_WORDS - len(words(guess)))
+        guess = f"{context}, {guess}" if context else guess
 
     if audience_text and chore:
-        hook = (
-            f"I'm writing to {audience_text}. My guess is that {chore} takes more of your "
-            "week than it should."
-        )
+        hook = f"I'm writing to {audience_text}. {_upper_first(guess)}"
     elif audience_text:
-        hook = (
-            f"I'm writing to {audience_text} about a problem {product} was built to solve, "
-            "and I'll keep it short."
-        )
+        hook = f"I'm writing to {audience_text} about a problem {product} was built to solve."
+        hook += f" {context}, it may be worth a minute." if context else " I'll keep it short."
     elif chore:
-        hook = (
-            f"I'll keep this short. My guess is that {chore} takes more of your week than it "
-            "should."
-        )
+        hook = f"I'll keep this short. {_upper_first(guess)}"
     else:
         hook = _sentence(
             f"I'll keep this short: {product} may take a chore off your list this month"
         )
-    follow_on = "" if short else " It takes a few minutes to see whether it fits the way you work."
     sign_off = f"Best,\n{name}" + (f"\n{title}" if title else "")
     cta = _one_line(brief.cta) if brief.cta else None
-    opener_body = "\n\n".join([greeting, hook, what + follow_on, _cta_sentence(cta), sign_off])
+    opener_body = "\n\n".join([greeting, hook, what, _cta_sentence(cta), sign_off])
 
     if second:
         question = f"How many hours a month go into {second}?"
@@ -631,12 +859,12 @@ def compose_from_lines(
     stats = stats if stats is not None else ComposeStats()
     started = time.perf_counter()
     if task.kind in ("refine", "revise") and task.feedback:
-        audience: str | None = audience_from_feedback(task.feedback)
+        audience: Audience | None = read_audience(task.feedback)
     elif task.brief.audience:
-        audience = _one_line(task.brief.audience)
+        audience = read_audience(task.brief.audience)
     else:
         audience = None
-    lines = write_lines(model, task, audience, seed, stats)
+    lines = write_lines(model, task, audience.described if audience else None, seed, stats)
     sequence = compose(task, audience, lines)
     stats.seconds = time.perf_counter() - started
     return sequence

@@ -44,7 +44,7 @@ from .compliance import Footer
 from .errors import InvalidInput
 from .leads import EMAIL_HEADERS, LeadHeader
 from .merge import find_placeholders
-from .models import EmailSequence
+from .models import EmailSequence, preview_list
 
 Confidence = Literal["high", "medium", "low", "unconfirmed"]
 
@@ -310,7 +310,7 @@ def _refuse_reserved(
     clashes = [columns[i] for i, name in enumerate(fields) if name in added]
     if clashes:
         raise InvalidInput(
-            f"the lead list already has the column(s) {', '.join(repr(c) for c in clashes)}, "
+            f"the lead list already has the column(s) {preview_list(clashes)}, "
             f"which the export adds ({', '.join(added)}); rename or delete them"
         )
 

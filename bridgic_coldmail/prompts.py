@@ -11,6 +11,9 @@ the scripted test server tells the kinds of call apart by them.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from bridgic.core.model.types import Message, Role
 
 from .models import Brief, EmailSequence
@@ -137,6 +140,22 @@ def revise_messages(
         f"{_verbatim(REVISE_MARKER, guidance[-1])}"
     )
     return _conversation(user)
+
+
+TOOL_NAME = "record_email_sequence"
+"""The function a server that takes tools but no response format is made to call."""
+
+
+def json_answer_instruction(schema: dict[str, Any], form: str) -> str:
+    """What is added to the prompt when the server cannot take the schema as a response format
+    (see ``openai_llm``): call the function (``tools``), or answer in JSON that follows the
+    schema (``json_object`` and ``prompt``)."""
+    if form == "tools":
+        return f"Give your answer by calling the function {TOOL_NAME} with both emails."
+    return (
+        "Answer with one JSON object and nothing else: no words before or after it, no code "
+        "fence. It must follow this JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
+    )
 
 
 def messages_for(task: WritingTask) -> list[Message]:

@@ -11,13 +11,19 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import textwrap
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 from .models import DamagedRun, EmailSequence, ListedRun, Run, RunEvent, RunStatus
+from .settings import default_db_path, is_postgres_url, redact_url
 
-_WIDTH = 78
+MAX_TEXT_WIDTH = 100
+"""Emails wrap at the terminal's width, but never wider than this: long lines are hard to read."""
+FEEDBACK_PLACEHOLDER = "<who the emails are really for>"
+"""What the printed ``resume`` command holds where the person's answer goes."""
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 
 
@@ -56,50 +62,110 @@ def json_for_terminal(value: Any) -> str:
     )
 
 
-def _rule(title: str) -> str:
-    return f"── {title} " + "─" * max(3, _WIDTH - len(title) - 4)
+def terminal_width() -> int:
+    """The terminal's columns (``$COLUMNS``, else the terminal's, else 80)."""
+    return shutil.get_terminal_size((80, 24)).columns
 
 
-def format_sequence(sequence: EmailSequence) -> str:
-    """Both emails, with their send day, subject and body."""
+def text_width(width: int | None = None) -> int:
+    """How wide text is wrapped: ``width`` or the terminal's, at most :data:`MAX_TEXT_WIDTH`."""
+    return max(20, min(width or terminal_width(), MAX_TEXT_WIDTH))
+
+
+def wrap(text: str, width: int) -> str:
+    """Each line of ``text`` wrapped to ``width``; line breaks and blank lines are kept and
+    words are never split (a link or a ``{{merge_field}}`` stays whole)."""
+    lines: list[str] = []
+    for line in text.splitlines():
+        lines += textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False) or [""]
+    return "\n".join(lines)
+
+
+def _rule(title: str, width: int) -> str:
+    return f"── {title} " + "─" * max(3, width - len(title) - 4)
+
+
+def format_sequence(sequence: EmailSequence, width: int | None = None) -> str:
+    """Both emails, with their send day, subject and body, wrapped to the terminal
+    (:func:`text_width`)."""
+    width = text_width(width)
     blocks = []
     day = 0
     for number, step in enumerate(sequence.steps, start=1):
         day += step.wait_days
-        header = _rule(f"Email {number} · day {day}")
-        blocks.append(f"{header}\nSubject: {step.subject}\n\n{step.body.strip()}")
-    return terminal_safe("\n\n".join(blocks))
+        header = _rule(f"Email {number} · day {day}", width)
+        subject = wrap(terminal_safe(f"Subject: {step.subject}"), width)
+        blocks.append(f"{header}\n{subject}\n\n{wrap(terminal_safe(step.body.strip()), width)}")
+    return "\n\n".join(blocks)
 
 
-def resume_command(run: Run, feedback: str = "CTOs at mid-size hospitals") -> str:
+def full_location(db: str) -> str:
+    """A database as printed for people: an SQLite file's absolute path (so a command that
+    names it works from any folder), a URL without its password."""
+    return redact_url(db) if is_postgres_url(db) else str(Path(db).expanduser().absolute())
+
+
+def coldmail_command(db: str | None = None) -> str:
+    """``coldmail``, with ``--db`` when the runs are not in the default database, so a printed
+    command finds them again from any folder (a URL's password is shown as ``***``)."""
+    if db is None or full_location(db) == str(default_db_path()):
+        return "coldmail"
+    return f"coldmail --db {shlex.quote(full_location(db))}"
+
+
+def resume_command(run: Run, feedback: str = FEEDBACK_PLACEHOLDER, db: str | None = None) -> str:
     """The command that resumes a paused run, quoted for a POSIX shell."""
-    return f"coldmail resume {run.interaction_id} --feedback {shlex.quote(feedback)}"
+    return f"{coldmail_command(db)} resume {run.interaction_id} --feedback {shlex.quote(feedback)}"
 
 
-def resume_hint(run: Run) -> str:
+def resume_hint(run: Run, db: str | None = None) -> str:
     """How to resume a paused run from the command line."""
     return (
         f"{run.question}\n"
         "Resume with your answer, from any process, any time:\n"
-        f"  {resume_command(run)}"
+        f"  {resume_command(run, db=db)}"
     )
 
 
-def review_hint(run: Run) -> str:
+def next_steps(run: Run, location: str, db: str | None = None) -> str:
+    """Where a finished run is kept and the commands that use it next (after the demo)."""
+    rid = run.interaction_id
+    command = coldmail_command(db)
+    steps = [("See it again, with its history", f"{command} show {rid}")]
+    if run.status is RunStatus.COMPLETED:
+        steps.append(
+            (
+                "Fill it in for a lead list (CSV)",
+                f"{command} export {rid} --leads leads.csv --out campaign.csv",
+            )
+        )
+    steps += [
+        ("Review runs in your browser", f"{command} serve"),
+        ("Start another", f"{command} demo"),
+    ]
+    column = max(len(what) for what, _ in steps) + 2
+    stored = full_location(location)
+    lines = [f"Run {rid} is {run.status.value}, stored in {stored}.", "Next, from any folder:"]
+    lines += [f"  {what + ':':<{column}}{line}" for what, line in steps]
+    return terminal_safe("\n".join(lines))
+
+
+def review_hint(run: Run, db: str | None = None) -> str:
     """How to decide a run awaiting review from the command line."""
     rid = run.interaction_id
+    command = coldmail_command(db)
     limit = f" of {run.max_rounds}" if run.max_rounds else ""
     revise = (
-        f"  coldmail revise {rid} --feedback 'what to change'\n"
+        f"  {command} revise {rid} --feedback 'what to change'\n"
         if run.round is not None and run.max_rounds is not None and run.round < run.max_rounds
         else ""
     )
     return (
         f"Review round {run.round}{limit}. Decide with one of:\n"
-        f"  coldmail approve {rid}\n"
+        f"  {command} approve {rid}\n"
         f"{revise}"
-        f"  coldmail edit {rid} --file emails.json\n"
-        f"  coldmail reject {rid} --reason 'why'"
+        f"  {command} edit {rid} --file emails.json\n"
+        f"  {command} reject {rid} --reason 'why'"
     )
 
 

@@ -11,6 +11,7 @@ the three multiply, and Bridgic's ignores ``Retry-After``). An injected LLM keep
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +25,20 @@ _RETRIED_STATUS = {408, 409, 429}
 
 class InvalidOutput(ValueError):
     """The LLM's answer broke a rule checked after parsing; another try may do better."""
+
+
+class Unretryable(Exception):
+    """A failure the same request would meet again (a refused form, an oversized answer):
+    never retried, whatever it wraps."""
+
+
+class FailureNote(Exception):
+    """What a failure's message should add (e.g. which forms of structured output the server
+    refused): raised ``from`` the failure, whose retryability it keeps."""
+
+
+MAX_SUMMARY_CHARS = 300
+"""The longest summary of an error's cause put into a message (and so stored)."""
 
 
 @dataclass(frozen=True)
@@ -52,25 +67,27 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def chain(exc: BaseException) -> list[BaseException]:
     """The exception and what it wraps (Bridgic's ``original_exception``, ``__cause__``)."""
-    chain = [exc]
+    links = [exc]
     for _ in range(10):
-        inner = getattr(chain[-1], "original_exception", None) or chain[-1].__cause__
-        if inner is None or inner in chain:
+        inner = getattr(links[-1], "original_exception", None) or links[-1].__cause__
+        if inner is None or inner in links:
             break
-        chain.append(inner)
-    return chain
+        links.append(inner)
+    return links
 
 
 def root_cause(exc: BaseException) -> BaseException:
     """The innermost exception: Bridgic wraps the client's errors in its retry errors."""
-    return _chain(exc)[-1]
+    return chain(exc)[-1]
 
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether another try could succeed (see the module docstring)."""
-    for link in _chain(exc):
+    if any(isinstance(link, Unretryable) for link in chain(exc)):
+        return False
+    for link in chain(exc):
         if isinstance(link, (TimeoutError, ValidationError, ConnectionError, InvalidOutput)):
             return True
         status = _status_code(link)
@@ -85,11 +102,43 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: message`` of the most informative link in the chain."""
-    for link in reversed(_chain(exc)):
+    """``Type: message`` of the most informative link in the chain, summarized; for an HTTP
+    error, ``Type: Error code: N - the body's message``."""
+    for link in reversed(chain(exc)):
+        status = _status_code(link)
+        if status is not None and getattr(link, "body", None) is not None:
+            message = f"Error code: {status} - {error_message(link)}"
+            return f"{type(link).__name__}: {summarize(message)}"
         if str(link).strip():
-            return f"{type(link).__name__}: {link}"
+            return f"{type(link).__name__}: {summarize(str(link))}"
     return type(exc).__name__
+
+
+def error_message(exc: BaseException) -> str:
+    """The message of an OpenAI-style error body (``{"error": {"message": …}}``,
+    ``{"error": "…"}``, ``{"message": …}``; the OpenAI SDK keeps what is under ``error`` as
+    the exception's ``body``), else the body as text, else the exception's own message."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    if isinstance(body, str) and body.strip():
+        return body
+    if body is not None:
+        return json.dumps(body, default=str)
+    return str(getattr(exc, "message", exc))
+
+
+def summarize(text: str, limit: int = MAX_SUMMARY_CHARS) -> str:
+    """``text`` as one short line that is safe to print and to store: whitespace runs become
+    one space, control and bidi characters become visible escapes, and past ``limit``
+    characters the rest is replaced by a count."""
+    from .render import terminal_safe
+
+    line = " ".join(str(text)[: limit * 8].split())
+    line = terminal_safe(line)
+    if len(line) <= limit and len(text) <= limit * 8:
+        return line
+    return f"{line[:limit].rstrip()}… (cut from {len(text):,} characters)"
 
 
 def retry_after(exc: BaseException) -> float | None:
@@ -98,6 +147,12 @@ def retry_after(exc: BaseException) -> float | None:
     headers: Any = getattr(response, "headers", None)
     if headers is None:
         return None
+    return retry_after_seconds(headers)
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms`` in seconds, from a
+    response's headers (anything with a case-insensitive ``get``); None when absent."""
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
@@ -115,6 +170,8 @@ def retry_after(exc: BaseException) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # RFC 5322's "-0000": UTC, the local zone unknown
+        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 

@@ -18,13 +18,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import platformdirs
 from typing_extensions import TypedDict
 
-from .errors import ConfigurationError
+from .errors import ColdmailError, ConfigurationError
 
-DEFAULT_DB = str(Path("snapshots") / "coldmail.db")
+if TYPE_CHECKING:
+    from .notify.destinations import Destination
+
+APP_NAME = "coldmail"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_LLM_TIMEOUT = 120.0
 DEFAULT_BUSY_TIMEOUT = 10.0
@@ -32,9 +36,13 @@ DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_MAX_ROUNDS = 5
 DEFAULT_POOL_SIZE = 10
 DEFAULT_POOL_TIMEOUT = 30.0
+DEFAULT_STATEMENT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 """A lead list uploaded to the web inbox for export: about 80,000 leads of a few columns."""
+EXPORT_PER_UPLOAD = 16
+"""The web export's default size limit, in multiples of the upload limit: a lead of a few
+columns becomes a row about ten times larger once both emails are filled in."""
 MIN_KEY_CHARS = 32
 MIN_WEB_TOKEN_CHARS = 32
 MAX_SECONDS = 7 * 24 * 3600.0
@@ -44,6 +52,8 @@ LEASE_PER_BUSY_TIMEOUT = 3
 the database lock: below this ratio a healthy resumer could lose its lease while waiting."""
 
 BACKENDS = ("openai", "local")
+STRUCTURED_OUTPUT_FORMS = ("auto", "json_schema", "json_object", "tools", "prompt")
+"""How an OpenAI-compatible server is asked for the JSON answer (see ``openai_llm``)."""
 
 ENV = {
     "db": "COLDMAIL_DB",
@@ -58,9 +68,11 @@ ENV = {
     "local_model": "COLDMAIL_LOCAL_MODEL",
     "openai_api_key": "OPENAI_API_KEY",
     "openai_api_base": "OPENAI_API_BASE",
+    "structured_output": "COLDMAIL_STRUCTURED_OUTPUT",
     "pool_size": "COLDMAIL_PG_POOL_SIZE",
     "pool_timeout": "COLDMAIL_PG_POOL_TIMEOUT",
     "prepare_statements": "COLDMAIL_PG_PREPARE",
+    "statement_timeout": "COLDMAIL_PG_STATEMENT_TIMEOUT",
     "web_token": "COLDMAIL_WEB_TOKEN",
     "allowed_hosts": "COLDMAIL_ALLOWED_HOSTS",
     "public_origin": "COLDMAIL_PUBLIC_ORIGIN",
@@ -69,6 +81,7 @@ ENV = {
     "disabled_rules": "COLDMAIL_DISABLED_RULES",
     "max_body_bytes": "COLDMAIL_MAX_BODY_BYTES",
     "max_upload_bytes": "COLDMAIL_MAX_UPLOAD_BYTES",
+    "max_export_bytes": "COLDMAIL_MAX_EXPORT_BYTES",
     "debug": "COLDMAIL_DEBUG",
 }
 """The environment variable behind each setting."""
@@ -89,9 +102,11 @@ class AgentOptions(TypedDict, total=False):
     local_model: str | os.PathLike[str]
     openai_api_key: str
     openai_api_base: str
+    structured_output: str
     pool_size: int
     pool_timeout: float
     prepare_statements: bool
+    statement_timeout: float
     postal_address: str
     opt_out: str
     disabled_rules: str | tuple[str, ...]
@@ -101,8 +116,9 @@ class AgentOptions(TypedDict, total=False):
 class Settings:
     """The resolved settings. Build with :meth:`resolve`; every field is already valid."""
 
-    db: str = DEFAULT_DB
-    """An SQLite file path, or a ``postgresql://`` URL."""
+    db: str = field(default_factory=lambda: str(default_db_path()))
+    """An SQLite file path, a ``postgresql://`` URL, or libpq keywords (``host=… dbname=…``);
+    default :func:`default_db_path`."""
     llm: str | None = None
     """``"openai"``, ``"local"``, or None for the default rule (see ``llm.choose_backend``)."""
     model: str = DEFAULT_MODEL
@@ -117,10 +133,16 @@ class Settings:
     local_model: Path | None = None
     openai_api_key: str | None = field(default=None, repr=False)
     openai_api_base: str | None = None
+    structured_output: str = "auto"
+    """``auto`` (the first form the server takes), or one form forced: ``json_schema``,
+    ``json_object``, ``tools`` or ``prompt``."""
     pool_size: int = DEFAULT_POOL_SIZE
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
     prepare_statements: bool = False
     """Server-side prepared statements on PostgreSQL; off so PgBouncer's transaction mode works."""
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
+    """PostgreSQL: seconds a statement may run besides its wait for a lock (see
+    ``store/postgres.py`` for the bound every call then keeps)."""
     web_token: str | None = field(default=None, repr=False)
     allowed_hosts: tuple[str, ...] = ()
     """Host names the web server answers besides loopback and its bound address."""
@@ -136,7 +158,35 @@ class Settings:
     """The largest request body the web server reads (JSON and forms)."""
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     """The largest lead list the web server accepts for an export (its only upload)."""
+    max_export_bytes: int | None = None
+    """The largest file one web export may write (and hold while it downloads); None:
+    :data:`EXPORT_PER_UPLOAD` times ``max_upload_bytes`` (see :attr:`export_limit`)."""
     debug: bool = False
+    # Personalization batches (issue 23; see the block at the end of this module).
+    personalize_concurrency: int = 8
+    """LLM calls in flight at once while writing lines (halved by HTTP 429, then regained)."""
+    personalize_sample_size: int = 5
+    """Leads whose lines a person reads and approves before the whole list is written."""
+    personalize_tokens_per_minute: int | None = None
+    """A budget of estimated tokens a minute for a batch's calls; None for none."""
+    price_prompt_per_1k: float | None = None
+    """What 1,000 prompt tokens cost, to estimate a batch's cost (any currency)."""
+    price_answer_per_1k: float | None = None
+    """What 1,000 answer tokens cost, in the same currency."""
+
+    # Reaching the reviewer (bridgic_coldmail.notify): parsed and checked at the module's end.
+    notify: tuple[Destination, ...] = ()
+    """Where every run's notifications go (``COLDMAIL_NOTIFY``, comma-separated)."""
+    smtp_url: str | None = field(default=None, repr=False)
+    """``smtp://user:password@host:port`` or ``smtps://…``, for email destinations."""
+    mail_from: str | None = None
+    """The sender of notification emails: ``coldmail@example.com`` or ``Name <address>``."""
+    webhook_secret: str | None = field(default=None, repr=False)
+    """``whsec_…`` (space-separated during a rotation), signing webhook destinations."""
+    notify_timeout: float = 15.0
+    """Seconds one delivery attempt may take, as a whole."""
+    link_ttl: float = 7 * 24 * 3600.0
+    """Seconds a one-click link works when its pause has no deadline (default: a week)."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -176,6 +226,8 @@ class Settings:
 
     def check(self) -> None:
         """Refuse combinations that cannot work together."""
+        _check_prices(self)
+        check_notify_settings(self)
         if self.lease_seconds < LEASE_PER_BUSY_TIMEOUT * self.busy_timeout:
             raise ConfigurationError(
                 f"the lease ({ENV['lease_seconds']}={self.lease_seconds:g} s) must be at least "
@@ -192,14 +244,51 @@ class Settings:
         return f"Settings({shown})"
 
     @property
+    def export_limit(self) -> int:
+        """The largest file one web export may write: ``max_export_bytes``, or by default
+        :data:`EXPORT_PER_UPLOAD` times the upload limit."""
+        if self.max_export_bytes is not None:
+            return self.max_export_bytes
+        return EXPORT_PER_UPLOAD * self.max_upload_bytes
+
+    @property
     def is_postgres(self) -> bool:
         """Whether ``db`` names a PostgreSQL server rather than an SQLite file."""
-        return is_postgres_url(self.db)
+        return is_postgres_url(self.db) or is_libpq_keywords(self.db)
+
+
+def default_db_path() -> Path:
+    """Where runs are kept when no database is named: ``coldmail.db`` in the per-user data
+    folder (``$XDG_DATA_HOME/coldmail``, else ``~/.local/share/coldmail`` on Linux;
+    ``~/Library/Application Support/coldmail`` on macOS; ``%LOCALAPPDATA%\\coldmail`` on
+    Windows), so every command finds the same runs whatever folder it runs from."""
+    return platformdirs.user_data_path(APP_NAME, appauthor=False) / "coldmail.db"
 
 
 def is_postgres_url(db: str) -> bool:
     """``postgresql://…``, ``postgres://…`` or ``postgresql+psycopg://…``."""
     return db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://"))
+
+
+LIBPQ_KEYWORDS = frozenset(
+    """host hostaddr port dbname user password passfile require_auth channel_binding
+    connect_timeout client_encoding options application_name fallback_application_name
+    keepalives keepalives_idle keepalives_interval keepalives_count tcp_user_timeout
+    replication gssencmode sslmode sslnegotiation requiressl sslcompression sslcert sslkey
+    sslpassword sslcertmode sslrootcert sslcrl sslcrldir sslsni requirepeer
+    ssl_min_protocol_version ssl_max_protocol_version min_protocol_version
+    max_protocol_version krbsrvname gsslib gssdelegation service target_session_attrs
+    load_balance_hosts""".split()
+)
+"""libpq's connection parameter key words (its documentation, "Parameter Key Words")."""
+
+
+def is_libpq_keywords(db: str) -> bool:
+    """Whether ``db`` is a libpq keyword/value string (``host=db.internal dbname=runs``): it
+    begins with one of libpq's key words and ``=``. (A file whose name begins so is still
+    reachable as ``./host=…``.)"""
+    found = re.match(r"\s*([A-Za-z_]+)\s*=", db)
+    return found is not None and found.group(1) in LIBPQ_KEYWORDS
 
 
 def check_web_token(token: str) -> str:
@@ -212,11 +301,14 @@ def check_web_token(token: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """A database URL with its password replaced by ``***`` (for messages and logs): the
-    one in the user information (up to the last ``@`` before the path, as a password with an
-    unencoded ``@`` would otherwise leak its tail) and a ``password=`` query parameter."""
+    """A database URL or libpq keyword string with its passwords replaced by ``***`` (for
+    messages and logs): the one in the user information (up to the last ``@`` before the
+    path, as a password with an unencoded ``@`` would otherwise leak its tail), a
+    ``password=`` or ``sslpassword=`` query parameter, and a ``password=`` or
+    ``sslpassword=`` keyword, quoted or not (an unclosed quote hides the rest)."""
     url = re.sub(r"(://[^:/@?#]*:)[^/?#]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    url = re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", url)
+    return re.sub(r"((?:^|\s)(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S*)", r"\1***", url)
 
 
 def _parse(name: str, value: Any, *, source: str) -> Any:
@@ -239,8 +331,8 @@ def _text(value: Any) -> str:
 def _db(value: Any) -> str:
     text = str(os.fspath(value)).strip() if isinstance(value, (str, os.PathLike)) else None
     if not text:
-        raise ValueError("give a file path or a postgresql:// URL")
-    if "://" in text and not is_postgres_url(text):
+        raise ValueError("give a file path, a postgresql:// URL or libpq keywords (host=…)")
+    if "://" in text and not is_postgres_url(text) and not is_libpq_keywords(text):
         raise ValueError("the only database URLs are postgresql://…; give a file path for SQLite")
     return text
 
@@ -249,6 +341,13 @@ def _backend(value: Any) -> str:
     text = _text(value).lower()
     if text not in BACKENDS:
         raise ValueError(f"use one of {', '.join(BACKENDS)}")
+    return text
+
+
+def _structured_output(value: Any) -> str:
+    text = _text(value).lower()
+    if text not in STRUCTURED_OUTPUT_FORMS:
+        raise ValueError(f"use one of {', '.join(STRUCTURED_OUTPUT_FORMS)}")
     return text
 
 
@@ -370,9 +469,11 @@ _PARSERS: dict[str, Any] = {
     "local_model": _path,
     "openai_api_key": _text,
     "openai_api_base": _text,
+    "structured_output": _structured_output,
     "pool_size": _count(1, 1000),
     "pool_timeout": _seconds,
     "prepare_statements": _flag,
+    "statement_timeout": _seconds,
     "web_token": _web_token,
     "allowed_hosts": _hosts,
     "public_origin": _origin,
@@ -381,5 +482,130 @@ _PARSERS: dict[str, Any] = {
     "disabled_rules": _rule_ids,
     "max_body_bytes": _count(1024, 16 * 1024 * 1024),
     "max_upload_bytes": _count(1024, 1024 * 1024 * 1024),
+    "max_export_bytes": _count(1024, 64 * 1024 * 1024 * 1024),
     "debug": _flag,
 }
+
+
+# --------------------------------------------------------------------------- personalization
+# The settings of a personalization batch (issue 23): one line per lead, written by the LLM.
+
+ENV.update(
+    personalize_concurrency="COLDMAIL_PERSONALIZE_CONCURRENCY",
+    personalize_sample_size="COLDMAIL_PERSONALIZE_SAMPLE_SIZE",
+    personalize_tokens_per_minute="COLDMAIL_PERSONALIZE_TPM",
+    price_prompt_per_1k="COLDMAIL_PRICE_PROMPT_PER_1K",
+    price_answer_per_1k="COLDMAIL_PRICE_ANSWER_PER_1K",
+)
+MAX_PRICE_PER_1K = 1000.0
+"""No model costs this much per 1,000 tokens: a larger price is a typo (per million?)."""
+
+
+def _price(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("expected a price per 1,000 tokens")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError("expected a price of 0 or more per 1,000 tokens")
+    if number > MAX_PRICE_PER_1K:
+        raise ValueError(
+            f"at most {MAX_PRICE_PER_1K:g} per 1,000 tokens; a price per million tokens is "
+            "1,000 times the price per 1,000"
+        )
+    return number
+
+
+def _check_prices(settings: Settings) -> None:
+    given = [settings.price_prompt_per_1k is not None, settings.price_answer_per_1k is not None]
+    if any(given) and not all(given):
+        raise ConfigurationError(
+            f"set both {ENV['price_prompt_per_1k']} and {ENV['price_answer_per_1k']} (0 is a "
+            "price), or neither: a cost estimate from one of them would be too low"
+        )
+
+
+_PARSERS.update(
+    personalize_concurrency=_count(1, 256),
+    personalize_sample_size=_count(1, 1000),
+    personalize_tokens_per_minute=_count(1000, 1_000_000_000),
+    price_prompt_per_1k=_price,
+    price_answer_per_1k=_price,
+)
+
+
+# -- Reaching the reviewer (bridgic_coldmail.notify) --------------------------------------
+
+ENV.update(
+    notify="COLDMAIL_NOTIFY",
+    smtp_url="COLDMAIL_SMTP_URL",
+    mail_from="COLDMAIL_MAIL_FROM",
+    webhook_secret="COLDMAIL_WEBHOOK_SECRET",
+    notify_timeout="COLDMAIL_NOTIFY_TIMEOUT",
+    link_ttl="COLDMAIL_LINK_TTL",
+)
+_SECRET.update({"smtp_url", "webhook_secret", "notify"})  # a DEST may hold a token
+
+
+def check_notify_settings(settings: Settings) -> None:
+    """The default destinations can be reached: each kind has its settings and its extra.
+
+    Raises:
+        ConfigurationError: what is missing, naming the variable or the extra.
+    """
+    from .notify.destinations import require_channels
+
+    if (settings.smtp_url is None) != (settings.mail_from is None):
+        given, missing = (
+            ("smtp_url", "mail_from") if settings.smtp_url else ("mail_from", "smtp_url")
+        )
+        raise ConfigurationError(f"{ENV[given]} is set but {ENV[missing]} is not; email needs both")
+    require_channels(settings.notify, settings)
+
+
+def _destinations(value: Any) -> tuple[Destination, ...]:
+    from .notify.destinations import parse_destinations
+
+    try:
+        return parse_destinations(value)
+    except ColdmailError as exc:  # InvalidInput, or ConfigurationError for a missing extra
+        raise ValueError(str(exc)) from None
+
+
+def _smtp_url(value: Any) -> str:
+    from .notify.channels import SmtpServer
+
+    text = _text(value)
+    SmtpServer.parse(text)
+    return text
+
+
+def _mail_from(value: Any) -> str:
+    from email.headerregistry import Address
+
+    from .notify.destinations import parse_email_address
+
+    text = _text(value)
+    named = re.fullmatch(r"([^<>]*?)\s*<([^<>]*)>", text)
+    name, address = (named.group(1).strip().strip('"'), named.group(2)) if named else ("", text)
+    if not name.isprintable() or len(name) > 100 or '"' in name or "\\" in name:
+        raise ValueError("the name before <address> must be one printable line, no quotes")
+    address = parse_email_address(address)
+    return str(Address(display_name=name, addr_spec=address)) if name else address
+
+
+def _webhook_secret(value: Any) -> str:
+    from .notify.channels import webhook_keys
+
+    text = _text(value)
+    webhook_keys(text)
+    return " ".join(text.split())
+
+
+_PARSERS.update(
+    notify=_destinations,
+    smtp_url=_smtp_url,
+    mail_from=_mail_from,
+    webhook_secret=_webhook_secret,
+    notify_timeout=_seconds,
+    link_ttl=_seconds,
+)

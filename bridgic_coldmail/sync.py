@@ -144,6 +144,10 @@ class SyncColdMailAgent:
         """Stored runs, newest first; see :meth:`ColdMailAgent.list`."""
         return self._call(self._agent.list(status, limit=limit, offset=offset))
 
+    def counts(self) -> dict[RunStatus, int]:
+        """How many stored runs each status has; see :meth:`ColdMailAgent.counts`."""
+        return self._call(self._agent.counts())
+
     def history(self, interaction_id: str) -> builtins.list[RunEvent]:
         """The run's events, oldest first; see :meth:`ColdMailAgent.history`."""
         return self._call(self._agent.history(interaction_id))

@@ -32,7 +32,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import ColdmailError, ConfigurationError, LlmError
 from .models import Brief, EmailSequence, EmailStep, describe_validation_error
-from .retry import InvalidOutput, RetryPolicy, describe, is_retryable, retry_after, root_cause
+from .retry import (
+    FailureNote,
+    InvalidOutput,
+    RetryPolicy,
+    Unretryable,
+    chain,
+    describe,
+    is_retryable,
+    retry_after,
+    root_cause,
+    summarize,
+)
 
 TaskKind = Literal["draft", "refine", "revise"]
 
@@ -189,25 +200,41 @@ async def _write_once(
 ) -> EmailSequence:
     if llm is None:
         raise ConfigurationError("no LLM attached to the automa; call attach_llm() first")
+    result: Any
     if isinstance(llm, SequenceComposer):
-        call: Any = llm.acompose(task)
+        result = await within(llm.acompose(task), timeout)
     else:
         from .prompts import messages_for  # the prompts are for capable models only
 
-        call = llm.astructured_output(
-            messages=messages_for(task),
-            constraint=PydanticModel(model=answer_model(task.fields)),
-            model=model,
+        result = await ask_structured(
+            llm, messages_for(task), answer_model(task.fields), model=model, timeout=timeout
         )
-    try:
-        result = await asyncio.wait_for(call, timeout)
-    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-        raise TimeoutError(f"no answer within {timeout:g} s") from None
     if isinstance(result, SequenceAnswer):
         return _checked(result.to_sequence(), task)
     if isinstance(result, EmailSequence):
         return _checked(result, task)
     raise LlmError(f"the LLM returned {type(result).__name__}, not an email sequence")
+
+
+async def ask_structured(
+    llm: Any, messages: list[Any], answer: type[BaseModel], *, model: str, timeout: float | None
+) -> Any:
+    """One structured-output call: ``messages`` to ``llm``, the answer parsed as ``answer``
+    (whose JSON schema the server receives), within ``timeout``. The emails and the
+    personalized lines (``personalize.writer``) both take this path; retries are the caller's.
+    """
+    call = llm.astructured_output(
+        messages=messages, constraint=PydanticModel(model=answer), model=model
+    )
+    return await within(call, timeout)
+
+
+async def within(call: Any, timeout: float | None) -> Any:
+    """Await ``call``; past ``timeout`` seconds raise the builtin ``TimeoutError`` (retried)."""
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        raise TimeoutError(f"no answer within {timeout:g} s") from None
 
 
 def _checked(sequence: EmailSequence, task: WritingTask) -> EmailSequence:
@@ -231,21 +258,32 @@ def _checked(sequence: EmailSequence, task: WritingTask) -> EmailSequence:
 def _llm_error(
     task: WritingTask, exc: Exception, attempts: int, timeout: float | None
 ) -> ColdmailError:
+    """One error for a failed step, whose message is one line of bounded length: it is
+    printed, and stored twice (the run's ``last_error`` and its history)."""
     if isinstance(exc, ColdmailError):
         return exc
     step = task.step_name
     tries = f" after {attempts} tries" if attempts > 1 else ""
+    links = chain(exc)
+    # Why the answer was asked for as plain JSON, when the server took no structured output.
+    limits = next((f"; {link}" for link in links if isinstance(link, FailureNote)), "")
+    unretryable = next((link for link in links if isinstance(link, Unretryable)), None)
     cause = root_cause(exc)
+    if unretryable is not None:
+        return LlmError(f"the {step} LLM call failed: {summarize(str(unretryable), 1200)}")
     if isinstance(cause, TimeoutError):
         return LlmError(
             f"the LLM did not answer the {step} request within {timeout:g} s{tries}; try "
             "again, or raise the LLM timeout"
         )
     if isinstance(cause, InvalidOutput):
-        return LlmError(f"the LLM's {step} was refused{tries}: {cause}; try again")
+        return LlmError(
+            f"the LLM's {step} was refused{tries}: {summarize(str(cause))}{limits}; try again"
+        )
     if isinstance(cause, ValidationError):
         message = describe_validation_error(cause, f"the LLM's {step} did not validate{tries}")
-        return LlmError(f"{message}; try again, or use a stronger model")
+        return LlmError(f"{summarize(message)}{limits}; try again, or use a stronger model")
     return LlmError(
-        f"the {step} LLM call failed{tries} ({describe(exc)}); check the LLM settings and try again"
+        f"the {step} LLM call failed{tries} ({describe(exc)}){limits}; check the LLM settings "
+        "and try again"
     )

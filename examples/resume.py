@@ -30,7 +30,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("interaction_id")
     parser.add_argument("--feedback", help="who the emails should really target")
-    parser.add_argument("--db", help="SQLite file (default: $COLDMAIL_DB or snapshots/coldmail.db)")
+    parser.add_argument(
+        "--db", help="SQLite file or postgresql:// URL (default: $COLDMAIL_DB, else coldmail's)"
+    )
     args = parser.parse_args()
     try:
         with SyncColdMailAgent.open(args.db) as agent:

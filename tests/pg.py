@@ -62,24 +62,39 @@ class Server:
     """A PostgreSQL server on which tests may create and drop databases."""
 
     def __init__(self, admin_url: str, cluster: Cluster | None = None) -> None:
-        import psycopg
-
         self.admin_url = admin_url
         self.cluster = cluster
-        self._admin = psycopg.connect(admin_url, autocommit=True)
+        self._admin: Any = None
+        self.admin("SELECT 1")
+
+    def admin(self, statement: str) -> None:
+        """Run ``statement`` as the administrator (connecting again after a server restart)."""
+        import psycopg
+
+        for attempt in (1, 2):
+            if self._admin is None or self._admin.closed:
+                self._admin = psycopg.connect(self.admin_url, autocommit=True)
+            try:
+                self._admin.execute(statement)
+                return
+            except psycopg.OperationalError:
+                if attempt == 2 or not self._admin.closed:
+                    raise  # an answer from the server, not a connection it closed
 
     @contextmanager
-    def database(self) -> Iterator[str]:
-        """A fresh, empty database for one test; its URL. Dropped afterwards."""
+    def database(self, options: str = "") -> Iterator[str]:
+        """A fresh, empty database for one test (``CREATE DATABASE … options``); its URL.
+        Dropped afterwards."""
         name = f"coldmail_test_{uuid.uuid4().hex[:16]}"
-        self._admin.execute(f'CREATE DATABASE "{name}"')
+        self.admin(f'CREATE DATABASE "{name}" {options}')
         try:
             yield with_database(self.admin_url, name)
         finally:
-            self._admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def close(self) -> None:
-        self._admin.close()
+        if self._admin is not None:
+            self._admin.close()
         if self.cluster is not None:
             self.cluster.stop()
 
@@ -141,6 +156,10 @@ class Cluster:
             "--no-sync",
         )
         pwfile.unlink()
+        self.start_again()
+
+    def start_again(self) -> None:
+        """Start the server (after :meth:`start` made the cluster and ``pg_ctl stop``)."""
         settings = [
             "listen_addresses=''",
             f"unix_socket_directories='{self.folder}'",
@@ -149,19 +168,22 @@ class Cluster:
         ]
         if not self.durable:
             settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
-        self._run(
-            str(self.bindir / "pg_ctl"),
-            "-D",
-            str(self.folder / "data"),
-            "-l",
-            str(self.folder / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            " ".join(f"-c {s}" for s in settings),
-            "start",
-        )
+        self.pg_ctl("start", "-t", "60", "-o", " ".join(f"-c {s}" for s in settings))
+
+    def pg_ctl(self, action: str, *options: str) -> None:
+        """``pg_ctl ACTION`` (``start``, ``stop``, ``restart``: the server keeps the options it
+        was started with), waiting for it to finish."""
+        data, log = str(self.folder / "data"), str(self.folder / "server.log")
+        self._run(str(self.bindir / "pg_ctl"), "-D", data, "-l", log, "-w", *options, action)
+
+    def restart(self) -> None:
+        """Restart the server (``-m fast``): every open connection is closed by the server."""
+        self.pg_ctl("restart", "-m", "fast")
+
+    @property
+    def socket(self) -> Path:
+        """The server's Unix socket."""
+        return self.folder / ".s.PGSQL.5432"
 
     def stop(self) -> None:
         try:
@@ -173,9 +195,13 @@ class Cluster:
 
 
 def find_bindir() -> Path | None:
-    """Where PostgreSQL's server programs are: $COLDMAIL_TEST_PG_BIN, Debian's newest, PATH."""
+    """Where PostgreSQL's server programs are: $COLDMAIL_TEST_PG_BIN (when set, only there:
+    pointing it nowhere hides them), else Debian's newest, else PATH."""
     given = os.environ.get(PG_BIN_ENV)
-    candidates = [Path(given)] if given else []
+    if given is not None:
+        folder = Path(given)
+        return folder if (folder / "initdb").exists() and (folder / "pg_ctl").exists() else None
+    candidates: list[Path] = []
     debian = sorted(
         glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True
     )
@@ -251,6 +277,24 @@ def session_server() -> Server:
         _unavailable(f"PostgreSQL is not available for the tests: {_server_problem}")
     assert _server is not None
     return _server
+
+
+@contextmanager
+def private_server() -> Iterator[Server]:
+    """A throwaway cluster of its own, for tests that restart or stop the server (the
+    session's serves every other test); skips (fails under CI) without the server programs."""
+    if find_bindir() is None:
+        _unavailable("no PostgreSQL server programs for a cluster the test may restart")
+    cluster = start_cluster()
+    try:
+        server = Server(cluster.url, cluster)
+    except BaseException:
+        cluster.stop()
+        raise
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def _unavailable(message: str) -> None:
@@ -459,3 +503,191 @@ def pgbouncer(server: Server, *, server_connections: int = 2) -> Iterator[Any]:
         proc.terminate()
         proc.wait(timeout=30)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- a faulty network
+
+
+class FaultyProxy:
+    """A loopback TCP proxy in front of a PostgreSQL server, on a thread of its own (so that
+    child processes can use it too), that misbehaves on request as a network or a proxy does:
+
+    * :meth:`stall`: stop forwarding in both directions, new connections included, while
+      every connection stays open (a proxy or a firewall that stopped answering);
+      :meth:`flow` forwards again;
+    * :meth:`trap`: act once on the next client message that contains ``marker``:
+      ``"cut"`` closes that connection without forwarding the message (so the statement never
+      ran), ``"lose_reply"`` forwards it and closes the connection once the server's answer
+      arrives, without passing it on (a commit whose acknowledgement was lost),
+      ``"close_after_reply"`` passes the answer on and then closes the connection (the
+      server went away between two round trips), ``"stall"`` holds the message and stalls
+      everything from then on.
+    """
+
+    ACTIONS = ("cut", "lose_reply", "close_after_reply", "stall")
+
+    def __init__(self, upstream: Path | tuple[str, int]) -> None:
+        import asyncio
+        import threading
+
+        self._upstream = upstream
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._trap: tuple[bytes, str] | None = None
+        self._sprung = threading.Event()
+        self._links: set[_Link] = set()
+        self._tasks: set[Any] = set()
+        self.port = 0
+
+    def __enter__(self) -> FaultyProxy:
+        self._thread.start()
+        self._call(self._start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._call(self._close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
+
+    def url(self, database_url: str) -> str:
+        """The same database, user and password, reached over TCP through this proxy."""
+        parts = urlsplit(database_url)
+        credentials = parts.netloc.rsplit("@", 1)[0]
+        return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{self.port}", query=""))
+
+    def stall(self) -> None:
+        self._call(self._set_flowing(False))
+
+    def flow(self) -> None:
+        self._call(self._set_flowing(True))
+
+    def trap(self, marker: bytes, action: str) -> None:
+        assert action in self.ACTIONS, action
+        self._sprung.clear()
+        self._call(self._set_trap((marker, action)))
+
+    @property
+    def sprung(self) -> bool:
+        """Whether the trap set last has acted."""
+        return self._sprung.is_set()
+
+    # ---- on the proxy's own thread
+
+    def _call(self, coroutine: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
+
+    async def _start(self) -> None:
+        import asyncio
+
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        import asyncio
+
+        self._server.close()
+        for link in list(self._links):
+            link.abort()
+        self._flowing.set()
+        if self._tasks:  # each ends once its sockets are closed
+            await asyncio.wait(self._tasks, timeout=10)
+        await self._server.wait_closed()
+
+    async def _set_flowing(self, flowing: bool) -> None:
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
+
+    async def _set_trap(self, trap: tuple[bytes, str]) -> None:
+        self._trap = trap
+
+    async def _serve(self, client_reader: Any, client_writer: Any) -> None:
+        import asyncio
+
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            await self._flowing.wait()
+            if isinstance(self._upstream, Path):
+                opened = await asyncio.open_unix_connection(self._upstream)
+            else:
+                opened = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        server_reader, server_writer = opened
+        link = _Link(client_writer, server_writer)
+        self._links.add(link)
+        try:
+            await asyncio.gather(
+                self._pump(client_reader, server_writer, link, to_server=True),
+                self._pump(server_reader, client_writer, link, to_server=False),
+            )
+        finally:
+            self._links.discard(link)
+
+    async def _pump(self, reader: Any, writer: Any, link: _Link, *, to_server: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self._flowing.wait()
+                if to_server and self._trap is not None and self._trap[0] in data:
+                    action = self._trap[1]
+                    self._trap = None
+                    self._sprung.set()
+                    if action == "cut":
+                        link.abort()
+                        return
+                    if action == "stall":
+                        self._flowing.clear()
+                        await self._flowing.wait()
+                    if action in ("lose_reply", "close_after_reply"):
+                        link.after_reply = action
+                elif not to_server and link.after_reply == "lose_reply":
+                    link.abort()
+                    return
+                writer.write(data)
+                await writer.drain()
+                if not to_server and link.after_reply == "close_after_reply":
+                    link.close()
+                    return
+        except OSError:
+            pass
+        finally:
+            link.close()
+
+
+class _Link:
+    """Both sides of one proxied connection."""
+
+    def __init__(self, client: Any, server: Any) -> None:
+        self.client = client
+        self.server = server
+        self.after_reply: str | None = None
+        """What to do once the server answers the trapped message."""
+
+    def abort(self) -> None:
+        self.client.transport.abort()
+        self.server.transport.abort()
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+
+
+def upstream_of(server: Server) -> Path | tuple[str, int]:
+    """Where the server listens: its Unix socket, or its TCP host and port."""
+    if server.cluster is not None:
+        return server.cluster.socket
+    import psycopg
+
+    given = psycopg.conninfo.conninfo_to_dict(server.admin_url)
+    host, port = str(given.get("host") or "/var/run/postgresql"), int(given.get("port") or 5432)
+    return Path(host) / f".s.PGSQL.{port}" if host.startswith("/") else (host, port)

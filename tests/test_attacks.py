@@ -22,6 +22,7 @@ import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgpack
@@ -46,7 +47,6 @@ from bridgic_coldmail.store.sqlite_migrations import (
     V4_SNAPSHOT_LAST,
 )
 from bridgic_coldmail.testing import ScriptedOpenAIServer
-from bridgic_coldmail.web.app import create_app
 
 from .conftest import REPO, _coldmail, run_cli
 from .rows import SqliteRows, as_legacy, signer_for
@@ -83,6 +83,15 @@ def _forge_sequence(rows: SqliteRows, interaction_id: str) -> None:
 # --------------------------------------------------------------------------- forged text
 
 
+def _inbox(db_path: Path) -> Any:
+    """The web inbox on this database (skipped without the web extra)."""
+    pytest.importorskip("fastapi", reason="the web extra is not installed")
+    from bridgic_coldmail.web.app import create_app
+
+    return create_app(Settings.resolve(db=str(db_path)), host="127.0.0.1", port=8000)
+
+
+@pytest.mark.slow
 async def test_a_history_event_whose_mac_was_removed_is_refused_in_a_signed_run(
     db_path: Path, server: ScriptedOpenAIServer, brief: Brief
 ) -> None:
@@ -107,7 +116,7 @@ async def test_the_run_page_never_shows_a_forged_history_event(
 ) -> None:
     interaction_id = await _completed(db_path, brief)
     SqliteRows(db_path).set_event(interaction_id, 2, detail="Approved by the CEO", mac=None)
-    app = create_app(Settings.resolve(db=str(db_path)), host="127.0.0.1", port=8000)
+    app = _inbox(db_path)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
@@ -186,6 +195,7 @@ async def test_a_planted_schema_4_copy_of_a_signed_run_is_not_shown_as_a_legacy_
         )
 
 
+@pytest.mark.slow
 async def test_unverified_text_is_flagged_in_every_json_output(
     db_path: Path, server: ScriptedOpenAIServer, brief: Brief
 ) -> None:
@@ -356,7 +366,7 @@ async def test_one_timestamp_without_a_time_zone_does_not_take_the_inbox_down(
         bad = (await agent.start(brief)).interaction_id
         await agent.start(brief)
     SqliteRows(db_path).set(bad, created_at="2026-01-01T00:00:00")
-    app = create_app(Settings.resolve(db=str(db_path)), host="127.0.0.1", port=8000)
+    app = _inbox(db_path)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
@@ -364,6 +374,7 @@ async def test_one_timestamp_without_a_time_zone_does_not_take_the_inbox_down(
     assert inbox.status_code == 200
 
 
+@pytest.mark.slow
 async def test_an_unreadable_lease_is_not_an_unexpected_error(
     db_path: Path, server: ScriptedOpenAIServer, brief: Brief
 ) -> None:
@@ -398,6 +409,10 @@ async def test_the_same_decision_for_an_earlier_round_returns_the_stored_result(
 # --------------------------------------------------------------------------- the key
 
 
+START_A_RUN = ("start", "--product", "Acme", "--offer", "saves time", "--sender", "Dana")
+"""Opens (creating) the database and loads its key before the LLM is called."""
+
+
 def _coldmail_env(db_path: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "COLDMAIL_DB": str(db_path), **extra}
 
@@ -410,7 +425,7 @@ def test_a_key_file_that_is_a_named_pipe_is_refused_not_waited_on(db_path: Path)
     os.mkfifo(fifo)
     try:
         done = subprocess.run(
-            [_coldmail(), "list"],
+            [_coldmail(), *START_A_RUN],
             env=_coldmail_env(db_path, COLDMAIL_KEY_FILE=str(fifo)),
             capture_output=True,
             text=True,
@@ -434,7 +449,7 @@ def test_an_unusable_key_file_is_a_configuration_error(db_path: Path, kind: str)
         key.write_bytes(b"\xff" * 40)
         key.chmod(0o600)
     done = subprocess.run(
-        [_coldmail(), "list"],
+        [_coldmail(), *START_A_RUN],
         env=_coldmail_env(db_path, COLDMAIL_KEY_FILE=str(key)),
         capture_output=True,
         text=True,
@@ -470,6 +485,7 @@ def _open_key(path: str, barrier: object, results: object) -> None:
         results.put(str(exc))  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_two_processes_creating_the_same_key_file_both_get_the_key(tmp_path: Path) -> None:
     """The key file is created with O_EXCL and *then* written: the loser of the race reads
     it empty and is told 'holds 0 characters … restore the original file' (about 1 race in
@@ -532,6 +548,7 @@ def test_an_input_file_that_never_ends_is_refused(db_path: Path, args: tuple[str
     assert done.returncode == 2, done.stderr
 
 
+@pytest.mark.slow
 async def test_export_into_a_folder_that_cannot_be_written_is_invalid_input(
     db_path: Path, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
 ) -> None:

@@ -12,6 +12,8 @@ The server is ``coldmail serve --port N`` in a child process, on a free port.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import socket
@@ -27,9 +29,10 @@ import pytest
 from bridgic_coldmail import Brief, ColdMailAgent, RunStatus
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
-from .conftest import REPO
+from .conftest import REPO, find_chromium
 
-CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.browser
+CHROMIUM = find_chromium() or "/usr/bin/chromium"
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -162,3 +165,78 @@ async def test_reviewer_revises_once_and_approves_in_a_real_browser(
     async with ColdMailAgent.open(db_path) as agent:
         run = await agent.get(interaction_id)
     assert (run.status, run.round, server.count("revise")) == (RunStatus.COMPLETED, 2, 1)
+
+
+async def test_reviewer_sees_the_leads_left_out_before_downloading_in_a_real_browser(
+    web_server: str, server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path
+) -> None:
+    _need_chromium()
+    from playwright.async_api import async_playwright
+
+    async with ColdMailAgent.open(db_path) as agent:
+        pending = await agent.start(brief, review=True, fields=["email", "first_name"])
+        interaction_id = pending.interaction_id
+        await agent.resume(interaction_id, "CTOs at mid-size hospitals")
+        await agent.approve(interaction_id)
+    with_bad_rows = tmp_path / "leads.csv"
+    with_bad_rows.write_text(
+        "Email,First Name\nann@example.com,Ann\nnot-an-email,Bob\n"
+        "cid@example.com,Cid\nann@example.com,Ann again\ndee@example.com,Dee\n"
+    )
+    clean = tmp_path / "clean.csv"
+    clean.write_text("Email,First Name\neve@example.com,Eve\nfay@example.com,Fay\n")
+    unusable = tmp_path / "names.csv"
+    unusable.write_text("Name\nAnn\n")
+    url = f"{web_server}/runs/{interaction_id}"
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = await browser.new_page(
+            viewport={"width": 1200, "height": 900}, accept_downloads=True
+        )
+        console: list[str] = []
+        page.on("console", lambda message: console.append(message.text))
+        await page.goto(url)
+        button = "#export-form button[type=submit]"
+
+        # Two leads cannot be sent: they are listed on this page, and nothing downloads yet.
+        await page.set_input_files("#leads", str(with_bad_rows))
+        await page.click(button)
+        report = await page.wait_for_selector("#export-report", timeout=30_000)
+        text = " ".join((await report.inner_text()).split())
+        assert "3 leads can be exported; 2 cannot be sent and will be left out:" in text
+        assert "3 not-an-email" in text and "5 ann@example.com" in text
+        assert page.url == url  # the same page: the file is still chosen
+        assert await page.inner_text(button) == "Download the 3 leads"
+        async with page.expect_download() as started:
+            await page.click(button)
+        download = await started.value
+        saved = Path(await download.path())
+        rows = list(csv.DictReader(io.StringIO(saved.read_text())))
+        assert [r["Email"] for r in rows] == [
+            "ann@example.com",
+            "cid@example.com",
+            "dee@example.com",
+        ]
+        assert "without the leads listed here" in await page.inner_text("#export-report")
+
+        # Another file forgets the report; with nothing left out the download starts at once.
+        await page.set_input_files("#leads", str(clean))
+        assert await page.query_selector("#export-report") is None
+        assert await page.inner_text(button) == "Export"
+        async with page.expect_download() as started:
+            await page.click(button)
+        rows = list(
+            csv.DictReader(io.StringIO(Path(await (await started.value).path()).read_text()))
+        )
+        assert [r["Email"] for r in rows] == ["eve@example.com", "fay@example.com"]
+        assert "All 2 leads can be exported." in await page.inner_text("#export-report")
+
+        # A list the export cannot use: the reason, on the same page, and no download.
+        await page.set_input_files("#leads", str(unusable))
+        await page.click(button)
+        await page.wait_for_selector("#export-problem", timeout=30_000)
+        assert "has no email column" in await page.inner_text("#export-result")
+        assert page.url == url
+        await browser.close()
+    assert not [text for text in console if "Content Security Policy" in text]

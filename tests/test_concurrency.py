@@ -65,6 +65,7 @@ async def test_many_racers_one_winner(
     assert server.count("refine") == 1
 
 
+@pytest.mark.slow
 def test_racing_processes_call_the_llm_once(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from bridgic_coldmail import RunBeingResumed
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
@@ -17,6 +19,7 @@ from .conftest import PROCESS_TIMEOUT, REPO, Backend, run_cli, wait_for_request
 from .rows import expire_lease
 
 
+@pytest.mark.slow
 def test_a_killed_resumer_leaves_the_run_resumable_after_its_lease(
     server: ScriptedOpenAIServer, backend: Backend
 ) -> None:

@@ -142,6 +142,20 @@ def test_a_lead_with_an_empty_field_and_no_fallback_is_skipped_not_sent_with_a_h
     assert len(read_csv(tmp_path / "out.csv")) == 2
 
 
+def test_a_reason_naming_many_columns_stays_bounded(tmp_path: Path) -> None:
+    """A lead missing forty long-named fields gets a reason of bounded length, not all forty."""
+    names = [f"field_{i:02d}_" + "x" * 50 for i in range(40)]
+    header = "email," + ",".join(names)
+    body = " ".join(f"{{{{{name}}}}}" for name in names)
+    full = "bo@y.io," + ",".join("x" for _ in names)
+    source = leads(tmp_path, "ana@x.com" + "," * len(names), full, header=header)
+    texts = sequence(subject="A question", body=body, follow_up="Bumping this up.")
+    report = export_sequence(texts, source, tmp_path / "out.csv")
+    (skipped,) = report.skipped
+    assert "and 30 more" in skipped.reason
+    assert len(skipped.reason) < 800
+
+
 def test_a_cell_with_braces_used_in_a_text_is_skipped(tmp_path: Path) -> None:
     source = leads(tmp_path, "ana@x.com,Ana,{{unsubscribe}}", "bo@y.io,Bo,Beta")
     report = export_sequence(sequence(), source, tmp_path / "out.csv")
@@ -237,6 +251,16 @@ def test_a_lead_column_named_like_an_output_column_is_refused(tmp_path: Path, co
     with pytest.raises(InvalidInput, match=f"already has the column\\(s\\) '{column}'"):
         export_sequence(sequence(subject="Hi", body="Hi", follow_up="Hi"), source, tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_field_the_list_lacks_is_refused_with_a_bounded_list_of_columns(
+    tmp_path: Path,
+) -> None:
+    header = "email," + ",".join(f"column_{i:03d}" for i in range(300))
+    source = leads(tmp_path, "ana@x.com" + "," * 300, header=header)
+    with pytest.raises(InvalidInput, match="and 291 more") as refused:
+        export_sequence(sequence(subject="Hi", follow_up="Bump."), source, tmp_path / "out.csv")
+    assert len(str(refused.value)) < 1000
 
 
 def test_a_sequence_using_a_field_the_list_lacks_is_refused(tmp_path: Path) -> None:
@@ -394,6 +418,7 @@ the writer's buffers. Input and output are each larger than the bound (see the a
 an export that held either in memory could not stay under it."""
 
 
+@pytest.mark.slow
 def test_an_export_streams_in_bounded_memory(tmp_path: Path) -> None:
     source = tmp_path / "leads.csv"
     note = "n" * 250

@@ -138,6 +138,7 @@ async def test_a_schema_downgrade_never_gets_unsigned_bytes_signed(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 async def test_upgrading_a_0_1_database_leaves_its_runs_unsigned_until_trusted(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path
 ) -> None:
@@ -158,6 +159,7 @@ async def test_upgrading_a_0_1_database_leaves_its_runs_unsigned_until_trusted(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 async def test_trusting_unsigned_runs_is_an_explicit_operator_action(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
@@ -185,6 +187,7 @@ async def test_trusting_unsigned_runs_is_an_explicit_operator_action(
     assert server.count("refine") == 1
 
 
+@pytest.mark.slow
 async def test_edited_text_is_never_shown_as_genuine(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
@@ -210,6 +213,7 @@ async def test_edited_text_is_never_shown_as_genuine(
     assert f"{edited.interaction_id}  DAMAGED" in listing.stdout and good in listing.stdout
 
 
+@pytest.mark.slow
 def test_cli_reports_tampering_with_its_own_exit_code(db_path: Path, brief: Brief) -> None:
     interaction_id = asyncio.run(_paused(db_path, brief))
     SqliteRows(db_path).set(interaction_id, snapshot=b"\x80garbage")

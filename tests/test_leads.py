@@ -254,6 +254,7 @@ Everything else is one line at a time. The file is made bigger than the bound (a
 of text), so a reader that held it — even as one string — could not stay under it."""
 
 
+@pytest.mark.slow
 def test_a_hundred_thousand_rows_are_streamed_in_bounded_memory(tmp_path: Path) -> None:
     path = tmp_path / "big.csv"
     note = "n" * 250

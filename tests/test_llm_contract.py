@@ -71,6 +71,7 @@ def test_the_schema_states_the_rules_the_code_enforces(
     assert "first_name" in with_fields and "company" in with_fields
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fields", [(), FIELDS], ids=["no-fields", "fields"])
 def test_every_answer_the_schema_allows_is_accepted(
     schemas: dict[tuple[str, ...], dict[str, Any]], fields: tuple[str, ...], brief: Brief

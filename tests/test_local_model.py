@@ -66,9 +66,9 @@ def test_interrupted_demo_then_resume_with_the_local_model(db_path: Path) -> Non
     )  # fmt: skip
     child.expect(r"Saved as ([0-9a-f]{32}) in ")
     interaction_id = str(child.match.group(1))
-    child.expect(r"Who is this really for\? ")
+    child.expect(r"what they care about\)\.\s+> ")  # the audience question, then its prompt
     child.sendintr()
-    child.expect(f"coldmail resume {interaction_id}")
+    child.expect_exact(f"resume {interaction_id} --feedback")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 130

@@ -205,6 +205,7 @@ def test_pattern_and_parser_agree_on_examples(text: str, allowed: bool) -> None:
     )
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(from_schema({"type": "string", "pattern": allowed_text_pattern(FIELDS)}))
 def test_every_text_the_schema_accepts_renders_without_unknown_fields(text: str) -> None:
@@ -220,6 +221,7 @@ _UNKNOWN_NAME = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True).filter(
 )
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(_PLAIN, _UNKNOWN_NAME, st.none() | st.from_regex(r"[^{}|\r\n]*", fullmatch=True), _PLAIN)
 def test_a_text_with_an_unknown_field_is_rejected_by_the_pattern(

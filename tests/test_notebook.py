@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from bridgic_coldmail.testing import ScriptedOpenAIServer
@@ -14,6 +15,7 @@ from .conftest import REPO
 NOTEBOOK = REPO / "examples" / "cold_email.ipynb"
 
 
+@pytest.mark.slow
 def test_notebook_runs_start_to_finish(server: ScriptedOpenAIServer, db_path: Path) -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(

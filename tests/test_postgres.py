@@ -24,7 +24,15 @@ import pytest
 from bridgic_coldmail import Brief, EmailSequence, RunStatus
 from bridgic_coldmail.errors import ConfigurationError, StoreError
 from bridgic_coldmail.settings import Settings
-from bridgic_coldmail.store import Action, Claim, Finished, NewRun, RunStore, connect_store
+from bridgic_coldmail.store import (
+    Action,
+    Claim,
+    Finished,
+    NewRun,
+    Refusal,
+    RunStore,
+    connect_store,
+)
 
 from .conftest import Backend, run_cli
 from .rows import age
@@ -344,6 +352,7 @@ async def test_no_session_state_is_left_on_a_pooled_connection(pg: Backend) -> N
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_purge_from_the_command_line_works_the_same_on_both_backends(
     backend: Backend, server: Any
 ) -> None:
@@ -365,6 +374,7 @@ def test_purge_from_the_command_line_works_the_same_on_both_backends(
         assert urlsplit(backend.db).password not in purged.stdout + purged.stderr
 
 
+@pytest.mark.slow
 async def test_many_agents_through_pgbouncer_in_transaction_pooling(
     pg: Backend, server: Any
 ) -> None:
@@ -465,3 +475,431 @@ async def test_objects_planted_in_the_schema_are_refused(
     pg.rows._execute(plant)
     with pytest.raises(StoreError, match=f"did not create \\({named}\\)"):
         await connect_store(pg.settings())
+
+
+# --------------------------------------------------------------------------- after faults
+
+
+@pytest.fixture(scope="module")
+def restartable() -> Iterator[Any]:
+    """A cluster of this module's own, which its tests restart and stop."""
+    from .pg import private_server
+
+    with private_server() as found:
+        yield found
+
+
+@pytest.fixture
+def own(restartable: Any) -> Iterator[Backend]:
+    """A fresh database on the cluster the test may restart."""
+    from .pg import SECRET_KEY, PostgresRows
+
+    with restartable.database() as url:
+        rows = PostgresRows(url)
+        try:
+            yield Backend(
+                "postgres", url, rows, {"COLDMAIL_DB": url, "COLDMAIL_SECRET_KEY": SECRET_KEY}
+            )
+        finally:
+            rows.close()
+
+
+async def _fill_the_pool(store: RunStore, connections: int) -> None:
+    """Make the pool open ``connections`` connections (held at once, then given back)."""
+    pool = store._pool  # type: ignore[attr-defined]
+    held = [await pool.getconn() for _ in range(connections)]
+    for conn in held:
+        await pool.putconn(conn)
+    assert pool.get_stats()["pool_size"] >= connections
+
+
+async def test_every_call_after_a_server_restart_succeeds(own: Backend, restartable: Any) -> None:
+    """Each pooled connection died with the restart: none of them may fail a call."""
+    store = await connect_store(own.settings(pool_size=4, busy_timeout=1, lease_seconds=30))
+    try:
+        paused = await store.insert_paused(_new())
+        await _fill_the_pool(store, 4)
+        await asyncio.to_thread(restartable.cluster.restart)
+
+        assert await store.get(paused.interaction_id) is not None
+        claim = await store.claim(paused.interaction_id, FEEDBACK, VERSIONS)
+        assert isinstance(claim, Claim)
+        await _fill_the_pool(store, 4)
+        await asyncio.to_thread(restartable.cluster.restart)
+
+        shown = await asyncio.gather(*(store.list() for _ in range(6)))  # at once
+        assert await store.renew(claim) is not None
+        await asyncio.to_thread(restartable.cluster.restart)
+        done = await store.complete(claim, Finished(RunStatus.COMPLETED, SEQUENCE))
+        await asyncio.to_thread(restartable.cluster.restart)
+        history = await store.history(paused.interaction_id)
+        await asyncio.to_thread(restartable.cluster.restart)
+        assert await store.purge(timedelta(days=1), {RunStatus.COMPLETED}) == 0
+        await asyncio.to_thread(restartable.cluster.restart)
+        another = await store.insert_paused(_new())
+    finally:
+        await store.close()
+    assert all(len(found) == 1 for found in shown)
+    assert done is not None and done.status is RunStatus.COMPLETED
+    assert isinstance(history, list) and [e.kind for e in history][-1] == "completed"
+    assert own.rows.count() == 2 and another.interaction_id in own.rows.ids()
+
+
+async def test_the_first_call_after_a_long_outage_succeeds(own: Backend, restartable: Any) -> None:
+    """Calls during the outage fail (the pool timeout is 2 s) and make the pool retry its
+    connections with a doubling delay; once the server is back, a call must not wait for
+    the next of those tries and time out."""
+    store = await connect_store(own.settings(pool_size=2, pool_timeout=2))
+    try:
+        paused = await store.insert_paused(_new())
+        await _fill_the_pool(store, 2)
+        restartable.cluster.pg_ctl("stop", "-m", "fast")
+        try:
+            for _ in range(5):  # about ten seconds of calls that fail
+                with pytest.raises(StoreError, match="no connection .* within 2 s"):
+                    await store.get(paused.interaction_id)
+        finally:
+            restartable.cluster.start_again()
+        shown = await store.get(paused.interaction_id)
+    finally:
+        await store.close()
+    assert shown is not None
+
+
+async def test_a_resume_whose_llm_call_spans_a_restart_keeps_its_one_refinement(
+    own: Backend, restartable: Any, server: Any
+) -> None:
+    from bridgic_coldmail import ColdMailAgent
+    from bridgic_coldmail.testing import Reply
+
+    settings = own.settings(busy_timeout=1, lease_seconds=30)
+    async with ColdMailAgent.open(settings=settings) as agent:
+        run = await agent.start(BRIEF)
+        server.enqueue(Reply(kind="refine", delay=2))
+        resuming = asyncio.create_task(agent.resume(run.interaction_id, "CTOs"))
+        while server.count("refine") == 0:  # the LLM call is under way
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(restartable.cluster.restart)
+        resumed = await asyncio.wait_for(resuming, 60)
+
+    assert resumed.status is RunStatus.COMPLETED and resumed.sequence is not None
+    assert server.count("refine") == 1
+    assert own.rows.row(run.interaction_id)["status"] == "completed"
+
+
+def test_the_command_line_rides_out_a_server_outage_without_extra_lines(
+    own: Backend, restartable: Any, server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server is down while the LLM works (a lease renewal and the pool's reconnection
+    attempts fail meanwhile): the resume still records its result, and the terminal shows
+    only the command's own output — none of the pool's log lines."""
+    import subprocess
+    import sys
+
+    from bridgic_coldmail.testing import Reply
+
+    from .conftest import REPO, start_run_with_cli, wait_for_request
+
+    env = {**own.env, "COLDMAIL_BUSY_TIMEOUT": "0.5", "COLDMAIL_LEASE_SECONDS": "1.5"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    interaction_id = start_run_with_cli()
+    server.enqueue(Reply(kind="refine", delay=4))
+    command = [str(Path(sys.executable).parent / "coldmail"), "resume", interaction_id,
+               "--feedback", "CTOs", "--json"]  # fmt: skip
+    child = subprocess.Popen(
+        command, cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_request(server, "refine")
+        restartable.cluster.pg_ctl("stop", "-m", "fast")
+        try:
+            time.sleep(1.5)  # a renewal (every 0.5 s) and the pool's reconnections fail
+        finally:
+            restartable.cluster.start_again()
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, err
+    assert err == ""
+    assert '"status": "completed"' in out
+    assert server.count("refine") == 1
+
+
+@pytest.fixture
+def proxy() -> Iterator[Any]:
+    """A loopback TCP proxy in front of the session's server, to misbehave on request."""
+    from .pg import FaultyProxy, session_server, upstream_of
+
+    with FaultyProxy(upstream_of(session_server())) as found:
+        yield found
+
+
+def _through(pg: Backend, proxy: Any, **overrides: object) -> Settings:
+    """Settings that reach the test's database through the proxy."""
+    return pg.settings(**overrides).with_overrides(db=proxy.url(pg.db))
+
+
+# Seconds: small limits, so that a stalled server is given up on quickly.
+QUICK = {"busy_timeout": 0.5, "lease_seconds": 30, "statement_timeout": 1, "pool_timeout": 2}
+"""A round trip is given busy_timeout + statement_timeout + 2 s: 3.5 s."""
+
+
+async def _claimed(store: RunStore) -> Claim:
+    paused = await store.insert_paused(_new())
+    claim = await store.claim(paused.interaction_id, FEEDBACK, VERSIONS)
+    assert isinstance(claim, Claim)
+    return claim
+
+
+@pytest.mark.parametrize("call", ["get", "list", "history", "claim", "renew", "complete", "purge"])
+async def test_a_server_that_stops_answering_fails_each_call_within_its_bound(
+    pg: Backend, proxy: Any, call: str
+) -> None:
+    store = await connect_store(_through(pg, proxy, **QUICK))
+    try:
+        claim = await _claimed(store)
+        other = await store.insert_paused(_new())
+        calls = {
+            "get": lambda: store.get(other.interaction_id),
+            "list": lambda: store.list(),
+            "history": lambda: store.history(other.interaction_id),
+            "claim": lambda: store.claim(other.interaction_id, FEEDBACK, VERSIONS),
+            "renew": lambda: store.renew(claim),
+            "complete": lambda: store.complete(claim, Finished(RunStatus.COMPLETED, SEQUENCE)),
+            "purge": lambda: store.purge(timedelta(days=1), {RunStatus.COMPLETED}),
+        }
+        proxy.stall()
+        started = time.monotonic()
+        with pytest.raises(StoreError) as caught:
+            await asyncio.wait_for(calls[call](), 60)  # the guard of this test: not a bound
+        took = time.monotonic() - started
+        proxy.flow()
+        assert await store.get(other.interaction_id) is not None  # usable again
+    finally:
+        await store.close()
+    assert "did not answer within 3.5 s" in str(caught.value)
+    assert took < 3.5 + 2  # the bound, plus this machine's scheduling
+
+
+async def test_opening_a_store_through_a_stalled_server_fails_within_its_bound(
+    pg: Backend, proxy: Any
+) -> None:
+    """Connecting is bounded by the connect timeout (the pool timeout here: 2 s); migrating
+    by its wait for other hosts' migrations (at least 10 s) plus one answer's time."""
+    await (await connect_store(_through(pg, proxy, **QUICK))).close()  # schema made
+    for stalled_at, bound in ((None, 2), (b"pg_advisory_xact_lock", 10 + 3.5)):
+        if stalled_at is None:
+            proxy.stall()
+        else:
+            proxy.trap(stalled_at, "stall")
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="cannot connect|did not answer"):
+            await asyncio.wait_for(connect_store(_through(pg, proxy, **QUICK)), 60)
+        assert time.monotonic() - started < bound + 2
+        proxy.flow()
+
+
+async def test_connections_talk_utf8_and_notice_a_vanished_peer_unless_the_url_says_otherwise(
+    pg: Backend, proxy: Any
+) -> None:
+    """TCP keepalives and a user timeout (the time one answer may take, in ms) on every
+    connection, and UTF-8; a value given in the URL wins."""
+    url = proxy.url(pg.db) + "?keepalives_idle=7"
+    store = await connect_store(pg.settings(**QUICK).with_overrides(db=url))
+    try:
+        async with store._pool.connection() as conn:  # type: ignore[attr-defined]
+            options = {o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info}
+            encoding = conn.info.parameter_status("client_encoding")
+    finally:
+        await store.close()
+    assert options["keepalives"] == "1" and options["keepalives_idle"] == "7"
+    assert options["tcp_user_timeout"] == "3500"  # busy 0.5 + statement 1 + network 2 s
+    assert encoding == "UTF8"
+
+
+@pytest.mark.parametrize("call", ["get", "claim", "renew", "history"])
+async def test_a_connection_lost_before_a_statement_ran_is_retried_on_a_fresh_one(
+    pg: Backend, proxy: Any, call: str
+) -> None:
+    """Nothing can have been committed: the store retries on another connection."""
+    store = await connect_store(_through(pg, proxy, busy_timeout=1, lease_seconds=30))
+    try:
+        claim = await _claimed(store)
+        other = await store.insert_paused(_new())
+        markers = {
+            "get": (b"FROM coldmail.runs WHERE", lambda: store.get(other.interaction_id)),
+            "claim": (
+                b"FOR UPDATE",
+                lambda: store.claim(other.interaction_id, FEEDBACK, VERSIONS),
+            ),
+            "renew": (b"SET claim_expires_at", lambda: store.renew(claim)),
+            "history": (b"REPEATABLE READ", lambda: store.history(other.interaction_id)),
+        }
+        marker, action = markers[call]
+        proxy.trap(marker, "cut")
+        result = await action()
+    finally:
+        await store.close()
+    assert proxy.sprung
+    assert result is not None and not isinstance(result, Refusal)
+    if call == "claim":
+        assert pg.rows.row(other.interaction_id)["status"] == "resuming"
+
+
+@pytest.mark.parametrize("fault", ["cut", "lose_reply"])
+async def test_a_commit_whose_outcome_is_unknown_says_so(
+    pg: Backend, proxy: Any, fault: str
+) -> None:
+    """The COMMIT was sent (or not) and no answer came: the change may have been recorded.
+    The error says so, with the topic ``commit_unknown`` the agent reconciles on."""
+    store = await connect_store(_through(pg, proxy, busy_timeout=1, lease_seconds=30))
+    try:
+        claim = await _claimed(store)
+        proxy.trap(b"; COMMIT", fault)  # the round trip that commits
+        with pytest.raises(StoreError) as caught:
+            await store.complete(claim, Finished(RunStatus.COMPLETED, SEQUENCE))
+    finally:
+        await store.close()
+    assert proxy.sprung
+    assert caught.value.topic == "commit_unknown"
+    assert "may have been recorded" in str(caught.value)
+    recorded = pg.rows.row(claim.interaction_id)["status"]
+    assert recorded == ("completed" if fault == "lose_reply" else "resuming")
+
+
+async def test_a_connection_lost_between_the_two_round_trips_of_a_write_changes_nothing(
+    pg: Backend, proxy: Any
+) -> None:
+    """The server went away after locking the row and before COMMIT was sent: the
+    transaction died with the connection, and the error says nothing was changed (not
+    "may have been recorded"); doing it again then works."""
+    store = await connect_store(_through(pg, proxy, busy_timeout=1, lease_seconds=30))
+    try:
+        claim = await _claimed(store)
+        proxy.trap(b"FOR UPDATE", "close_after_reply")
+        with pytest.raises(StoreError) as caught:
+            await store.complete(claim, Finished(RunStatus.COMPLETED, SEQUENCE))
+        assert pg.rows.row(claim.interaction_id)["status"] == "resuming"
+        again = await store.complete(claim, Finished(RunStatus.COMPLETED, SEQUENCE))
+    finally:
+        await store.close()
+    assert proxy.sprung
+    assert caught.value.topic == "connection_lost"
+    assert "nothing was changed, retry" in str(caught.value)
+    assert again is not None and again.status is RunStatus.COMPLETED
+
+
+# --------------------------------------------------------------------------- what the database is
+
+
+@pytest.mark.parametrize("encoding", ["SQL_ASCII", "LATIN1"])
+async def test_a_database_not_in_utf8_is_refused_before_anything_is_written(
+    encoding: str,
+) -> None:
+    """SQL_ASCII stores bytes unchecked (text read back differs: a false tampering alarm);
+    LATIN1 cannot hold an em dash (the draft would be lost when it is stored)."""
+    from .pg import SECRET_KEY, PostgresRows, session_server
+
+    options = f"WITH ENCODING '{encoding}' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+    with session_server().database(options) as url:
+        settings = Settings.resolve(env={**os.environ, "COLDMAIL_SECRET_KEY": SECRET_KEY}, db=url)
+        with pytest.raises(StoreError) as caught:
+            await connect_store(settings)
+        rows = PostgresRows(url)
+        try:
+            schema = rows._execute(
+                "SELECT count(*) AS n FROM pg_namespace WHERE nspname = 'coldmail'"
+            ).fetchone()["n"]
+        finally:
+            rows.close()
+    assert f"encoding {encoding}" in str(caught.value) and "UTF8" in str(caught.value)
+    assert schema == 0
+
+
+async def test_text_outside_latin1_round_trips_whatever_the_client_encoding_default(
+    pg: Backend,
+) -> None:
+    """A database (or role) may set client_encoding to LATIN1 by default: the store always
+    talks UTF-8, so an em dash, an emoji and CJK text are stored and read back exactly."""
+    database = urlsplit(pg.db).path.lstrip("/")
+    pg.rows._execute(f"ALTER DATABASE \"{database}\" SET client_encoding TO 'LATIN1'")
+    text = "Acme — 予約 ✉️ naïve"
+    store = await connect_store(pg.settings())
+    try:
+        new = _new()
+        new = NewRun(**{**new.__dict__, "brief": Brief(product=text, offer="x", sender="Dana")})
+        await store.insert_paused(new)
+        shown = await store.get(new.interaction_id)
+    finally:
+        await store.close()
+    assert shown is not None and shown.brief.product == text  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- libpq keyword strings
+
+
+def _keywords(url: str, **extra: str) -> str:
+    """The database of ``url`` as a libpq keyword string, values quoted as libpq wants."""
+    given = {**psycopg.conninfo.conninfo_to_dict(url), **extra}
+    return " ".join(
+        f"{key}='{str(value).replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"
+        for key, value in given.items()
+    )
+
+
+async def test_a_libpq_keyword_string_is_a_postgresql_database(
+    pg: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    keywords = _keywords(pg.db)
+    password = urlsplit(pg.db).password
+    assert password and f"password='{password}'" in keywords
+
+    settings = pg.settings().with_overrides(db=keywords)
+    store = await connect_store(settings)
+    try:
+        paused = await store.insert_paused(_new())
+        shown = [repr(settings), repr(store), store.location]
+    finally:
+        await store.close()
+    assert settings.is_postgres
+    assert pg.rows.row(paused.interaction_id) is not None  # stored on the server
+    assert list(tmp_path.iterdir()) == []  # and no file made of the string
+    assert all(password not in text for text in shown)
+
+
+@pytest.mark.parametrize(
+    "keywords",
+    [
+        "host=/nonexistent-socket-dir dbname=runs password='Hunter2 secret",  # unclosed quote
+        "host=/nonexistent-socket-dir dbname=runs password=Hunter2-secret",  # no server there
+        "dbname=runs password=Hunter2-secret no_such_keyword=1",
+    ],
+)
+def test_a_keyword_string_that_cannot_be_used_is_refused_without_showing_its_password(
+    keywords: str, tmp_path: Path, server: Any
+) -> None:
+    import subprocess
+    import sys
+
+    from .pg import SECRET_KEY
+
+    env = {**os.environ, "COLDMAIL_DB": keywords, "COLDMAIL_SECRET_KEY": SECRET_KEY,
+           "COLDMAIL_PG_POOL_TIMEOUT": "2"}  # fmt: skip
+    coldmail = str(Path(sys.executable).parent / "coldmail")
+    for command in (
+        ["list"],
+        ["start", "--product", "Acme", "--offer", "saves time", "--sender", "Dana"],
+    ):
+        result = subprocess.run(
+            [coldmail, *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert result.returncode in (7, 8), result.stderr
+        assert "Hunter2" not in result.stdout + result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr  # one line
+    assert list(tmp_path.iterdir()) == []  # no SQLite file named after the password

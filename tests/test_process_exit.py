@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import (
@@ -62,6 +64,7 @@ def test_a_sync_agent_left_open_does_not_keep_the_process_alive() -> None:
     assert result.stdout.strip() == "0"
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_refine_exits_and_leaves_the_run_resumable(
     server: ScriptedOpenAIServer, db_path: Path
 ) -> None:

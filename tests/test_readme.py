@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bridgic_coldmail.cli import build_parser
 from bridgic_coldmail.errors import EXIT_CODES
 from bridgic_coldmail.testing import ScriptedOpenAIServer
@@ -16,14 +18,19 @@ from .conftest import PROCESS_TIMEOUT, REPO
 README = (REPO / "README.md").read_text()
 
 
-def test_the_ten_line_example_runs(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_the_ten_line_example_runs(
+    server: ScriptedOpenAIServer, tmp_path: Path, db_path: Path
+) -> None:
     example = re.search(r"```python\n(.*?)```", README, re.S)
     assert example is not None
     code = example.group(1)
     assert len(code.strip().splitlines()) <= 12
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     result = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=tmp_path,  # the example writes snapshots/coldmail.db relative to where it runs
+        cwd=elsewhere,  # the example uses coldmail's database ($COLDMAIL_DB here), not the cwd
         capture_output=True,
         text=True,
         timeout=PROCESS_TIMEOUT,
@@ -32,7 +39,7 @@ def test_the_ten_line_example_runs(server: ScriptedOpenAIServer, tmp_path: Path)
     first, second = result.stdout.splitlines()
     assert re.fullmatch(r"[0-9a-f]{32} A faster way with Acme Scheduler", first)
     assert second == "Acme Scheduler for CTOs at mid-size hospitals"
-    assert (tmp_path / "snapshots" / "coldmail.db").exists()
+    assert db_path.exists() and list(elsewhere.iterdir()) == []
     assert server.count("draft") == 1 and server.count("refine") == 1
 
 

@@ -288,6 +288,7 @@ async def test_racing_decisions_apply_once(
     assert server.count("revise") == 1
 
 
+@pytest.mark.slow
 def test_a_resumer_killed_mid_revise_is_recovered_after_its_lease(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:

@@ -105,8 +105,7 @@ async def test_unwritable_folder_is_a_clear_error(read_only_folder: Path) -> Non
 
 
 async def test_database_locked_past_the_busy_timeout(db_path: Path, brief: Brief) -> None:
-    async with ColdMailAgent.open(db_path):
-        pass
+    await (await SqliteRunStore.connect(db_path)).close()  # an empty database
     with SqliteRows(db_path).lock():
         with pytest.raises(StoreError, match=r"locked by another process for more than 0\.2 s"):
             async with ColdMailAgent.open(db_path, busy_timeout=0.2, lease_seconds=1):

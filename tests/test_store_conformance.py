@@ -126,6 +126,18 @@ async def test_list_is_newest_first_with_paging_and_filter(
     assert len(await store.list(RunStatus.AWAITING_FEEDBACK)) == 4
 
 
+async def test_counts_are_per_status_and_cover_every_run(store: RunStore) -> None:
+    assert await store.counts() == {}
+    ids = [(await store.insert_paused(_new())).interaction_id for _ in range(3)]
+    await store.complete(await _claim(store, ids[0]), Finished(RunStatus.COMPLETED, _sequence("f")))
+    await _claim(store, ids[1])  # held: resuming
+    assert await store.counts() == {
+        RunStatus.AWAITING_FEEDBACK: 1,
+        RunStatus.RESUMING: 1,
+        RunStatus.COMPLETED: 1,
+    }
+
+
 async def test_history_records_each_step_with_its_round_and_actor(store: RunStore) -> None:
     new = await store.insert_paused(_new(review=True))
     rid = new.interaction_id

@@ -374,6 +374,7 @@ def test_create_app_takes_settings_not_a_database_path(db_path: Path) -> None:
         create_app(db_path)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_public_address_without_a_token() -> None:
     result = run_cli("serve", "--host", "0.0.0.0", "--port", "8765")
     assert result.returncode == 7

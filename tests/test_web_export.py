@@ -4,11 +4,19 @@ copy of the list left on the server."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import html
 import io
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,10 +24,13 @@ import httpx
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent
-from bridgic_coldmail.settings import DEFAULT_MAX_BODY_BYTES
+from bridgic_coldmail.errors import ConfigurationError
+from bridgic_coldmail.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES, Settings
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
+from bridgic_coldmail.web.uploads import export_too_large
 
 from .test_web import BASE, FEEDBACK, csrf, settings_for, web_client
+from .test_web_errors import bad_input_row
 from .test_web_review import at_review
 
 SHOUTING = json.dumps(
@@ -145,17 +156,81 @@ async def test_the_export_can_be_json(
     ]
 
 
-async def test_rows_that_cannot_be_sent_are_left_out_and_counted(
+def leave_out_of(page: str) -> str:
+    """The export form's acknowledgement of the left-out rows the page listed."""
+    match = re.search(r'name="leave_out" value="([^"]*)"', page)
+    assert match, "the page has no export form"
+    return match.group(1)
+
+
+def visible(page: str) -> str:
+    """A page's text as a reader sees it (each element's text apart)."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+LEFT_OUT = (
+    b"Email,First Name\nann@example.com,Ann\nnot-an-email,Bob\n"
+    b"ann@example.com,Ann again\ncid@example.com,Cid\n"
+)
+"""Two leads that can be sent (rows 2 and 5) and two that cannot (rows 3 and 4)."""
+
+
+async def test_leads_left_out_are_listed_with_why_before_the_download(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    shown = await upload(client, interaction_id, LEFT_OUT)
+    assert shown.status_code == 200 and shown.headers["content-type"].startswith("text/html")
+    text = visible(shown.text)
+    assert "2 leads can be exported; 2 cannot be sent and will be left out:" in text
+    assert "3 not-an-email" in text and "4 ann@example.com" in text and "duplicate" in text
+    assert "Nothing was downloaded yet" in text
+    assert list(temp_dir.iterdir()) == []
+    downloaded = await upload(client, interaction_id, LEFT_OUT, leave_out=leave_out_of(shown.text))
+    rows = list(csv.DictReader(io.StringIO(downloaded.text)))
+    assert [r["Email"] for r in rows] == ["ann@example.com", "cid@example.com"]
+    assert downloaded.headers["x-coldmail-rows-skipped"] == "2"
+    assert list(temp_dir.iterdir()) == []
+
+
+async def test_a_download_needs_the_left_out_rows_of_this_list_to_have_been_shown(
     client: httpx.AsyncClient, db_path: Path, brief: Brief
 ) -> None:
     interaction_id = await completed(db_path, brief)
-    content = b"Email,First Name\nann@example.com,Ann\nnot-an-email,Bob\n"
-    answer = await upload(client, interaction_id, content)
-    rows = list(csv.DictReader(io.StringIO(answer.text)))
-    assert ([r["Email"] for r in rows], answer.headers["x-coldmail-rows-skipped"]) == (
-        ["ann@example.com"],
-        "1",
-    )
+    shown = await upload(client, interaction_id, LEFT_OUT)
+    other = LEFT_OUT + b"also-not-an-email,Dee\n"
+    answer = await upload(client, interaction_id, other, leave_out=leave_out_of(shown.text))
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "6 also-not-an-email" in visible(answer.text)
+    assert leave_out_of(answer.text) != leave_out_of(shown.text)
+    forged = await upload(client, interaction_id, LEFT_OUT, leave_out="x" * 64)
+    assert forged.headers["content-type"].startswith("text/html")
+
+
+async def test_a_list_without_left_out_leads_downloads_at_once_and_a_check_only_reports(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    checked = await upload(client, interaction_id, lead_list(5), check="1")
+    assert checked.status_code == 200 and checked.headers["content-type"].startswith("text/html")
+    assert "All 5 leads can be exported." in visible(checked.text)
+    assert re.search(r'id="export-report"[^>]* data-leave-out="[0-9a-f]{64}"', checked.text)
+    refused = await upload(client, interaction_id, b"Email\nnot-an-email\n", check="1")
+    assert refused.status_code == 422 and "Nothing was exported" in refused.text
+    downloaded = await upload(client, interaction_id, lead_list(5))
+    assert downloaded.headers["content-type"] == "text/csv; charset=utf-8"
+
+
+async def test_many_left_out_leads_are_all_named(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    bad = "".join(f"bad{n},Name\n" for n in range(300)).encode()
+    shown = visible((await upload(client, interaction_id, lead_list(2) + bad)).text)
+    assert "2 leads can be exported; 300 cannot be sent and will be left out:" in shown
+    # Rows 4 to 103 in the table, with the address and why; the 200 others by number.
+    assert "103 bad99 'bad99' is not a valid email address" in shown and "bad100" not in shown
+    assert "The other 200 rows left out: 104, 105," in shown and ", 302, 303." in shown
 
 
 async def test_when_nothing_can_be_exported_the_page_lists_the_rows_and_why(
@@ -304,6 +379,150 @@ async def test_the_upload_limit_is_only_for_the_export(
             headers={"Content-Type": "application/json"},
         )
     assert refused.status_code == 413 and "COLDMAIL_MAX_BODY_BYTES" in refused.text
+
+
+# ---------------------------------------------------------------------------- the export's limit
+
+
+def test_the_export_limit_follows_the_upload_limit_unless_it_is_set() -> None:
+    assert Settings.resolve(env={}).export_limit == 16 * DEFAULT_MAX_UPLOAD_BYTES
+    one_mib = {"COLDMAIL_MAX_UPLOAD_BYTES": str(2**20)}
+    assert Settings.resolve(env=one_mib).export_limit == 16 * 2**20
+    set_alone = {**one_mib, "COLDMAIL_MAX_EXPORT_BYTES": "2048"}
+    assert Settings.resolve(env=set_alone).export_limit == 2048
+    for wrong in ("1023", "lots", "-5", str(2**50)):
+        with pytest.raises(ConfigurationError, match="COLDMAIL_MAX_EXPORT_BYTES="):
+            Settings.resolve(env={"COLDMAIL_MAX_EXPORT_BYTES": wrong})
+
+
+async def test_an_export_over_its_limit_is_refused_by_the_page_and_the_api_leaving_nothing(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    leads = lead_list(60)
+    async with web_client(settings_for(db_path)) as client:
+        size = len((await upload(client, interaction_id, leads)).content)
+    message = (
+        f"the export is larger than {size - 1} bytes, the limit (COLDMAIL_MAX_EXPORT_BYTES); "
+        "nothing was exported: export the leads in smaller lists, or raise the limit"
+    )
+    async with web_client(settings_for(db_path, max_export_bytes=size - 1)) as client:
+        page = await upload(client, interaction_id, leads)
+        api = await client.post(
+            f"/api/runs/{interaction_id}/export",
+            content=leads,
+            headers={"Content-Type": "text/csv"},
+        )
+        checked = await upload(client, interaction_id, leads, check="1")
+    assert page.status_code == 422 and html.escape(message, quote=False) in page.text
+    assert api.status_code == 422
+    assert api.json()["error"] == {"type": "InvalidInput", "message": message}
+    assert checked.status_code == 422
+    async with web_client(settings_for(db_path, max_export_bytes=size)) as client:
+        exact = await upload(client, interaction_id, leads)
+    assert exact.status_code == 200 and len(exact.content) == size
+    assert list(temp_dir.iterdir()) == []
+
+
+HANG_GUARD = 120.0
+"""Seconds a request to the served app may take: a guard, not a timing assertion."""
+
+
+def test_the_readmes_row_for_an_export_over_its_limit_is_the_message() -> None:
+    _, error, message = bad_input_row("an export over `COLDMAIL_MAX_EXPORT_BYTES` (web export)")
+    assert error == "HTTP 422 `InvalidInput`"
+    assert message.strip("`") == export_too_large(Settings.resolve(env={}).export_limit)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _held_exports(pid: int) -> list[int]:
+    """The sizes of the deleted export files the server process still holds open."""
+    sizes = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+            if "coldmail-export-" in target and target.endswith("(deleted)"):
+                sizes.append(os.stat(fd).st_size)
+        except OSError:
+            continue  # closed meanwhile
+    return sizes
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see open files")
+async def test_a_slow_reader_holds_at_most_the_limit_and_nothing_once_it_is_gone(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    watched = tmp_path / "serve-tmp"
+    watched.mkdir()
+    leads = lead_list(60_000)
+    limit = 24 * 2**20
+    port = _free_port()
+    env = {**os.environ, "TMPDIR": str(watched), "COLDMAIL_MAX_EXPORT_BYTES": str(limit)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridgic_coldmail", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "the server did not start"
+                time.sleep(0.1)
+        over = await asyncio.to_thread(_post_export, port, interaction_id, lead_list(100_000))
+        assert over.startswith(b"HTTP/1.1 422") and b"COLDMAIL_MAX_EXPORT_BYTES" in over
+        assert list(watched.iterdir()) == []
+        # A reader that takes the headers and one chunk, then stalls.
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect(("127.0.0.1", port))
+        reader.sendall(_export_request(port, interaction_id, leads))
+        head = reader.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        held: list[int] = []
+        for _ in range(300):
+            held = _held_exports(proc.pid)
+            if held:
+                break
+            await asyncio.sleep(0.1)
+        assert held and all(size <= limit for size in held)
+        assert list(watched.iterdir()) == []  # the folder went before the answer started
+        reader.close()
+        for _ in range(300):
+            if not _held_exports(proc.pid):
+                break
+            await asyncio.sleep(0.1)
+        assert _held_exports(proc.pid) == [], "the export stayed open after the reader left"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _export_request(port: int, interaction_id: str, leads: bytes) -> bytes:
+    head = (
+        f"POST /api/runs/{interaction_id}/export HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: text/csv\r\nContent-Length: {len(leads)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + leads
+
+
+def _post_export(port: int, interaction_id: str, leads: bytes) -> bytes:
+    """The whole answer to an API export, read at once."""
+    with socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD) as conn:
+        conn.sendall(_export_request(port, interaction_id, leads))
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
 
 
 # ---------------------------------------------------------------------------- the API's export

@@ -5,6 +5,7 @@ fit, and CSRF- and Origin-protected."""
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -85,7 +86,69 @@ async def test_the_review_tab_says_the_round(
 ) -> None:
     await at_review(db_path, brief)
     page = (await client.get("/?tab=review")).text
-    assert 'class="active">Awaiting review</a>' in page and "<td>1 of 5</td>" in page
+    assert 'class="active">Awaiting review <span class="count">(1)</span></a>' in page
+    assert "<td>1 of 5</td>" in page
+
+
+def visible(page: str) -> str:
+    """A page's text as a reader sees it: no tags, entities decoded, spaces collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", page)).split())
+
+
+async def test_the_tabs_count_their_runs(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    async with ColdMailAgent.open(db_path) as agent:
+        for _ in range(3):
+            await agent.start(brief, review=True)
+    reviewing, approved = [await at_review(db_path, brief) for _ in range(2)]
+    async with ColdMailAgent.open(db_path) as agent:
+        await agent.approve(approved)
+    for tab in ("awaiting", "review", "completed", "rejected"):
+        text = visible((await client.get(f"/?tab={tab}")).text)
+        assert "Waiting for feedback (3) Awaiting review (1) Completed (1) Rejected (0)" in text
+
+
+async def test_the_list_shows_the_audience_the_reviewer_gave_not_only_the_guess(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    async with ColdMailAgent.open(db_path) as agent:
+        waiting = (await agent.start(brief, review=True)).interaction_id
+        guessless = (await agent.start(brief.model_copy(update={"audience": None}))).interaction_id
+    reviewing = await at_review(db_path, brief)
+    long_feedback = "Ceramics program coordinators at community colleges " + "with kilns " * 170
+    async with ColdMailAgent.open(db_path) as agent:
+        pending = await agent.start(brief, review=True)
+        detailed = (await agent.resume(pending.interaction_id, long_feedback)).interaction_id
+    awaiting = visible((await client.get("/")).text)
+    assert "Audience" in awaiting and f"guess: {brief.audience}" in awaiting
+    assert waiting in (await client.get("/")).text and guessless in (await client.get("/")).text
+    review = (await client.get("/?tab=review")).text
+    row = re.search(rf'<tr>\s*<td><a href="/runs/{reviewing}">.*?</tr>', review, re.S)
+    assert row and FEEDBACK in row.group(0) and "guess" not in visible(row.group(0))
+    detailed_row = re.search(rf'<tr>\s*<td><a href="/runs/{detailed}">.*?</tr>', review, re.S)
+    assert detailed_row and "Ceramics program coordinators at community colleges" in (
+        detailed_row.group(0)
+    )
+    assert len(detailed_row.group(0)) < 1000  # a long feedback is clipped in the list
+    assert "…" in visible(detailed_row.group(0))
+
+
+async def test_the_follow_up_is_shown_as_the_reply_the_export_makes_of_it(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await at_review(db_path, brief)
+    run = await stored_run(db_path, interaction_id)
+    assert run.sequence is not None
+    opener, follow_up = run.sequence.opener.subject, run.sequence.follow_up.subject
+    reply = f"Subject: (sent as a reply to email 1: Re: {opener})"
+    own = f"Its own subject, “{follow_up}”, is not exported"
+    under_review = visible((await client.get(f"/runs/{interaction_id}")).text)
+    assert reply in under_review and own in under_review
+    async with ColdMailAgent.open(db_path) as agent:
+        await agent.approve(interaction_id)
+    completed = visible((await client.get(f"/runs/{interaction_id}")).text)
+    assert completed.count(reply) >= 1 and own in completed
 
 
 # ---------------------------------------------------------------------------- a new run
@@ -542,3 +605,54 @@ async def test_an_api_decision_that_is_not_json_is_415(
     rid = await at_review(db_path, brief)
     refused = await client.post(f"/api/runs/{rid}/approve", data={"round": "1"})
     assert refused.status_code == 415
+
+
+@pytest.mark.parametrize("round", ["²", "١", "１", "1²", "0x1", "-1", "1e3"])
+async def test_a_round_that_is_not_ascii_digits_is_refused_on_the_page(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, round: str
+) -> None:
+    interaction_id = await at_review(db_path, brief)
+    fields = await form(client, interaction_id)
+    for action, extra in (("approve", {}), ("reject", {"reason": "no"})):
+        answer = await client.post(
+            f"/runs/{interaction_id}/{action}",
+            data={**fields, **extra, "round": round},
+            headers={"Origin": BASE},
+        )
+        assert answer.status_code == 422, (action, round)
+        assert "the form&#39;s round is not a number; reload the run page" in answer.text
+        assert answer.headers["cache-control"] == "no-store"
+    run = await stored_run(db_path, interaction_id)
+    assert (run.status, run.round) == (RunStatus.AWAITING_REVIEW, 1)
+
+
+@pytest.mark.parametrize("round", ["²", "١", "1", 1.0, True, [1]])
+async def test_a_round_that_is_not_a_json_integer_is_refused_by_the_api(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, round: object
+) -> None:
+    interaction_id = await at_review(db_path, brief)
+    answer = await client.post(f"/api/runs/{interaction_id}/approve", json={"round": round})
+    assert answer.status_code == 422
+    assert answer.json()["error"]["type"] == "InvalidInput"
+    assert answer.json()["error"]["message"].startswith("invalid request: round:")
+    assert (await stored_run(db_path, interaction_id)).status is RunStatus.AWAITING_REVIEW
+
+
+async def test_an_edit_whose_days_are_not_ascii_digits_keeps_what_was_typed(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await at_review(db_path, brief)
+    fields = await form(client, interaction_id)
+    typed = {
+        "opener_subject": "Hello",
+        "opener_body": "Hi there",
+        "follow_up_subject": "Again",
+        "follow_up_body": "Hi again",
+        "follow_up_wait_days": "³",
+    }
+    answer = await client.post(
+        f"/runs/{interaction_id}/edit", data={**fields, **typed}, headers={"Origin": BASE}
+    )
+    assert answer.status_code == 422 and "wait_days" in answer.text
+    assert 'name="follow_up_wait_days" required min="1" max="90" value="³"' in answer.text
+    assert (await stored_run(db_path, interaction_id)).round == 1

@@ -240,6 +240,57 @@ async def test_security_headers_are_on_every_response(
     assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
 
 
+async def test_nothing_that_carries_run_data_may_be_stored_by_a_cache(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await paused(db_path, brief)
+    page = await client.get(f"/runs/{interaction_id}")
+    token = csrf(page.text)
+    answers = {
+        "inbox": await client.get("/?tab=awaiting"),
+        "run page": page,
+        "new run form": await client.get("/runs/new"),
+        "api list": await client.get("/api/runs"),
+        "api run": await client.get(f"/api/runs/{interaction_id}"),
+        "api 404": await client.get("/api/runs/0123456789abcdef0123456789abcdef"),
+        "page 404": await client.get("/runs/0123456789abcdef0123456789abcdef"),
+        "api 409 with the run's state": await client.post(
+            f"/api/runs/{interaction_id}/approve", json={}
+        ),
+        "page 409 with the run": await client.post(
+            f"/runs/{interaction_id}/approve",
+            data={"csrf_token": token, "round": "1"},
+            headers={"Origin": "http://127.0.0.1:8000"},
+        ),
+        "page 422 with the run": await client.post(
+            f"/runs/{interaction_id}/feedback",
+            data={"csrf_token": token, "feedback": " "},
+            headers={"Origin": "http://127.0.0.1:8000"},
+        ),
+        "openapi": await client.get("/openapi.json"),
+        "unexpected host": await client.get("/", headers=EVIL),
+    }
+    statuses = {name: answer.status_code for name, answer in answers.items()}
+    assert statuses == {
+        "inbox": 200,
+        "run page": 200,
+        "new run form": 200,
+        "api list": 200,
+        "api run": 200,
+        "api 404": 404,
+        "page 404": 404,
+        "api 409 with the run's state": 409,
+        "page 409 with the run": 409,
+        "page 422 with the run": 422,
+        "openapi": 200,
+        "unexpected host": 421,
+    }
+    uncached = {name: a.headers.get("cache-control") for name, a in answers.items()}
+    assert uncached == {name: "no-store" for name in answers}
+    # Static files carry no run data: a browser may keep them.
+    assert (await client.get("/static/style.css")).headers.get("cache-control") != "no-store"
+
+
 # ---------------------------------------------------------------------------- body limit
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import builtins
 import json
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -247,6 +247,10 @@ class RunStore(Protocol):
         """Runs newest first (damaged rows included, never hidden)."""
         ...
 
+    async def counts(self) -> dict[RunStatus, int]:
+        """How many runs each status has (statuses without runs left out)."""
+        ...
+
     async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
         """The run's events oldest first; a TAMPERED refusal if they were altered."""
         ...
@@ -280,6 +284,13 @@ class RunStore(Protocol):
     async def close(self) -> None:
         """Release connections (idempotent)."""
         ...
+
+
+def status_counts(rows: Iterable[tuple[str, int]]) -> dict[RunStatus, int]:
+    """``SELECT status, COUNT(*) … GROUP BY status`` as a mapping; a status this release does
+    not know (an altered row) is left out, as no tab lists it."""
+    known = {status.value: status for status in RunStatus}
+    return {known[name]: int(count) for name, count in rows if name in known}
 
 
 # --------------------------------------------------------------------------- rows

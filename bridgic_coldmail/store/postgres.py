@@ -32,6 +32,16 @@ Design notes:
   server's ``synchronous_commit`` (on by default); a claim, a renewal and a release with
   ``synchronous_commit = off``, since losing one to a crash only leaves the run claimable
   again (the WAL is sequential: a result's commit flushes the claim before it).
+* **Faults.** A restart closes every pooled connection: the pool's ``check`` finds one closed
+  without a round trip (end of stream on its socket) and drains the pool. A round trip that
+  commits nothing (a read, a write's first one) or may run twice (a lease renewal) is sent
+  again on a fresh connection when its own turns out lost; one that commits never is, and a
+  lost answer to it is a ``StoreError`` with the topic ``commit_unknown``. Every call has a
+  deadline: the server's ``statement_timeout`` and ``lock_timeout`` bound its work, and a
+  watchdog shuts the socket down when no answer came in time (a stalled proxy acknowledges
+  every packet, so no TCP timeout fires, and cancelling the task would make psycopg wait for
+  a cancel). psycopg's own log records go to a ``NullHandler`` (an application's logging
+  still gets them), never to a command-line user's terminal.
 * **Errors by SQLSTATE**, never by message text; connection failures (which carry no
   SQLSTATE) pass libpq's reason through. The password of the URL never appears in a
   message, a log line or a ``repr``: messages show the URL redacted, and libpq's text is
@@ -40,18 +50,30 @@ Design notes:
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import logging
 import math
 import re
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+import select
+import socket
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ColdmailError, ConfigurationError, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
-from ..settings import Settings, redact_url
+from ..settings import Settings, is_libpq_keywords, redact_url
 from ..signing import KeySource, SnapshotSigner, load_signer
 from .base import (
     EVENT_COLUMNS,
@@ -78,6 +100,7 @@ from .base import (
     plan_release,
     recorded,
     run_from_row,
+    status_counts,
 )
 from .postgres_migrations import (
     EXPECTED_RELATIONS,
@@ -116,6 +139,20 @@ _SELECT_EVENTS = (
 _INSERT_EVENT_ROW = f"({', '.join('%s' for _ in range(len(EVENT_COLUMNS) + 1))})"
 
 Connection = AsyncConnection[DictRow]
+T = TypeVar("T")
+
+# psycopg and its pool log what they do about connections (a failed reconnection attempt,
+# a discarded broken connection) as warnings. The store reports what matters to the caller
+# as a StoreError; without this handler Python would print each of those records on a
+# command-line user's terminal. An application that configures logging still gets them.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
+NETWORK_ALLOWANCE = 2.0
+"""Seconds allowed for the network on top of what the server may spend on a round trip."""
+ROUND_TRIPS = 2
+"""Round trips of the longest store call (a write: lock and read; write and commit)."""
+_ATTEMPTS = 3
+"""Tries of a round trip that cannot have committed anything, when its connection is lost."""
 
 
 class PostgresRunStore:
@@ -138,6 +175,12 @@ class PostgresRunStore:
         self.busy_timeout = settings.busy_timeout
         self.pool_size = settings.pool_size
         self.pool_timeout = settings.pool_timeout
+        self.statement_timeout = settings.statement_timeout
+        self.answer_timeout = _answer_timeout(settings)
+        """Seconds a round trip may wait for the server's answer before its connection is
+        dropped (the server's own limits, plus :data:`NETWORK_ALLOWANCE`)."""
+        self.call_timeout = self.pool_timeout + ROUND_TRIPS * self.answer_timeout
+        """Every call ends within this many seconds (with a ``StoreError`` at worst)."""
 
     def __repr__(self) -> str:
         return f"PostgresRunStore({self.location!r}, pool_size={self.pool_size})"
@@ -162,11 +205,29 @@ class PostgresRunStore:
         with errors.mapped(connecting=True):
             first = await AsyncConnection.connect(url, **options)
         try:
-            with errors.mapped():
-                await _configure(first)
-                signer = await _migrate(first, shown, keys, settings)
+            # Opening waits for other hosts' migrations (up to its lock timeout), then runs
+            # its statements: a server that stops answering meanwhile is given up on too.
+            limit = _migration_lock_timeout(settings) + _answer_timeout(settings)
+            watchdog = _Watchdog(first, limit)
+            try:
+                with errors.mapped(), watchdog:
+                    await _configure(first)
+                    signer = await _migrate(first, shown, keys, settings)
+            except StoreError:
+                if watchdog.fired:
+                    raise StoreError(errors.no_answer(limit, committing=False)) from None
+                raise
         finally:
             await first.close()
+
+        async def check(conn: Connection) -> None:
+            """The pool's check of an idle connection before it hands it out (no round
+            trip): one the server closed is discarded, and so is every other connection
+            from before, since a server restart or a failover closed them all."""
+            if _closed_by_server(conn):
+                await pool.drain()
+                raise psycopg.OperationalError("the server closed this connection")
+
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
             connection_class=AsyncConnection[DictRow],
@@ -174,7 +235,12 @@ class PostgresRunStore:
             min_size=1,
             max_size=settings.pool_size,
             timeout=settings.pool_timeout,
+            # The pool retries a failed connection with a doubling delay, and after an
+            # outage its next try could come later than a caller waits: give up sooner, so
+            # that a caller's wait starts a new try at once.
+            reconnect_timeout=settings.pool_timeout,
             configure=_configure,
+            check=check,
             name="coldmail",
             open=False,
         )
@@ -193,33 +259,50 @@ class PostgresRunStore:
     # ------------------------------------------------------------------ plumbing
 
     @asynccontextmanager
-    async def _transaction(self, *, durable: bool = True) -> AsyncIterator[_Tx]:
-        """A pooled connection in one transaction, rolled back unless finished."""
-        errors = _ErrorContext(self.location, self._secrets, self.busy_timeout, self.pool_timeout)
-        with errors.mapped():
-            async with self._pool.connection() as conn:
-                tx = _Tx(conn, self._begin(durable))
-                try:
-                    yield tx
-                finally:
-                    await tx.end()
+    async def _transaction(
+        self, *, durable: bool = True, idempotent: bool = False
+    ) -> AsyncIterator[_Tx]:
+        """A pooled connection in one transaction, rolled back unless finished.
+
+        ``idempotent``: running its one round trip twice does no harm (a lease renewal), so
+        it is sent again on a fresh connection when the first one is lost.
+        """
+        call = self._call()
+        with call.errors.mapped():
+            tx = _Tx(call, self._begin(durable), idempotent=idempotent)
+            try:
+                yield tx
+            finally:
+                await call.end()
 
     def _begin(self, durable: bool) -> tuple[str, list[Any]]:
         settings = [
             "pg_catalog.set_config('lock_timeout', %s, true)",
+            "pg_catalog.set_config('statement_timeout', %s, true)",
             "pg_catalog.set_config('idle_in_transaction_session_timeout', %s, true)",
         ]
         if not durable:
             settings.append("pg_catalog.set_config('synchronous_commit', 'off', true)")
-        values = [_milliseconds(self.busy_timeout), _milliseconds(max(self.lease_seconds, 10))]
+        values = [
+            _milliseconds(self.busy_timeout),
+            _milliseconds(self.busy_timeout + self.statement_timeout),
+            _milliseconds(max(self.lease_seconds, 10)),
+        ]
         return f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {', '.join(settings)}", values
 
-    @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[Connection]:
+    async def _read(self, send: Callable[[Connection], Awaitable[T]]) -> T:
+        """``send`` on a pooled connection; it writes nothing, so it is sent again on a
+        fresh connection when the first one is lost."""
+        call = self._call()
+        with call.errors.mapped():
+            try:
+                return await call.send(send, retry=True, commits=False)
+            finally:
+                await call.end()
+
+    def _call(self) -> _Call:
         errors = _ErrorContext(self.location, self._secrets, self.busy_timeout, self.pool_timeout)
-        with errors.mapped():
-            async with self._pool.connection() as conn:
-                yield conn
+        return _Call(self._pool, errors, self.pool_timeout, self.answer_timeout, self.call_timeout)
 
     # ------------------------------------------------------------------ writes
 
@@ -271,7 +354,7 @@ class PostgresRunStore:
 
     async def renew(self, claim: Claim) -> datetime | None:
         """Extend the lease from the server's now; None when the claim was lost."""
-        async with self._transaction(durable=False) as tx:
+        async with self._transaction(durable=False, idempotent=True) as tx:
             renewed = await tx.only(
                 "UPDATE coldmail.runs SET claim_expires_at = pg_catalog.clock_timestamp() + %s "
                 "WHERE interaction_id = %s AND claim_token = %s AND status = 'resuming' "
@@ -388,9 +471,12 @@ class PostgresRunStore:
         """The run, a ``DamagedRun`` when it cannot be shown, or None."""
         if not _storable(interaction_id):
             return None
-        async with self._reading() as conn:
+
+        async def fetch(conn: Connection) -> DictRow | None:
             cursor = await conn.execute(_SELECT_ROW, [interaction_id])
-            found = await cursor.fetchone()
+            return await cursor.fetchone()
+
+        found = await self._read(fetch)
         return None if found is None else decode_row(_normalized(found), self._signer)
 
     async def list(
@@ -402,10 +488,25 @@ class PostgresRunStore:
             f"SELECT {_COLUMNS} FROM coldmail.runs {where} "
             "ORDER BY created_at DESC, interaction_id DESC LIMIT %s OFFSET %s"
         )
-        async with self._reading() as conn:
+
+        async def fetch(conn: Connection) -> builtins.list[DictRow]:
             cursor = await conn.execute(query, [*params, limit, offset])
-            rows = await cursor.fetchall()
+            return await cursor.fetchall()
+
+        rows = await self._read(fetch)
         return [decode_row(_normalized(row), self._signer) for row in rows]
+
+    async def counts(self) -> dict[RunStatus, int]:
+        """How many runs each status has."""
+
+        async def fetch(conn: Connection) -> builtins.list[DictRow]:
+            cursor = await conn.execute(
+                "SELECT status, COUNT(*) AS n FROM coldmail.runs GROUP BY status"
+            )
+            return await cursor.fetchall()
+
+        rows = await self._read(fetch)
+        return status_counts((row["status"], row["n"]) for row in rows)
 
     async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
         """The run's events, oldest first; a TAMPERED refusal when they were altered.
@@ -415,9 +516,10 @@ class PostgresRunStore:
         """
         if not _storable(interaction_id):
             return None
-        async with self._reading() as conn:
+
+        async def fetch(conn: Connection) -> builtins.list[builtins.list[dict[str, Any]] | None]:
             try:
-                results = await _script(
+                return await _script(
                     conn,
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
                     f"{_SELECT_ROW}; {_SELECT_EVENTS}; COMMIT",
@@ -425,6 +527,8 @@ class PostgresRunStore:
                 )
             finally:
                 await _rollback_unless_idle(conn)
+
+        results = await self._read(fetch)
         found, events = results[1] or [], results[2] or []
         if not found:
             return None
@@ -436,32 +540,208 @@ class PostgresRunStore:
 
 
 class _Tx:
-    """One transaction on one connection, sent in (at most) two round trips."""
+    """One transaction on one connection, sent in (at most) two round trips.
 
-    def __init__(self, conn: Connection, begin: tuple[str, list[Any]]) -> None:
-        self._conn = conn
+    The first round trip (:meth:`open`) commits nothing, so when its connection turns out
+    lost it is sent again on a fresh one; the one that commits (:meth:`finish`, :meth:`only`)
+    is never sent twice, unless the transaction is idempotent: a lost answer to it is a
+    ``StoreError`` with the topic ``commit_unknown``.
+    """
+
+    def __init__(self, call: _Call, begin: tuple[str, list[Any]], *, idempotent: bool) -> None:
+        self._call = call
         self._begin = begin
+        self._idempotent = idempotent
 
     async def open(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """BEGIN, the transaction's settings and ``query``, in one round trip; its rows."""
         begin, values = self._begin
-        results = await _script(self._conn, f"{begin}; {query}", [*values, *params])
+        results = await self._call.send(
+            lambda conn: _script(conn, f"{begin}; {query}", [*values, *params]),
+            retry=True,
+            commits=False,
+        )
         return results[-1] or []
 
     async def only(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """BEGIN, the settings, ``query`` and COMMIT, in one round trip; its rows."""
         begin, values = self._begin
-        results = await _script(self._conn, f"{begin}; {query}; COMMIT", [*values, *params])
+        results = await self._call.send(
+            lambda conn: _script(conn, f"{begin}; {query}; COMMIT", [*values, *params]),
+            retry=self._idempotent,
+            commits=True,
+        )
         return results[-2] or []
 
     async def finish(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """The writes and COMMIT, in one round trip."""
         script = "; ".join([*(sql for sql, _ in statements), "COMMIT"])
-        await _script(self._conn, script, [v for _, values in statements for v in values])
+        params = [v for _, values in statements for v in values]
+        await self._call.send(lambda conn: _script(conn, script, params), retry=False, commits=True)
+
+
+class _Call:
+    """One store call: the pooled connection it holds, and its deadline. Every wait in it —
+    for a connection, for each answer — ends by then; a round trip that cannot have
+    committed anything is sent again on a fresh connection when its connection is lost."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Connection],
+        errors: _ErrorContext,
+        pool_timeout: float,
+        answer_timeout: float,
+        call_timeout: float,
+    ) -> None:
+        self.errors = errors
+        self._pool = pool
+        self._pool_timeout = pool_timeout
+        self._answer_timeout = answer_timeout
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + call_timeout
+        self._conn: Connection | None = None
+
+    async def send(
+        self, send: Callable[[Connection], Awaitable[T]], *, retry: bool, commits: bool
+    ) -> T:
+        """``send`` on the call's connection, within the time left for one answer.
+
+        Raises:
+            StoreError: no answer in time; or the connection was lost during a round trip
+                that commits (topic ``commit_unknown``), or during any round trip once the
+                retries or the time ran out.
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            conn = await self._connection()
+            in_transaction = conn.info.transaction_status != pq.TransactionStatus.IDLE
+            if _closed_by_server(conn):  # found closed before anything was sent on it
+                if not in_transaction and attempt < _ATTEMPTS and self._time_left():
+                    await self._replace()
+                    continue
+                raise StoreError(self.errors.lost_before_commit(), topic="connection_lost")
+            limit = min(self._answer_timeout, max(self._deadline - self._loop.time(), 0.001))
+            watchdog = _Watchdog(conn, limit)
+            try:
+                with watchdog:
+                    return await send(conn)
+            except psycopg.Error as exc:
+                if watchdog.fired:
+                    raise StoreError(
+                        self.errors.no_answer(limit, committing=commits),
+                        topic="commit_unknown" if commits else None,
+                    ) from None
+                if not conn.closed:
+                    raise  # the server answered: an error with its SQLSTATE
+                if retry and attempt < _ATTEMPTS and self._time_left():
+                    await self._replace()
+                    continue
+                if commits:
+                    raise StoreError(self.errors.lost_commit(exc), topic="commit_unknown") from None
+                raise StoreError(self.errors.message(exc), topic="connection_lost") from None
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def end(self) -> None:
-        """Roll back whatever was not committed (a refusal, or an error)."""
-        await _rollback_unless_idle(self._conn)
+        """Roll back whatever was not committed (a refusal, or an error), then give the
+        connection back to the pool."""
+        if self._conn is None:
+            return
+        try:
+            await self.send(_rollback_unless_idle, retry=False, commits=False)
+        except (StoreError, psycopg.Error):
+            pass  # a broken connection: the pool discards it, the server rolls back
+        finally:
+            await self._give_back()
+
+    async def _connection(self) -> Connection:
+        if self._conn is None:
+            left = self._deadline - self._loop.time()
+            if left <= 0:
+                raise PoolTimeout("the call ran out of time")
+            self._conn = await self._pool.getconn(timeout=min(self._pool_timeout, left))
+        return self._conn
+
+    async def _give_back(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.putconn(conn)
+
+    async def _replace(self) -> None:
+        """Give the lost connection back (the pool replaces it) and drain the pool: the
+        others were likely cut off with it (a restart, a failover, a network failure)."""
+        await self._give_back()
+        await self._pool.drain()
+
+    def _time_left(self) -> bool:
+        return self._loop.time() < self._deadline
+
+
+class _Watchdog:
+    """Drops the connection if no answer came within ``limit`` seconds: its socket is shut
+    down, so the round trip fails at once as if the server had closed it.
+
+    Neither the server's timeouts (a server that stopped answering sends nothing) nor TCP's
+    (a proxy in between acknowledges every packet) end such a wait; and cancelling the
+    waiting task would make psycopg try to cancel the query over another connection and
+    wait for that too."""
+
+    def __init__(self, conn: Connection, limit: float) -> None:
+        self._conn = conn
+        self._limit = limit
+        self._timer: asyncio.TimerHandle | None = None
+        self.fired = False
+
+    def __enter__(self) -> _Watchdog:
+        self._timer = asyncio.get_running_loop().call_later(self._limit, self._drop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _drop(self) -> None:
+        self.fired = True
+        _shut_down(self._conn)
+
+
+def _shut_down(conn: Connection) -> None:
+    """Shut the connection's socket down both ways (its descriptor stays open for psycopg,
+    which then finds the connection closed and discards it)."""
+    try:
+        sock = socket.socket(fileno=conn.pgconn.socket)
+    except (OSError, psycopg.Error):
+        return  # already closed
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more
+    finally:
+        sock.detach()  # libpq's descriptor: not ours to close
+
+
+def _closed_by_server(conn: Connection) -> bool:
+    """Whether the server closed this idle connection (it restarted, it timed the session
+    out, the backend was killed): its socket is readable and reading it finds the end. A
+    local check that costs no round trip; a connection cut silently is found by the round
+    trip that uses it, and sent again on another when nothing can have been committed."""
+    if conn.closed:
+        return True
+    pgconn = conn.pgconn
+    try:
+        for _ in range(4):  # a last message (why the server closes), then the end
+            if not _readable(pgconn.socket):
+                return False
+            pgconn.consume_input()  # raises at the end of the stream
+    except (psycopg.OperationalError, OSError, ValueError):
+        return True
+    return pgconn.status != pq.ConnStatus.OK
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows
 
 
 async def _rollback_unless_idle(conn: Connection) -> None:
@@ -550,6 +830,18 @@ def _milliseconds(seconds: float) -> str:
     return f"{max(1, math.ceil(seconds * 1000))}ms"
 
 
+def _answer_timeout(settings: Settings) -> float:
+    """Seconds a round trip may wait for its answer: what the server may spend on it (the
+    lock wait, then the statement; it cancels the statement past their sum), plus
+    :data:`NETWORK_ALLOWANCE` for the network."""
+    return settings.busy_timeout + settings.statement_timeout + NETWORK_ALLOWANCE
+
+
+def _migration_lock_timeout(settings: Settings) -> float:
+    """How long opening waits for the migration lock another host holds."""
+    return max(settings.busy_timeout, 10)
+
+
 # --------------------------------------------------------------------------- connecting
 
 
@@ -559,7 +851,10 @@ async def _configure(conn: Connection) -> None:
 
 
 def _libpq_url(db: str) -> str:
-    """libpq does not know SQLAlchemy's ``postgresql+psycopg://`` spelling."""
+    """libpq does not know SQLAlchemy's ``postgresql+psycopg://`` spelling (a keyword string
+    is passed on as it is)."""
+    if is_libpq_keywords(db):
+        return db.strip()
     return re.sub(r"^postgresql\+psycopg://", "postgresql://", db)
 
 
@@ -567,7 +862,9 @@ def _connection_options(
     url: str, settings: Settings, secrets: frozenset[str], shown: str
 ) -> dict[str, Any]:
     """Keyword arguments for every connection: autocommit (each transaction is explicit),
-    rows as dicts, no server-side prepared statements unless asked, a connect timeout."""
+    rows as dicts, no server-side prepared statements unless asked, UTF-8 whatever the
+    server's or the role's default, a connect timeout, and TCP keepalives with a user
+    timeout, so that a peer that vanished is noticed (the URL may set each of the last)."""
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as exc:
@@ -575,15 +872,29 @@ def _connection_options(
             f"{shown} is not a usable PostgreSQL URL: {_scrub(str(exc).strip(), secrets)}",
             topic="store_path",
         ) from None
+    encoding = str(given.get("client_encoding", "UTF8"))
+    if encoding.replace("-", "").replace("_", "").upper() != "UTF8":
+        raise StoreError(
+            f"{shown} sets client_encoding={encoding}; bridgic-coldmail talks UTF-8 with "
+            "the server: remove that parameter",
+            topic="store_path",
+        )
     options: dict[str, Any] = {
         "autocommit": True,
         "row_factory": dict_row,
         "prepare_threshold": 5 if settings.prepare_statements else None,
+        "client_encoding": "UTF8",
     }
-    if "connect_timeout" not in given:
-        options["connect_timeout"] = max(2, math.ceil(settings.pool_timeout))
-    if "application_name" not in given:
-        options["application_name"] = "bridgic-coldmail"
+    defaults: dict[str, Any] = {
+        "connect_timeout": max(2, math.ceil(settings.pool_timeout)),
+        "application_name": "bridgic-coldmail",
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": math.ceil(_answer_timeout(settings) * 1000),
+    }
+    options.update({key: value for key, value in defaults.items() if key not in given})
     return options
 
 
@@ -593,10 +904,23 @@ async def _migrate(
     """Check the schema and the key, apply missing migrations; one transaction holding the
     migration advisory lock, so concurrent openers on any host apply each migration once."""
     async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_catalog.set_config('lock_timeout', %s, true)",
-            [_milliseconds(max(settings.busy_timeout, 10))],
+        cursor = await conn.execute(
+            "SELECT pg_catalog.current_setting('server_encoding') AS encoding, "
+            "pg_catalog.set_config('lock_timeout', %s, true), "
+            "pg_catalog.set_config('statement_timeout', %s, true)",
+            [
+                _milliseconds(_migration_lock_timeout(settings)),
+                _milliseconds(_migration_lock_timeout(settings) + settings.statement_timeout),
+            ],
         )
+        encoding = str((await cursor.fetchone() or {"encoding": "?"})["encoding"])
+        if encoding != "UTF8":
+            raise StoreError(
+                f"{shown} uses the encoding {encoding}; bridgic-coldmail needs a UTF8 "
+                "database (text in any other encoding is altered or refused): create one "
+                "with CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0",
+                topic="store_path",
+            )
         await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
         cursor = await conn.execute(
             "SELECT c.relname AS name FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
@@ -697,8 +1021,14 @@ async def _planted_objects(conn: Connection) -> list[str]:
 
 
 def _passwords(url: str) -> frozenset[str]:
-    """Every spelling of the URL's password (user-info or ``password=`` parameter)."""
+    """Every spelling of the URL's password (user-info or ``password=`` parameter, or the
+    keyword string's ``password``), and of the SSL key's ``sslpassword``."""
     found: set[str] = set()
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+        found |= {str(given[key]) for key in ("password", "sslpassword") if key in given}
+    except psycopg.Error:
+        pass  # malformed: the patterns below still find what they can
     try:
         parts = urlsplit(url)
         if parts.password:
@@ -708,8 +1038,12 @@ def _passwords(url: str) -> frozenset[str]:
                 found.add(value)
     except ValueError:
         pass
-    for raw in re.findall(r"[?&]password=([^&#]*)", url):
+    for raw in re.findall(r"[?&](?:ssl)?password=([^&#]*)", url):
         found |= {raw, unquote(raw)}
+    for quoted, bare in re.findall(
+        r"(?:^|\s)(?:ssl)?password\s*=\s*(?:'((?:[^'\\]|\\.)*)'?|(\S*))", url
+    ):
+        found |= {quoted, re.sub(r"\\(.)", r"\1", quoted), bare}
     credentials = re.match(r"^[a-z+]+://[^:/@]*:([^/]*)@", url)
     if credentials:
         found |= {credentials.group(1), unquote(credentials.group(1))}
@@ -752,7 +1086,36 @@ class _ErrorContext:
         except psycopg.Error as exc:
             raise StoreError(self.message(exc, connecting)) from None
 
-    def message(self, exc: psycopg.Error, connecting: bool) -> str:
+    def no_answer(self, limit: float, *, committing: bool) -> str:
+        """A round trip whose answer did not come in time: its connection was dropped."""
+        if committing:
+            return (
+                f"{self.shown} did not answer within {limit:g} s while committing (the "
+                "server, or the network to it, stopped answering): the change may have been "
+                "recorded; check the server and the network, then look before you retry"
+            )
+        return (
+            f"{self.shown} did not answer within {limit:g} s (the server, or the network to "
+            "it, stopped answering); nothing was changed: check them, then retry"
+        )
+
+    def lost_before_commit(self) -> str:
+        """The connection was found closed in the middle of a transaction, before its
+        COMMIT was sent: the server rolled it back."""
+        return (
+            f"lost the connection to {self.shown} (the server closed it) before the change "
+            "was committed; nothing was changed, retry"
+        )
+
+    def lost_commit(self, exc: psycopg.Error) -> str:
+        """The connection was lost after COMMIT may have reached the server."""
+        reason = _scrub(" ".join(str(exc).split()), self.secrets) or type(exc).__name__
+        return (
+            f"lost the connection to {self.shown} while committing ({reason}): the change "
+            "may have been recorded; look before you retry"
+        )
+
+    def message(self, exc: psycopg.Error, connecting: bool = False) -> str:
         shown, state = self.shown, exc.sqlstate or ""
         detail = _scrub((exc.diag.message_primary or str(exc)).strip(), self.secrets)
         if state == _LOCKED:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from ..errors import ColdmailError, ConfigurationError, StoreError
+from ..errors import ColdmailError, ConfigurationError, DatabaseNotFound, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..settings import DEFAULT_BUSY_TIMEOUT, DEFAULT_LEASE_SECONDS
 from ..signing import KeySource, SnapshotSigner, key_file_for, load_signer
@@ -59,6 +59,7 @@ from .base import (
     plan_release,
     recorded,
     run_from_row,
+    status_counts,
 )
 from .sqlite_migrations import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
 
@@ -123,21 +124,28 @@ class SqliteRunStore:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         secret_key: str | None = None,
         key_file: Path | None = None,
+        create: bool = True,
     ) -> SqliteRunStore:
-        """Open (creating if needed) the database, migrate it and load its signing key.
+        """Open the database, migrate it and load its signing key; ``create``: make the file,
+        its folder and its key when there is no database yet.
 
         The caller must ``close()`` the store.
 
         Raises:
+            DatabaseNotFound: ``create`` is False and there is no database at ``path`` (no
+                file, or an empty one); nothing was created.
             StoreError: the path cannot hold a database, or the file is not ours.
             ConfigurationError: no usable signing key (see ``signing.load_signer``).
         """
-        db_path = _prepare_path(Path(path))
+        db_path = _prepare_path(Path(path), create=create)
         shown = str(path)
         keys = KeySource(secret=secret_key, file=key_file or key_file_for(db_path))
-        conn = aiosqlite.connect(db_path, isolation_level=None, timeout=busy_timeout)
+        # Without create, SQLite opens an existing file only (mode=rw), so a file deleted
+        # since the check above is not silently made again.
+        target = db_path if create else f"{db_path.absolute().as_uri()}?mode=rw"
+        conn = aiosqlite.connect(target, isolation_level=None, timeout=busy_timeout, uri=not create)
         try:
-            with _storage_errors(shown, busy_timeout):
+            with _storage_errors(shown, busy_timeout, missing_ok=not create):
                 await conn
         except BaseException:
             await _stopped(conn)
@@ -148,7 +156,7 @@ class SqliteRunStore:
                 await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
                 await conn.execute("PRAGMA journal_mode = WAL")
                 await conn.execute("PRAGMA synchronous = FULL")
-                signer = await _on_thread(conn, lambda db: _migrate(db, shown, keys))
+                signer = await _on_thread(conn, lambda db: _migrate(db, shown, keys, create))
         except BaseException:
             await conn.close()
             raise
@@ -353,6 +361,12 @@ class SqliteRunStore:
         rows = await self._hop(lambda db: db.execute(query, (*params, limit, offset)).fetchall())
         return [decode_row(dict(row), self._signer) for row in rows]
 
+    async def counts(self) -> dict[RunStatus, int]:
+        """How many runs each status has."""
+        query = "SELECT status, COUNT(*) FROM runs GROUP BY status"
+        rows = await self._hop(lambda db: db.execute(query).fetchall())
+        return status_counts((row[0], row[1]) for row in rows)
+
     async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
         """The run's events, oldest first; a TAMPERED refusal when they were altered."""
 
@@ -521,8 +535,9 @@ def _insert_events(db: sqlite3.Connection, change: RowChange) -> None:
     )
 
 
-def _prepare_path(path: Path) -> Path:
-    """Refuse paths SQLite would misreport, and create the parent folder if it is missing.
+def _prepare_path(path: Path, *, create: bool = True) -> Path:
+    """Refuse paths SQLite would misreport, and create the parent folder if it is missing
+    (``create``; otherwise a missing file is :class:`DatabaseNotFound`).
 
     A symlink is followed to its real file (so the key beside it is found the same way
     whichever name is used); anything but a regular file or a new path is refused, because
@@ -552,6 +567,10 @@ def _prepare_path(path: Path) -> Path:
                 f"{path} is not a regular file (it is a {_file_kind(mode)})",
                 topic="store_path",
             )
+    if not create:
+        if not path.exists() or path.stat().st_size == 0:  # SQLite would write a header
+            raise DatabaseNotFound(str(path))
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -573,12 +592,17 @@ def _file_kind(mode: int) -> str:
     return "special file"
 
 
-def _migrate(db: sqlite3.Connection, shown: str, keys: KeySource) -> SnapshotSigner:
-    """Check the schema and the key, apply missing migrations; one IMMEDIATE transaction."""
+def _migrate(
+    db: sqlite3.Connection, shown: str, keys: KeySource, create: bool = True
+) -> SnapshotSigner:
+    """Check the schema and the key, apply missing migrations; one IMMEDIATE transaction.
+    Without ``create``, an empty file is no database: nothing is written to it."""
     with _transaction(db):
         tables = {
             row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
+        if not tables and not create:
+            raise DatabaseNotFound(shown)
         if tables and "coldmail_schema" not in tables:
             raise StoreError(
                 f"{shown} is an SQLite database of another application (it has no "
@@ -634,14 +658,19 @@ def _migrate(db: sqlite3.Connection, shown: str, keys: KeySource) -> SnapshotSig
 
 
 @contextmanager
-def _storage_errors(path: str, busy_timeout: float | None = None) -> Iterator[None]:
-    """Turn sqlite3's errors into a ``StoreError`` that names the file and what happened."""
+def _storage_errors(
+    path: str, busy_timeout: float | None = None, *, missing_ok: bool = False
+) -> Iterator[None]:
+    """Turn sqlite3's errors into a ``StoreError`` that names the file and what happened
+    (``missing_ok``: a file that vanished is :class:`DatabaseNotFound`)."""
     try:
         yield
     except ColdmailError:
         raise
     except sqlite3.OperationalError as exc:
         text = str(exc)
+        if missing_ok and "unable to open" in text and not Path(path).exists():
+            raise DatabaseNotFound(path) from None
         if "locked" in text or "busy" in text:
             waited = f" for more than {busy_timeout:g} s" if busy_timeout else ""
             raise StoreError(

@@ -37,7 +37,7 @@ from ..models import (
     RunStatus,
     make_brief,
 )
-from .dependencies import Agent
+from .dependencies import Agent, Policy
 from .responses import WebError
 from .uploads import MEDIA_TYPES, UNNAMED, download, export_upload, private_folder, save_upload
 
@@ -192,7 +192,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         ),
         (415, "The body is not application/json (an export's lead list: not text/csv)"),
         (421, "The Host is not one this server answers"),
-        (422, "Bad brief, feedback, decision, id, query parameter or lead list"),
+        (
+            422,
+            "Bad brief, feedback, decision, id, query parameter or lead list; an export with "
+            "nothing to export, or larger than COLDMAIL_MAX_EXPORT_BYTES",
+        ),
         (500, "Unexpected error, or a stored snapshot that cannot be used"),
         (502, "The LLM failed; the run stays as it was"),
         (503, "The database or a setting cannot be used"),
@@ -296,12 +300,14 @@ async def api_export(
     interaction_id: str,
     request: Request,
     agent: Agent,
+    policy: Policy,
     format: Literal["csv", "json"] = "csv",
     strict: bool = False,
 ) -> Response:
     """Render a completed run's final sequence for every lead of the CSV body and return the
     file. 409 when the run has no final sequence; 422 when nothing can be exported (or, with
-    ``strict``, when any lead is skipped or the lint warns), naming every problem."""
+    ``strict``, when any lead is skipped or the lint warns), naming every problem, or when
+    the file would be larger than ``COLDMAIL_MAX_EXPORT_BYTES``."""
     run = await exportable(agent, interaction_id)  # its id, normalised, names the download
     if (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower() != "text/csv":
         raise WebError(415, "send the lead list as CSV with Content-Type: text/csv")
@@ -314,6 +320,7 @@ async def api_export(
             format=format,
             strict=strict,
             shown_as=UNNAMED,
+            max_bytes=policy.max_export_bytes,
         )
         if not isinstance(result, tuple):
             raise InvalidInput(result.message)

@@ -8,7 +8,7 @@ out), :mod:`.responses` (every error, in JSON or HTML). Routes receive the agent
 ``Depends(get_agent)``; the app opens it once, at start-up.
 
 Everything a brief or the LLM wrote is escaped by Jinja2's autoescape; the change highlighting
-escapes each word before wrapping it in ``<ins>``.
+escapes the text itself before wrapping the changed words in ``<ins>``.
 """
 
 from __future__ import annotations

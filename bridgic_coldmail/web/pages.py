@@ -38,8 +38,18 @@ from .security import (
     relative_location,
     set_private_cookie,
 )
-from .uploads import download, export_upload, private_folder, read_chunks, save_upload, shown_name
-from .views import FormState, age, form_text, show_run
+from .uploads import (
+    ExportRefused,
+    ExportShown,
+    download,
+    export_upload,
+    left_out_fingerprint,
+    private_folder,
+    read_chunks,
+    save_upload,
+    shown_name,
+)
+from .views import FormState, age, clip, form_text, show_run
 
 PAGE_SIZE = 20
 """Runs per inbox page."""
@@ -51,6 +61,8 @@ TABS = {
     "rejected": (RunStatus.REJECTED, "Rejected"),
 }
 """The inbox's tabs: name in the address → the status listed, and the tab's label."""
+AUDIENCE_CHARS = 120
+"""The audience a list row shows (the feedback, else the brief's guess), clipped to this."""
 BRIEF_FIELDS = ("product", "offer", "sender", "audience", "cta")
 MAX_FIELDS_CHARS = 2000
 """The new-run form's merge-field list, as typed (comma-separated column names)."""
@@ -79,10 +91,12 @@ async def inbox(
     tab: str = "awaiting",
     page: int = Query(1, ge=1, le=MAX_INBOX_PAGE),
 ) -> Response:
-    """The runs of one tab (default: waiting for feedback), newest first."""
+    """The runs of one tab (default: waiting for feedback), newest first; each tab says how
+    many runs it has."""
     tab = tab if tab in TABS else "awaiting"
     status = TABS[tab][0]
     runs = await agent.list(status, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
+    counts = await agent.counts()
     return templates.TemplateResponse(
         request,
         "inbox.html",
@@ -91,8 +105,10 @@ async def inbox(
             "has_more": len(runs) > PAGE_SIZE,
             "page": page,
             "tab": tab,
-            "tabs": {name: label for name, (_, label) in TABS.items()},
+            "tabs": {name: (label, counts.get(s, 0)) for name, (s, label) in TABS.items()},
             "age": age,
+            "clip": clip,
+            "audience_chars": AUDIENCE_CHARS,
         },
     )
 
@@ -261,8 +277,14 @@ async def wait_until_settled(agent: ColdMailAgent, interaction_id: str) -> Run:
 async def export_page(
     request: Request, interaction_id: str, agent: Agent, policy: Policy
 ) -> Response:
-    """Export a completed run for the uploaded lead list: the file as a download, or, when
-    nothing can be exported, the run page listing why (skipped rows, lint problems)."""
+    """Export a completed run for the uploaded lead list.
+
+    The file is downloaded when every lead can be sent, or when the form carries the
+    fingerprint of the left-out rows the page listed (``leave_out``): a download never leaves
+    out a lead the person was not shown. Otherwise — and always with ``check`` (the page's
+    script checks first) — the run page lists what the export found: the leads left out and
+    why, and the lint for this list. When nothing can be exported, it says why.
+    """
     run = await exportable(agent, interaction_id)
     async with request.form(max_files=1, max_fields=8) as submitted:
         if not csrf_matches(request, form_text(submitted, "csrf_token")):
@@ -270,6 +292,8 @@ async def export_page(
         upload = submitted.get("leads")
         format = form_text(submitted, "format") or "csv"
         strict = bool(form_text(submitted, "strict"))
+        check = bool(form_text(submitted, "check"))
+        acknowledged = form_text(submitted, "leave_out")
         kept = FormState("export", {"format": format, "strict": "on" if strict else ""})
         problem = None
         if not isinstance(upload, UploadFile) or not upload.filename:
@@ -297,8 +321,9 @@ async def export_page(
                 format=format,
                 strict=strict,
                 shown_as=shown_name(upload.filename),
+                max_bytes=policy.max_export_bytes,
             )
-            if not isinstance(result, tuple):
+            if isinstance(result, ExportRefused):
                 return await show_run(
                     request,
                     agent,
@@ -311,4 +336,9 @@ async def export_page(
                     export_problem=result,
                 )
             report, handle = result
+            fingerprint = left_out_fingerprint(report.skipped)
+            if check or (report.skipped and acknowledged != fingerprint):
+                handle.close()
+                shown = ExportShown(report, fingerprint)
+                return await show_run(request, agent, policy, run, form=kept, export_shown=shown)
     return download(handle, report, interaction_id=run.interaction_id, format=format, folder=folder)

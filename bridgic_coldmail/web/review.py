@@ -17,6 +17,7 @@ an edit whose emails do not validate as an ``EmailSequence`` keeps every field a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -164,7 +165,7 @@ class _Decision:
         text = self.round_text.strip()
         if not text:
             return None
-        if not text.isdigit() or len(text) > 9:
+        if not re.fullmatch(r"[0-9]{1,9}", text):  # not isdigit(): "²" and "١" are digits
             raise InvalidInput("the form's round is not a number; reload the run page")
         return int(text)
 

@@ -4,7 +4,9 @@ The checks are plain ASGI middlewares, outermost first:
 
 1. :class:`SecurityHeaders` puts a strict CSP (no inline script or style), ``nosniff``,
    ``frame-ancestors 'none'`` and ``Referrer-Policy: same-origin`` (no address, and so no
-   ``?token=``, leaks to another site) on every response, error pages included.
+   ``?token=``, leaks to another site) on every response, error pages included; and
+   ``Cache-Control: no-store`` on every one but the static files, as any page, API answer or
+   error may carry run data (drafts, feedback, a lead list's rows).
 2. :class:`ErrorBoundary` turns an unexpected exception into the JSON or HTML 500 and logs it.
 3. :class:`HostGuard` answers only the Host names of :class:`WebPolicy` (the bound address,
    loopback names, ``COLDMAIL_ALLOWED_HOSTS``, the host of ``COLDMAIL_PUBLIC_ORIGIN``), with
@@ -65,6 +67,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 """Headers on every response, errors included."""
+NOT_STORED = {"Cache-Control": "no-store"}
+"""Headers on every response but a static file's: no cache may keep run data."""
+STATIC_PREFIX = "/static/"
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +121,8 @@ class WebPolicy:
     token: str | None
     max_body_bytes: int
     max_upload_bytes: int
+    max_export_bytes: int
+    """The largest file one export may write and hold while it downloads."""
     https: bool | None
     """Whether browsers reach the app over HTTPS (from ``public_origin``); None: ask each
     request's scheme."""
@@ -142,6 +149,7 @@ class WebPolicy:
             token,
             settings.max_body_bytes,
             settings.max_upload_bytes,
+            settings.export_limit,
             https,
         )
 
@@ -201,7 +209,8 @@ def relative_location(path: str, query: Iterable[tuple[str, str]] = ()) -> str:
 
 
 class SecurityHeaders:
-    """Adds :data:`SECURITY_HEADERS` to every HTTP response."""
+    """Adds :data:`SECURITY_HEADERS` to every HTTP response, and :data:`NOT_STORED` to every
+    one outside :data:`STATIC_PREFIX`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -211,10 +220,14 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        added = dict(SECURITY_HEADERS)
+        if not scope["path"].startswith(STATIC_PREFIX):
+            added.update(NOT_STORED)
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in added.items():
                     headers[name] = value
             await send(message)
 
@@ -292,7 +305,7 @@ class TokenGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = self.policy.token
-        if scope["type"] != "http" or token is None or scope["path"].startswith("/static/"):
+        if scope["type"] != "http" or token is None or scope["path"].startswith(STATIC_PREFIX):
             await self.app(scope, receive, send)
             return
         request = Request(scope)

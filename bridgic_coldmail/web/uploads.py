@@ -4,8 +4,11 @@ The lead list holds personal data, so it never stays on the server: it is writte
 arrives into a new private folder (mode 0700, the file 0600) under the system's temporary
 directory, the export is written beside it, and the folder is deleted before the answer
 starts — the download streams from a file handle opened just before (on POSIX an open file
-stays readable after it is unlinked). The body's size is bounded by
-``COLDMAIL_MAX_UPLOAD_BYTES`` in :class:`.security.BodyLimit`, as it arrives.
+stays readable after it is unlinked), closed when the download ends or the client goes. The
+body's size is bounded by ``COLDMAIL_MAX_UPLOAD_BYTES`` in :class:`.security.BodyLimit`, as it
+arrives, and the export's by ``COLDMAIL_MAX_EXPORT_BYTES`` as it is written: one export holds
+at most the two on disk (and the form parser's copy of the upload) however slowly its
+download is read.
 
 Error messages name the uploaded file as the browser named it, or "the uploaded lead list",
 never the temporary path.
@@ -14,6 +17,7 @@ never the temporary path.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import shutil
@@ -28,7 +32,8 @@ from fastapi.responses import StreamingResponse
 
 from ..agent import ColdMailAgent
 from ..errors import InvalidInput
-from ..export import ExportReport
+from ..export import ExportReport, SkippedRow
+from ..settings import ENV
 
 LEADS_NAME = "leads.csv"
 UNNAMED = "the uploaded lead list"
@@ -45,6 +50,15 @@ class ExportRefused:
 
     message: str
     preview: ExportReport | None
+
+
+@dataclass(frozen=True)
+class ExportShown:
+    """An export that could be written, shown as a report instead of downloaded: what it
+    found, and the :func:`left_out_fingerprint` a download of it must carry."""
+
+    report: ExportReport
+    fingerprint: str
 
 
 @contextmanager
@@ -85,8 +99,10 @@ async def export_upload(
     format: str,
     strict: bool,
     shown_as: str,
+    max_bytes: int,
 ) -> tuple[ExportReport, BinaryIO] | ExportRefused:
-    """Export the run for the lead list at ``leads`` (inside a :func:`private_folder`).
+    """Export the run for the lead list at ``leads`` (inside a :func:`private_folder`), in a
+    file of at most ``max_bytes``.
 
     Returns the report and the written file opened for reading, or why nothing was exported
     with the rows and lint issues a preview finds.
@@ -96,15 +112,36 @@ async def export_upload(
     """
     out = leads.with_name(f"export.{format}")
     try:
-        report = await agent.export(interaction_id, leads, out, format=format, strict=strict)
+        report = await agent.export(
+            interaction_id, leads, out, format=format, strict=strict, max_bytes=max_bytes
+        )
     except InvalidInput as exc:
-        message = public_message(str(exc), leads, shown_as)
+        message = (
+            export_too_large(max_bytes)
+            if exc.topic == "export_too_large"
+            else public_message(str(exc), leads, shown_as)
+        )
         try:
             preview = await agent.preview_export(interaction_id, leads)
         except InvalidInput:
             preview = None  # the list itself is unusable; the message says why
         return ExportRefused(message, preview)
     return report, out.open("rb")
+
+
+def export_too_large(limit: int) -> str:
+    """Why an export past ``COLDMAIL_MAX_EXPORT_BYTES`` was refused, and what to do."""
+    return (
+        f"the export is larger than {limit} bytes, the limit ({ENV['max_export_bytes']}); "
+        "nothing was exported: export the leads in smaller lists, or raise the limit"
+    )
+
+
+def left_out_fingerprint(skipped: tuple[SkippedRow, ...]) -> str:
+    """A digest of the rows an export leaves out, and why: the page that listed them puts it
+    in its form, and a download is given only for the rows it listed."""
+    listed = "\n".join(f"{row.row}\t{row.email}\t{row.reason}" for row in skipped)
+    return hashlib.sha256(listed.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def public_message(message: str, leads: Path, shown_as: str) -> str:

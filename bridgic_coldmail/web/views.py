@@ -8,7 +8,8 @@ when it was put up), and the decision event of the same round (``approved``, ``r
 
 from __future__ import annotations
 
-import difflib
+import asyncio
+import html
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,9 +18,11 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
-from markupsafe import Markup, escape
+from markupsafe import Markup
+from rapidfuzz.distance import Indel
 
 from ..agent import ColdMailAgent
+from ..lint import LintIssue
 from ..models import (
     MAX_FEEDBACK_CHARS,
     MAX_REASON_CHARS,
@@ -33,7 +36,7 @@ from ..models import (
 )
 from .responses import templates
 from .security import CSRF_COOKIE, WebPolicy, csrf_token, set_private_cookie
-from .uploads import ExportRefused
+from .uploads import ExportRefused, ExportShown
 
 DECISION_OF_EVENT = {
     "approved": "approve",
@@ -64,8 +67,21 @@ def _max_length(name: str) -> int:
 SUBJECT_LIMIT = _max_length("subject")
 BODY_LIMIT = _max_length("body")
 """The edit form's ``maxlength``: the sequence schema's own limits."""
-MAX_SHOWN_ROWS = 50
-"""Skipped rows listed on the page when an export is refused (the message counts them all)."""
+MAX_DIFF_CELLS = (BODY_LIMIT // 2 + 1) ** 2
+"""The most word pairs (words before × words after, common ends trimmed) the change
+highlighting aligns: every valid body fits, as it has at most ``BODY_LIMIT // 2 + 1`` words.
+The work is at most ``MAX_DIFF_CELLS / 64`` steps (about 0.1 million)."""
+_WORD = re.compile(r"\S+")
+"""A word: what ``str.split()`` separates (both take the same characters for spaces)."""
+MAX_SHOWN_ROUNDS = 20
+"""Decided rounds the run page shows with their emails, the newest; it counts the others."""
+MAX_SHOWN_EVENTS = 60
+"""History events the run page lists, the newest; it counts the others. With the rounds'
+cap, a page stays the same size however many rounds a run has been through."""
+MAX_SHOWN_ROWS = 100
+"""Rows an export leaves out listed with their address and why; the others by number."""
+MAX_LISTED_ROW_NUMBERS = 5000
+"""Row numbers listed after those rows; past them the page counts the rest."""
 
 
 def age(moment: datetime) -> str:
@@ -78,13 +94,59 @@ def age(moment: datetime) -> str:
 
 
 def highlight_changes(before: str, after: str) -> Markup:
-    """``after`` with the words that differ from ``before`` in ``<ins>``, everything escaped."""
-    old, new = re.split(r"(\s+)", before), re.split(r"(\s+)", after)
+    """``after`` with the words that differ from ``before`` in ``<ins>``, everything escaped.
+
+    Words are compared, not the spaces between them (a change of spacing alone is no change).
+    The unmarked words are a longest common subsequence of the two texts' words, found by
+    rapidfuzz's bit-parallel LCS in ``ceil(n / 64) * m`` steps whatever the words are; once
+    the common ends are trimmed, a middle of more than :data:`MAX_DIFF_CELLS` word pairs is
+    marked whole instead. Each run of changed words is escaped and wrapped as one piece.
+    """
+    words = list(_WORD.finditer(after))
+    changed = _changed_words(before.split(), [word.group() for word in words])
     parts: list[str] = []
-    for op, _, _, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
-        chunk = "".join(str(escape(token)) for token in new[j1:j2])
-        parts.append(chunk if op == "equal" else f"<ins>{chunk}</ins>" if chunk.strip() else chunk)
+    shown = 0  # where the text not yet in ``parts`` starts
+    index = 0
+    while index < len(words):
+        if not changed[index]:
+            index += 1
+            continue
+        last = index
+        while last + 1 < len(words) and changed[last + 1]:
+            last += 1
+        start, end = words[index].start(), words[last].end()
+        parts += [html.escape(after[shown:start]), "<ins>", html.escape(after[start:end])]
+        parts.append("</ins>")
+        shown, index = end, last + 1
+    parts.append(html.escape(after[shown:]))
     return Markup("".join(parts))
+
+
+def _changed_words(old: list[str], new: list[str]) -> list[bool]:
+    """For each word of ``new``, whether it is outside a longest common subsequence with
+    ``old`` (or, past the bound, inside the middle that differs)."""
+    start = 0
+    while start < min(len(old), len(new)) and old[start] == new[start]:
+        start += 1
+    end_old, end_new = len(old), len(new)
+    while end_old > start and end_new > start and old[end_old - 1] == new[end_new - 1]:
+        end_old, end_new = end_old - 1, end_new - 1
+    changed = [False] * len(new)
+    middle_old, middle_new = old[start:end_old], new[start:end_new]
+    if not middle_new:
+        return changed
+    if not middle_old or len(middle_old) * len(middle_new) > MAX_DIFF_CELLS:
+        changed[start:end_new] = [True] * len(middle_new)
+        return changed
+    ids: dict[str, int] = {}  # small integers: rapidfuzz would compare other objects by hash
+    a = [ids.setdefault(word, len(ids)) for word in middle_old]
+    b = [ids.setdefault(word, len(ids)) for word in middle_new]
+    for op in Indel.opcodes(a, b):
+        if op.tag != "equal":
+            changed[start + op.dest_start : start + op.dest_end] = [True] * (
+                op.dest_end - op.dest_start
+            )
+    return changed
 
 
 def diff(before: EmailSequence, after: EmailSequence) -> list[dict[str, Markup]]:
@@ -142,7 +204,7 @@ def same_decision(event: RunEvent, mine: Decision) -> bool:
 def describe_decision(event: RunEvent, who: str | None = None) -> str:
     """'Ann asked for a revision: “shorter”', for the rounds list and conflict messages."""
     actor = event.actor or who or "a reviewer"
-    detail = _clip(event.detail or "")
+    detail = clip(event.detail or "")
     return {
         "approved": f"{actor} approved it",
         "revised": f"{actor} asked for a revision: “{detail}”",
@@ -161,7 +223,8 @@ def event_label(event: RunEvent) -> str:
     return label
 
 
-def _clip(text: str, width: int = 200) -> str:
+def clip(text: str, width: int = 200) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
     text = text.replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -198,11 +261,50 @@ async def show_run(
     message_kind: str = "notice",
     form: FormState | None = None,
     export_problem: ExportRefused | None = None,
+    export_shown: ExportShown | None = None,
 ) -> Response:
-    """The run page, with its history and lint; sets the CSRF cookie its forms need."""
+    """The run page, with its history and lint; sets the CSRF cookie its forms need.
+
+    The page is built on a worker thread (the change highlighting and the template are the
+    CPU work of a page): however long it takes, the event loop answers other requests.
+    """
     history = await agent.history(run.interaction_id)
     issues = await agent.lint(run.interaction_id)
-    form = form or FormState()
+    csrf = csrf_token(request)
+    response = await asyncio.to_thread(
+        _render_run_page,
+        request,
+        run,
+        history,
+        issues,
+        policy=policy,
+        csrf=csrf,
+        status=status,
+        message=message,
+        message_kind=message_kind,
+        form=form or FormState(),
+        export_problem=export_problem,
+        export_shown=export_shown,
+    )
+    set_private_cookie(response, request, policy, CSRF_COOKIE, csrf)
+    return response
+
+
+def _render_run_page(
+    request: Request,
+    run: Run,
+    history: list[RunEvent],
+    issues: list[LintIssue],
+    *,
+    policy: WebPolicy,
+    csrf: str,
+    status: int,
+    message: str | None,
+    message_kind: str,
+    form: FormState,
+    export_problem: ExportRefused | None,
+    export_shown: ExportShown | None,
+) -> Response:
     rounds = review_rounds(history)
     decided = [r for r in rounds if r.decision is not None]
     under_review = run.sequence if run.status is RunStatus.AWAITING_REVIEW else None
@@ -211,13 +313,16 @@ async def show_run(
     if run.sequence is not None:
         values.update(edit_values(run.sequence))
     values.update(form.values)
-    csrf = csrf_token(request)
     context: dict[str, Any] = {
         "run": run,
         "history": history,
         "event_label": event_label,
         "rounds": rounds,
         "decided": decided,
+        "shown_rounds": decided[-MAX_SHOWN_ROUNDS:],
+        "hidden_rounds": max(0, len(decided) - MAX_SHOWN_ROUNDS),
+        "shown_history": history[-MAX_SHOWN_EVENTS:],
+        "hidden_events": max(0, len(history) - MAX_SHOWN_EVENTS),
         "describe_decision": describe_decision,
         "under_review": under_review,
         "review_diffs": diff(base, under_review) if under_review is not None else None,
@@ -237,17 +342,18 @@ async def show_run(
             "subject": SUBJECT_LIMIT,
             "body": BODY_LIMIT,
             "upload_mb": _megabytes(policy.max_upload_bytes),
+            "export_mb": _megabytes(policy.max_export_bytes),
         },
         "form": form,
         "values": values,
         "message": message,
         "message_kind": message_kind,
         "export_problem": export_problem,
+        "export_shown": export_shown,
         "max_shown_rows": MAX_SHOWN_ROWS,
+        "max_listed_row_numbers": MAX_LISTED_ROW_NUMBERS,
     }
-    response = templates.TemplateResponse(request, "run.html", context, status)
-    set_private_cookie(response, request, policy, CSRF_COOKIE, csrf)
-    return response
+    return templates.TemplateResponse(request, "run.html", context, status)
 
 
 def _megabytes(size: int) -> str:

@@ -1,0 +1,117 @@
+"""An SQLite store that does not exist yet: reading never creates it, the first run does.
+
+Opening an agent on a path with no database (a fresh machine, a mistyped ``--db``) used to
+create the file, its folder and a signing key, so a command that only reads — ``list``,
+``show``, the inbox with no runs — left a new empty database behind and reported "no runs".
+:func:`~bridgic_coldmail.store.connect_store` hands out this store instead: every read answers
+as an empty store does (nothing found, an empty list) without touching the disk, and looks
+again each time, so a database another process creates meanwhile is found; the first
+``insert_paused`` (starting a run) creates the database, and from then on every call goes
+straight to the real store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import Awaitable, Callable, Collection
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from ..errors import DatabaseNotFound, StoreError
+from ..models import ListedRun, Run, RunEvent, RunStatus
+from .base import (
+    Action,
+    Claim,
+    ClaimOutcome,
+    Finished,
+    NewRun,
+    Paused,
+    Refusal,
+    RefusalReason,
+    RunStore,
+)
+
+T = TypeVar("T")
+
+
+class DeferredSqliteStore:
+    """A :class:`RunStore` over an SQLite path that holds no database yet."""
+
+    def __init__(self, location: str, lease_seconds: float, opener: Opener) -> None:
+        self.location = location
+        self.lease_seconds = lease_seconds
+        self._opener = opener
+        self._store: RunStore | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    async def _existing(self, *, create: bool = False) -> RunStore | None:
+        """The real store: opened when the database exists (or ``create``), else None."""
+        if self._store is not None:
+            return self._store
+        async with self._lock:
+            if self._store is None and not self._closed:
+                try:
+                    self._store = await self._opener(create)
+                except DatabaseNotFound:
+                    if create:
+                        raise
+            return self._store
+
+    async def _read(self, work: Callable[[RunStore], Awaitable[T]], empty: T) -> T:
+        store = await self._existing()
+        return empty if store is None else await work(store)
+
+    async def insert_paused(self, new: NewRun) -> Run:
+        store = await self._existing(create=True)
+        if store is None:
+            raise StoreError(f"the store for {self.location} is closed; open a new one")
+        return await store.insert_paused(new)
+
+    async def get(self, interaction_id: str) -> ListedRun | None:
+        return await self._read(lambda s: s.get(interaction_id), None)
+
+    async def list(
+        self, status: RunStatus | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[ListedRun]:
+        return await self._read(lambda s: s.list(status, limit=limit, offset=offset), [])
+
+    async def counts(self) -> dict[RunStatus, int]:
+        return await self._read(lambda s: s.counts(), {})
+
+    async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
+        return await self._read(lambda s: s.history(interaction_id), None)
+
+    async def claim(
+        self, interaction_id: str, action: Action, supported_versions: Collection[str]
+    ) -> ClaimOutcome:
+        return await self._read(
+            lambda s: s.claim(interaction_id, action, supported_versions),
+            Refusal(RefusalReason.NOT_FOUND),
+        )
+
+    async def renew(self, claim: Claim) -> datetime | None:
+        return await self._read(lambda s: s.renew(claim), None)
+
+    async def complete(self, claim: Claim, result: Paused | Finished) -> Run | None:
+        return await self._read(lambda s: s.complete(claim, result), None)
+
+    async def release(self, claim: Claim, error: str) -> bool:
+        return await self._read(lambda s: s.release(claim, error), False)
+
+    async def purge(self, older_than: timedelta, statuses: Collection[RunStatus]) -> int:
+        return await self._read(lambda s: s.purge(older_than, statuses), 0)
+
+    async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
+        return await self._read(lambda s: s.trust_unsigned(interaction_ids), [])
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._closed = True
+            if self._store is not None:
+                await self._store.close()
+
+
+Opener = Callable[[bool], Awaitable[RunStore]]
+"""Opens the real store; its argument says whether it may create the database."""
