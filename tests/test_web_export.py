@@ -601,3 +601,47 @@ async def test_an_empty_api_upload_is_called_the_uploaded_lead_list(
     )
     assert refused.status_code == 422
     assert refused.json()["error"]["message"].startswith("the uploaded lead list is empty")
+
+
+# ---------------------------------------------------------------------------- sending tools
+
+
+async def test_the_export_form_offers_every_sending_tool_and_shapes_the_file(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    page = (await client.get(f"/runs/{interaction_id}")).text
+    select = page.split('id="profile"')[1].split("</select>")[0]
+    assert re.findall(r'<option value="([a-z]+)"', select) == [
+        "generic", "smartlead", "instantly", "lemlist", "apollo"
+    ]  # fmt: skip
+    answer = await upload(client, interaction_id, lead_list(3), profile="apollo")
+    assert answer.status_code == 200, answer.text
+    rows = list(csv.DictReader(io.StringIO(answer.text)))
+    assert list(rows[0])[:2] == ["First Name", "Contact Email"]
+    assert [r["Contact Email"] for r in rows] == [f"lead{n}@example.com" for n in range(3)]
+    assert list(temp_dir.iterdir()) == []  # the template was written and removed with the rest
+
+
+async def test_an_unknown_sending_tool_in_the_form_is_refused_and_the_choice_kept(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    refused = await upload(client, interaction_id, lead_list(2), profile="hubspot")
+    assert refused.status_code == 422
+    assert "unknown sending tool &#39;hubspot&#39;; choose one from the list" in refused.text
+    kept = await upload(client, interaction_id, lead_list(2), profile="lemlist", check="1")
+    assert kept.status_code == 200 and '<option value="lemlist" selected>' in kept.text
+
+
+async def test_the_api_export_takes_a_sending_tool(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    path = f"/api/runs/{interaction_id}/export"
+    headers = {"Content-Type": "text/csv"}
+    answer = await client.post(f"{path}?profile=smartlead", content=lead_list(2), headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.text.splitlines()[0] == ("email,first_name,step1_subject,step1_body,step2_body")
+    refused = await client.post(f"{path}?profile=hubspot", content=lead_list(2), headers=headers)
+    assert refused.status_code == 422 and "profile" in refused.text

@@ -303,6 +303,7 @@ async def api_export(
     policy: Policy,
     format: Literal["csv", "json"] = "csv",
     strict: bool = False,
+    profile: Literal["generic", "smartlead", "instantly", "lemlist", "apollo"] = "generic",
 ) -> Response:
     """Render a completed run's final sequence for every lead of the CSV body and return the
     file. 409 when the run has no final sequence; 422 when nothing can be exported (or, with
@@ -319,6 +320,7 @@ async def api_export(
             leads,
             format=format,
             strict=strict,
+            profile=profile,
             shown_as=UNNAMED,
             max_bytes=policy.max_export_bytes,
         )

@@ -100,6 +100,7 @@ async def export_upload(
     strict: bool,
     shown_as: str,
     max_bytes: int,
+    profile: str = "generic",
 ) -> tuple[ExportReport, BinaryIO] | ExportRefused:
     """Export the run for the lead list at ``leads`` (inside a :func:`private_folder`), in a
     file of at most ``max_bytes``.
@@ -113,7 +114,13 @@ async def export_upload(
     out = leads.with_name(f"export.{format}")
     try:
         report = await agent.export(
-            interaction_id, leads, out, format=format, strict=strict, max_bytes=max_bytes
+            interaction_id,
+            leads,
+            out,
+            format=format,
+            strict=strict,
+            max_bytes=max_bytes,
+            profile=profile,  # its template is written in the private folder, not served
         )
     except InvalidInput as exc:
         message = (
@@ -122,7 +129,7 @@ async def export_upload(
             else public_message(str(exc), leads, shown_as)
         )
         try:
-            preview = await agent.preview_export(interaction_id, leads)
+            preview = await agent.preview_export(interaction_id, leads, profile=profile)
         except InvalidInput:
             preview = None  # the list itself is unusable; the message says why
         return ExportRefused(message, preview)

@@ -34,6 +34,7 @@ from ..models import (
     RunEvent,
     RunStatus,
 )
+from ..profiles import PROFILES
 from .responses import templates
 from .security import CSRF_COOKIE, WebPolicy, csrf_token, set_private_cookie
 from .uploads import ExportRefused, ExportShown
@@ -352,8 +353,16 @@ def _render_run_page(
         "export_shown": export_shown,
         "max_shown_rows": MAX_SHOWN_ROWS,
         "max_listed_row_numbers": MAX_LISTED_ROW_NUMBERS,
+        "sending_tools": SENDING_TOOLS,
     }
     return templates.TemplateResponse(request, "run.html", context, status)
+
+
+SENDING_TOOLS = tuple(
+    (name, "Any tool (generic CSV)" if profile.is_generic else profile.title)
+    for name, profile in PROFILES.items()
+)
+"""The export form's choices: a profile's name and what the form shows for it."""
 
 
 def _megabytes(size: int) -> str:
