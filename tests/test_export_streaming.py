@@ -50,6 +50,7 @@ def lists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return small, large
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("tool", "variants"), [(name, False) for name in NAMES] + [("smartlead", True)]
 )
