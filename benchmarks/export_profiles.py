@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridgic_coldmail.compliance import Footer
-from bridgic_coldmail.export import Variant, export_sequence
+from bridgic_coldmail.export.profiles import NAMES
+from bridgic_coldmail.export.writer import Variant, export_sequence
 from bridgic_coldmail.models import EmailSequence, EmailStep
-from bridgic_coldmail.profiles import NAMES
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROWS = 100_000

@@ -17,7 +17,7 @@ Design decisions:
 * **Plain text, checked like a brief.** A footer text is stripped, at most
   :data:`MAX_FOOTER_CHARS` characters, free of control characters, and holds no ``{`` or
   ``}``: the sending tools read those as their own variables.
-* **The check is in** :mod:`bridgic_coldmail.lint` (rules ``can-spam-address`` and
+* **The check is in** :mod:`bridgic_coldmail.export.lint` (rules ``can-spam-address`` and
   ``can-spam-opt-out``), so it can be turned off by rule id where the law does not apply.
 """
 

@@ -13,8 +13,8 @@ import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, ConfigurationError, InvalidInput
 from bridgic_coldmail.compliance import CAN_SPAM_SOURCE, MAX_FOOTER_CHARS, Footer
-from bridgic_coldmail.export import export_sequence
-from bridgic_coldmail.lint import COMPLIANCE_RULES, Severity, lint_sequence
+from bridgic_coldmail.export.lint import COMPLIANCE_RULES, Severity, lint_sequence
+from bridgic_coldmail.export.writer import export_sequence
 from bridgic_coldmail.models import EmailSequence, EmailStep, make_brief
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.testing import ScriptedOpenAIServer

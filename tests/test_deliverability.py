@@ -8,7 +8,7 @@ import pytest
 
 from bridgic_coldmail import InvalidInput
 from bridgic_coldmail.compliance import Footer
-from bridgic_coldmail.lint import (
+from bridgic_coldmail.export.lint import (
     COMPLIANCE_RULES,
     INSTANTLY_BLOCKLIST,
     JUDGMENT_WORDS,

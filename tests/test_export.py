@@ -20,7 +20,7 @@ from bridgic_coldmail.export import (
     neutralize_cell,
     preview_export,
 )
-from bridgic_coldmail.lint import COMPLIANCE_RULES
+from bridgic_coldmail.export.lint import COMPLIANCE_RULES
 from bridgic_coldmail.models import EmailSequence, EmailStep
 
 HEADER = "email,First Name,Company"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.export_profiles import FOOTER, A, B, make_leads
-from bridgic_coldmail.export import Variant, export_sequence
-from bridgic_coldmail.profiles import NAMES
+from bridgic_coldmail.export.profiles import NAMES
+from bridgic_coldmail.export.writer import Variant, export_sequence
 
 from .conftest import PROCESS_TIMEOUT, REPO
 

@@ -19,7 +19,8 @@ import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, InvalidInput, RunConflict, RunNotFound
 from bridgic_coldmail.compliance import Footer
-from bridgic_coldmail.export import (
+from bridgic_coldmail.export.lint import COMPLIANCE_RULES
+from bridgic_coldmail.export.writer import (
     MAX_VARIANTS,
     Variant,
     as_variants,
@@ -27,7 +28,6 @@ from bridgic_coldmail.export import (
     preview_export,
     variant_index,
 )
-from bridgic_coldmail.lint import COMPLIANCE_RULES
 from bridgic_coldmail.models import EmailSequence, EmailStep
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
@@ -98,7 +98,7 @@ def test_a_re_export_gives_the_same_split_whatever_the_order_or_spelling(tmp_pat
 def test_the_split_is_the_same_in_another_process() -> None:
     """Not Python's string hash, which is salted per process (PYTHONHASHSEED)."""
     code = (
-        "from bridgic_coldmail.export import variant_index\n"
+        "from bridgic_coldmail.export.writer import variant_index\n"
         f"print([variant_index(e, 3, 'a' * 32) for e in {EMAILS[:50]!r}])"
     )
     runs = [

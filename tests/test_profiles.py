@@ -15,16 +15,16 @@ import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, InvalidInput
 from bridgic_coldmail.compliance import Footer
-from bridgic_coldmail.export import export_sequence, preview_export
-from bridgic_coldmail.lint import COMPLIANCE_RULES, Severity
-from bridgic_coldmail.models import EmailSequence, EmailStep
-from bridgic_coldmail.profiles import (
+from bridgic_coldmail.export.lint import COMPLIANCE_RULES, Severity
+from bridgic_coldmail.export.profiles import (
     CONCEPTS,
     NAMES,
     PROFILES,
     bare_domain,
     profile_named,
 )
+from bridgic_coldmail.export.writer import export_sequence, preview_export
+from bridgic_coldmail.models import EmailSequence, EmailStep
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .conftest import Completed
@@ -371,8 +371,9 @@ def test_every_synonym_means_one_kind_of_lead_data() -> None:
 
 @pytest.mark.parametrize("tool", NAMES)
 def test_every_unconfirmed_rule_is_said_in_the_docs(tool: str) -> None:
-    """docs/export.md says, per tool, what could not be confirmed."""
-    docs = (Path(__file__).parent.parent / "docs" / "export.md").read_text(encoding="utf-8")
+    """docs/how-to/export.md says, per tool, what could not be confirmed."""
+    docs_dir = Path(__file__).parent.parent / "docs"
+    docs = (docs_dir / "how-to" / "export.md").read_text(encoding="utf-8")
     profile = PROFILES[tool]
     if profile.is_generic:
         return

@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 
 from ..agent import ColdMailAgent
 from ..errors import ConfigurationError, InvalidInput, LlmError, RunBeingResumed, RunConflict
+from ..export.profiles import NAMES as PROFILE_NAMES
 from ..models import (
     BRIEF_LIMITS,
     Run,
@@ -27,7 +28,6 @@ from ..models import (
     make_brief,
     validate_feedback,
 )
-from ..profiles import NAMES as PROFILE_NAMES
 from .api import API_MAX_OFFSET, exportable
 from .dependencies import Agent, Policy
 from .responses import error_response, templates

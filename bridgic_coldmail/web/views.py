@@ -22,7 +22,8 @@ from markupsafe import Markup
 from rapidfuzz.distance import Indel
 
 from ..agent import ColdMailAgent
-from ..lint import LintIssue
+from ..export.lint import LintIssue
+from ..export.profiles import PROFILES
 from ..models import (
     MAX_FEEDBACK_CHARS,
     MAX_REASON_CHARS,
@@ -34,7 +35,6 @@ from ..models import (
     RunEvent,
     RunStatus,
 )
-from ..profiles import PROFILES
 from .responses import templates
 from .security import CSRF_COOKIE, WebPolicy, csrf_token, set_private_cookie
 from .uploads import ExportRefused, ExportShown

@@ -4,7 +4,7 @@
 columns as they are in the list, then :data:`OUTPUT_COLUMNS` — the opener's subject and
 body, a blank follow-up subject (so the follow-up threads as a reply), the follow-up's body
 and its delay in days. In Smartlead, Instantly, lemlist or Apollo the step templates are
-then just ``{{step1_subject}}``, ``{{step1_body}}``, … (see docs/export.md).
+then just ``{{step1_subject}}``, ``{{step1_body}}``, … (see docs/how-to/export.md).
 
 ``profile=`` shapes the file for one sending tool instead (:mod:`.profiles`: the tool's own
 lead columns, the steps as custom variables named as it allows) and writes a paste-ready
@@ -90,8 +90,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from .compliance import NO_FOOTER, Footer
-from .errors import InvalidInput
+from ..compliance import NO_FOOTER, Footer
+from ..errors import InvalidInput
+from ..merge import Missing, Template
+from ..models import EmailSequence, preview_list
+from ..signing import key_file_for
+from ..store.sqlite import _file_kind
 from .formulas import FORMULA_PREFIXES
 from .formulas import neutralize_cell as neutralize_cell
 from .leads import Lead, LeadHeader, LeadReader, RowProblem
@@ -107,8 +111,6 @@ from .lint import (
     check_rule_ids,
     lint_sequence,
 )
-from .merge import Missing, Template
-from .models import EmailSequence, preview_list
 from .profiles import (
     GENERIC_COLUMNS,
     ColumnPlan,
@@ -117,11 +119,9 @@ from .profiles import (
     profile_named,
     render_template,
 )
-from .signing import key_file_for
-from .store.sqlite import _file_kind
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from ..settings import Settings
 
 OUTPUT_COLUMNS = GENERIC_COLUMNS
 """The columns the generic export adds after the lead's own, in this order."""

@@ -16,7 +16,7 @@ Design decisions:
   headers (a person mapping by hand sees a one-to-one match), lower-case ``snake_case``
   custom-variable names (every vendor example uses them; lemlist's defaults are camelCase,
   so its profile uses letters and digits only), a delay written in words as well as numbers —
-  and the template next to the file lists it under "check", as docs/export.md does.
+  and the template next to the file lists it under "check", as docs/how-to/export.md does.
 * **The rendered emails travel with each lead.** Each row carries its own subject and bodies
   (``step1_subject``, ``step1_body``, ``step2_body`` or the tool's spelling), already filled in
   with our fallbacks applied; the campaign's steps are just those variables. So one campaign
@@ -40,11 +40,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .compliance import Footer
-from .errors import InvalidInput
+from ..compliance import Footer
+from ..errors import InvalidInput
+from ..merge import find_placeholders
+from ..models import EmailSequence, preview_list
 from .leads import EMAIL_HEADERS, LeadHeader
-from .merge import find_placeholders
-from .models import EmailSequence, preview_list
 
 Confidence = Literal["high", "medium", "low", "unconfirmed"]
 
