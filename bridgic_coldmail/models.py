@@ -25,9 +25,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .compliance import MAX_FOOTER_CHARS, footer_text_problem
 from .errors import InvalidInput
 from .merge import syntax_errors
-from .text import CONTROL_CLASS, preview
+from .text import CONTROL, preview
 
 MAX_FEEDBACK_CHARS = 2000
 """Feedback longer than this is refused: it is a note about the audience, not a document."""
@@ -36,8 +37,6 @@ BRIEF_LIMITS = {"product": 200, "offer": 1000, "sender": 200, "audience": 500, "
 """The most characters each brief field may have (after line breaks count as one)."""
 _INTERACTION_ID = re.compile(r"[0-9a-f]{32}")
 # Newlines and tabs are fine in prose; every other control character is refused.
-
-_CONTROL = re.compile(f"[{CONTROL_CLASS}]")
 
 STORED: dict[str, Any] = {"stored": True}
 """Validation context for text read back from the store or a snapshot. It was checked when
@@ -58,13 +57,7 @@ zero-width space or a bidi control."""
 
 
 def _has_control_chars(text: str) -> bool:
-    return _CONTROL.search(text) is not None
-
-
-def control_chars(text: str) -> list[str]:
-    """The control characters ``text`` holds (see :data:`CONTROL_CLASS`), each once, as
-    ``U+001B``, in order of appearance."""
-    return list(dict.fromkeys(f"U+{ord(c):04X}" for c in _CONTROL.findall(text)))
+    return CONTROL.search(text) is not None
 
 
 def _is_invisible(text: str) -> bool:
@@ -139,6 +132,14 @@ class Brief(BaseModel):
     sender: str = Field(description="Who signs the emails, e.g. 'Dana Lee, founder of Acme'.")
     audience: str | None = Field(default=None, description="A first guess at who should read it.")
     cta: str | None = Field(default=None, description="The one action the reader should take.")
+    postal_address: str | None = Field(
+        default=None,
+        description="The sender's postal address, appended by code to every exported email.",
+    )
+    opt_out: str | None = Field(
+        default=None,
+        description="One sentence on how to opt out, appended by code to every exported email.",
+    )
 
     @field_validator("product", "offer", "sender", mode="before")
     @classmethod
@@ -148,6 +149,21 @@ class Brief(BaseModel):
         if isinstance(value, str) and not is_stored(info):
             field = str(info.field_name)
             return clean_text(value, field=field, limit=BRIEF_LIMITS[field])
+        return value
+
+    @field_validator("postal_address", "opt_out", mode="before")
+    @classmethod
+    def _footer_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """Appended verbatim to every email (see ``compliance``): plain text, no braces."""
+        if isinstance(value, str) and not is_stored(info):
+            if _is_invisible(value):
+                return None
+            field = str(info.field_name)
+            text = clean_text(value, field=field, limit=MAX_FOOTER_CHARS)
+            problem = footer_text_problem(text)
+            if problem is not None:
+                raise PydanticCustomError("footer", f"{field} {problem}")
+            return text
         return value
 
     @field_validator("audience", "cta", mode="before")

@@ -76,6 +76,9 @@ ENV = {
     "web_token": "COLDMAIL_WEB_TOKEN",
     "allowed_hosts": "COLDMAIL_ALLOWED_HOSTS",
     "public_origin": "COLDMAIL_PUBLIC_ORIGIN",
+    "postal_address": "COLDMAIL_POSTAL_ADDRESS",
+    "opt_out": "COLDMAIL_OPT_OUT",
+    "disabled_rules": "COLDMAIL_DISABLED_RULES",
     "max_body_bytes": "COLDMAIL_MAX_BODY_BYTES",
     "max_upload_bytes": "COLDMAIL_MAX_UPLOAD_BYTES",
     "max_export_bytes": "COLDMAIL_MAX_EXPORT_BYTES",
@@ -104,6 +107,9 @@ class AgentOptions(TypedDict, total=False):
     pool_timeout: float
     prepare_statements: bool
     statement_timeout: float
+    postal_address: str
+    opt_out: str
+    disabled_rules: str | tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,16 @@ class Settings:
     (comma-separated)."""
     public_origin: str | None = None
     """The origin browsers see (``https://review.example.com``) when served behind a proxy."""
+    postal_address: str | None = None
+    """The sender's postal address appended to every exported email of a run whose brief has
+    none (plain text, at most 300 characters, no ``{`` ``}``). None: the CAN-SPAM check
+    warns."""
+    opt_out: str | None = None
+    """The opt-out sentence appended likewise to every exported email of a run whose brief has
+    none. None: the CAN-SPAM check warns."""
+    disabled_rules: tuple[str, ...] = ()
+    """Check rule ids that do not apply, comma-separated (e.g.
+    ``can-spam-address,can-spam-opt-out`` for a list with no US recipients)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """The largest request body the web server reads (JSON and forms): 1,024 bytes to 16 MiB."""
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
@@ -444,6 +460,27 @@ def _origin(value: Any) -> str:
     return text.lower()
 
 
+def _footer_text(value: Any) -> str:
+    from .compliance import footer_text_problem
+
+    text = _text(value).replace("\r\n", "\n").replace("\r", "\n")
+    problem = footer_text_problem(text)
+    if problem is not None:
+        raise ValueError(f"it {problem}")
+    return text
+
+
+def _rule_ids(value: Any) -> tuple[str, ...]:
+    from .errors import InvalidInput
+    from .export.lint import check_rule_ids
+
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(sorted(check_rule_ids(str(item) for item in items)))
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -476,6 +513,9 @@ _PARSERS: dict[str, Any] = {
     "web_token": _web_token,
     "allowed_hosts": _hosts,
     "public_origin": _origin,
+    "postal_address": _footer_text,
+    "opt_out": _footer_text,
+    "disabled_rules": _rule_ids,
     "max_body_bytes": _count(1024, 16 * 1024 * 1024),
     "max_upload_bytes": _count(1024, 1024 * 1024 * 1024),
     "max_export_bytes": _count(1024, 64 * 1024 * 1024 * 1024),

@@ -7,6 +7,7 @@ front ends all take these rules from one place.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
 
@@ -15,6 +16,16 @@ CONTROL_CLASS = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u2028\u202
 can state it) for the characters no text may hold: Unicode's "Cc" characters but newline,
 tab and carriage return, plus the line and paragraph separators U+2028 and U+2029, which
 terminals, browsers and JavaScript treat as line breaks."""
+
+CONTROL = re.compile(f"[{CONTROL_CLASS}]")
+"""Finds a character of :data:`CONTROL_CLASS`."""
+
+
+def control_chars(text: str) -> list[str]:
+    """The control characters ``text`` holds (see :data:`CONTROL_CLASS`), each once, as
+    ``U+001B``, in order of appearance."""
+    return list(dict.fromkeys(f"U+{ord(c):04X}" for c in CONTROL.findall(text)))
+
 
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 
