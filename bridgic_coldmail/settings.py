@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 from typing_extensions import TypedDict
 
-from .errors import ColdmailError, ConfigurationError
+from .compliance import footer_text_problem
+from .errors import ColdmailError, ConfigurationError, InvalidInput
 
 if TYPE_CHECKING:
     from .notify.destinations import Destination
@@ -461,8 +462,6 @@ def _origin(value: Any) -> str:
 
 
 def _footer_text(value: Any) -> str:
-    from .compliance import footer_text_problem
-
     text = _text(value).replace("\r\n", "\n").replace("\r", "\n")
     problem = footer_text_problem(text)
     if problem is not None:
@@ -471,8 +470,7 @@ def _footer_text(value: Any) -> str:
 
 
 def _rule_ids(value: Any) -> tuple[str, ...]:
-    from .errors import InvalidInput
-    from .export.lint import check_rule_ids
+    from .export.lint import check_rule_ids  # the lint rules sit above settings: see pyproject
 
     items = value.split(",") if isinstance(value, str) else list(value)
     try:
