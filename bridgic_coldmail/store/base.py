@@ -281,6 +281,11 @@ class RunStore(Protocol):
         """Sign unsigned snapshots (all when None): an operator's explicit decision."""
         ...
 
+    async def signer(self) -> SnapshotSigner | None:
+        """This installation's signer (one-click links are signed with it too); None while
+        no database exists yet."""
+        ...
+
     async def close(self) -> None:
         """Release connections (idempotent)."""
         ...
