@@ -239,6 +239,28 @@ class FormState:
     values: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Applied:
+    """A submitted answer (feedback or a decision) is applied: here is the run after it."""
+
+    run: Run
+
+
+@dataclass(frozen=True)
+class NotApplied:
+    """A submitted answer changed nothing: the page says why (``message``, with ``status``),
+    shows ``run`` as it is now, and what was typed (``form``) when it can be sent again."""
+
+    run: Run
+    status: int
+    message: str
+    form: FormState | None = None
+
+
+Outcome = Applied | NotApplied
+"""What submitting an answer came to, for whichever page shows it (the run page, a link's)."""
+
+
 def edit_values(sequence: EmailSequence) -> dict[str, str]:
     """The edit form's fields, prefilled from ``sequence``."""
     return {
