@@ -6,14 +6,18 @@ The checks are plain ASGI middlewares, outermost first:
    ``frame-ancestors 'none'`` and ``Referrer-Policy: same-origin`` (no address, and so no
    ``?token=``, leaks to another site) on every response, error pages included; and
    ``Cache-Control: no-store`` on every one but the static files, as any page, API answer or
-   error may carry run data (drafts, feedback, a lead list's rows).
+   error may carry run data (drafts, feedback, a lead list's rows). A one-click link's pages
+   (:data:`LINK_PATH`) get ``Referrer-Policy: strict-origin`` instead, so the token in their
+   address is not sent even to this server's own stylesheet and script (a proxy's log may
+   record referrers), and ``X-Robots-Tag: noindex``.
 2. :class:`ErrorBoundary` turns an unexpected exception into the JSON or HTML 500 and logs it.
 3. :class:`HostGuard` answers only the Host names of :class:`WebPolicy` (the bound address,
    loopback names, ``COLDMAIL_ALLOWED_HOSTS``, the host of ``COLDMAIL_PUBLIC_ORIGIN``), with
    421 otherwise: a DNS-rebinding page at ``http://evil.example:8000`` resolves to this server
    but says so in its Host header. A state-changing request whose ``Origin`` is not one of the
    configured origins is refused with 403; the request's own Host never vouches for it.
-4. :class:`TokenGuard` requires ``COLDMAIL_WEB_TOKEN`` when it is set.
+4. :class:`TokenGuard` requires ``COLDMAIL_WEB_TOKEN`` when it is set, except on a one-click
+   link's pages, where the signed link is the credential (:mod:`.link_pages`).
 5. :class:`BodyLimit` refuses a declared ``Content-Length`` over ``COLDMAIL_MAX_BODY_BYTES``
    before reading anything, and counts a body without one as it arrives (413 either way). The
    lead-list upload of an export (:data:`UPLOAD_PATH`) has its own, larger limit,
@@ -40,7 +44,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ConfigurationError
+from ..notify.links import LINK_PATH
 from ..settings import ENV, Settings, check_web_token
+from .logs import redact_links
 from .responses import WebError, error_response
 
 TOKEN_ENV = ENV["web_token"]
@@ -69,6 +75,9 @@ SECURITY_HEADERS = {
 """Headers on every response, errors included."""
 NOT_STORED = {"Cache-Control": "no-store"}
 """Headers on every response but a static file's: no cache may keep run data."""
+LINK_HEADERS = {"Referrer-Policy": "strict-origin", "X-Robots-Tag": "noindex"}
+"""Headers of a one-click link's pages, over :data:`SECURITY_HEADERS`. ``strict-origin``,
+not ``no-referrer``, for the same reason as there: the form's POST keeps its Origin."""
 STATIC_PREFIX = "/static/"
 
 logger = logging.getLogger(__name__)
@@ -223,6 +232,8 @@ class SecurityHeaders:
         added = dict(SECURITY_HEADERS)
         if not scope["path"].startswith(STATIC_PREFIX):
             added.update(NOT_STORED)
+        if scope["path"].startswith(LINK_PATH):
+            added.update(LINK_HEADERS)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -255,7 +266,8 @@ class ErrorBoundary:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception:
-            logger.exception("unexpected error answering %s %s", scope["method"], scope["path"])
+            path = redact_links(scope["path"])
+            logger.exception("unexpected error answering %s %s", scope["method"], path)
             if started:
                 raise
             message = "unexpected error on the server; its log has the details (please report it)"
@@ -297,7 +309,9 @@ class HostGuard:
 
 class TokenGuard:
     """When a token is set, every request carries it: ``Authorization: Bearer`` (any case), or
-    the cookie that opening ``/?token=…`` once sets. Static files are public."""
+    the cookie that opening ``/?token=…`` once sets. Static files are public, and so are a
+    one-click link's pages: their signed token is their credential, and they show and accept
+    nothing but that link's pause."""
 
     def __init__(self, app: ASGIApp, policy: WebPolicy) -> None:
         self.app = app
@@ -305,7 +319,11 @@ class TokenGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = self.policy.token
-        if scope["type"] != "http" or token is None or scope["path"].startswith(STATIC_PREFIX):
+        if (
+            scope["type"] != "http"
+            or token is None
+            or scope["path"].startswith((STATIC_PREFIX, LINK_PATH))
+        ):
             await self.app(scope, receive, send)
             return
         request = Request(scope)
