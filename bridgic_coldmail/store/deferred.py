@@ -21,7 +21,7 @@ from typing import TypeVar
 from ..errors import DatabaseNotFound, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..signing import SnapshotSigner
-from .base import (
+from .protocol import (
     Action,
     Claim,
     ClaimOutcome,
