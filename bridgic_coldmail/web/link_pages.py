@@ -79,7 +79,7 @@ ANSWERED_REFUSAL = (
 )
 
 
-@router.get(LINK_PATH + "{token}")
+@router.api_route(LINK_PATH + "{token}", methods=["GET", "HEAD"])  # link checkers send HEAD
 async def link_page(request: Request, token: str, agent: Agent) -> Response:
     """The link's pause and its forms; or what was decided. Changes nothing."""
     try:

@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import ConfigurationError
 from ..notify.links import LINK_PATH
 from ..settings import ENV, Settings, check_web_token
-from .logs import redact_links
+from .logs import RedactLinkTokens, redact_links
 from .responses import WebError, error_response
 
 TOKEN_ENV = ENV["web_token"]
@@ -81,6 +81,7 @@ not ``no-referrer``, for the same reason as there: the form's POST keeps its Ori
 STATIC_PREFIX = "/static/"
 
 logger = logging.getLogger(__name__)
+logger.addFilter(RedactLinkTokens())  # an exception's text may quote the path
 
 
 def check_bind_address(host: str, token: str | None) -> str | None:
