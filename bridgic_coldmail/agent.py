@@ -545,6 +545,7 @@ class ColdMailAgent:
         """
         from .notify.links import (
             REFUSED,
+            RUN_GONE,
             OpenedLink,
             check_run,
             form_token_matches,
@@ -567,7 +568,7 @@ class ColdMailAgent:
         except (RunNotFound, InvalidInput):
             run = None
         if run is None:
-            raise LinkRunGone("this link's run is no longer stored", topic="not_found")
+            raise LinkRunGone(RUN_GONE, topic="not_found")
         is_open = check_run(claim, run, to_act=False)
         return OpenedLink(claim, run, is_open, make_form_token(signer, token))
 

@@ -11,8 +11,15 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import os
 import re
-from collections.abc import AsyncIterator
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -39,7 +46,7 @@ JSON = {"Accept": "application/json"}
 
 def link_settings(db_path: Path, **more: object) -> Settings:
     """The inbox behind a token, with the public origin links are made for."""
-    return settings_for(db_path, web_token=STRONG_TOKEN, public_origin=BASE, **more)
+    return settings_for(db_path, **{"web_token": STRONG_TOKEN, "public_origin": BASE, **more})
 
 
 @pytest.fixture
@@ -116,7 +123,7 @@ async def test_a_link_opens_its_pause_without_the_inbox_token_and_grants_nothing
     for header, value in {
         "cache-control": "no-store",
         "content-security-policy": CONTENT_SECURITY_POLICY,
-        "referrer-policy": "strict-origin",
+        "referrer-policy": "no-referrer",
         "x-robots-tag": "noindex",
         "x-frame-options": "DENY",
     }.items():
@@ -529,15 +536,19 @@ async def test_a_link_to_an_earlier_pause_shows_its_answer_and_acts_no_more(
     assert server.count("revise") == 1
 
 
-async def test_a_replayed_form_is_refused_with_410_and_applies_nothing(
-    client: httpx.AsyncClient, db_path: Path, brief: Brief
+async def test_a_retried_form_gets_the_recorded_result_and_another_answer_410(
+    client: httpx.AsyncClient, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
     interaction_id = await at_review(db_path, brief)
     path = await link_to(db_path, interaction_id)
     page = (await client.get(path)).text
     assert (await answer(client, path, "approve", page, reviewer="Bo")).status_code == 303
     after = await stored_run(db_path, interaction_id)
-    for kind, fields in (("approve", {"reviewer": "Bo"}), ("reject", {"reason": "changed mind"})):
+    # The same form again (its answer lost), by anyone: the recorded result, applied once.
+    for reviewer in ("Bo", "", "Cy"):
+        retried = await answer(client, path, "approve", page, reviewer=reviewer)
+        assert (retried.status_code, retried.headers["location"]) == (303, path)
+    for kind, fields in (("reject", {"reason": "changed mind"}), ("revise", {"guidance": "x"})):
         replayed = await client.post(
             f"{path}/{kind}", data={"csrf_token": csrf(page), **fields}, headers={**ORIGIN, **JSON}
         )
@@ -545,6 +556,42 @@ async def test_a_replayed_form_is_refused_with_410_and_applies_nothing(
         assert replayed.json()["error"]["type"] == "LinkAnswered"
         assert interaction_id not in replayed.text
     assert await stored_run(db_path, interaction_id) == after
+    assert "Round 1: Bo approved it" in visible((await client.get(path)).text)
+
+
+async def test_a_retry_long_after_still_gets_the_recorded_result(
+    client: httpx.AsyncClient, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    """Feedback and a round-1 revision, each retried once the run went on and finished."""
+    async with ColdMailAgent.open(db_path) as agent:
+        interaction_id = (await agent.start(brief, review=True)).interaction_id
+    audience = await link_to(db_path, interaction_id)
+    audience_page = (await client.get(audience)).text
+    given = await answer(client, audience, "feedback", audience_page, feedback=FEEDBACK)
+    assert given.status_code == 303
+    round_one = await link_to(db_path, interaction_id)
+    round_one_page = (await client.get(round_one)).text
+    revised = await answer(client, round_one, "revise", round_one_page, guidance="shorter")
+    assert revised.status_code == 303
+    async with ColdMailAgent.open(db_path) as agent:
+        await agent.approve(interaction_id, reviewer="Di")
+    done = await stored_run(db_path, interaction_id)
+    assert done[0].status is RunStatus.COMPLETED
+
+    for path, page, kind, fields in (
+        (audience, audience_page, "feedback", {"feedback": f"  {FEEDBACK}  "}),
+        (round_one, round_one_page, "revise", {"guidance": "shorter", "reviewer": "Eve"}),
+    ):
+        retried = await answer(client, path, kind, page, **fields)
+        assert (retried.status_code, retried.headers["location"]) == (303, path)
+    for path, page, kind, fields in (
+        (audience, audience_page, "feedback", {"feedback": "someone else"}),
+        (round_one, round_one_page, "revise", {"guidance": "longer"}),
+        (round_one, round_one_page, "approve", {}),
+    ):
+        assert (await answer(client, path, kind, page, **fields)).status_code == 410
+    assert await stored_run(db_path, interaction_id) == done
+    assert (server.count("refine"), server.count("revise")) == (1, 1)
 
 
 async def test_a_form_without_the_pages_form_token_is_refused_with_403(
@@ -595,12 +642,39 @@ async def test_a_foreign_host_gets_421_and_a_foreign_origin_403_with_nothing_cha
         assert_no_run_data(misdirected, run)
         posted = await client.post(f"{path}/feedback", data=data, headers={"Host": host, **ORIGIN})
         assert posted.status_code == 421
-    for origin in ("https://evil.example", "null", "http://127.0.0.1:8001"):
+    for origin in ("https://evil.example", "http://127.0.0.1:8001", "nullx"):
         foreign = await client.post(f"{path}/feedback", data=data, headers={"Origin": origin})
-        assert foreign.status_code == 403
+        assert foreign.status_code == 403, origin
         assert_no_run_data(foreign, run)
+    # "null" is what a browser sends from a no-referrer page: only the form token vouches.
+    other = await link_to(db_path, await paused(db_path, brief))
+    for form_token in ("", csrf((await client.get(other)).text)):
+        opaque = await client.post(
+            f"{path}/feedback",
+            data={"feedback": FEEDBACK, "csrf_token": form_token},
+            headers={"Origin": "null"},
+        )
+        assert opaque.status_code == 403
+        assert_no_run_data(opaque, run)
+    # ... and nowhere but under a link's path.
+    inbox = {"Authorization": f"Bearer {STRONG_TOKEN}", "Origin": "null"}
+    refused = await client.post("/runs", data={"product": "x"}, headers=inbox)
+    assert refused.status_code == 403
     assert await stored_run(db_path, interaction_id) == (run, events)
     assert server.count("refine") == 0
+
+
+async def test_a_form_from_a_no_referrer_page_says_origin_null_and_is_applied(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await paused(db_path, brief)
+    path = await link_to(db_path, interaction_id)
+    page = (await client.get(path)).text
+    data = {"feedback": FEEDBACK, "csrf_token": csrf(page)}
+    posted = await client.post(f"{path}/feedback", data=data, headers={"Origin": "null"})
+    assert (posted.status_code, posted.headers["location"]) == (303, path)
+    run, _ = await stored_run(db_path, interaction_id)
+    assert run.feedback == FEEDBACK
 
 
 async def test_an_unknown_form_is_404_and_a_file_upload_is_refused(
@@ -834,6 +908,187 @@ async def test_a_link_made_by_one_process_opens_in_another_on_both_backends(
         from bridgic_coldmail.errors import LinkRefused
 
         with pytest.raises(LinkRefused):
-            await opener.open_link(token, form_token=opened.form_token[:-1] + "A")
+            last = opened.form_token[-1]
+            edited = opened.form_token[:-1] + ("B" if last == "A" else "A")
+            await opener.open_link(token, form_token=edited)
         await opener.resume(run.interaction_id, FEEDBACK)
         assert not (await opener.open_link(token)).is_open
+
+
+# ---------------------------------------------------------------------------- real HTTP
+
+
+@dataclass
+class LinkServer:
+    """``coldmail serve --access-log`` in a child process on a loopback port, behind a token."""
+
+    url: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> str:
+        """Stop the server; its log (standard output and error) as text."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def link_server(
+    server: ScriptedOpenAIServer, db_path: Path, tmp_path: Path
+) -> Iterator[LinkServer]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "COLDMAIL_WEB_TOKEN": STRONG_TOKEN, "COLDMAIL_PUBLIC_ORIGIN": url}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bridgic_coldmail",
+                "serve",
+                "--port",
+                str(port),
+                "--access-log",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    running = LinkServer(url, log, process)
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/static/style.css", timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None:
+                    raise AssertionError(running.stop()) from None
+                time.sleep(0.1)
+        yield running
+    finally:
+        running.stop()
+
+
+async def test_over_real_http_a_link_answers_once_and_its_token_is_never_logged(
+    link_server: LinkServer, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    url = link_server.url
+    interaction_id = await paused(db_path, brief)
+    async with ColdMailAgent.open(
+        db_path, settings=link_settings(db_path, public_origin=url)
+    ) as agent:
+        link = await agent.link(interaction_id)
+    assert link.startswith(url + LINK_PATH)
+    path = link.removeprefix(url)
+    token = path.removeprefix(LINK_PATH)
+    signer = signer_of(db_path)
+    soon = datetime.now(timezone.utc) + timedelta(days=1)
+    expired = LINK_PATH + make_token(
+        signer, interaction_id, interaction_id, soon - timedelta(days=2)
+    )
+    unknown = LINK_PATH + make_token(signer, "0" * 32, "0" * 32, soon)
+    edited = path[:-1] + ("B" if path[-1] == "A" else "A")
+    run, _ = await stored_run(db_path, interaction_id)
+
+    async with httpx.AsyncClient(base_url=url) as client:  # no inbox token, ever
+        assert (await client.get("/")).status_code == 401
+        page = await client.get(path)
+        assert page.status_code == 200 and run.question in visible(page.text)
+        assert page.headers["referrer-policy"] == "no-referrer"
+        assert page.headers["cache-control"] == "no-store"
+        data = {"feedback": FEEDBACK, "reviewer": "Ann", "csrf_token": csrf(page.text)}
+        posted = await client.post(f"{path}/feedback", data=data, headers={"Origin": "null"})
+        assert (posted.status_code, posted.headers["location"]) == (303, path)
+        retried = await client.post(f"{path}/feedback", data=data, headers={"Origin": url})
+        assert (retried.status_code, retried.headers["location"]) == (303, path)
+        shown = visible((await client.get(path)).text)
+        assert f"Ann answered with the audience “{FEEDBACK}”" in shown
+        other = {**data, "feedback": "someone else"}
+        late = await client.post(f"{path}/feedback", data=other, headers={"Origin": url})
+        assert late.status_code == 410 and "already answered" in visible(late.text)
+        for refused, status, says in (
+            (edited, 403, "open the newest message about the run"),
+            (expired, 410, "this link has expired; open the newest message"),
+            (unknown, 404, "no longer stored"),
+        ):
+            answer_page = await client.get(refused)
+            assert answer_page.status_code == status
+            assert says in visible(answer_page.text)
+            assert answer_page.headers["referrer-policy"] == "no-referrer"
+            assert_no_run_data(answer_page, run)
+    assert server.count("refine") == 1
+
+    log = link_server.stop()
+    assert f'"GET {LINK_PATH}[redacted] HTTP/1.1" 200' in log
+    assert f'"POST {LINK_PATH}[redacted]/feedback HTTP/1.1" 303' in log
+    assert f'"GET {LINK_PATH}[redacted] HTTP/1.1" 410' in log
+    for secret in (token, token.split(".")[1], edited.rsplit(".", 1)[1]):
+        assert secret not in log
+
+
+# ---------------------------------------------------------------------------- a real browser
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+async def test_a_reviewer_opens_a_link_in_a_real_browser_answers_and_sees_the_result(
+    link_server: LinkServer, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    from .test_browser import CHROMIUM, FLAGS, _need_chromium
+
+    _need_chromium()
+    from playwright.async_api import Request as BrowserRequest
+    from playwright.async_api import async_playwright
+
+    url = link_server.url
+    interaction_id = await paused(db_path, brief)
+    async with ColdMailAgent.open(
+        db_path, settings=link_settings(db_path, public_origin=url)
+    ) as agent:
+        link = await agent.link(interaction_id)
+    seen: list[tuple[str, str, dict[str, str]]] = []
+
+    async def record(request: BrowserRequest) -> None:
+        seen.append((request.method, request.url, await request.all_headers()))
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page()
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
+            page.on("request", record)
+            await page.goto(link)
+            header = await page.eval_on_selector(
+                "header", "e => getComputedStyle(e).backgroundColor"
+            )
+            assert header == "rgb(29, 36, 51)"  # the stylesheet applies
+            await page.fill("textarea#feedback", FEEDBACK)
+            await page.fill("#feedback-form input[name=reviewer]", "Ann")
+            async with page.expect_navigation():
+                await page.click("#feedback-form button[type=submit]")
+            await page.wait_for_selector("#answered", timeout=30_000)
+            said = await page.inner_text("#answered")
+            assert f"Ann answered with the audience “{FEEDBACK}”" in said
+            assert page.url == link  # back on the link, which now says what was decided
+            assert await page.query_selector("form") is None
+        finally:
+            await browser.close()
+    assert not [text for text in console if "Content Security Policy" in text], console
+    run, _ = await stored_run(db_path, interaction_id)
+    assert (run.status, run.feedback) == (RunStatus.COMPLETED, FEEDBACK)
+    # No request the page made (its files, its form) carried the link in a Referer.
+    assert any(method == "POST" for method, _, _ in seen)
+    token = link.removeprefix(url + LINK_PATH)
+    for method, address, headers in seen:
+        assert headers.get("referer", "") == "", (method, address)  # Playwright shows ""
+        if not address.startswith(link):
+            assert token not in str(headers), (method, address)
+    posted = next(headers for method, _, headers in seen if method == "POST")
+    assert posted.get("origin") == "null"  # what no-referrer makes a browser send
+    assert token not in link_server.stop()

@@ -55,6 +55,10 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 REFUSED = (
     "this link is not valid: it was changed or cut short; open the newest message about the run"
 )
+RUN_GONE = (
+    "this link's run is no longer stored (it was deleted), so there is nothing left to answer; "
+    "ask whoever sent the link whether a new run replaced it"
+)
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ def check_run(claim: LinkClaim, run: Run | None, *, to_act: bool) -> bool:
         LinkAnswered: ``to_act``, and the pause is over (410).
     """
     if run is None or run.interaction_id != claim.run_id:
-        raise LinkRunGone("this link's run is no longer stored", topic="not_found")
+        raise LinkRunGone(RUN_GONE, topic="not_found")
     pause = current_pause(run)
     is_open = pause is not None and pause == claim.pause_id
     if to_act and not is_open:

@@ -19,7 +19,8 @@ applied by the run page's own code (``apply_feedback``, ``apply_decision``: the 
 claim, lease and fencing, the same validation, the same explanation of a race) once the
 form token it carries proves it came from this link's page; a decision is taken for the
 link's round, whatever the form says. The answer then leads back to the link (303), which
-shows what was decided.
+shows what was decided. The same form sent again once the pause is answered (a retry after
+its answer was lost) gets that same 303, the recorded result; any other answer is refused.
 
 Refusals carry no run data: a forged, edited or truncated link, or a form from elsewhere,
 403; an expired link 410; a run no longer stored 404; a form sent once the pause is answered
@@ -37,9 +38,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ..agent import ColdMailAgent
-from ..errors import LinkAnswered, LinkRunGone, RunNotFound
-from ..models import RunEvent, RunStatus
-from ..notify.links import LINK_PATH, OpenedLink, check_run
+from ..errors import InvalidInput, LinkAnswered, LinkRunGone, RunNotFound
+from ..models import RunEvent, RunStatus, validate_feedback
+from ..notify.links import LINK_PATH, RUN_GONE, OpenedLink, check_run
 from .dependencies import Agent
 from .pages import apply_feedback
 from .responses import WebError, templates
@@ -53,6 +54,7 @@ from .views import (
     describe_decision,
     form_text,
     pause_context,
+    same_decision,
 )
 
 router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
@@ -107,6 +109,9 @@ async def _answer_link(request: Request, token: str, answer: str, agent: ColdMai
     if (answer == "feedback") != (claim.round is None):
         raise WebError(404, NO_SUCH_FORM)
     if not (opened.is_open or _being_answered(opened)):
+        if await _repeats_the_answer(agent, opened, answer, fields):
+            # The same form again (its answer was lost): the recorded result, not a refusal.
+            return RedirectResponse(relative_location(LINK_PATH + token), 303)
         raise LinkAnswered(ANSWERED_REFUSAL, topic="answered")
     if answer == "feedback":
         reviewer = fields.get("reviewer", "")
@@ -131,7 +136,25 @@ async def _answer_link(request: Request, token: str, answer: str, agent: ColdMai
 
 
 def _gone() -> LinkRunGone:
-    return LinkRunGone("this link's run is no longer stored", topic="not_found")
+    return LinkRunGone(RUN_GONE, topic="not_found")
+
+
+async def _repeats_the_answer(
+    agent: ColdMailAgent, opened: OpenedLink, answer: str, fields: dict[str, str]
+) -> bool:
+    """Whether the form repeats what answered the link's pause, by the store's rule for a
+    repeat (``Action.same_as``: the same feedback, or the same decision for that round,
+    whoever sends it)."""
+    run, round = opened.run, opened.claim.round
+    try:
+        if answer == "feedback":
+            mine = validate_feedback(fields.get("feedback", ""))
+            return run.feedback == mine and run.status is not RunStatus.AWAITING_FEEDBACK
+        decision = decision_form(answer, {**fields, "round": str(round)}).decision()
+    except InvalidInput:
+        return False
+    taken = decision_at(await agent.history(run.interaction_id), round)
+    return taken is not None and same_decision(taken, decision)
 
 
 def _being_answered(opened: OpenedLink) -> bool:

@@ -7,15 +7,18 @@ The checks are plain ASGI middlewares, outermost first:
    ``?token=``, leaks to another site) on every response, error pages included; and
    ``Cache-Control: no-store`` on every one but the static files, as any page, API answer or
    error may carry run data (drafts, feedback, a lead list's rows). A one-click link's pages
-   (:data:`LINK_PATH`) get ``Referrer-Policy: strict-origin`` instead, so the token in their
-   address is not sent even to this server's own stylesheet and script (a proxy's log may
-   record referrers), and ``X-Robots-Tag: noindex``.
+   (:data:`LINK_PATH`) get ``Referrer-Policy: no-referrer`` instead, so the token in their
+   address is sent nowhere, not even to this server's own stylesheet and script (a proxy's
+   log may record referrers), and ``X-Robots-Tag: noindex``.
 2. :class:`ErrorBoundary` turns an unexpected exception into the JSON or HTML 500 and logs it.
 3. :class:`HostGuard` answers only the Host names of :class:`WebPolicy` (the bound address,
    loopback names, ``COLDMAIL_ALLOWED_HOSTS``, the host of ``COLDMAIL_PUBLIC_ORIGIN``), with
    421 otherwise: a DNS-rebinding page at ``http://evil.example:8000`` resolves to this server
    but says so in its Host header. A state-changing request whose ``Origin`` is not one of the
-   configured origins is refused with 403; the request's own Host never vouches for it.
+   configured origins is refused with 403; the request's own Host never vouches for it. Under
+   a link's path ``Origin: null`` passes too: that is what a browser sends for the form of a
+   page served with ``no-referrer``, and there the form token bound to the link
+   (:mod:`.link_pages`), which no other page can know, is what proves the form came from it.
 4. :class:`TokenGuard` requires ``COLDMAIL_WEB_TOKEN`` when it is set, except on a one-click
    link's pages, where the signed link is the credential (:mod:`.link_pages`).
 5. :class:`BodyLimit` refuses a declared ``Content-Length`` over ``COLDMAIL_MAX_BODY_BYTES``
@@ -75,9 +78,11 @@ SECURITY_HEADERS = {
 """Headers on every response, errors included."""
 NOT_STORED = {"Cache-Control": "no-store"}
 """Headers on every response but a static file's: no cache may keep run data."""
-LINK_HEADERS = {"Referrer-Policy": "strict-origin", "X-Robots-Tag": "noindex"}
-"""Headers of a one-click link's pages, over :data:`SECURITY_HEADERS`. ``strict-origin``,
-not ``no-referrer``, for the same reason as there: the form's POST keeps its Origin."""
+LINK_HEADERS = {"Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
+"""Headers of a one-click link's pages, over :data:`SECURITY_HEADERS`: their address holds
+the link's token, which no Referer may carry (the form's POST then says ``Origin: null``,
+which :class:`HostGuard` lets through under a link's path)."""
+OPAQUE_ORIGIN = "null"
 STATIC_PREFIX = "/static/"
 
 logger = logging.getLogger(__name__)
@@ -167,9 +172,13 @@ class WebPolicy:
         """Whether cookies must be ``Secure``: the browser talks HTTPS."""
         return self.https if self.https is not None else request.url.scheme == "https"
 
-    def origin_allowed(self, value: str | None) -> bool:
-        """No Origin (not a browser, or a same-origin GET) or a configured one."""
-        return value is None or value.strip().lower() in self.origins
+    def origin_allowed(self, value: str | None, *, opaque: bool = False) -> bool:
+        """No Origin (not a browser, or a same-origin GET) or a configured one; with
+        ``opaque``, also ``null`` (a page that sends no referrer)."""
+        if value is None:
+            return True
+        origin = value.strip().lower()
+        return origin in self.origins or (opaque and origin == OPAQUE_ORIGIN)
 
 
 def same_secret(offered: str, expected: str) -> bool:
@@ -295,7 +304,7 @@ class HostGuard:
             )
             response = error_response(scope, 421, "MisdirectedRequest", message)
         elif scope["method"] not in SAFE_METHODS and not self.policy.origin_allowed(
-            headers.get("origin")
+            headers.get("origin"), opaque=scope["path"].startswith(LINK_PATH)
         ):
             message = (
                 "this request came from a page of another site; nothing was changed (behind a "
