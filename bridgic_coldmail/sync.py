@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,6 +26,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .export import ExportReport
     from .export.lint import LintIssue
+    from .notify.links import OpenedLink
 
 T = TypeVar("T")
 
@@ -219,6 +220,14 @@ class SyncColdMailAgent:
     def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign unsigned legacy runs; see :meth:`ColdMailAgent.trust_unsigned`."""
         return self._call(self._agent.trust_unsigned(interaction_ids))
+
+    def link(self, interaction_id: str, *, expires_at: datetime | None = None) -> str:
+        """A signed one-click link to the run's pause; see :meth:`ColdMailAgent.link`."""
+        return self._call(self._agent.link(interaction_id, expires_at=expires_at))
+
+    def open_link(self, token: str, *, form_token: str | None = None) -> OpenedLink:
+        """What a one-click link opens; see :meth:`ColdMailAgent.open_link`."""
+        return self._call(self._agent.open_link(token, form_token=form_token))
 
     def close(self) -> None:
         """Close the store and stop the private loop (idempotent)."""
