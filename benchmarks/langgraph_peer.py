@@ -43,10 +43,10 @@ from importlib.util import find_spec
 from typing import Any, Literal, TypedDict
 
 from bridgic_coldmail import Brief, EmailSequence
-from bridgic_coldmail.prompts import AUDIENCE_QUESTION
+from bridgic_coldmail.llm.prompts import AUDIENCE_QUESTION
+from bridgic_coldmail.llm.writing import TaskKind, WritingTask, write_sequence
 from bridgic_coldmail.retry import NO_RETRY
 from bridgic_coldmail.settings import DEFAULT_POOL_SIZE
-from bridgic_coldmail.writing import TaskKind, WritingTask, write_sequence
 
 Durability = Literal["async", "exit"]
 SYNCHRONOUS = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}

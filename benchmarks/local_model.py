@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bridgic_coldmail.llm.writing import WritingTask
 from bridgic_coldmail.models import Brief, EmailSequence, EmailStep
-from bridgic_coldmail.writing import WritingTask
 
 # --------------------------------------------------------------------------- the fixed cases
 
@@ -281,7 +281,7 @@ OLD_EXAMPLE_TEXT = ("Brightdesk", "support teams at online shops", "shoe shop")
 def forbidden_example_text() -> tuple[str, ...]:
     """The names of every example product and reader ever put in a small model's prompt: the
     worksheet's (read from ``local_writer.WORKSHEET_HEAD``) and the old worked example's."""
-    from bridgic_coldmail.local_writer import WORKSHEET_HEAD
+    from bridgic_coldmail.llm.local.writer import WORKSHEET_HEAD
 
     names = [
         line.partition(": ")[2]
@@ -293,7 +293,7 @@ def forbidden_example_text() -> tuple[str, ...]:
 
 def _example_runs() -> frozenset[tuple[str, ...]]:
     """Every run of five words in the values of the worksheet's examples."""
-    from bridgic_coldmail.local_writer import WORKSHEET_HEAD
+    from bridgic_coldmail.llm.local.writer import WORKSHEET_HEAD
 
     runs = set()
     for line in WORKSHEET_HEAD.split("\n\n", 1)[1].splitlines():
@@ -550,8 +550,8 @@ async def ameasure(
 ) -> LocalModelResults:
     """Draft and refine every case with the real model; time it and check it (async)."""
     log = log or (lambda message: None)
-    from bridgic_coldmail.local_llm import LocalLlm, using_model
-    from bridgic_coldmail.local_writer import TEMPERATURE, WORKSHEET_HEAD, LlamaLines
+    from bridgic_coldmail.llm.local.model import LocalLlm, using_model
+    from bridgic_coldmail.llm.local.writer import TEMPERATURE, WORKSHEET_HEAD, LlamaLines
 
     load_before = os.getloadavg()[0]
     started = time.perf_counter()

@@ -546,19 +546,17 @@ async def ledger(number: int) -> None:
     from bridgic.core.automa.interaction import InteractionFeedback
 
     from bridgic_coldmail import ColdMailAutoma, RunStatus
-    from bridgic_coldmail.agent import SUPPORTED_SERIALIZATION_VERSIONS as VERSIONS
+    from bridgic_coldmail._runner import SUPPORTED_SERIALIZATION_VERSIONS as VERSIONS
     from bridgic_coldmail.models import validate_feedback, validate_interaction_id
     from bridgic_coldmail.store import Action, Finished
     from bridgic_coldmail.store import sqlite as sq
-    from bridgic_coldmail.store.base import (
+    from bridgic_coldmail.store.codec import decode_row, row_mac_values, run_from_row
+    from bridgic_coldmail.store.rules import (
         ClaimPlan,
         claim_from,
-        decode_row,
         judge_claim,
         plan_claim,
         plan_complete,
-        row_mac_values,
-        run_from_row,
     )
 
     print(f"# The resume path on SQLite, step by step (fastest of 15 batches of {number})")
@@ -688,7 +686,7 @@ async def ledger(number: int) -> None:
                 return None
 
             async def holding() -> None:
-                await agent._holding(claim, nothing())
+                await agent._runner.holding(claim, nothing())
 
             data = Snapshot(serialized_bytes=snapshot, serialization_version="1.0")
 
@@ -696,7 +694,7 @@ async def ledger(number: int) -> None:
                 return ColdMailAutoma.load_from_snapshot(data)
 
             async def load_and_run() -> None:
-                automa = agent._automa(load_snapshot())
+                automa = agent._runner.automa(load_snapshot())
                 await automa.arun(
                     feedback_data=InteractionFeedback(interaction_id=iid, data=FEEDBACK)
                 )
@@ -708,7 +706,7 @@ async def ledger(number: int) -> None:
                     "both",
                 ),  # fmt: skip
                 (
-                    "ColdMailAgent._holding (the lease keeper task) around nothing",
+                    "Runner.holding (the lease keeper task) around nothing",
                     await cheapest_async(holding, number),
                     loop,
                 ),  # fmt: skip

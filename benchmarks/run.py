@@ -428,7 +428,7 @@ async def memory(ctx: Context) -> list[Figure]:
 async def local_model(ctx: Context) -> list[Figure]:
     """The embedded model: speed against plain llama.cpp, and the on-topic quality check
     (``benchmarks/local_model.py``). Left out when the ``local`` extra is not installed."""
-    from bridgic_coldmail.local_llm import local_extra_installed
+    from bridgic_coldmail.llm.local.model import local_extra_installed
 
     if not local_extra_installed():
         ctx.log("local model: the local extra is not installed; its rows are left out")

@@ -20,7 +20,7 @@ from typing import Any
 from bridgic.core.automa.interaction import InteractionException
 
 from bridgic_coldmail import ColdMailAgent, ColdMailAutoma, EmailSequence, RunStatus
-from bridgic_coldmail.prompts import AUDIENCE_QUESTION
+from bridgic_coldmail.llm.prompts import AUDIENCE_QUESTION
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.store import NewRun, connect_store
 

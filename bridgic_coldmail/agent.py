@@ -1,18 +1,10 @@
 """``ColdMailAgent``: start a run, pause it in the store, resume it with feedback and review
 decisions, any time later, from any process or host.
 
-This is the layer that closes Bridgic's sharp edges around ``interact_with_human``:
-
-* an unknown interaction id is ``RunNotFound`` (Bridgic alone would silently pause again),
-  and a snapshot that pauses again where it was is refused rather than stored;
-* a snapshot whose serialization version this code does not know is refused, naming both;
-* each feedback or decision is applied at most once, through an atomic claim in the store,
-  not a Python lock; the claim's lease is renewed while the LLM works, and only the current
-  holder can record the result (fencing);
-* a failed step gives the run back, untouched, with the error recorded;
-* the LLM is attached after loading and never serialized (it holds the API key).
-
-The store answers with neutral outcomes; the messages people read are worded here.
+A thin facade: each method validates what it is given (``models``' rules, the same for every
+front end), hands the step to the runner (``_runner.py``: claim → verify → load → run the
+automa → complete or give back, with the lease keeper), and raises the error ``_wording``
+words for a refusal. An unknown interaction id is ``RunNotFound``.
 """
 
 from __future__ import annotations
@@ -21,79 +13,56 @@ import asyncio
 import builtins
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from bridgic.core.automa import Snapshot
-from bridgic.core.automa.interaction import InteractionException, InteractionFeedback
 from pydantic import ValidationError
 from typing_extensions import Unpack
 
-from .automa import REVIEW_EVENT, ColdMailAutoma
+from . import _wording as wording
+from ._runner import SUPPORTED_SERIALIZATION_VERSIONS, Runner
 from .errors import (
-    ColdmailError,
-    ConfigurationError,
     InvalidInput,
-    LlmError,
-    RunBeingResumed,
     RunConflict,
     RunNotFound,
-    SnapshotError,
-    SnapshotIntegrityError,
-    StoreError,
 )
-from .llm import ColdmailLlm, build_llm, check_llm, close_llm
+from .llm import ColdmailLlm, check_llm
 
 if TYPE_CHECKING:
     from .export import ExportReport
-    from .lint import LintIssue
+    from .export.lint import LintIssue
 from .models import (
     Brief,
     DamagedRun,
     Decision,
     EmailSequence,
     ListedRun,
-    ReviewOutcome,
     Run,
     RunEvent,
     RunStatus,
     make_brief,
     make_decision,
-    preview,
-    preview_list,
     validate_feedback,
     validate_interaction_id,
     validate_page,
     validate_reviewer,
 )
-from .prompts import AUDIENCE_QUESTION
 from .retry import RetryPolicy
 from .settings import AgentOptions, Settings
 from .store import (
     Action,
-    AlreadyDone,
-    Claim,
-    ClaimOutcome,
-    Finished,
     IfMissing,
-    NewRun,
-    Paused,
     Refusal,
     RefusalReason,
     RunStore,
     connect_store,
 )
 
-SUPPORTED_SERIALIZATION_VERSIONS = frozenset({"1.0"})
-"""Bridgic snapshot formats this release can resume."""
-
 MAX_PAGE = 1000
 """The most runs one ``list`` call returns."""
-
-T = TypeVar("T")
 
 
 class OpenOptions(AgentOptions, total=False):
@@ -121,9 +90,7 @@ class ColdMailAgent:
     ) -> None:
         self._store = store
         self.settings = settings
-        self.retry = retry or RetryPolicy()
-        self._llm = llm
-        self._owns_llm = False  # True once we build one
+        self._runner = Runner(store, settings, llm, retry)
 
     @classmethod
     @asynccontextmanager
@@ -171,8 +138,7 @@ class ColdMailAgent:
             yield agent
         finally:
             try:
-                if agent._owns_llm and agent._llm is not None:
-                    await close_llm(agent._llm)
+                await agent._runner.aclose()
             finally:
                 await store.close()
 
@@ -182,25 +148,14 @@ class ColdMailAgent:
         return self._store.location
 
     @property
+    def retry(self) -> RetryPolicy:
+        """How each LLM step is retried."""
+        return self._runner.retry
+
+    @property
     def llm_timeout(self) -> float:
         """Seconds each LLM step may take."""
         return self.settings.llm_timeout
-
-    def _llm_or_build(self) -> ColdmailLlm:
-        if self._llm is None:
-            self._llm = build_llm(self.settings)
-            self._owns_llm = True
-        return self._llm
-
-    def _automa(self, automa: ColdMailAutoma | None = None, *, llm: bool = True) -> ColdMailAutoma:
-        automa = automa or ColdMailAutoma()
-        automa.attach_llm(
-            self._llm_or_build() if llm else None,
-            self.settings.model,
-            self.settings.llm_timeout,
-            self.retry,
-        )
-        return automa
 
     # ------------------------------------------------------------------ starting
 
@@ -229,31 +184,7 @@ class ColdMailAgent:
         """
         if not isinstance(brief, Brief):
             brief = make_brief(**dict(brief))
-        field_names = _check_fields(fields)
-        automa = self._automa()
-        try:
-            await automa.arun(
-                brief=brief.model_dump(mode="json"),
-                review_mode=review,
-                fields=list(field_names),
-            )
-        except InteractionException as pause:
-            interaction = pause.interactions[0]
-            draft = EmailSequence.model_validate(interaction.event.data["draft"])
-            return await self._store.insert_paused(
-                NewRun(
-                    interaction_id=interaction.interaction_id,
-                    brief=brief,
-                    draft=draft,
-                    question=AUDIENCE_QUESTION,
-                    snapshot=pause.snapshot.serialized_bytes,
-                    serialization_version=pause.snapshot.serialization_version,
-                    review=review,
-                    max_rounds=self.settings.max_rounds if review else None,
-                    fields=field_names,
-                )
-            )
-        raise ColdmailError("the automa finished without pausing for feedback; this is a bug")
+        return await self._runner.start(brief, review=review, fields=_check_fields(fields))
 
     # ------------------------------------------------------------------ feedback and decisions
 
@@ -359,274 +290,19 @@ class ColdMailAgent:
                 _check_exportable(run, run.sequence)
         return await self._apply(interaction_id, Action.of(decision))
 
+    # ------------------------------------------------------------------ reading
+
     async def _apply(self, interaction_id: str, action: Action) -> Run:
-        """Claim the run for ``action``, run the automa from its snapshot, record the result."""
-        needs_llm = action.kind in ("feedback", "revise")
-        if needs_llm:
-            try:  # a missing LLM setting is reported before the run is touched...
-                self._llm_or_build()
-            except ConfigurationError:  # ...unless the run is done and needs no LLM
-                stored = await self._store.get(interaction_id)
-                if not (isinstance(stored, Run) and not stored.status.is_paused):
-                    raise
-        outcome = await self._claim(interaction_id, action)
-        if isinstance(outcome, AlreadyDone):
-            return outcome.run
+        outcome = await self._runner.apply(interaction_id, action)
         if isinstance(outcome, Refusal):
-            raise self._refusal_error(interaction_id, outcome, action)
-        claim = outcome
-        try:
-            result = await self._holding(claim, self._run_automa(claim, llm=needs_llm))
-            try:
-                completed = await self._store.complete(claim, result)
-            except StoreError as failure:
-                completed = await self._complete_again(claim, result, failure)
-        except BaseException as exc:
-            if not (isinstance(exc, StoreError) and exc.topic == "unconfirmed"):
-                # Shielded: a cancelled step must still give the run back. Giving back is
-                # fenced too: a result recorded after all is never marked as failed. (Once
-                # unconfirmed, the lease is over: there is nothing left to give back.)
-                await asyncio.shield(self._give_back(claim, _describe(exc)))
-            raise
-        if completed is None:
-            raise await self._fenced_out(claim)
-        return completed
-
-    async def _claim(self, interaction_id: str, action: Action) -> ClaimOutcome:
-        """Claim the run. A claim interrupted (Ctrl-C, a cancelled task) may still be
-        granted — SQLite's thread and PostgreSQL's commit carry on — so it is awaited to the
-        end and given back, never left holding the run until its lease runs out."""
-        claiming = asyncio.ensure_future(
-            self._store.claim(interaction_id, action, SUPPORTED_SERIALIZATION_VERSIONS)
-        )
-        try:
-            return await asyncio.shield(claiming)
-        except asyncio.CancelledError as cancelled:
-            try:
-                granted = await claiming
-            except Exception:
-                granted = None
-            if isinstance(granted, Claim):
-                await self._give_back(granted, _describe(cancelled))
-            raise
-
-    async def _complete_again(
-        self, claim: Claim, result: Paused | Finished, failure: StoreError
-    ) -> Run | None:
-        """Recording the result failed (the reply to the commit lost, the database locked or
-        full): try again while the lease runs. ``complete`` is fenced and idempotent, so
-        this records the result once, or returns what was recorded, or None when fenced
-        out — the caller learns the recorded result, never a second effect."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._store.lease_seconds
-        pause = min(1.0, self._store.lease_seconds / 10)
-        while True:
-            try:
-                return await self._store.complete(claim, result)
-            except StoreError as exc:
-                failure = exc
-            if loop.time() + pause >= deadline:
-                raise _unconfirmed_error(claim, failure, self._store.lease_seconds)
-            await asyncio.sleep(pause)
-
-    async def _fenced_out(self, claim: Claim) -> ColdmailError:
-        """The claim was taken over while this resumer worked: say what the store holds."""
-        taken = (
-            f"run {claim.interaction_id} was taken over by another resumer while this one "
-            "worked (its lease expired and was not renewed in time), and this one recorded "
-            "nothing"
-        )
-        try:
-            found = await self._store.get(claim.interaction_id)
-        except StoreError:
-            found = None
-        if not isinstance(found, Run):
-            return RunBeingResumed(f"{taken}; look at the run to see what it holds now")
-        if found.status is RunStatus.RESUMING:
-            return RunBeingResumed(
-                f"{taken}; another resumer is working on it now: look at it again in a moment",
-                topic="held",
+            raise wording.refusal_error(
+                interaction_id,
+                outcome,
+                action,
+                location=self.db_path,
+                supported_versions=SUPPORTED_SERIALIZATION_VERSIONS,
             )
-        if found.status is claim.run.status and found.round == claim.run.round:
-            again = "resume it again" if claim.action.kind == "feedback" else "decide again"
-            return RunBeingResumed(
-                f"{taken}; the other resumer did not finish either, so nothing was recorded: "
-                f"the run is {found.describe_state()} again; {again}"
-            )
-        feedback = (
-            f" with the feedback {preview(found.feedback)}"
-            if claim.action.kind == "feedback"
-            else ""
-        )
-        return RunBeingResumed(
-            f"{taken}; another resumer's result is recorded: the run is "
-            f"{found.describe_state()}{feedback}"
-        )
-
-    async def _holding(self, claim: Claim, work: Awaitable[T]) -> T:
-        """Await ``work`` while renewing the claim's lease; stop it if the claim is lost."""
-        task = asyncio.ensure_future(work)
-        lost = asyncio.Event()
-        interval = self._store.lease_seconds / 3
-
-        async def renew() -> None:
-            wait = interval
-            while True:
-                await asyncio.sleep(wait)
-                try:
-                    renewed = await self._store.renew(claim)
-                except StoreError:
-                    # Locked for a moment: try again soon, while the lease still runs.
-                    wait = min(interval, 1.0)
-                    continue
-                if renewed is None:
-                    lost.set()
-                    task.cancel()
-                    return
-                wait = interval
-
-        keeper = asyncio.create_task(renew())
-        try:
-            return await task
-        except asyncio.CancelledError:
-            if lost.is_set():
-                raise RunBeingResumed(
-                    f"run {claim.interaction_id} was taken over by another resumer; this "
-                    "one stopped without recording anything"
-                ) from None
-            raise
-        finally:
-            keeper.cancel()
-            if not task.done():
-                task.cancel()
-
-    async def _give_back(self, claim: Claim, error: str) -> None:
-        """Release the claim with the error, retrying while the store is locked or full,
-        until the lease would have run out anyway."""
-        deadline = asyncio.get_running_loop().time() + self._store.lease_seconds
-        while True:
-            try:
-                await self._store.release(claim, error)
-                return
-            except StoreError:
-                if asyncio.get_running_loop().time() >= deadline:
-                    return  # the lease expires; the run becomes claimable by itself
-                await asyncio.sleep(min(1.0, self._store.lease_seconds / 10))
-
-    async def _run_automa(self, claim: Claim, *, llm: bool) -> Paused | Finished:
-        # The claim has checked the signature and the format: these bytes are our own.
-        snapshot = Snapshot(
-            serialized_bytes=claim.snapshot,
-            serialization_version=claim.serialization_version,
-        )
-        try:
-            loaded = ColdMailAutoma.load_from_snapshot(snapshot)
-        except Exception as exc:
-            raise SnapshotError(
-                f"the snapshot of run {claim.interaction_id} cannot be loaded "
-                f"({type(exc).__name__}: {exc}); it was written by an incompatible release"
-            ) from exc
-        if not isinstance(loaded, ColdMailAutoma):
-            raise SnapshotError(
-                f"the snapshot of run {claim.interaction_id} holds a "
-                f"{type(loaded).__name__}, not a ColdMailAutoma"
-            )
-        automa = self._automa(loaded, llm=llm)
-        action = claim.action
-        data: Any = (
-            action.text if action.kind == "feedback" else action.decision().model_dump(mode="json")
-        )
-        reply = InteractionFeedback(interaction_id=claim.pause_id, data=data)
-        try:
-            result = await automa.arun(feedback_data=reply)
-        except InteractionException as pause:
-            return _next_pause(claim, pause)
-        if isinstance(result, ReviewOutcome):
-            status = RunStatus.COMPLETED if result.status == "completed" else RunStatus.REJECTED
-            return Finished(status, result.sequence, result.reason)  # type: ignore[arg-type]
-        if isinstance(result, EmailSequence):  # a run paused by a release before 0.5
-            return Finished(RunStatus.COMPLETED, result)
-        raise LlmError(f"the automa returned {type(result).__name__}, not a sequence")
-
-    def _refusal_error(
-        self, interaction_id: str, refusal: Refusal, action: Action
-    ) -> ColdmailError:
-        """The error a person reads for a refused claim."""
-        reason, run = refusal.reason, refusal.run
-        if reason is RefusalReason.NOT_FOUND:
-            return RunNotFound(interaction_id, self.db_path)
-        if reason is RefusalReason.TAMPERED:
-            return _integrity_error(interaction_id, refusal.problem, tampered=True)
-        if reason is RefusalReason.UNSIGNED:
-            return SnapshotIntegrityError(
-                f"run {interaction_id} has no signature: it was stored by bridgic-coldmail "
-                "0.1 or written by another program, and was not loaded (loading a snapshot "
-                "can run code). If you trust whoever wrote this database, trust the run "
-                "explicitly and try again",
-                topic="unsigned",
-            )
-        if reason is RefusalReason.DAMAGED:
-            return _integrity_error(interaction_id, refusal.problem, tampered=False)
-        if reason is RefusalReason.UNKNOWN_FORMAT:
-            versions = ", ".join(sorted(SUPPORTED_SERIALIZATION_VERSIONS))
-            return SnapshotError(
-                f"run {interaction_id} was saved with snapshot format {refusal.version!r}, "
-                f"but this release reads only {versions}; resume it with the "
-                "bridgic-coldmail release that paused it"
-            )
-        if reason is RefusalReason.HELD:
-            doing = _doing(refusal.pending)
-            until = f"{refusal.held_until:%Y-%m-%d %H:%M:%S} UTC" if refusal.held_until else "?"
-            return RunBeingResumed(
-                f"run {interaction_id} is {doing} by another process right now; look at it "
-                f"again in a moment (if that process died, the run can be taken again after "
-                f"{until})",
-                topic="held",
-            )
-        assert run is not None
-        if reason is RefusalReason.ROUND_LIMIT:
-            return RunConflict(
-                f"run {interaction_id} is at review round {run.round} of {run.max_rounds} and "
-                "cannot be revised again; approve it, edit the emails yourself, or reject it",
-                topic="round_limit",
-            )
-        if reason is RefusalReason.WRONG_STATE:
-            if run.status is RunStatus.AWAITING_FEEDBACK:
-                return RunConflict(
-                    f"run {interaction_id} is still waiting for audience feedback; resume it "
-                    "with feedback first, then review the refined sequence",
-                    topic="awaiting_feedback",
-                )
-            return RunConflict(
-                f"run {interaction_id} is at review round {run.round}; round {action.round} "
-                "has not happened"
-            )
-        # CONFLICT: the run already took something else.
-        decided = refusal.decided
-        if action.kind == "feedback":
-            return RunConflict(
-                f"run {interaction_id} already took different feedback "
-                f"({preview(run.feedback)}); start a new run to try another audience"
-            )
-        if not run.review:
-            return RunConflict(
-                f"run {interaction_id} was not started in review mode and has no review to "
-                "decide; start a new run with review"
-            )
-        if run.status.is_final:
-            return RunConflict(
-                f"run {interaction_id} is already {run.status.value} "
-                f"({decided.decision().describe() if decided else 'decided'}); nothing changed"
-            )
-        taken = (
-            f" ({decided.decision().describe()})"
-            if decided is not None and decided.round == action.round
-            else ""
-        )
-        return RunConflict(
-            f"round {action.round} of run {interaction_id} was already decided{taken}; the "
-            f"run is at round {run.round}"
-        )
+        return outcome
 
     # ------------------------------------------------------------------ reading
 
@@ -644,7 +320,7 @@ class ColdMailAgent:
         if found is None:
             raise RunNotFound(interaction_id, self.db_path)
         if isinstance(found, DamagedRun):
-            raise _damaged_error(found)
+            raise wording.damaged_error(found)
         return found
 
     async def history(self, interaction_id: str) -> builtins.list[RunEvent]:
@@ -656,7 +332,7 @@ class ColdMailAgent:
             raise RunNotFound(interaction_id, self.db_path)
         if isinstance(found, Refusal):
             tampered = found.reason is RefusalReason.TAMPERED
-            raise _integrity_error(interaction_id, found.problem, tampered=tampered)
+            raise wording.integrity_error(interaction_id, found.problem, tampered=tampered)
         return found
 
     async def list(
@@ -731,7 +407,7 @@ class ColdMailAgent:
 
         run = await self.get(interaction_id)
         if run.final is None:
-            raise RunConflict(_not_final(run), topic="not_final")
+            raise RunConflict(wording.not_final(run), topic="not_final")
         if format not in FORMATS:
             raise InvalidInput(f"unknown export format {format!r}; use csv or json")
         return await run_stoppable(
@@ -761,7 +437,7 @@ class ColdMailAgent:
 
         run = await self.get(interaction_id)
         if run.final is None:
-            raise RunConflict(_not_final(run), topic="not_final")
+            raise RunConflict(wording.not_final(run), topic="not_final")
         return await run_stoppable(
             preview_export,
             run.final,
@@ -773,8 +449,8 @@ class ColdMailAgent:
     async def lint(self, interaction_id: str) -> builtins.list[LintIssue]:
         """Lint the run's newest sequence (the final one, or the one under review) against
         its merge fields: unknown fields, long subjects and bodies, links, capitals, spam
-        phrases. Warnings; see ``lint.lint_sequence``."""
-        from .lint import lint_sequence
+        phrases. Warnings; see ``export.lint.lint_sequence``."""
+        from .export.lint import lint_sequence
 
         run = await self.get(interaction_id)
         sequence = run.sequence or run.draft
@@ -796,63 +472,12 @@ class ColdMailAgent:
         return await self._store.trust_unsigned(ids)
 
 
-def _next_pause(claim: Claim, pause: InteractionException) -> Paused:
-    """The automa paused again: it must be a new review round, else the feedback was refused."""
-    interaction = pause.interactions[0]
-    if interaction.interaction_id == claim.pause_id or interaction.event.event_type != REVIEW_EVENT:
-        raise SnapshotError(
-            f"the snapshot of run {claim.interaction_id} did not accept the "
-            f"{'feedback' if claim.action.kind == 'feedback' else 'decision'}"
-        )
-    data = interaction.event.data
-    return Paused(
-        pause_id=interaction.interaction_id,
-        snapshot=pause.snapshot.serialized_bytes,
-        serialization_version=pause.snapshot.serialization_version,
-        sequence=EmailSequence.model_validate(data["sequence"]),
-        round=int(data["round"]),
-    )
-
-
-def _not_final(run: Run) -> str:
-    if run.status is RunStatus.AWAITING_REVIEW:
-        return (
-            f"run {run.interaction_id} is awaiting review at round {run.round}; approve it "
-            "before exporting"
-        )
-    if run.status is RunStatus.REJECTED:
-        return f"run {run.interaction_id} was rejected; there is nothing to export"
-    return (
-        f"run {run.interaction_id} is {run.status.value.replace('_', ' ')} and has no final "
-        "sequence yet"
-    )
-
-
 def _acronyms(run: Run) -> frozenset[str]:
     """Upper-case words the brief itself uses (a product called ACME is not shouting)."""
-    from .lint import DEFAULT_ACRONYMS
+    from .export.lint import DEFAULT_ACRONYMS
 
     words = re.findall(r"[A-Za-z][A-Za-z0-9]*", f"{run.brief.product} {run.brief.sender}")
     return frozenset(DEFAULT_ACRONYMS) | {w for w in words if w.isupper()}
-
-
-def _damaged_error(damaged: DamagedRun) -> ColdmailError:
-    return _integrity_error(damaged.interaction_id, damaged.detail, tampered=damaged.tampered)
-
-
-def _integrity_error(interaction_id: str, detail: str | None, *, tampered: bool) -> ColdmailError:
-    """The one wording of a run that cannot be used: altered (tampered) or unreadable."""
-    what = detail or "its stored data is not as this installation wrote it"
-    if tampered:
-        return SnapshotIntegrityError(
-            f"run {interaction_id} does not match its signature: {what}; it was not loaded "
-            "or shown. Restore the database from a backup",
-            topic="tampered",
-        )
-    return StoreError(
-        f"run {interaction_id} cannot be used: {what}; restore the database from a backup",
-        topic="damaged",
-    )
 
 
 def _check_fields(fields: Iterable[str]) -> tuple[str, ...]:
@@ -896,13 +521,9 @@ def _check_exportable(run: Run, sequence: EmailSequence) -> None:
         texts = [text for step in sequence.steps for text in (step.subject, step.body)]
         unknown = unknown_fields(texts, run.fields)
         if unknown:
-            problem = f"they use merge fields the run does not have: {preview_list(unknown)}"
+            problem = wording.unknown_fields_problem(unknown)
     if problem is not None:
-        raise RunConflict(
-            f"run {run.interaction_id} cannot be approved: the emails under review at round "
-            f"{run.round} cannot be exported ({problem}); edit them, then approve",
-            topic="not_exportable",
-        )
+        raise wording.not_exportable(run, problem)
 
 
 def _check_placeholders(sequence: EmailSequence, fields: tuple[str, ...]) -> None:
@@ -911,17 +532,7 @@ def _check_placeholders(sequence: EmailSequence, fields: tuple[str, ...]) -> Non
     texts = [text for step in sequence.steps for text in (step.subject, step.body)]
     unknown = unknown_fields(texts, fields)
     if unknown:
-        known = preview_list(fields, quoted=False) or "none"
-        raise InvalidInput(
-            "the emails use merge fields the run does not have: "
-            f"{preview_list(sorted(unknown), quoted=False)} (its fields: {known})"
-        )
-
-
-def _doing(pending: Action | None) -> str:
-    if pending is None or pending.kind == "feedback":
-        return "being resumed"
-    return f"being {pending.event_kind} (review decision)"
+        raise InvalidInput(wording.unknown_fields_message(unknown, fields))
 
 
 def _parse_status(status: RunStatus | str | None) -> RunStatus | None:
@@ -932,29 +543,3 @@ def _parse_status(status: RunStatus | str | None) -> RunStatus | None:
     except ValueError:
         names = ", ".join(s.value for s in RunStatus)
         raise InvalidInput(f"unknown status {status!r}; use one of {names}") from None
-
-
-def _unconfirmed_error(claim: Claim, failure: StoreError, waited: float) -> StoreError:
-    """The store failed as the result was recorded and did not answer for a whole lease: say
-    so, and name the retry that is safe (the same action for the same pause)."""
-    action = claim.action
-    if action.kind == "feedback":
-        what, again = "the feedback", "resume it with the same feedback"
-    else:
-        what = f"the decision ({action.decision().describe()})"
-        again = f"apply the same decision for round {claim.run.round}"
-    return StoreError(
-        f"{what} for run {claim.interaction_id} was worked out, but whether it was recorded "
-        f"could not be confirmed: recording it failed ({failure}), and so did every check "
-        f"for {waited:g} s. To finish, {again}: if it was recorded, that returns the "
-        "recorded result; if not, it is applied once",
-        topic="unconfirmed",
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ColdmailError):
-        return str(exc)
-    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
-        return "the resume was interrupted before it finished"
-    return f"{type(exc).__name__}: {exc}"

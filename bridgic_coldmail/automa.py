@@ -5,7 +5,7 @@ worker functions by their import path, so this class and its workers (``draft``,
 ``ask_audience``, ``refine``, ``review``, ``revise``) are never moved or renamed. A snapshot
 also records the graph it was paused in: runs paused by releases before 0.5 (whose graph
 ends at ``refine``) finish through that old graph. This module changes rarely; the LLM step
-lives in ``writing.py``.
+lives in ``llm/writing.py``.
 
 Four Bridgic behaviours shape it:
 
@@ -34,10 +34,10 @@ from bridgic.core.automa.args import From
 from bridgic.core.automa.interaction import Event
 
 from .errors import ConfigurationError
+from .llm.prompts import AUDIENCE_QUESTION, REVIEW_QUESTION
+from .llm.writing import TaskKind, WritingTask, write_sequence
 from .models import STORED, Brief, Decision, EmailSequence, ReviewOutcome
-from .prompts import AUDIENCE_QUESTION, REVIEW_QUESTION
 from .retry import NO_RETRY, RetryPolicy
-from .writing import TaskKind, WritingTask, write_sequence
 
 AUDIENCE_EVENT = "audience_feedback"
 """The ``event_type`` of the audience pause."""

@@ -26,7 +26,8 @@ class ColdmailError(Exception):
 
 class InvalidInput(ColdmailError, ValueError):
     """Input was refused before anything changed: a brief, feedback, a review decision, an
-    interaction id, a lead list, an argument."""
+    interaction id, a query parameter, a lead list, an argument; an export with nothing to
+    export, or over its size limit."""
 
     exit_code = 2
     http_status = 422
@@ -49,22 +50,25 @@ class RunNotFound(ColdmailError, KeyError):
 
 
 class RunConflict(ColdmailError):
-    """The run already took other feedback or another decision, or the decision does not fit
-    where the run is (before audience feedback, past the round limit, not in review mode)."""
+    """The run already took other feedback, or its round another decision (the same one again
+    returns the stored result); or what was asked does not fit where the run is: a decision
+    before audience feedback, past the round limit, not in review mode, or after the run
+    completed or was rejected; an export before the run completed."""
 
     exit_code = 4
     http_status = 409
 
 
 class RunBeingResumed(ColdmailError):
-    """Another resume holds the claim on this run right now."""
+    """Another feedback or decision holds the claim on this run right now, or took it over
+    from this one (this one's lease ran out)."""
 
     exit_code = 5
     http_status = 409
 
 
 class LlmError(ColdmailError):
-    """The LLM call failed or returned output that does not validate.
+    """The LLM call failed, timed out or returned output that does not validate.
 
     When this happens while feedback or a decision is applied, the run is back where it
     paused (``awaiting_feedback`` or ``awaiting_review``) and can be resumed again.
@@ -75,15 +79,18 @@ class LlmError(ColdmailError):
 
 
 class ConfigurationError(ColdmailError):
-    """The agent cannot be set up: no LLM configured, or an unusable setting."""
+    """The agent cannot be set up: no LLM configured, an unusable setting, or a signing key
+    that cannot be used."""
 
     exit_code = 7
     http_status = 503
 
 
 class StoreError(ColdmailError):
-    """The store cannot be used: a wrong path, not an SQLite file, locked, full, a PostgreSQL
-    server out of reach, or a run that cannot be read."""
+    """The store cannot be used: no database there yet (:class:`DatabaseNotFound`), a
+    directory, a device, not an SQLite file, another application's, locked, unwritable, full,
+    from a newer release; a PostgreSQL server unreachable or not answering, a login refused,
+    out of connections, a database not in UTF8; or a run that cannot be read."""
 
     exit_code = 8
     http_status = 503
@@ -91,7 +98,7 @@ class StoreError(ColdmailError):
 
 class DatabaseNotFound(StoreError):
     """There is no bridgic-coldmail database where one was looked for, and the caller only
-    reads: nothing was created (starting a run creates the database)."""
+    reads (``missing="refuse"``): nothing was created (starting a run creates the database)."""
 
     def __init__(self, location: str) -> None:
         self.location = location
@@ -99,15 +106,19 @@ class DatabaseNotFound(StoreError):
 
 
 class SnapshotError(StoreError):
-    """A stored snapshot cannot be resumed by this version of the code."""
+    """A stored snapshot cannot be resumed by this version of the code: a serialization
+    format it does not know, or a class it cannot import (the message names it); retrying
+    will not help."""
 
     http_status = 500
 
 
 class SnapshotIntegrityError(SnapshotError):
-    """A stored snapshot's signature does not match: it was altered, truncated or moved.
+    """A stored run, its snapshot or its history does not match its signature (altered,
+    truncated or copied from another run), or its snapshot is unsigned.
 
-    It is refused before any of its bytes reach Bridgic's loader; the run is left unchanged.
+    It is refused before any of its bytes reach Bridgic's loader and never shown; the run is
+    left unchanged.
     """
 
     exit_code = 9
@@ -115,9 +126,11 @@ class SnapshotIntegrityError(SnapshotError):
 
 
 INTERRUPTED = 130
-"""The exit code after Ctrl-C (128 + SIGINT), as shells expect."""
+"""The exit code after Ctrl-C (128 + SIGINT), as shells expect. The run is unchanged or
+resumable: after feedback or a decision, the message says which, read from the store."""
 OUTPUT_CLOSED = 141
-"""The exit code when the reader of the output went away (128 + SIGPIPE), as ``yes | head``."""
+"""The exit code when the reader of the output went away (128 + SIGPIPE), as ``yes | head``
+(``coldmail list --json | head``); nothing more is printed."""
 
 EXIT_CODES: dict[str, int] = {
     "ok": 0,
@@ -133,12 +146,13 @@ EXIT_CODES: dict[str, int] = {
     "interrupted": INTERRUPTED,
     "output closed": OUTPUT_CLOSED,
 }
-"""Exit codes of the ``coldmail`` command, by meaning (documented in the README)."""
+"""Exit codes of the ``coldmail`` command, by meaning (docs/reference/errors.md is generated
+from this module)."""
 
 
 class LinkRefused(ColdmailError):
-    """A one-click link cannot be used: it is forged, edited, truncated, or signed with
-    another key. Its message says nothing about any run."""
+    """A one-click link cannot be used: it is forged, edited, truncated, oversized, or signed
+    with another key. Its message says nothing about any run."""
 
     exit_code = 2
     http_status = 403
@@ -157,6 +171,7 @@ class LinkRunGone(LinkRefused):
 
 
 class LinkAnswered(LinkRefused):
-    """A genuine one-click link to a pause that is over: it was answered, or the run moved on."""
+    """A genuine one-click link to a pause that is over (it was answered, or the run moved
+    on), used to act: a page that only shows still shows the run."""
 
     http_status = 410

@@ -1,7 +1,7 @@
 """The data a run is made of: the brief, the two-step email sequence, and the stored run.
 
 ``EmailStep`` and ``EmailSequence`` hold every sequence a run stores; the LLM answers in the
-schema of ``writing.answer_model``, which states every rule these enforce.
+schema of ``llm.writing.answer_model``, which states every rule these enforce.
 
 Their import paths are part of every paused snapshot: do not move or rename them.
 """

@@ -53,7 +53,7 @@ the database lock: below this ratio a healthy resumer could lose its lease while
 
 BACKENDS = ("openai", "local")
 STRUCTURED_OUTPUT_FORMS = ("auto", "json_schema", "json_object", "tools", "prompt")
-"""How an OpenAI-compatible server is asked for the JSON answer (see ``openai_llm``)."""
+"""How an OpenAI-compatible server is asked for the JSON answer (see ``llm.openai_backend``)."""
 
 ENV = {
     "db": "COLDMAIL_DB",
@@ -111,54 +111,86 @@ class Settings:
     """The resolved settings. Build with :meth:`resolve`; every field is already valid."""
 
     db: str = field(default_factory=lambda: str(default_db_path()))
-    """An SQLite file path, a ``postgresql://`` URL, or libpq keywords (``host=… dbname=…``);
-    default :func:`default_db_path`."""
+    """An SQLite file (created, with its folder and signing key, by the first run started:
+    opening or reading never creates one), a ``postgresql://`` URL, or libpq keywords
+    (``host=… dbname=…``). Default: ``coldmail.db`` in the per-user data folder
+    (:func:`default_db_path`; ``coldmail --help`` prints it)."""
     llm: str | None = None
-    """``"openai"``, ``"local"``, or None for the default rule (see ``llm.choose_backend``)."""
+    """``openai`` or ``local``. None: OpenAI when ``OPENAI_API_KEY`` or ``OPENAI_API_BASE`` is
+    set, else the local model when its extra is installed (``llm.choose_backend``)."""
     model: str = DEFAULT_MODEL
+    """The model's name on the OpenAI-compatible server."""
     llm_timeout: float = DEFAULT_LLM_TIMEOUT
+    """Seconds each LLM step may take (each try; see ``RetryPolicy``)."""
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    """Seconds to wait for another process's write lock (PostgreSQL: each transaction's
+    ``lock_timeout``)."""
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    """A claim's lease, renewed every third of it while the LLM works; a run whose resumer
+    died can be taken again when it runs out. At least 3x the busy timeout."""
     max_rounds: int = DEFAULT_MAX_ROUNDS
-    """Review rounds a run may reach by revising; past it only approve, edit, reject remain."""
+    """Review rounds a run may reach by revising (1-50), fixed per run when it starts; past it
+    only approve, edit, reject remain."""
     key_file: Path | None = None
-    """An explicit signing-key file; default: ``<db>.key`` beside an SQLite file."""
+    """The signing-key file; required for PostgreSQL unless ``secret_key`` is set. Default:
+    ``<db>.key`` beside an SQLite file, created (mode 0600) on first use."""
     secret_key: str | None = field(default=None, repr=False)
+    """The signing key itself (at least 32 random printable ASCII characters), instead of a
+    key file; the same on every host."""
     local_model: Path | None = None
+    """A .gguf file for the local backend; default: the Gemma 3 270M (Q4_K_M) weights of the
+    ``local`` extra."""
     openai_api_key: str | None = field(default=None, repr=False)
+    """The key for the OpenAI API (a server at ``openai_api_base`` may need none)."""
     openai_api_base: str | None = None
+    """Any OpenAI-compatible server (vLLM, Ollama, llama.cpp's server, LM Studio); default
+    OpenAI's."""
     structured_output: str = "auto"
-    """``auto`` (the first form the server takes), or one form forced: ``json_schema``,
-    ``json_object``, ``tools`` or ``prompt``."""
+    """How the server is asked for the JSON answer: ``auto`` (the first form the server
+    takes), or one form forced: ``json_schema``, ``json_object``, ``tools`` or ``prompt``."""
     pool_size: int = DEFAULT_POOL_SIZE
+    """PostgreSQL: the most connections each process keeps (1-1000)."""
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
+    """PostgreSQL: seconds a call waits for a free connection (and to connect)."""
     prepare_statements: bool = False
     """Server-side prepared statements on PostgreSQL; off so PgBouncer's transaction mode works."""
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
-    """PostgreSQL: seconds a statement may run besides its wait for a lock (see
-    ``store/postgres.py`` for the bound every call then keeps)."""
+    """PostgreSQL: seconds a statement may run besides its wait for a lock; the server cancels
+    it past the busy timeout plus this, and a server that has not answered 2 s later is given
+    up on (``store/postgres.py`` has the bound every call then keeps)."""
     web_token: str | None = field(default=None, repr=False)
+    """The access token ``coldmail serve`` requires on every request (at least 32 printable
+    ASCII characters, not a repeated few); needed to listen beyond loopback. None: loopback
+    only."""
     allowed_hosts: tuple[str, ...] = ()
-    """Host names the web server answers besides loopback and its bound address."""
+    """Host names the web server answers besides loopback and its bound address
+    (comma-separated)."""
     public_origin: str | None = None
     """The origin browsers see (``https://review.example.com``) when served behind a proxy."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    """The largest request body the web server reads (JSON and forms)."""
+    """The largest request body the web server reads (JSON and forms): 1,024 bytes to 16 MiB."""
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    """The largest lead list the web server accepts for an export (its only upload)."""
+    """The largest lead list the web server accepts for an export (its only upload): 1,024
+    bytes to 1 GiB."""
     max_export_bytes: int | None = None
-    """The largest file one web export may write (and hold while it downloads); None:
-    :data:`EXPORT_PER_UPLOAD` times ``max_upload_bytes`` (see :attr:`export_limit`)."""
+    """The largest file one web export may write (and hold while it downloads), 1,024 bytes to
+    64 GiB; past it the export is refused and nothing is kept. None: :data:`EXPORT_PER_UPLOAD`
+    (16) times ``max_upload_bytes``, 128 MiB by default (see :attr:`export_limit`)."""
     debug: bool = False
+    """Show the traceback of an unexpected error of the command line."""
     # Personalization batches (issue 23; see the block at the end of this module).
     personalize_concurrency: int = 8
-    """LLM calls in flight at once while writing lines (halved by HTTP 429, then regained)."""
+    """Personalized lines (``bridgic_coldmail.personalize``): LLM calls in flight at once while
+    writing lines, halved by HTTP 429, then regained (1-256)."""
     personalize_sample_size: int = 5
-    """Leads whose lines a person reads and approves before the whole list is written."""
+    """Leads whose lines a person reads and approves before the whole list is written
+    (1-1000)."""
     personalize_tokens_per_minute: int | None = None
-    """A budget of estimated tokens a minute for a batch's calls; None for none."""
+    """A budget of estimated tokens a minute for a batch's calls (1,000 to 10⁹); None for
+    none."""
     price_prompt_per_1k: float | None = None
-    """What 1,000 prompt tokens cost, to estimate a batch's cost (any currency)."""
+    """What 1,000 prompt tokens cost, to estimate a batch's cost (any currency; 0 to 1,000;
+    both prices or neither)."""
     price_answer_per_1k: float | None = None
     """What 1,000 answer tokens cost, in the same currency."""
 

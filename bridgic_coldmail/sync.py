@@ -25,7 +25,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .export import ExportReport
-    from .lint import LintIssue
+    from .export.lint import LintIssue
 
 T = TypeVar("T")
 

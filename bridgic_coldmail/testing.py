@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from .prompts import REFINE_MARKER, REVISE_MARKER
+from .llm.prompts import REFINE_MARKER, REVISE_MARKER
 
 
 @dataclass(frozen=True)

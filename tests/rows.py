@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bridgic_coldmail.signing import KeySource, SnapshotSigner, key_file_for, load_signer
-from bridgic_coldmail.store.base import iso, row_mac_values
-from bridgic_coldmail.store.sqlite_migrations import V1_RUNS
+from bridgic_coldmail.store.codec import iso, row_mac_values
+from bridgic_coldmail.store.sqlite_sql import V1_RUNS
 
 TIME_COLUMNS = ("created_at", "updated_at", "completed_at", "claim_expires_at")
 

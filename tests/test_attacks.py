@@ -40,7 +40,7 @@ from bridgic_coldmail.models import DamagedRun, Run
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.signing import KeySource, load_signer
 from bridgic_coldmail.store import Action
-from bridgic_coldmail.store.sqlite_migrations import (
+from bridgic_coldmail.store.sqlite_sql import (
     V1_RUNS,
     V2_SIGNATURES_AND_HISTORY,
     V3_HISTORY_BY_TRIGGERS,

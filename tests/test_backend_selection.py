@@ -36,7 +36,7 @@ def test_explicit_choice_then_environment(
 def test_with_nothing_configured_the_local_model_is_chosen_when_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("bridgic_coldmail.local_llm.local_extra_installed", lambda: True)
+    monkeypatch.setattr("bridgic_coldmail.llm.local.model.local_extra_installed", lambda: True)
     assert choose_backend(Settings.resolve(env={})) == "local"
 
 
@@ -62,7 +62,7 @@ def test_unknown_backend_is_refused() -> None:
 def test_local_chosen_without_the_extra_says_how_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from bridgic_coldmail.local_llm import LocalLlm
+    from bridgic_coldmail.llm.local.model import LocalLlm
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'bridgic-coldmail\[local\]'"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from bridgic_coldmail.prompts import AUDIENCE_QUESTION
+from bridgic_coldmail.llm.prompts import AUDIENCE_QUESTION
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import run_cli, spawn_coldmail

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from bridgic_coldmail import InvalidInput
 from bridgic_coldmail.export import export_sequence, neutralize_cell
-from bridgic_coldmail.formulas import TRIGGERS
-from bridgic_coldmail.leads import read_header
-from bridgic_coldmail.lint import lint_sequence
+from bridgic_coldmail.export.formulas import TRIGGERS
+from bridgic_coldmail.export.leads import read_header
+from bridgic_coldmail.export.lint import lint_sequence
 from bridgic_coldmail.merge import render
 from bridgic_coldmail.models import control_chars
 

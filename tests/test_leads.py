@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail import InvalidInput
-from bridgic_coldmail import leads as leads_module
-from bridgic_coldmail.leads import (
+from bridgic_coldmail.export import leads as leads_module
+from bridgic_coldmail.export.leads import (
     MAX_LINE_BYTES,
     Lead,
     RowProblem,

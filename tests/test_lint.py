@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridgic_coldmail.export import FORMULA_TRIGGERS
-from bridgic_coldmail.lint import (
+from bridgic_coldmail.export.lint import (
     FORMULA_PREFIXES,
     MAX_BODY_WORDS,
     MAX_SUBJECT_CHARS,

@@ -47,7 +47,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         if os.environ.get("CI"):
             pytest.fail("CI must install the llama-server extra: pip install -e '.[llama-server]'")
         pytest.skip("llama-cpp-python's server is not installed (pip install -e '.[llama-server]')")
-    from bridgic_coldmail.local_llm import default_model_path
+    from bridgic_coldmail.llm.local.model import default_model_path
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

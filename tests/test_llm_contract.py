@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
 from bridgic_coldmail import Brief, ColdMailAgent, RunStatus
+from bridgic_coldmail.llm.writing import WritingTask, _checked, answer_model
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
-from bridgic_coldmail.writing import WritingTask, _checked, answer_model
 
 FIELDS = ("first_name", "company")
 

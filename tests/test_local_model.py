@@ -15,8 +15,8 @@ import pexpect
 import pytest
 
 from bridgic_coldmail import Brief, EmailSequence
-from bridgic_coldmail.local_llm import local_extra_installed
-from bridgic_coldmail.writing import SequenceComposer, WritingTask
+from bridgic_coldmail.llm.local.model import local_extra_installed
+from bridgic_coldmail.llm.writing import SequenceComposer, WritingTask
 
 from .conftest import run_cli, spawn_coldmail
 
@@ -91,7 +91,7 @@ FEEDBACK = "Controllers at 200-1000 person manufacturing firms who close the boo
 
 
 async def test_the_same_task_and_seed_give_the_same_emails_whatever_ran_before() -> None:
-    from bridgic_coldmail.local_llm import LocalLlm, release_local_models
+    from bridgic_coldmail.llm.local.model import LocalLlm, release_local_models
 
     task = WritingTask(kind="refine", brief=BRIEF, feedback=FEEDBACK)
     try:
@@ -110,8 +110,8 @@ async def test_the_same_task_and_seed_give_the_same_emails_whatever_ran_before()
 
 
 def test_release_local_models_frees_the_process_wide_model_and_log_callback() -> None:
-    from bridgic_coldmail import local_llm
-    from bridgic_coldmail.local_llm import LocalLlm, release_local_models
+    from bridgic_coldmail.llm.local import model as local_llm
+    from bridgic_coldmail.llm.local.model import LocalLlm, release_local_models
 
     release_local_models()
     llm = LocalLlm(seed=1)
@@ -134,7 +134,7 @@ async def test_whole_emails_under_the_grammar_for_larger_models_and_direct_calle
     # The path a larger GGUF takes (and structured_output for anyone calling it directly):
     # whole emails from the capable models' prompts, schema-valid JSON, validated by pydantic.
     # (With the 270M model the words are poor; a small model writes lines instead.)
-    from bridgic_coldmail.local_llm import LocalLlm, release_local_models
+    from bridgic_coldmail.llm.local.model import LocalLlm, release_local_models
 
     llm = LocalLlm(seed=1, whole_emails=True)
     try:

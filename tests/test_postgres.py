@@ -230,10 +230,10 @@ class _Forbidden(metaclass=_NoLocalClock):
 async def test_times_and_leases_come_from_the_server_clock_never_this_hosts(
     pg_store: RunStore, pg: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bridgic_coldmail.store import base, postgres
+    from bridgic_coldmail.store import codec, postgres, rules
 
-    monkeypatch.setattr(postgres, "datetime", _Forbidden)
-    monkeypatch.setattr(base, "datetime", _Forbidden)
+    for module in (postgres, codec, rules):
+        monkeypatch.setattr(module, "datetime", _Forbidden)
 
     def server_now() -> Any:
         return pg.rows._execute("SELECT clock_timestamp() AS now").fetchone()["now"]
@@ -260,7 +260,7 @@ async def test_times_and_leases_come_from_the_server_clock_never_this_hosts(
 
 
 async def test_hosts_opening_a_new_database_at_once_migrate_it_once(pg: Backend) -> None:
-    from bridgic_coldmail.store.postgres_migrations import SCHEMA_VERSION
+    from bridgic_coldmail.store.postgres_sql import SCHEMA_VERSION
 
     stores = await asyncio.gather(*(connect_store(pg.settings()) for _ in range(6)))
     for store in stores:
@@ -278,7 +278,7 @@ async def test_a_coldmail_schema_of_another_application_is_refused(pg: Backend) 
 
 
 def test_migrations_can_run_inside_one_transaction() -> None:
-    from bridgic_coldmail.store.postgres_migrations import MIGRATIONS
+    from bridgic_coldmail.store.postgres_sql import MIGRATIONS
 
     for migration in MIGRATIONS:
         for statement in migration.statements:

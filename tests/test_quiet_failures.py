@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, InvalidInput, StoreError
-from bridgic_coldmail.leads import read_header
+from bridgic_coldmail.export.leads import read_header
 from bridgic_coldmail.models import EmailSequence
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.store import NewRun, SqliteRunStore, connect_store

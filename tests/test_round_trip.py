@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, RunStatus, SyncColdMailAgent
-from bridgic_coldmail.prompts import AUDIENCE_QUESTION
+from bridgic_coldmail.llm.prompts import AUDIENCE_QUESTION
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .rows import SqliteRows

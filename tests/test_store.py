@@ -17,7 +17,7 @@ import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, StoreError
 from bridgic_coldmail.store import SqliteRunStore
-from bridgic_coldmail.store.sqlite_migrations import SCHEMA_VERSION
+from bridgic_coldmail.store.sqlite_sql import SCHEMA_VERSION
 
 from .rows import SqliteRows
 

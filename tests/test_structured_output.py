@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from bridgic_coldmail import Brief, ColdMailAgent, LlmError, RetryPolicy, RunStatus
 from bridgic_coldmail.errors import ConfigurationError
+from bridgic_coldmail.llm.openai_backend import json_text_pattern
 from bridgic_coldmail.merge import allowed_text_pattern
-from bridgic_coldmail.openai_llm import json_text_pattern
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer, default_sequence
 
@@ -244,3 +244,34 @@ def test_the_json_text_pattern_accepts_exactly_the_valid_texts(
     json_text = json.dumps(text, ensure_ascii=False)[1:-1]
     text_ok = re.fullmatch(json_text_pattern(allowed_text_pattern(fields), 10_000), json_text)
     assert value_ok == (text_ok is not None), (text, json_text)
+
+
+_JSON_PIECES = [
+    *'ab {}|"\\/\n\té',
+    '\\"',
+    "\\\\",
+    "\\n",
+    "\\u0041",
+    "{{first_name}}",
+    '{{first_name|\\"}}',
+]
+
+
+@pytest.mark.parametrize("fields", [(), ("first_name",)], ids=["no-fields", "fields"])
+@given(json_text=st.lists(st.sampled_from(_JSON_PIECES), min_size=1, max_size=10).map("".join))
+@settings(max_examples=400, deadline=None)
+def test_whatever_the_json_text_pattern_lets_a_model_write_parses(
+    fields: tuple[str, ...], json_text: str
+) -> None:
+    # A grammar built from the pattern lets a model write any text it matches, bare quotes
+    # and backslashes included: each one it matches must be a valid JSON string's text.
+    matched = re.fullmatch(json_text_pattern(allowed_text_pattern(fields), 10_000), json_text)
+    try:
+        value: str | None = json.loads(f'"{json_text}"')
+    except json.JSONDecodeError:
+        value = None
+    allowed = value is not None and re.fullmatch(allowed_text_pattern(fields), value)
+    # \u0041 is valid JSON the pattern does not take: a grammar need not allow every text.
+    assert matched is None or allowed, json_text
+    if allowed and "\\u" not in json_text:
+        assert matched is not None, json_text

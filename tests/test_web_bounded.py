@@ -29,7 +29,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import Indel, LCSseq
 
-from bridgic_coldmail import Brief, ColdMailAgent, lint
+from bridgic_coldmail import Brief, ColdMailAgent
+from bridgic_coldmail.export import lint
 from bridgic_coldmail.web import views
 
 from .test_web import settings_for, web_client

@@ -161,9 +161,12 @@ async def test_an_unexpected_exception_is_a_json_500_for_the_api_and_a_page_othe
         assert "secret detail" not in api.text + page.text
 
 
-def test_each_error_class_carries_the_http_status_the_readme_documents() -> None:
-    readme = (REPO / "README.md").read_text()
-    documented = dict(re.findall(r"^\| `(\w+)` \| (\d{3}) \|", readme, re.M))
+ERRORS_PAGE = REPO / "docs" / "reference" / "errors.md"
+"""The reference page with the error classes' table and the hand-written "Bad input" table."""
+
+
+def test_each_error_class_carries_the_http_status_the_docs_document() -> None:
+    documented = dict(re.findall(r"^\| `(\w+)` \| (\d{3}) \|", ERRORS_PAGE.read_text(), re.M))
     classes = {
         name: cls
         for name, cls in vars(errors).items()
@@ -175,9 +178,10 @@ def test_each_error_class_carries_the_http_status_the_readme_documents() -> None
 
 
 def bad_input_row(first_cell: str) -> list[str]:
-    """The cells of the README's "Bad input" row whose first cell is ``first_cell``."""
-    readme = (REPO / "README.md").read_text()
-    line = next(row for row in readme.splitlines() if row.startswith(f"| {first_cell} |"))
+    """The cells of the "Bad input" row (docs/reference/errors.md) whose first cell is
+    ``first_cell``."""
+    page = ERRORS_PAGE.read_text()
+    line = next(row for row in page.splitlines() if row.startswith(f"| {first_cell} |"))
     return [cell.strip() for cell in line.strip().strip("|").split(" | ")]
 
 
@@ -203,7 +207,7 @@ WEB_ROWS = {
 
 
 @pytest.mark.parametrize("row", list(WEB_ROWS))
-async def test_the_readmes_bad_input_rows_for_the_web_match_the_answers(
+async def test_the_bad_input_rows_for_the_web_match_the_answers(
     client: httpx.AsyncClient, row: str
 ) -> None:
     _, error, message = bad_input_row(row)
@@ -214,7 +218,7 @@ async def test_the_readmes_bad_input_rows_for_the_web_match_the_answers(
     assert error_of(answer) == {"type": kind, "message": message.strip("`")}
 
 
-def test_the_readmes_weak_token_row_matches_the_refusals() -> None:
+def test_the_weak_token_row_matches_the_refusals() -> None:
     _, error, message = bad_input_row("weak `COLDMAIL_WEB_TOKEN` (`coldmail serve`)")
     assert error == "`ConfigurationError` (7)"
     for documented, token in zip(message.split(" / "), ["short-token-123", "t" * 40], strict=True):

@@ -425,7 +425,7 @@ HANG_GUARD = 120.0
 """Seconds a request to the served app may take: a guard, not a timing assertion."""
 
 
-def test_the_readmes_row_for_an_export_over_its_limit_is_the_message() -> None:
+def test_the_bad_input_row_for_an_export_over_its_limit_is_the_message() -> None:
     _, error, message = bad_input_row("an export over `COLDMAIL_MAX_EXPORT_BYTES` (web export)")
     assert error == "HTTP 422 `InvalidInput`"
     assert message.strip("`") == export_too_large(Settings.resolve(env={}).export_limit)

@@ -50,8 +50,8 @@ from functools import cached_property
 
 from pydantic_core import PydanticCustomError
 
-from ..leads import EMAIL_HEADERS, Lead
-from ..local_writer import stem
+from ..export.leads import EMAIL_HEADERS, Lead
+from ..llm.local.writer import stem
 from ..merge import syntax_errors
 from ..models import Brief, EmailSequence, clean_text
 from ..retry import InvalidOutput

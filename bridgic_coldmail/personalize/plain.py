@@ -1,6 +1,6 @@
 """A plain line from the lead's own columns, written in code: the embedded model's lines.
 
-The embedded 270M model writes short phrases about a *reader* tolerably (``local_writer.py``),
+The embedded 270M model writes short phrases about a *reader* tolerably (``llm/local/writer.py``),
 but asked about one lead it guesses: given a financial controller at a food manufacturer it
 wrote "checking suppliers on the spot" as often as anything about invoices, and "cleaning the
 dental clinics' toilets" for a dental group's operations director; each sample took 3-11 s

@@ -2,7 +2,7 @@
 
 :class:`LlmLineWriter` asks a capable model (OpenAI or any OpenAI-compatible server) for
 ``{"line": "…"}`` through the same structured-output call as the emails
-(``writing.ask_structured``), paced by the batch's :class:`~.pacing.Pacer`. Every answer goes
+(``llm.writing.ask_structured``), paced by the batch's :class:`~.pacing.Pacer`. Every answer goes
 through :func:`~.lines.check_line`; a refused line is asked for again with the reasons shown
 to the model, at most ``tries`` lines in all. Each call is retried per the
 :class:`~bridgic_coldmail.retry.RetryPolicy` (timeouts, 5xx, dropped connections); HTTP 429
@@ -32,10 +32,10 @@ from bridgic.core.model.types import Message, Role
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ColdmailError, ConfigurationError
+from ..llm.writing import SequenceComposer, ask_structured
 from ..models import describe_validation_error, preview
 from ..retry import InvalidOutput, RetryPolicy, describe, is_retryable, retry_after, root_cause
 from ..settings import Settings
-from ..writing import SequenceComposer, ask_structured
 from .estimate import CallTokens, call_tokens
 from .lines import MAX_LINE_CHARS, LineRefused, LineTask, check_line, one_line
 from .pacing import Pacer

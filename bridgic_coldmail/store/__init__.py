@@ -13,7 +13,8 @@ from typing import Literal
 
 from ..errors import DatabaseNotFound
 from ..settings import Settings
-from .base import (
+from .deferred import DeferredSqliteStore
+from .protocol import (
     Action,
     AlreadyDone,
     Claim,
@@ -25,7 +26,6 @@ from .base import (
     RefusalReason,
     RunStore,
 )
-from .deferred import DeferredSqliteStore
 from .sqlite import SqliteRunStore
 
 IfMissing = Literal["create", "defer", "refuse"]

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from ..errors import DatabaseNotFound, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
-from .base import (
+from .protocol import (
     Action,
     Claim,
     ClaimOutcome,

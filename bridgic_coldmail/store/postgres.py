@@ -75,39 +75,43 @@ from ..errors import ColdmailError, ConfigurationError, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..settings import Settings, is_libpq_keywords, redact_url
 from ..signing import KeySource, SnapshotSigner, load_signer
-from .base import (
+from .codec import (
     EVENT_COLUMNS,
     RUN_COLUMNS,
+    RowChange,
+    decode_history,
+    decode_row,
+    is_legacy,
+    run_from_row,
+    status_counts,
+)
+from .postgres_sql import (
+    EXPECTED_RELATIONS,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+)
+from .protocol import (
     Action,
     Claim,
     ClaimOutcome,
-    ClaimPlan,
     Finished,
     NewRun,
     Paused,
     Refusal,
     RefusalReason,
-    RowChange,
+)
+from .rules import (
+    ClaimPlan,
     claim_from,
-    decode_history,
-    decode_row,
     holds,
-    is_legacy,
     judge_claim,
     plan_claim,
     plan_complete,
     plan_insert,
     plan_release,
     recorded,
-    run_from_row,
-    status_counts,
-)
-from .postgres_migrations import (
-    EXPECTED_RELATIONS,
-    MIGRATION_LOCK,
-    MIGRATIONS,
-    SCHEMA,
-    SCHEMA_VERSION,
 )
 
 try:

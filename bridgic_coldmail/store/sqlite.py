@@ -35,33 +35,29 @@ from ..errors import ColdmailError, ConfigurationError, DatabaseNotFound, StoreE
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..settings import DEFAULT_BUSY_TIMEOUT, DEFAULT_LEASE_SECONDS
 from ..signing import KeySource, SnapshotSigner, key_file_for, load_signer
-from .base import (
+from .codec import (
     RUN_COLUMNS,
-    Action,
-    Claim,
-    ClaimOutcome,
-    ClaimPlan,
-    Finished,
-    NewRun,
-    Paused,
-    Refusal,
     RowChange,
-    claim_from,
     decode_history,
     decode_row,
-    holds,
     is_legacy,
     iso,
+    run_from_row,
+    status_counts,
+)
+from .protocol import Action, Claim, ClaimOutcome, Finished, NewRun, Paused, Refusal
+from .rules import (
+    ClaimPlan,
+    claim_from,
+    holds,
     judge_claim,
     plan_claim,
     plan_complete,
     plan_insert,
     plan_release,
     recorded,
-    run_from_row,
-    status_counts,
 )
-from .sqlite_migrations import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
+from .sqlite_sql import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
 

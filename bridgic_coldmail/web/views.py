@@ -22,7 +22,7 @@ from markupsafe import Markup
 from rapidfuzz.distance import Indel
 
 from ..agent import ColdMailAgent
-from ..lint import LintIssue
+from ..export.lint import LintIssue
 from ..models import (
     MAX_FEEDBACK_CHARS,
     MAX_REASON_CHARS,

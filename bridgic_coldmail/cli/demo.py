@@ -20,9 +20,9 @@ import time
 from collections.abc import Awaitable
 from typing import TextIO, TypeVar
 
-from .agent import ColdMailAgent
-from .errors import INTERRUPTED, InvalidInput
-from .models import (
+from ..agent import ColdMailAgent
+from ..errors import INTERRUPTED, InvalidInput
+from ..models import (
     Brief,
     EmailSequence,
     Run,
@@ -31,6 +31,7 @@ from .models import (
     make_decision,
     validate_feedback,
 )
+from ..settings import Settings
 from .render import (
     format_sequence,
     full_location,
@@ -42,7 +43,6 @@ from .render import (
     text_width,
     wrap,
 )
-from .settings import Settings
 
 T = TypeVar("T")
 

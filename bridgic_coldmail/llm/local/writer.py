@@ -41,8 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .models import EmailSequence, EmailStep
-from .writing import WritingTask
+from ...models import EmailSequence, EmailStep
+from ..writing import WritingTask
 
 # --------------------------------------------------------------------------- the worksheet
 

@@ -8,7 +8,7 @@ to a cache and checks its sha256. Any other GGUF: ``COLDMAIL_LOCAL_MODEL=/path/m
 Two ways in:
 
 * :meth:`LocalLlm.acompose` (the :class:`~bridgic_coldmail.writing.SequenceComposer`
-  protocol): the automa hands over the writing task and ``local_writer.py`` lets the model
+  protocol): the automa hands over the writing task and ``writer.py`` lets the model
   write only short lines, sampled with stop sequences, and composes the emails around the
   brief in code. This is the fast, on-topic path for a 270M base model.
 * :meth:`LocalLlm.structured_output`, as for any Bridgic LLM: JSON under llama.cpp's grammar,
@@ -42,12 +42,12 @@ from bridgic.core.model import BaseLlm
 from bridgic.core.model.protocols import PydanticModel
 from bridgic.core.model.types import Message
 
-from .errors import ConfigurationError
-from .local_writer import TEMPERATURE as COMPOSE_TEMPERATURE
-from .local_writer import ComposeStats, LlamaLines, compose_from_lines
-from .models import EmailSequence
-from .prompts import messages_for
-from .writing import SequenceAnswer, WritingTask, answer_model
+from ...errors import ConfigurationError
+from ...models import EmailSequence
+from ..prompts import messages_for
+from ..writing import SequenceAnswer, WritingTask, answer_model
+from .writer import TEMPERATURE as COMPOSE_TEMPERATURE
+from .writer import ComposeStats, LlamaLines, compose_from_lines
 
 MODEL_ENV = "COLDMAIL_LOCAL_MODEL"
 INSTALL_HINT = "pip install 'bridgic-coldmail[local]'"
@@ -240,7 +240,7 @@ class LocalLlm(BaseLlm):
             fresh seed for every call.
         n_threads: threads that generate tokens; by default :func:`default_threads`.
         whole_emails: how ``acompose`` writes. ``False``: the model writes short lines and
-            code composes the emails (``local_writer``), for small base models. ``True``: the
+            code composes the emails (``writer.py``), for small base models. ``True``: the
             model writes both emails whole, under the grammar, from the prompts capable models
             get. ``None`` (default): whole emails from :data:`SMALL_MODEL` parameters up.
     """
@@ -293,7 +293,7 @@ class LocalLlm(BaseLlm):
     async def acompose(self, task: WritingTask) -> EmailSequence:
         """The ``SequenceComposer`` protocol, on a worker thread so the event loop stays
         responsive. A small model writes short lines for this task's reader and the emails
-        are composed around the brief's own words (``local_writer``); a larger one writes
+        are composed around the brief's own words (``writer.py``); a larger one writes
         whole emails (see ``whole_emails``)."""
         return await asyncio.to_thread(self.compose, task)
 

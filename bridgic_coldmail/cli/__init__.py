@@ -23,11 +23,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
-from .agent import MAX_PAGE, ColdMailAgent
-from .demo import run_demo
-from .errors import INTERRUPTED, OUTPUT_CLOSED, ColdmailError, DatabaseNotFound, InvalidInput
-from .models import (
+from .. import __version__
+from ..agent import MAX_PAGE, ColdMailAgent
+from ..errors import INTERRUPTED, OUTPUT_CLOSED, ColdmailError, DatabaseNotFound, InvalidInput
+from ..models import (
     CLI_JSON_KEYS,
     DamagedRun,
     Decision,
@@ -41,6 +40,9 @@ from .models import (
     validate_interaction_id,
     validate_page,
 )
+from ..settings import BACKENDS, Settings, default_db_path, redact_url
+from ..store import Action, IfMissing
+from .demo import run_demo
 from .render import (
     format_history,
     format_run,
@@ -51,8 +53,6 @@ from .render import (
     resume_hint,
     terminal_safe,
 )
-from .settings import BACKENDS, Settings, default_db_path, redact_url
-from .store import Action, IfMissing
 
 MAX_AGE_DAYS = 100 * 365
 """``--older-than`` beyond a century is a typo (and would overflow the date)."""
@@ -243,7 +243,7 @@ def _execute(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from .web.serve import serve
+    from ..web.serve import serve
 
     return serve(settings, host=args.host, port=args.port, workers=args.workers)
 
@@ -278,7 +278,7 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
 
     fields: tuple[str, ...] = ()
     if command == "start" and args.leads is not None:
-        from .leads import read_header
+        from ..export.leads import read_header
 
         fields = read_header(args.leads).fields
 

@@ -4,7 +4,7 @@
 columns as they are in the list, then :data:`OUTPUT_COLUMNS` — the opener's subject and
 body, a blank follow-up subject (so the follow-up threads as a reply), the follow-up's body
 and its delay in days. In Smartlead, Instantly, lemlist or Apollo the step templates are
-then just ``{{step1_subject}}``, ``{{step1_body}}``, … (see docs/export.md).
+then just ``{{step1_subject}}``, ``{{step1_body}}``, … (see docs/how-to/export.md).
 
 Design decisions:
 
@@ -77,18 +77,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
+from ..merge import Missing, Template
+from ..models import EmailSequence, preview_list
+from ..signing import key_file_for
+from ..store.sqlite import _file_kind
 from .formulas import FORMULA_PREFIXES
 from .formulas import neutralize_cell as neutralize_cell
 from .leads import Lead, LeadHeader, LeadReader, RowProblem
 from .lint import DEFAULT_ACRONYMS, LintIssue, lint_sequence
-from .merge import Missing, Template
-from .models import EmailSequence, preview_list
-from .signing import key_file_for
-from .store.sqlite import _file_kind
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from ..settings import Settings
 
 OUTPUT_COLUMNS = ("step1_subject", "step1_body", "step2_subject", "step2_body", "step2_delay_days")
 """The columns an export adds after the lead's own, in this order."""

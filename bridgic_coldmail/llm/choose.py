@@ -8,7 +8,7 @@ a snapshot: a run drafted with one backend can be resumed with another.
 The settings involved (``settings.py``): ``llm`` (``COLDMAIL_LLM``), ``local_model``
 (``COLDMAIL_LOCAL_MODEL``), ``openai_api_key`` / ``openai_api_base`` / ``model``
 (``OPENAI_API_KEY``, ``OPENAI_API_BASE``, ``OPENAI_MODEL_NAME``), ``structured_output``
-(``COLDMAIL_STRUCTURED_OUTPUT``, how a server is asked for JSON: ``openai_llm.py``) and
+(``COLDMAIL_STRUCTURED_OUTPUT``, how a server is asked for JSON: ``openai_backend.py``) and
 ``llm_timeout``.
 """
 
@@ -19,8 +19,8 @@ from typing import TypeAlias, cast
 from bridgic.core.model import BaseLlm
 from bridgic.core.model.protocols import StructuredOutput
 
-from .errors import ConfigurationError
-from .settings import ENV, Settings
+from ..errors import ConfigurationError
+from ..settings import ENV, Settings
 
 # Local servers ignore the key, but the OpenAI client refuses to start without one.
 _PLACEHOLDER_KEY = "not-needed"
@@ -48,7 +48,7 @@ def choose_backend(settings: Settings) -> str:
         return settings.llm
     if settings.openai_api_key or settings.openai_api_base:
         return "openai"
-    from .local_llm import local_extra_installed
+    from .local.model import local_extra_installed
 
     if local_extra_installed():
         return "local"
@@ -62,7 +62,7 @@ def choose_backend(settings: Settings) -> str:
 def build_llm(settings: Settings) -> ColdmailLlm:
     """The LLM the settings choose (see :func:`choose_backend`)."""
     if choose_backend(settings) == "local":
-        from .local_llm import LocalLlm
+        from .local.model import LocalLlm
 
         return cast(ColdmailLlm, LocalLlm(settings.local_model))
     return openai_llm(settings)
@@ -70,7 +70,7 @@ def build_llm(settings: Settings) -> ColdmailLlm:
 
 def openai_llm(settings: Settings) -> ColdmailLlm:
     """An ``OpenAILlm`` from the OpenAI settings, with only this package's retries, that asks
-    for structured output in a form the server takes (``openai_llm.ColdmailOpenAILlm``)."""
+    for structured output in a form the server takes (``openai_backend.ColdmailOpenAILlm``)."""
     key, base = settings.openai_api_key, settings.openai_api_base
     if not key and not base:
         raise ConfigurationError(
@@ -78,7 +78,7 @@ def openai_llm(settings: Settings) -> ColdmailLlm:
             f"optionally {ENV['model']}), or {ENV['openai_api_base']} for an "
             "OpenAI-compatible server such as vLLM or Ollama"
         )
-    from .openai_llm import ColdmailOpenAILlm  # imported late: it pulls in the OpenAI SDK
+    from .openai_backend import ColdmailOpenAILlm  # imported late: it pulls in the OpenAI SDK
 
     llm = ColdmailOpenAILlm(
         api_key=key or _PLACEHOLDER_KEY,

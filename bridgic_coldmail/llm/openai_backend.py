@@ -47,9 +47,9 @@ from bridgic.core.model.types import Message
 from bridgic.llms.openai import OpenAILlm
 from pydantic import ValidationError
 
+from ..retry import FailureNote, InvalidOutput, Unretryable, error_message, summarize
+from ..settings import ENV, redact_url
 from .prompts import TOOL_NAME, json_answer_instruction
-from .retry import FailureNote, InvalidOutput, Unretryable, error_message, summarize
-from .settings import ENV, redact_url
 
 FORMS = ("json_schema", "json_object", "tools", "prompt")
 """The forms of structured output, in the order they are tried."""
@@ -329,21 +329,29 @@ def generation_schema(schema: dict[str, Any], *, grammar: bool = True) -> dict[s
     return schema
 
 
-_JSON_TEXT_CHAR = r'([^{}"\\\x00-\x1f]|\\[nrt"\\/])'
-"""One character of a string's JSON text that is not a brace: anything but a quote, a
-backslash or a control character, or one of the escapes ``\\n`` ``\\r`` ``\\t`` ``\\"``
-``\\\\`` ``\\/``."""
+_NEGATED_CLASS = re.compile(r"\[\^((?:\\.|[^\]\\])*)\]")
+"""A negated character class ``[^…]`` of ``merge.allowed_text_pattern``, its body in group 1."""
+
+
+def _json_text_char(match: re.Match[str]) -> str:
+    """One character of a string's JSON text standing for one character of ``[^body]``: a
+    character the class allows that JSON writes as itself (not a quote, a backslash or a
+    control character), or the escape of one it allows (``\\"`` ``\\\\`` ``\\/``, and
+    ``\\n`` ``\\r`` ``\\t`` unless the class excludes that character)."""
+    body = match.group(1)
+    escapes = '"\\\\/' + "".join(letter for letter in "nrt" if f"\\{letter}" not in body)
+    return f'([^{body}"\\\\\\u0000-\\u001f]|\\\\[{escapes}])'
 
 
 def json_text_pattern(pattern: str, max_units: int) -> str:
     """The placeholder pattern of ``merge.allowed_text_pattern``, rewritten for the JSON text
     of a string (what llama.cpp's grammar builder matches a ``pattern`` against), at most
     ``max_units`` characters or placeholders long, in the syntax that builder reads (plain
-    groups, no ``(?:``). A string's JSON text matches it exactly when the string's value
-    matches ``pattern`` and contains no control character other than a line break or a tab."""
+    groups, no ``(?:``). A JSON text matches it exactly when it is a valid JSON string's
+    text (no bare quote or backslash, no raw control character) whose value matches
+    ``pattern``: so whatever a grammar built from it lets a model write parses."""
     inner = pattern.removeprefix("^").removesuffix("$").removesuffix("*")
-    inner = inner.replace(r"[^{}|\r\n]", r'[^{}|"\\\x00-\x1f]')
-    inner = inner.replace("[^{}]", _JSON_TEXT_CHAR).replace("(?:", "(")
+    inner = _NEGATED_CLASS.sub(_json_text_char, inner).replace("(?:", "(")
     return f"^({inner}){{1,{max_units}}}$"
 
 

@@ -3,7 +3,7 @@
 The prompts are written like a brief to a good copywriter: who the reader is, what the
 sender offers, what a good cold email looks like, and what to return. The output format is
 enforced by structured output (``writing.answer_model``), so the prompts describe content,
-not JSON syntax. Small local models get their own short prompts in ``local_writer.py``.
+not JSON syntax. Small local models get their own short prompts in ``local/writer.py``.
 
 The markers (``REFINE_MARKER``, ``REVISE_MARKER``) appear in exactly one kind of prompt each;
 the scripted test server tells the kinds of call apart by them.
@@ -16,7 +16,7 @@ from typing import Any
 
 from bridgic.core.model.types import Message, Role
 
-from .models import Brief, EmailSequence
+from ..models import Brief, EmailSequence
 from .writing import WritingTask
 
 AUDIENCE_QUESTION = (
@@ -78,7 +78,7 @@ def sequence_text(sequence: EmailSequence) -> str:
 
 
 def _fields_paragraph(fields: tuple[str, ...]) -> str:
-    from .merge import describe_fields
+    from ..merge import describe_fields
 
     return describe_fields(fields)
 
@@ -146,7 +146,7 @@ TOOL_NAME = "record_email_sequence"
 
 def json_answer_instruction(schema: dict[str, Any], form: str) -> str:
     """What is added to the prompt when the server cannot take the schema as a response format
-    (see ``openai_llm``): call the function (``tools``), or answer in JSON that follows the
+    (see ``openai_backend``): call the function (``tools``), or answer in JSON that follows the
     schema (``json_object`` and ``prompt``)."""
     if form == "tools":
         return f"Give your answer by calling the function {TOOL_NAME} with both emails."

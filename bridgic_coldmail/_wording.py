@@ -1,0 +1,269 @@
+"""Every sentence a person reads about a run (internal): the refusals, the races, the history.
+
+The store answers with neutral outcomes (a :class:`~.store.Refusal` and its reason, a run,
+``None``); the runner and the agent hand them here and raise what comes back, so the command
+line, the inbox and the JSON API show the same words for the same state, and a change of
+wording is one edit. A message that is a rule's own (``limit must be between 1 and 1000``)
+stays beside the rule that checks it (``models.py``, ``merge.py``, ``export/``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .errors import (
+    ColdmailError,
+    RunBeingResumed,
+    RunConflict,
+    RunNotFound,
+    SnapshotError,
+    SnapshotIntegrityError,
+    StoreError,
+)
+from .models import DamagedRun, ListedRun, Run, RunStatus, preview, preview_list
+from .store import Action, Claim, Refusal, RefusalReason
+
+# ---------------------------------------------------------------------------- refusals
+
+
+def refusal_error(
+    interaction_id: str,
+    refusal: Refusal,
+    action: Action,
+    *,
+    location: str,
+    supported_versions: frozenset[str],
+) -> ColdmailError:
+    """The error a person reads for a refused claim (``location``: the store, for
+    :class:`RunNotFound`; ``supported_versions``: the snapshot formats this release reads)."""
+    reason, run = refusal.reason, refusal.run
+    if reason is RefusalReason.NOT_FOUND:
+        return RunNotFound(interaction_id, location)
+    if reason is RefusalReason.TAMPERED:
+        return integrity_error(interaction_id, refusal.problem, tampered=True)
+    if reason is RefusalReason.UNSIGNED:
+        return SnapshotIntegrityError(
+            f"run {interaction_id} has no signature: it was stored by bridgic-coldmail "
+            "0.1 or written by another program, and was not loaded (loading a snapshot "
+            "can run code). If you trust whoever wrote this database, trust the run "
+            "explicitly and try again",
+            topic="unsigned",
+        )
+    if reason is RefusalReason.DAMAGED:
+        return integrity_error(interaction_id, refusal.problem, tampered=False)
+    if reason is RefusalReason.UNKNOWN_FORMAT:
+        versions = ", ".join(sorted(supported_versions))
+        return SnapshotError(
+            f"run {interaction_id} was saved with snapshot format {refusal.version!r}, "
+            f"but this release reads only {versions}; resume it with the "
+            "bridgic-coldmail release that paused it"
+        )
+    if reason is RefusalReason.HELD:
+        doing = _doing(refusal.pending)
+        until = f"{refusal.held_until:%Y-%m-%d %H:%M:%S} UTC" if refusal.held_until else "?"
+        return RunBeingResumed(
+            f"run {interaction_id} is {doing} by another process right now; look at it "
+            f"again in a moment (if that process died, the run can be taken again after "
+            f"{until})",
+            topic="held",
+        )
+    assert run is not None
+    if reason is RefusalReason.ROUND_LIMIT:
+        return RunConflict(
+            f"run {interaction_id} is at review round {run.round} of {run.max_rounds} and "
+            "cannot be revised again; approve it, edit the emails yourself, or reject it",
+            topic="round_limit",
+        )
+    if reason is RefusalReason.WRONG_STATE:
+        if run.status is RunStatus.AWAITING_FEEDBACK:
+            return RunConflict(
+                f"run {interaction_id} is still waiting for audience feedback; resume it "
+                "with feedback first, then review the refined sequence",
+                topic="awaiting_feedback",
+            )
+        return RunConflict(
+            f"run {interaction_id} is at review round {run.round}; round {action.round} "
+            "has not happened"
+        )
+    # CONFLICT: the run already took something else.
+    decided = refusal.decided
+    if action.kind == "feedback":
+        return RunConflict(
+            f"run {interaction_id} already took different feedback "
+            f"({preview(run.feedback)}); start a new run to try another audience"
+        )
+    if not run.review:
+        return RunConflict(
+            f"run {interaction_id} was not started in review mode and has no review to "
+            "decide; start a new run with review"
+        )
+    if run.status.is_final:
+        return RunConflict(
+            f"run {interaction_id} is already {run.status.value} "
+            f"({decided.decision().describe() if decided else 'decided'}); nothing changed"
+        )
+    taken = (
+        f" ({decided.decision().describe()})"
+        if decided is not None and decided.round == action.round
+        else ""
+    )
+    return RunConflict(
+        f"round {action.round} of run {interaction_id} was already decided{taken}; the "
+        f"run is at round {run.round}"
+    )
+
+
+def _doing(pending: Action | None) -> str:
+    if pending is None or pending.kind == "feedback":
+        return "being resumed"
+    return f"being {pending.event_kind} (review decision)"
+
+
+def damaged_error(damaged: DamagedRun) -> ColdmailError:
+    """The error for a run that is stored but cannot be shown."""
+    return integrity_error(damaged.interaction_id, damaged.detail, tampered=damaged.tampered)
+
+
+def integrity_error(interaction_id: str, detail: str | None, *, tampered: bool) -> ColdmailError:
+    """The one wording of a run that cannot be used: altered (tampered) or unreadable."""
+    what = detail or "its stored data is not as this installation wrote it"
+    if tampered:
+        return SnapshotIntegrityError(
+            f"run {interaction_id} does not match its signature: {what}; it was not loaded "
+            "or shown. Restore the database from a backup",
+            topic="tampered",
+        )
+    return StoreError(
+        f"run {interaction_id} cannot be used: {what}; restore the database from a backup",
+        topic="damaged",
+    )
+
+
+def not_final(run: Run) -> str:
+    """Why a run has nothing to export yet."""
+    if run.status is RunStatus.AWAITING_REVIEW:
+        return (
+            f"run {run.interaction_id} is awaiting review at round {run.round}; approve it "
+            "before exporting"
+        )
+    if run.status is RunStatus.REJECTED:
+        return f"run {run.interaction_id} was rejected; there is nothing to export"
+    return (
+        f"run {run.interaction_id} is {run.status.value.replace('_', ' ')} and has no final "
+        "sequence yet"
+    )
+
+
+def not_exportable(run: Run, problem: str) -> RunConflict:
+    """Approving emails no lead could be exported with (``problem`` says why)."""
+    return RunConflict(
+        f"run {run.interaction_id} cannot be approved: the emails under review at round "
+        f"{run.round} cannot be exported ({problem}); edit them, then approve",
+        topic="not_exportable",
+    )
+
+
+def unknown_fields_problem(unknown: list[str]) -> str:
+    """The part of :func:`not_exportable` for merge fields the run does not have."""
+    return f"they use merge fields the run does not have: {preview_list(unknown)}"
+
+
+def unknown_fields_message(unknown: list[str], fields: tuple[str, ...]) -> str:
+    """Edited emails that use merge fields the run does not have."""
+    known = preview_list(fields, quoted=False) or "none"
+    return (
+        "the emails use merge fields the run does not have: "
+        f"{preview_list(sorted(unknown), quoted=False)} (its fields: {known})"
+    )
+
+
+# ---------------------------------------------------------------------------- the runner's
+
+
+def refused_by_snapshot(claim: Claim) -> SnapshotError:
+    """The automa paused again where it was: the snapshot did not take the step."""
+    return SnapshotError(
+        f"the snapshot of run {claim.interaction_id} did not accept the "
+        f"{'feedback' if claim.action.kind == 'feedback' else 'decision'}"
+    )
+
+
+def snapshot_not_loaded(claim: Claim, exc: Exception) -> SnapshotError:
+    """Bridgic could not load the snapshot."""
+    return SnapshotError(
+        f"the snapshot of run {claim.interaction_id} cannot be loaded "
+        f"({type(exc).__name__}: {exc}); it was written by an incompatible release"
+    )
+
+
+def snapshot_not_automa(claim: Claim, loaded: object) -> SnapshotError:
+    """The snapshot holds some other automa."""
+    return SnapshotError(
+        f"the snapshot of run {claim.interaction_id} holds a "
+        f"{type(loaded).__name__}, not a ColdMailAutoma"
+    )
+
+
+def taken_over(claim: Claim) -> RunBeingResumed:
+    """The lease keeper lost the claim while the LLM worked: the step was stopped."""
+    return RunBeingResumed(
+        f"run {claim.interaction_id} was taken over by another resumer; this "
+        "one stopped without recording anything"
+    )
+
+
+def fenced_out(claim: Claim, found: ListedRun | None) -> ColdmailError:
+    """The claim was taken over while this resumer worked: say what the store holds
+    (``found``: the run as read afterwards, None when it could not be read)."""
+    taken = (
+        f"run {claim.interaction_id} was taken over by another resumer while this one "
+        "worked (its lease expired and was not renewed in time), and this one recorded "
+        "nothing"
+    )
+    if not isinstance(found, Run):
+        return RunBeingResumed(f"{taken}; look at the run to see what it holds now")
+    if found.status is RunStatus.RESUMING:
+        return RunBeingResumed(
+            f"{taken}; another resumer is working on it now: look at it again in a moment",
+            topic="held",
+        )
+    if found.status is claim.run.status and found.round == claim.run.round:
+        again = "resume it again" if claim.action.kind == "feedback" else "decide again"
+        return RunBeingResumed(
+            f"{taken}; the other resumer did not finish either, so nothing was recorded: "
+            f"the run is {found.describe_state()} again; {again}"
+        )
+    feedback = (
+        f" with the feedback {preview(found.feedback)}" if claim.action.kind == "feedback" else ""
+    )
+    return RunBeingResumed(
+        f"{taken}; another resumer's result is recorded: the run is "
+        f"{found.describe_state()}{feedback}"
+    )
+
+
+def unconfirmed(claim: Claim, failure: StoreError, waited: float) -> StoreError:
+    """The store failed as the result was recorded and did not answer for a whole lease: say
+    so, and name the retry that is safe (the same action for the same pause)."""
+    action = claim.action
+    if action.kind == "feedback":
+        what, again = "the feedback", "resume it with the same feedback"
+    else:
+        what = f"the decision ({action.decision().describe()})"
+        again = f"apply the same decision for round {claim.run.round}"
+    return StoreError(
+        f"{what} for run {claim.interaction_id} was worked out, but whether it was recorded "
+        f"could not be confirmed: recording it failed ({failure}), and so did every check "
+        f"for {waited:g} s. To finish, {again}: if it was recorded, that returns the "
+        "recorded result; if not, it is applied once",
+        topic="unconfirmed",
+    )
+
+
+def failure_note(exc: BaseException) -> str:
+    """What a run given back records as its last error."""
+    if isinstance(exc, ColdmailError):
+        return str(exc)
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        return "the resume was interrupted before it finished"
+    return f"{type(exc).__name__}: {exc}"

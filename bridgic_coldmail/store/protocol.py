@@ -1,0 +1,269 @@
+"""The store's interface and its neutral outcomes.
+
+The agent depends on :class:`RunStore`, a small protocol; ``sqlite.py`` and ``postgres.py``
+implement it with their own SQL, migrations, clock and error mapping.
+
+Stores return neutral outcomes (:class:`Refusal` with a :class:`RefusalReason`, ``None`` for
+"not found"); the agent words the messages people read. Stores raise only for
+infrastructure: the database cannot be opened, is locked, or belongs to someone else.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, Literal, Protocol
+
+from ..models import (
+    STORED,
+    Brief,
+    Decision,
+    EmailSequence,
+    ListedRun,
+    Run,
+    RunEvent,
+    RunStatus,
+)
+from ..signing import json_text
+
+ActionKind = Literal["feedback", "approve", "revise", "edit", "reject"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a claim is for: the audience feedback, or a reviewer's decision."""
+
+    kind: ActionKind
+    text: str | None = None
+    sequence: EmailSequence | None = None
+    reviewer: str | None = None
+    round: int | None = None
+    """The review round a decision answers; None: the run's current round."""
+
+    @classmethod
+    def feedback(cls, text: str, reviewer: str | None = None) -> Action:
+        return cls("feedback", text=text, reviewer=reviewer)
+
+    @classmethod
+    def of(cls, decision: Decision) -> Action:
+        return cls(
+            decision.kind,
+            text=decision.text,
+            sequence=decision.sequence,
+            reviewer=decision.reviewer,
+            round=decision.round,
+        )
+
+    def decision(self) -> Decision:
+        """The review decision this action carries (not for ``feedback``); built from data
+        that was validated when it came in, so no rule added since refuses it."""
+        assert self.kind != "feedback"
+        data = {"kind": self.kind, "text": self.text, "sequence": self.sequence}
+        return Decision.model_validate(
+            {**data, "reviewer": self.reviewer, "round": self.round}, context=STORED
+        )
+
+    def same_as(self, other: Action) -> bool:
+        """Whether two actions would do the same thing (who sent them does not matter)."""
+        return (self.kind, self.text, self.sequence) == (other.kind, other.text, other.sequence)
+
+    def to_json(self) -> str:
+        return json_text(
+            {
+                "kind": self.kind,
+                "text": self.text,
+                "sequence": self.sequence.model_dump(mode="json") if self.sequence else None,
+                "reviewer": self.reviewer,
+                "round": self.round,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Action:
+        return cls.from_data(json.loads(text))
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Action:
+        """An action from its JSON data (as :meth:`to_json` wrote it)."""
+        sequence = data.get("sequence")
+        return cls(
+            data["kind"],
+            text=data.get("text"),
+            sequence=EmailSequence.model_validate(sequence, context=STORED) if sequence else None,
+            reviewer=data.get("reviewer"),
+            round=data.get("round"),
+        )
+
+    @property
+    def event_kind(self) -> str:
+        """The history event that records this action arriving."""
+        return {
+            "feedback": "feedback",
+            "approve": "approved",
+            "revise": "revised",
+            "edit": "edited",
+            "reject": "rejected",
+        }[self.kind]
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A freshly paused run, as the agent hands it to :meth:`RunStore.insert_paused`."""
+
+    interaction_id: str
+    brief: Brief
+    draft: EmailSequence
+    question: str
+    snapshot: bytes
+    serialization_version: str
+    review: bool = False
+    max_rounds: int | None = None
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to apply one action to one run, held until ``complete`` or ``release``."""
+
+    interaction_id: str
+    token: str
+    pause_id: str
+    snapshot: bytes
+    serialization_version: str
+    action: Action
+    run: Run
+    """The run as it was when claimed (status is the paused one it came from)."""
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The automa paused again for review: store the new snapshot under ``pause_id``."""
+
+    pause_id: str
+    snapshot: bytes
+    serialization_version: str
+    sequence: EmailSequence
+    round: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The automa finished: completed with ``sequence``, or rejected with a reason."""
+
+    status: Literal[RunStatus.COMPLETED, RunStatus.REJECTED]
+    sequence: EmailSequence
+    rejection: str | None = None
+
+
+class RefusalReason(str, Enum):
+    """Why a claim was refused; the agent turns each into the error people read."""
+
+    NOT_FOUND = "not_found"
+    TAMPERED = "tampered"
+    """The row, its snapshot or its history does not match its MAC."""
+    UNSIGNED = "unsigned"
+    """The snapshot has no signature (stored by 0.1, or by another program)."""
+    UNKNOWN_FORMAT = "unknown_format"
+    DAMAGED = "damaged"
+    """The row's text does not parse."""
+    HELD = "held"
+    """Another caller holds an unexpired claim."""
+    CONFLICT = "conflict"
+    """The run already took a different feedback or decision."""
+    WRONG_STATE = "wrong_state"
+    """The action does not fit where the run is (e.g. approve before audience feedback)."""
+    ROUND_LIMIT = "round_limit"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A claim that did not happen. Nothing in the store changed."""
+
+    reason: RefusalReason
+    run: Run | None = None
+    """The run as stored, when it could be read."""
+    held_until: datetime | None = None
+    pending: Action | None = None
+    """For ``HELD``: what the holder is applying."""
+    decided: Action | None = None
+    """For ``CONFLICT``: the feedback or decision the run already took."""
+    version: str | None = None
+    """For ``UNKNOWN_FORMAT``: the snapshot's serialization version."""
+    problem: str | None = None
+    """For ``TAMPERED`` and ``DAMAGED``: what is wrong, as a fragment ("its snapshot was
+    altered…"); the agent words the sentence."""
+
+
+@dataclass(frozen=True)
+class AlreadyDone:
+    """The same action was applied before: here is its result; nothing changed."""
+
+    run: Run
+
+
+ClaimOutcome = Claim | AlreadyDone | Refusal
+
+
+class RunStore(Protocol):
+    """Where runs wait. Every method is atomic; none deserializes a snapshot."""
+
+    location: str
+    """The file or server, for messages (a URL without its password)."""
+    lease_seconds: float
+
+    async def insert_paused(self, new: NewRun) -> Run:
+        """Store a freshly paused run, signed, with its 'paused' event."""
+        ...
+
+    async def get(self, interaction_id: str) -> ListedRun | None:
+        """The run, a :class:`DamagedRun` when it cannot be shown, or None."""
+        ...
+
+    async def list(
+        self, status: RunStatus | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[ListedRun]:
+        """Runs newest first (damaged rows included, never hidden)."""
+        ...
+
+    async def counts(self) -> dict[RunStatus, int]:
+        """How many runs each status has (statuses without runs left out)."""
+        ...
+
+    async def history(self, interaction_id: str) -> builtins.list[RunEvent] | Refusal | None:
+        """The run's events oldest first; a TAMPERED refusal if they were altered."""
+        ...
+
+    async def claim(
+        self, interaction_id: str, action: Action, supported_versions: Collection[str]
+    ) -> ClaimOutcome:
+        """Take the run to apply ``action`` (see :func:`judge_claim`)."""
+        ...
+
+    async def renew(self, claim: Claim) -> datetime | None:
+        """Extend the claim's lease; None when the claim was lost to another resumer."""
+        ...
+
+    async def complete(self, claim: Claim, result: Paused | Finished) -> Run | None:
+        """Record the result, fenced: None when the claim is no longer ours."""
+        ...
+
+    async def release(self, claim: Claim, error: str) -> bool:
+        """Give the run back with the error recorded; False when the claim was lost."""
+        ...
+
+    async def purge(self, older_than: timedelta, statuses: Collection[RunStatus]) -> int:
+        """Delete runs of these statuses unchanged for ``older_than``, with their history."""
+        ...
+
+    async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
+        """Sign unsigned snapshots (all when None): an operator's explicit decision."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (idempotent)."""
+        ...
