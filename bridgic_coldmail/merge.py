@@ -74,12 +74,15 @@ class Missing:
 
 def field_name(header: str) -> str:
     """The merge-field name of one column header, or ``InvalidInput`` saying how to fix it."""
+    from .models import not_text, preview  # models imports this module: import when used
+
+    broken = not_text(header)
+    if broken is not None:  # folding to ASCII would drop it quietly
+        raise InvalidInput(f"column {preview(header)} {broken.message()}")
     folded = unicodedata.normalize("NFKD", header).encode("ascii", "ignore").decode("ascii")
     name = re.sub(r"[^a-z0-9]+", "_", folded.lower()).strip("_")
     if name and name[0].isalpha() and len(name) <= MAX_NAME_CHARS:
         return name
-    from .models import preview  # models imports this module: import when used
-
     shown = preview(header)
     if not name:
         raise InvalidInput(

