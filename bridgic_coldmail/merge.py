@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidInput
-from .text import CONTROL_CLASS, preview, preview_list
+from .text import CONTROL_CLASS, not_text, preview, preview_list
 
 MAX_NAME_CHARS = 64
 NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
@@ -75,6 +75,9 @@ class Missing:
 
 def field_name(header: str) -> str:
     """The merge-field name of one column header, or ``InvalidInput`` saying how to fix it."""
+    broken = not_text(header)
+    if broken is not None:  # folding to ASCII would drop it quietly
+        raise InvalidInput(f"column {preview(header)} {broken.message()}")
     folded = unicodedata.normalize("NFKD", header).encode("ascii", "ignore").decode("ascii")
     name = re.sub(r"[^a-z0-9]+", "_", folded.lower()).strip("_")
     if name and name[0].isalpha() and len(name) <= MAX_NAME_CHARS:

@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from .compliance import MAX_FOOTER_CHARS, footer_text_problem
 from .errors import InvalidInput
 from .merge import syntax_errors
-from .text import CONTROL, preview
+from .text import CONTROL, not_text, preview
 
 MAX_FEEDBACK_CHARS = 2000
 """Feedback longer than this is refused: it is a note about the audience, not a document."""
@@ -82,6 +82,9 @@ def clean_text(value: str, *, field: str, limit: int) -> str:
     """
     value = value.replace("\r\n", "\n").replace("\r", "\n")
     text = value.strip()
+    broken = not_text(text)
+    if broken is not None:
+        raise PydanticCustomError(broken.type, f"{field} {broken.message()}")
     if _is_invisible(text):
         raise PydanticCustomError("empty", f"{field} must not be empty")
     if len(text) > limit:
@@ -105,6 +108,8 @@ def checked_text(
     try:
         return clean_text(value, field=field, limit=limit)
     except PydanticCustomError as exc:
+        if exc.type == "not_unicode":
+            raise  # its message says what to do
         hint = {
             "empty": empty_hint,
             "too_long": long_hint,
@@ -204,6 +209,9 @@ class EmailStep(BaseModel):
         sequence can always be exported. Line breaks in a body become LF."""
         if not isinstance(value, str) or is_stored(info):
             return value
+        broken = not_text(value)
+        if broken is not None:
+            raise broken
         if info.field_name == "subject":
             if "\n" in value or "\r" in value:
                 raise PydanticCustomError(
@@ -456,6 +464,23 @@ class Decision(BaseModel):
             return value  # a text where none belongs is refused below, by kind
         return checked_text(value, **rule)
 
+    @field_validator("sequence")
+    @classmethod
+    def _no_blank_email(cls, value: Any, info: ValidationInfo) -> Any:
+        """A reviewer's emails follow the rule of every person's text: made only of spaces,
+        zero-width or bidi characters counts as empty. (An LLM's answer is not held to it:
+        its JSON schema does not state it, and every answer the schema allows is accepted.)"""
+        if value is None or is_stored(info):
+            return value
+        for name, step in (("opener", value.opener), ("follow_up", value.follow_up)):
+            for part in ("subject", "body"):
+                if _is_invisible(getattr(step, part)):
+                    raise PydanticCustomError(
+                        "blank_email",
+                        f"{name}.{part} is only spaces or invisible characters; write it",
+                    )
+        return value
+
     @field_validator("reviewer", mode="before")
     @classmethod
     def _checked_reviewer(cls, value: Any, info: ValidationInfo) -> Any:
@@ -569,7 +594,17 @@ _REVIEWER: dict[str, Any] = {
     "empty_hint": "give a name or leave it out",
 }
 _OWN_MESSAGES = frozenset(
-    {"kind", "not_text", "empty", "too_long", "control_chars", "text", "emails", "round"}
+    {
+        "kind",
+        "not_text",
+        "not_unicode",
+        "empty",
+        "too_long",
+        "control_chars",
+        "text",
+        "emails",
+        "round",
+    }
 )
 """Error types whose message is a whole sentence, shown without the field's name."""
 

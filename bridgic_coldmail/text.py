@@ -11,6 +11,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from pydantic_core import PydanticCustomError
+
 CONTROL_CLASS = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u2028\u2029"
 """The body of a regex character class (Python and ECMA-262 alike, so the LLM's JSON schema
 can state it) for the characters no text may hold: Unicode's "Cc" characters but newline,
@@ -25,6 +27,27 @@ def control_chars(text: str) -> list[str]:
     """The control characters ``text`` holds (see :data:`CONTROL_CLASS`), each once, as
     ``U+001B``, in order of appearance."""
     return list(dict.fromkeys(f"U+{ord(c):04X}" for c in CONTROL.findall(text)))
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""Half of a UTF-16 pair, alone: not a character, and no UTF-8 exists for it, so it can be
+neither stored, signed nor sent. Python makes one of each byte that is not UTF-8 in a
+command-line argument (``surrogateescape``), and JSON's ``"\\ud800"`` escape decodes to one.
+(Kept out of :data:`CONTROL_CLASS`: in a JSON schema's ECMA-262 pattern the range would also
+match the two halves of every emoji.)"""
+
+
+def not_text(text: str) -> PydanticCustomError | None:
+    """The error for ``text`` when it holds a lone surrogate (see :data:`_LONE_SURROGATE`),
+    else None: the one rule every way in applies to text that is not text."""
+    found = _LONE_SURROGATE.search(text)
+    if found is None:
+        return None
+    return PydanticCustomError(
+        "not_unicode",
+        f"contains U+{ord(found.group()):04X}, which is not a character (a byte that is not "
+        "UTF-8, or half of an escaped pair); retype it as plain UTF-8 text",
+    )
 
 
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
