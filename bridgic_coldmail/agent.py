@@ -84,8 +84,10 @@ class OpenOptions(AgentOptions, total=False):
 class ColdMailAgent:
     """Drafts cold-email sequences that pause for people and resume later.
 
-    Open one with :meth:`open`; it owns a connection to the run store and closes it on exit.
-    One agent can serve many concurrent tasks.
+    Open one with ``async with ColdMailAgent.open(...)``, or ``await ColdMailAgent.connect(...)``
+    and later :meth:`aclose` where a ``with`` block does not fit (an application's startup and
+    shutdown hooks). It owns a connection to the run store. One agent can serve many
+    concurrent tasks.
     """
 
     def __init__(
@@ -98,13 +100,26 @@ class ColdMailAgent:
         self._store = store
         self.settings = settings
         self._runner = Runner(store, settings, llm, retry)
+        self._closed = False
 
     @classmethod
     @asynccontextmanager
     async def open(
         cls, db_path: str | os.PathLike[str] | None = None, **options: Unpack[OpenOptions]
     ) -> AsyncIterator[ColdMailAgent]:
-        """Open the agent on a run store.
+        """The agent of :meth:`connect`, closed when the ``async with`` block ends."""
+        agent = await cls.connect(db_path, **options)
+        try:
+            yield agent
+        finally:
+            await agent.aclose()
+
+    @classmethod
+    async def connect(
+        cls, db_path: str | os.PathLike[str] | None = None, **options: Unpack[OpenOptions]
+    ) -> ColdMailAgent:
+        """Open the agent on a run store; close it with :meth:`aclose` (or use :meth:`open`,
+        or the agent itself, in ``async with``).
 
         Args:
             db_path: an SQLite file or a ``postgresql://`` URL; default ``COLDMAIL_DB``,
@@ -140,14 +155,23 @@ class ColdMailAgent:
         resolved = base.with_overrides(db=db_path, llm=backend, **options)
         checked = None if llm is None or isinstance(llm, str) else check_llm(llm)
         store = await connect_store(resolved, missing=missing)
-        agent = cls(store, resolved, checked, retry)
+        return cls(store, resolved, checked, retry)
+
+    async def aclose(self) -> None:
+        """Stop the lease keepers and close the store (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            yield agent
+            await self._runner.aclose()
         finally:
-            try:
-                await agent._runner.aclose()
-            finally:
-                await store.close()
+            await self._store.close()
+
+    async def __aenter__(self) -> ColdMailAgent:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     @property
     def db_path(self) -> str:

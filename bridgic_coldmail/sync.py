@@ -11,6 +11,7 @@ import asyncio
 import builtins
 import os
 import threading
+import warnings
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
@@ -174,6 +175,7 @@ class SyncColdMailAgent:
         variants: Sequence[str] = (),
         disabled_rules: Iterable[str] | None = None,
         template: str | os.PathLike[str] | None = None,
+        max_bytes: int | None = None,
     ) -> ExportReport:
         """Export the final sequence for a lead list; see :meth:`ColdMailAgent.export`."""
         return self._call(
@@ -188,6 +190,7 @@ class SyncColdMailAgent:
                 variants=variants,
                 disabled_rules=disabled_rules,
                 template=template,
+                max_bytes=max_bytes,
             )
         )
 
@@ -246,6 +249,18 @@ class SyncColdMailAgent:
 
     def __enter__(self) -> SyncColdMailAgent:
         return self
+
+    def __del__(self) -> None:
+        # Left open, its store connection and its thread live until the process ends; say so,
+        # as an unclosed file or socket does (shown with python -W default or under pytest).
+        if not getattr(self, "_closed", True):
+            warnings.warn(
+                f"unclosed {type(self).__name__} on {self._agent.db_path!r}: call close() or "
+                "use it in a with block",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
 
     def __exit__(
         self,
