@@ -414,7 +414,7 @@ class ColdMailAgent:
             export_sequence,
             run.final,
             Path(leads),
-            Path(out),
+            out,  # as given: Path("./-") would be "-", standard output
             format=format,
             strict=strict,
             acronyms=_acronyms(run),
