@@ -21,6 +21,7 @@ given, calls the runner, and words a refusal with ``_wording``.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -165,9 +166,7 @@ class Runner:
         """Claim the run. A claim interrupted (Ctrl-C, a cancelled task) may still be
         granted — SQLite's thread and PostgreSQL's commit carry on — so it is awaited to the
         end and given back, never left holding the run until its lease runs out."""
-        claiming = asyncio.ensure_future(
-            self._store.claim(interaction_id, action, SUPPORTED_SERIALIZATION_VERSIONS)
-        )
+        claiming = asyncio.ensure_future(self._claim_surely(interaction_id, action))
         try:
             return await asyncio.shield(claiming)
         except asyncio.CancelledError as cancelled:
@@ -178,6 +177,32 @@ class Runner:
             if isinstance(granted, Claim):
                 await self._give_back(granted, wording.failure_note(cancelled))
             raise
+
+    async def _claim_surely(self, interaction_id: str, action: Action) -> ClaimOutcome:
+        """Claim under a token chosen before the first attempt. When the reply to the claim's
+        commit is lost (topic ``commit_unknown``), the run may be ours already: the claim is
+        asked again with the same token while the lease would run, and the store hands back
+        our own claim (or grants it now, if the first never committed). Without this the
+        run would be held, by nobody, for the whole lease."""
+        token = uuid.uuid4().hex
+        versions = SUPPORTED_SERIALIZATION_VERSIONS
+        try:
+            return await self._store.claim(interaction_id, action, versions, token=token)
+        except StoreError as first:
+            if first.topic != "commit_unknown":
+                raise
+            failure = first
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._store.lease_seconds
+        pause = min(1.0, self._store.lease_seconds / 10)
+        while True:
+            try:
+                return await self._store.claim(interaction_id, action, versions, token=token)
+            except StoreError as exc:
+                failure = exc
+            if loop.time() + pause >= deadline:
+                raise failure  # by now the lease is over: the run is free again
+            await asyncio.sleep(pause)
 
     async def _complete_again(
         self, claim: Claim, result: Paused | Finished, failure: StoreError

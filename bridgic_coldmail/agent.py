@@ -461,7 +461,7 @@ class ColdMailAgent:
             export_sequence,
             self._variants(runs),
             Path(leads),
-            Path(out),
+            out,  # as given: Path("./-") would be "-", standard output
             format=format,
             strict=strict,
             acronyms=_acronyms(*runs),

@@ -99,3 +99,25 @@ def test_out_naming_a_regular_file_with_a_trailing_slash_never_replaces_it(
     done = cli("export", completed, "--leads", str(source), "--out", f"{old}/", "--overwrite")
     assert done.returncode == InvalidInput.exit_code, (done.stdout, done.stderr)
     assert old.read_bytes() == OLD
+
+
+@pytest.mark.parametrize("spelling", ["{old}/.", "{folder}/", "{folder}/."])
+def test_out_spelled_as_a_folder_is_refused_in_one_line(
+    cli: Callable[..., Completed],
+    completed: str,  # noqa: F811
+    source: Path,  # noqa: F811
+    tmp_path: Path,
+    spelling: str,
+) -> None:
+    """The same rule for a last part ``.`` (``Path("campaign.csv/.")`` is ``campaign.csv``)
+    and for an existing folder named with a slash: refused, nothing written anywhere."""
+    old = tmp_path / "campaign.csv"
+    old.write_bytes(OLD)
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    out = spelling.format(old=old, folder=folder)
+    done = cli("export", completed, "--leads", str(source), "--out", out, "--overwrite")
+    assert done.returncode == InvalidInput.exit_code, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "names a folder" in done.stderr
+    assert old.read_bytes() == OLD
+    assert list(folder.iterdir()) == []

@@ -26,10 +26,12 @@ import pytest
 
 import bridgic_coldmail.store.sqlite as sqlite_store
 from bridgic_coldmail import Brief, ColdMailAgent, RunStatus, StoreError
+from bridgic_coldmail.store import Claim, Finished, Refusal, RefusalReason, connect_store
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .conftest import Backend
-from .test_postgres import _through, pg, proxy  # noqa: F401  (fixtures)
+from .test_postgres import FEEDBACK as FEEDBACK_ACTION
+from .test_postgres import SEQUENCE, VERSIONS, _new, _through, pg, proxy  # noqa: F401
 
 FEEDBACK = "CTOs at mid-size hospitals"
 
@@ -96,3 +98,35 @@ async def test_postgres_a_decision_whose_claim_reply_is_lost_is_applied_once(
         assert proxy.sprung
         assert (run.status, run.round) == (RunStatus.AWAITING_REVIEW, 2)
     assert server.count("revise") == 1
+
+
+async def test_a_claim_asked_again_with_its_own_token_is_handed_back_writing_nothing(
+    backend: Backend,
+) -> None:
+    """The store's half of the fix, on both backends: the same token finds its own claim
+    (no second event, the same pause), another token is still refused as held, and the
+    claim handed back completes the run once."""
+    store = await connect_store(backend.settings(lease_seconds=30))
+    try:
+        new = await store.insert_paused(_new())
+        run_id = new.interaction_id
+        first = await store.claim(run_id, FEEDBACK_ACTION, VERSIONS, token="a" * 32)
+        assert isinstance(first, Claim) and first.token == "a" * 32
+        events = await store.history(run_id)
+        again = await store.claim(run_id, FEEDBACK_ACTION, VERSIONS, token="a" * 32)
+        assert isinstance(again, Claim)
+        assert (again.token, again.pause_id, again.snapshot) == (
+            first.token,
+            first.pause_id,
+            first.snapshot,
+        )
+        assert again.run.status is first.run.status is RunStatus.AWAITING_FEEDBACK
+        assert await store.history(run_id) == events  # nothing written
+        other = await store.claim(run_id, FEEDBACK_ACTION, VERSIONS, token="b" * 32)
+        assert isinstance(other, Refusal) and other.reason is RefusalReason.HELD
+        done = await store.complete(again, Finished(RunStatus.COMPLETED, SEQUENCE))
+        assert done is not None and done.status is RunStatus.COMPLETED
+        late = await store.claim(run_id, FEEDBACK_ACTION, VERSIONS, token="a" * 32)
+        assert not isinstance(late, Claim)  # once completed the token holds nothing
+    finally:
+        await store.close()

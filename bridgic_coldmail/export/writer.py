@@ -370,7 +370,8 @@ def export_sequence(
     stop = stop or StopSignal()
     protected = protected or {}
     _check_leads(Path(leads_path), protected)
-    to_stdout = os.fspath(out) == STDOUT
+    to_stdout = os.fspath(out) == STDOUT  # only a bare "-": "./-" is a file named "-"
+    _check_names_a_file(os.fspath(out))
     if to_stdout:
         _check_stdout()
         target = None
@@ -525,6 +526,18 @@ def _refuse(
         raise InvalidInput(_refusal(refused, findings.findings(), skipped, path))
     if written == 0:
         raise InvalidInput(f"none of the leads in {path} could be exported: " + _list_rows(skipped))
+
+
+def _check_names_a_file(out: str) -> None:
+    """Refuse a path that names a folder by its spelling: a trailing slash, or a last part
+    ``.``. ``Path`` drops both (``Path("exports/")`` is ``exports``), so the check is made
+    on the text as given, before it becomes a ``Path``: ``exports/`` would otherwise become
+    a file named ``exports``, and ``campaign.csv/`` would replace ``campaign.csv``."""
+    if out.endswith(("/", os.sep)) or os.path.basename(out) == ".":
+        raise InvalidInput(
+            f"{out} names a folder (it ends with {out[-1]!r}); an export writes one file: give "
+            "its path, e.g. campaign.csv"
+        )
 
 
 def _check_stdout() -> None:

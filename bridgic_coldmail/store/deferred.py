@@ -85,10 +85,15 @@ class DeferredSqliteStore:
         return await self._read(lambda s: s.history(interaction_id), None)
 
     async def claim(
-        self, interaction_id: str, action: Action, supported_versions: Collection[str]
+        self,
+        interaction_id: str,
+        action: Action,
+        supported_versions: Collection[str],
+        *,
+        token: str | None = None,
     ) -> ClaimOutcome:
         return await self._read(
-            lambda s: s.claim(interaction_id, action, supported_versions),
+            lambda s: s.claim(interaction_id, action, supported_versions, token=token),
             Refusal(RefusalReason.NOT_FOUND),
         )
 

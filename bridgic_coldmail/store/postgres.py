@@ -105,6 +105,7 @@ from .protocol import (
 from .rules import (
     ClaimPlan,
     claim_from,
+    claimed_again,
     holds,
     judge_claim,
     plan_claim,
@@ -331,9 +332,16 @@ class PostgresRunStore:
         return run_from_row(change.row)  # just signed here: no MAC to check
 
     async def claim(
-        self, interaction_id: str, action: Action, supported_versions: Collection[str]
+        self,
+        interaction_id: str,
+        action: Action,
+        supported_versions: Collection[str],
+        *,
+        token: str | None = None,
     ) -> ClaimOutcome:
-        """Take the run to apply ``action``, or say why not; a refusal writes nothing."""
+        """Take the run to apply ``action``, or say why not; a refusal writes nothing.
+        ``token``: see :func:`judge_claim`. A lost reply to the commit has topic
+        ``commit_unknown``: the claim may hold the run."""
         if not _storable(interaction_id):
             return Refusal(RefusalReason.NOT_FOUND)
         signer, lease = self._signer, self.lease_seconds
@@ -350,10 +358,13 @@ class PostgresRunStore:
                 supported_versions=supported_versions,
                 signer=signer,
                 snapshot=snapshot,
+                token=token,
             )
             if not isinstance(verdict, ClaimPlan):
                 return verdict  # rolled back: nothing written
             assert snapshot is not None
+            if verdict.again:  # rolled back: nothing written
+                return claimed_again(row, verdict, action, snapshot=snapshot, now=now)
             change, expires = plan_claim(row, verdict, action, now=now, lease=lease)
             change.seal(signer, sign_row=row["row_mac"] is not None)
             await tx.finish(_update(row, change))

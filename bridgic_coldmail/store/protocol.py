@@ -239,9 +239,17 @@ class RunStore(Protocol):
         ...
 
     async def claim(
-        self, interaction_id: str, action: Action, supported_versions: Collection[str]
+        self,
+        interaction_id: str,
+        action: Action,
+        supported_versions: Collection[str],
+        *,
+        token: str | None = None,
     ) -> ClaimOutcome:
-        """Take the run to apply ``action`` (see :func:`judge_claim`)."""
+        """Take the run to apply ``action`` (see :func:`judge_claim`) under ``token``, the
+        fencing token the caller chose (a new one when None). Asked again with the same
+        token after an error of topic ``commit_unknown``, it hands back the claim if that
+        commit went through, instead of refusing the run as held."""
         ...
 
     async def renew(self, claim: Claim) -> datetime | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,9 @@ class ClaimPlan:
 
     token: str
     from_status: RunStatus
+    again: bool = False
+    """The run is already resuming under this token: a claim whose commit went through
+    though its reply was lost, asked again. Nothing is written; the claim is handed back."""
 
 
 def paused_status(row: Mapping[str, Any]) -> RunStatus:
@@ -45,12 +48,18 @@ def judge_claim(
     supported_versions: Collection[str],
     signer: SnapshotSigner,
     snapshot: bytes | None,
+    token: str | None = None,
 ) -> ClaimPlan | AlreadyDone | Refusal:
     """Decide a claim. The caller holds the row (a transaction) and writes what this says.
 
     The order matters: a refusal for tampering comes before anything else, and a run whose
     action was already applied returns its result even if the snapshot is gone.
+
+    ``token`` is the claim's fencing token, chosen by the caller before the first attempt
+    (a new one when None): a run already resuming under it is that caller's own claim,
+    whose commit reply was lost, and is handed back (``again``) instead of refused as held.
     """
+    token = token or uuid.uuid4().hex
     if row is None:
         return Refusal(RefusalReason.NOT_FOUND)
     decoded = decode_row(row, signer)
@@ -59,6 +68,13 @@ def judge_claim(
         return Refusal(reason, problem=decoded.detail)
     run = decoded
     status = run.status
+    if status is RunStatus.RESUMING and row.get("claim_token") == token:
+        legacy = row.get("row_mac") is None
+        paused = paused_status(row)
+        mine = _check_snapshot(
+            row, run, paused, supported_versions, signer, snapshot, legacy, token
+        )
+        return replace(mine, again=True) if isinstance(mine, ClaimPlan) else mine
     if status is RunStatus.RESUMING:
         expires = _lease_end(row.get("claim_expires_at"))
         pending = Action.from_json(row["pending_json"]) if row.get("pending_json") else None
@@ -69,7 +85,9 @@ def judge_claim(
     legacy = row.get("row_mac") is None
     if action.kind == "feedback":
         if status is RunStatus.AWAITING_FEEDBACK:
-            return _check_snapshot(row, run, status, supported_versions, signer, snapshot, legacy)
+            return _check_snapshot(
+                row, run, status, supported_versions, signer, snapshot, legacy, token
+            )
         if run.feedback == action.text:
             return AlreadyDone(run)
         feedback = Action.feedback(run.feedback) if run.feedback else None
@@ -97,7 +115,7 @@ def judge_claim(
         return AlreadyDone(run)
     if action.kind == "revise" and current_round >= (run.max_rounds or current_round):
         return Refusal(RefusalReason.ROUND_LIMIT, run=run)
-    return _check_snapshot(row, run, status, supported_versions, signer, snapshot, legacy)
+    return _check_snapshot(row, run, status, supported_versions, signer, snapshot, legacy, token)
 
 
 def _repeats_last(last: Action, action: Action, current_round: int) -> bool:
@@ -160,6 +178,7 @@ def _check_snapshot(
     signer: SnapshotSigner,
     snapshot: bytes | None,
     legacy: bool,
+    token: str,
 ) -> ClaimPlan | Refusal:
     version = str(row["serialization_version"])
     signature = row.get("signature")
@@ -177,7 +196,7 @@ def _check_snapshot(
         )
     if version not in supported_versions:
         return Refusal(RefusalReason.UNKNOWN_FORMAT, run=run, version=version)
-    return ClaimPlan(token=uuid.uuid4().hex, from_status=status)
+    return ClaimPlan(token=token, from_status=status)
 
 
 def claim_from(
@@ -201,6 +220,15 @@ def claim_from(
         run=run.model_copy(update={"status": plan.from_status}),
         expires_at=expires,
     )
+
+
+def claimed_again(
+    row: Mapping[str, Any], plan: ClaimPlan, action: Action, *, snapshot: bytes, now: datetime
+) -> Claim:
+    """The :class:`Claim` for a plan ``again``: the row as it stands, nothing written (the
+    lease keeper renews its lease)."""
+    expires = _lease_end(row.get("claim_expires_at")) or now
+    return claim_from(row, RowChange(dict(row)), plan, action, snapshot=snapshot, expires=expires)
 
 
 def plan_claim(

@@ -49,6 +49,7 @@ from .protocol import Action, Claim, ClaimOutcome, Finished, NewRun, Paused, Ref
 from .rules import (
     ClaimPlan,
     claim_from,
+    claimed_again,
     holds,
     judge_claim,
     plan_claim,
@@ -197,32 +198,59 @@ class SqliteRunStore:
         return run_from_row(change.row)  # just signed here: no MAC to check
 
     async def claim(
-        self, interaction_id: str, action: Action, supported_versions: Collection[str]
+        self,
+        interaction_id: str,
+        action: Action,
+        supported_versions: Collection[str],
+        *,
+        token: str | None = None,
     ) -> ClaimOutcome:
-        """Take the run to apply ``action``, or say why not; a refusal writes nothing."""
+        """Take the run to apply ``action``, or say why not; a refusal writes nothing.
+        ``token``: see :func:`judge_claim`. An error once the claim is written (at its
+        commit) has topic ``commit_unknown``: the claim may hold the run."""
         signer, lease, schema = self._signer, self.lease_seconds, self._schema
+        location = self.location
 
         def work(db: sqlite3.Connection) -> ClaimOutcome:
-            with _transaction(db, durable=False) as tx:
-                row = _hold(db, interaction_id, schema)
-                now = _now()
-                snapshot = bytes(row["snapshot"]) if row and row["snapshot"] is not None else None
-                verdict = judge_claim(
-                    row,
-                    action,
-                    now=now,
-                    supported_versions=supported_versions,
-                    signer=signer,
-                    snapshot=snapshot,
-                )
-                if not isinstance(verdict, ClaimPlan):
-                    tx.rollback()
-                    return verdict
-                assert row is not None and snapshot is not None
-                change, expires = plan_claim(row, verdict, action, now=now, lease=lease)
-                change.seal(signer, sign_row=row["row_mac"] is not None)
-                _update(db, change)
-                return claim_from(row, change, verdict, action, snapshot=snapshot, expires=expires)
+            written = False
+            try:
+                with _transaction(db, durable=False) as tx:
+                    row = _hold(db, interaction_id, schema)
+                    now = _now()
+                    snapshot = (
+                        bytes(row["snapshot"]) if row and row["snapshot"] is not None else None
+                    )
+                    verdict = judge_claim(
+                        row,
+                        action,
+                        now=now,
+                        supported_versions=supported_versions,
+                        signer=signer,
+                        snapshot=snapshot,
+                        token=token,
+                    )
+                    if not isinstance(verdict, ClaimPlan) or verdict.again:
+                        tx.rollback()
+                        if isinstance(verdict, ClaimPlan):
+                            assert row is not None and snapshot is not None
+                            return claimed_again(row, verdict, action, snapshot=snapshot, now=now)
+                        return verdict
+                    assert row is not None and snapshot is not None
+                    change, expires = plan_claim(row, verdict, action, now=now, lease=lease)
+                    change.seal(signer, sign_row=row["row_mac"] is not None)
+                    _update(db, change)
+                    written = True
+                    return claim_from(
+                        row, change, verdict, action, snapshot=snapshot, expires=expires
+                    )
+            except sqlite3.Error as exc:
+                if not written:
+                    raise
+                raise StoreError(
+                    f"the claim's commit in {location} failed ({exc}): it may have been "
+                    "recorded; look before you retry",
+                    topic="commit_unknown",
+                ) from None
 
         return await self._hop(work, checked=True)
 
