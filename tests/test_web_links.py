@@ -846,7 +846,11 @@ async def test_a_link_needs_the_public_origin_and_a_run_that_waits(
             await agent.link(run.interaction_id)
     async with ColdMailAgent.open(db_path, settings=link_settings(db_path)) as agent:
         now = datetime.now(timezone.utc)
-        for bad in (now - timedelta(seconds=1), now.replace(tzinfo=None) + timedelta(days=1)):
+        for bad in (
+            now - timedelta(seconds=1),
+            now.replace(tzinfo=None) + timedelta(days=1),
+            now + timedelta(days=367),
+        ):
             with pytest.raises(InvalidInput, match="expires_at"):
                 await agent.link(run.interaction_id, expires_at=bad)
         with pytest.raises(RunNotFound):
@@ -887,6 +891,54 @@ def test_coldmail_link_prints_a_link_that_opens_the_pause(
     assert "coldmail show" in done.stderr
     unknown = run_cli("link", "0" * 32, env=env)  # type: ignore[operator]
     assert unknown.returncode == 3
+
+
+def test_coldmail_link_takes_its_lifetime_and_origin_and_refuses_bad_ones(
+    cli: object, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    import json
+
+    from bridgic_coldmail import SyncColdMailAgent
+
+    run_cli = cli
+    with SyncColdMailAgent.open(db_path) as agent:
+        interaction_id = agent.start(brief).interaction_id
+    missing = run_cli("link", interaction_id)  # type: ignore[operator]
+    assert "--origin https://" in missing.stderr and "COLDMAIL_PUBLIC_ORIGIN" in missing.stderr
+    made = run_cli(  # type: ignore[operator]
+        "link",
+        interaction_id,
+        "--expires-in",
+        "36h",
+        "--origin",
+        "https://Review.Example:8443/",
+        "--json",
+    )
+    assert made.returncode == 0, made.stderr
+    printed = json.loads(made.stdout)
+    assert printed["link"].startswith("https://review.example:8443/l/")
+    lifetime = datetime.fromisoformat(printed["expires_at"]) - datetime.now(timezone.utc)
+    assert timedelta(hours=36) - timedelta(seconds=10) <= lifetime <= timedelta(hours=36)
+    claim = read_token(signer_of(db_path), printed["link"].rsplit("/", 1)[1])
+    assert abs(claim.expires_at - datetime.fromisoformat(printed["expires_at"])) < timedelta(
+        seconds=1
+    )
+    # The command line's --origin wins over the setting.
+    env = {"COLDMAIL_PUBLIC_ORIGIN": "https://other.example"}
+    chosen = run_cli("link", interaction_id, "--origin", "http://127.0.0.1:8000", env=env)  # type: ignore[operator]
+    assert chosen.stdout.startswith("http://127.0.0.1:8000/l/")
+    for bad, says in (
+        (["--expires-in", "0s"], "no time at all"),
+        (["--expires-in", "367d"], "longer than a link may work"),
+        (["--expires-in=-1h"], "not an age"),
+        (["--expires-in", "soon"], "not an age"),
+        (["--origin", "review.example.com"], "--origin 'review.example.com' is not valid"),
+        (["--origin", "https://x.example/path"], "expected scheme://host[:port]"),
+        (["--origin", "javascript:alert(1)"], "is not valid"),
+    ):
+        refused = run_cli("link", interaction_id, *bad, env=env)  # type: ignore[operator]
+        assert refused.returncode == 2 and says in refused.stderr, (bad, refused.stderr)
+        assert refused.stdout == ""
 
 
 async def test_a_link_made_by_one_process_opens_in_another_on_both_backends(
