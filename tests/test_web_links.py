@@ -297,6 +297,44 @@ async def test_an_llm_failure_keeps_the_guidance_and_the_link_still_works(
 # ---------------------------------------------------------------------------- races
 
 
+async def test_while_an_answer_is_being_applied_the_link_says_so_and_changes_nothing(
+    client: httpx.AsyncClient, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await paused(db_path, brief)
+    path = await link_to(db_path, interaction_id)
+    page = (await client.get(path)).text
+    server.enqueue(Reply(kind="refine", delay=1.5))
+    first = asyncio.create_task(answer(client, path, "feedback", page, feedback=FEEDBACK))
+    for _ in range(100):
+        shown = await client.get(path)
+        if "Being answered" in shown.text:
+            break
+        await asyncio.sleep(0.02)
+    assert shown.status_code == 200 and "<form" not in shown.text
+    assert "is being applied right now" in visible(shown.text)
+    other = await answer(client, path, "feedback", page, feedback="clinic owners")
+    assert other.status_code == 409
+    assert "another reviewer" in visible(other.text)
+    assert (await first).status_code == 303
+    run, _ = await stored_run(db_path, interaction_id)
+    assert run.feedback == FEEDBACK and server.count("refine") == 1
+    assert f"answered with the audience “{FEEDBACK}”" in visible((await client.get(path)).text)
+
+
+async def test_a_link_works_the_same_when_the_inbox_needs_no_token(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await paused(db_path, brief)
+    path = await link_to(db_path, interaction_id)
+    async with web_client(settings_for(db_path, public_origin=BASE)) as client:
+        page = await client.get(path)
+        assert page.status_code == 200 and page.headers["referrer-policy"] == "no-referrer"
+        posted = await answer(client, path, "feedback", page.text, feedback=FEEDBACK)
+        assert (posted.status_code, posted.headers["location"]) == (303, path)
+    run, _ = await stored_run(db_path, interaction_id)
+    assert run.feedback == FEEDBACK
+
+
 async def test_the_same_feedback_sent_twice_at_once_is_applied_once_and_both_see_it(
     client: httpx.AsyncClient, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
