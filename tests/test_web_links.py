@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -1024,34 +1025,24 @@ class LinkServer:
         return self.log.read_text(errors="replace")
 
 
-@pytest.fixture
-def link_server(
-    server: ScriptedOpenAIServer, db_path: Path, tmp_path: Path
-) -> Iterator[LinkServer]:
+@contextmanager
+def serving(tmp_path: Path, *options: str) -> Iterator[LinkServer]:
+    """``coldmail serve --access-log`` (and ``options``) on a free loopback port, behind the
+    inbox token, with its own address as the public origin; stopped on leaving."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "COLDMAIL_WEB_TOKEN": STRONG_TOKEN, "COLDMAIL_PUBLIC_ORIGIN": url}
-    log = tmp_path / "serve.log"
+    log = tmp_path / f"serve-{port}.log"
+    command = [sys.executable, "-m", "bridgic_coldmail", "serve", "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bridgic_coldmail",
-                "serve",
-                "--port",
-                str(port),
-                "--access-log",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            [*command, "--access-log", *options], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     running = LinkServer(url, log, process)
     try:
-        for _ in range(200):
+        for _ in range(300):
             try:
                 urllib.request.urlopen(url + "/static/style.css", timeout=1).close()
                 break
@@ -1062,6 +1053,14 @@ def link_server(
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def link_server(
+    server: ScriptedOpenAIServer, db_path: Path, tmp_path: Path
+) -> Iterator[LinkServer]:
+    with serving(tmp_path) as running:
+        yield running
 
 
 async def test_over_real_http_a_link_answers_once_and_its_token_is_never_logged(
@@ -1119,6 +1118,27 @@ async def test_over_real_http_a_link_answers_once_and_its_token_is_never_logged(
     assert f'"GET {LINK_PATH}[redacted] HTTP/1.1" 410' in log
     for secret in (token, token.split(".")[1], edited.rsplit(".", 1)[1]):
         assert secret not in log
+
+
+@pytest.mark.slow
+async def test_every_worker_process_keeps_link_tokens_out_of_its_access_log(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path
+) -> None:
+    """``serve --workers 2``: each process the supervisor starts redacts its own lines."""
+    interaction_id = await paused(db_path, brief)
+    with serving(tmp_path, "--workers", "2") as running:
+        settings = link_settings(db_path, public_origin=running.url)
+        async with ColdMailAgent.open(db_path, settings=settings) as agent:
+            link = await agent.link(interaction_id)
+        token = link.rsplit("/", 1)[1]
+        async with httpx.AsyncClient() as client:  # a new connection each: both workers serve
+            for _ in range(12):
+                opened = await client.get(link, headers={"Connection": "close"})
+                assert opened.status_code == 200
+        log = running.stop()
+    assert log.count(f'"GET {LINK_PATH}[redacted] HTTP/1.1" 200') == 12
+    assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2
+    assert token not in log and token.split(".")[1] not in log
 
 
 # ---------------------------------------------------------------------------- a real browser
