@@ -612,25 +612,31 @@ class ColdMailAgent:
 
         Raises:
             ConfigurationError: ``COLDMAIL_PUBLIC_ORIGIN`` is not set.
-            InvalidInput: malformed id, or ``expires_at`` not an aware time in the future.
+            InvalidInput: malformed id, or ``expires_at`` not an aware time in the future
+                within 366 days.
             RunNotFound: no run under this id.
             RunConflict: the run waits for nobody (completed or rejected).
             RunBeingResumed: an answer is being applied to it right now.
         """
-        from .notify.links import current_pause, link_expiry, make_link
+        from .notify.links import MAX_LINK_DAYS, current_pause, link_expiry, make_link
 
         origin = self.settings.public_origin
         if not origin:
             raise ConfigurationError(
                 "a one-click link needs the address browsers reach the inbox at: set "
                 "COLDMAIL_PUBLIC_ORIGIN (e.g. https://review.example.com, or "
-                "http://127.0.0.1:8000 for `coldmail serve` on this machine)"
+                "http://127.0.0.1:8000 for `coldmail serve` on this machine)",
+                topic="public_origin",
             )
         now = datetime.now(timezone.utc)
         if expires_at is None:
             expires_at = link_expiry(now, self.settings.link_ttl)
         elif expires_at.tzinfo is None or expires_at <= now:
             raise InvalidInput("expires_at must be an aware time in the future (e.g. in UTC)")
+        elif expires_at - now > timedelta(days=MAX_LINK_DAYS):
+            raise InvalidInput(
+                f"a link works at most {MAX_LINK_DAYS} days; give an earlier expires_at"
+            )
         run = await self.get(interaction_id)
         pause = current_pause(run)
         if run.status is RunStatus.RESUMING:

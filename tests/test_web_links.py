@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -295,6 +296,44 @@ async def test_an_llm_failure_keeps_the_guidance_and_the_link_still_works(
 
 
 # ---------------------------------------------------------------------------- races
+
+
+async def test_while_an_answer_is_being_applied_the_link_says_so_and_changes_nothing(
+    client: httpx.AsyncClient, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await paused(db_path, brief)
+    path = await link_to(db_path, interaction_id)
+    page = (await client.get(path)).text
+    server.enqueue(Reply(kind="refine", delay=1.5))
+    first = asyncio.create_task(answer(client, path, "feedback", page, feedback=FEEDBACK))
+    for _ in range(100):
+        shown = await client.get(path)
+        if "Being answered" in shown.text:
+            break
+        await asyncio.sleep(0.02)
+    assert shown.status_code == 200 and "<form" not in shown.text
+    assert "is being applied right now" in visible(shown.text)
+    other = await answer(client, path, "feedback", page, feedback="clinic owners")
+    assert other.status_code == 409
+    assert "another reviewer" in visible(other.text)
+    assert (await first).status_code == 303
+    run, _ = await stored_run(db_path, interaction_id)
+    assert run.feedback == FEEDBACK and server.count("refine") == 1
+    assert f"answered with the audience “{FEEDBACK}”" in visible((await client.get(path)).text)
+
+
+async def test_a_link_works_the_same_when_the_inbox_needs_no_token(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await paused(db_path, brief)
+    path = await link_to(db_path, interaction_id)
+    async with web_client(settings_for(db_path, public_origin=BASE)) as client:
+        page = await client.get(path)
+        assert page.status_code == 200 and page.headers["referrer-policy"] == "no-referrer"
+        posted = await answer(client, path, "feedback", page.text, feedback=FEEDBACK)
+        assert (posted.status_code, posted.headers["location"]) == (303, path)
+    run, _ = await stored_run(db_path, interaction_id)
+    assert run.feedback == FEEDBACK
 
 
 async def test_the_same_feedback_sent_twice_at_once_is_applied_once_and_both_see_it(
@@ -846,7 +885,11 @@ async def test_a_link_needs_the_public_origin_and_a_run_that_waits(
             await agent.link(run.interaction_id)
     async with ColdMailAgent.open(db_path, settings=link_settings(db_path)) as agent:
         now = datetime.now(timezone.utc)
-        for bad in (now - timedelta(seconds=1), now.replace(tzinfo=None) + timedelta(days=1)):
+        for bad in (
+            now - timedelta(seconds=1),
+            now.replace(tzinfo=None) + timedelta(days=1),
+            now + timedelta(days=367),
+        ):
             with pytest.raises(InvalidInput, match="expires_at"):
                 await agent.link(run.interaction_id, expires_at=bad)
         with pytest.raises(RunNotFound):
@@ -887,6 +930,54 @@ def test_coldmail_link_prints_a_link_that_opens_the_pause(
     assert "coldmail show" in done.stderr
     unknown = run_cli("link", "0" * 32, env=env)  # type: ignore[operator]
     assert unknown.returncode == 3
+
+
+def test_coldmail_link_takes_its_lifetime_and_origin_and_refuses_bad_ones(
+    cli: object, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    import json
+
+    from bridgic_coldmail import SyncColdMailAgent
+
+    run_cli = cli
+    with SyncColdMailAgent.open(db_path) as agent:
+        interaction_id = agent.start(brief).interaction_id
+    missing = run_cli("link", interaction_id)  # type: ignore[operator]
+    assert "--origin https://" in missing.stderr and "COLDMAIL_PUBLIC_ORIGIN" in missing.stderr
+    made = run_cli(  # type: ignore[operator]
+        "link",
+        interaction_id,
+        "--expires-in",
+        "36h",
+        "--origin",
+        "https://Review.Example:8443/",
+        "--json",
+    )
+    assert made.returncode == 0, made.stderr
+    printed = json.loads(made.stdout)
+    assert printed["link"].startswith("https://review.example:8443/l/")
+    lifetime = datetime.fromisoformat(printed["expires_at"]) - datetime.now(timezone.utc)
+    assert timedelta(hours=36) - timedelta(seconds=10) <= lifetime <= timedelta(hours=36)
+    claim = read_token(signer_of(db_path), printed["link"].rsplit("/", 1)[1])
+    assert abs(claim.expires_at - datetime.fromisoformat(printed["expires_at"])) < timedelta(
+        seconds=1
+    )
+    # The command line's --origin wins over the setting.
+    env = {"COLDMAIL_PUBLIC_ORIGIN": "https://other.example"}
+    chosen = run_cli("link", interaction_id, "--origin", "http://127.0.0.1:8000", env=env)  # type: ignore[operator]
+    assert chosen.stdout.startswith("http://127.0.0.1:8000/l/")
+    for bad, says in (
+        (["--expires-in", "0s"], "no time at all"),
+        (["--expires-in", "367d"], "longer than a link may work"),
+        (["--expires-in=-1h"], "not an age"),
+        (["--expires-in", "soon"], "not an age"),
+        (["--origin", "review.example.com"], "--origin 'review.example.com' is not valid"),
+        (["--origin", "https://x.example/path"], "expected scheme://host[:port]"),
+        (["--origin", "javascript:alert(1)"], "is not valid"),
+    ):
+        refused = run_cli("link", interaction_id, *bad, env=env)  # type: ignore[operator]
+        assert refused.returncode == 2 and says in refused.stderr, (bad, refused.stderr)
+        assert refused.stdout == ""
 
 
 async def test_a_link_made_by_one_process_opens_in_another_on_both_backends(
@@ -934,34 +1025,24 @@ class LinkServer:
         return self.log.read_text(errors="replace")
 
 
-@pytest.fixture
-def link_server(
-    server: ScriptedOpenAIServer, db_path: Path, tmp_path: Path
-) -> Iterator[LinkServer]:
+@contextmanager
+def serving(tmp_path: Path, *options: str) -> Iterator[LinkServer]:
+    """``coldmail serve --access-log`` (and ``options``) on a free loopback port, behind the
+    inbox token, with its own address as the public origin; stopped on leaving."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "COLDMAIL_WEB_TOKEN": STRONG_TOKEN, "COLDMAIL_PUBLIC_ORIGIN": url}
-    log = tmp_path / "serve.log"
+    log = tmp_path / f"serve-{port}.log"
+    command = [sys.executable, "-m", "bridgic_coldmail", "serve", "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bridgic_coldmail",
-                "serve",
-                "--port",
-                str(port),
-                "--access-log",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            [*command, "--access-log", *options], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     running = LinkServer(url, log, process)
     try:
-        for _ in range(200):
+        for _ in range(300):
             try:
                 urllib.request.urlopen(url + "/static/style.css", timeout=1).close()
                 break
@@ -972,6 +1053,14 @@ def link_server(
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def link_server(
+    server: ScriptedOpenAIServer, db_path: Path, tmp_path: Path
+) -> Iterator[LinkServer]:
+    with serving(tmp_path) as running:
+        yield running
 
 
 async def test_over_real_http_a_link_answers_once_and_its_token_is_never_logged(
@@ -1029,6 +1118,27 @@ async def test_over_real_http_a_link_answers_once_and_its_token_is_never_logged(
     assert f'"GET {LINK_PATH}[redacted] HTTP/1.1" 410' in log
     for secret in (token, token.split(".")[1], edited.rsplit(".", 1)[1]):
         assert secret not in log
+
+
+@pytest.mark.slow
+async def test_every_worker_process_keeps_link_tokens_out_of_its_access_log(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path
+) -> None:
+    """``serve --workers 2``: each process the supervisor starts redacts its own lines."""
+    interaction_id = await paused(db_path, brief)
+    with serving(tmp_path, "--workers", "2") as running:
+        settings = link_settings(db_path, public_origin=running.url)
+        async with ColdMailAgent.open(db_path, settings=settings) as agent:
+            link = await agent.link(interaction_id)
+        token = link.rsplit("/", 1)[1]
+        async with httpx.AsyncClient() as client:  # a new connection each: both workers serve
+            for _ in range(12):
+                opened = await client.get(link, headers={"Connection": "close"})
+                assert opened.status_code == 200
+        log = running.stop()
+    assert log.count(f'"GET {LINK_PATH}[redacted] HTTP/1.1" 200') == 12
+    assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2
+    assert token not in log and token.split(".")[1] not in log
 
 
 # ---------------------------------------------------------------------------- a real browser

@@ -25,7 +25,14 @@ from typing import Any, NoReturn
 
 from .._version import __version__
 from ..agent import MAX_PAGE, ColdMailAgent
-from ..errors import INTERRUPTED, OUTPUT_CLOSED, ColdmailError, DatabaseNotFound, InvalidInput
+from ..errors import (
+    INTERRUPTED,
+    OUTPUT_CLOSED,
+    ColdmailError,
+    ConfigurationError,
+    DatabaseNotFound,
+    InvalidInput,
+)
 from ..export.profiles import NAMES as PROFILE_NAMES
 from ..models import (
     CLI_JSON_KEYS,
@@ -41,7 +48,7 @@ from ..models import (
     validate_interaction_id,
     validate_page,
 )
-from ..settings import BACKENDS, Settings, default_db_path, redact_url
+from ..settings import BACKENDS, ENV, Settings, default_db_path, redact_url
 from ..store import Action, IfMissing
 from ..text import terminal_safe
 from .demo import run_demo
@@ -196,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
         "link", "a signed one-click link that opens the run's current question (no login)"
     )
     link.add_argument("interaction_id", metavar="INTERACTION_ID")
+    link.add_argument(
+        "--expires-in",
+        type=_parse_link_lifetime,
+        metavar="DURATION",
+        help="how long the link works: 7d, 36h, 90m or 45s "
+        f"(default: ${ENV['link_ttl']}, else a week)",
+    )
+    link.add_argument(
+        "--origin",
+        metavar="URL",
+        help="the address browsers reach the inbox at, e.g. https://review.example.com "
+        f"(default: ${ENV['public_origin']})",
+    )
 
     listing = command("list", "list runs, newest first")
     listing.add_argument("--status", choices=[s.value for s in RunStatus])
@@ -321,6 +341,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
         args.feedback = validate_feedback(args.feedback)
     if command == "list":
         validate_page(args.limit, 0, MAX_PAGE)
+    if command == "link" and args.origin is not None:
+        settings = _with_origin(settings, args.origin)
     decision = _decision(args) if command in ("approve", "revise", "edit", "reject") else None
     if command == "trust-unsigned":
         ids = [validate_interaction_id(i) for i in args.interaction_ids]
@@ -391,7 +413,11 @@ async def _link(agent: ColdMailAgent, args: argparse.Namespace, settings: Settin
     """The link to the run's current pause, and until when it works."""
     from ..notify.links import link_expiry
 
-    expires_at = link_expiry(datetime.now(timezone.utc), settings.link_ttl)
+    now = datetime.now(timezone.utc)
+    if args.expires_in is not None:
+        expires_at = now + args.expires_in
+    else:
+        expires_at = link_expiry(now, settings.link_ttl)
     url = await agent.link(args.interaction_id, expires_at=expires_at)
     if args.json:
         return json.dumps(
@@ -713,6 +739,28 @@ def _parse_age(text: str) -> timedelta:
     return timedelta(**{_AGE_UNITS[unit]: amount})
 
 
+def _parse_link_lifetime(text: str) -> timedelta:
+    """``--expires-in``: an age (``36h``), more than nothing and at most a link's longest."""
+    from ..notify.links import MAX_LINK_DAYS
+
+    lifetime = _parse_age(text)
+    if not lifetime:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is no time at all; use e.g. 7d or 36h")
+    if lifetime > timedelta(days=MAX_LINK_DAYS):
+        raise argparse.ArgumentTypeError(
+            f"{text.strip()!r} is longer than a link may work ({MAX_LINK_DAYS}d); give less"
+        )
+    return lifetime
+
+
+def _with_origin(settings: Settings, origin: str) -> Settings:
+    """The settings with ``--origin`` as the public origin, checked as the setting is."""
+    try:
+        return settings.with_overrides(public_origin=origin)
+    except ConfigurationError as exc:
+        raise InvalidInput(str(exc).replace("public_origin=", "--origin ", 1)) from None
+
+
 def _parse_round(text: str) -> int:
     if not re.fullmatch(r"\s*\d{1,6}\s*", text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a round number (1, 2, 3…)")
@@ -741,6 +789,7 @@ _HINTS = {
     "awaiting_feedback": "coldmail resume {id} --feedback '…' first",
     "not_final": "see `coldmail show {id}`",
     "not_paused": "see `coldmail show {id}`",
+    "public_origin": "or give it once: coldmail link {id} --origin https://…",
     "store_path": "choose another --db path",
     "unconfirmed": "run {retry}",
 }

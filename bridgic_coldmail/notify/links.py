@@ -48,6 +48,8 @@ LINK_PATH = "/l/"
 """Where the web app serves link pages: ``<origin>/l/<token>``."""
 LINK_DOMAIN = b"bridgic-coldmail link v1"
 FORM_DOMAIN = b"bridgic-coldmail link form v1"
+MAX_LINK_DAYS = 366
+"""The longest a link made on request (``ColdMailAgent.link``) may work."""
 MAX_TOKEN_CHARS = 512
 """No token this package makes is longer; a longer one is refused before any decoding."""
 MAX_FORM_TOKEN_CHARS = 100
