@@ -22,8 +22,9 @@ from markupsafe import Markup
 from rapidfuzz.distance import Indel
 
 from ..agent import ColdMailAgent
-from ..export.lint import LintIssue
+from ..export.lint import RULES, LintIssue
 from ..export.profiles import PROFILES
+from ..export.writer import MAX_VARIANTS
 from ..models import (
     MAX_FEEDBACK_CHARS,
     MAX_REASON_CHARS,
@@ -279,6 +280,7 @@ async def show_run(
         history,
         issues,
         policy=policy,
+        default_disabled_rules=agent.settings.disabled_rules,
         csrf=csrf,
         status=status,
         message=message,
@@ -298,6 +300,7 @@ def _render_run_page(
     issues: list[LintIssue],
     *,
     policy: WebPolicy,
+    default_disabled_rules: tuple[str, ...],
     csrf: str,
     status: int,
     message: str | None,
@@ -344,6 +347,7 @@ def _render_run_page(
             "body": BODY_LIMIT,
             "upload_mb": _megabytes(policy.max_upload_bytes),
             "export_mb": _megabytes(policy.max_export_bytes),
+            "variants": MAX_VARIANTS_TEXT,
         },
         "form": form,
         "values": values,
@@ -354,6 +358,12 @@ def _render_run_page(
         "max_shown_rows": MAX_SHOWN_ROWS,
         "max_listed_row_numbers": MAX_LISTED_ROW_NUMBERS,
         "sending_tools": SENDING_TOOLS,
+        "rules_to_turn_off": RULES_TO_TURN_OFF,
+        "disabled_rules": (
+            set(values["disabled_rules"].split(",")) - {""}
+            if "disabled_rules" in values
+            else set(default_disabled_rules)
+        ),
     }
     return templates.TemplateResponse(request, "run.html", context, status)
 
@@ -363,6 +373,10 @@ SENDING_TOOLS = tuple(
     for name, profile in PROFILES.items()
 )
 """The export form's choices: a profile's name and what the form shows for it."""
+MAX_VARIANTS_TEXT = (MAX_VARIANTS + 1) * 40
+"""The longest variants field the export form takes: room for every id with separators."""
+RULES_TO_TURN_OFF = tuple(rule for rule in RULES.values() if rule.can_disable)
+"""The export form's boxes: the checks a person may turn off where they do not apply."""
 
 
 def _megabytes(size: int) -> str:
