@@ -777,3 +777,60 @@ async def test_the_form_turns_off_the_checks_ticked_and_shows_the_settings_defau
         unknown = await upload(client, interaction_id, lead_list(2), disabled_rule="can-spam")
         assert unknown.status_code == 422
         assert "unknown check rule(s) &#39;can-spam&#39;" in unknown.text
+
+
+# ---------------------------------------------------------------------------- the template
+
+
+async def test_the_api_serves_a_tools_template_for_the_file_it_names(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    path = f"/api/runs/{interaction_id}/export?profile=smartlead"
+    headers = {"Content-Type": "text/csv"}
+    template = await client.post(f"{path}&part=template", content=lead_list(2), headers=headers)
+    assert template.status_code == 200, template.text
+    assert template.headers["content-type"] == "text/plain; charset=utf-8"
+    disposition = template.headers["content-disposition"]
+    assert disposition == f'attachment; filename="coldmail-{interaction_id}.smartlead.txt"'
+    assert template.text.startswith(f"Smartlead: how to send coldmail-{interaction_id}.csv\n")
+    assert template.headers["x-coldmail-rows-written"] == "2"
+    the_file = await client.post(path, content=lead_list(2), headers=headers)
+    assert the_file.headers["content-disposition"].endswith(f'"coldmail-{interaction_id}.csv"')
+    assert the_file.text.startswith("email,first_name,")
+    assert list(temp_dir.iterdir()) == []
+
+
+async def test_the_generic_file_has_no_template_to_serve(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    refused = await client.post(
+        f"/api/runs/{interaction_id}/export?part=template",
+        content=lead_list(2),
+        headers={"Content-Type": "text/csv"},
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"]["message"] == (
+        "the generic file has no template; choose a sending tool (profile=smartlead, "
+        "instantly, lemlist or apollo)"
+    )
+    assert list(temp_dir.iterdir()) == []
+
+
+async def test_the_run_page_shows_the_tools_template_with_the_checked_list(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    checked = await upload(client, interaction_id, lead_list(2), profile="instantly", check="1")
+    assert checked.status_code == 200, checked.text
+    shown = checked.text.split('id="export-template"')[1].split("</details>")[0]
+    assert "The paste-ready template for Instantly:" in shown
+    assert f"Instantly: how to send coldmail-{interaction_id}.csv" in html.unescape(shown)
+    generic = await upload(client, interaction_id, lead_list(2), check="1")
+    assert 'id="export-template"' not in generic.text
+    hostile = b"Email,First Name,<img src=x onerror=alert(1)>\nann@example.com,Ann,x\n"
+    escaped = await upload(client, interaction_id, hostile, profile="lemlist", check="1")
+    assert escaped.status_code == 200, escaped.text
+    assert 'id="export-template"' in escaped.text and "<img src=x" not in escaped.text
+    assert list(temp_dir.iterdir()) == []

@@ -391,6 +391,8 @@ async def export_page(
             fingerprint = left_out_fingerprint(report.skipped)
             if check or (report.skipped and acknowledged != fingerprint):
                 handle.close()
-                shown = ExportShown(report, fingerprint)
+                template = report.template
+                text = None if template is None else await asyncio.to_thread(template.read_text)
+                shown = ExportShown(report, fingerprint, text)
                 return await show_run(request, agent, policy, run, form=kept, export_shown=shown)
     return download(handle, report, interaction_id=run.interaction_id, format=format, folder=folder)

@@ -358,6 +358,7 @@ def _render_run_page(
         "max_shown_rows": MAX_SHOWN_ROWS,
         "max_listed_row_numbers": MAX_LISTED_ROW_NUMBERS,
         "sending_tools": SENDING_TOOLS,
+        "tool_titles": {name: profile.title for name, profile in PROFILES.items()},
         "rules_to_turn_off": RULES_TO_TURN_OFF,
         "disabled_rules": (
             set(values["disabled_rules"].split(",")) - {""}
