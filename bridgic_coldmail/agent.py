@@ -548,23 +548,9 @@ class ColdMailAgent:
         self, interaction_id: str, variants: Sequence[str]
     ) -> builtins.list[Run]:
         """The run and its A/B variants, each completed, each once."""
-        from .export.writer import MAX_VARIANTS
+        from .export.writer import check_variant_ids
 
-        if isinstance(variants, str):
-            raise InvalidInput("variants must be a list of interaction ids, not one string")
-        ids = [validate_interaction_id(interaction_id)]
-        for given in variants:
-            variant = validate_interaction_id(given)
-            if variant in ids:
-                raise InvalidInput(
-                    f"run {variant} is named twice among the variants; name each run once"
-                )
-            ids.append(variant)
-        if len(ids) > MAX_VARIANTS:
-            raise InvalidInput(
-                f"an export takes at most {MAX_VARIANTS} variants, not {len(ids)}; name fewer"
-            )
-        runs = [await self.get(run_id) for run_id in ids]
+        runs = [await self.get(run_id) for run_id in check_variant_ids(interaction_id, variants)]
         for run in runs:
             if run.final is None:
                 raise RunConflict(wording.not_final(run), topic="not_final")

@@ -220,6 +220,20 @@ async def test_reviewer_sees_the_leads_left_out_before_downloading_in_a_real_bro
         ]
         assert "without the leads listed here" in await page.inner_text("#export-report")
 
+        # Other variants or checks make another export: the report for this one is forgotten.
+        await page.set_input_files("#leads", str(with_bad_rows))
+        await page.click(button)
+        await page.wait_for_selector("#export-report", timeout=30_000)
+        await page.fill("#variants", "0123")
+        assert await page.query_selector("#export-report") is None
+        assert await page.inner_text(button) == "Export"
+        await page.fill("#variants", "")
+        await page.click(button)
+        await page.wait_for_selector("#export-report", timeout=30_000)
+        await page.click("#rules summary")
+        await page.check("input[name=disabled_rule][value=can-spam-opt-out]")
+        assert await page.query_selector("#export-report") is None
+
         # Another file forgets the report; with nothing left out the download starts at once.
         await page.set_input_files("#leads", str(clean))
         assert await page.query_selector("#export-report") is None

@@ -28,6 +28,7 @@ from bridgic_coldmail.errors import ConfigurationError
 from bridgic_coldmail.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES, Settings
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 from bridgic_coldmail.web.uploads import export_too_large
+from bridgic_coldmail.web.views import MAX_VARIANTS_TEXT
 
 from .test_web import BASE, FEEDBACK, csrf, settings_for, web_client
 from .test_web_errors import bad_input_row
@@ -703,3 +704,133 @@ async def test_the_api_turns_off_the_rules_it_is_given_and_refuses_unknown_ones(
     )
     assert unknown.status_code == 422
     assert "unknown check rule(s) 'can-spam'" in unknown.json()["error"]["message"]
+
+
+async def test_the_export_form_exports_approved_runs_as_variants(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    first, second = await completed(db_path, brief), await completed(db_path, brief)
+    page = (await client.get(f"/runs/{first}")).text
+    assert 'id="variants"' in page
+    answer = await upload(client, first, lead_list(30), variants=f" {second.upper()} ")
+    assert answer.status_code == 200, answer.text
+    rows = list(csv.DictReader(io.StringIO(answer.text)))
+    assert {row["variant"] for row in rows} == {"A", "B"} and len(rows) == 30
+
+
+@pytest.mark.parametrize(
+    ("variants", "status", "message"),
+    [
+        ("not-a-run", 422, "is not an interaction id"),
+        ("0" * 32, 404, "no run with interaction id"),
+        ("PENDING", 409, "is awaiting review at round 1; approve it before exporting"),
+        ("FIRST", 422, "is named twice among the variants"),
+        (" ".join(f"{n:032x}" for n in range(1, 27)), 422, "at most 26 variants"),
+        ("a" * 1081, 422, "the variants field is 1081 characters; name at most 25 other runs"),
+    ],
+)
+async def test_a_variant_the_form_cannot_use_is_refused_on_the_page_keeping_what_was_typed(
+    client: httpx.AsyncClient,
+    db_path: Path,
+    brief: Brief,
+    temp_dir: Path,
+    variants: str,
+    status: int,
+    message: str,
+) -> None:
+    assert MAX_VARIANTS_TEXT == 1080  # the longest field case below is one character past it
+    first, pending = await completed(db_path, brief), await at_review(db_path, brief)
+    typed = variants.replace("PENDING", pending).replace("FIRST", first)
+    refused = await upload(client, first, lead_list(2), variants=typed, profile="lemlist")
+    assert refused.status_code == status
+    shown = html.unescape(refused.text)
+    assert message in shown and "The lead list itself cannot be used" not in shown
+    assert f'value="{html.escape(typed[:MAX_VARIANTS_TEXT])}"' in refused.text  # kept to correct
+    assert '<option value="lemlist" selected>' in refused.text
+    assert list(temp_dir.iterdir()) == []
+
+
+async def test_the_form_turns_off_the_checks_ticked_and_shows_the_settings_default(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await completed(db_path, brief)  # the brief has no address nor opt-out
+    settings = settings_for(db_path, disabled_rules=("can-spam-address",))
+    async with web_client(settings) as client:
+        page = (await client.get(f"/runs/{interaction_id}")).text
+        ticked = re.findall(r'name="disabled_rule" value="([a-z-]+)" checked', page)
+        assert ticked == ["can-spam-address"]
+        offered = re.findall(r'name="disabled_rule" value="([a-z-]+)"', page)
+        assert "can-spam-opt-out" in offered and "unknown-field" not in offered
+        strict = {"strict": "on", "rules": "shown"}
+        refused = await upload(client, interaction_id, lead_list(2), **strict)
+        assert refused.status_code == 422  # nothing ticked: CAN-SPAM's two rules apply
+        assert "2 lint issue(s)" in html.unescape(refused.text)
+        both = ["can-spam-address", "can-spam-opt-out"]
+        answer = await client.post(
+            f"/runs/{interaction_id}/export",
+            data={"csrf_token": csrf(page), **strict, "disabled_rule": both},
+            files={"leads": ("leads.csv", lead_list(2), "text/csv")},
+            headers={"Origin": BASE},
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-coldmail-lint-warnings"] == "0"
+        unknown = await upload(client, interaction_id, lead_list(2), disabled_rule="can-spam")
+        assert unknown.status_code == 422
+        assert "unknown check rule(s) &#39;can-spam&#39;" in unknown.text
+
+
+# ---------------------------------------------------------------------------- the template
+
+
+async def test_the_api_serves_a_tools_template_for_the_file_it_names(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    path = f"/api/runs/{interaction_id}/export?profile=smartlead"
+    headers = {"Content-Type": "text/csv"}
+    template = await client.post(f"{path}&part=template", content=lead_list(2), headers=headers)
+    assert template.status_code == 200, template.text
+    assert template.headers["content-type"] == "text/plain; charset=utf-8"
+    disposition = template.headers["content-disposition"]
+    assert disposition == f'attachment; filename="coldmail-{interaction_id}.smartlead.txt"'
+    assert template.text.startswith(f"Smartlead: how to send coldmail-{interaction_id}.csv\n")
+    assert template.headers["x-coldmail-rows-written"] == "2"
+    the_file = await client.post(path, content=lead_list(2), headers=headers)
+    assert the_file.headers["content-disposition"].endswith(f'"coldmail-{interaction_id}.csv"')
+    assert the_file.text.startswith("email,first_name,")
+    assert list(temp_dir.iterdir()) == []
+
+
+async def test_the_generic_file_has_no_template_to_serve(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    refused = await client.post(
+        f"/api/runs/{interaction_id}/export?part=template",
+        content=lead_list(2),
+        headers={"Content-Type": "text/csv"},
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"]["message"] == (
+        "the generic file has no template; choose a sending tool (profile=smartlead, "
+        "instantly, lemlist or apollo)"
+    )
+    assert list(temp_dir.iterdir()) == []
+
+
+async def test_the_run_page_shows_the_tools_template_with_the_checked_list(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    checked = await upload(client, interaction_id, lead_list(2), profile="instantly", check="1")
+    assert checked.status_code == 200, checked.text
+    shown = checked.text.split('id="export-template"')[1].split("</details>")[0]
+    assert "The paste-ready template for Instantly:" in shown
+    assert f"Instantly: how to send coldmail-{interaction_id}.csv" in html.unescape(shown)
+    generic = await upload(client, interaction_id, lead_list(2), check="1")
+    assert 'id="export-template"' not in generic.text
+    hostile = b"Email,First Name,<img src=x onerror=alert(1)>\nann@example.com,Ann,x\n"
+    escaped = await upload(client, interaction_id, hostile, profile="lemlist", check="1")
+    assert escaped.status_code == 200, escaped.text
+    assert 'id="export-template"' in escaped.text and "<img src=x" not in escaped.text
+    assert list(temp_dir.iterdir()) == []

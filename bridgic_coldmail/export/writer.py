@@ -93,7 +93,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from ..compliance import NO_FOOTER, Footer
 from ..errors import InvalidInput
 from ..merge import Missing, Template
-from ..models import EmailSequence
+from ..models import EmailSequence, validate_interaction_id
 from ..signing import key_file_for
 from ..store.sqlite import _file_kind
 from ..text import preview_list
@@ -217,6 +217,31 @@ def as_variants(sequence: EmailSequence | Sequence[Variant]) -> list[Variant]:
             raise InvalidInput(f"variant label {label[:20]!r} is too long or used twice")
         labels.add(label.upper())
     return variants
+
+
+def check_variant_ids(interaction_id: str, variants: Sequence[str]) -> list[str]:
+    """The run and its A/B variants' ids, normalised: each an interaction id, each once, at
+    most :data:`MAX_VARIANTS` in all. Whether each run exists and is approved is the store's
+    to say.
+
+    Raises:
+        InvalidInput: which id is wrong, and what to do.
+    """
+    if isinstance(variants, str):
+        raise InvalidInput("variants must be a list of interaction ids, not one string")
+    ids = [validate_interaction_id(interaction_id)]
+    for given in variants:
+        variant = validate_interaction_id(given)
+        if variant in ids:
+            raise InvalidInput(
+                f"run {variant} is named twice among the variants; name each run once"
+            )
+        ids.append(variant)
+    if len(ids) > MAX_VARIANTS:
+        raise InvalidInput(
+            f"an export takes at most {MAX_VARIANTS} variants, not {len(ids)}; name fewer"
+        )
+    return ids
 
 
 def variant_index(email: str, count: int, salt: str = "") -> int:

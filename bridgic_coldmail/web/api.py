@@ -293,6 +293,11 @@ DISABLED_RULE_HELP = (
     "COLDMAIL_DISABLED_RULES."
 )
 
+PART_HELP = (
+    "file: the exported file; template: the sending tool's paste-ready template written with "
+    "it (coldmail-ID.TOOL.txt, text/plain; not for the generic profile)."
+)
+
 
 @router.post(
     "/runs/{interaction_id}/export",
@@ -317,6 +322,7 @@ async def api_export(
     profile: Literal["generic", "smartlead", "instantly", "lemlist", "apollo"] = "generic",
     variant: Annotated[list[str], Query(description=VARIANT_HELP)] = [],  # noqa: B006
     disabled_rule: Annotated[list[str], Query(description=DISABLED_RULE_HELP)] = [],  # noqa: B006
+    part: Annotated[Literal["file", "template"], Query(description=PART_HELP)] = "file",
 ) -> Response:
     """Render a completed run's final sequence for every lead of the CSV body and return the
     file. 409 when the run (or a ``variant``) has no final sequence; 404 when a variant does
@@ -337,13 +343,16 @@ async def api_export(
             profile=profile,
             variants=variant,
             disabled_rules=disabled_rule or None,
+            part=part,
             shown_as=UNNAMED,
             max_bytes=policy.max_export_bytes,
         )
         if not isinstance(result, tuple):
             raise InvalidInput(result.message)
         report, handle = result
-    return download(handle, report, interaction_id=run.interaction_id, format=format, folder=folder)
+    return download(
+        handle, report, interaction_id=run.interaction_id, format=format, folder=folder, part=part
+    )
 
 
 async def exportable(agent: ColdMailAgent, interaction_id: str) -> Run:

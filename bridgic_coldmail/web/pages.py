@@ -20,8 +20,17 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
 from ..agent import ColdMailAgent
-from ..errors import ConfigurationError, InvalidInput, LlmError, RunBeingResumed, RunConflict
+from ..errors import (
+    ConfigurationError,
+    InvalidInput,
+    LlmError,
+    RunBeingResumed,
+    RunConflict,
+    RunNotFound,
+)
+from ..export.lint import RULES, check_rule_ids
 from ..export.profiles import NAMES as PROFILE_NAMES
+from ..export.writer import MAX_VARIANTS, check_variant_ids
 from ..models import (
     BRIEF_LIMITS,
     Run,
@@ -51,7 +60,17 @@ from .uploads import (
     save_upload,
     shown_name,
 )
-from .views import Applied, FormState, NotApplied, Outcome, age, clip, form_text, show_run
+from .views import (
+    MAX_VARIANTS_TEXT,
+    Applied,
+    FormState,
+    NotApplied,
+    Outcome,
+    age,
+    clip,
+    form_text,
+    show_run,
+)
 
 PAGE_SIZE = 20
 """Runs per inbox page."""
@@ -282,6 +301,10 @@ async def wait_until_settled(agent: ColdMailAgent, interaction_id: str) -> Run:
 # ---------------------------------------------------------------------------- export
 
 
+EXPORT_FORM_FIELDS = 10 + len(RULES)
+"""The export form's fields: the file, its options, and a box per check rule."""
+
+
 @router.post("/runs/{interaction_id}/export")
 async def export_page(
     request: Request, interaction_id: str, agent: Agent, policy: Policy
@@ -293,9 +316,14 @@ async def export_page(
     out a lead the person was not shown. Otherwise — and always with ``check`` (the page's
     script checks first) — the run page lists what the export found: the leads left out and
     why, and the lint for this list. When nothing can be exported, it says why.
+
+    ``variants`` names other approved runs for an A/B export (ids separated by spaces or
+    commas); the ticked ``disabled_rule`` boxes are the checks turned off (the form's
+    ``rules`` field says the boxes were shown, so none ticked turns none off; without either,
+    ``COLDMAIL_DISABLED_RULES`` applies, as in the API).
     """
     run = await exportable(agent, interaction_id)
-    async with request.form(max_files=1, max_fields=8) as submitted:
+    async with request.form(max_files=1, max_fields=EXPORT_FORM_FIELDS) as submitted:
         if not csrf_matches(request, form_text(submitted, "csrf_token")):
             return form_expired(request)
         upload = submitted.get("leads")
@@ -304,23 +332,48 @@ async def export_page(
         profile = form_text(submitted, "profile") or "generic"
         check = bool(form_text(submitted, "check"))
         acknowledged = form_text(submitted, "leave_out")
-        kept = FormState(
-            "export", {"format": format, "strict": "on" if strict else "", "profile": profile}
-        )
+        variants = form_text(submitted, "variants")
+        ticked = [rule for rule in submitted.getlist("disabled_rule") if isinstance(rule, str)]
+        disabled = ticked if ticked or form_text(submitted, "rules") else None
+        kept_values = {
+            "format": format,
+            "strict": "on" if strict else "",
+            "profile": profile,
+            "variants": variants[:MAX_VARIANTS_TEXT],
+        }
+        if disabled is not None:
+            kept_values["disabled_rules"] = ",".join(disabled)
+        kept = FormState("export", kept_values)
         problem = None
+        problem_status = 422
         if not isinstance(upload, UploadFile) or not upload.filename:
             problem = "choose the lead list's CSV file to export for"
         elif format not in ("csv", "json"):
             problem = f"unknown export format {format[:20]!r}; choose CSV or JSON"
         elif profile not in PROFILE_NAMES:
             problem = f"unknown sending tool {profile[:20]!r}; choose one from the list"
+        elif len(variants) > MAX_VARIANTS_TEXT:
+            problem = (
+                f"the variants field is {len(variants)} characters; name at most "
+                f"{MAX_VARIANTS - 1} other runs by their ids"
+            )
+        else:
+            try:
+                # Before the list is read: these refusals are about the form, not the list.
+                ids = check_variant_ids(run.interaction_id, variants.replace(",", " ").split())
+                for variant in ids[1:]:
+                    await exportable(agent, variant)
+                if disabled is not None:
+                    check_rule_ids(disabled)
+            except (InvalidInput, RunNotFound, RunConflict) as exc:
+                problem, problem_status = str(exc), exc.http_status
         if problem is not None or not isinstance(upload, UploadFile):
             return await show_run(
                 request,
                 agent,
                 policy,
                 run,
-                status=422,
+                status=problem_status,
                 message=problem,
                 message_kind="error",
                 form=kept,
@@ -335,6 +388,8 @@ async def export_page(
                 format=format,
                 strict=strict,
                 profile=profile,
+                variants=ids[1:],
+                disabled_rules=disabled,
                 shown_as=shown_name(upload.filename),
                 max_bytes=policy.max_export_bytes,
             )
@@ -354,6 +409,8 @@ async def export_page(
             fingerprint = left_out_fingerprint(report.skipped)
             if check or (report.skipped and acknowledged != fingerprint):
                 handle.close()
-                shown = ExportShown(report, fingerprint)
+                template = report.template
+                text = None if template is None else await asyncio.to_thread(template.read_text)
+                shown = ExportShown(report, fingerprint, text)
                 return await show_run(request, agent, policy, run, form=kept, export_shown=shown)
     return download(handle, report, interaction_id=run.interaction_id, format=format, folder=folder)

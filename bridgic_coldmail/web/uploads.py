@@ -33,6 +33,7 @@ from fastapi.responses import StreamingResponse
 from ..agent import ColdMailAgent
 from ..errors import InvalidInput
 from ..export import ExportReport, SkippedRow
+from ..models import validate_interaction_id
 from ..settings import ENV
 
 LEADS_NAME = "leads.csv"
@@ -41,6 +42,10 @@ UNNAMED = "the uploaded lead list"
 CHUNK = 64 * 1024
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 """What an export is served as, by format."""
+TEMPLATE_MEDIA_TYPE = "text/plain; charset=utf-8"
+"""What a sending tool's paste-ready template is served as."""
+PARTS = ("file", "template")
+"""What an export can serve: the file, or the tool's template written with it."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class ExportShown:
 
     report: ExportReport
     fingerprint: str
+    template: str | None = None
+    """The sending tool's paste-ready template written with the file (None for generic)."""
 
 
 @contextmanager
@@ -103,18 +110,26 @@ async def export_upload(
     profile: str = "generic",
     variants: Sequence[str] = (),
     disabled_rules: Iterable[str] | None = None,
+    part: str = "file",
 ) -> tuple[ExportReport, BinaryIO] | ExportRefused:
     """Export the run (with its A/B ``variants``) for the lead list at ``leads`` (inside a
-    :func:`private_folder`), in a file of at most ``max_bytes``.
+    :func:`private_folder`), in a file of at most ``max_bytes``, named as its download is
+    (so a tool's template names it right).
 
-    Returns the report and the written file opened for reading, or why nothing was exported
-    with the rows and lint issues a preview finds.
+    Returns the report and the written file — or with ``part="template"`` the tool's
+    template — opened for reading, or why nothing was exported with the rows and lint issues
+    a preview finds.
 
     Raises:
         RunConflict: the run or a variant has no final sequence.
         RunNotFound: a variant does not exist.
     """
-    out = leads.with_name(f"export.{format}")
+    if part == "template" and profile == "generic":
+        raise InvalidInput(
+            "the generic file has no template; choose a sending tool (profile=smartlead, "
+            "instantly, lemlist or apollo)"
+        )
+    out = leads.with_name(download_name(validate_interaction_id(interaction_id), format))
     try:
         report = await agent.export(
             interaction_id,
@@ -123,7 +138,7 @@ async def export_upload(
             format=format,
             strict=strict,
             max_bytes=max_bytes,
-            profile=profile,  # its template is written in the private folder, not served
+            profile=profile,  # its template is written beside it, in the private folder
             variants=variants,
             disabled_rules=disabled_rules,
         )
@@ -144,7 +159,10 @@ async def export_upload(
         except InvalidInput:
             preview = None  # the list itself is unusable; the message says why
         return ExportRefused(message, preview)
-    return report, out.open("rb")
+    served = report.template if part == "template" else out
+    if served is None:  # a profile without a template: none of the five
+        raise InvalidInput(f"the {profile} file has no template; choose a sending tool")
+    return report, Path(served).open("rb")
 
 
 def export_too_large(limit: int) -> str:
@@ -175,11 +193,23 @@ def shown_name(filename: str | None) -> str:
     return repr(name) if name else UNNAMED
 
 
+def download_name(interaction_id: str, format: str) -> str:
+    """The name an export of this run is downloaded under."""
+    return f"coldmail-{interaction_id}.{format}"
+
+
 def download(
-    handle: BinaryIO, report: ExportReport, *, interaction_id: str, format: str, folder: Path
+    handle: BinaryIO,
+    report: ExportReport,
+    *,
+    interaction_id: str,
+    format: str,
+    folder: Path,
+    part: str = "file",
 ) -> StreamingResponse:
-    """The exported file as an attachment, streamed from ``handle`` (closed at the end, and
-    its ``folder`` deleted again where an open file could not be).
+    """The exported file (or with ``part="template"`` the tool's template written with it) as
+    an attachment, streamed from ``handle`` (closed at the end, and its ``folder`` deleted
+    again where an open file could not be).
 
     Headers say what the report found: ``X-Coldmail-Rows-Written``,
     ``X-Coldmail-Rows-Skipped`` and ``X-Coldmail-Lint-Warnings``.
@@ -194,12 +224,16 @@ def download(
             handle.close()
             shutil.rmtree(folder, ignore_errors=True)
 
+    if part == "template" and report.template is not None:
+        name, media_type = Path(report.template).name, TEMPLATE_MEDIA_TYPE
+    else:
+        name, media_type = download_name(interaction_id, format), MEDIA_TYPES[format]
     headers = {
-        "Content-Disposition": f'attachment; filename="coldmail-{interaction_id}.{format}"',
+        "Content-Disposition": f'attachment; filename="{name}"',
         "Content-Length": str(size),
         "Cache-Control": "no-store",
         "X-Coldmail-Rows-Written": str(report.rows_written),
         "X-Coldmail-Rows-Skipped": str(len(report.skipped)),
         "X-Coldmail-Lint-Warnings": str(len(report.lint)),
     }
-    return StreamingResponse(chunks(), media_type=MEDIA_TYPES[format], headers=headers)
+    return StreamingResponse(chunks(), media_type=media_type, headers=headers)

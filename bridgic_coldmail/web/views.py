@@ -22,8 +22,9 @@ from markupsafe import Markup
 from rapidfuzz.distance import Indel
 
 from ..agent import ColdMailAgent
-from ..export.lint import LintIssue
+from ..export.lint import RULES, LintIssue
 from ..export.profiles import PROFILES
+from ..export.writer import MAX_VARIANTS
 from ..models import (
     MAX_FEEDBACK_CHARS,
     MAX_REASON_CHARS,
@@ -301,6 +302,7 @@ async def show_run(
         history,
         issues,
         policy=policy,
+        default_disabled_rules=agent.settings.disabled_rules,
         csrf=csrf,
         status=status,
         message=message,
@@ -320,6 +322,7 @@ def _render_run_page(
     issues: list[LintIssue],
     *,
     policy: WebPolicy,
+    default_disabled_rules: tuple[str, ...],
     csrf: str,
     status: int,
     message: str | None,
@@ -334,6 +337,7 @@ def _render_run_page(
     context["limits"] |= {
         "upload_mb": _megabytes(policy.max_upload_bytes),
         "export_mb": _megabytes(policy.max_export_bytes),
+        "variants": MAX_VARIANTS_TEXT,
     }
     context |= {
         "history": history,
@@ -355,6 +359,13 @@ def _render_run_page(
         "max_shown_rows": MAX_SHOWN_ROWS,
         "max_listed_row_numbers": MAX_LISTED_ROW_NUMBERS,
         "sending_tools": SENDING_TOOLS,
+        "tool_titles": {name: profile.title for name, profile in PROFILES.items()},
+        "rules_to_turn_off": RULES_TO_TURN_OFF,
+        "disabled_rules": (
+            set(context["values"]["disabled_rules"].split(",")) - {""}
+            if "disabled_rules" in context["values"]
+            else set(default_disabled_rules)
+        ),
     }
     return templates.TemplateResponse(request, "run.html", context, status)
 
@@ -364,6 +375,10 @@ SENDING_TOOLS = tuple(
     for name, profile in PROFILES.items()
 )
 """The export form's choices: a profile's name and what the form shows for it."""
+MAX_VARIANTS_TEXT = (MAX_VARIANTS + 1) * 40
+"""The longest variants field the export form takes: room for every id with separators."""
+RULES_TO_TURN_OFF = tuple(rule for rule in RULES.values() if rule.can_disable)
+"""The export form's boxes: the checks a person may turn off where they do not apply."""
 
 
 def pause_context(

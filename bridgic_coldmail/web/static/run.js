@@ -41,6 +41,10 @@ if (exportForm && exportResult && window.fetch && window.DOMParser) {
   exportForm.elements.namedItem("format").addEventListener("change", forget);
   exportForm.elements.namedItem("profile").addEventListener("change", forget);
   exportForm.elements.namedItem("strict").addEventListener("change", forget);
+  exportForm.elements.namedItem("variants").addEventListener("input", forget);
+  for (const box of exportForm.querySelectorAll("input[name=disabled_rule]")) {
+    box.addEventListener("change", forget);
+  }
   const saving = function () {
     const report = document.getElementById("export-report");
     if (report) {
