@@ -142,17 +142,3 @@ def test_sync_twin(server: ScriptedOpenAIServer, db_path: Path, brief: Brief) ->
         assert [r.status for r in agent.list()] == [RunStatus.COMPLETED]
     assert done.final is not None
     assert server.count() == 2
-
-
-def test_the_sync_twin_has_every_method_of_the_async_agent() -> None:
-    import inspect
-
-    from bridgic_coldmail import ColdMailAgent
-
-    coroutines = {
-        name
-        for name, member in inspect.getmembers(ColdMailAgent, inspect.iscoroutinefunction)
-        if not name.startswith("_")
-    }
-    blocking = {name for name in dir(SyncColdMailAgent) if not name.startswith("_")}
-    assert coroutines - blocking == set()
