@@ -92,7 +92,7 @@ async def test_a_refinement_slower_than_the_lease_completes_exactly_once(
 
 
 async def test_a_resumer_whose_lease_was_taken_over_stops_and_records_nothing(
-    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = SqliteRows(db_path)
     async with (
@@ -103,9 +103,20 @@ async def test_a_resumer_whose_lease_was_taken_over_stops_and_records_nothing(
         server.enqueue(Reply(kind="refine", delay=10.0, content=None))
         slow = asyncio.create_task(first.resume(pending.interaction_id, FEEDBACK))
         await asyncio.to_thread(wait_for_request, server, "refine")
-        # As if the first resumer had been paused (SIGSTOP, a long GC) past its lease:
+        # As if the first resumer had been stopped (SIGSTOP, a long GC) past its lease: its
+        # lease keeper renews nothing until it is thawed, after the takeover.
+        thawed = asyncio.Event()
+        renew = first._store.renew
+
+        async def stopped_renew(claim: Any) -> Any:
+            await thawed.wait()
+            return await renew(claim)
+
+        monkeypatch.setattr(first._store, "renew", stopped_renew)
+        await asyncio.sleep(SHORT["lease_seconds"])  # a renewal already under way ends
         expire_lease(rows, pending.interaction_id)
         taken_over = await second.resume(pending.interaction_id, "Nurses")
+        thawed.set()
         with pytest.raises(RunBeingResumed, match="taken over by another resumer"):
             await slow
     assert taken_over.status is RunStatus.COMPLETED and taken_over.feedback == "Nurses"
