@@ -13,7 +13,7 @@ import asyncio
 import builtins
 import os
 import re
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,8 +36,10 @@ from .errors import (
 from .llm import ColdmailLlm, check_llm
 
 if TYPE_CHECKING:
+    from .compliance import Footer
     from .export import ExportReport
     from .export.lint import LintIssue
+    from .export.writer import Variant
     from .notify.links import OpenedLink
 from .models import (
     Brief,
@@ -82,8 +84,10 @@ class OpenOptions(AgentOptions, total=False):
 class ColdMailAgent:
     """Drafts cold-email sequences that pause for people and resume later.
 
-    Open one with :meth:`open`; it owns a connection to the run store and closes it on exit.
-    One agent can serve many concurrent tasks.
+    Open one with ``async with ColdMailAgent.open(...)``, or ``await ColdMailAgent.connect(...)``
+    and later :meth:`aclose` where a ``with`` block does not fit (an application's startup and
+    shutdown hooks). It owns a connection to the run store. One agent can serve many
+    concurrent tasks.
     """
 
     def __init__(
@@ -96,13 +100,26 @@ class ColdMailAgent:
         self._store = store
         self.settings = settings
         self._runner = Runner(store, settings, llm, retry)
+        self._closed = False
 
     @classmethod
     @asynccontextmanager
     async def open(
         cls, db_path: str | os.PathLike[str] | None = None, **options: Unpack[OpenOptions]
     ) -> AsyncIterator[ColdMailAgent]:
-        """Open the agent on a run store.
+        """The agent of :meth:`connect`, closed when the ``async with`` block ends."""
+        agent = await cls.connect(db_path, **options)
+        try:
+            yield agent
+        finally:
+            await agent.aclose()
+
+    @classmethod
+    async def connect(
+        cls, db_path: str | os.PathLike[str] | None = None, **options: Unpack[OpenOptions]
+    ) -> ColdMailAgent:
+        """Open the agent on a run store; close it with :meth:`aclose` (or use :meth:`open`,
+        or the agent itself, in ``async with``).
 
         Args:
             db_path: an SQLite file or a ``postgresql://`` URL; default ``COLDMAIL_DB``,
@@ -138,14 +155,23 @@ class ColdMailAgent:
         resolved = base.with_overrides(db=db_path, llm=backend, **options)
         checked = None if llm is None or isinstance(llm, str) else check_llm(llm)
         store = await connect_store(resolved, missing=missing)
-        agent = cls(store, resolved, checked, retry)
+        return cls(store, resolved, checked, retry)
+
+    async def aclose(self) -> None:
+        """Stop the lease keepers and close the store (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            yield agent
+            await self._runner.aclose()
         finally:
-            try:
-                await agent._runner.aclose()
-            finally:
-                await store.close()
+            await self._store.close()
+
+    async def __aenter__(self) -> ColdMailAgent:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     @property
     def db_path(self) -> str:
@@ -389,78 +415,174 @@ class ColdMailAgent:
         format: str = "csv",
         strict: bool = False,
         overwrite: bool = False,
+        profile: str = "generic",
+        variants: Sequence[str] = (),
+        disabled_rules: Iterable[str] | None = None,
+        template: str | os.PathLike[str] | None = None,
         max_bytes: int | None = None,
     ) -> ExportReport:
         """Render the run's final sequence for every lead of a CSV list, into ``out``.
 
-        One row per lead (its own columns, then ``step1_subject``, ``step1_body``,
-        ``step2_subject`` — blank, so it threads as a reply —, ``step2_body`` and
-        ``step2_delay_days``), merge fields filled in, formulas neutralised. The run must be
-        completed (approved, in review mode). ``out`` is a new file, or an existing regular
-        file with ``overwrite=True``, never this agent's database or key file; ``"-"`` is
-        standard output. Cancelling the call (Ctrl-C) stops the export between two rows and
-        leaves ``out`` as it was. ``max_bytes`` caps the file written (the web inbox's
-        ``COLDMAIL_MAX_EXPORT_BYTES``). See ``export.export_sequence``.
+        One row per lead, merge fields filled in, the brief's postal address and opt-out
+        sentence (else the settings') appended to every email, formulas neutralised. With
+        ``profile="generic"``: the lead's own columns, then ``step1_subject``,
+        ``step1_body``, ``step2_subject`` — blank, so it threads as a reply —, ``step2_body``
+        and ``step2_delay_days``. With a sending tool's profile (``smartlead``,
+        ``instantly``, ``lemlist``, ``apollo``): the columns that tool's importer knows, the
+        steps as custom variables named as it allows, and a paste-ready template next to the
+        file (``template`` to choose where). ``variants``: other completed runs exported
+        with this one as an A/B test (this run is variant A, the others B, C… in order);
+        each lead gets one of them by a hash of its address, in a ``variant`` column.
+
+        The runs must be completed (approved, in review mode). ``out`` is a new file, or an
+        existing regular file with ``overwrite=True``, never this agent's database or key
+        file; ``"-"`` is standard output. Cancelling the call (Ctrl-C) stops the export
+        between two rows and leaves ``out`` as it was. ``disabled_rules``: check rule ids
+        not to apply (default: the ``disabled_rules`` setting). ``max_bytes`` caps the file
+        written (the web inbox's ``COLDMAIL_MAX_EXPORT_BYTES``). See
+        ``export.export_sequence``.
 
         Raises:
-            RunConflict: the run has no final sequence yet.
-            InvalidInput: the lead list or ``out`` cannot be used; or, with ``strict``, a
-                lint warning or a lead that cannot be rendered; or the file would pass
-                ``max_bytes`` (``topic="export_too_large"``). ``out`` is then untouched.
+            RunConflict: a run has no final sequence yet.
+            InvalidInput: the lead list, ``out``, the profile, a variant or a rule id cannot
+                be used; or, with ``strict``, a warning or a lead that cannot be rendered; or
+                the file would pass ``max_bytes`` (``topic="export_too_large"``). ``out`` is
+                then untouched.
         """
         from .export import FORMATS, export_sequence, run_stoppable, store_files
+        from .export.profiles import profile_named
 
-        run = await self.get(interaction_id)
-        if run.final is None:
-            raise RunConflict(wording.not_final(run), topic="not_final")
         if format not in FORMATS:
             raise InvalidInput(f"unknown export format {format!r}; use csv or json")
+        chosen = profile_named(profile)
+        disabled = self._disabled_rules(disabled_rules)
+        runs = await self._variant_runs(interaction_id, variants)
         return await run_stoppable(
             export_sequence,
-            run.final,
+            self._variants(runs),
             Path(leads),
             Path(out),
             format=format,
             strict=strict,
-            acronyms=_acronyms(run),
+            acronyms=_acronyms(*runs),
             overwrite=overwrite,
             protected=store_files(self.settings),
+            profile=chosen,
+            footer=self._footer(runs[0]),
+            disabled_rules=disabled,
+            template=template,
             max_bytes=max_bytes,
         )
 
     async def preview_export(
-        self, interaction_id: str, leads: str | os.PathLike[str]
+        self,
+        interaction_id: str,
+        leads: str | os.PathLike[str],
+        *,
+        profile: str = "generic",
+        variants: Sequence[str] = (),
+        disabled_rules: Iterable[str] | None = None,
     ) -> ExportReport:
         """What :meth:`export` would find for this lead list, without writing anything: the
-        rows that would be skipped and every lint issue (errors included), as data for a page.
+        rows that would be skipped, every lint issue (errors included) and the findings per
+        lead, as data for a page.
 
         Raises:
-            RunConflict: the run has no final sequence yet.
-            InvalidInput: the lead list itself cannot be used.
+            RunConflict: a run has no final sequence yet.
+            InvalidInput: the lead list itself, the profile, a variant or a rule id cannot
+                be used.
         """
         from .export import preview_export, run_stoppable, store_files
+        from .export.profiles import profile_named
 
-        run = await self.get(interaction_id)
-        if run.final is None:
-            raise RunConflict(wording.not_final(run), topic="not_final")
+        chosen = profile_named(profile)
+        disabled = self._disabled_rules(disabled_rules)
+        runs = await self._variant_runs(interaction_id, variants)
         return await run_stoppable(
             preview_export,
-            run.final,
+            self._variants(runs),
             Path(leads),
-            acronyms=_acronyms(run),
+            acronyms=_acronyms(*runs),
             protected=store_files(self.settings),
+            profile=chosen,
+            footer=self._footer(runs[0]),
+            disabled_rules=disabled,
         )
 
-    async def lint(self, interaction_id: str) -> builtins.list[LintIssue]:
-        """Lint the run's newest sequence (the final one, or the one under review) against
-        its merge fields: unknown fields, long subjects and bodies, links, capitals, spam
-        phrases. Warnings; see ``export.lint.lint_sequence``."""
+    async def lint(
+        self, interaction_id: str, *, disabled_rules: Iterable[str] | None = None
+    ) -> builtins.list[LintIssue]:
+        """Check the run's newest sequence (the final one, or the one under review) against
+        its merge fields: unknown fields, long subjects and bodies, links, shorteners,
+        images, HTML, capitals, exclamation marks, spam phrases, and the postal address and
+        opt-out sentence its exports will append (CAN-SPAM). ``disabled_rules``: rule ids not
+        to apply (default: the ``disabled_rules`` setting). See ``export.lint.lint_sequence``."""
         from .export.lint import lint_sequence
 
+        disabled = self._disabled_rules(disabled_rules)
         run = await self.get(interaction_id)
         sequence = run.sequence or run.draft
         # Tens of milliseconds for bodies at their limit: not on the event loop.
-        return await asyncio.to_thread(lint_sequence, sequence, run.fields, acronyms=_acronyms(run))
+        return await asyncio.to_thread(
+            lint_sequence,
+            sequence,
+            run.fields,
+            acronyms=_acronyms(run),
+            footer=self._footer(run),
+            disabled=disabled,
+        )
+
+    def _disabled_rules(self, given: Iterable[str] | None) -> frozenset[str]:
+        from .export.lint import check_rule_ids
+
+        return check_rule_ids(self.settings.disabled_rules if given is None else given)
+
+    def _footer(self, run: Run) -> Footer:
+        """What every exported email of ``run`` ends with: its brief's postal address and
+        opt-out sentence, else the settings' defaults."""
+        from .compliance import Footer
+
+        return Footer.of(run.brief, self.settings)
+
+    async def _variant_runs(
+        self, interaction_id: str, variants: Sequence[str]
+    ) -> builtins.list[Run]:
+        """The run and its A/B variants, each completed, each once."""
+        from .export.writer import MAX_VARIANTS
+
+        if isinstance(variants, str):
+            raise InvalidInput("variants must be a list of interaction ids, not one string")
+        ids = [validate_interaction_id(interaction_id)]
+        for given in variants:
+            variant = validate_interaction_id(given)
+            if variant in ids:
+                raise InvalidInput(
+                    f"run {variant} is named twice among the variants; name each run once"
+                )
+            ids.append(variant)
+        if len(ids) > MAX_VARIANTS:
+            raise InvalidInput(
+                f"an export takes at most {MAX_VARIANTS} variants, not {len(ids)}; name fewer"
+            )
+        runs = [await self.get(run_id) for run_id in ids]
+        for run in runs:
+            if run.final is None:
+                raise RunConflict(wording.not_final(run), topic="not_final")
+        return runs
+
+    def _variants(self, runs: builtins.list[Run]) -> builtins.list[Variant]:
+        """The runs as the export's variants: A is the first, each with its own footer."""
+        from .export.writer import Variant
+
+        return [
+            Variant(
+                label=chr(ord("A") + position),
+                sequence=run.final,  # type: ignore[arg-type]  # checked by _variant_runs
+                run_id=run.interaction_id,
+                footer=self._footer(run),
+            )
+            for position, run in enumerate(runs)
+        ]
 
     async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign the unsigned snapshots of these runs (all of them when None).
@@ -579,11 +701,12 @@ class ColdMailAgent:
         return OpenedLink(claim, run, is_open, make_form_token(signer, token))
 
 
-def _acronyms(run: Run) -> frozenset[str]:
-    """Upper-case words the brief itself uses (a product called ACME is not shouting)."""
+def _acronyms(*runs: Run) -> frozenset[str]:
+    """Upper-case words the briefs themselves use (a product called ACME is not shouting)."""
     from .export.lint import DEFAULT_ACRONYMS
 
-    words = re.findall(r"[A-Za-z][A-Za-z0-9]*", f"{run.brief.product} {run.brief.sender}")
+    text = " ".join(f"{run.brief.product} {run.brief.sender}" for run in runs)
+    words = re.findall(r"[A-Za-z][A-Za-z0-9]*", text)
     return frozenset(DEFAULT_ACRONYMS) | {w for w in words if w.isupper()}
 
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 from typing_extensions import TypedDict
 
-from .errors import ColdmailError, ConfigurationError
+from .compliance import footer_text_problem
+from .errors import ColdmailError, ConfigurationError, InvalidInput
 
 if TYPE_CHECKING:
     from .notify.destinations import Destination
@@ -76,6 +77,9 @@ ENV = {
     "web_token": "COLDMAIL_WEB_TOKEN",
     "allowed_hosts": "COLDMAIL_ALLOWED_HOSTS",
     "public_origin": "COLDMAIL_PUBLIC_ORIGIN",
+    "postal_address": "COLDMAIL_POSTAL_ADDRESS",
+    "opt_out": "COLDMAIL_OPT_OUT",
+    "disabled_rules": "COLDMAIL_DISABLED_RULES",
     "max_body_bytes": "COLDMAIL_MAX_BODY_BYTES",
     "max_upload_bytes": "COLDMAIL_MAX_UPLOAD_BYTES",
     "max_export_bytes": "COLDMAIL_MAX_EXPORT_BYTES",
@@ -104,6 +108,9 @@ class AgentOptions(TypedDict, total=False):
     pool_timeout: float
     prepare_statements: bool
     statement_timeout: float
+    postal_address: str
+    opt_out: str
+    disabled_rules: str | tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,16 @@ class Settings:
     (comma-separated)."""
     public_origin: str | None = None
     """The origin browsers see (``https://review.example.com``) when served behind a proxy."""
+    postal_address: str | None = None
+    """The sender's postal address appended to every exported email of a run whose brief has
+    none (plain text, at most 300 characters, no ``{`` ``}``). None: the CAN-SPAM check
+    warns."""
+    opt_out: str | None = None
+    """The opt-out sentence appended likewise to every exported email of a run whose brief has
+    none. None: the CAN-SPAM check warns."""
+    disabled_rules: tuple[str, ...] = ()
+    """Check rule ids that do not apply, comma-separated (e.g.
+    ``can-spam-address,can-spam-opt-out`` for a list with no US recipients)."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     """The largest request body the web server reads (JSON and forms): 1,024 bytes to 16 MiB."""
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
@@ -322,13 +339,32 @@ def check_web_token(token: str) -> str:
 
 def redact_url(url: str) -> str:
     """A database URL or libpq keyword string with its passwords replaced by ``***`` (for
-    messages and logs): the one in the user information (up to the last ``@`` before the
-    path, as a password with an unencoded ``@`` would otherwise leak its tail), a
-    ``password=`` or ``sslpassword=`` query parameter, and a ``password=`` or
-    ``sslpassword=`` keyword, quoted or not (an unclosed quote hides the rest)."""
-    url = re.sub(r"(://[^:/@?#]*:)[^/?#]*@", r"\1***@", url)
-    url = re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", url)
-    return re.sub(r"((?:^|\s)(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S*)", r"\1***", url)
+    messages and logs): the one in the user information, a ``password=`` or ``sslpassword=``
+    query parameter, and a ``password=`` or ``sslpassword=`` keyword, quoted or not.
+
+    Written for the URLs operators paste, not only well-formed ones: a password with an
+    unencoded ``/``, ``#``, ``?`` or ``@`` ends a standard parser's user information early
+    (``urlsplit`` reads ``user:abc/def@host`` as the host ``user`` and a path), so here the
+    user information runs to the *last* ``@``; a query password runs to the next ``&`` (a
+    ``#`` in it is not a fragment to libpq); a keyword value follows libpq's own rules
+    (``\\`` escapes the next character, quoted or not; an unclosed quote hides the rest).
+    Hiding too much is harmless; hiding too little is a leak."""
+    url = re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", url)  # first: it may hold an @
+    url = _redact_user_information(url)
+    return re.sub(
+        r"((?:^|\s)(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)*\\?)",
+        r"\1***",
+        url,
+    )
+
+
+def _redact_user_information(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not separator or at < 0 or re.search(r"\s", scheme):
+        return url  # not a URL, or no user information (a keyword string's value may hold ://)
+    user, colon, _password = rest[:at].partition(":")
+    return f"{scheme}://{user}:***@{rest[at + 1 :]}" if colon else url
 
 
 def _parse(name: str, value: Any, *, source: str) -> Any:
@@ -444,6 +480,24 @@ def _origin(value: Any) -> str:
     return text.lower()
 
 
+def _footer_text(value: Any) -> str:
+    text = _text(value).replace("\r\n", "\n").replace("\r", "\n")
+    problem = footer_text_problem(text)
+    if problem is not None:
+        raise ValueError(f"it {problem}")
+    return text
+
+
+def _rule_ids(value: Any) -> tuple[str, ...]:
+    from .export.lint import check_rule_ids  # the lint rules sit above settings: see pyproject
+
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(sorted(check_rule_ids(str(item) for item in items)))
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -476,6 +530,9 @@ _PARSERS: dict[str, Any] = {
     "web_token": _web_token,
     "allowed_hosts": _hosts,
     "public_origin": _origin,
+    "postal_address": _footer_text,
+    "opt_out": _footer_text,
+    "disabled_rules": _rule_ids,
     "max_body_bytes": _count(1024, 16 * 1024 * 1024),
     "max_upload_bytes": _count(1024, 1024 * 1024 * 1024),
     "max_export_bytes": _count(1024, 64 * 1024 * 1024 * 1024),

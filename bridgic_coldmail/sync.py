@@ -11,7 +11,8 @@ import asyncio
 import builtins
 import os
 import threading
-from collections.abc import Awaitable, Collection, Iterable, Mapping
+import warnings
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -170,21 +171,54 @@ class SyncColdMailAgent:
         format: str = "csv",
         strict: bool = False,
         overwrite: bool = False,
+        profile: str = "generic",
+        variants: Sequence[str] = (),
+        disabled_rules: Iterable[str] | None = None,
+        template: str | os.PathLike[str] | None = None,
+        max_bytes: int | None = None,
     ) -> ExportReport:
         """Export the final sequence for a lead list; see :meth:`ColdMailAgent.export`."""
         return self._call(
             self._agent.export(
-                interaction_id, leads, out, format=format, strict=strict, overwrite=overwrite
+                interaction_id,
+                leads,
+                out,
+                format=format,
+                strict=strict,
+                overwrite=overwrite,
+                profile=profile,
+                variants=variants,
+                disabled_rules=disabled_rules,
+                template=template,
+                max_bytes=max_bytes,
             )
         )
 
-    def preview_export(self, interaction_id: str, leads: str | os.PathLike[str]) -> ExportReport:
+    def preview_export(
+        self,
+        interaction_id: str,
+        leads: str | os.PathLike[str],
+        *,
+        profile: str = "generic",
+        variants: Sequence[str] = (),
+        disabled_rules: Iterable[str] | None = None,
+    ) -> ExportReport:
         """What an export would find; see :meth:`ColdMailAgent.preview_export`."""
-        return self._call(self._agent.preview_export(interaction_id, leads))
+        return self._call(
+            self._agent.preview_export(
+                interaction_id,
+                leads,
+                profile=profile,
+                variants=variants,
+                disabled_rules=disabled_rules,
+            )
+        )
 
-    def lint(self, interaction_id: str) -> builtins.list[LintIssue]:
-        """Lint the newest sequence; see :meth:`ColdMailAgent.lint`."""
-        return self._call(self._agent.lint(interaction_id))
+    def lint(
+        self, interaction_id: str, *, disabled_rules: Iterable[str] | None = None
+    ) -> builtins.list[LintIssue]:
+        """Check the newest sequence; see :meth:`ColdMailAgent.lint`."""
+        return self._call(self._agent.lint(interaction_id, disabled_rules=disabled_rules))
 
     def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign unsigned legacy runs; see :meth:`ColdMailAgent.trust_unsigned`."""
@@ -215,6 +249,18 @@ class SyncColdMailAgent:
 
     def __enter__(self) -> SyncColdMailAgent:
         return self
+
+    def __del__(self) -> None:
+        # Left open, its store connection and its thread live until the process ends; say so,
+        # as an unclosed file or socket does (shown with python -W default or under pytest).
+        if not getattr(self, "_closed", True):
+            warnings.warn(
+                f"unclosed {type(self).__name__} on {self._agent.db_path!r}: call close() or "
+                "use it in a with block",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
 
     def __exit__(
         self,

@@ -20,9 +20,12 @@ from bridgic_coldmail.export import (
     neutralize_cell,
     preview_export,
 )
+from bridgic_coldmail.export.lint import COMPLIANCE_RULES
 from bridgic_coldmail.models import EmailSequence, EmailStep
 
 HEADER = "email,First Name,Company"
+OFF = COMPLIANCE_RULES
+"""Tests of other rules turn the compliance rules off (tests/test_compliance.py has them)."""
 
 
 def sequence(
@@ -57,7 +60,7 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_each_lead_gets_its_own_columns_then_the_rendered_steps(tmp_path: Path) -> None:
     source = leads(tmp_path, "ana@x.com,Ana,Acme Health", "bo@y.io,,")
-    report = export_sequence(sequence(), source, tmp_path / "campaign.csv")
+    report = export_sequence(sequence(), source, tmp_path / "campaign.csv", disabled_rules=OFF)
     assert read_csv(tmp_path / "campaign.csv") == [
         ["email", "First Name", "Company", *OUTPUT_COLUMNS],
         [
@@ -169,7 +172,10 @@ def test_a_line_break_that_would_land_in_the_subject_is_skipped(tmp_path: Path) 
 
 def test_lint_warnings_are_reported_but_do_not_stop_the_export(tmp_path: Path) -> None:
     report = export_sequence(
-        sequence(subject="AMAZING: a question"), leads(tmp_path, "a@x.com,A,B"), tmp_path / "o.csv"
+        sequence(subject="AMAZING: a question"),
+        leads(tmp_path, "a@x.com,A,B"),
+        tmp_path / "o.csv",
+        disabled_rules=OFF,
     )
     assert ([i.code for i in report.lint], report.rows_written) == (["capitals"], 1)
 
@@ -328,7 +334,12 @@ def test_strict_refuses_lint_warnings_and_skipped_rows_in_one_error(tmp_path: Pa
     source = leads(tmp_path, "ana@x.com,Ana,Acme", "bad,Bo,B")
     with pytest.raises(InvalidInput) as caught:
         export_sequence(
-            sequence(subject="AMAZING question"), source, out, strict=True, overwrite=True
+            sequence(subject="AMAZING question"),
+            source,
+            out,
+            strict=True,
+            overwrite=True,
+            disabled_rules=OFF,
         )
     message = str(caught.value)
     assert message.startswith("export refused (strict): 1 lint issue(s): opener subject: words")
@@ -347,7 +358,11 @@ def test_strict_refuses_skipped_rows_alone_and_leaves_the_old_file(tmp_path: Pat
 
 def test_strict_passes_a_clean_sequence_and_list(tmp_path: Path) -> None:
     report = export_sequence(
-        sequence(), leads(tmp_path, "ana@x.com,Ana,Acme"), tmp_path / "o.csv", strict=True
+        sequence(),
+        leads(tmp_path, "ana@x.com,Ana,Acme"),
+        tmp_path / "o.csv",
+        strict=True,
+        disabled_rules=OFF,
     )
     assert (report.rows_written, report.skipped, report.lint) == (1, (), ())
 
@@ -381,14 +396,16 @@ def test_a_full_disk_at_the_end_leaves_no_file(
 
 def test_preview_finds_what_an_export_would_and_writes_nothing(tmp_path: Path) -> None:
     source = leads(tmp_path, "ana@x.com,Ana,Acme", "bad,Bo,B")
-    report = preview_export(sequence(subject="AMAZING question"), source)
+    report = preview_export(sequence(subject="AMAZING question"), source, disabled_rules=OFF)
     assert (report.out, report.rows_written, [s.row for s in report.skipped]) == (None, 1, [3])
     assert [i.code for i in report.lint] == ["capitals"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["leads.csv"]
 
 
 def test_preview_reports_unrenderable_placeholders_instead_of_raising(tmp_path: Path) -> None:
-    report = preview_export(sequence(body="Hi {{title}}"), leads(tmp_path, "a@x.com,A,B"))
+    report = preview_export(
+        sequence(body="Hi {{title}}"), leads(tmp_path, "a@x.com,A,B"), disabled_rules=OFF
+    )
     assert ([i.code for i in report.lint], report.rows_written) == (["unknown-field"], 0)
 
 

@@ -14,6 +14,8 @@ from bridgic_coldmail.cli import main
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 FEEDBACK = "Controllers at manufacturing firms"
+ADDRESS = "Ledgerly Inc., 1 Main St, Springfield, IL 62701"
+OPT_OUT = "Not the right person? Reply 'stop' and I won't write again."
 
 
 def _lead_list(path: Path, count: int) -> list[dict[str, str]]:
@@ -41,7 +43,8 @@ def test_a_thousand_leads_from_start_to_export(
     leads_path = tmp_path / "leads.csv"
     leads = _lead_list(leads_path, 1000)
     start = ["start", "--product", "Ledgerly", "--offer", "reconciles invoices",
-             "--sender", "Sam Roy", "--review", "--leads", str(leads_path), "--json"]  # fmt: skip
+             "--sender", "Sam Roy", "--review", "--leads", str(leads_path), "--json",
+             "--postal-address", ADDRESS, "--opt-out", OPT_OUT]  # fmt: skip
     assert main(start) == 0
     rid = json.loads(capsys.readouterr().out)["interaction_id"]
     assert "Merge fields available: {{email}}, {{first_name}}, {{company}}" in (
@@ -77,6 +80,8 @@ def test_a_thousand_leads_from_start_to_export(
         assert FEEDBACK in row["step1_subject"]
         assert row["step2_subject"] == ""  # blank: the follow-up threads as a reply
         assert row["step2_delay_days"] == "4"
+        for body in (row["step1_body"], row["step2_body"]):  # the brief's footer, by code
+            assert body.endswith(f"\n\n{ADDRESS}\n{OPT_OUT}")
     assert rows[7]["Company"].startswith("'=HYPERLINK")  # never run as a formula
 
     summary_json = tmp_path / "again.csv"
@@ -86,9 +91,13 @@ def test_a_thousand_leads_from_start_to_export(
     assert report == {
         "out": str(summary_json),
         "format": "csv",
+        "profile": "generic",
+        "template": None,
         "rows_written": 1000,
+        "variants": {},
         "skipped": [],
         "lint": [],
+        "lead_findings": [],
     }
 
     as_json = tmp_path / "campaign.json"
@@ -108,7 +117,8 @@ async def test_export_through_the_python_api_reports_what_it_skipped(
         encoding="utf-8",
     )
     brief = Brief(product="Ledgerly", offer="reconciles invoices", sender="Sam Roy")
-    async with ColdMailAgent.open(db_path) as agent:
+    # The footer from the settings' defaults (the brief has none): the CAN-SPAM rules pass.
+    async with ColdMailAgent.open(db_path, postal_address=ADDRESS, opt_out=OPT_OUT) as agent:
         run = await agent.start(brief, fields=["email", "first_name"])
         await agent.resume(run.interaction_id, FEEDBACK)
         report = await agent.export(run.interaction_id, leads_path, tmp_path / "out.csv")

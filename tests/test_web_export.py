@@ -101,13 +101,16 @@ async def test_the_run_page_shows_the_lint_warnings_of_the_sequence_under_review
     server.enqueue(Reply(kind="refine", content=SHOUTING))
     interaction_id = await at_review(db_path, brief)
     page = (await client.get(f"/runs/{interaction_id}")).text
-    assert re.findall(r"\[([a-z-]+)\]</span>", page) == ["capitals", "spam-phrase", "spam-phrase"]
+    assert re.findall(r"\[([a-z-]+)\]</span>", page) == [
+        "capitals", "spam-phrase", "spam-phrase", "can-spam-address", "can-spam-opt-out"
+    ]  # fmt: skip
 
 
 async def test_a_sequence_without_warnings_says_so(
     client: httpx.AsyncClient, db_path: Path, brief: Brief
 ) -> None:
-    interaction_id = await at_review(db_path, brief)
+    footer = {"postal_address": "1 Main St, Springfield, IL", "opt_out": "Reply 'stop'."}
+    interaction_id = await at_review(db_path, brief.model_copy(update=footer))
     page = (await client.get(f"/runs/{interaction_id}")).text
     assert "Checks before sending: no warnings." in page
 
@@ -598,3 +601,105 @@ async def test_an_empty_api_upload_is_called_the_uploaded_lead_list(
     )
     assert refused.status_code == 422
     assert refused.json()["error"]["message"].startswith("the uploaded lead list is empty")
+
+
+# ---------------------------------------------------------------------------- sending tools
+
+
+async def test_the_export_form_offers_every_sending_tool_and_shapes_the_file(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    page = (await client.get(f"/runs/{interaction_id}")).text
+    select = page.split('id="profile"')[1].split("</select>")[0]
+    assert re.findall(r'<option value="([a-z]+)"', select) == [
+        "generic", "smartlead", "instantly", "lemlist", "apollo"
+    ]  # fmt: skip
+    answer = await upload(client, interaction_id, lead_list(3), profile="apollo")
+    assert answer.status_code == 200, answer.text
+    rows = list(csv.DictReader(io.StringIO(answer.text)))
+    assert list(rows[0])[:2] == ["First Name", "Contact Email"]
+    assert [r["Contact Email"] for r in rows] == [f"lead{n}@example.com" for n in range(3)]
+    assert list(temp_dir.iterdir()) == []  # the template was written and removed with the rest
+
+
+async def test_an_unknown_sending_tool_in_the_form_is_refused_and_the_choice_kept(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    refused = await upload(client, interaction_id, lead_list(2), profile="hubspot")
+    assert refused.status_code == 422
+    assert "unknown sending tool &#39;hubspot&#39;; choose one from the list" in refused.text
+    kept = await upload(client, interaction_id, lead_list(2), profile="lemlist", check="1")
+    assert kept.status_code == 200 and '<option value="lemlist" selected>' in kept.text
+
+
+async def test_the_api_export_takes_a_sending_tool(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    path = f"/api/runs/{interaction_id}/export"
+    headers = {"Content-Type": "text/csv"}
+    answer = await client.post(f"{path}?profile=smartlead", content=lead_list(2), headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.text.splitlines()[0] == ("email,first_name,step1_subject,step1_body,step2_body")
+    refused = await client.post(f"{path}?profile=hubspot", content=lead_list(2), headers=headers)
+    assert refused.status_code == 422 and "profile" in refused.text
+
+
+# ---------------------------------------------------------------------------- A/B and rules
+
+
+async def test_the_api_exports_approved_runs_as_variants_with_the_same_split_each_time(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    first, second = await completed(db_path, brief), await completed(db_path, brief)
+    path = f"/api/runs/{first}/export?format=json&variant={second}"
+    headers = {"Content-Type": "text/csv"}
+    answer = await client.post(path, content=lead_list(40), headers=headers)
+    assert answer.status_code == 200, answer.text
+    labels = [row["variant"] for row in answer.json()]
+    assert set(labels) == {"A", "B"} and len(labels) == 40
+    again = await client.post(path, content=lead_list(40), headers=headers)
+    assert [row["variant"] for row in again.json()] == labels
+
+
+async def test_the_api_refuses_a_variant_that_is_not_approved_unknown_or_named_twice(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    first, pending = await completed(db_path, brief), await at_review(db_path, brief)
+    headers = {"Content-Type": "text/csv"}
+
+    async def export(query: str) -> httpx.Response:
+        return await client.post(
+            f"/api/runs/{first}/export?{query}", content=lead_list(2), headers=headers
+        )
+
+    not_final = await export(f"variant={pending}")
+    assert not_final.status_code == 409
+    assert "awaiting review at round 1" in not_final.json()["error"]["message"]
+    unknown = await export(f"variant={'0' * 32}")
+    assert unknown.status_code == 404
+    twice = await export(f"variant={first}")
+    assert twice.status_code == 422
+    assert "named twice among the variants" in twice.json()["error"]["message"]
+
+
+async def test_the_api_turns_off_the_rules_it_is_given_and_refuses_unknown_ones(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await completed(db_path, brief)  # the brief has no address nor opt-out
+    path = f"/api/runs/{interaction_id}/export?strict=true"
+    headers = {"Content-Type": "text/csv"}
+    refused = await client.post(path, content=lead_list(2), headers=headers)
+    assert refused.status_code == 422
+    assert "2 lint issue(s): sequence footer: no postal" in refused.json()["error"]["message"]
+    rules = "&disabled_rule=can-spam-address&disabled_rule=can-spam-opt-out"
+    answer = await client.post(path + rules, content=lead_list(2), headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-coldmail-lint-warnings"] == "0"
+    unknown = await client.post(
+        path + "&disabled_rule=can-spam", content=lead_list(2), headers=headers
+    )
+    assert unknown.status_code == 422
+    assert "unknown check rule(s) 'can-spam'" in unknown.json()["error"]["message"]

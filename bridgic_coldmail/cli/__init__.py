@@ -2,7 +2,7 @@
 
 Errors are one line on stderr with a documented exit code (``errors.EXIT_CODES``); the
 library's message says what happened, and this layer adds the hint that names a command or a
-flag. Everything printed goes through ``render.terminal_safe`` (or ``json_for_terminal``).
+flag. Everything printed goes through ``text.terminal_safe`` (or ``json_for_terminal``).
 Set ``COLDMAIL_DEBUG=1`` to see the traceback of an unexpected error.
 """
 
@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .. import __version__
+from .._version import __version__
 from ..agent import MAX_PAGE, ColdMailAgent
 from ..errors import (
     INTERRUPTED,
@@ -33,6 +33,7 @@ from ..errors import (
     DatabaseNotFound,
     InvalidInput,
 )
+from ..export.profiles import NAMES as PROFILE_NAMES
 from ..models import (
     CLI_JSON_KEYS,
     DamagedRun,
@@ -49,6 +50,7 @@ from ..models import (
 )
 from ..settings import BACKENDS, ENV, Settings, default_db_path, redact_url
 from ..store import Action, IfMissing
+from ..text import terminal_safe
 from .demo import run_demo
 from .render import (
     format_history,
@@ -58,7 +60,6 @@ from .render import (
     full_location,
     json_for_terminal,
     resume_hint,
-    terminal_safe,
 )
 
 MAX_AGE_DAYS = 100 * 365
@@ -148,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--sender", required=True, help="who signs the emails")
     start.add_argument("--audience", help="your first guess at the audience")
     start.add_argument("--cta", help="the one action the reader should take")
+    start.add_argument(
+        "--postal-address",
+        help="the sender's postal address, appended to every exported email "
+        "(default: $COLDMAIL_POSTAL_ADDRESS)",
+    )
+    start.add_argument(
+        "--opt-out",
+        help="one sentence on how to opt out, appended to every exported email "
+        "(default: $COLDMAIL_OPT_OUT)",
+    )
     start.add_argument(
         "--review", action="store_true", help="pause for review rounds after the refinement"
     )
@@ -240,6 +251,33 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--strict", action="store_true", help="refuse on any lint warning or skipped lead"
     )
+    export.add_argument(
+        "--for",
+        dest="profile",
+        choices=PROFILE_NAMES,
+        default="generic",
+        help="the sending tool the file is for: its column names, and a template beside it",
+    )
+    export.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="INTERACTION_ID",
+        help="another approved run to export as an A/B variant; one --variant per run",
+    )
+    export.add_argument(
+        "--template",
+        metavar="FILE",
+        help="where to write the paste-ready template (default: beside --out, for a tool)",
+    )
+    export.add_argument(
+        "--disable-rule",
+        dest="disabled_rules",
+        action="append",
+        metavar="RULE",
+        help="a check rule that does not apply, e.g. can-spam-address; one --disable-rule per rule",
+    )
 
     trust = command(
         "trust-unsigned",
@@ -294,6 +332,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
             sender=args.sender,
             audience=args.audience,
             cta=args.cta,
+            postal_address=args.postal_address,
+            opt_out=args.opt_out,
         )
     if hasattr(args, "interaction_id"):
         args.interaction_id = validate_interaction_id(args.interaction_id)
@@ -419,6 +459,10 @@ async def _export(agent: ColdMailAgent, args: argparse.Namespace) -> str | None:
             format=args.format,
             strict=args.strict,
             overwrite=args.overwrite,
+            profile=args.profile,
+            variants=args.variants,
+            disabled_rules=_rule_list(args.disabled_rules),
+            template=args.template,
         )
     except asyncio.CancelledError:
         if terminated:
@@ -428,6 +472,10 @@ async def _export(agent: ColdMailAgent, args: argparse.Namespace) -> str | None:
         if exc.topic == "out_exists":
             raise InvalidInput(
                 f"{args.out} already exists; add --overwrite to replace it, or choose another --out"
+            ) from None
+        if exc.topic == "template_exists":
+            raise InvalidInput(
+                f"{exc}; add --overwrite to replace it, or choose another --template"
             ) from None
         if exc.topic == "stdout_closed":
             # The reader is gone: what is still buffered for stdout must not fail at exit.
@@ -556,32 +604,76 @@ def _safe_retry(args: argparse.Namespace, before: Run) -> str:
     return " ".join(shlex.quote(word) for word in words)
 
 
+def _rule_list(given: list[str] | None) -> list[str] | None:
+    """``--disable-rule a --disable-rule b,c`` as one list (None: the setting's)."""
+    if given is None:
+        return None
+    return [rule for item in given for rule in item.split(",") if rule.strip()]
+
+
 def _export_summary(args: argparse.Namespace, report: Any) -> str:
     if args.json:
         return json_for_terminal(
             {
                 "out": "-" if report.out is None else str(report.out),
                 "format": report.format,
+                "profile": report.profile,
+                "template": None if report.template is None else str(report.template),
                 "rows_written": report.rows_written,
+                "variants": dict(report.variants),
                 "skipped": [
                     {"row": s.row, "email": s.email, "reason": s.reason} for s in report.skipped
                 ],
                 "lint": [
-                    {"code": i.code, "severity": i.severity.value, "message": i.message}
+                    {
+                        "code": i.code,
+                        "severity": i.severity.value,
+                        "step": i.step,
+                        "part": i.part,
+                        "variant": i.variant,
+                        "message": i.message,
+                        "source": i.source,
+                    }
                     for i in report.lint
+                ],
+                "lead_findings": [
+                    {
+                        "code": f.code,
+                        "severity": f.severity.value,
+                        "step": f.step,
+                        "part": f.part,
+                        "variant": f.variant,
+                        "message": f.message,
+                        "count": f.count,
+                        "rows": list(f.rows),
+                        "source": f.source,
+                    }
+                    for f in report.lead_findings
                 ],
             }
         )
     where = "standard output" if report.out is None else report.out
-    lines = [f"Wrote {report.rows_written} lead(s) to {where} ({report.format})."]
+    shaped = "" if report.profile == "generic" else f", for {report.profile}"
+    lines = [f"Wrote {report.rows_written} lead(s) to {where} ({report.format}{shaped})."]
+    if report.variants:
+        split = ", ".join(f"{label}: {count}" for label, count in report.variants)
+        lines.append(f"A/B variants by a hash of each address (the variant column): {split}.")
+    if report.template is not None:
+        lines.append(f"Paste-ready template: {report.template}")
     if report.skipped:
         lines.append(f"Skipped {len(report.skipped)} lead(s), not sent with a hole:")
         lines += [f"  {s}" for s in report.skipped[:20]]
         if len(report.skipped) > 20:
             lines.append(f"  … and {len(report.skipped) - 20} more (see --json)")
-    if report.lint:
-        lines.append("Lint warnings (--strict makes them errors):")
-        lines += [f"  {issue}" for issue in report.lint]
+    warnings = [i for i in report.lint if i.severity.value != "info"]
+    notes = [i for i in report.lint if i.severity.value == "info"]
+    if warnings or report.lead_findings:
+        lines.append("Warnings (--strict makes them errors; --disable-rule RULE turns one off):")
+        lines += [f"  {issue}" for issue in warnings]
+        lines += [f"  {finding}" for finding in report.lead_findings]
+    if notes:
+        lines.append("Notes:")
+        lines += [f"  {issue}" for issue in notes]
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """Sending a reviewed sequence to a lead list: the lead list (``leads.py``), the checks
-(``lint.py``, ``formulas.py``) and the file written for the sending tools (``writer.py``).
+(``lint.py``, ``formulas.py``) and the file written for the sending tools (``writer.py``,
+with each tool's rules in ``profiles.py``).
 
 The merge-field grammar they share with the models and the LLM's schema is
 ``bridgic_coldmail.merge``. ``bridgic_coldmail.export.export_sequence`` and

@@ -6,6 +6,12 @@ body, a blank follow-up subject (so the follow-up threads as a reply), the follo
 and its delay in days. In Smartlead, Instantly, lemlist or Apollo the step templates are
 then just ``{{step1_subject}}``, ``{{step1_body}}``, … (see docs/how-to/export.md).
 
+``profile=`` shapes the file for one sending tool instead (:mod:`.profiles`: the tool's own
+lead columns, the steps as custom variables named as it allows) and writes a paste-ready
+template beside it. ``footer=`` (:class:`~.compliance.Footer`) is appended to every email.
+A list of :class:`Variant` is an A/B export: each lead gets one variant by
+:func:`variant_index`, named in a ``variant`` column.
+
 Design decisions:
 
 * **Checked before anything is written.** The sequence is linted against the list's fields
@@ -53,7 +59,13 @@ Design decisions:
   (see ``leads.is_valid_email``). JSON is not neutralised: it is not opened by
   spreadsheets, and its consumers want the exact text.
 * **Column names.** A lead column whose field name is one of :data:`OUTPUT_COLUMNS` (e.g.
-  "Step1 Subject") is refused rather than overwritten or duplicated.
+  "Step1 Subject"), or that a profile would name like a column it adds, is refused rather
+  than overwritten or duplicated.
+* **Per lead, in bounded memory.** The checks that need a rendered lead (a subject grown past
+  its limit, an empty greeting) are counted per rule with the first rows
+  (:class:`~.lint.LeadFindings`); ``strict=True`` refuses on any of them too.
+* **The template after the file.** Its path is checked like ``out`` before anything is
+  written; it is written (atomically too) once the file is in place.
 * **CSV dialect.** UTF-8 without a byte-order mark (a BOM can end up in the first column's
   name in importers), comma-separated, RFC 4180 quoting, CRLF line ends. JSON: one array of
   objects with the same keys as the CSV's columns, ``step2_delay_days`` a number.
@@ -66,32 +78,56 @@ import contextlib
 import csv
 import errno
 import functools
+import hashlib
 import json
 import os
 import secrets
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from ..compliance import NO_FOOTER, Footer
 from ..errors import InvalidInput
 from ..merge import Missing, Template
-from ..models import EmailSequence, preview_list
+from ..models import EmailSequence
 from ..signing import key_file_for
 from ..store.sqlite import _file_kind
+from ..text import preview_list
 from .formulas import FORMULA_PREFIXES
 from .formulas import neutralize_cell as neutralize_cell
 from .leads import Lead, LeadHeader, LeadReader, RowProblem
-from .lint import DEFAULT_ACRONYMS, LintIssue, lint_sequence
+from .lint import (
+    DEFAULT_ACRONYMS,
+    RULES,
+    LeadChecks,
+    LeadFinding,
+    LeadFindings,
+    LintIssue,
+    Severity,
+    blocking,
+    check_rule_ids,
+    lint_sequence,
+)
+from .profiles import (
+    GENERIC_COLUMNS,
+    ColumnPlan,
+    Profile,
+    TemplateVariant,
+    profile_named,
+    render_template,
+)
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-OUTPUT_COLUMNS = ("step1_subject", "step1_body", "step2_subject", "step2_body", "step2_delay_days")
-"""The columns an export adds after the lead's own, in this order."""
+OUTPUT_COLUMNS = GENERIC_COLUMNS
+"""The columns the generic export adds after the lead's own, in this order."""
+MAX_VARIANTS = 26
+"""An A/B export takes at most this many variants, labelled A to Z."""
 FORMULA_TRIGGERS = FORMULA_PREFIXES
 """A value starting with one of these gets a ``'`` in a CSV export (see :mod:`.formulas` for
 the whole rule: also after separators and blanks)."""
@@ -135,6 +171,63 @@ class ExportReport:
     skipped: tuple[SkippedRow, ...]
     lint: tuple[LintIssue, ...]
     """Lint findings (warnings; errors would have refused the export)."""
+    profile: str = "generic"
+    """The sending tool the file is shaped for (see :mod:`.profiles`)."""
+    template: Path | None = None
+    """The paste-ready template written next to the file, if any."""
+    variants: tuple[tuple[str, int], ...] = ()
+    """Per A/B variant, its label and how many leads it was given (empty for one sequence)."""
+    lead_findings: tuple[LeadFinding, ...] = ()
+    """Checks that failed for some leads once rendered (a long subject, an empty greeting)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One approved sequence of an A/B export: its label (the ``variant`` column), the run it
+    came from, and its footer (None: the export's ``footer``)."""
+
+    label: str
+    sequence: EmailSequence
+    run_id: str | None = None
+    footer: Footer | None = None
+
+
+def as_variants(sequence: EmailSequence | Sequence[Variant]) -> list[Variant]:
+    """One sequence as the single variant ``A``, or the variants checked: 1 to
+    :data:`MAX_VARIANTS`, each with a sequence and a label of its own."""
+    if isinstance(sequence, EmailSequence):
+        return [Variant("A", sequence)]
+    if isinstance(sequence, (str, bytes)) or not isinstance(sequence, Sequence):
+        raise InvalidInput("give the export one EmailSequence, or a list of Variant")
+    variants = list(sequence)
+    if not 1 <= len(variants) <= MAX_VARIANTS:
+        raise InvalidInput(
+            f"an export takes 1 to {MAX_VARIANTS} variants, not {len(variants)}; export fewer"
+        )
+    labels: set[str] = set()
+    for variant in variants:
+        if not isinstance(variant, Variant) or not isinstance(variant.sequence, EmailSequence):
+            raise InvalidInput("each variant must be a Variant holding an EmailSequence")
+        label = variant.label
+        if not isinstance(label, str) or not label.isalnum() or not label.isascii():
+            raise InvalidInput(
+                f"variant label {str(label)[:20]!r} must be ASCII letters and digits, e.g. A"
+            )
+        if len(label) > 20 or label.upper() in labels:
+            raise InvalidInput(f"variant label {label[:20]!r} is too long or used twice")
+        labels.add(label.upper())
+    return variants
+
+
+def variant_index(email: str, count: int, salt: str = "") -> int:
+    """Which of ``count`` variants a lead gets: a hash of its address, trimmed and in lower
+    case (as the duplicate check compares them), keyed by ``salt`` (the first variant's run):
+    the same list, variants and run always give the same split."""
+    if count <= 1:
+        return 0
+    key = f"{salt}\n{email.strip().lower()}".encode()
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
 
 
 class ExportStopped(Exception):
@@ -218,7 +311,7 @@ def store_files(settings: Settings) -> dict[Path, str]:
 
 
 def export_sequence(
-    sequence: EmailSequence,
+    sequence: EmailSequence | Sequence[Variant],
     leads_path: str | Path,
     out: str | os.PathLike[str],
     *,
@@ -228,101 +321,169 @@ def export_sequence(
     overwrite: bool = False,
     protected: Mapping[Path, str] | None = None,
     stop: StopSignal | None = None,
+    profile: str | Profile = "generic",
+    footer: Footer = NO_FOOTER,
+    disabled_rules: Iterable[str] = (),
+    template: str | os.PathLike[str] | None = None,
     max_bytes: int | None = None,
 ) -> ExportReport:
     """Render ``sequence`` for every lead of the CSV at ``leads_path`` into ``out``.
 
     Args:
-        sequence: the reviewed sequence (a completed run's ``final``).
+        sequence: the reviewed sequence (a completed run's ``final``), or the approved
+            variants of an A/B test (:class:`Variant`): each lead then gets one of them by
+            :func:`variant_index`, named in a ``variant`` column.
         leads_path: the lead list, a UTF-8 CSV with an email column (see ``leads``).
         out: the file to write, replaced atomically and only on success; ``"-"`` for
             standard output (then nothing is written unless the export can succeed).
         format: ``"csv"`` (for import into a sending tool) or ``"json"``.
-        strict: refuse on any lint warning or skipped row instead of reporting it.
+        strict: refuse on any warning (lint, per lead, compliance) or skipped row instead of
+            reporting it.
         acronyms: upper-case words the capitals rule accepts (e.g. the product's name).
-        overwrite: replace ``out`` if it is an existing regular file.
+        overwrite: replace ``out`` (and the template) if it is an existing regular file.
         protected: files ``out`` must never be, nor ``leads_path``, with what they are
             (see :func:`store_files`).
         stop: lets another thread stop the export (see :class:`StopSignal`).
+        profile: the sending tool the file is shaped for (:data:`.profiles.PROFILES`).
+        footer: the postal address and opt-out sentence appended to every email; the
+            compliance rules flag what it lacks.
+        disabled_rules: check rule ids not to apply (``lint.RULES``).
+        template: where to write the paste-ready template; default: next to ``out`` for a
+            tool's profile (``campaign.smartlead.txt``), none for generic or standard output.
         max_bytes: the largest file to write; past it the export stops, removes what it
             wrote and raises (``topic="export_too_large"``). None: no limit.
 
     Returns:
-        The report: rows written, rows skipped with their reasons, lint warnings.
+        The report: rows written, rows skipped with their reasons, lint warnings, findings
+        per lead, the variants' counts and the template written.
 
     Raises:
-        InvalidInput: the lead list, ``out`` or the sequence cannot be used, or (strict)
-            there was a warning or a skipped row; ``out`` is then untouched.
+        InvalidInput: the lead list, ``out``, the template's path or the sequence cannot be
+            used, or (strict) there was a warning or a skipped row; ``out`` is then untouched.
         ExportStopped: ``stop`` was used; ``out`` is untouched.
     """
     if format not in FORMATS:
         raise InvalidInput(f"unknown export format {format!r}; use csv or json")
+    chosen = profile_named(profile)
+    variants = as_variants(sequence)
+    disabled = check_rule_ids(disabled_rules)
     stop = stop or StopSignal()
-    _check_leads(Path(leads_path), protected or {})
+    protected = protected or {}
+    _check_leads(Path(leads_path), protected)
     to_stdout = os.fspath(out) == STDOUT
     if to_stdout:
         _check_stdout()
         target = None
     else:
-        target = _Target.check(Path(out), Path(leads_path), protected or {}, overwrite)
+        target = _Target.check(Path(out), Path(leads_path), protected, overwrite)
+    sidecar = _template_target(chosen, out, template, Path(leads_path), protected, overwrite)
     with LeadReader(leads_path) as reader:
-        issues = _checked_lint(sequence, reader.header, strict=strict, acronyms=acronyms)
-        if strict and issues:  # refused whatever the rows are; list them too, write nothing
-            _refuse(*_count(_render_all(sequence, reader, stop)), strict, issues, reader.path)
-        columns = (*reader.header.columns, *OUTPUT_COLUMNS)
-        delay = sequence.follow_up.wait_days
+        plan = chosen.plan(reader.header, variants=len(variants) > 1)
+        issues = _checked_lint(
+            variants, footer, reader.header, strict=strict, acronyms=acronyms, disabled=disabled
+        )
+        prepared = [_Prepared(v, footer, disabled) for v in variants]  # renderable: checked
+        if strict and blocking(issues, strict=True):  # refused whatever the rows are
+            findings = LeadFindings(strict=True)
+            ready, skipped = _count(_render_all(prepared, reader, stop, findings))
+            _refuse(ready, skipped, strict, issues, findings, reader.path)
+        findings = LeadFindings(strict=strict)
+        counts: dict[str, int] = {}
+        file_issues: list[LintIssue] = []
+
+        def keep(written: int, skipped: list[SkippedRow]) -> None:
+            file_issues[:] = _file_issues(chosen, written, strict=strict, disabled=disabled)
+            _refuse(written, skipped, strict, issues + file_issues, findings, reader.path)
+
         if target is not None:
             written, skipped = target.write(
                 lambda handle: _write_rows(
                     handle if max_bytes is None else _Capped(handle, max_bytes),
                     format,
-                    columns,
-                    _render_all(sequence, reader, stop),
-                    delay,
+                    plan,
+                    _render_all(prepared, reader, stop, findings),
+                    counts,
                 ),
-                lambda written, skipped: _refuse(written, skipped, strict, issues, reader.path),
+                keep,
                 stop,
             )
-            return ExportReport(
-                target.given, format, columns, written, tuple(skipped), tuple(issues)
+        else:
+            # Standard output cannot be taken back: find every refusal first, then write.
+            ready, skipped = _count(_render_all(prepared, reader, stop, findings))
+            keep(ready, skipped)
+    if target is None:
+        with LeadReader(leads_path) as again:
+            written, skipped = _write_stdout(
+                lambda handle: _write_rows(
+                    handle,
+                    format,
+                    plan,
+                    _render_all(prepared, again, stop, LeadFindings()),
+                    counts,
+                )
             )
-        # Standard output cannot be taken back: find every refusal first, then write.
-        ready, skipped = _count(_render_all(sequence, reader, stop))
-        _refuse(ready, skipped, strict, issues, reader.path)
-    with LeadReader(leads_path) as again:
-        written, skipped = _write_stdout(
-            lambda handle: _write_rows(
-                handle, format, columns, _render_all(sequence, again, stop), delay
-            )
-        )
-    return ExportReport(None, format, columns, written, tuple(skipped), tuple(issues))
+    written_template = None
+    if sidecar is not None:
+        text = _template_text(chosen, plan, variants, footer, out, to_stdout)
+        written_template = _write_template(sidecar, text, out)
+    return ExportReport(
+        None if target is None else target.given,
+        format,
+        plan.columns,
+        written,
+        tuple(skipped),
+        tuple(issues + file_issues),
+        profile=chosen.name,
+        template=written_template,
+        variants=_variant_counts(variants, counts),
+        lead_findings=findings.findings(),
+    )
 
 
 def preview_export(
-    sequence: EmailSequence,
+    sequence: EmailSequence | Sequence[Variant],
     leads_path: str | Path,
     *,
     acronyms: Iterable[str] = DEFAULT_ACRONYMS,
     protected: Mapping[Path, str] | None = None,
     stop: StopSignal | None = None,
+    profile: str | Profile = "generic",
+    footer: Footer = NO_FOOTER,
+    disabled_rules: Iterable[str] = (),
 ) -> ExportReport:
     """Everything :func:`export_sequence` would find, without writing: lint issues (errors
-    included, unlike an export) and the rows that would be skipped.
+    included, unlike an export), the rows that would be skipped, the findings per lead.
 
     Raises:
-        InvalidInput: the lead list itself cannot be used (encoding, header, shape).
+        InvalidInput: the lead list itself cannot be used (encoding, header, shape), or its
+            columns cannot be shaped for the profile.
     """
+    chosen = profile_named(profile)
+    variants = as_variants(sequence)
+    disabled = check_rule_ids(disabled_rules)
     _check_leads(Path(leads_path), protected or {})
     with LeadReader(leads_path) as reader:
-        issues = lint_sequence(sequence, reader.header.fields, acronyms=acronyms)
-        reserved = _reserved_columns(reader.header)
-        if reserved:
-            raise InvalidInput(reserved)
-        columns = (*reader.header.columns, *OUTPUT_COLUMNS)
+        plan = chosen.plan(reader.header, variants=len(variants) > 1)
+        issues = _lint_all(
+            variants, footer, reader.header, strict=False, acronyms=acronyms, disabled=disabled
+        )
         if any(issue.code in _UNRENDERABLE for issue in issues):
-            return ExportReport(None, "csv", columns, 0, (), tuple(issues))
-        ready, skipped = _count(_render_all(sequence, reader, stop or StopSignal()))
-    return ExportReport(None, "csv", columns, ready, tuple(skipped), tuple(issues))
+            return ExportReport(None, "csv", plan.columns, 0, (), tuple(issues), chosen.name)
+        findings = LeadFindings()
+        prepared = [_Prepared(v, footer, disabled) for v in variants]
+        ready, skipped = _count(_render_all(prepared, reader, stop or StopSignal(), findings))
+    issues += _file_issues(chosen, ready, strict=False, disabled=disabled)
+    return ExportReport(
+        None,
+        "csv",
+        plan.columns,
+        ready,
+        tuple(skipped),
+        tuple(issues),
+        profile=chosen.name,
+        variants=_variant_counts(variants, _counts_of(prepared)),
+        lead_findings=findings.findings(),
+    )
 
 
 def _check_leads(leads: Path, protected: Mapping[Path, str]) -> None:
@@ -338,9 +499,7 @@ def _check_leads(leads: Path, protected: Mapping[Path, str]) -> None:
                     )
 
 
-def _count(
-    rows: Iterator[tuple[Lead, tuple[str, str, str]] | SkippedRow],
-) -> tuple[int, list[SkippedRow]]:
+def _count(rows: Iterator[_Rendered | SkippedRow]) -> tuple[int, list[SkippedRow]]:
     """How many rows would be written, and the rows skipped."""
     ready = 0
     skipped: list[SkippedRow] = []
@@ -353,11 +512,17 @@ def _count(
 
 
 def _refuse(
-    written: int, skipped: list[SkippedRow], strict: bool, issues: list[LintIssue], path: Path
+    written: int,
+    skipped: list[SkippedRow],
+    strict: bool,
+    issues: list[LintIssue],
+    findings: LeadFindings,
+    path: Path,
 ) -> None:
     """Raise if what was (or would be) written may not be kept."""
-    if strict and (skipped or issues):
-        raise InvalidInput(_refusal(issues, skipped, path))
+    refused = blocking(issues, strict=strict)
+    if strict and (skipped or refused or findings):
+        raise InvalidInput(_refusal(refused, findings.findings(), skipped, path))
     if written == 0:
         raise InvalidInput(f"none of the leads in {path} could be exported: " + _list_rows(skipped))
 
@@ -425,48 +590,208 @@ def _write_stdout(write_rows: WriteRows) -> tuple[int, list[SkippedRow]]:
     return written, skipped
 
 
-def _reserved_columns(header: LeadHeader) -> str | None:
-    clashes = [header.columns[i] for i, name in enumerate(header.fields) if name in OUTPUT_COLUMNS]
-    if not clashes:
-        return None
-    return (
-        f"the lead list already has the column(s) {preview_list(clashes)}, "
-        f"which the export adds ({', '.join(OUTPUT_COLUMNS)}); rename or delete them"
-    )
+def _template_target(
+    profile: Profile,
+    out: str | os.PathLike[str],
+    template: str | os.PathLike[str] | None,
+    leads: Path,
+    protected: Mapping[Path, str],
+    overwrite: bool,
+) -> _Target | None:
+    """Where the template goes, checked like ``out`` before anything is written: the path
+    given, else beside a file ``out`` for a tool's profile; None when there is none."""
+    to_stdout = os.fspath(out) == STDOUT
+    if template is None:
+        if profile.is_generic or to_stdout:
+            return None
+        given = Path(out)
+        path = given.with_name(f"{given.stem or given.name}.{profile.name}.txt")
+    else:
+        path = Path(template)
+    if not to_stdout and os.path.realpath(path) == os.path.realpath(out):
+        raise InvalidInput(f"the template cannot be written to {path}, the export's own file")
+    named = {**protected}
+    if not to_stdout:
+        named[Path(out)] = "the export's own file"
+    try:
+        return _Target.check(path, leads, named, overwrite)
+    except InvalidInput as exc:
+        if exc.topic != "out_exists":
+            raise
+        raise InvalidInput(
+            f"{path} (the paste-ready template) already exists; an export replaces files only "
+            "when asked to (overwrite=True), so choose another place for it",
+            topic="template_exists",
+        ) from None
+
+
+def _template_text(
+    profile: Profile,
+    plan: ColumnPlan,
+    variants: list[Variant],
+    footer: Footer,
+    out: str | os.PathLike[str],
+    to_stdout: bool,
+) -> str:
+    shown = [
+        TemplateVariant(
+            v.label if len(variants) > 1 else None, v.sequence, v.footer or footer, v.run_id
+        )
+        for v in variants
+    ]
+    name = "the exported file" if to_stdout else Path(out).name
+    return render_template(profile, plan, shown, file_name=name)
+
+
+def _write_template(target: _Target, text: str, out: str | os.PathLike[str]) -> Path:
+    """Write the template after the file is in place: a failure now says so."""
+
+    def write(handle: _Sink) -> tuple[int, list[SkippedRow]]:
+        handle.write(text)
+        return 0, []
+
+    try:
+        target.write(write, lambda written, skipped: None, StopSignal())
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"{out} was written, but its template was not: {exc}", topic=exc.topic
+        ) from None
+    return target.given
+
+
+def _file_issues(
+    profile: Profile, rows: int, *, strict: bool, disabled: frozenset[str]
+) -> list[LintIssue]:
+    """What is wrong with the file as a whole: more rows than the tool takes at once."""
+    limit = profile.row_limit
+    if limit is None or rows <= limit or "row-limit" in disabled:
+        return []
+    severity = Severity.ERROR if strict else Severity.WARNING
+    return [
+        LintIssue(
+            "row-limit",
+            "sequence",
+            "file",
+            f"{rows:,} rows: {profile.title} asks for at most {limit:,} per file "
+            f"({RULES['row-limit'].source}); split the lead list and export each part",
+            severity,
+        )
+    ]
+
+
+def _lint_all(
+    variants: list[Variant],
+    footer: Footer,
+    header: LeadHeader,
+    *,
+    strict: bool,
+    acronyms: Iterable[str],
+    disabled: frozenset[str],
+) -> list[LintIssue]:
+    """Every variant linted (labelled when there are several); the checks of a footer all
+    variants share are reported once."""
+    many = len(variants) > 1
+    shared = len({v.footer or footer for v in variants}) == 1
+    issues: list[LintIssue] = []
+    for position, variant in enumerate(variants):
+        found = lint_sequence(
+            variant.sequence,
+            header.fields,
+            strict=strict,
+            acronyms=acronyms,
+            footer=variant.footer or footer,
+            disabled=disabled,
+            variant=variant.label if many else None,
+        )
+        for issue in found:
+            if shared and issue.step == "sequence":
+                if position == 0:
+                    issues.append(
+                        LintIssue(issue.code, issue.step, issue.part, issue.message, issue.severity)
+                    )
+                continue
+            issues.append(issue)
+    gaps = [v.sequence.follow_up.wait_days for v in variants]
+    if len(set(gaps)) > 1 and "variant-delays-differ" not in disabled:
+        each = ", ".join(f"{v.label} {v.sequence.follow_up.wait_days}" for v in variants)
+        issues.append(
+            LintIssue(
+                "variant-delays-differ",
+                "sequence",
+                "file",
+                f"the variants wait different days before the follow-up ({each}) and a "
+                "campaign has one delay per step: import each variant into a campaign of its "
+                "own (the template says how)",
+                Severity.ERROR if strict else Severity.WARNING,
+            )
+        )
+    return issues
 
 
 def _checked_lint(
-    sequence: EmailSequence, header: LeadHeader, *, strict: bool, acronyms: Iterable[str]
+    variants: list[Variant],
+    footer: Footer,
+    header: LeadHeader,
+    *,
+    strict: bool,
+    acronyms: Iterable[str],
+    disabled: frozenset[str],
 ) -> list[LintIssue]:
-    """Lint issues; raises at once for reserved columns or placeholders that cannot render."""
-    reserved = _reserved_columns(header)
-    if reserved:
-        raise InvalidInput(reserved)
-    issues = lint_sequence(sequence, header.fields, strict=strict, acronyms=acronyms)
+    """Lint issues; raises at once for placeholders that cannot render."""
+    issues = _lint_all(
+        variants, footer, header, strict=strict, acronyms=acronyms, disabled=disabled
+    )
     unrenderable = [i for i in issues if i.code in _UNRENDERABLE]
     if unrenderable:
-        listed = "; ".join(f"{i.step} {i.part}: {i.message}" for i in unrenderable)
+        listed = "; ".join(
+            (f"variant {i.variant} " if i.variant else "") + f"{i.step} {i.part}: {i.message}"
+            for i in unrenderable
+        )
         raise InvalidInput(f"the sequence cannot be rendered for this lead list: {listed}")
     return issues
 
 
+class _Prepared:
+    """One variant parsed once, to be rendered for many leads; ``written`` counts the leads
+    it rendered (a preview's count per variant)."""
+
+    def __init__(self, variant: Variant, footer: Footer, disabled: frozenset[str]) -> None:
+        sequence = variant.sequence
+        self.variant = variant
+        self.footer = variant.footer or footer
+        self.checks = LeadChecks(sequence, disabled)
+        self.templates = (
+            Template(sequence.opener.subject),
+            Template(sequence.opener.body),
+            Template(sequence.follow_up.body),
+        )
+        names = (name for template in self.templates for name in template.fields)
+        self.used = tuple(dict.fromkeys(names))
+        self.written = 0
+
+
+_Rendered = tuple[Lead, tuple[str, str, str], int, str]
+"""A lead ready to write: the lead, its subject, body and follow-up body (the footer
+appended), the follow-up's delay in days, and its variant's label."""
+
+
 def _render_all(
-    sequence: EmailSequence, reader: LeadReader, stop: StopSignal
-) -> Iterator[tuple[Lead, tuple[str, str, str]] | SkippedRow]:
-    """Each lead rendered (subject, body, follow-up body), or the reason it is skipped."""
-    templates = [
-        Template(text)
-        for text in (sequence.opener.subject, sequence.opener.body, sequence.follow_up.body)
-    ]
-    used = list(dict.fromkeys(name for template in templates for name in template.fields))
+    prepared: list[_Prepared], reader: LeadReader, stop: StopSignal, findings: LeadFindings
+) -> Iterator[_Rendered | SkippedRow]:
+    """Each lead rendered in its variant, or the reason it is skipped; the per-lead checks
+    go into ``findings``."""
     column_of = dict(zip(reader.header.fields, reader.header.columns, strict=True))
+    salt = prepared[0].variant.run_id or ""
+    many = len(prepared) > 1
     for item in reader:
         stop.check()
         if isinstance(item, RowProblem):
             yield SkippedRow(item.row, item.email, item.reason)
             continue
+        chosen = prepared[variant_index(item.email, len(prepared), salt)] if many else prepared[0]
+        values = item.values
         braces = [
-            column_of[name] for name in used if "{" in item.values[name] or "}" in item.values[name]
+            column_of[name] for name in chosen.used if "{" in values[name] or "}" in values[name]
         ]
         if braces:
             yield SkippedRow(
@@ -478,8 +803,8 @@ def _render_all(
             continue
         rendered: list[str] = []
         missing: dict[str, None] = {}
-        for template in templates:
-            result = template.render(item.values)
+        for template in chosen.templates:
+            result = template.render(values)
             if isinstance(result, Missing):
                 missing.update(dict.fromkeys(result.fields))
             else:
@@ -503,7 +828,30 @@ def _render_all(
                 "remove it from the cell",
             )
             continue
-        yield item, (subject, body, follow_up)
+        label = chosen.variant.label
+        for code, step, part in chosen.checks.check(subject, (body, follow_up)):
+            findings.add(code, step, part, item.row, label if many else None)
+            if code == "lead-subject-too-long":
+                findings.note_subject(len(subject))
+        chosen.written += 1
+        yield (
+            item,
+            (subject, chosen.footer.append_to(body), chosen.footer.append_to(follow_up)),
+            chosen.variant.sequence.follow_up.wait_days,
+            label,
+        )
+
+
+def _counts_of(prepared: list[_Prepared]) -> dict[str, int]:
+    return {p.variant.label: p.written for p in prepared}
+
+
+def _variant_counts(
+    variants: list[Variant], counts: Mapping[str, int]
+) -> tuple[tuple[str, int], ...]:
+    if len(variants) < 2:
+        return ()
+    return tuple((v.label, counts.get(v.label, 0)) for v in variants)
 
 
 class _Target:
@@ -765,51 +1113,63 @@ class _Capped:
 def _write_rows(
     handle: _Sink,
     format: ExportFormat,
-    columns: tuple[str, ...],
-    rows: Iterator[tuple[Lead, tuple[str, str, str]] | SkippedRow],
-    delay_days: int,
+    plan: ColumnPlan,
+    rows: Iterator[_Rendered | SkippedRow],
+    counts: dict[str, int],
 ) -> tuple[int, list[SkippedRow]]:
-    """Stream the rows into ``handle``; returns how many were written and those skipped."""
+    """Stream the rows into ``handle``; returns how many were written and those skipped.
+    ``counts`` gets the rows written per variant."""
     written = 0
     skipped: list[SkippedRow] = []
     writer = csv.writer(handle) if format == "csv" else None
     if writer is not None:
-        writer.writerow([neutralize_cell(c) for c in columns])
+        writer.writerow([neutralize_cell(c) for c in plan.columns])
     else:
         handle.write("[")
+    label_counts: dict[str, int] = {}
     for item in rows:
         if isinstance(item, SkippedRow):
             skipped.append(item)
             continue
-        lead, (subject, body, follow_up) = item
+        lead, rendered, delay, label = item
+        label_counts[label] = label_counts.get(label, 0) + 1
+        cells = plan.row(lead.cells, rendered, delay, label)
         if writer is not None:
-            cells = (*lead.cells, subject, body, "", follow_up, str(delay_days))
-            writer.writerow([neutralize_cell(c) for c in cells])
+            writer.writerow([neutralize_cell(str(c)) for c in cells])
         else:
-            record: dict[str, str | int] = dict(
-                zip(columns[: len(lead.cells)], lead.cells, strict=True)
-            )
-            record.update(
-                step1_subject=subject,
-                step1_body=body,
-                step2_subject="",
-                step2_body=follow_up,
-                step2_delay_days=delay_days,
-            )
             handle.write(",\n" if written else "\n")
-            handle.write(json.dumps(record, ensure_ascii=False))
+            handle.write(
+                json.dumps(dict(zip(plan.columns, cells, strict=True)), ensure_ascii=False)
+            )
         written += 1
     if writer is None:
         handle.write("\n]\n" if written else "]\n")
+    counts.clear()
+    counts.update(label_counts)
     return written, skipped
 
 
-def _refusal(issues: list[LintIssue], skipped: list[SkippedRow], leads_path: Path) -> str:
+def _refusal(
+    issues: list[LintIssue],
+    findings: tuple[LeadFinding, ...],
+    skipped: list[SkippedRow],
+    leads_path: Path,
+) -> str:
     parts = []
     if issues:
-        shown = "; ".join(f"{i.step} {i.part}: {i.message}" for i in issues[:MAX_LISTED])
+        shown = "; ".join(
+            (f"variant {i.variant} " if i.variant else "") + f"{i.step} {i.part}: {i.message}"
+            for i in issues[:MAX_LISTED]
+        )
         more = f"; and {len(issues) - MAX_LISTED} more" if len(issues) > MAX_LISTED else ""
         parts.append(f"{len(issues)} lint issue(s): {shown}{more}")
+    if findings:
+        shown = "; ".join(
+            f"{f.count} lead(s) ({f.code}, rows {', '.join(map(str, f.rows[:5]))}"
+            f"{', …' if f.count > 5 else ''}): {f.message}"
+            for f in findings[:MAX_LISTED]
+        )
+        parts.append(f"{sum(f.count for f in findings)} finding(s) per lead: {shown}")
     if skipped:
         parts.append(f"{len(skipped)} row(s) of {leads_path} cannot be sent: {_list_rows(skipped)}")
     return (

@@ -49,6 +49,8 @@ Your standards:
   "bumps" the first email.
 - Sign off with the sender's name as given. Never invent facts about the product or the
   reader's company; if you need a placeholder, write it as [like this].
+- Write no postal address, unsubscribe link or opt-out line: the sender's address and
+  opt-out sentence are added to every email after you, exactly as the sender wrote them.
 
 A sequence has exactly two emails: the opener, sent on day 0, and a follow-up sent to people
 who did not reply, usually 3 to 5 days later.

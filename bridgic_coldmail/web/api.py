@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -283,6 +283,17 @@ CSV_BODY = {
 }
 
 
+VARIANT_HELP = (
+    "Another approved run exported with this one as an A/B test (repeatable): this run is "
+    "variant A, the others B, C… in order; each lead gets one by a hash of its address, in a "
+    "`variant` column."
+)
+DISABLED_RULE_HELP = (
+    "A check rule that does not apply, e.g. can-spam-address (repeatable); none given: "
+    "COLDMAIL_DISABLED_RULES."
+)
+
+
 @router.post(
     "/runs/{interaction_id}/export",
     response_class=Response,
@@ -303,11 +314,15 @@ async def api_export(
     policy: Policy,
     format: Literal["csv", "json"] = "csv",
     strict: bool = False,
+    profile: Literal["generic", "smartlead", "instantly", "lemlist", "apollo"] = "generic",
+    variant: Annotated[list[str], Query(description=VARIANT_HELP)] = [],  # noqa: B006
+    disabled_rule: Annotated[list[str], Query(description=DISABLED_RULE_HELP)] = [],  # noqa: B006
 ) -> Response:
     """Render a completed run's final sequence for every lead of the CSV body and return the
-    file. 409 when the run has no final sequence; 422 when nothing can be exported (or, with
-    ``strict``, when any lead is skipped or the lint warns), naming every problem, or when
-    the file would be larger than ``COLDMAIL_MAX_EXPORT_BYTES``."""
+    file. 409 when the run (or a ``variant``) has no final sequence; 404 when a variant does
+    not exist; 422 when nothing can be exported (or, with ``strict``, when any lead is skipped
+    or a check warns), naming every problem, or when the file would be larger than
+    ``COLDMAIL_MAX_EXPORT_BYTES``."""
     run = await exportable(agent, interaction_id)  # its id, normalised, names the download
     if (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower() != "text/csv":
         raise WebError(415, "send the lead list as CSV with Content-Type: text/csv")
@@ -319,6 +334,9 @@ async def api_export(
             leads,
             format=format,
             strict=strict,
+            profile=profile,
+            variants=variant,
+            disabled_rules=disabled_rule or None,
             shown_as=UNNAMED,
             max_bytes=policy.max_export_bytes,
         )

@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 
 from ..agent import ColdMailAgent
 from ..errors import ConfigurationError, InvalidInput, LlmError, RunBeingResumed, RunConflict
+from ..export.profiles import NAMES as PROFILE_NAMES
 from ..models import (
     BRIEF_LIMITS,
     Run,
@@ -300,14 +301,19 @@ async def export_page(
         upload = submitted.get("leads")
         format = form_text(submitted, "format") or "csv"
         strict = bool(form_text(submitted, "strict"))
+        profile = form_text(submitted, "profile") or "generic"
         check = bool(form_text(submitted, "check"))
         acknowledged = form_text(submitted, "leave_out")
-        kept = FormState("export", {"format": format, "strict": "on" if strict else ""})
+        kept = FormState(
+            "export", {"format": format, "strict": "on" if strict else "", "profile": profile}
+        )
         problem = None
         if not isinstance(upload, UploadFile) or not upload.filename:
             problem = "choose the lead list's CSV file to export for"
         elif format not in ("csv", "json"):
             problem = f"unknown export format {format[:20]!r}; choose CSV or JSON"
+        elif profile not in PROFILE_NAMES:
+            problem = f"unknown sending tool {profile[:20]!r}; choose one from the list"
         if problem is not None or not isinstance(upload, UploadFile):
             return await show_run(
                 request,
@@ -328,6 +334,7 @@ async def export_page(
                 leads,
                 format=format,
                 strict=strict,
+                profile=profile,
                 shown_as=shown_name(upload.filename),
                 max_bytes=policy.max_export_bytes,
             )

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,20 +100,32 @@ async def export_upload(
     strict: bool,
     shown_as: str,
     max_bytes: int,
+    profile: str = "generic",
+    variants: Sequence[str] = (),
+    disabled_rules: Iterable[str] | None = None,
 ) -> tuple[ExportReport, BinaryIO] | ExportRefused:
-    """Export the run for the lead list at ``leads`` (inside a :func:`private_folder`), in a
-    file of at most ``max_bytes``.
+    """Export the run (with its A/B ``variants``) for the lead list at ``leads`` (inside a
+    :func:`private_folder`), in a file of at most ``max_bytes``.
 
     Returns the report and the written file opened for reading, or why nothing was exported
     with the rows and lint issues a preview finds.
 
     Raises:
-        RunConflict: the run has no final sequence.
+        RunConflict: the run or a variant has no final sequence.
+        RunNotFound: a variant does not exist.
     """
     out = leads.with_name(f"export.{format}")
     try:
         report = await agent.export(
-            interaction_id, leads, out, format=format, strict=strict, max_bytes=max_bytes
+            interaction_id,
+            leads,
+            out,
+            format=format,
+            strict=strict,
+            max_bytes=max_bytes,
+            profile=profile,  # its template is written in the private folder, not served
+            variants=variants,
+            disabled_rules=disabled_rules,
         )
     except InvalidInput as exc:
         message = (
@@ -122,7 +134,13 @@ async def export_upload(
             else public_message(str(exc), leads, shown_as)
         )
         try:
-            preview = await agent.preview_export(interaction_id, leads)
+            preview = await agent.preview_export(
+                interaction_id,
+                leads,
+                profile=profile,
+                variants=variants,
+                disabled_rules=disabled_rules,
+            )
         except InvalidInput:
             preview = None  # the list itself is unusable; the message says why
         return ExportRefused(message, preview)

@@ -23,6 +23,7 @@ from rapidfuzz.distance import Indel
 
 from ..agent import ColdMailAgent
 from ..export.lint import LintIssue
+from ..export.profiles import PROFILES
 from ..models import (
     MAX_FEEDBACK_CHARS,
     MAX_REASON_CHARS,
@@ -353,8 +354,16 @@ def _render_run_page(
         "export_shown": export_shown,
         "max_shown_rows": MAX_SHOWN_ROWS,
         "max_listed_row_numbers": MAX_LISTED_ROW_NUMBERS,
+        "sending_tools": SENDING_TOOLS,
     }
     return templates.TemplateResponse(request, "run.html", context, status)
+
+
+SENDING_TOOLS = tuple(
+    (name, "Any tool (generic CSV)" if profile.is_generic else profile.title)
+    for name, profile in PROFILES.items()
+)
+"""The export form's choices: a profile's name and what the form shows for it."""
 
 
 def pause_context(

@@ -39,6 +39,7 @@ if (exportForm && exportResult && window.fetch && window.DOMParser) {
   };
   exportForm.elements.namedItem("leads").addEventListener("change", forget);
   exportForm.elements.namedItem("format").addEventListener("change", forget);
+  exportForm.elements.namedItem("profile").addEventListener("change", forget);
   exportForm.elements.namedItem("strict").addEventListener("change", forget);
   const saving = function () {
     const report = document.getElementById("export-report");
