@@ -598,6 +598,30 @@ async def test_a_retried_form_gets_the_recorded_result_and_another_answer_410(
     assert "Round 1: Bo approved it" in visible((await client.get(path)).text)
 
 
+async def test_a_retried_edit_gets_the_recorded_result_however_its_lines_break(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await at_review(db_path, brief)
+    path = await link_to(db_path, interaction_id)
+    page = (await client.get(path)).text
+    typed = {
+        "opener_subject": "A shorter hello",
+        "opener_body": "Hi {{first_name}},\r\nshort and sweet.\r\nDana",
+        "follow_up_subject": "Again",
+        "follow_up_body": "Hi again {{first_name}}",
+        "follow_up_wait_days": "4",
+    }
+    assert (await answer(client, path, "edit", page, **typed)).status_code == 303
+    after = await stored_run(db_path, interaction_id)
+    as_lf = {**typed, "opener_body": typed["opener_body"].replace("\r\n", "\n")}
+    for retried_fields in (typed, as_lf, {**typed, "follow_up_wait_days": " 4 "}):
+        retried = await answer(client, path, "edit", page, **retried_fields)
+        assert (retried.status_code, retried.headers["location"]) == (303, path)
+    for different in ({**typed, "follow_up_wait_days": "5"}, {**typed, "opener_subject": "Hi"}):
+        assert (await answer(client, path, "edit", page, **different)).status_code == 410
+    assert await stored_run(db_path, interaction_id) == after
+
+
 async def test_a_retry_long_after_still_gets_the_recorded_result(
     client: httpx.AsyncClient, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
