@@ -37,6 +37,7 @@ from bridgic_coldmail.signing import KeySource, SnapshotSigner, key_file_for, lo
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 from bridgic_coldmail.web.security import CONTENT_SECURITY_POLICY
 
+from .conftest import PROCESS_TIMEOUT
 from .test_web import BASE, FEEDBACK, STRONG_TOKEN, csrf, paused, settings_for, web_client
 from .test_web_review import at_review
 
@@ -1108,7 +1109,7 @@ async def test_over_real_http_a_link_answers_once_and_its_token_is_never_logged(
     edited = path[:-1] + ("B" if path[-1] == "A" else "A")
     run, _ = await stored_run(db_path, interaction_id)
 
-    async with httpx.AsyncClient(base_url=url) as client:  # no inbox token, ever
+    async with httpx.AsyncClient(base_url=url, timeout=PROCESS_TIMEOUT) as client:  # no token
         assert (await client.get("/")).status_code == 401
         page = await client.get(path)
         assert page.status_code == 200 and run.question in visible(page.text)
@@ -1155,7 +1156,7 @@ async def test_every_worker_process_keeps_link_tokens_out_of_its_access_log(
         async with ColdMailAgent.open(db_path, settings=settings) as agent:
             link = await agent.link(interaction_id)
         token = link.rsplit("/", 1)[1]
-        async with httpx.AsyncClient() as client:  # a new connection each: both workers serve
+        async with httpx.AsyncClient(timeout=PROCESS_TIMEOUT) as client:  # both workers serve
             for _ in range(12):
                 opened = await client.get(link, headers={"Connection": "close"})
                 assert opened.status_code == 200
