@@ -37,6 +37,7 @@ from bridgic_coldmail.signing import KeySource, SnapshotSigner, key_file_for, lo
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 from bridgic_coldmail.web.security import CONTENT_SECURITY_POLICY
 
+from .conftest import PROCESS_TIMEOUT
 from .test_web import BASE, FEEDBACK, STRONG_TOKEN, csrf, paused, settings_for, web_client
 from .test_web_review import at_review
 
@@ -598,6 +599,30 @@ async def test_a_retried_form_gets_the_recorded_result_and_another_answer_410(
     assert "Round 1: Bo approved it" in visible((await client.get(path)).text)
 
 
+async def test_a_retried_edit_gets_the_recorded_result_however_its_lines_break(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    interaction_id = await at_review(db_path, brief)
+    path = await link_to(db_path, interaction_id)
+    page = (await client.get(path)).text
+    typed = {
+        "opener_subject": "A shorter hello",
+        "opener_body": "Hi {{first_name}},\r\nshort and sweet.\r\nDana",
+        "follow_up_subject": "Again",
+        "follow_up_body": "Hi again {{first_name}}",
+        "follow_up_wait_days": "4",
+    }
+    assert (await answer(client, path, "edit", page, **typed)).status_code == 303
+    after = await stored_run(db_path, interaction_id)
+    as_lf = {**typed, "opener_body": typed["opener_body"].replace("\r\n", "\n")}
+    for retried_fields in (typed, as_lf, {**typed, "follow_up_wait_days": " 4 "}):
+        retried = await answer(client, path, "edit", page, **retried_fields)
+        assert (retried.status_code, retried.headers["location"]) == (303, path)
+    for different in ({**typed, "follow_up_wait_days": "5"}, {**typed, "opener_subject": "Hi"}):
+        assert (await answer(client, path, "edit", page, **different)).status_code == 410
+    assert await stored_run(db_path, interaction_id) == after
+
+
 async def test_a_retry_long_after_still_gets_the_recorded_result(
     client: httpx.AsyncClient, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
@@ -1084,7 +1109,7 @@ async def test_over_real_http_a_link_answers_once_and_its_token_is_never_logged(
     edited = path[:-1] + ("B" if path[-1] == "A" else "A")
     run, _ = await stored_run(db_path, interaction_id)
 
-    async with httpx.AsyncClient(base_url=url) as client:  # no inbox token, ever
+    async with httpx.AsyncClient(base_url=url, timeout=PROCESS_TIMEOUT) as client:  # no token
         assert (await client.get("/")).status_code == 401
         page = await client.get(path)
         assert page.status_code == 200 and run.question in visible(page.text)
@@ -1131,7 +1156,7 @@ async def test_every_worker_process_keeps_link_tokens_out_of_its_access_log(
         async with ColdMailAgent.open(db_path, settings=settings) as agent:
             link = await agent.link(interaction_id)
         token = link.rsplit("/", 1)[1]
-        async with httpx.AsyncClient() as client:  # a new connection each: both workers serve
+        async with httpx.AsyncClient(timeout=PROCESS_TIMEOUT) as client:  # both workers serve
             for _ in range(12):
                 opened = await client.get(link, headers={"Connection": "close"})
                 assert opened.status_code == 200
