@@ -86,6 +86,7 @@ import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -293,15 +294,37 @@ class StopSignal:
             self._done = True
 
 
+EXPORT_THREADS = 2
+"""How many exports (and export previews) run at once in one process; more wait their turn.
+They have threads of their own: on the event loop's default executor (``min(32, cores + 4)``
+threads) a burst of exports took every thread, and the inbox's pages, which build their lint
+and HTML on that executor, waited for an export to finish."""
+_export_threads: ThreadPoolExecutor | None = None
+_export_threads_lock = threading.Lock()
+
+
+def _export_executor() -> ThreadPoolExecutor:
+    global _export_threads
+    with _export_threads_lock:
+        if _export_threads is None:
+            _export_threads = ThreadPoolExecutor(
+                EXPORT_THREADS, thread_name_prefix="coldmail-export"
+            )
+        return _export_threads
+
+
 async def run_stoppable(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``work(*args, stop=…, **kwargs)`` on a worker thread. Cancelling the caller (Ctrl-C,
-    SIGTERM in the CLI, a cancelled request) stops it before its next row and waits until it
-    has removed its temporary file; if it had already put its file in place, its report is
+    """``work(*args, stop=…, **kwargs)`` on an export thread (see :data:`EXPORT_THREADS`).
+    Cancelling the caller (Ctrl-C, SIGTERM in the CLI, a cancelled request) stops it before
+    its next row (or before it starts, if it was waiting its turn) and waits until it has
+    removed its temporary file; if it had already put its file in place, its report is
     returned instead of the cancellation, so nobody is told "interrupted" about a file that
     was written."""
     stop = StopSignal()
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(None, functools.partial(work, *args, stop=stop, **kwargs))
+    future = loop.run_in_executor(
+        _export_executor(), functools.partial(work, *args, stop=stop, **kwargs)
+    )
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
