@@ -7,8 +7,7 @@ async with ColdMailAgent.open() as agent:  # the coldmail command's database
 
 from __future__ import annotations
 
-__version__ = "0.5.0"
-
+from ._version import __version__
 from .agent import ColdMailAgent
 from .automa import ColdMailAutoma
 from .errors import (

@@ -20,8 +20,9 @@ from .errors import (
     SnapshotIntegrityError,
     StoreError,
 )
-from .models import DamagedRun, ListedRun, Run, RunStatus, preview, preview_list
+from .models import DamagedRun, ListedRun, Run, RunStatus
 from .store import Action, Claim, Refusal, RefusalReason
+from .text import preview, preview_list
 
 # ---------------------------------------------------------------------------- refusals
 

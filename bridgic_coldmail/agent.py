@@ -25,7 +25,11 @@ from typing_extensions import Unpack
 from . import _wording as wording
 from ._runner import SUPPORTED_SERIALIZATION_VERSIONS, Runner
 from .errors import (
+    ConfigurationError,
     InvalidInput,
+    LinkRefused,
+    LinkRunGone,
+    RunBeingResumed,
     RunConflict,
     RunNotFound,
 )
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
     from .export import ExportReport
     from .export.lint import LintIssue
     from .export.writer import Variant
+    from .notify.links import OpenedLink
 from .models import (
     Brief,
     DamagedRun,
@@ -79,8 +84,10 @@ class OpenOptions(AgentOptions, total=False):
 class ColdMailAgent:
     """Drafts cold-email sequences that pause for people and resume later.
 
-    Open one with :meth:`open`; it owns a connection to the run store and closes it on exit.
-    One agent can serve many concurrent tasks.
+    Open one with ``async with ColdMailAgent.open(...)``, or ``await ColdMailAgent.connect(...)``
+    and later :meth:`aclose` where a ``with`` block does not fit (an application's startup and
+    shutdown hooks). It owns a connection to the run store. One agent can serve many
+    concurrent tasks.
     """
 
     def __init__(
@@ -93,13 +100,26 @@ class ColdMailAgent:
         self._store = store
         self.settings = settings
         self._runner = Runner(store, settings, llm, retry)
+        self._closed = False
 
     @classmethod
     @asynccontextmanager
     async def open(
         cls, db_path: str | os.PathLike[str] | None = None, **options: Unpack[OpenOptions]
     ) -> AsyncIterator[ColdMailAgent]:
-        """Open the agent on a run store.
+        """The agent of :meth:`connect`, closed when the ``async with`` block ends."""
+        agent = await cls.connect(db_path, **options)
+        try:
+            yield agent
+        finally:
+            await agent.aclose()
+
+    @classmethod
+    async def connect(
+        cls, db_path: str | os.PathLike[str] | None = None, **options: Unpack[OpenOptions]
+    ) -> ColdMailAgent:
+        """Open the agent on a run store; close it with :meth:`aclose` (or use :meth:`open`,
+        or the agent itself, in ``async with``).
 
         Args:
             db_path: an SQLite file or a ``postgresql://`` URL; default ``COLDMAIL_DB``,
@@ -135,14 +155,23 @@ class ColdMailAgent:
         resolved = base.with_overrides(db=db_path, llm=backend, **options)
         checked = None if llm is None or isinstance(llm, str) else check_llm(llm)
         store = await connect_store(resolved, missing=missing)
-        agent = cls(store, resolved, checked, retry)
+        return cls(store, resolved, checked, retry)
+
+    async def aclose(self) -> None:
+        """Stop the lease keepers and close the store (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            yield agent
+            await self._runner.aclose()
         finally:
-            try:
-                await agent._runner.aclose()
-            finally:
-                await store.close()
+            await self._store.close()
+
+    async def __aenter__(self) -> ColdMailAgent:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     @property
     def db_path(self) -> str:
@@ -554,6 +583,102 @@ class ColdMailAgent:
             else [validate_interaction_id(i) for i in interaction_ids]
         )
         return await self._store.trust_unsigned(ids)
+
+    # ------------------------------------------------------------------ one-click links
+
+    async def link(self, interaction_id: str, *, expires_at: datetime | None = None) -> str:
+        """A signed one-click link to the pause the run waits at:
+        ``<COLDMAIL_PUBLIC_ORIGIN>/l/<token>``.
+
+        Opened in a browser, with no login (not even ``COLDMAIL_WEB_TOKEN``), it shows that
+        pause — the draft and the audience question, or the sequence under review and the
+        decisions — and applies the answer submitted there, once. It shows nothing else of
+        the inbox. It stops working at ``expires_at`` (default: ``COLDMAIL_LINK_TTL`` from
+        now), and acts no more once the pause is answered (it then shows what was decided).
+
+        Raises:
+            ConfigurationError: ``COLDMAIL_PUBLIC_ORIGIN`` is not set.
+            InvalidInput: malformed id, or ``expires_at`` not an aware time in the future.
+            RunNotFound: no run under this id.
+            RunConflict: the run waits for nobody (completed or rejected).
+            RunBeingResumed: an answer is being applied to it right now.
+        """
+        from .notify.links import current_pause, link_expiry, make_link
+
+        origin = self.settings.public_origin
+        if not origin:
+            raise ConfigurationError(
+                "a one-click link needs the address browsers reach the inbox at: set "
+                "COLDMAIL_PUBLIC_ORIGIN (e.g. https://review.example.com, or "
+                "http://127.0.0.1:8000 for `coldmail serve` on this machine)"
+            )
+        now = datetime.now(timezone.utc)
+        if expires_at is None:
+            expires_at = link_expiry(now, self.settings.link_ttl)
+        elif expires_at.tzinfo is None or expires_at <= now:
+            raise InvalidInput("expires_at must be an aware time in the future (e.g. in UTC)")
+        run = await self.get(interaction_id)
+        pause = current_pause(run)
+        if run.status is RunStatus.RESUMING:
+            raise RunBeingResumed(
+                f"run {run.interaction_id} is being worked on right now; ask for its link "
+                "once it pauses again",
+                topic="held",
+            )
+        signer = await self._store.signer()
+        if pause is None or signer is None:
+            raise RunConflict(
+                f"run {run.interaction_id} is {run.describe_state()} and waits for nobody: "
+                "there is no question a link could answer",
+                topic="not_paused",
+            )
+        at_review = run.status is RunStatus.AWAITING_REVIEW
+        round = run.round if at_review else None
+        return make_link(signer, origin, run.interaction_id, pause, expires_at, round=round)
+
+    async def open_link(self, token: str, *, form_token: str | None = None) -> OpenedLink:
+        """What the one-click link with this token opens: the run as stored now, whether it
+        still waits at the link's pause, and a fresh form token for the link's page. Nothing
+        is changed: answering goes through :meth:`resume` and :meth:`decide`.
+
+        Args:
+            token: the part of the link after ``/l/``.
+            form_token: a form token submitted from the link's page, to check.
+
+        Raises:
+            LinkRefused: the token is forged, edited, truncated or signed with another key;
+                or ``form_token`` was not made for this link's page (403).
+            LinkExpired: the link's time is over (410).
+            LinkRunGone: the link's run is no longer stored (404).
+        """
+        from .notify.links import (
+            REFUSED,
+            RUN_GONE,
+            OpenedLink,
+            check_run,
+            form_token_matches,
+            make_form_token,
+            read_token,
+        )
+
+        signer = await self._store.signer()
+        if signer is None:  # no database: no link was made here
+            raise LinkRefused(REFUSED, topic="forged")
+        claim = read_token(signer, token)
+        if form_token is not None and not form_token_matches(signer, token, form_token):
+            raise LinkRefused(
+                "this form did not come from this link's page (missing or wrong form token); "
+                "open the link again and submit from there; nothing was changed",
+                topic="form",
+            )
+        try:
+            run: Run | None = await self.get(claim.run_id)
+        except (RunNotFound, InvalidInput):
+            run = None
+        if run is None:
+            raise LinkRunGone(RUN_GONE, topic="not_found")
+        is_open = check_run(claim, run, to_act=False)
+        return OpenedLink(claim, run, is_open, make_form_token(signer, token))
 
 
 def _acronyms(*runs: Run) -> frozenset[str]:

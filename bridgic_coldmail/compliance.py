@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidInput
+from .text import control_chars
 
 CAN_SPAM_SOURCE = (
     "https://www.ftc.gov/business-guidance/resources/can-spam-act-compliance-guide-business"
@@ -40,8 +41,6 @@ EXAMPLE_OPT_OUT = "Not interested? Reply 'stop' and I won't write again."
 
 def footer_text_problem(value: str) -> str | None:
     """Why ``value`` (already stripped, line breaks as LF) cannot be a footer text, or None."""
-    from .models import control_chars  # models imports this module: import when used
-
     found = control_chars(value)
     if found:
         return f"contains control characters ({', '.join(found)}); use plain text"

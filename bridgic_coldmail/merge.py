@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidInput
+from .text import CONTROL_CLASS, not_text, preview, preview_list
 
 MAX_NAME_CHARS = 64
 NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
@@ -74,11 +75,13 @@ class Missing:
 
 def field_name(header: str) -> str:
     """The merge-field name of one column header, or ``InvalidInput`` saying how to fix it."""
+    broken = not_text(header)
+    if broken is not None:  # folding to ASCII would drop it quietly
+        raise InvalidInput(f"column {preview(header)} {broken.message()}")
     folded = unicodedata.normalize("NFKD", header).encode("ascii", "ignore").decode("ascii")
     name = re.sub(r"[^a-z0-9]+", "_", folded.lower()).strip("_")
     if name and name[0].isalpha() and len(name) <= MAX_NAME_CHARS:
         return name
-    from .models import preview  # models imports this module: import when used
 
     shown = preview(header)
     if not name:
@@ -108,8 +111,6 @@ def field_names(header: Sequence[str]) -> list[str]:
             )
         name = field_name(column)
         if name in seen:
-            from .models import preview
-
             first = seen[name]
             how = (
                 "appears twice" if first == column else f"and {preview(first)} both become {name!r}"
@@ -207,13 +208,7 @@ def is_allowed_text(text: str, fields: Iterable[str], *, single_line: bool = Fal
         return False
     if single_line and ("\n" in text or "\r" in text):
         return False
-    return re.search(f"[{_control_class()}]", text) is None
-
-
-def _control_class() -> str:
-    from .models import CONTROL_CLASS  # models imports this module: import when used
-
-    return CONTROL_CLASS
+    return re.search(f"[{CONTROL_CLASS}]", text) is None
 
 
 class Template:
@@ -246,8 +241,6 @@ class Template:
             try:
                 value = values[placeholder.name].strip()
             except KeyError:
-                from .models import preview_list
-
                 known = preview_list(sorted(values), quoted=False) or "none"
                 raise InvalidInput(
                     f"the text uses {{{{{placeholder.name}}}}}, but the lead list has no such "
@@ -282,7 +275,7 @@ def render(text: str, values: Mapping[str, str]) -> str | Missing:
 def allowed_text_pattern(fields: Iterable[str], *, single_line: bool = False) -> str:
     """A JSON-Schema ``pattern`` matching exactly the texts whose placeholders all name one
     of ``fields`` and that contain no stray brace (see the module docstring's grammar), no
-    control character (``models.CONTROL_CLASS``) and, with ``single_line``, no line break.
+    control character (``text.CONTROL_CLASS``) and, with ``single_line``, no line break.
 
     It uses only ECMA-262 syntax every JSON-Schema validator and OpenAI's strict structured
     output accept: anchors, a non-capturing group, alternation, character classes with
@@ -291,7 +284,7 @@ def allowed_text_pattern(fields: Iterable[str], *, single_line: bool = False) ->
     With no fields it allows no placeholder at all.
     """
     names = sorted(_check_names(fields), key=lambda n: (-len(n), n))
-    control = _control_class()
+    control = CONTROL_CLASS
     line_breaks = r"\r\n" if single_line else ""
     plain = "[^{}" + line_breaks + control + "]"
     if not names:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from pydantic_core import PydanticCustomError
 from .compliance import MAX_FOOTER_CHARS, footer_text_problem
 from .errors import InvalidInput
 from .merge import syntax_errors
+from .text import CONTROL, not_text, preview
 
 MAX_FEEDBACK_CHARS = 2000
 """Feedback longer than this is refused: it is a note about the audience, not a document."""
@@ -37,13 +37,6 @@ BRIEF_LIMITS = {"product": 200, "offer": 1000, "sender": 200, "audience": 500, "
 """The most characters each brief field may have (after line breaks count as one)."""
 _INTERACTION_ID = re.compile(r"[0-9a-f]{32}")
 # Newlines and tabs are fine in prose; every other control character is refused.
-
-CONTROL_CLASS = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u2028\u2029"
-"""The body of a regex character class (Python and ECMA-262 alike, so the LLM's JSON schema
-can state it) for the characters no text may hold: Unicode's "Cc" characters but newline,
-tab and carriage return, plus the line and paragraph separators U+2028 and U+2029, which
-terminals, browsers and JavaScript treat as line breaks."""
-_CONTROL = re.compile(f"[{CONTROL_CLASS}]")
 
 STORED: dict[str, Any] = {"stored": True}
 """Validation context for text read back from the store or a snapshot. It was checked when
@@ -64,13 +57,7 @@ zero-width space or a bidi control."""
 
 
 def _has_control_chars(text: str) -> bool:
-    return _CONTROL.search(text) is not None
-
-
-def control_chars(text: str) -> list[str]:
-    """The control characters ``text`` holds (see :data:`CONTROL_CLASS`), each once, as
-    ``U+001B``, in order of appearance."""
-    return list(dict.fromkeys(f"U+{ord(c):04X}" for c in _CONTROL.findall(text)))
+    return CONTROL.search(text) is not None
 
 
 def _is_invisible(text: str) -> bool:
@@ -95,6 +82,9 @@ def clean_text(value: str, *, field: str, limit: int) -> str:
     """
     value = value.replace("\r\n", "\n").replace("\r", "\n")
     text = value.strip()
+    broken = not_text(text)
+    if broken is not None:
+        raise PydanticCustomError(broken.type, f"{field} {broken.message()}")
     if _is_invisible(text):
         raise PydanticCustomError("empty", f"{field} must not be empty")
     if len(text) > limit:
@@ -118,6 +108,8 @@ def checked_text(
     try:
         return clean_text(value, field=field, limit=limit)
     except PydanticCustomError as exc:
+        if exc.type == "not_unicode":
+            raise  # its message says what to do
         hint = {
             "empty": empty_hint,
             "too_long": long_hint,
@@ -217,6 +209,9 @@ class EmailStep(BaseModel):
         sequence can always be exported. Line breaks in a body become LF."""
         if not isinstance(value, str) or is_stored(info):
             return value
+        broken = not_text(value)
+        if broken is not None:
+            raise broken
         if info.field_name == "subject":
             if "\n" in value or "\r" in value:
                 raise PydanticCustomError(
@@ -469,6 +464,23 @@ class Decision(BaseModel):
             return value  # a text where none belongs is refused below, by kind
         return checked_text(value, **rule)
 
+    @field_validator("sequence")
+    @classmethod
+    def _no_blank_email(cls, value: Any, info: ValidationInfo) -> Any:
+        """A reviewer's emails follow the rule of every person's text: made only of spaces,
+        zero-width or bidi characters counts as empty. (An LLM's answer is not held to it:
+        its JSON schema does not state it, and every answer the schema allows is accepted.)"""
+        if value is None or is_stored(info):
+            return value
+        for name, step in (("opener", value.opener), ("follow_up", value.follow_up)):
+            for part in ("subject", "body"):
+                if _is_invisible(getattr(step, part)):
+                    raise PydanticCustomError(
+                        "blank_email",
+                        f"{name}.{part} is only spaces or invisible characters; write it",
+                    )
+        return value
+
     @field_validator("reviewer", mode="before")
     @classmethod
     def _checked_reviewer(cls, value: Any, info: ValidationInfo) -> Any:
@@ -535,27 +547,6 @@ MAX_REVIEWER_CHARS = 200
 MAX_REASON_CHARS = MAX_FEEDBACK_CHARS
 
 
-def preview(text: str | None, width: int = 60) -> str:
-    """``text`` on one line, quoted, cut at ``width`` characters (for messages)."""
-    text = (text or "").replace("\n", " ")
-    return repr(text if len(text) <= width else text[: width - 1] + "…")
-
-
-def preview_list(
-    items: Iterable[str], *, most: int = 10, width: int = 40, quoted: bool = True
-) -> str:
-    """``'a', 'b', … and 12 more``: the first ``most`` items, each cut at ``width``
-    characters (and quoted, like :func:`preview`), for a message of bounded length however
-    long the list or its items."""
-    items = list(items)
-    shown = [
-        preview(item, width) if quoted else item if len(item) <= width else item[:width] + "…"
-        for item in items[:most]
-    ]
-    more = len(items) - len(shown)
-    return ", ".join(shown) + (f", … and {more} more" if more else "")
-
-
 def validate_feedback(feedback: Any) -> str:
     """Return the feedback stripped, or raise ``InvalidInput`` saying what is wrong with it."""
     return validate_text(
@@ -603,7 +594,17 @@ _REVIEWER: dict[str, Any] = {
     "empty_hint": "give a name or leave it out",
 }
 _OWN_MESSAGES = frozenset(
-    {"kind", "not_text", "empty", "too_long", "control_chars", "text", "emails", "round"}
+    {
+        "kind",
+        "not_text",
+        "not_unicode",
+        "empty",
+        "too_long",
+        "control_chars",
+        "text",
+        "emails",
+        "round",
+    }
 )
 """Error types whose message is a whole sentence, shown without the field's name."""
 

@@ -9,8 +9,8 @@ from .cli.render import (
     format_run_line,
     format_sequence,
     json_for_terminal,
-    terminal_safe,
 )
+from .text import terminal_safe
 
 __all__ = [
     "format_history",

@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .text import terminal_safe
+
 _RETRIED_STATUS = {408, 409, 429}
 
 
@@ -132,7 +134,6 @@ def summarize(text: str, limit: int = MAX_SUMMARY_CHARS) -> str:
     """``text`` as one short line that is safe to print and to store: whitespace runs become
     one space, control and bidi characters become visible escapes, and past ``limit``
     characters the rest is replaced by a count."""
-    from .cli.render import terminal_safe
 
     line = " ".join(str(text)[: limit * 8].split())
     line = terminal_safe(line)

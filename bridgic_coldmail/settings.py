@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 from typing_extensions import TypedDict
 
-from .errors import ColdmailError, ConfigurationError
+from .compliance import footer_text_problem
+from .errors import ColdmailError, ConfigurationError, InvalidInput
 
 if TYPE_CHECKING:
     from .notify.destinations import Destination
@@ -338,13 +339,32 @@ def check_web_token(token: str) -> str:
 
 def redact_url(url: str) -> str:
     """A database URL or libpq keyword string with its passwords replaced by ``***`` (for
-    messages and logs): the one in the user information (up to the last ``@`` before the
-    path, as a password with an unencoded ``@`` would otherwise leak its tail), a
-    ``password=`` or ``sslpassword=`` query parameter, and a ``password=`` or
-    ``sslpassword=`` keyword, quoted or not (an unclosed quote hides the rest)."""
-    url = re.sub(r"(://[^:/@?#]*:)[^/?#]*@", r"\1***@", url)
-    url = re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", url)
-    return re.sub(r"((?:^|\s)(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S*)", r"\1***", url)
+    messages and logs): the one in the user information, a ``password=`` or ``sslpassword=``
+    query parameter, and a ``password=`` or ``sslpassword=`` keyword, quoted or not.
+
+    Written for the URLs operators paste, not only well-formed ones: a password with an
+    unencoded ``/``, ``#``, ``?`` or ``@`` ends a standard parser's user information early
+    (``urlsplit`` reads ``user:abc/def@host`` as the host ``user`` and a path), so here the
+    user information runs to the *last* ``@``; a query password runs to the next ``&`` (a
+    ``#`` in it is not a fragment to libpq); a keyword value follows libpq's own rules
+    (``\\`` escapes the next character, quoted or not; an unclosed quote hides the rest).
+    Hiding too much is harmless; hiding too little is a leak."""
+    url = re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", url)  # first: it may hold an @
+    url = _redact_user_information(url)
+    return re.sub(
+        r"((?:^|\s)(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)*\\?)",
+        r"\1***",
+        url,
+    )
+
+
+def _redact_user_information(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not separator or at < 0 or re.search(r"\s", scheme):
+        return url  # not a URL, or no user information (a keyword string's value may hold ://)
+    user, colon, _password = rest[:at].partition(":")
+    return f"{scheme}://{user}:***@{rest[at + 1 :]}" if colon else url
 
 
 def _parse(name: str, value: Any, *, source: str) -> Any:
@@ -461,8 +481,6 @@ def _origin(value: Any) -> str:
 
 
 def _footer_text(value: Any) -> str:
-    from .compliance import footer_text_problem
-
     text = _text(value).replace("\r\n", "\n").replace("\r", "\n")
     problem = footer_text_problem(text)
     if problem is not None:
@@ -471,8 +489,7 @@ def _footer_text(value: Any) -> str:
 
 
 def _rule_ids(value: Any) -> tuple[str, ...]:
-    from .errors import InvalidInput
-    from .export.lint import check_rule_ids
+    from .export.lint import check_rule_ids  # the lint rules sit above settings: see pyproject
 
     items = value.split(",") if isinstance(value, str) else list(value)
     try:

@@ -11,9 +11,10 @@ import asyncio
 import builtins
 import os
 import threading
+import warnings
 from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,6 +27,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .export import ExportReport
     from .export.lint import LintIssue
+    from .notify.links import OpenedLink
 
 T = TypeVar("T")
 
@@ -173,6 +175,7 @@ class SyncColdMailAgent:
         variants: Sequence[str] = (),
         disabled_rules: Iterable[str] | None = None,
         template: str | os.PathLike[str] | None = None,
+        max_bytes: int | None = None,
     ) -> ExportReport:
         """Export the final sequence for a lead list; see :meth:`ColdMailAgent.export`."""
         return self._call(
@@ -187,6 +190,7 @@ class SyncColdMailAgent:
                 variants=variants,
                 disabled_rules=disabled_rules,
                 template=template,
+                max_bytes=max_bytes,
             )
         )
 
@@ -220,6 +224,14 @@ class SyncColdMailAgent:
         """Sign unsigned legacy runs; see :meth:`ColdMailAgent.trust_unsigned`."""
         return self._call(self._agent.trust_unsigned(interaction_ids))
 
+    def link(self, interaction_id: str, *, expires_at: datetime | None = None) -> str:
+        """A signed one-click link to the run's pause; see :meth:`ColdMailAgent.link`."""
+        return self._call(self._agent.link(interaction_id, expires_at=expires_at))
+
+    def open_link(self, token: str, *, form_token: str | None = None) -> OpenedLink:
+        """What a one-click link opens; see :meth:`ColdMailAgent.open_link`."""
+        return self._call(self._agent.open_link(token, form_token=form_token))
+
     def close(self) -> None:
         """Close the store and stop the private loop (idempotent)."""
         if self._closed:
@@ -237,6 +249,18 @@ class SyncColdMailAgent:
 
     def __enter__(self) -> SyncColdMailAgent:
         return self
+
+    def __del__(self) -> None:
+        # Left open, its store connection and its thread live until the process ends; say so,
+        # as an unclosed file or socket does (shown with python -W default or under pytest).
+        if not getattr(self, "_closed", True):
+            warnings.warn(
+                f"unclosed {type(self).__name__} on {self._agent.db_path!r}: call close() or "
+                "use it in a with block",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
 
     def __exit__(
         self,

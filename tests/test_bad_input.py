@@ -12,9 +12,10 @@ import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, InvalidInput, StoreError, SyncColdMailAgent
 from bridgic_coldmail.cli import main
-from bridgic_coldmail.cli.render import json_for_terminal, terminal_safe
+from bridgic_coldmail.cli.render import json_for_terminal
 from bridgic_coldmail.models import validate_feedback
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
+from bridgic_coldmail.text import terminal_safe
 
 from .conftest import run_cli
 from .rows import SqliteRows, as_legacy, signer_for

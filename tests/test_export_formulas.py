@@ -28,7 +28,7 @@ from bridgic_coldmail.export.formulas import TRIGGERS
 from bridgic_coldmail.export.leads import read_header
 from bridgic_coldmail.export.lint import lint_sequence
 from bridgic_coldmail.merge import render
-from bridgic_coldmail.models import control_chars
+from bridgic_coldmail.text import control_chars
 
 from .test_export import leads, read_csv, sequence
 

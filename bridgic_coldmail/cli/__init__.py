@@ -2,7 +2,7 @@
 
 Errors are one line on stderr with a documented exit code (``errors.EXIT_CODES``); the
 library's message says what happened, and this layer adds the hint that names a command or a
-flag. Everything printed goes through ``render.terminal_safe`` (or ``json_for_terminal``).
+flag. Everything printed goes through ``text.terminal_safe`` (or ``json_for_terminal``).
 Set ``COLDMAIL_DEBUG=1`` to see the traceback of an unexpected error.
 """
 
@@ -19,11 +19,11 @@ import signal
 import stat
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .. import __version__
+from .._version import __version__
 from ..agent import MAX_PAGE, ColdMailAgent
 from ..errors import INTERRUPTED, OUTPUT_CLOSED, ColdmailError, DatabaseNotFound, InvalidInput
 from ..export.profiles import NAMES as PROFILE_NAMES
@@ -43,6 +43,7 @@ from ..models import (
 )
 from ..settings import BACKENDS, Settings, default_db_path, redact_url
 from ..store import Action, IfMissing
+from ..text import terminal_safe
 from .demo import run_demo
 from .render import (
     format_history,
@@ -52,7 +53,6 @@ from .render import (
     full_location,
     json_for_terminal,
     resume_hint,
-    terminal_safe,
 )
 
 MAX_AGE_DAYS = 100 * 365
@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print only the newest sequence as JSON (the file `coldmail edit` takes)",
     )
 
+    link = command(
+        "link", "a signed one-click link that opens the run's current question (no login)"
+    )
+    link.add_argument("interaction_id", metavar="INTERACTION_ID")
+
     listing = command("list", "list runs, newest first")
     listing.add_argument("--status", choices=[s.value for s in RunStatus])
     listing.add_argument("--limit", type=int, default=50, help=f"at most this many (1-{MAX_PAGE})")
@@ -266,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="print a line per request (one-click link tokens are redacted)",
+    )
     return parser
 
 
@@ -283,7 +293,13 @@ def _execute(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from ..web.serve import serve
 
-    return serve(settings, host=args.host, port=args.port, workers=args.workers)
+    return serve(
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=args.access_log,
+    )
 
 
 async def _run_command(args: argparse.Namespace, settings: Settings) -> str | None:
@@ -347,6 +363,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
                 return json_for_terminal(sequence.model_dump(mode="json"))
             history = format_history(await agent.history(args.interaction_id))
             return _emit(args, run, f"{format_run(run)}\n\n{history}")
+        if command == "link":
+            return await _link(agent, args, settings)
         if command == "purge":
             statuses = sorted(set(args.status or [RunStatus.COMPLETED.value]))
             deleted = await agent.purge(args.older_than, statuses)
@@ -367,6 +385,28 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
             which = f" with status {args.status}" if args.status else ""
             return f"No runs{which} in {agent.db_path}."
         return "\n".join(format_run_line(r) for r in runs)
+
+
+async def _link(agent: ColdMailAgent, args: argparse.Namespace, settings: Settings) -> str:
+    """The link to the run's current pause, and until when it works."""
+    from ..notify.links import link_expiry
+
+    expires_at = link_expiry(datetime.now(timezone.utc), settings.link_ttl)
+    url = await agent.link(args.interaction_id, expires_at=expires_at)
+    if args.json:
+        return json.dumps(
+            {
+                "interaction_id": args.interaction_id,
+                "link": url,
+                "expires_at": expires_at.isoformat(),
+            }
+        )
+    return (
+        f"{url}\n"
+        f"It opens this run's current question with no login, until "
+        f"{expires_at:%Y-%m-%d %H:%M} UTC or until the question is answered; anyone who has "
+        "it can answer, so send it only to the reviewer."
+    )
 
 
 async def _export(agent: ColdMailAgent, args: argparse.Namespace) -> str | None:
@@ -700,6 +740,7 @@ _HINTS = {
     "--yes",
     "awaiting_feedback": "coldmail resume {id} --feedback '…' first",
     "not_final": "see `coldmail show {id}`",
+    "not_paused": "see `coldmail show {id}`",
     "store_path": "choose another --db path",
     "unconfirmed": "run {retry}",
 }

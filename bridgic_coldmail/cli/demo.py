@@ -32,13 +32,13 @@ from ..models import (
     validate_feedback,
 )
 from ..settings import Settings
+from ..text import terminal_safe
 from .render import (
     format_sequence,
     full_location,
     next_steps,
     resume_command,
     review_hint,
-    terminal_safe,
     terminal_width,
     text_width,
     wrap,

@@ -13,38 +13,17 @@ import re
 import shlex
 import shutil
 import textwrap
-import unicodedata
 from pathlib import Path
 from typing import Any
 
 from ..models import DamagedRun, EmailSequence, ListedRun, Run, RunEvent, RunStatus
 from ..settings import default_db_path, is_postgres_url, redact_url
+from ..text import terminal_safe
 
 MAX_TEXT_WIDTH = 100
 """Emails wrap at the terminal's width, but never wider than this: long lines are hard to read."""
 FEEDBACK_PLACEHOLDER = "<who the emails are really for>"
 """What the printed ``resume`` command holds where the person's answer goes."""
-_BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
-
-
-def _escape_char(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def terminal_safe(text: str) -> str:
-    """``text`` with everything a terminal would obey rather than show made visible.
-
-    Newlines and tabs stay; ``\\r\\n`` becomes a newline; every other C0/C1 control, DEL and
-    bidi control is written as an escape (``\\x1b``, ``\\u202e``).
-    """
-    text = text.replace("\r\n", "\n")
-    return "".join(
-        char
-        if char in "\n\t" or not (unicodedata.category(char) == "Cc" or char in _BIDI)
-        else _escape_char(char)
-        for char in text
-    )
 
 
 def json_for_terminal(value: Any) -> str:

@@ -55,7 +55,7 @@ from typing import IO
 
 from ..errors import InvalidInput
 from ..merge import field_names
-from ..models import control_chars, preview, preview_list
+from ..text import control_chars, preview, preview_list
 
 EMAIL_HEADERS = ("email", "e_mail", "email_address", "e_mail_address")
 """Normalised header names that mark the email column."""

@@ -83,7 +83,8 @@ from typing import Literal, Protocol
 from ..compliance import CAN_SPAM_SOURCE, EXAMPLE_OPT_OUT, Footer
 from ..errors import InvalidInput
 from ..merge import find_placeholders, syntax_errors, unknown_fields
-from ..models import EmailSequence, EmailStep, preview_list
+from ..models import EmailSequence, EmailStep
+from ..text import preview_list
 from .formulas import FORMULA_PREFIXES as FORMULA_PREFIXES  # where release 0.5 had it
 from .formulas import formula_starts
 

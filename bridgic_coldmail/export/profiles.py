@@ -43,7 +43,8 @@ from typing import Literal
 from ..compliance import Footer
 from ..errors import InvalidInput
 from ..merge import find_placeholders
-from ..models import EmailSequence, preview_list
+from ..models import EmailSequence
+from ..text import preview_list
 from .leads import EMAIL_HEADERS, LeadHeader
 
 Confidence = Literal["high", "medium", "low", "unconfirmed"]

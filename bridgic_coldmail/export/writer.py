@@ -93,9 +93,10 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from ..compliance import NO_FOOTER, Footer
 from ..errors import InvalidInput
 from ..merge import Missing, Template
-from ..models import EmailSequence, preview_list, validate_interaction_id
+from ..models import EmailSequence, validate_interaction_id
 from ..signing import key_file_for
 from ..store.sqlite import _file_kind
+from ..text import preview_list
 from .formulas import FORMULA_PREFIXES
 from .formulas import neutralize_cell as neutralize_cell
 from .leads import Lead, LeadHeader, LeadReader, RowProblem

@@ -48,6 +48,7 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .._version import __version__
 from ..errors import ConfigurationError
 from ..retry import retry_after_seconds
 from .destinations import (
@@ -160,8 +161,6 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
     """The HTTP client for webhooks and Slack: redirects not followed, the attempt's timeout,
     proxies from the environment (``HTTPS_PROXY``, ``NO_PROXY``), as a library would."""
     module = _httpx()
-    from .. import __version__
-
     client: httpx.AsyncClient = module.AsyncClient(
         follow_redirects=False,
         timeout=module.Timeout(settings.notify_timeout),

@@ -21,13 +21,13 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Literal, get_args
 
 from ..models import EmailSequence, Run
 from ..signing import SnapshotSigner
 from .destinations import Destination, parse_destination
-from .links import make_link
+from .links import link_expiry, make_link
 
 Event = Literal[
     "run.paused",
@@ -184,15 +184,12 @@ def links_for(
     run_page = f"{origin.rstrip('/')}/runs/{run_id}"
     if signer is None or notification.pause_id is None or notification.event in _OVER:
         return Links(run=run_page)
-    expires = notification.link_expires_at
-    if expires is None:
-        deadline = notification.deadline
-        expires = (
-            deadline
-            if deadline is not None and deadline > notification.created_at
-            else notification.created_at + timedelta(seconds=link_ttl)
-        )
-    url = make_link(signer, origin, run_id, notification.pause_id, expires)
+    expires = notification.link_expires_at or link_expiry(
+        notification.created_at, link_ttl, notification.deadline
+    )
+    at_review = notification.pause_id != run_id  # the audience question's pause is the run
+    round = notification.run.round if at_review else None
+    url = make_link(signer, origin, run_id, notification.pause_id, expires, round=round)
     return Links(open=url, run=run_page, expires_at=expires)
 
 

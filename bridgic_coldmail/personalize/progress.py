@@ -8,7 +8,7 @@ the rate, the time left, and what the pacer is doing (calls at once, a pause aft
 
 Not tqdm or rich: neither is a dependency, tqdm's output off a terminal is the same bar
 redrawn with carriage returns, and the one line needed here is short. Everything shown passes
-through ``cli.render.terminal_safe``.
+through ``text.terminal_safe``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from ..cli.render import terminal_safe
+from ..text import terminal_safe
 from .pacing import Pacer
 from .writer import LineResult
 

@@ -33,9 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ColdmailError, ConfigurationError
 from ..llm.writing import SequenceComposer, ask_structured
-from ..models import describe_validation_error, preview
+from ..models import describe_validation_error
 from ..retry import InvalidOutput, RetryPolicy, describe, is_retryable, retry_after, root_cause
 from ..settings import Settings
+from ..text import preview
 from .estimate import CallTokens, call_tokens
 from .lines import MAX_LINE_CHARS, LineRefused, LineTask, check_line, one_line
 from .pacing import Pacer

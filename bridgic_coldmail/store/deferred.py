@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from ..errors import DatabaseNotFound, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
+from ..signing import SnapshotSigner
 from .protocol import (
     Action,
     Claim,
@@ -105,6 +106,9 @@ class DeferredSqliteStore:
 
     async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         return await self._read(lambda s: s.trust_unsigned(interaction_ids), [])
+
+    async def signer(self) -> SnapshotSigner | None:
+        return await self._read(lambda s: s.signer(), None)
 
     async def close(self) -> None:
         async with self._lock:

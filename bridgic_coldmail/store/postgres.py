@@ -256,6 +256,9 @@ class PostgresRunStore:
             raise
         return cls(pool, shown, signer, settings, secrets)
 
+    async def signer(self) -> SnapshotSigner:
+        return self._signer
+
     async def close(self) -> None:
         """Close every pooled connection (idempotent)."""
         await self._pool.close()

@@ -28,7 +28,7 @@ from ..models import (
     RunEvent,
     RunStatus,
 )
-from ..signing import json_text
+from ..signing import SnapshotSigner, json_text
 
 ActionKind = Literal["feedback", "approve", "revise", "edit", "reject"]
 
@@ -262,6 +262,11 @@ class RunStore(Protocol):
 
     async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign unsigned snapshots (all when None): an operator's explicit decision."""
+        ...
+
+    async def signer(self) -> SnapshotSigner | None:
+        """This installation's signer (one-click links are signed with it too); None while
+        no database exists yet."""
         ...
 
     async def close(self) -> None:

@@ -158,6 +158,9 @@ class SqliteRunStore:
             raise
         return cls(conn, shown, signer, lease_seconds, busy_timeout)
 
+    async def signer(self) -> SnapshotSigner:
+        return self._signer
+
     async def close(self) -> None:
         """Close the connection (idempotent)."""
         await self._conn.close()

@@ -3,8 +3,9 @@
 ``create_app`` composes the parts, one module each: :mod:`.security` (who may talk to the
 app, and the headers every answer carries), :mod:`.pages` (the HTML inbox, a new run, a run,
 its feedback and export), :mod:`.review` (the review decisions' forms), :mod:`.views` (what
-the run page shows), :mod:`.api` (the JSON API), :mod:`.uploads` (a lead list in, an export
-out), :mod:`.responses` (every error, in JSON or HTML). Routes receive the agent through
+the run page shows), :mod:`.link_pages` (a one-click link's page), :mod:`.api` (the JSON
+API), :mod:`.uploads` (a lead list in, an export out), :mod:`.responses` (every error, in
+JSON or HTML), :mod:`.logs` (no link token in a log line). Routes receive the agent through
 ``Depends(get_agent)``; the app opens it once, at start-up.
 
 Everything a brief or the LLM wrote is escaped by Jinja2's autoescape; the change highlighting
@@ -24,7 +25,8 @@ from ..agent import ColdMailAgent
 from ..llm import ColdmailLlm
 from ..retry import RetryPolicy
 from ..settings import Settings
-from . import api, pages, review
+from . import api, link_pages, pages, review
+from .logs import install_link_redaction
 from .responses import install_error_handlers
 from .security import TOKEN_ENV, WebPolicy, check_bind_address, install_security
 
@@ -88,6 +90,8 @@ def create_app(
     app.include_router(pages.router)
     app.include_router(review.router)
     app.include_router(api.router)
+    app.include_router(link_pages.router)
     install_error_handlers(app)
+    install_link_redaction()
     install_security(app, policy)
     return app

@@ -4,7 +4,8 @@ Submitting feedback resumes the run through the store's claim, so one submission
 however many arrive at once. A second submission of the *same* feedback waits for the first
 and shows its result; a submission of *different* feedback that lost the race is told, with a
 409 page showing the feedback that was used, that its own was not. (The review decisions work
-the same way; see :mod:`.review`.)
+the same way; see :mod:`.review`.) :func:`apply_feedback` does this for a one-click link's
+page too.
 
 Every form carries the CSRF token of the page it came from; one without it, or with another,
 changes nothing and gets a 403 page.
@@ -59,7 +60,17 @@ from .uploads import (
     save_upload,
     shown_name,
 )
-from .views import MAX_VARIANTS_TEXT, FormState, age, clip, form_text, show_run
+from .views import (
+    MAX_VARIANTS_TEXT,
+    Applied,
+    FormState,
+    NotApplied,
+    Outcome,
+    age,
+    clip,
+    form_text,
+    show_run,
+)
 
 PAGE_SIZE = 20
 """Runs per inbox page."""
@@ -209,52 +220,61 @@ async def submit_feedback(
     """Resume the run with the form's feedback; on success, back to the run page."""
     if not csrf_matches(request, csrf_token):
         return form_expired(request)
-    kept = FormState("feedback", {"feedback": feedback})
+    outcome = await apply_feedback(agent, interaction_id, feedback)
+    if isinstance(outcome, Applied):
+        return to_run_page(outcome.run)
+    return await show_run(
+        request,
+        agent,
+        policy,
+        outcome.run,
+        status=outcome.status,
+        message=outcome.message,
+        message_kind="error",
+        form=outcome.form,
+    )
+
+
+async def apply_feedback(
+    agent: ColdMailAgent, interaction_id: str, feedback: str, *, reviewer: str | None = None
+) -> Outcome:
+    """Resume the run with ``feedback`` through the agent's claim; when it was not used, say
+    why: it does not validate, or other feedback took the run (or is taking it)."""
+    typed = {"feedback": feedback} | ({"reviewer": reviewer} if reviewer is not None else {})
+    kept = FormState("feedback", typed)
     try:
-        run = await agent.resume(interaction_id, feedback)
+        run = await agent.resume(interaction_id, feedback, reviewer=reviewer)
     except RunBeingResumed:
-        return await _after_a_simultaneous_submit(request, agent, policy, interaction_id, feedback)
+        return await _after_a_simultaneous_submit(agent, interaction_id, feedback, kept)
     except RunConflict:
         run = await agent.get(interaction_id)
         message = (
             "Your feedback was not used: this run was already refined with other feedback, "
             "shown below. Start a new run to try another audience."
         )
-        return await show_run(
-            request, agent, policy, run, status=409, message=message, message_kind="error"
-        )
+        return NotApplied(run, 409, message)
     except (InvalidInput, LlmError) as exc:
         run = await agent.get(interaction_id)
-        return await show_run(
-            request,
-            agent,
-            policy,
-            run,
-            status=exc.http_status,
-            message=str(exc),
-            message_kind="error",
-            form=kept,
-        )
-    return to_run_page(run)
+        return NotApplied(run, exc.http_status, str(exc), kept)
+    return Applied(run)
 
 
 async def _after_a_simultaneous_submit(
-    request: Request, agent: ColdMailAgent, policy: WebPolicy, interaction_id: str, feedback: str
-) -> Response:
+    agent: ColdMailAgent, interaction_id: str, feedback: str, kept: FormState
+) -> Outcome:
     """Another submission holds the run: wait for it, then say whose feedback was used."""
     mine = validate_feedback(feedback)  # resume() accepted it before finding the run taken
     run = await wait_until_settled(agent, interaction_id)
     if run.feedback == mine and run.status is not RunStatus.AWAITING_FEEDBACK:
         # The same text submitted twice (a double click): the first submission is ours.
-        return to_run_page(run)
-    kept = None
+        return Applied(run)
     if run.status is RunStatus.AWAITING_FEEDBACK:
         message = (
             "Your feedback was not used: another submission was being refined at the same "
             "moment and failed. Your text is still in the form; submit it again."
         )
-        kept = FormState("feedback", {"feedback": feedback})
-    elif run.status is RunStatus.RESUMING:
+        return NotApplied(run, 409, message, kept)
+    if run.status is RunStatus.RESUMING:
         message = (
             "Your feedback was not used: another reviewer's feedback, shown below, is being "
             "applied right now."
@@ -264,9 +284,7 @@ async def _after_a_simultaneous_submit(
             "Your feedback was not used: another reviewer sent different feedback at the same "
             "moment, and the run was refined with theirs, shown below."
         )
-    return await show_run(
-        request, agent, policy, run, status=409, message=message, message_kind="error", form=kept
-    )
+    return NotApplied(run, 409, message)
 
 
 async def wait_until_settled(agent: ColdMailAgent, interaction_id: str) -> Run:

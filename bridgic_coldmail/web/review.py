@@ -13,12 +13,16 @@ through the store's claim, so:
 
 A refused decision shows the run page again with what the reviewer typed still in its form:
 an edit whose emails do not validate as an ``EmailSequence`` keeps every field as typed.
+
+:func:`decision_form` reads a submitted form and :func:`apply_decision` applies it and
+explains a race, whichever page the form was on: the run page here, a one-click link's page
+in :mod:`.link_pages`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Form, Request
@@ -26,16 +30,36 @@ from fastapi.responses import HTMLResponse, Response
 
 from ..agent import ColdMailAgent
 from ..errors import InvalidInput, LlmError, RunBeingResumed, RunConflict
-from ..models import Run, RunStatus, make_decision
+from ..models import Decision, RunStatus, make_decision
 from .dependencies import Agent, Policy
 from .pages import form_expired, to_run_page, wait_until_settled
 from .security import WebPolicy, csrf_matches
-from .views import FormState, decision_at, describe_decision, same_decision, show_run
+from .views import (
+    Applied,
+    FormState,
+    NotApplied,
+    Outcome,
+    decision_at,
+    describe_decision,
+    same_decision,
+    show_run,
+)
 
 router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
-Apply = Callable[[str | None, int | None], Awaitable[Run]]
-"""Applies one decision, given the reviewer and the round."""
+DECISION_FIELDS = {
+    "approve": (),
+    "revise": ("guidance",),
+    "edit": (
+        "opener_subject",
+        "opener_body",
+        "follow_up_subject",
+        "follow_up_body",
+        "follow_up_wait_days",
+    ),
+    "reject": ("reason",),
+}
+"""Each decision form's own fields (besides ``reviewer``, ``round`` and the CSRF token)."""
 
 
 @router.post("/runs/{interaction_id}/approve")
@@ -49,12 +73,8 @@ async def approve(
     csrf_token: str = Form(""),
 ) -> Response:
     """Approve the sequence under review; the run completes with it."""
-
-    def apply(name: str | None, number: int | None) -> Awaitable[Run]:
-        return agent.approve(interaction_id, reviewer=name, round=number)
-
-    decision = _Decision("approve", reviewer, round, {})
-    return await _decide(request, agent, policy, interaction_id, csrf_token, decision, apply)
+    decision = decision_form("approve", {"reviewer": reviewer, "round": round})
+    return await _decide(request, agent, policy, interaction_id, csrf_token, decision)
 
 
 @router.post("/runs/{interaction_id}/revise")
@@ -69,12 +89,9 @@ async def revise(
     csrf_token: str = Form(""),
 ) -> Response:
     """Ask the LLM for another version with the reviewer's guidance."""
-
-    def apply(name: str | None, number: int | None) -> Awaitable[Run]:
-        return agent.revise(interaction_id, guidance, reviewer=name, round=number)
-
-    decision = _Decision("revise", reviewer, round, {"guidance": guidance}, text=guidance)
-    return await _decide(request, agent, policy, interaction_id, csrf_token, decision, apply)
+    typed = {"guidance": guidance, "reviewer": reviewer, "round": round}
+    decision = decision_form("revise", typed)
+    return await _decide(request, agent, policy, interaction_id, csrf_token, decision)
 
 
 @router.post("/runs/{interaction_id}/edit")
@@ -99,25 +116,11 @@ async def edit(
         "follow_up_subject": follow_up_subject,
         "follow_up_body": follow_up_body,
         "follow_up_wait_days": follow_up_wait_days,
+        "reviewer": reviewer,
+        "round": round,
     }
-    sequence = {
-        "opener": {
-            "subject": _one_line(opener_subject),
-            "body": _as_typed(opener_body),
-            "wait_days": 0,
-        },
-        "follow_up": {
-            "subject": _one_line(follow_up_subject),
-            "body": _as_typed(follow_up_body),
-            "wait_days": follow_up_wait_days.strip(),
-        },
-    }
-
-    def apply(name: str | None, number: int | None) -> Awaitable[Run]:
-        return agent.edit(interaction_id, sequence, reviewer=name, round=number)
-
-    decision = _Decision("edit", reviewer, round, typed, sequence=sequence)
-    return await _decide(request, agent, policy, interaction_id, csrf_token, decision, apply)
+    decision = decision_form("edit", typed)
+    return await _decide(request, agent, policy, interaction_id, csrf_token, decision)
 
 
 @router.post("/runs/{interaction_id}/reject")
@@ -132,15 +135,12 @@ async def reject(
     csrf_token: str = Form(""),
 ) -> Response:
     """End the run as rejected, with the reviewer's reason."""
-
-    def apply(name: str | None, number: int | None) -> Awaitable[Run]:
-        return agent.reject(interaction_id, reason, reviewer=name, round=number)
-
-    decision = _Decision("reject", reviewer, round, {"reason": reason}, text=reason)
-    return await _decide(request, agent, policy, interaction_id, csrf_token, decision, apply)
+    typed = {"reason": reason, "reviewer": reviewer, "round": round}
+    decision = decision_form("reject", typed)
+    return await _decide(request, agent, policy, interaction_id, csrf_token, decision)
 
 
-class _Decision:
+class DecisionForm:
     """One submitted decision form: its kind, fields as typed, and what the agent gets."""
 
     def __init__(
@@ -173,6 +173,41 @@ class _Decision:
         """The reviewer's name, or None when left blank."""
         return self.reviewer if self.reviewer.strip() else None
 
+    def decision(self) -> Decision:
+        """The decision as the agent takes it (validated: ``InvalidInput`` when it is not)."""
+        return make_decision(
+            self.kind,
+            text=self.text,
+            sequence=self.sequence,
+            reviewer=self.name(),
+            round=self.round(),
+        )
+
+
+def decision_form(kind: str, fields: Mapping[str, str]) -> DecisionForm:
+    """The ``kind`` decision (approve, revise, edit, reject) a form submitted, from its
+    fields as typed (a missing field is empty)."""
+    typed = {name: fields.get(name, "") for name in DECISION_FIELDS[kind]}
+    reviewer, round = fields.get("reviewer", ""), fields.get("round", "")
+    if kind in ("revise", "reject"):
+        text = typed["guidance" if kind == "revise" else "reason"]
+        return DecisionForm(kind, reviewer, round, typed, text=text)
+    if kind == "edit":
+        sequence = {
+            "opener": {
+                "subject": _one_line(typed["opener_subject"]),
+                "body": _as_typed(typed["opener_body"]),
+                "wait_days": 0,
+            },
+            "follow_up": {
+                "subject": _one_line(typed["follow_up_subject"]),
+                "body": _as_typed(typed["follow_up_body"]),
+                "wait_days": typed["follow_up_wait_days"].strip(),
+            },
+        }
+        return DecisionForm(kind, reviewer, round, typed, sequence=sequence)
+    return DecisionForm(kind, reviewer, round, typed)
+
 
 async def _decide(
     request: Request,
@@ -180,59 +215,56 @@ async def _decide(
     policy: WebPolicy,
     interaction_id: str,
     csrf: str,
-    decision: _Decision,
-    apply: Apply,
+    decision: DecisionForm,
 ) -> Response:
     """Apply the decision; on success back to the run page, else the page saying why."""
     if not csrf_matches(request, csrf):
         return form_expired(request)
+    outcome = await apply_decision(agent, interaction_id, decision)
+    if isinstance(outcome, Applied):
+        return to_run_page(outcome.run)
+    return await show_run(
+        request,
+        agent,
+        policy,
+        outcome.run,
+        status=outcome.status,
+        message=outcome.message,
+        message_kind="error",
+        form=outcome.form,
+    )
+
+
+async def apply_decision(
+    agent: ColdMailAgent, interaction_id: str, decision: DecisionForm
+) -> Outcome:
+    """Apply the decision through the agent's claim; when it was not applied, say why: it
+    does not validate, does not fit the run, or lost a race (and to which decision)."""
     try:
-        round = decision.round()
-        run = await apply(decision.name(), round)
+        run = await agent.decide(interaction_id, decision.decision())
     except RunBeingResumed:
-        return await _after_a_simultaneous_decision(
-            request, agent, policy, interaction_id, decision
-        )
+        return await _after_a_simultaneous_decision(agent, interaction_id, decision)
     except RunConflict as exc:
-        return await _not_applied(request, agent, policy, interaction_id, decision, str(exc))
+        return await _not_applied(agent, interaction_id, decision, str(exc))
     except (InvalidInput, LlmError) as exc:
         run = await agent.get(interaction_id)
-        return await show_run(
-            request,
-            agent,
-            policy,
-            run,
-            status=exc.http_status,
-            message=str(exc),
-            message_kind="error",
-            form=decision.kept,
-        )
-    return to_run_page(run)
+        return NotApplied(run, exc.http_status, str(exc), decision.kept)
+    return Applied(run)
 
 
 async def _after_a_simultaneous_decision(
-    request: Request,
-    agent: ColdMailAgent,
-    policy: WebPolicy,
-    interaction_id: str,
-    decision: _Decision,
-) -> Response:
+    agent: ColdMailAgent, interaction_id: str, decision: DecisionForm
+) -> Outcome:
     """Another decision holds the run: wait for it, then say whether it was this one."""
     # The agent accepted this decision before finding the run taken: it validates again.
-    mine = make_decision(
-        decision.kind,
-        text=decision.text,
-        sequence=decision.sequence,
-        reviewer=decision.name(),
-        round=decision.round(),
-    )
+    mine = decision.decision()
     run = await wait_until_settled(agent, interaction_id)
     history = await agent.history(interaction_id)
     taken = decision_at(history, mine.round)
     if taken is not None and same_decision(taken, mine):
-        return to_run_page(run)  # the same form twice: the first submission is ours
+        return Applied(run)  # the same form twice: the first submission is ours
     if taken is not None:
-        return await _not_applied(request, agent, policy, interaction_id, decision, "")
+        return await _not_applied(agent, interaction_id, decision, "")
     if run.status is RunStatus.RESUMING:
         message = (
             "Your decision was not applied: another reviewer's decision is being applied right "
@@ -245,20 +277,13 @@ async def _after_a_simultaneous_decision(
             "moment and failed. What you typed is still in the form; submit it again."
         )
         kept = decision.kept
-    return await show_run(
-        request, agent, policy, run, status=409, message=message, message_kind="error", form=kept
-    )
+    return NotApplied(run, 409, message, kept)
 
 
 async def _not_applied(
-    request: Request,
-    agent: ColdMailAgent,
-    policy: WebPolicy,
-    interaction_id: str,
-    decision: _Decision,
-    reason: str,
-) -> Response:
-    """The 409 page: which decision this round took instead, or the agent's ``reason``."""
+    agent: ColdMailAgent, interaction_id: str, decision: DecisionForm, reason: str
+) -> NotApplied:
+    """The 409: which decision this round took instead, or the agent's ``reason``."""
     run = await agent.get(interaction_id)
     history = await agent.history(interaction_id)
     round = decision.round()
@@ -272,9 +297,7 @@ async def _not_applied(
     else:
         message = f"Your decision was not applied: {reason}."
     kept = decision.kept if run.status is RunStatus.AWAITING_REVIEW else None
-    return await show_run(
-        request, agent, policy, run, status=409, message=message, message_kind="error", form=kept
-    )
+    return NotApplied(run, 409, message, kept)
 
 
 def _as_typed(text: str) -> str:

@@ -6,14 +6,21 @@ The checks are plain ASGI middlewares, outermost first:
    ``frame-ancestors 'none'`` and ``Referrer-Policy: same-origin`` (no address, and so no
    ``?token=``, leaks to another site) on every response, error pages included; and
    ``Cache-Control: no-store`` on every one but the static files, as any page, API answer or
-   error may carry run data (drafts, feedback, a lead list's rows).
+   error may carry run data (drafts, feedback, a lead list's rows). A one-click link's pages
+   (:data:`LINK_PATH`) get ``Referrer-Policy: no-referrer`` instead, so the token in their
+   address is sent nowhere, not even to this server's own stylesheet and script (a proxy's
+   log may record referrers), and ``X-Robots-Tag: noindex``.
 2. :class:`ErrorBoundary` turns an unexpected exception into the JSON or HTML 500 and logs it.
 3. :class:`HostGuard` answers only the Host names of :class:`WebPolicy` (the bound address,
    loopback names, ``COLDMAIL_ALLOWED_HOSTS``, the host of ``COLDMAIL_PUBLIC_ORIGIN``), with
    421 otherwise: a DNS-rebinding page at ``http://evil.example:8000`` resolves to this server
    but says so in its Host header. A state-changing request whose ``Origin`` is not one of the
-   configured origins is refused with 403; the request's own Host never vouches for it.
-4. :class:`TokenGuard` requires ``COLDMAIL_WEB_TOKEN`` when it is set.
+   configured origins is refused with 403; the request's own Host never vouches for it. Under
+   a link's path ``Origin: null`` passes too: that is what a browser sends for the form of a
+   page served with ``no-referrer``, and there the form token bound to the link
+   (:mod:`.link_pages`), which no other page can know, is what proves the form came from it.
+4. :class:`TokenGuard` requires ``COLDMAIL_WEB_TOKEN`` when it is set, except on a one-click
+   link's pages, where the signed link is the credential (:mod:`.link_pages`).
 5. :class:`BodyLimit` refuses a declared ``Content-Length`` over ``COLDMAIL_MAX_BODY_BYTES``
    before reading anything, and counts a body without one as it arrives (413 either way). The
    lead-list upload of an export (:data:`UPLOAD_PATH`) has its own, larger limit,
@@ -40,7 +47,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ConfigurationError
+from ..notify.links import LINK_PATH
 from ..settings import ENV, Settings, check_web_token
+from .logs import RedactLinkTokens, redact_links
 from .responses import WebError, error_response
 
 TOKEN_ENV = ENV["web_token"]
@@ -69,9 +78,15 @@ SECURITY_HEADERS = {
 """Headers on every response, errors included."""
 NOT_STORED = {"Cache-Control": "no-store"}
 """Headers on every response but a static file's: no cache may keep run data."""
+LINK_HEADERS = {"Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
+"""Headers of a one-click link's pages, over :data:`SECURITY_HEADERS`: their address holds
+the link's token, which no Referer may carry (the form's POST then says ``Origin: null``,
+which :class:`HostGuard` lets through under a link's path)."""
+OPAQUE_ORIGIN = "null"
 STATIC_PREFIX = "/static/"
 
 logger = logging.getLogger(__name__)
+logger.addFilter(RedactLinkTokens())  # an exception's text may quote the path
 
 
 def check_bind_address(host: str, token: str | None) -> str | None:
@@ -157,9 +172,13 @@ class WebPolicy:
         """Whether cookies must be ``Secure``: the browser talks HTTPS."""
         return self.https if self.https is not None else request.url.scheme == "https"
 
-    def origin_allowed(self, value: str | None) -> bool:
-        """No Origin (not a browser, or a same-origin GET) or a configured one."""
-        return value is None or value.strip().lower() in self.origins
+    def origin_allowed(self, value: str | None, *, opaque: bool = False) -> bool:
+        """No Origin (not a browser, or a same-origin GET) or a configured one; with
+        ``opaque``, also ``null`` (a page that sends no referrer)."""
+        if value is None:
+            return True
+        origin = value.strip().lower()
+        return origin in self.origins or (opaque and origin == OPAQUE_ORIGIN)
 
 
 def same_secret(offered: str, expected: str) -> bool:
@@ -223,6 +242,8 @@ class SecurityHeaders:
         added = dict(SECURITY_HEADERS)
         if not scope["path"].startswith(STATIC_PREFIX):
             added.update(NOT_STORED)
+        if scope["path"].startswith(LINK_PATH):
+            added.update(LINK_HEADERS)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -255,7 +276,8 @@ class ErrorBoundary:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception:
-            logger.exception("unexpected error answering %s %s", scope["method"], scope["path"])
+            path = redact_links(scope["path"])
+            logger.exception("unexpected error answering %s %s", scope["method"], path)
             if started:
                 raise
             message = "unexpected error on the server; its log has the details (please report it)"
@@ -282,7 +304,7 @@ class HostGuard:
             )
             response = error_response(scope, 421, "MisdirectedRequest", message)
         elif scope["method"] not in SAFE_METHODS and not self.policy.origin_allowed(
-            headers.get("origin")
+            headers.get("origin"), opaque=scope["path"].startswith(LINK_PATH)
         ):
             message = (
                 "this request came from a page of another site; nothing was changed (behind a "
@@ -297,7 +319,9 @@ class HostGuard:
 
 class TokenGuard:
     """When a token is set, every request carries it: ``Authorization: Bearer`` (any case), or
-    the cookie that opening ``/?token=…`` once sets. Static files are public."""
+    the cookie that opening ``/?token=…`` once sets. Static files are public, and so are a
+    one-click link's pages: their signed token is their credential, and they show and accept
+    nothing but that link's pause."""
 
     def __init__(self, app: ASGIApp, policy: WebPolicy) -> None:
         self.app = app
@@ -305,7 +329,11 @@ class TokenGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = self.policy.token
-        if scope["type"] != "http" or token is None or scope["path"].startswith(STATIC_PREFIX):
+        if (
+            scope["type"] != "http"
+            or token is None
+            or scope["path"].startswith((STATIC_PREFIX, LINK_PATH))
+        ):
             await self.app(scope, receive, send)
             return
         request = Request(scope)

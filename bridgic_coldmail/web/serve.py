@@ -14,12 +14,20 @@ from ..errors import ConfigurationError
 from ..settings import ENV, Settings
 
 
-def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
-    """Serve until interrupted; returns the exit code."""
+def serve(
+    settings: Settings, *, host: str, port: int, workers: int = 1, access_log: bool = False
+) -> int:
+    """Serve until interrupted; returns the exit code.
+
+    ``access_log`` prints a line per request (uvicorn's access log, on standard output) and
+    uvicorn's start-up lines; the token of every one-click link is redacted from them, as
+    from every other log line (see :mod:`.logs`).
+    """
     try:
         import uvicorn
 
         from .app import check_bind_address
+        from .logs import uvicorn_log_config
     except ImportError:
         raise ConfigurationError(
             "coldmail serve needs the web extra: pip install 'bridgic-coldmail[web]'"
@@ -41,7 +49,9 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
         host=host,
         port=port,
         workers=workers,
-        log_level="warning",
+        log_config=uvicorn_log_config(),
+        log_level="info" if access_log else "warning",
+        access_log=access_log,
     )
     return 0
 

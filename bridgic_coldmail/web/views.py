@@ -241,6 +241,28 @@ class FormState:
     values: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Applied:
+    """A submitted answer (feedback or a decision) is applied: here is the run after it."""
+
+    run: Run
+
+
+@dataclass(frozen=True)
+class NotApplied:
+    """A submitted answer changed nothing: the page says why (``message``, with ``status``),
+    shows ``run`` as it is now, and what was typed (``form``) when it can be sent again."""
+
+    run: Run
+    status: int
+    message: str
+    form: FormState | None = None
+
+
+Outcome = Applied | NotApplied
+"""What submitting an answer came to, for whichever page shows it (the run page, a link's)."""
+
+
 def edit_values(sequence: EmailSequence) -> dict[str, str]:
     """The edit form's fields, prefilled from ``sequence``."""
     return {
@@ -311,14 +333,14 @@ def _render_run_page(
 ) -> Response:
     rounds = review_rounds(history)
     decided = [r for r in rounds if r.decision is not None]
-    under_review = run.sequence if run.status is RunStatus.AWAITING_REVIEW else None
-    base = decided[-1].sequence if decided else run.draft
-    values: dict[str, str] = {}
-    if run.sequence is not None:
-        values.update(edit_values(run.sequence))
-    values.update(form.values)
-    context: dict[str, Any] = {
-        "run": run,
+    context = pause_context(run, history, issues, csrf=csrf, form=form)
+    context["limits"] |= {
+        "upload_mb": _megabytes(policy.max_upload_bytes),
+        "export_mb": _megabytes(policy.max_export_bytes),
+        "variants": MAX_VARIANTS_TEXT,
+    }
+    values = context["values"]
+    context |= {
         "history": history,
         "event_label": event_label,
         "rounds": rounds,
@@ -328,29 +350,9 @@ def _render_run_page(
         "shown_history": history[-MAX_SHOWN_EVENTS:],
         "hidden_events": max(0, len(history) - MAX_SHOWN_EVENTS),
         "describe_decision": describe_decision,
-        "under_review": under_review,
-        "review_diffs": diff(base, under_review) if under_review is not None else None,
-        "review_base": "the draft" if not decided else f"round {decided[-1].number}",
         "final_diffs": diff(run.draft, run.final) if run.final is not None else None,
         "last_diffs": diff(run.draft, run.sequence) if run.sequence is not None else None,
-        "can_revise": run.round is not None
-        and run.max_rounds is not None
-        and run.round < run.max_rounds,
-        "lint": issues,
         "age": age,
-        "csrf_token": csrf,
-        "limits": {
-            "feedback": MAX_FEEDBACK_CHARS,
-            "reason": MAX_REASON_CHARS,
-            "reviewer": MAX_REVIEWER_CHARS,
-            "subject": SUBJECT_LIMIT,
-            "body": BODY_LIMIT,
-            "upload_mb": _megabytes(policy.max_upload_bytes),
-            "export_mb": _megabytes(policy.max_export_bytes),
-            "variants": MAX_VARIANTS_TEXT,
-        },
-        "form": form,
-        "values": values,
         "message": message,
         "message_kind": message_kind,
         "export_problem": export_problem,
@@ -378,6 +380,41 @@ MAX_VARIANTS_TEXT = (MAX_VARIANTS + 1) * 40
 """The longest variants field the export form takes: room for every id with separators."""
 RULES_TO_TURN_OFF = tuple(rule for rule in RULES.values() if rule.can_disable)
 """The export form's boxes: the checks a person may turn off where they do not apply."""
+
+
+def pause_context(
+    run: Run, history: list[RunEvent], issues: list[LintIssue], *, csrf: str, form: FormState
+) -> dict[str, Any]:
+    """What the pause's part of a page (``_pause.html``) needs: the run, its lint, the
+    sequence under review with the changes since the round before (or the draft) marked, and
+    the forms' limits and values (what was typed, else the sequence to edit)."""
+    decided = [r for r in review_rounds(history) if r.decision is not None]
+    under_review = run.sequence if run.status is RunStatus.AWAITING_REVIEW else None
+    base = decided[-1].sequence if decided else run.draft
+    values: dict[str, str] = {}
+    if run.sequence is not None:
+        values.update(edit_values(run.sequence))
+    values.update(form.values)
+    return {
+        "run": run,
+        "under_review": under_review,
+        "review_diffs": diff(base, under_review) if under_review is not None else None,
+        "review_base": "the draft" if not decided else f"round {decided[-1].number}",
+        "can_revise": run.round is not None
+        and run.max_rounds is not None
+        and run.round < run.max_rounds,
+        "lint": issues,
+        "csrf_token": csrf,
+        "limits": {
+            "feedback": MAX_FEEDBACK_CHARS,
+            "reason": MAX_REASON_CHARS,
+            "reviewer": MAX_REVIEWER_CHARS,
+            "subject": SUBJECT_LIMIT,
+            "body": BODY_LIMIT,
+        },
+        "form": form,
+        "values": values,
+    }
 
 
 def _megabytes(size: int) -> str:
