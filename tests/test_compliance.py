@@ -122,8 +122,11 @@ def test_the_footer_itself_is_checked_like_an_email() -> None:
 
 def test_strict_refuses_an_export_without_them_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "campaign.csv"
-    with pytest.raises(InvalidInput, match="export refused \\(strict\\): 2 lint issue"):
+    with pytest.raises(InvalidInput, match="export refused \\(strict\\): 2 lint issue") as refused:
         export_sequence(SEQUENCE, leads(tmp_path), out, strict=True, profile="smartlead")
+    # It says "turn this rule off": it names the rule, as --disable-rule takes it.
+    assert "where the law does not apply [can-spam-address]" in str(refused.value)
+    assert "where the law does not apply [can-spam-opt-out]" in str(refused.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["leads.csv"]
     report = export_sequence(
         SEQUENCE, leads(tmp_path), out, strict=True, profile="smartlead",

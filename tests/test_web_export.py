@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridgic_coldmail import Brief, ColdMailAgent
+from bridgic_coldmail import Brief, ColdMailAgent, EmailSequence, EmailStep
 from bridgic_coldmail.errors import ConfigurationError
 from bridgic_coldmail.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES, Settings
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
@@ -105,6 +105,8 @@ async def test_the_run_page_shows_the_lint_warnings_of_the_sequence_under_review
     assert re.findall(r"\[([a-z-]+)\]</span>", page) == [
         "capitals", "spam-phrase", "spam-phrase", "can-spam-address", "can-spam-opt-out"
     ]  # fmt: skip
+    # The CAN-SPAM findings are about every email's footer, not the follow-up's.
+    assert page.count("<b>The footer of every email</b>") == 2 and "Email 2 footer" not in page
 
 
 async def test_a_sequence_without_warnings_says_so(
@@ -834,3 +836,39 @@ async def test_the_run_page_shows_the_tools_template_with_the_checked_list(
     assert escaped.status_code == 200, escaped.text
     assert 'id="export-template"' in escaped.text and "<img src=x" not in escaped.text
     assert list(temp_dir.iterdir()) == []
+
+
+async def test_the_checked_list_shows_the_findings_per_lead_and_the_split_per_variant(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief
+) -> None:
+    greeting = EmailSequence(
+        opener=EmailStep(
+            subject="{{first_name|}} and Acme", body="Hi {{first_name|}},\n\nDana", wait_days=0
+        ),
+        follow_up=EmailStep(subject="Again", body="Hi again,\n\nDana", wait_days=3),
+    )
+    interaction_id = await at_review(db_path, brief)
+    other = await completed(db_path, brief)
+    async with ColdMailAgent.open(db_path) as agent:
+        await agent.edit(interaction_id, greeting)
+        await agent.approve(interaction_id)
+    names = ["Ann", "", "B" * 70, "", "Cid"]
+    rows = "".join(f"l{n}@example.com,{name}\n" for n, name in enumerate(names))
+    listed = f"Email,First Name\n{rows}".encode()
+    checked = await upload(client, interaction_id, listed, check="1")
+    assert checked.status_code == 200, checked.text
+    report = checked.text.split('id="export-report"')[1]
+    listed_findings = report.split('id="lead-findings"')[1].split("</ul>")[0]
+    findings = " ".join(re.sub(r"<[^>]+>", "", listed_findings).split())
+    assert "Email 1 body: 2 leads (rows 3, 5): " in findings
+    assert "[empty-greeting]" in findings
+    assert "Email 1 subject: 1 lead (row 4): " in findings
+    assert "[lead-subject-too-long]" in findings
+    assert 'id="variant-split"' not in report
+    split_up = await upload(client, interaction_id, lead_list(30), variants=other, check="1")
+    assert "<b>The file</b> (warning)" in split_up.text  # variant-delays-differ, 3 and 4 days
+    split = split_up.text.split('id="variant-split"')[1].split("</p>")[0]
+    counts = {label: int(n) for label, n in re.findall(r"<b>([AB])</b>: (\d+)", split)}
+    assert set(counts) == {"A", "B"} and sum(counts.values()) == 30
+    alone = await upload(client, other, lead_list(2), check="1")
+    assert 'id="lead-findings"' not in alone.text and 'id="variant-split"' not in alone.text

@@ -1219,7 +1219,8 @@ def _refusal(
     parts = []
     if issues:
         shown = "; ".join(
-            (f"variant {i.variant} " if i.variant else "") + f"{i.step} {i.part}: {i.message}"
+            (f"variant {i.variant} " if i.variant else "")
+            + f"{i.step} {i.part}: {i.message} [{i.code}]"  # the id --disable-rule takes
             for i in issues[:MAX_LISTED]
         )
         more = f"; and {len(issues) - MAX_LISTED} more" if len(issues) > MAX_LISTED else ""

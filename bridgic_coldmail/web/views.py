@@ -339,6 +339,7 @@ def _render_run_page(
         "export_mb": _megabytes(policy.max_export_bytes),
         "variants": MAX_VARIANTS_TEXT,
     }
+    values = context["values"]
     context |= {
         "history": history,
         "event_label": event_label,
