@@ -165,6 +165,7 @@ class ColdMailAgent:
         *,
         review: bool = False,
         fields: Iterable[str] = (),
+        notify: str | Iterable[str] = (),
     ) -> Run:
         """Draft the sequence and pause for audience feedback.
 
@@ -177,14 +178,24 @@ class ColdMailAgent:
                 (:meth:`approve`, :meth:`revise`, :meth:`edit`, :meth:`reject`).
             fields: the columns of the lead list the emails will go to; the LLM may use them
                 as ``{{name}}`` merge fields, and no others.
+            notify: where this run's notifications go besides ``COLDMAIL_NOTIFY``: email
+                addresses, webhook or chat URLs (see ``notify.destinations``); kept with the
+                run, each pause and outcome queued for delivery in the same transaction.
 
         Raises:
-            InvalidInput: the brief or the fields do not validate.
+            InvalidInput: the brief, the fields or a destination do not validate.
+            ConfigurationError: a destination this installation cannot reach (email
+                without ``COLDMAIL_SMTP_URL``, a webhook without ``COLDMAIL_WEBHOOK_SECRET``).
             LlmError: the draft LLM call failed; nothing was stored.
         """
         if not isinstance(brief, Brief):
             brief = make_brief(**dict(brief))
-        return await self._runner.start(brief, review=review, fields=_check_fields(fields))
+        from .notify.policy import notify_policy
+
+        policy = notify_policy(self.settings, notify)
+        return await self._runner.start(
+            brief, review=review, fields=_check_fields(fields), notify=policy
+        )
 
     # ------------------------------------------------------------------ feedback and decisions
 
