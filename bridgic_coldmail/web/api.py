@@ -97,6 +97,12 @@ class StartIn(Brief):
         default_factory=list,
         description="The lead list's column names; the emails may use them as {{merge_fields}}.",
     )
+    notify: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Where this run's notifications go besides COLDMAIL_NOTIFY: email "
+        "addresses, https:// webhook URLs, Slack webhook URLs.",
+    )
 
 
 class FeedbackIn(BaseModel):
@@ -211,10 +217,11 @@ async def api_start(body: StartIn, agent: Agent) -> Response:
     """Draft a sequence from a brief and pause for audience feedback (201).
 
     ``review: true`` makes the run pause for review rounds after the refinement; ``fields``
-    names the lead list's columns the emails may use as merge fields.
+    names the lead list's columns the emails may use as merge fields; ``notify`` lists
+    where the run's notifications go (besides ``COLDMAIL_NOTIFY``).
     """
     brief = make_brief(**body.model_dump(include=set(Brief.model_fields)))
-    run = await agent.start(brief, review=body.review, fields=body.fields)
+    run = await agent.start(brief, review=body.review, fields=body.fields, notify=body.notify)
     return run_json(run, 201)
 
 
