@@ -34,6 +34,7 @@ from .llm import ColdmailLlm, check_llm
 if TYPE_CHECKING:
     from .export import ExportReport
     from .export.lint import LintIssue
+    from .store.outbox import Delivery
 from .models import (
     Brief,
     DamagedRun,
@@ -467,6 +468,39 @@ class ColdMailAgent:
         sequence = run.sequence or run.draft
         # Tens of milliseconds for bodies at their limit: not on the event loop.
         return await asyncio.to_thread(lint_sequence, sequence, run.fields, acronyms=_acronyms(run))
+
+    async def notifications(
+        self, interaction_id: str | None = None, *, limit: int = 50
+    ) -> builtins.list[Delivery]:
+        """The notifications queued for delivery (one run's, or all), newest first: each
+        one's event, destination (shown without its URL's secrets), status, attempts, next
+        try and last error."""
+        if interaction_id is not None:
+            interaction_id = validate_interaction_id(interaction_id)
+        limit, _ = validate_page(limit, 0, MAX_PAGE)
+        return await self._store.notifications(interaction_id, limit=limit)
+
+    async def retry_notification(self, notification_id: str) -> Delivery:
+        """Queue a failed notification again, from the start of the retry schedule (a
+        pending or delivered one is returned unchanged).
+
+        Raises:
+            InvalidInput: a malformed id, or no notification under it.
+        """
+        from .store.outbox import NOTIFICATION_ID
+
+        if not isinstance(notification_id, str) or not NOTIFICATION_ID.fullmatch(notification_id):
+            raise InvalidInput(
+                "a notification id is 1 to 64 letters, digits, '-' or '_' (as "
+                "`coldmail notifications` lists them)"
+            )
+        found = await self._store.retry_notification(notification_id)
+        if found is None:
+            raise InvalidInput(
+                f"no notification {notification_id} in {self.db_path}; "
+                "`coldmail notifications` lists them"
+            )
+        return found
 
     async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign the unsigned snapshots of these runs (all of them when None).

@@ -207,15 +207,9 @@ class Settings:
     """Seconds one delivery attempt may take, as a whole."""
     link_ttl: float = 7 * 24 * 3600.0
     """Seconds a one-click link works when its pause has no deadline (default: a week)."""
-    notify_events: tuple[Any, ...] = (
-        "run.paused",
-        "run.review",
-        "run.completed",
-        "run.rejected",
-        "run.failed",
-    )
-    """The events a run started now announces (comma-separated; default all five):
-    ``run.paused``, ``run.review``, ``run.completed``, ``run.rejected``, ``run.failed``."""
+    notify_events: tuple[Any, ...] = ()
+    """The events a run started now announces, comma-separated: some of ``run.paused``,
+    ``run.review``, ``run.completed``, ``run.rejected``, ``run.failed``. None: all five."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -43,6 +43,13 @@ from ..models import (
 from ..settings import BACKENDS, Settings, default_db_path, redact_url
 from ..store import Action, IfMissing
 from .demo import run_demo
+from .notifications import add_commands as add_notification_commands
+from .notifications import (
+    check_notifications_args,
+    format_deliveries,
+    notifications_command,
+    run_worker,
+)
 from .render import (
     format_history,
     format_run,
@@ -150,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CSV",
         help="the lead list the emails will go to: its columns become {{merge_fields}}",
     )
+    start.add_argument(
+        "--notify",
+        action="append",
+        default=[],
+        metavar="DEST",
+        help="also tell DEST when the run waits or ends: an email address, an https:// "
+        "webhook or Slack URL (added to $COLDMAIL_NOTIFY)",
+    )
 
     resume = command("resume", "resume a paused run with feedback on the audience")
     resume.add_argument("interaction_id", metavar="INTERACTION_ID")
@@ -228,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not deliver notifications from this process (run `coldmail worker` instead)",
+    )
+    add_notification_commands(command)
     return parser
 
 
@@ -236,6 +257,8 @@ def _execute(args: argparse.Namespace, settings: Settings) -> int:
         return run_demo(args, settings)
     if args.command == "serve":
         return _serve(args, settings)
+    if args.command == "worker":
+        return run_worker(args, settings)
     text = asyncio.run(_run_command(args, settings))
     if text is not None:
         _print(text)
@@ -245,7 +268,13 @@ def _execute(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from ..web.serve import serve
 
-    return serve(settings, host=args.host, port=args.port, workers=args.workers)
+    return serve(
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        worker=not args.no_worker,
+    )
 
 
 async def _run_command(args: argparse.Namespace, settings: Settings) -> str | None:
@@ -259,12 +288,17 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
             audience=args.audience,
             cta=args.cta,
         )
+        from ..notify.policy import notify_policy
+
+        notify_policy(settings, args.notify)  # refused before the database is opened
     if hasattr(args, "interaction_id"):
         args.interaction_id = validate_interaction_id(args.interaction_id)
     if command == "resume":
         args.feedback = validate_feedback(args.feedback)
     if command == "list":
         validate_page(args.limit, 0, MAX_PAGE)
+    if command == "notifications":
+        check_notifications_args(args)
     decision = _decision(args) if command in ("approve", "revise", "edit", "reject") else None
     if command == "trust-unsigned":
         ids = [validate_interaction_id(i) for i in args.interaction_ids]
@@ -288,8 +322,10 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
     async with ColdMailAgent.open(settings=settings, missing=missing) as agent:
         if command == "export":
             return await _export(agent, args)
+        if command == "notifications":
+            return await notifications_command(args, agent)
         if command == "start":
-            run = await agent.start(brief, review=args.review, fields=fields)
+            run = await agent.start(brief, review=args.review, fields=fields, notify=args.notify)
             return _emit(
                 args,
                 run,
@@ -306,7 +342,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
                 sequence = run.sequence or run.draft
                 return json_for_terminal(sequence.model_dump(mode="json"))
             history = format_history(await agent.history(args.interaction_id))
-            return _emit(args, run, f"{format_run(run)}\n\n{history}")
+            deliveries = format_deliveries(await agent.notifications(args.interaction_id))
+            return _emit(args, run, f"{format_run(run)}\n\n{history}\n\n{deliveries}")
         if command == "purge":
             statuses = sorted(set(args.status or [RunStatus.COMPLETED.value]))
             deleted = await agent.purge(args.older_than, statuses)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from ..errors import InvalidInput
 from ..settings import Settings
-from ..store.outbox import NotifyPolicy
+from ..store.outbox import ANNOUNCED_EVENTS, NotifyPolicy
 from .destinations import parse_destinations, require_channels
 
 
@@ -29,4 +29,5 @@ def notify_policy(settings: Settings, notify: str | Iterable[str] = ()) -> Notif
     if not chosen:
         return None
     require_channels(chosen, settings)
-    return NotifyPolicy(tuple(d.value for d in chosen), settings.notify_events)
+    events = settings.notify_events or ANNOUNCED_EVENTS
+    return NotifyPolicy(tuple(d.value for d in chosen), events)

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from ..errors import DatabaseNotFound, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
+from ..signing import SnapshotSigner
 from .outbox import Delivery, OutboxClaim, OutboxOutcome
 from .protocol import (
     Action,
@@ -106,6 +107,9 @@ class DeferredSqliteStore:
 
     async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         return await self._read(lambda s: s.trust_unsigned(interaction_ids), [])
+
+    def link_signer(self) -> SnapshotSigner | None:
+        return None if self._store is None else self._store.link_signer()
 
     async def claim_notifications(
         self, limit: int, lease_seconds: float

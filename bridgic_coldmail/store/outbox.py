@@ -22,6 +22,7 @@ they come back when the lease ends, and the receiver sees the same id again.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +33,8 @@ from .codec import iso, parse_time, run_from_row
 
 POLICY_DOMAIN = b"bridgic-coldmail notify policy v1"
 NOTIFICATION_DOMAIN = b"bridgic-coldmail notification v1"
+NOTIFICATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a notification id looks like (``Notification.make_id`` makes UUIDs)."""
 MAX_ERROR_CHARS = 500
 """A delivery's last error is cut at this many characters."""
 

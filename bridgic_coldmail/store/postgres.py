@@ -522,6 +522,10 @@ class PostgresRunStore:
 
     # ------------------------------------------------------------------ the outbox
 
+    def link_signer(self) -> SnapshotSigner:
+        """The installation's signer, for the signed links notifications carry."""
+        return self._signer
+
     async def claim_notifications(
         self, limit: int, lease_seconds: float
     ) -> builtins.list[OutboxClaim]:

@@ -28,7 +28,7 @@ from ..models import (
     RunEvent,
     RunStatus,
 )
-from ..signing import json_text
+from ..signing import SnapshotSigner, json_text
 
 if TYPE_CHECKING:
     from .outbox import Delivery, NotifyPolicy, OutboxClaim, OutboxOutcome
@@ -268,6 +268,11 @@ class RunStore(Protocol):
 
     async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign unsigned snapshots (all when None): an operator's explicit decision."""
+        ...
+
+    def link_signer(self) -> SnapshotSigner | None:
+        """The installation's signer, for the signed links notifications carry (None: the
+        database does not exist yet)."""
         ...
 
     async def claim_notifications(

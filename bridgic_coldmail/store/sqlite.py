@@ -388,6 +388,10 @@ class SqliteRunStore:
 
     # ------------------------------------------------------------------ the outbox
 
+    def link_signer(self) -> SnapshotSigner:
+        """The installation's signer, for the signed links notifications carry."""
+        return self._signer
+
     async def claim_notifications(
         self, limit: int, lease_seconds: float
     ) -> builtins.list[OutboxClaim]:
