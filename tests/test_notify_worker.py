@@ -249,6 +249,27 @@ async def test_a_worker_stops_when_asked_after_its_deliveries_in_flight(
     assert delivery.status == "delivered"
 
 
+async def test_a_destination_whose_extra_went_missing_waits_instead_of_failing(
+    store: RunStore, settings: Settings
+) -> None:
+    """Queued while the apprise extra was installed, delivered after it was removed: tried
+    again later (installing it lets the notification through), never failed for good."""
+    from unittest import mock
+
+    from bridgic_coldmail.errors import ConfigurationError
+
+    pytest.importorskip("apprise")
+    run = await store.insert_paused(_new("json://127.0.0.1:9/hook"))
+
+    def missing(url: str) -> str:
+        raise ConfigurationError("the destination json://… needs the apprise extra")
+
+    with mock.patch("bridgic_coldmail.notify.destinations._apprise_url", missing):
+        await _worker(store, settings).run_once()
+    (waiting,) = await store.notifications(run.interaction_id)
+    assert waiting.status == "pending" and "apprise extra" in (waiting.last_error or "")
+
+
 # --------------------------------------------------------------------------- the whole path
 
 

@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -27,6 +28,7 @@ from bridgic_coldmail.store import (
     NewRun,
     Paused,
     RunStore,
+    SqliteRunStore,
     connect_store,
 )
 from bridgic_coldmail.store import outbox as outbox_module
@@ -337,3 +339,32 @@ async def test_purging_a_run_deletes_its_notifications(store: RunStore, backend:
 
 def _ago(minutes: int) -> datetime:
     return datetime.now(timezone.utc) - timedelta(minutes=minutes)
+
+
+async def test_the_outbox_costs_one_statement_in_the_transaction_and_none_without_it(
+    db_path: Path,
+) -> None:
+    """Issue 20's budget: a pause or an outcome that notifies costs one statement more (a
+    multi-row INSERT of all its destinations), and one that notifies nobody costs nothing.
+    Counted with SQLite's own statement trace."""
+    store = await SqliteRunStore.connect(db_path)
+    statements: list[str] = []
+    try:
+        await store._conn.set_trace_callback(statements.append)  # observing, not changing
+
+        async def cost(policy: NotifyPolicy | None) -> tuple[int, int]:
+            statements.clear()
+            run = await store.insert_paused(_new(policy))
+            inserted = len(statements)
+            claim = await _claim(store, run.interaction_id, Action.feedback("CTOs"))
+            statements.clear()
+            await store.complete(claim, _review(1))
+            return inserted, len(statements)
+
+        await cost(None)  # the first call also lists the schema's objects once
+        quiet = await cost(None)
+        loud = await cost(NotifyPolicy(tuple(f"r{i}@example.com" for i in range(20))))
+    finally:
+        await store.close()
+    assert loud == (quiet[0] + 1, quiet[1] + 1)
+    assert sum("INSERT INTO notifications" in s for s in statements) == 1

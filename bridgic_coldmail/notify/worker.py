@@ -108,8 +108,13 @@ class Worker:
     async def _deliver(self, claim: OutboxClaim, client: Any) -> None:
         notification = claim.notification
         if notification is None:
-            outcome = OutboxOutcome.failed(f"notification {claim.id}: {claim.problem}")
             shown = f"notification {claim.id}"
+            problem = f"{shown}: {claim.problem}"
+            outcome = (
+                self._outcome(claim, DeliveryResult.retry(problem))
+                if claim.retryable
+                else OutboxOutcome.failed(problem)
+            )
         else:
             shown = (
                 f"{notification.event} of run {notification.run.interaction_id} to "

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
+from ..errors import ConfigurationError
 from ..signing import SnapshotSigner, json_text
 from .codec import iso, parse_time, run_from_row
 
@@ -193,8 +194,10 @@ class OutboxClaim:
     """This attempt's number (1 for the first)."""
     notification: Any
     """The :class:`~bridgic_coldmail.notify.Notification` to deliver; None when the row does
-    not verify (see ``problem``): it must not be delivered."""
+    not verify or cannot be read (see ``problem``): it must not be delivered."""
     problem: str | None = None
+    retryable: bool = False
+    """The problem is this installation's (an extra not installed): try again later."""
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,9 @@ def claim_of(row: Mapping[str, Any], signer: SnapshotSigner) -> OutboxClaim:
         )
     try:
         notification = Notification.from_record(json.loads(row["record_json"]))
-    except Exception as exc:  # an extra uninstalled since, a release that cannot read it
+    except ConfigurationError as exc:  # an extra uninstalled since it was queued
+        return OutboxClaim(**base, notification=None, problem=str(exc), retryable=True)
+    except Exception as exc:  # a release that cannot read it
         return OutboxClaim(
             **base, notification=None, problem=f"it cannot be read ({type(exc).__name__})"
         )
