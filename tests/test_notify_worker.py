@@ -497,3 +497,40 @@ def test_coldmail_notify_events_narrows_what_a_run_announces() -> None:
     every = notify_policy(Settings.resolve(env=env), "https://hooks.example.com/x")
     assert every is not None and len(every.events) == 5
     assert notify_policy(Settings.resolve(env=env), []) is None
+
+
+async def test_the_json_api_starts_lists_and_retries_notifications(
+    server: ScriptedOpenAIServer, db_path: Path, receiver: Receiver
+) -> None:
+    from .test_web import settings_for, web_client
+
+    settings = settings_for(db_path, webhook_secret=WEBHOOK_SECRET, notify_timeout=2)
+    receiver.script(Reply(410))
+    hook = receiver.url("/hook?token=api-secret")
+    async with web_client(settings) as client:
+        bad = await client.post(
+            "/api/runs", json={"product": "A", "offer": "x", "sender": "D", "notify": ["nobody"]}
+        )
+        assert bad.status_code == 422 and "not an email address" in bad.text
+        assert server.count() == 0
+        made = await client.post(
+            "/api/runs", json={"product": "A", "offer": "x", "sender": "D", "notify": [hook]}
+        )
+        assert made.status_code == 201, made.text
+        run_id = made.json()["interaction_id"]
+        store = await connect_store(settings)
+        try:
+            await Worker(store, settings).run_once()
+        finally:
+            await store.close()
+        listed = await client.get(f"/api/runs/{run_id}/notifications")
+        assert listed.status_code == 200
+        (delivery,) = listed.json()
+        assert delivery["status"] == "failed" and delivery["event"] == "run.paused"
+        assert "api-secret" not in listed.text
+        retried = await client.post(f"/api/notifications/{delivery['id']}/retry")
+        assert retried.status_code == 200 and retried.json()["status"] == "pending"
+        missing = await client.post("/api/notifications/nope/retry")
+        assert missing.status_code == 422
+        unknown = await client.get("/api/runs/" + "f" * 32 + "/notifications")
+        assert unknown.status_code == 404

@@ -243,6 +243,40 @@ async def api_list(
     return JSONResponse([run.to_public_dict() for run in runs])
 
 
+class DeliveryOut(BaseModel):
+    """One notification and its delivery (``Delivery.to_public_dict``): the destination in
+    its display form, never its URL."""
+
+    id: str
+    interaction_id: str
+    event: str
+    destination: str
+    status: str = Field(description="pending, delivered or failed.")
+    attempts: int
+    next_attempt_at: str | None
+    last_error: str | None
+    created_at: str
+    delivered_at: str | None
+    verified: bool = Field(description="False: made or edited outside bridgic-coldmail.")
+
+
+@router.get("/runs/{interaction_id}/notifications", response_model=list[DeliveryOut])
+async def api_notifications(
+    interaction_id: str, agent: Agent, limit: int = Query(50, ge=1, le=MAX_PAGE)
+) -> Response:
+    """The run's notifications, newest first: where each went and how its delivery went."""
+    await agent.get(interaction_id)  # 404 for an unknown run, as every run route
+    deliveries = await agent.notifications(interaction_id, limit=limit)
+    return JSONResponse([d.to_public_dict() for d in deliveries])
+
+
+@router.post("/notifications/{notification_id}/retry", response_model=DeliveryOut)
+async def api_retry_notification(notification_id: str, agent: Agent) -> Response:
+    """Queue a failed notification again, due now (a pending or delivered one is returned
+    unchanged)."""
+    return JSONResponse((await agent.retry_notification(notification_id)).to_public_dict())
+
+
 @router.post("/runs/{interaction_id}/feedback", response_model=RunOut)
 async def api_feedback(interaction_id: str, body: FeedbackIn, agent: Agent) -> Response:
     """Resume a paused run with feedback on the audience; returns it completed, or in review
