@@ -534,3 +534,36 @@ async def test_the_json_api_starts_lists_and_retries_notifications(
         assert missing.status_code == 422
         unknown = await client.get("/api/runs/" + "f" * 32 + "/notifications")
         assert unknown.status_code == 404
+
+
+async def test_a_worker_waits_out_a_locked_store_and_then_delivers(
+    db_path: Path, receiver: Receiver
+) -> None:
+    """SQLite held by another process longer than the busy timeout: the long-running worker
+    says so, keeps going, and delivers once the lock is released."""
+    settings = Settings.resolve(
+        db=str(db_path), webhook_secret=WEBHOOK_SECRET, notify_timeout=2, busy_timeout=0.2
+    )
+    store = await connect_store(settings)
+    lines: list[str] = []
+    try:
+        await store.insert_paused(_new(receiver.url()))
+        stop = asyncio.Event()
+        worker = _worker(store, settings, poll_seconds=0.1, report=lines.append)
+        with SqliteRows(db_path).lock():
+            running = asyncio.ensure_future(worker.run(stop))
+            await _until(lambda: any("out of reach" in line for line in lines))
+            assert receiver.received == []
+        await _until(lambda: len(receiver.received) == 1)
+        await _until(lambda: worker.stats.delivered == 1)
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    finally:
+        await store.close()
+
+
+def test_a_worker_on_a_database_not_created_yet_creates_nothing(db_path: Path) -> None:
+    done = run_cli("worker", "--once")
+    assert done.returncode == 0, done.stderr
+    assert "0 delivered" in done.stdout
+    assert not db_path.exists()

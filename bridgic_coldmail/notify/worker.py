@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StoreError
 from ..store.outbox import OutboxClaim, OutboxOutcome
 from .channels import DeliveryResult, deliver, make_http_client
 from .schedule import DEFAULT_SCHEDULE, RetrySchedule
@@ -84,10 +84,16 @@ class Worker:
                     return made
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set; a batch in flight is always finished first."""
+        """Deliver until ``stop`` is set; a batch in flight is always finished first. The
+        store out of reach for a while (locked, restarting, the network down) is waited
+        out: the worker says so and tries again at its next poll."""
         async with _HttpClient(self.settings) as client:
             while not stop.is_set():
-                done = await self._deliver_batch(client)
+                try:
+                    done = await self._deliver_batch(client)
+                except StoreError as exc:
+                    self._say(f"the store is out of reach ({exc}); trying again")
+                    done = 0
                 if done >= self.batch:
                     continue
                 try:
@@ -130,7 +136,10 @@ class Worker:
             except Exception as exc:  # a bug must not lose the notification: try again
                 result = DeliveryResult.retry(f"{type(exc).__name__}: {exc}")
             outcome = self._outcome(claim, result)
-        recorded = await self.store.finish_notification(claim, outcome)
+        try:
+            recorded = await self.store.finish_notification(claim, outcome)
+        except StoreError:  # left leased: delivered again, with the same id, after the lease
+            recorded = False
         if not recorded:
             self.stats.lost += 1
             self._say(f"lost the lease on {shown}; another worker tries it again")
