@@ -47,6 +47,7 @@ from .store import (
     Refusal,
     RunStore,
 )
+from .store.outbox import NotifyPolicy
 
 SUPPORTED_SERIALIZATION_VERSIONS = frozenset({"1.0"})
 """Bridgic snapshot formats this release can resume."""
@@ -98,8 +99,16 @@ class Runner:
         )
         return automa
 
-    async def start(self, brief: Brief, *, review: bool, fields: tuple[str, ...]) -> Run:
-        """Draft the sequence and store the run paused for audience feedback."""
+    async def start(
+        self,
+        brief: Brief,
+        *,
+        review: bool,
+        fields: tuple[str, ...],
+        notify: NotifyPolicy | None = None,
+    ) -> Run:
+        """Draft the sequence and store the run paused for audience feedback (and its
+        ``run.paused`` notifications, in the same transaction)."""
         automa = self.automa()
         try:
             await automa.arun(
@@ -121,6 +130,7 @@ class Runner:
                     review=review,
                     max_rounds=self.settings.max_rounds if review else None,
                     fields=fields,
+                    notify=notify,
                 )
             )
         raise ColdmailError("the automa finished without pausing for feedback; this is a bug")
@@ -156,7 +166,9 @@ class Runner:
                 # Shielded: a cancelled step must still give the run back. Giving back is
                 # fenced too: a result recorded after all is never marked as failed. (Once
                 # unconfirmed, the lease is over: there is nothing left to give back.)
-                await asyncio.shield(self._give_back(claim, wording.failure_note(exc)))
+                # A step that failed (not one interrupted) tells the run's reviewers.
+                note, failed = wording.failure_note(exc), isinstance(exc, Exception)
+                await asyncio.shield(self._give_back(claim, note, announce=failed))
             raise
         if completed is None:
             raise await self._fenced_out(claim)
@@ -265,13 +277,13 @@ class Runner:
             if not task.done():
                 task.cancel()
 
-    async def _give_back(self, claim: Claim, error: str) -> None:
+    async def _give_back(self, claim: Claim, error: str, *, announce: bool = False) -> None:
         """Release the claim with the error, retrying while the store is locked or full,
         until the lease would have run out anyway."""
         deadline = asyncio.get_running_loop().time() + self._store.lease_seconds
         while True:
             try:
-                await self._store.release(claim, error)
+                await self._store.release(claim, error, announce=announce)
                 return
             except StoreError:
                 if asyncio.get_running_loop().time() >= deadline:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .export.lint import LintIssue
     from .export.writer import Variant
     from .notify.links import OpenedLink
+    from .store.outbox import Delivery
 from .models import (
     Brief,
     DamagedRun,
@@ -196,6 +197,7 @@ class ColdMailAgent:
         *,
         review: bool = False,
         fields: Iterable[str] = (),
+        notify: str | Iterable[str] = (),
     ) -> Run:
         """Draft the sequence and pause for audience feedback.
 
@@ -208,14 +210,24 @@ class ColdMailAgent:
                 (:meth:`approve`, :meth:`revise`, :meth:`edit`, :meth:`reject`).
             fields: the columns of the lead list the emails will go to; the LLM may use them
                 as ``{{name}}`` merge fields, and no others.
+            notify: where this run's notifications go besides ``COLDMAIL_NOTIFY``: email
+                addresses, webhook or chat URLs (see ``notify.destinations``); kept with the
+                run, each pause and outcome queued for delivery in the same transaction.
 
         Raises:
-            InvalidInput: the brief or the fields do not validate.
+            InvalidInput: the brief, the fields or a destination do not validate.
+            ConfigurationError: a destination this installation cannot reach (email
+                without ``COLDMAIL_SMTP_URL``, a webhook without ``COLDMAIL_WEBHOOK_SECRET``).
             LlmError: the draft LLM call failed; nothing was stored.
         """
         if not isinstance(brief, Brief):
             brief = make_brief(**dict(brief))
-        return await self._runner.start(brief, review=review, fields=_check_fields(fields))
+        from .notify.policy import notify_policy
+
+        policy = notify_policy(self.settings, notify)
+        return await self._runner.start(
+            brief, review=review, fields=_check_fields(fields), notify=policy
+        )
 
     # ------------------------------------------------------------------ feedback and decisions
 
@@ -569,6 +581,39 @@ class ColdMailAgent:
             )
             for position, run in enumerate(runs)
         ]
+
+    async def notifications(
+        self, interaction_id: str | None = None, *, limit: int = 50
+    ) -> builtins.list[Delivery]:
+        """The notifications queued for delivery (one run's, or all), newest first: each
+        one's event, destination (shown without its URL's secrets), status, attempts, next
+        try and last error."""
+        if interaction_id is not None:
+            interaction_id = validate_interaction_id(interaction_id)
+        limit, _ = validate_page(limit, 0, MAX_PAGE)
+        return await self._store.notifications(interaction_id, limit=limit)
+
+    async def retry_notification(self, notification_id: str) -> Delivery:
+        """Queue a failed notification again, from the start of the retry schedule (a
+        pending or delivered one is returned unchanged).
+
+        Raises:
+            InvalidInput: a malformed id, or no notification under it.
+        """
+        from .store.outbox import NOTIFICATION_ID
+
+        if not isinstance(notification_id, str) or not NOTIFICATION_ID.fullmatch(notification_id):
+            raise InvalidInput(
+                "a notification id is 1 to 64 letters, digits, '-' or '_' (as "
+                "`coldmail notifications` lists them)"
+            )
+        found = await self._store.retry_notification(notification_id)
+        if found is None:
+            raise InvalidInput(
+                f"no notification {notification_id} in {self.db_path}; "
+                "`coldmail notifications` lists them"
+            )
+        return found
 
     async def trust_unsigned(self, interaction_ids: Collection[str] | None) -> builtins.list[str]:
         """Sign the unsigned snapshots of these runs (all of them when None).

@@ -224,6 +224,9 @@ class Settings:
     """Seconds one delivery attempt may take, as a whole."""
     link_ttl: float = 7 * 24 * 3600.0
     """Seconds a one-click link works when its pause has no deadline (default: a week)."""
+    notify_events: tuple[Any, ...] = ()
+    """The events a run started now announces, comma-separated: some of ``run.paused``,
+    ``run.review``, ``run.completed``, ``run.rejected``, ``run.failed``. None: all five."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -595,6 +598,7 @@ ENV.update(
     webhook_secret="COLDMAIL_WEBHOOK_SECRET",
     notify_timeout="COLDMAIL_NOTIFY_TIMEOUT",
     link_ttl="COLDMAIL_LINK_TTL",
+    notify_events="COLDMAIL_NOTIFY_EVENTS",
 )
 _SECRET.update({"smtp_url", "webhook_secret", "notify"})  # a DEST may hold a token
 
@@ -646,6 +650,21 @@ def _mail_from(value: Any) -> str:
     return str(Address(display_name=name, addr_spec=address)) if name else address
 
 
+def _events(value: Any) -> tuple[str, ...]:
+    from .store.outbox import ANNOUNCED_EVENTS
+
+    items = value.split(",") if isinstance(value, str) else list(value)
+    events = tuple(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+    unknown = [e for e in events if e not in ANNOUNCED_EVENTS]
+    if unknown:
+        raise ValueError(
+            f"unknown event {unknown[0]!r}; name some of {', '.join(ANNOUNCED_EVENTS)}"
+        )
+    if not events:
+        raise ValueError(f"name at least one of {', '.join(ANNOUNCED_EVENTS)}")
+    return events
+
+
 def _webhook_secret(value: Any) -> str:
     from .notify.channels import webhook_keys
 
@@ -661,4 +680,5 @@ _PARSERS.update(
     webhook_secret=_webhook_secret,
     notify_timeout=_seconds,
     link_ttl=_seconds,
+    notify_events=_events,
 )

@@ -78,10 +78,15 @@ class SyncColdMailAgent:
         return self._agent.settings
 
     def start(
-        self, brief: Brief | Mapping[str, Any], *, review: bool = False, fields: Iterable[str] = ()
+        self,
+        brief: Brief | Mapping[str, Any],
+        *,
+        review: bool = False,
+        fields: Iterable[str] = (),
+        notify: str | Iterable[str] = (),
     ) -> Run:
         """Draft and pause; see :meth:`ColdMailAgent.start`."""
-        return self._call(self._agent.start(brief, review=review, fields=fields))
+        return self._call(self._agent.start(brief, review=review, fields=fields, notify=notify))
 
     def resume(self, interaction_id: str, feedback: str, *, reviewer: str | None = None) -> Run:
         """Resume with audience feedback; see :meth:`ColdMailAgent.resume`."""

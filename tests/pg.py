@@ -388,6 +388,22 @@ class PostgresRows:
             (*columns.values(), interaction_id, seq),
         )
 
+    def notifications(self, interaction_id: str | None = None) -> list[dict[str, Any]]:
+        where, params = (
+            ("WHERE interaction_id = %s", (interaction_id,)) if interaction_id else ("", ())
+        )
+        found = self._execute(
+            f"SELECT * FROM coldmail.notifications {where} ORDER BY created_at, id", params
+        )
+        return [dict(r) for r in found.fetchall()]
+
+    def set_notification(self, notification_id: str, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = %s" for name in columns)
+        self._execute(
+            f"UPDATE coldmail.notifications SET {assignments} WHERE id = %s",
+            (*columns.values(), notification_id),
+        )
+
     def delete_event(self, interaction_id: str, seq: int) -> None:
         self._execute(
             "DELETE FROM coldmail.run_events WHERE interaction_id = %s AND seq = %s",

@@ -78,6 +78,14 @@ class Rows(Protocol):
         the runs table) while its block runs."""
         ...
 
+    def notifications(self, interaction_id: str | None = None) -> list[dict[str, Any]]:
+        """The outbox rows (of one run, or all), oldest first, by id within a moment."""
+        ...
+
+    def set_notification(self, notification_id: str, **columns: Any) -> None:
+        """Overwrite columns of one outbox row (times as datetimes)."""
+        ...
+
 
 def expire_lease(rows: Rows, interaction_id: str) -> None:
     """As if the resumer's lease ran out a minute ago."""
@@ -181,6 +189,24 @@ class SqliteRows:
             conn.execute(
                 "INSERT INTO coldmail_schema (version, name, applied_at) VALUES (?, ?, ?)",
                 (version, "from the future", iso(datetime.now(timezone.utc))),
+            )
+
+    def notifications(self, interaction_id: str | None = None) -> list[dict[str, Any]]:
+        where, params = (
+            ("WHERE interaction_id = ?", (interaction_id,)) if interaction_id else ("", ())
+        )
+        with self._connect() as conn:
+            found = conn.execute(
+                f"SELECT * FROM notifications {where} ORDER BY created_at, id", params
+            )
+            return [dict(r) for r in found.fetchall()]
+
+    def set_notification(self, notification_id: str, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with self._connect() as conn:
+            conn.execute(
+                f"UPDATE notifications SET {assignments} WHERE id = ?",
+                (*(self._stored(v) for v in columns.values()), notification_id),
             )
 
     @contextmanager

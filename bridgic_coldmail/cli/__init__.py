@@ -52,6 +52,13 @@ from ..settings import BACKENDS, ENV, Settings, default_db_path, redact_url
 from ..store import Action, IfMissing
 from ..text import terminal_safe
 from .demo import run_demo
+from .notifications import add_commands as add_notification_commands
+from .notifications import (
+    check_notifications_args,
+    format_deliveries,
+    notifications_command,
+    run_worker,
+)
 from .render import (
     format_history,
     format_run,
@@ -167,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="CSV",
         help="the lead list the emails will go to: its columns become {{merge_fields}}",
+    )
+    start.add_argument(
+        "--notify",
+        action="append",
+        default=[],
+        metavar="DEST",
+        help="also tell DEST when the run waits or ends: an email address, an https:// "
+        "webhook or Slack URL (added to $COLDMAIL_NOTIFY)",
     )
 
     resume = command("resume", "resume a paused run with feedback on the audience")
@@ -296,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print a line per request (one-click link tokens are redacted)",
     )
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not deliver notifications from this process (run `coldmail worker` instead)",
+    )
+    add_notification_commands(command)
     return parser
 
 
@@ -304,6 +325,8 @@ def _execute(args: argparse.Namespace, settings: Settings) -> int:
         return run_demo(args, settings)
     if args.command == "serve":
         return _serve(args, settings)
+    if args.command == "worker":
+        return run_worker(args, settings)
     text = asyncio.run(_run_command(args, settings))
     if text is not None:
         _print(text)
@@ -319,6 +342,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         workers=args.workers,
         access_log=args.access_log,
+        worker=not args.no_worker,
     )
 
 
@@ -335,6 +359,9 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
             postal_address=args.postal_address,
             opt_out=args.opt_out,
         )
+        from ..notify.policy import notify_policy
+
+        notify_policy(settings, args.notify)  # refused before the database is opened
     if hasattr(args, "interaction_id"):
         args.interaction_id = validate_interaction_id(args.interaction_id)
     if command == "resume":
@@ -343,6 +370,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
         validate_page(args.limit, 0, MAX_PAGE)
     if command == "link" and args.origin is not None:
         settings = _with_origin(settings, args.origin)
+    if command == "notifications":
+        check_notifications_args(args)
     decision = _decision(args) if command in ("approve", "revise", "edit", "reject") else None
     if command == "trust-unsigned":
         ids = [validate_interaction_id(i) for i in args.interaction_ids]
@@ -366,8 +395,10 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
     async with ColdMailAgent.open(settings=settings, missing=missing) as agent:
         if command == "export":
             return await _export(agent, args)
+        if command == "notifications":
+            return await notifications_command(args, agent)
         if command == "start":
-            run = await agent.start(brief, review=args.review, fields=fields)
+            run = await agent.start(brief, review=args.review, fields=fields, notify=args.notify)
             return _emit(
                 args,
                 run,
@@ -384,7 +415,8 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
                 sequence = run.sequence or run.draft
                 return json_for_terminal(sequence.model_dump(mode="json"))
             history = format_history(await agent.history(args.interaction_id))
-            return _emit(args, run, f"{format_run(run)}\n\n{history}")
+            deliveries = format_deliveries(await agent.notifications(args.interaction_id))
+            return _emit(args, run, f"{format_run(run)}\n\n{history}\n\n{deliveries}")
         if command == "link":
             return await _link(agent, args, settings)
         if command == "purge":

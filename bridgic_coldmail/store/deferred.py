@@ -21,6 +21,7 @@ from typing import TypeVar
 from ..errors import DatabaseNotFound, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..signing import SnapshotSigner
+from .outbox import Delivery, OutboxClaim, OutboxOutcome
 from .protocol import (
     Action,
     Claim,
@@ -103,8 +104,8 @@ class DeferredSqliteStore:
     async def complete(self, claim: Claim, result: Paused | Finished) -> Run | None:
         return await self._read(lambda s: s.complete(claim, result), None)
 
-    async def release(self, claim: Claim, error: str) -> bool:
-        return await self._read(lambda s: s.release(claim, error), False)
+    async def release(self, claim: Claim, error: str, *, announce: bool = False) -> bool:
+        return await self._read(lambda s: s.release(claim, error, announce=announce), False)
 
     async def purge(self, older_than: timedelta, statuses: Collection[RunStatus]) -> int:
         return await self._read(lambda s: s.purge(older_than, statuses), 0)
@@ -114,6 +115,22 @@ class DeferredSqliteStore:
 
     async def signer(self) -> SnapshotSigner | None:
         return await self._read(lambda s: s.signer(), None)
+
+    async def claim_notifications(
+        self, limit: int, lease_seconds: float
+    ) -> builtins.list[OutboxClaim]:
+        return await self._read(lambda s: s.claim_notifications(limit, lease_seconds), [])
+
+    async def finish_notification(self, claim: OutboxClaim, outcome: OutboxOutcome) -> bool:
+        return await self._read(lambda s: s.finish_notification(claim, outcome), False)
+
+    async def notifications(
+        self, interaction_id: str | None = None, *, limit: int = 50
+    ) -> builtins.list[Delivery]:
+        return await self._read(lambda s: s.notifications(interaction_id, limit=limit), [])
+
+    async def retry_notification(self, notification_id: str) -> Delivery | None:
+        return await self._read(lambda s: s.retry_notification(notification_id), None)
 
     async def close(self) -> None:
         async with self._lock:

@@ -57,6 +57,7 @@ import math
 import re
 import select
 import socket
+import uuid
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -84,6 +85,20 @@ from .codec import (
     is_legacy,
     run_from_row,
     status_counts,
+)
+from .outbox import (
+    NOTIFICATION_COLUMNS,
+    Delivery,
+    OutboxClaim,
+    OutboxOutcome,
+    bounded_error,
+    claim_of,
+    delivery_of,
+    event_of_result,
+    insert_statement,
+    insert_values,
+    plan_notifications,
+    seal_policy,
 )
 from .postgres_sql import (
     EXPECTED_RELATIONS,
@@ -127,13 +142,23 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     ) from None
 
 _COLUMNS = ", ".join(RUN_COLUMNS)
-_TIME_COLUMNS = ("created_at", "updated_at", "completed_at", "claim_expires_at", "at")
+_TIME_COLUMNS = (
+    "created_at",
+    "updated_at",
+    "completed_at",
+    "claim_expires_at",
+    "at",
+    "next_attempt_at",
+    "lease_until",
+    "delivered_at",
+)
 _EVENT_SELECT = ", ".join([*EVENT_COLUMNS, "mac"])
 _SELECT_ROW = f"SELECT {_COLUMNS} FROM coldmail.runs WHERE interaction_id = %s"
 _LOCK_ROW = (
-    f"SELECT {_COLUMNS}, pg_catalog.clock_timestamp() AS db_now FROM coldmail.runs "
-    "WHERE interaction_id = %s FOR UPDATE"
+    f"SELECT {_COLUMNS}, policy_json, policy_mac, pg_catalog.clock_timestamp() AS db_now "
+    "FROM coldmail.runs WHERE interaction_id = %s FOR UPDATE"
 )
+_NOTIFICATION_SELECT = f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM coldmail.notifications"
 _LOCK_ROW_WITH_SNAPSHOT = (
     f"SELECT {_COLUMNS}, snapshot, pg_catalog.clock_timestamp() AS db_now FROM coldmail.runs "
     "WHERE interaction_id = %s FOR UPDATE"
@@ -320,15 +345,23 @@ class PostgresRunStore:
         signature = signer.sign(new.interaction_id, new.serialization_version, new.snapshot)
         async with self._transaction() as tx:
             (clock,) = await tx.open("SELECT pg_catalog.clock_timestamp() AS db_now", [])
-            change = plan_insert(new, now=clock["db_now"], signature=signature)
+            now = clock["db_now"]
+            change = plan_insert(new, now=now, signature=signature)
             change.seal(signer, sign_row=True)
-            columns = [*RUN_COLUMNS, "snapshot"]
+            policy = seal_policy(signer, new.interaction_id, new.notify)
+            columns = [*RUN_COLUMNS, "snapshot", "policy_json", "policy_mac"]
             insert = (
                 f"INSERT INTO coldmail.runs ({', '.join(columns)}) "
                 f"VALUES ({', '.join('%s' for _ in columns)})"
             )
-            values = [*(change.row.get(c) for c in RUN_COLUMNS), new.snapshot]
-            await tx.finish([(insert, values), *_insert_events(change)])
+            values = [*(change.row.get(c) for c in RUN_COLUMNS), new.snapshot, *policy]
+            announced = plan_notifications(
+                {**change.row, "policy_json": policy[0], "policy_mac": policy[1]},
+                "run.paused",
+                now=now,
+                signer=signer,
+            )
+            await tx.finish([(insert, values), *_insert_events(change), *_enqueue(announced)])
         return run_from_row(change.row)  # just signed here: no MAC to check
 
     async def claim(
@@ -401,11 +434,16 @@ class PostgresRunStore:
             change = plan_complete(row, claim, result, now=now, signature=signature)
             change.seal(signer, sign_row=row["row_mac"] is not None)
             snapshot = result.snapshot if isinstance(result, Paused) else None
-            await tx.finish(_update(row, change, snapshot=(snapshot,)))
+            round = result.round if isinstance(result, Paused) else 1
+            announced = plan_notifications(
+                change.row, event_of_result(result), now=now, signer=signer, n=round
+            )
+            await tx.finish([*_update(row, change, snapshot=(snapshot,)), *_enqueue(announced)])
         return run_from_row(change.row, verified=row["row_mac"] is not None)  # just signed
 
-    async def release(self, claim: Claim, error: str) -> bool:
-        """Give the run back with the error recorded; False when the claim was lost."""
+    async def release(self, claim: Claim, error: str, *, announce: bool = False) -> bool:
+        """Give the run back with the error recorded; False when the claim was lost.
+        ``announce``: queue a ``run.failed`` notification with it."""
         error = error.replace("\x00", "\\0")  # PostgreSQL text cannot hold NUL
         async with self._transaction(durable=False) as tx:
             held = await self._held_row(tx, claim)
@@ -414,7 +452,18 @@ class PostgresRunStore:
             row, now = held
             change = plan_release(row, error, now=now)
             change.seal(self._signer, sign_row=row["row_mac"] is not None)
-            await tx.finish(_update(row, change))
+            announced = (
+                plan_notifications(
+                    change.row,
+                    "run.failed",
+                    now=now,
+                    signer=self._signer,
+                    n=int(change.row["event_count"]),
+                )
+                if announce
+                else []
+            )
+            await tx.finish([*_update(row, change), *_enqueue(announced)])
         return True
 
     async def _held_row(self, tx: _Tx, claim: Claim) -> tuple[dict[str, Any], datetime] | None:
@@ -440,6 +489,8 @@ class PostgresRunStore:
                 "  ORDER BY interaction_id FOR UPDATE)"
                 " RETURNING interaction_id),"
                 " history AS (DELETE FROM coldmail.run_events"
+                "  WHERE interaction_id IN (SELECT interaction_id FROM gone)),"
+                " outbox AS (DELETE FROM coldmail.notifications"
                 "  WHERE interaction_id IN (SELECT interaction_id FROM gone))"
                 " SELECT pg_catalog.count(*) AS deleted FROM gone",
                 [names, older_than],
@@ -482,6 +533,82 @@ class PostgresRunStore:
             ]
             await tx.finish(updates)
         return [str(r["interaction_id"]) for r in chosen]
+
+    # ------------------------------------------------------------------ the outbox
+
+    async def claim_notifications(
+        self, limit: int, lease_seconds: float
+    ) -> builtins.list[OutboxClaim]:
+        """Lease up to ``limit`` due notifications: rows another worker is claiming are
+        skipped (``FOR UPDATE SKIP LOCKED``), never waited for, never taken twice."""
+        async with self._transaction(durable=False) as tx:
+            rows = await tx.only(
+                "UPDATE coldmail.notifications SET lease_token = %s, "
+                "lease_until = pg_catalog.clock_timestamp() + %s, attempts = attempts + 1 "
+                "WHERE id IN (SELECT id FROM coldmail.notifications "
+                "WHERE status = 'pending' AND next_attempt_at <= pg_catalog.clock_timestamp() "
+                "AND (lease_until IS NULL OR lease_until < pg_catalog.clock_timestamp()) "
+                "ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {', '.join(NOTIFICATION_COLUMNS)}",
+                [uuid.uuid4().hex, timedelta(seconds=lease_seconds), limit],
+            )
+        return [claim_of(_normalized(row), self._signer) for row in rows]
+
+    async def finish_notification(self, claim: OutboxClaim, outcome: OutboxOutcome) -> bool:
+        """Record the attempt's outcome if the lease is still ours (the server's clock)."""
+        error = bounded_error(outcome.error)
+        async with self._transaction(durable=False) as tx:
+            done = await tx.only(
+                "UPDATE coldmail.notifications SET status = %s, "
+                "next_attempt_at = pg_catalog.clock_timestamp() + %s, "
+                "last_error = COALESCE(%s, last_error), "
+                "delivered_at = CASE WHEN %s THEN pg_catalog.clock_timestamp() END, "
+                "lease_token = NULL, lease_until = NULL "
+                "WHERE id = %s AND lease_token = %s RETURNING id",
+                [
+                    outcome.status,
+                    timedelta(seconds=outcome.retry_in),
+                    error,
+                    outcome.status == "delivered",
+                    claim.id,
+                    claim.token,
+                ],
+            )
+        return bool(done)
+
+    async def notifications(
+        self, interaction_id: str | None = None, *, limit: int = 50
+    ) -> builtins.list[Delivery]:
+        """Notifications newest first, of one run or all."""
+        if interaction_id is not None and not _storable(interaction_id):
+            return []
+        where, params = (
+            ("WHERE interaction_id = %s", [interaction_id]) if interaction_id else ("", [])
+        )
+        query = f"{_NOTIFICATION_SELECT} {where} ORDER BY created_at DESC, id LIMIT %s"
+
+        async def fetch(conn: Connection) -> builtins.list[DictRow]:
+            cursor = await conn.execute(query, [*params, limit])
+            return await cursor.fetchall()
+
+        rows = await self._read(fetch)
+        return [delivery_of(_normalized(row), self._signer) for row in rows]
+
+    async def retry_notification(self, notification_id: str) -> Delivery | None:
+        """A failed notification queued again from the start of the schedule, due now."""
+        if not _storable(notification_id):
+            return None
+        columns = ", ".join(NOTIFICATION_COLUMNS)
+        async with self._transaction() as tx:
+            found = await tx.only(
+                "WITH retried AS (UPDATE coldmail.notifications SET status = 'pending', "
+                "attempts = 0, next_attempt_at = pg_catalog.clock_timestamp(), "
+                "lease_token = NULL, lease_until = NULL WHERE id = %s AND status = 'failed' "
+                f"RETURNING {columns}) SELECT {columns} FROM retried UNION ALL "
+                f"{_NOTIFICATION_SELECT} WHERE id = %s AND NOT EXISTS (SELECT 1 FROM retried)",
+                [notification_id, notification_id],
+            )
+        return delivery_of(_normalized(found[0]), self._signer) if found else None
 
     # ------------------------------------------------------------------ reads
 
@@ -809,6 +936,14 @@ def _update(
             )
         )
     return [*statements, *_insert_events(change)]
+
+
+def _enqueue(rows: list[dict[str, Any]]) -> list[tuple[str, Sequence[Any]]]:
+    """The outbox rows announcing a change: one statement, none when there are none."""
+    if not rows:
+        return []
+    statement = insert_statement("coldmail.notifications", len(rows), "%s")
+    return [(statement, insert_values(rows, as_text=False))]
 
 
 def _insert_events(change: RowChange) -> list[tuple[str, Sequence[Any]]]:

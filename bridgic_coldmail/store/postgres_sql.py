@@ -93,9 +93,36 @@ V1_RUNS_HISTORY_META = (
     "CREATE TABLE coldmail.coldmail_meta (key text PRIMARY KEY, value text NOT NULL)",
 )
 
+# Reaching the reviewer: a run's notify policy (MACed with its id) and the outbox, one row
+# per notification, written in the same transaction as the state change it announces.
+V2_NOTIFICATIONS_OUTBOX = (
+    "ALTER TABLE coldmail.runs ADD COLUMN policy_json text",
+    "ALTER TABLE coldmail.runs ADD COLUMN policy_mac bytea",
+    """CREATE TABLE coldmail.notifications (
+    id              text COLLATE "C" PRIMARY KEY,
+    interaction_id  text COLLATE "C" NOT NULL,
+    event           text NOT NULL,
+    destination     text NOT NULL,
+    record_json     text NOT NULL,
+    mac             bytea,
+    status          text NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL,
+    lease_token     text,
+    lease_until     timestamptz,
+    last_error      text,
+    created_at      timestamptz NOT NULL,
+    delivered_at    timestamptz
+)""",
+    "CREATE INDEX notifications_due ON coldmail.notifications (status, next_attempt_at)",
+    "CREATE INDEX notifications_by_run ON coldmail.notifications (interaction_id, created_at)",
+)
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, signed history, metadata", V1_RUNS_HISTORY_META),
+    Migration(2, "notify policies and the notifications outbox", V2_NOTIFICATIONS_OUTBOX),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -111,6 +138,10 @@ EXPECTED_RELATIONS = {
     ("i", "runs_by_status_and_age"),
     ("i", "runs_by_age"),
     ("i", "runs_by_status_and_update"),
+    ("r", "notifications"),
+    ("i", "notifications_pkey"),
+    ("i", "notifications_due"),
+    ("i", "notifications_by_run"),
 }
 """Every relation (``pg_class.relkind``, name) the current schema holds in ``coldmail``. With
 no trigger and no rule on them: anything else was planted by a database writer — a trigger

@@ -16,7 +16,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..models import (
     STORED,
@@ -29,6 +29,9 @@ from ..models import (
     RunStatus,
 )
 from ..signing import SnapshotSigner, json_text
+
+if TYPE_CHECKING:
+    from .outbox import Delivery, NotifyPolicy, OutboxClaim, OutboxOutcome
 
 ActionKind = Literal["feedback", "approve", "revise", "edit", "reject"]
 
@@ -123,6 +126,8 @@ class NewRun:
     review: bool = False
     max_rounds: int | None = None
     fields: tuple[str, ...] = ()
+    notify: NotifyPolicy | None = None
+    """Where the run's notifications go (None: nowhere), kept with the run."""
 
 
 @dataclass(frozen=True)
@@ -260,8 +265,9 @@ class RunStore(Protocol):
         """Record the result, fenced: None when the claim is no longer ours."""
         ...
 
-    async def release(self, claim: Claim, error: str) -> bool:
-        """Give the run back with the error recorded; False when the claim was lost."""
+    async def release(self, claim: Claim, error: str, *, announce: bool = False) -> bool:
+        """Give the run back with the error recorded; False when the claim was lost.
+        ``announce``: the step failed (not interrupted), so a ``run.failed`` is queued."""
         ...
 
     async def purge(self, older_than: timedelta, statuses: Collection[RunStatus]) -> int:
@@ -275,6 +281,28 @@ class RunStore(Protocol):
     async def signer(self) -> SnapshotSigner | None:
         """This installation's signer (one-click links are signed with it too); None while
         no database exists yet."""
+        ...
+
+    async def claim_notifications(
+        self, limit: int, lease_seconds: float
+    ) -> builtins.list[OutboxClaim]:
+        """Lease up to ``limit`` due notifications for one delivery attempt each; no other
+        caller gets them until the lease ends or the outcome is recorded."""
+        ...
+
+    async def finish_notification(self, claim: OutboxClaim, outcome: OutboxOutcome) -> bool:
+        """Record an attempt's outcome, fenced by the lease; False when the lease was lost."""
+        ...
+
+    async def notifications(
+        self, interaction_id: str | None = None, *, limit: int = 50
+    ) -> builtins.list[Delivery]:
+        """Notifications newest first (of one run, or all)."""
+        ...
+
+    async def retry_notification(self, notification_id: str) -> Delivery | None:
+        """Queue a failed notification again, due now; None when there is no such one. A
+        pending or delivered one is returned unchanged."""
         ...
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ import builtins
 import os
 import sqlite3
 import stat
+import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -44,6 +45,20 @@ from .codec import (
     iso,
     run_from_row,
     status_counts,
+)
+from .outbox import (
+    NOTIFICATION_COLUMNS,
+    Delivery,
+    OutboxClaim,
+    OutboxOutcome,
+    bounded_error,
+    claim_of,
+    delivery_of,
+    event_of_result,
+    insert_statement,
+    insert_values,
+    plan_notifications,
+    seal_policy,
 )
 from .protocol import Action, Claim, ClaimOutcome, Finished, NewRun, Paused, Refusal
 from .rules import (
@@ -70,7 +85,8 @@ _HOLD_ROW = (
     # The schema cookie comes with the row, so the planted-object check costs no statement
     # of its own (a one-row select, left-joined: the cookie comes even without a run).
     f"SELECT s.schema_version AS schema_cookie, {', '.join('r.' + c for c in RUN_COLUMNS)}, "
-    "r.snapshot FROM (SELECT schema_version FROM pragma_schema_version) AS s "
+    "r.snapshot, r.policy_json, r.policy_mac "
+    "FROM (SELECT schema_version FROM pragma_schema_version) AS s "
     "LEFT JOIN runs AS r ON r.interaction_id = ?"
 )
 _UPDATE_COLUMNS = [c for c in RUN_COLUMNS if c != "interaction_id"]
@@ -82,9 +98,13 @@ _UPDATE_ROW_AND_SNAPSHOT = (
     "WHERE interaction_id = ?"
 )
 _INSERT_ROW = (
-    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}, snapshot) "
-    f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)}, ?)"
+    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}, snapshot, policy_json, policy_mac) "
+    f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)}, ?, ?, ?)"
 )
+_SELECT_ROW_WITH_POLICY = (
+    f"SELECT {', '.join(RUN_COLUMNS)}, policy_json, policy_mac FROM runs WHERE interaction_id = ?"
+)
+_NOTIFICATION_SELECT = f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications"
 _EVENT_COLUMNS = "interaction_id, seq, at, kind, round, actor, detail, sequence_json, mac"
 _INSERT_EVENT = f"INSERT INTO run_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
@@ -188,11 +208,22 @@ class SqliteRunStore:
         signature = signer.sign(new.interaction_id, new.serialization_version, new.snapshot)
         change = plan_insert(new, now=now, signature=signature)
         change.seal(signer, sign_row=True)
+        policy = seal_policy(signer, new.interaction_id, new.notify)
+        announced = plan_notifications(
+            {**change.row, "policy_json": policy[0], "policy_mac": policy[1]},
+            "run.paused",
+            now=now,
+            signer=signer,
+        )
 
         def work(db: sqlite3.Connection) -> None:
             with _transaction(db):
-                db.execute(_INSERT_ROW, [*(change.row.get(c) for c in RUN_COLUMNS), new.snapshot])
+                db.execute(
+                    _INSERT_ROW,
+                    [*(change.row.get(c) for c in RUN_COLUMNS), new.snapshot, *policy],
+                )
                 _insert_events(db, change)
+                _enqueue(db, announced)
 
         await self._hop(work)
         return run_from_row(change.row)  # just signed here: no MAC to check
@@ -291,26 +322,39 @@ class SqliteRunStore:
                     tx.rollback()
                     return recorded(row, claim, signer)
                 assert row is not None
-                change = plan_complete(row, claim, result, now=_now(), signature=signature)
+                now = _now()
+                change = plan_complete(row, claim, result, now=now, signature=signature)
                 change.seal(signer, sign_row=row["row_mac"] is not None)
                 _update(db, change, snapshot=snapshot)
+                round = result.round if isinstance(result, Paused) else 1
+                event = event_of_result(result)
+                _enqueue(db, plan_notifications(change.row, event, now=now, signer=signer, n=round))
                 return run_from_row(change.row, verified=row["row_mac"] is not None)
 
         return await self._hop(work, checked=True)
 
-    async def release(self, claim: Claim, error: str) -> bool:
-        """Give the run back with the error recorded; False when the claim was lost."""
+    async def release(self, claim: Claim, error: str, *, announce: bool = False) -> bool:
+        """Give the run back with the error recorded; False when the claim was lost.
+        ``announce``: queue a ``run.failed`` notification with it."""
         signer = self._signer
+        query = _SELECT_ROW_WITH_POLICY if announce else _SELECT_ROW
 
         def work(db: sqlite3.Connection) -> bool:
             with _transaction(db, durable=False) as tx:
-                row = _held_row(db, claim)
+                row = _held_row(db, claim, query)
                 if row is None:
                     tx.rollback()
                     return False
-                change = plan_release(row, error, now=_now())
+                now = _now()
+                change = plan_release(row, error, now=now)
                 change.seal(signer, sign_row=row["row_mac"] is not None)
                 _update(db, change)
+                if announce:
+                    n = int(change.row["event_count"])
+                    _enqueue(
+                        db,
+                        plan_notifications(change.row, "run.failed", now=now, signer=signer, n=n),
+                    )
                 return True
 
         return await self._hop(work)
@@ -326,6 +370,10 @@ class SqliteRunStore:
             with _transaction(db):
                 db.execute(
                     f"DELETE FROM run_events WHERE interaction_id IN ({chosen})",
+                    (*names, cutoff),
+                )
+                db.execute(
+                    f"DELETE FROM notifications WHERE interaction_id IN ({chosen})",
                     (*names, cutoff),
                 )
                 deleted = db.execute(
@@ -368,6 +416,89 @@ class SqliteRunStore:
                 return signed
 
         return await self._hop(work)
+
+    # ------------------------------------------------------------------ the outbox
+
+    async def claim_notifications(
+        self, limit: int, lease_seconds: float
+    ) -> builtins.list[OutboxClaim]:
+        """Lease up to ``limit`` due notifications (one ``UPDATE … RETURNING`` under the
+        write lock: two workers never get the same row)."""
+        signer = self._signer
+
+        def work(db: sqlite3.Connection) -> list[OutboxClaim]:
+            with _transaction(db, durable=False):
+                now = _now()
+                rows = db.execute(
+                    "UPDATE notifications SET lease_token = ?, lease_until = ?, "
+                    "attempts = attempts + 1 WHERE id IN (SELECT id FROM notifications "
+                    "WHERE status = 'pending' AND next_attempt_at <= ? "
+                    "AND (lease_until IS NULL OR lease_until < ?) "
+                    "ORDER BY next_attempt_at, id LIMIT ?) "
+                    f"RETURNING {', '.join(NOTIFICATION_COLUMNS)}",
+                    (
+                        uuid.uuid4().hex,
+                        iso(now + timedelta(seconds=lease_seconds)),
+                        iso(now),
+                        iso(now),
+                        limit,
+                    ),
+                ).fetchall()
+                return [claim_of(dict(row), signer) for row in rows]
+
+        return await self._hop(work)
+
+    async def finish_notification(self, claim: OutboxClaim, outcome: OutboxOutcome) -> bool:
+        """Record the attempt's outcome if the lease is still ours."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            with _transaction(db, durable=False):
+                now = _now()
+                cursor = db.execute(
+                    "UPDATE notifications SET status = ?, next_attempt_at = ?, "
+                    "last_error = COALESCE(?, last_error), delivered_at = ?, "
+                    "lease_token = NULL, lease_until = NULL WHERE id = ? AND lease_token = ?",
+                    (
+                        outcome.status,
+                        iso(now + timedelta(seconds=outcome.retry_in)),
+                        bounded_error(outcome.error),
+                        iso(now) if outcome.status == "delivered" else None,
+                        claim.id,
+                        claim.token,
+                    ),
+                )
+                return cursor.rowcount == 1
+
+        return await self._hop(work)
+
+    async def notifications(
+        self, interaction_id: str | None = None, *, limit: int = 50
+    ) -> builtins.list[Delivery]:
+        """Notifications newest first, of one run or all."""
+        where, params = (
+            ("WHERE interaction_id = ?", [interaction_id]) if interaction_id else ("", [])
+        )
+        query = f"{_NOTIFICATION_SELECT} {where} ORDER BY created_at DESC, id LIMIT ?"
+        rows = await self._hop(lambda db: db.execute(query, (*params, limit)).fetchall())
+        return [delivery_of(dict(row), self._signer) for row in rows]
+
+    async def retry_notification(self, notification_id: str) -> Delivery | None:
+        """A failed notification queued again from the start of the schedule, due now."""
+
+        def work(db: sqlite3.Connection) -> dict[str, Any] | None:
+            with _transaction(db):
+                db.execute(
+                    "UPDATE notifications SET status = 'pending', attempts = 0, "
+                    "next_attempt_at = ?, lease_token = NULL, lease_until = NULL "
+                    "WHERE id = ? AND status = 'failed'",
+                    (iso(_now()), notification_id),
+                )
+                row = db.execute(f"{_NOTIFICATION_SELECT} WHERE id = ?", (notification_id,))
+                found = row.fetchone()
+                return None if found is None else dict(found)
+
+        found = await self._hop(work)
+        return None if found is None else delivery_of(found, self._signer)
 
     # ------------------------------------------------------------------ reads
 
@@ -508,9 +639,11 @@ def _fetch(db: sqlite3.Connection, query: str, interaction_id: str) -> dict[str,
     return None if row is None else dict(row)
 
 
-def _held_row(db: sqlite3.Connection, claim: Claim) -> dict[str, Any] | None:
+def _held_row(
+    db: sqlite3.Connection, claim: Claim, query: str = _SELECT_ROW
+) -> dict[str, Any] | None:
     """The row if ``claim`` still holds it (the fence), else None."""
-    row = _fetch(db, _SELECT_ROW, claim.interaction_id)
+    row = _fetch(db, query, claim.interaction_id)
     return row if holds(row, claim) else None
 
 
@@ -540,6 +673,14 @@ def _update(db: sqlite3.Connection, change: RowChange, *, snapshot: Any = _KEEP)
     else:
         db.execute(_UPDATE_ROW_AND_SNAPSHOT, [*values, snapshot, row["interaction_id"]])
     _insert_events(db, change)
+
+
+def _enqueue(db: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    """The outbox rows announcing a change: one statement, none when there are none."""
+    if rows:
+        db.execute(
+            insert_statement("notifications", len(rows), "?"), insert_values(rows, as_text=True)
+        )
 
 
 def _insert_events(db: sqlite3.Connection, change: RowChange) -> None:

@@ -237,6 +237,34 @@ FROM runs""",
     "CREATE INDEX runs_by_status_and_update ON runs (status, updated_at)",
 )
 
+# 0.6: reaching the reviewer. A run keeps where its notifications go (its notify policy,
+# MACed with its id; appended after the snapshot, so only the statements that read the
+# snapshot anyway read it), and the outbox: one row per notification, written in the same
+# transaction as the state change it announces, claimed by workers with a lease.
+V6_NOTIFICATIONS_OUTBOX = (
+    "ALTER TABLE runs ADD COLUMN policy_json TEXT",
+    "ALTER TABLE runs ADD COLUMN policy_mac BLOB",
+    """CREATE TABLE notifications (
+    id              TEXT PRIMARY KEY,
+    interaction_id  TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    destination     TEXT NOT NULL,
+    record_json     TEXT NOT NULL,
+    mac             BLOB,
+    status          TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    lease_token     TEXT,
+    lease_until     TEXT,
+    last_error      TEXT,
+    created_at      TEXT NOT NULL,
+    delivered_at    TEXT
+)""",
+    "CREATE INDEX notifications_due ON notifications (status, next_attempt_at)",
+    "CREATE INDEX notifications_by_run ON notifications (interaction_id, created_at)",
+)
+
 
 EXPECTED_OBJECTS = {
     ("table", "coldmail_schema"),
@@ -247,6 +275,9 @@ EXPECTED_OBJECTS = {
     ("index", "runs_by_status_and_age"),
     ("index", "runs_by_age"),
     ("index", "runs_by_status_and_update"),
+    ("table", "notifications"),
+    ("index", "notifications_due"),
+    ("index", "notifications_by_run"),
 }
 """Everything the current schema holds (besides SQLite's own ``sqlite_autoindex_*``): no
 trigger and no view. Anything else was planted — a trigger could undo a write inside the
@@ -261,5 +292,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "history written by triggers", V3_HISTORY_BY_TRIGGERS),
     Migration(4, "snapshot and signature as the last columns", V4_SNAPSHOT_LAST),
     Migration(5, "review rounds, merge fields, row and event MACs", V5_REVIEW_ROUNDS_AND_ROW_MACS),
+    Migration(6, "notify policies and the notifications outbox", V6_NOTIFICATIONS_OUTBOX),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

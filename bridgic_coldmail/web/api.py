@@ -97,6 +97,12 @@ class StartIn(Brief):
         default_factory=list,
         description="The lead list's column names; the emails may use them as {{merge_fields}}.",
     )
+    notify: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Where this run's notifications go besides COLDMAIL_NOTIFY: email "
+        "addresses, https:// webhook URLs, Slack webhook URLs.",
+    )
 
 
 class FeedbackIn(BaseModel):
@@ -211,10 +217,11 @@ async def api_start(body: StartIn, agent: Agent) -> Response:
     """Draft a sequence from a brief and pause for audience feedback (201).
 
     ``review: true`` makes the run pause for review rounds after the refinement; ``fields``
-    names the lead list's columns the emails may use as merge fields.
+    names the lead list's columns the emails may use as merge fields; ``notify`` lists
+    where the run's notifications go (besides ``COLDMAIL_NOTIFY``).
     """
     brief = make_brief(**body.model_dump(include=set(Brief.model_fields)))
-    run = await agent.start(brief, review=body.review, fields=body.fields)
+    run = await agent.start(brief, review=body.review, fields=body.fields, notify=body.notify)
     return run_json(run, 201)
 
 
@@ -234,6 +241,40 @@ async def api_list(
     """Runs, newest first, optionally of one status; a damaged one says what is wrong."""
     runs = await agent.list(status, limit=limit, offset=offset)
     return JSONResponse([run.to_public_dict() for run in runs])
+
+
+class DeliveryOut(BaseModel):
+    """One notification and its delivery (``Delivery.to_public_dict``): the destination in
+    its display form, never its URL."""
+
+    id: str
+    interaction_id: str
+    event: str
+    destination: str
+    status: str = Field(description="pending, delivered or failed.")
+    attempts: int
+    next_attempt_at: str | None
+    last_error: str | None
+    created_at: str
+    delivered_at: str | None
+    verified: bool = Field(description="False: made or edited outside bridgic-coldmail.")
+
+
+@router.get("/runs/{interaction_id}/notifications", response_model=list[DeliveryOut])
+async def api_notifications(
+    interaction_id: str, agent: Agent, limit: int = Query(50, ge=1, le=MAX_PAGE)
+) -> Response:
+    """The run's notifications, newest first: where each went and how its delivery went."""
+    await agent.get(interaction_id)  # 404 for an unknown run, as every run route
+    deliveries = await agent.notifications(interaction_id, limit=limit)
+    return JSONResponse([d.to_public_dict() for d in deliveries])
+
+
+@router.post("/notifications/{notification_id}/retry", response_model=DeliveryOut)
+async def api_retry_notification(notification_id: str, agent: Agent) -> Response:
+    """Queue a failed notification again, due now (a pending or delivered one is returned
+    unchanged)."""
+    return JSONResponse((await agent.retry_notification(notification_id)).to_public_dict())
 
 
 @router.post("/runs/{interaction_id}/feedback", response_model=RunOut)

@@ -7,7 +7,10 @@ worker opens its own connection to the same store — SQLite's file or PostgreSQ
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
+import threading
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -15,13 +18,21 @@ from ..settings import ENV, Settings
 
 
 def serve(
-    settings: Settings, *, host: str, port: int, workers: int = 1, access_log: bool = False
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    access_log: bool = False,
+    worker: bool = True,
 ) -> int:
     """Serve until interrupted; returns the exit code.
 
     ``access_log`` prints a line per request (uvicorn's access log, on standard output) and
     uvicorn's start-up lines; the token of every one-click link is redacted from them, as
-    from every other log line (see :mod:`.logs`).
+    from every other log line (see :mod:`.logs`). ``worker``: deliver notifications from
+    this process too (one notification worker, in a thread of its own, whatever the number
+    of server processes).
     """
     try:
         import uvicorn
@@ -43,17 +54,72 @@ def serve(
         os.environ[ENV["llm"]] = settings.llm
     os.environ["COLDMAIL_BIND"] = f"{host}:{port}"
     print(f"Serving the inbox on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
-    uvicorn.run(
-        "bridgic_coldmail.web.serve:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=uvicorn_log_config(),
-        log_level="info" if access_log else "warning",
-        access_log=access_log,
-    )
+    delivering = NotificationThread(settings) if worker else None
+    if delivering is not None:
+        delivering.start()
+    try:
+        uvicorn.run(
+            "bridgic_coldmail.web.serve:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=uvicorn_log_config(),
+            log_level="info" if access_log else "warning",
+            access_log=access_log,
+        )
+    finally:
+        if delivering is not None:
+            delivering.stop()
     return 0
+
+
+class NotificationThread(threading.Thread):
+    """The notification worker of ``coldmail serve``: its own event loop and store
+    connection, in a daemon thread; :meth:`stop` lets the deliveries in flight finish."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="coldmail-notifications", daemon=True)
+        self._settings = settings
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._deliver())
+        except Exception as exc:  # the inbox keeps serving; say why nothing is delivered
+            print(
+                f"coldmail: notifications are not delivered from this process: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            self._ready.set()
+
+    async def _deliver(self) -> None:
+        from ..notify.worker import Worker
+        from ..store import connect_store
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        store = await connect_store(self._settings, missing="defer")
+        try:
+            await Worker(store, self._settings).run(self._stop)
+        finally:
+            await store.close()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming, let the deliveries in flight finish, and wait for that."""
+        self._ready.wait(5)
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:
+                pass  # the loop already ended
+        self.join(timeout if timeout is not None else 2 * self._settings.notify_timeout + 15)
 
 
 def app_from_environment() -> Any:

@@ -363,8 +363,8 @@ def _render_run_page(
         "tool_titles": {name: profile.title for name, profile in PROFILES.items()},
         "rules_to_turn_off": RULES_TO_TURN_OFF,
         "disabled_rules": (
-            set(context["values"]["disabled_rules"].split(",")) - {""}
-            if "disabled_rules" in context["values"]
+            set(values["disabled_rules"].split(",")) - {""}
+            if "disabled_rules" in values
             else set(default_disabled_rules)
         ),
     }
