@@ -34,6 +34,7 @@ from .errors import ColdmailError, ConfigurationError, LlmError, StoreError
 from .llm import ColdmailLlm, build_llm, close_llm
 from .llm.prompts import AUDIENCE_QUESTION
 from .models import Brief, EmailSequence, ReviewOutcome, Run, RunStatus
+from .notify.policy import NotifyPolicy
 from .retry import RetryPolicy
 from .settings import Settings
 from .store import (
@@ -47,7 +48,6 @@ from .store import (
     Refusal,
     RunStore,
 )
-from .store.outbox import NotifyPolicy
 
 SUPPORTED_SERIALIZATION_VERSIONS = frozenset({"1.0"})
 """Bridgic snapshot formats this release can resume."""

@@ -651,7 +651,7 @@ def _mail_from(value: Any) -> str:
 
 
 def _events(value: Any) -> tuple[str, ...]:
-    from .store.outbox import ANNOUNCED_EVENTS
+    from .notify.policy import ANNOUNCED_EVENTS
 
     items = value.split(",") if isinstance(value, str) else list(value)
     events = tuple(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, EmailSequence
+from bridgic_coldmail.delivery import Worker
+from bridgic_coldmail.notify.policy import NotifyPolicy
 from bridgic_coldmail.notify.schedule import RetrySchedule
-from bridgic_coldmail.notify.worker import Worker
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.store import NewRun, RunStore, connect_store
-from bridgic_coldmail.store.outbox import NotifyPolicy
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .conftest import Backend, Completed, run_cli

@@ -21,6 +21,7 @@ import pytest
 
 from bridgic_coldmail import Brief, EmailSequence, RunStatus
 from bridgic_coldmail.errors import StoreError
+from bridgic_coldmail.notify.policy import NotifyPolicy
 from bridgic_coldmail.store import (
     Action,
     Claim,
@@ -32,7 +33,7 @@ from bridgic_coldmail.store import (
     connect_store,
 )
 from bridgic_coldmail.store import outbox as outbox_module
-from bridgic_coldmail.store.outbox import NotifyPolicy, OutboxOutcome
+from bridgic_coldmail.store.outbox import OutboxOutcome
 
 from .conftest import Backend
 

@@ -54,7 +54,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _worker(once: bool, settings: Settings) -> int:
-    from ..notify.worker import Worker
+    from ..delivery import Worker
 
     store = await connect_store(settings, missing="defer")
     try:

@@ -4,12 +4,39 @@ starts, with the events ``COLDMAIL_NOTIFY_EVENTS`` names."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
 
 from ..errors import InvalidInput
-from ..settings import Settings
-from ..store.outbox import ANNOUNCED_EVENTS, NotifyPolicy
+from ..signing import json_text
 from .destinations import parse_destinations, require_channels
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+AnnouncedEvent = Literal["run.paused", "run.review", "run.completed", "run.rejected", "run.failed"]
+"""The events a state change announces (reminders and deadlines come from the worker)."""
+ANNOUNCED_EVENTS: tuple[AnnouncedEvent, ...] = get_args(AnnouncedEvent)
+
+
+@dataclass(frozen=True)
+class NotifyPolicy:
+    """Where a run's notifications go and which events are sent, fixed when it starts."""
+
+    destinations: tuple[str, ...]
+    """Each destination's canonical DEST (``Destination.value``)."""
+    events: tuple[AnnouncedEvent, ...] = ANNOUNCED_EVENTS
+
+    def to_json(self) -> str:
+        return json_text({"notify": list(self.destinations), "events": list(self.events)})
+
+    @classmethod
+    def from_json(cls, text: str) -> NotifyPolicy:
+        data = json.loads(text)
+        events = tuple(e for e in data.get("events", ()) if e in ANNOUNCED_EVENTS)
+        return cls(tuple(str(d) for d in data["notify"]), events)
 
 
 def notify_policy(settings: Settings, notify: str | Iterable[str] = ()) -> NotifyPolicy | None:

@@ -29,6 +29,9 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from ..errors import ConfigurationError
+from ..notify.destinations import parse_destination
+from ..notify.messages import Notification
+from ..notify.policy import AnnouncedEvent, NotifyPolicy
 from ..signing import SnapshotSigner, json_text
 from .codec import iso, parse_time, run_from_row
 
@@ -41,10 +44,6 @@ MAX_ERROR_CHARS = 500
 
 NotificationStatus = Literal["pending", "delivered", "failed"]
 NOTIFICATION_STATUSES: tuple[NotificationStatus, ...] = get_args(NotificationStatus)
-AnnouncedEvent = Literal["run.paused", "run.review", "run.completed", "run.rejected", "run.failed"]
-"""The events a state change announces (reminders and deadlines come from the worker)."""
-ANNOUNCED_EVENTS: tuple[AnnouncedEvent, ...] = get_args(AnnouncedEvent)
-
 NOTIFICATION_COLUMNS = (
     "id",
     "interaction_id",
@@ -63,24 +62,6 @@ NOTIFICATION_COLUMNS = (
 )
 INSERTED_COLUMNS = NOTIFICATION_COLUMNS[:9] + ("created_at",)
 """The columns an enqueue writes (the rest start empty)."""
-
-
-@dataclass(frozen=True)
-class NotifyPolicy:
-    """Where a run's notifications go and which events are sent, fixed when it starts."""
-
-    destinations: tuple[str, ...]
-    """Each destination's canonical DEST (``Destination.value``)."""
-    events: tuple[AnnouncedEvent, ...] = ANNOUNCED_EVENTS
-
-    def to_json(self) -> str:
-        return json_text({"notify": list(self.destinations), "events": list(self.events)})
-
-    @classmethod
-    def from_json(cls, text: str) -> NotifyPolicy:
-        data = json.loads(text)
-        events = tuple(e for e in data.get("events", ()) if e in ANNOUNCED_EVENTS)
-        return cls(tuple(str(d) for d in data["notify"]), events)
 
 
 def seal_policy(
@@ -120,9 +101,6 @@ def plan_notifications(
     """The outbox rows announcing ``event`` of the run ``row`` now is (the row as the
     transaction writes it, with its policy columns): one per destination, none when the run
     notifies nobody or not of this event."""
-    from ..notify.destinations import parse_destination
-    from ..notify.messages import Notification
-
     policy = read_policy(row, signer)
     if policy is None or event not in policy.events:
         return []

@@ -31,7 +31,8 @@ from ..models import (
 from ..signing import SnapshotSigner, json_text
 
 if TYPE_CHECKING:
-    from .outbox import Delivery, NotifyPolicy, OutboxClaim, OutboxOutcome
+    from ..notify.policy import NotifyPolicy
+    from .outbox import Delivery, OutboxClaim, OutboxOutcome
 
 ActionKind = Literal["feedback", "approve", "revise", "edit", "reject"]
 

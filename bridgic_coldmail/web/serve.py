@@ -98,7 +98,7 @@ class NotificationThread(threading.Thread):
             self._ready.set()
 
     async def _deliver(self) -> None:
-        from ..notify.worker import Worker
+        from ..delivery import Worker
         from ..store import connect_store
 
         self._loop = asyncio.get_running_loop()

@@ -1,5 +1,5 @@
 """The worker that empties the outbox: claims due notifications with a lease, delivers each
-through :func:`~.channels.deliver`, and records what happened by the retry schedule.
+through :func:`.notify.channels.deliver`, and records what happened by the retry schedule.
 
 Any number of workers may run against one store (``coldmail worker`` on several hosts, one
 inside each ``coldmail serve``): a notification is leased to one of them at a time, and a
@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, StoreError
-from ..store.outbox import OutboxClaim, OutboxOutcome
-from .channels import DeliveryResult, deliver, make_http_client
-from .schedule import DEFAULT_SCHEDULE, RetrySchedule
+from .errors import ConfigurationError, StoreError
+from .notify.channels import DeliveryResult, deliver, make_http_client
+from .notify.schedule import DEFAULT_SCHEDULE, RetrySchedule
+from .store.outbox import OutboxClaim, OutboxOutcome
 
 if TYPE_CHECKING:
-    from ..settings import Settings
-    from ..store import RunStore
+    from .settings import Settings
+    from .store import RunStore
 
 DEFAULT_BATCH = 10
 """Notifications claimed (and delivered concurrently) at once."""
