@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .export import ExportReport
     from .export.lint import LintIssue
     from .notify.links import OpenedLink
+    from .store.outbox import Delivery
 
 T = TypeVar("T")
 
@@ -236,6 +237,16 @@ class SyncColdMailAgent:
     def open_link(self, token: str, *, form_token: str | None = None) -> OpenedLink:
         """What a one-click link opens; see :meth:`ColdMailAgent.open_link`."""
         return self._call(self._agent.open_link(token, form_token=form_token))
+
+    def notifications(
+        self, interaction_id: str | None = None, *, limit: int = 50
+    ) -> builtins.list[Delivery]:
+        """Notifications newest first; see :meth:`ColdMailAgent.notifications`."""
+        return self._call(self._agent.notifications(interaction_id, limit=limit))
+
+    def retry_notification(self, notification_id: str) -> Delivery:
+        """Queue a failed notification again; see :meth:`ColdMailAgent.retry_notification`."""
+        return self._call(self._agent.retry_notification(notification_id))
 
     def close(self) -> None:
         """Close the store and stop the private loop (idempotent)."""
