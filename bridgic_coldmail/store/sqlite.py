@@ -12,6 +12,9 @@ Design notes:
 * Durability where it matters: a pause and a result are committed with ``synchronous=FULL``
   (fsync before the call returns); a claim, a lease renewal and a release with ``NORMAL``,
   because losing one to a power cut only leaves the run claimable again.
+* **Group commit** (``group.py``): the completes that arrive while one commits are recorded
+  in the next transaction together, a savepoint each, so N concurrent results cost one hop
+  and one fsync; each caller hears back only after that COMMIT.
 * Listing and showing never read, let alone deserialize, a snapshot; the snapshot and its
   signature are the last columns so that reading the others never walks its overflow pages.
 """
@@ -20,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -45,6 +49,7 @@ from .codec import (
     run_from_row,
     status_counts,
 )
+from .group import GroupCommit, Outcome
 from .protocol import Action, Claim, ClaimOutcome, Finished, NewRun, Paused, Refusal
 from .rules import (
     ClaimPlan,
@@ -110,6 +115,9 @@ class SqliteRunStore:
         self.location = path
         self.lease_seconds = lease_seconds
         self.busy_timeout = busy_timeout
+        self._group: GroupCommit[Callable[[sqlite3.Connection], Any]] = GroupCommit(
+            self._complete_group
+        )
 
     @classmethod
     async def connect(
@@ -254,18 +262,33 @@ class SqliteRunStore:
         schema = self._schema
 
         def work(db: sqlite3.Connection) -> Run | None:
-            with _transaction(db) as tx:
-                row = _hold(db, claim.interaction_id, schema)
-                if not holds(row, claim):
-                    tx.rollback()
-                    return recorded(row, claim, signer)
-                assert row is not None
-                change = plan_complete(row, claim, result, now=_now(), signature=signature)
-                change.seal(signer, sign_row=row["row_mac"] is not None)
-                _update(db, change, snapshot=snapshot)
-                return run_from_row(change.row, verified=row["row_mac"] is not None)
+            """In the group's transaction (``group.py``): writes only if the claim still
+            holds the run."""
+            row = _hold(db, claim.interaction_id, schema)
+            if not holds(row, claim):
+                return recorded(row, claim, signer)
+            assert row is not None
+            change = plan_complete(row, claim, result, now=_now(), signature=signature)
+            change.seal(signer, sign_row=row["row_mac"] is not None)
+            _update(db, change, snapshot=snapshot)
+            return run_from_row(change.row, verified=row["row_mac"] is not None)
 
-        return await self._hop(work, checked=True)
+        return cast("Run | None", await self._group.commit(work))
+
+    async def _complete_group(
+        self, members: Sequence[Callable[[sqlite3.Connection], Any]]
+    ) -> list[Outcome]:
+        """Completes in one durable transaction, one hop (see ``group.py``, ``_run_group``)."""
+        outcomes = await self._hop(functools.partial(_run_group, members=members), checked=True)
+        return [(value, error and self._mapped(error)) for value, error in outcomes]
+
+    def _mapped(self, error: BaseException) -> BaseException:
+        """A member's own error as the ``StoreError`` a lone call would have raised."""
+        try:
+            with _storage_errors(self.location, self.busy_timeout):
+                raise error
+        except BaseException as mapped:
+            return mapped
 
     async def release(self, claim: Claim, error: str) -> bool:
         """Give the run back with the error recorded; False when the claim was lost."""
@@ -398,6 +421,44 @@ async def _on_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connect
     """Run ``work`` on the connection's thread: one round trip, however many statements."""
     result = await conn._execute(work, conn._conn)  # type: ignore[no-untyped-call]
     return cast(T, result)
+
+
+def _run_group(
+    db: sqlite3.Connection, members: Sequence[Callable[[sqlite3.Connection], Any]]
+) -> list[Outcome]:
+    """Run every member in one durable transaction, each in a savepoint; their values or
+    errors, in order, once the COMMIT returned.
+
+    When a failure took the whole transaction with it (SQLite rolls back by itself on some
+    I/O, full-disk and out-of-memory errors), the writes of the members before it are gone
+    too: the transaction is run again without the member that failed.
+    """
+    failed: dict[int, BaseException] = {}
+    while True:
+        outcomes: list[Outcome] = []
+        try:
+            with _transaction(db):
+                for index, work in enumerate(members):
+                    if index in failed:
+                        outcomes.append((None, failed[index]))
+                        continue
+                    db.execute("SAVEPOINT complete")
+                    try:
+                        outcomes.append((work(db), None))
+                    except Exception as exc:
+                        failed[index] = exc
+                        outcomes.append((None, exc))
+                        if not db.in_transaction:
+                            raise _StartOver from None
+                        db.execute("ROLLBACK TO complete")
+                    db.execute("RELEASE complete")
+        except _StartOver:
+            continue
+        return outcomes
+
+
+class _StartOver(Exception):
+    """A member's failure rolled the whole group transaction back: run it again without."""
 
 
 class _Tx:
