@@ -9,6 +9,10 @@ Design notes:
   and checking in Python keeps SQLite and PostgreSQL on the same rules. aiosqlite has no
   public call for "run this function on your thread", so :meth:`SqliteRunStore._hop` uses
   its ``_execute`` (aiosqlite is pinned below 0.23; ``tests/test_store.py`` checks it).
+* A claim decides **outside the write lock**, in the same hop: it reads the row (a committed
+  read), checks and decides, then writes in a short ``BEGIN IMMEDIATE`` only if every column
+  and the schema cookie are still what it read (a compare-and-set), else decides again. Its
+  Python no longer holds the lock other processes wait for (benchmarks/NOTES.md, change 4).
 * Durability where it matters: a pause and a result are committed with ``synchronous=FULL``
   (fsync before the call returns); a claim, a lease renewal and a release with ``NORMAL``,
   because losing one to a power cut only leaves the run claimable again.
@@ -90,6 +94,12 @@ _UPDATE_ROW = (
 _UPDATE_ROW_AND_SNAPSHOT = (
     f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _UPDATE_COLUMNS)}, snapshot = ? "
     "WHERE interaction_id = ?"
+)
+_UPDATE_ROW_IF_UNCHANGED = (
+    # A compare-and-set: every column as it was read, and the schema cookie that was checked.
+    f"UPDATE runs SET {', '.join(f'{c} = ?' for c in _UPDATE_COLUMNS)} WHERE interaction_id = ? "
+    f"AND {' AND '.join(f'{c} IS ?' for c in _UPDATE_COLUMNS)} "
+    "AND (SELECT schema_version FROM pragma_schema_version) = ?"
 )
 _INSERT_ROW = (
     f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}, snapshot) "
@@ -220,8 +230,11 @@ class SqliteRunStore:
         signer, lease, schema = self._signer, self.lease_seconds, self._schema
 
         def work(db: sqlite3.Connection) -> ClaimOutcome:
-            with _transaction(db, durable=False) as tx:
+            # Decided on a committed read, without the write lock; written only if the row
+            # (and the schema) is still what was read, else read and decided again.
+            while True:
                 row = _hold(db, interaction_id, schema)
+                cookie = schema.checked
                 now = _now()
                 snapshot = bytes(row["snapshot"]) if row and row["snapshot"] is not None else None
                 verdict = judge_claim(
@@ -233,12 +246,14 @@ class SqliteRunStore:
                     snapshot=snapshot,
                 )
                 if not isinstance(verdict, ClaimPlan):
-                    tx.rollback()
                     return verdict
                 assert row is not None and snapshot is not None
                 change, expires = plan_claim(row, verdict, action, now=now, lease=lease)
                 change.seal(signer, sign_row=row["row_mac"] is not None)
-                _update(db, change)
+                with _transaction(db, durable=False) as tx:
+                    if not _update_if_unchanged(db, row, change, cookie):
+                        tx.rollback()
+                        continue
                 return claim_from(row, change, verdict, action, snapshot=snapshot, expires=expires)
 
         return await self._hop(work, checked=True)
@@ -686,6 +701,23 @@ def _update(db: sqlite3.Connection, change: RowChange, *, snapshot: Any = _KEEP)
     else:
         db.execute(_UPDATE_ROW_AND_SNAPSHOT, [*values, snapshot, row["interaction_id"]])
     _insert_events(db, change)
+
+
+def _update_if_unchanged(
+    db: sqlite3.Connection, read: dict[str, Any], change: RowChange, cookie: int | None
+) -> bool:
+    """Write the changed row and its events if the row is still as ``read`` and the schema
+    cookie still the one checked; False (nothing written) otherwise."""
+    row = change.row
+    values = [row.get(c) for c in _UPDATE_COLUMNS]
+    unchanged = [read.get(c) for c in _UPDATE_COLUMNS]
+    cursor = db.execute(
+        _UPDATE_ROW_IF_UNCHANGED, [*values, row["interaction_id"], *unchanged, cookie]
+    )
+    if cursor.rowcount != 1:
+        return False
+    _insert_events(db, change)
+    return True
 
 
 def _insert_events(db: sqlite3.Connection, change: RowChange) -> None:
