@@ -110,6 +110,7 @@ from .protocol import (
 from .rules import (
     ClaimPlan,
     claim_from,
+    completed_run,
     holds,
     judge_claim,
     plan_claim,
@@ -433,8 +434,7 @@ class PostgresRunStore:
                     snapshot = result.snapshot if isinstance(result, Paused) else None
                     statements += _update(row, change, snapshot=(snapshot,))
                     rows[claim.interaction_id] = (change.row, now)  # as a later member sees it
-                    run = run_from_row(change.row, verified=row["row_mac"] is not None)
-                    outcomes.append((run, None))  # just signed: no MAC to check
+                    outcomes.append((completed_run(claim, result, change.row), None))
                 except Exception as exc:  # this member's own failure: written for no one
                     outcomes.append((None, exc))
             if statements:

@@ -64,6 +64,7 @@ from .protocol import Action, Claim, ClaimOutcome, Finished, NewRun, Paused, Ref
 from .rules import (
     ClaimPlan,
     claim_from,
+    completed_run,
     holds,
     judge_claim,
     plan_claim,
@@ -298,7 +299,7 @@ class SqliteRunStore:
             change = plan_complete(row, claim, result, now=_now(), signature=signature)
             change.seal(signer, sign_row=row["row_mac"] is not None)
             _update(db, change, snapshot=snapshot)
-            return run_from_row(change.row, verified=row["row_mac"] is not None)
+            return completed_run(claim, result, change.row)
 
         return cast("Run | None", await self._group.commit(work))
 
