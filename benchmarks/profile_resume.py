@@ -563,8 +563,9 @@ async def ledger(number: int) -> None:
     print(f"({load()})\n")
     with places_for("sqlite") as places:
         async with ours("sqlite", places) as agent:
-            store = agent._store
             iid = (await agent.start(BRIEF)).interaction_id
+            store = agent._store
+            store = getattr(store, "_store", None) or store  # the file opened by the start
             signer, schema = store._signer, sq._SchemaGuard(store.location)
             db = sqlite3.connect(store.location, isolation_level=None)
             db.row_factory = sqlite3.Row

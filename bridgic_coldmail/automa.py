@@ -33,6 +33,7 @@ from bridgic.core.automa import GraphAutoma, worker
 from bridgic.core.automa.args import From
 from bridgic.core.automa.interaction import Event
 
+from ._bridgic_lookups import SHARED_POOL
 from .errors import ConfigurationError
 from .llm.prompts import AUDIENCE_QUESTION, REVIEW_QUESTION
 from .llm.writing import TaskKind, WritingTask, write_sequence
@@ -67,6 +68,9 @@ class ColdMailAutoma(GraphAutoma):
         retry: RetryPolicy = NO_RETRY,
     ) -> None:
         """Give the automa its LLM. Never serialized; call again after ``load_from_snapshot``."""
+        # Not one pool per automa (see _bridgic_lookups); Bridgic's property is untyped.
+        if self.thread_pool is None:  # type: ignore[has-type]
+            self.thread_pool = SHARED_POOL
         self._llm = llm
         self._model = model
         self._llm_timeout = timeout

@@ -163,14 +163,15 @@ def store(tmp_path: Path) -> tuple[Path, dict[Path, str]]:
     db = tmp_path / "runs" / "coldmail.db"
     db.parent.mkdir()
     names = ("coldmail.db", "coldmail.db-wal", "coldmail.db-shm", "coldmail.db-journal",
-             "coldmail.db.key")  # fmt: skip
+             "coldmail.db-writer.lock", "coldmail.db.key")  # fmt: skip
     for name in names:
         (db.parent / name).write_bytes(b"precious " + name.encode())
     return db, store_files(Settings(db=str(db)))
 
 
 @pytest.mark.parametrize("name", ["coldmail.db", "coldmail.db-wal", "coldmail.db-shm",
-                                  "coldmail.db.key", "coldmail.db-journal"])  # fmt: skip
+                                  "coldmail.db.key", "coldmail.db-journal",
+                                  "coldmail.db-writer.lock"])  # fmt: skip
 @pytest.mark.parametrize("route", ["path", "symlink", "hard link"])
 def test_the_database_and_its_key_are_never_replaced(
     tmp_path: Path,

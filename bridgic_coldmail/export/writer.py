@@ -340,15 +340,17 @@ async def run_stoppable(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def store_files(settings: Settings) -> dict[Path, str]:
     """The files of the run store ``settings`` name that an export must never replace: an
-    SQLite database with its ``-wal``, ``-shm`` and ``-journal`` files (by the name given and
-    its real path), and the signing key file. Path → what it is, for the message."""
+    SQLite database with its ``-wal``, ``-shm``, ``-journal`` and ``-writer.lock`` files (by
+    the name given and its real path), and the signing key file. Path → what it is, for the
+    message."""
     files: dict[Path, str] = {}
     if not settings.is_postgres:
         given = Path(settings.db)
         for db in dict.fromkeys((given, Path(os.path.realpath(given)))):
             files[db] = "the run database"
             for suffix, what in (("-wal", "write-ahead log"), ("-shm", "shared-memory file"),
-                                 ("-journal", "rollback journal")):  # fmt: skip
+                                 ("-journal", "rollback journal"),
+                                 ("-writer.lock", "writer lock")):  # fmt: skip
                 files[db.with_name(db.name + suffix)] = f"the run database's {what}"
     key = settings.key_file
     if key is None and not settings.is_postgres:

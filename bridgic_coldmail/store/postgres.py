@@ -13,6 +13,10 @@ Design notes:
   binds their parameters client-side with libpq's quoting (``AsyncClientCursor``), which is
   what lets several statements share one round trip; on a loopback socket this beat both
   one statement per round trip and psycopg's pipeline mode (benchmarks/NOTES.md).
+* **Group commit** (``group.py``): concurrent completes lock their rows in one ``SELECT …
+  = ANY(…) ORDER BY interaction_id FOR UPDATE`` and are written (each its row, events and
+  notifications) and committed together (two round trips and one WAL flush for the group);
+  when the server refuses the group, nothing was committed and each member is recorded alone.
 * **The server's clock.** Leases, ``created_at``/``updated_at`` and history times come from
   ``clock_timestamp()`` read in the locking ``SELECT`` (if another transaction changed the
   row while this one waited for its lock, PostgreSQL re-evaluates it on the new row), so
@@ -69,7 +73,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ColdmailError, ConfigurationError, StoreError
@@ -86,6 +90,7 @@ from .codec import (
     run_from_row,
     status_counts,
 )
+from .group import GroupCommit, Outcome
 from .outbox import (
     NOTIFICATION_COLUMNS,
     Delivery,
@@ -121,6 +126,7 @@ from .rules import (
     ClaimPlan,
     claim_from,
     claimed_again,
+    completed_run,
     holds,
     judge_claim,
     plan_claim,
@@ -157,6 +163,10 @@ _SELECT_ROW = f"SELECT {_COLUMNS} FROM coldmail.runs WHERE interaction_id = %s"
 _LOCK_ROW = (
     f"SELECT {_COLUMNS}, policy_json, policy_mac, pg_catalog.clock_timestamp() AS db_now "
     "FROM coldmail.runs WHERE interaction_id = %s FOR UPDATE"
+)
+_LOCK_ROWS = (
+    f"SELECT {_COLUMNS}, policy_json, policy_mac, pg_catalog.clock_timestamp() AS db_now "
+    "FROM coldmail.runs WHERE interaction_id = ANY(%s) ORDER BY interaction_id FOR UPDATE"
 )
 _NOTIFICATION_SELECT = f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM coldmail.notifications"
 _LOCK_ROW_WITH_SNAPSHOT = (
@@ -203,6 +213,7 @@ class PostgresRunStore:
         """The server and database, for messages: the URL without its password."""
         self.lease_seconds = settings.lease_seconds
         self.busy_timeout = settings.busy_timeout
+        self._group: GroupCommit[_Completion] = GroupCommit(self._complete_group)
         self.pool_size = settings.pool_size
         self.pool_timeout = settings.pool_timeout
         self.statement_timeout = settings.statement_timeout
@@ -424,22 +435,66 @@ class PostgresRunStore:
             if isinstance(result, Paused)
             else None
         )
+        completed = await self._group.commit(_Completion(claim, result, signature))
+        return cast("Run | None", completed)
+
+    async def _complete_group(self, members: Sequence[_Completion]) -> list[Outcome]:
+        """Completes in one transaction (``group.py``). When the server refused it (one
+        member's statements failed, a lock wait ran out), nothing was committed: each member
+        is then recorded alone, so only the one at fault fails."""
+        try:
+            return await self._complete_together(members)
+        except StoreError as exc:
+            if len(members) == 1 or exc.topic == "commit_unknown":
+                raise
+        alone = await asyncio.gather(
+            *(self._complete_together([member]) for member in members), return_exceptions=True
+        )
+        return [
+            (None, outcome) if isinstance(outcome, BaseException) else outcome[0]
+            for outcome in alone
+        ]
+
+    async def _complete_together(self, members: Sequence[_Completion]) -> list[Outcome]:
+        """Lock the members' rows (in id order: groups in other processes never deadlock),
+        check each claim still holds its run, write them all and commit: two round trips
+        and one WAL flush for the group."""
+        signer = self._signer
+        ids = sorted({member.claim.interaction_id for member in members})
+        outcomes: list[Outcome] = []
         async with self._transaction() as tx:
-            found = await tx.open(_LOCK_ROW, [claim.interaction_id])
-            if not found:
-                return None
-            row, now = _split(found[0])
-            if not holds(row, claim):
-                return recorded(row, claim, signer)  # rolled back: nothing written
-            change = plan_complete(row, claim, result, now=now, signature=signature)
-            change.seal(signer, sign_row=row["row_mac"] is not None)
-            snapshot = result.snapshot if isinstance(result, Paused) else None
-            round = result.round if isinstance(result, Paused) else 1
-            announced = plan_notifications(
-                change.row, event_of_result(result), now=now, signer=signer, n=round
-            )
-            await tx.finish([*_update(row, change, snapshot=(snapshot,)), *_enqueue(announced)])
-        return run_from_row(change.row, verified=row["row_mac"] is not None)  # just signed
+            found = await tx.open(_LOCK_ROWS, [ids])
+            rows = {row["interaction_id"]: (row, now) for row, now in map(_split, found)}
+            statements: list[tuple[str, Sequence[Any]]] = []
+            for claim, result, signature in members:
+                try:
+                    held = rows.get(claim.interaction_id)
+                    if held is None:
+                        outcomes.append((None, None))
+                        continue
+                    row, now = held
+                    if not holds(row, claim):
+                        outcomes.append((recorded(row, claim, signer), None))  # nothing written
+                        continue
+                    change = plan_complete(row, claim, result, now=now, signature=signature)
+                    change.seal(signer, sign_row=row["row_mac"] is not None)
+                    snapshot = result.snapshot if isinstance(result, Paused) else None
+                    round = result.round if isinstance(result, Paused) else 1
+                    announced = plan_notifications(
+                        change.row, event_of_result(result), now=now, signer=signer, n=round
+                    )
+                    # The member's own statements: its row, its events, its notifications.
+                    statements += [
+                        *_update(row, change, snapshot=(snapshot,)),
+                        *_enqueue(announced),
+                    ]
+                    rows[claim.interaction_id] = (change.row, now)  # as a later member sees it
+                    outcomes.append((completed_run(claim, result, change.row), None))
+                except Exception as exc:  # this member's own failure: written for no one
+                    outcomes.append((None, exc))
+            if statements:
+                await tx.finish(statements)
+        return outcomes
 
     async def release(self, claim: Claim, error: str, *, announce: bool = False) -> bool:
         """Give the run back with the error recorded; False when the claim was lost.
@@ -679,6 +734,14 @@ class PostgresRunStore:
             return None
         events_found = [_normalized(event) for event in events]
         return decode_history(_normalized(found[0]), events_found, self._signer)
+
+
+class _Completion(NamedTuple):
+    """One ``complete`` waiting for its group."""
+
+    claim: Claim
+    result: Paused | Finished
+    signature: bytes | None
 
 
 # --------------------------------------------------------------------------- transactions

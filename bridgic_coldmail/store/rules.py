@@ -31,6 +31,8 @@ class ClaimPlan:
     again: bool = False
     """The run is already resuming under this token: a claim whose commit went through
     though its reply was lost, asked again. Nothing is written; the claim is handed back."""
+    run: Run | None = None
+    """The run as :func:`judge_claim` decoded and verified it (spares decoding it again)."""
 
 
 def paused_status(row: Mapping[str, Any]) -> RunStatus:
@@ -196,7 +198,7 @@ def _check_snapshot(
         )
     if version not in supported_versions:
         return Refusal(RefusalReason.UNKNOWN_FORMAT, run=run, version=version)
-    return ClaimPlan(token=token, from_status=status)
+    return ClaimPlan(token=token, from_status=status, run=run)
 
 
 def claim_from(
@@ -208,8 +210,17 @@ def claim_from(
     snapshot: bytes,
     expires: datetime,
 ) -> Claim:
-    """The :class:`Claim` a granted claim hands the agent, from the row it just wrote."""
-    run = run_from_row(change.row, verified=row.get("row_mac") is not None)  # just signed
+    """The :class:`Claim` a granted claim hands the agent, from the row it just wrote: the
+    verified run copied with what the claim changed, not decoded again."""
+    if plan.run is not None:
+        run = plan.run.model_copy(
+            update={
+                "feedback": change.row.get("feedback"),
+                "updated_at": parse_time(change.row["updated_at"]),
+            }
+        )
+    else:
+        run = run_from_row(change.row, verified=row.get("row_mac") is not None)  # just signed
     return Claim(
         interaction_id=str(row["interaction_id"]),
         token=plan.token,
@@ -314,6 +325,24 @@ def plan_complete(
         if result.status is RunStatus.COMPLETED:
             change.add_event(now, "completed", detail=row.get("feedback"), round=row.get("round"))
     return change
+
+
+def completed_run(claim: Claim, result: Paused | Finished, row: Mapping[str, Any]) -> Run:
+    """The run as ``complete`` just wrote it (``row``, from :func:`plan_complete`): the
+    claimed run and the result, copied, not decoded again."""
+    status = RunStatus(row["status"])
+    return claim.run.model_copy(
+        update={
+            "status": status,
+            "last_error": None,
+            "updated_at": parse_time(row["updated_at"]),
+            "round": row.get("round"),
+            "sequence": result.sequence,
+            "final": result.sequence if status is RunStatus.COMPLETED else None,
+            "rejection": row.get("rejection"),
+            "pause_id": row.get("pause_id"),
+        }
+    )
 
 
 def plan_release(row: Mapping[str, Any], error: str, *, now: datetime) -> RowChange:
