@@ -434,9 +434,9 @@ class PostgresRunStore:
             change = plan_complete(row, claim, result, now=now, signature=signature)
             change.seal(signer, sign_row=row["row_mac"] is not None)
             snapshot = result.snapshot if isinstance(result, Paused) else None
-            round = result.round if isinstance(result, Paused) else 1
+            nth = result.round if isinstance(result, Paused) else 1  # round N: the Nth review
             announced = plan_notifications(
-                change.row, event_of_result(result), now=now, signer=signer, n=round
+                change.row, event_of_result(result), now=now, signer=signer, n=nth
             )
             await tx.finish([*_update(row, change, snapshot=(snapshot,)), *_enqueue(announced)])
         return run_from_row(change.row, verified=row["row_mac"] is not None)  # just signed
