@@ -931,3 +931,19 @@ async def test_the_api_takes_the_footer_in_the_brief_and_refuses_a_bad_one(
     refused = await client.post("/api/runs", json=brief | {"opt_out": "Reply {{stop}}"})
     assert refused.status_code == 422
     assert "opt_out contains { or }" in refused.json()["error"]["message"]
+
+
+async def test_a_form_with_more_fields_than_the_export_form_has_is_refused_clearly(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    page = (await client.get(f"/runs/{interaction_id}")).text
+    answer = await client.post(
+        f"/runs/{interaction_id}/export",
+        data={"csrf_token": csrf(page), "disabled_rule": ["capitals"] * 500},
+        files={"leads": ("leads.csv", lead_list(2), "text/csv")},
+        headers={"Origin": BASE},
+    )
+    assert answer.status_code == 400, answer.text
+    assert "Too many fields" in html.unescape(answer.text)
+    assert list(temp_dir.iterdir()) == []
