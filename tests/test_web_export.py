@@ -872,3 +872,78 @@ async def test_the_checked_list_shows_the_findings_per_lead_and_the_split_per_va
     assert set(counts) == {"A", "B"} and sum(counts.values()) == 30
     alone = await upload(client, other, lead_list(2), check="1")
     assert 'id="lead-findings"' not in alone.text and 'id="variant-split"' not in alone.text
+
+
+# ---------------------------------------------------------------------------- the footer
+
+
+async def test_the_new_run_form_takes_the_postal_address_and_opt_out_the_export_appends(
+    client: httpx.AsyncClient, server: ScriptedOpenAIServer, db_path: Path
+) -> None:
+    page = await client.get("/runs/new")
+    assert 'id="postal_address"' in page.text and 'id="opt_out"' in page.text
+    address, opt_out = "Acme Inc., 1 Main St, Springfield, IL 62701", "Reply 'stop' to opt out."
+    created = await client.post(
+        "/runs",
+        data={"product": "Ledgerly", "offer": "reconciles invoices", "sender": "Sam Roy",
+              "postal_address": f" {address} ", "opt_out": opt_out, "fields": "Email",
+              "csrf_token": csrf(page.text)},
+        headers={"Origin": BASE},
+    )  # fmt: skip
+    assert created.status_code == 303, created.text
+    interaction_id = created.headers["location"].rsplit("/", 1)[1]
+    async with ColdMailAgent.open(db_path) as agent:
+        run = await agent.resume(interaction_id, FEEDBACK)
+    assert (run.brief.postal_address, run.brief.opt_out) == (address, opt_out)
+    assert address not in server.requests[0].user_text  # the LLM never sees it
+    shown = (await client.get(f"/runs/{interaction_id}")).text
+    assert "[can-spam-address]</span>" not in shown and "[can-spam-opt-out]</span>" not in shown
+    exported = await upload(client, interaction_id, b"Email\nann@example.com\n", format="json")
+    row = exported.json()[0]
+    assert row["step1_body"].endswith(f"\n\n{address}\n{opt_out}")
+    assert row["step2_body"].endswith(f"\n\n{address}\n{opt_out}")
+
+
+async def test_a_footer_text_the_form_cannot_use_is_refused_keeping_what_was_typed(
+    client: httpx.AsyncClient, server: ScriptedOpenAIServer
+) -> None:
+    page = await client.get("/runs/new")
+    refused = await client.post(
+        "/runs",
+        data={"product": "Ledgerly", "offer": "reconciles invoices", "sender": "Sam Roy",
+              "postal_address": "{{address}}", "opt_out": "x" * 301,
+              "csrf_token": csrf(page.text)},
+    )  # fmt: skip
+    assert refused.status_code == 422
+    message = html.unescape(refused.text)
+    assert "postal_address contains { or }, which sending tools read as their own" in message
+    assert 'value="{{address}}"' in refused.text and server.count() == 0
+
+
+async def test_the_api_takes_the_footer_in_the_brief_and_refuses_a_bad_one(
+    client: httpx.AsyncClient, server: ScriptedOpenAIServer
+) -> None:
+    brief = {"product": "Acme", "offer": "saves time", "sender": "Dana"}
+    footer = {"postal_address": "1 Main St, Springfield, IL", "opt_out": "Reply 'stop'."}
+    created = await client.post("/api/runs", json=brief | footer)
+    assert created.status_code == 201, created.text
+    assert {k: created.json()["brief"][k] for k in footer} == footer
+    refused = await client.post("/api/runs", json=brief | {"opt_out": "Reply {{stop}}"})
+    assert refused.status_code == 422
+    assert "opt_out contains { or }" in refused.json()["error"]["message"]
+
+
+async def test_a_form_with_more_fields_than_the_export_form_has_is_refused_clearly(
+    client: httpx.AsyncClient, db_path: Path, brief: Brief, temp_dir: Path
+) -> None:
+    interaction_id = await completed(db_path, brief)
+    page = (await client.get(f"/runs/{interaction_id}")).text
+    answer = await client.post(
+        f"/runs/{interaction_id}/export",
+        data={"csrf_token": csrf(page), "disabled_rule": ["capitals"] * 500},
+        files={"leads": ("leads.csv", lead_list(2), "text/csv")},
+        headers={"Origin": BASE},
+    )
+    assert answer.status_code == 400, answer.text
+    assert "Too many fields" in html.unescape(answer.text)
+    assert list(temp_dir.iterdir()) == []

@@ -415,8 +415,9 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
                 sequence = run.sequence or run.draft
                 return json_for_terminal(sequence.model_dump(mode="json"))
             history = format_history(await agent.history(args.interaction_id))
-            deliveries = format_deliveries(await agent.notifications(args.interaction_id))
-            return _emit(args, run, f"{format_run(run)}\n\n{history}\n\n{deliveries}")
+            deliveries = await agent.notifications(args.interaction_id)
+            sent = f"{format_deliveries(deliveries)}\n\n" if deliveries else ""
+            return _emit(args, run, f"{format_run(run)}\n\n{sent}{history}")
         if command == "link":
             return await _link(agent, args, settings)
         if command == "purge":

@@ -146,9 +146,7 @@ def format_delivery(delivery: Delivery) -> str:
 
 
 def format_deliveries(deliveries: Sequence[Delivery]) -> str:
-    """The deliveries section of ``coldmail show``."""
-    if not deliveries:
-        return "NOTIFICATIONS: none"
+    """The deliveries section of ``coldmail show`` (shown when the run notifies anyone)."""
     return "\n".join(["NOTIFICATIONS", *(format_delivery(d) for d in deliveries)])
 
 

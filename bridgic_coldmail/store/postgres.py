@@ -479,9 +479,9 @@ class PostgresRunStore:
                     change = plan_complete(row, claim, result, now=now, signature=signature)
                     change.seal(signer, sign_row=row["row_mac"] is not None)
                     snapshot = result.snapshot if isinstance(result, Paused) else None
-                    round = result.round if isinstance(result, Paused) else 1
+                    nth = result.round if isinstance(result, Paused) else 1  # the Nth review
                     announced = plan_notifications(
-                        change.row, event_of_result(result), now=now, signer=signer, n=round
+                        change.row, event_of_result(result), now=now, signer=signer, n=nth
                     )
                     # The member's own statements: its row, its events, its notifications.
                     statements += [

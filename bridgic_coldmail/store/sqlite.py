@@ -360,9 +360,9 @@ class SqliteRunStore:
             change = plan_complete(row, claim, result, now=now, signature=signature)
             change.seal(signer, sign_row=row["row_mac"] is not None)
             _update(db, change, snapshot=snapshot)
-            round = result.round if isinstance(result, Paused) else 1
+            nth = result.round if isinstance(result, Paused) else 1  # round N: the Nth review
             event = event_of_result(result)
-            _enqueue(db, plan_notifications(change.row, event, now=now, signer=signer, n=round))
+            _enqueue(db, plan_notifications(change.row, event, now=now, signer=signer, n=nth))
             return completed_run(claim, result, change.row)
 
         return cast("Run | None", await self._group.commit(work))

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
 from ..agent import ColdMailAgent
+from ..compliance import MAX_FOOTER_CHARS
 from ..errors import (
     ConfigurationError,
     InvalidInput,
@@ -149,7 +150,7 @@ def render_new_run(
     csrf = csrf_token(request)
     context = {
         "values": values or {},
-        "limits": {**BRIEF_LIMITS, "fields": MAX_FIELDS_CHARS},
+        "limits": {**BRIEF_LIMITS, "fields": MAX_FIELDS_CHARS, "footer": MAX_FOOTER_CHARS},
         "csrf_token": csrf,
         "message": message,
     }
@@ -174,6 +175,8 @@ async def new_run(
     sender: str = Form(""),
     audience: str = Form(""),
     cta: str = Form(""),
+    postal_address: str = Form(""),
+    opt_out: str = Form(""),
     fields: str = Form(""),
     review: str = Form(""),
     csrf_token: str = Form(""),
@@ -183,8 +186,17 @@ async def new_run(
         return form_expired(request)
     typed = {"product": product, "offer": offer, "sender": sender, "audience": audience}
     typed |= {"cta": cta, "fields": fields, "review": "on" if review else ""}
+    typed |= {"postal_address": postal_address, "opt_out": opt_out}
     try:
-        brief = make_brief(product=product, offer=offer, sender=sender, audience=audience, cta=cta)
+        brief = make_brief(
+            product=product,
+            offer=offer,
+            sender=sender,
+            audience=audience,
+            cta=cta,
+            postal_address=postal_address,
+            opt_out=opt_out,
+        )
         columns = [name.strip() for name in fields.split(",") if name.strip()]
         if len(fields) > MAX_FIELDS_CHARS:
             raise InvalidInput(
