@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidInput
-from .text import CONTROL_CLASS, not_text, preview, preview_list
+from .text import CONTROL_CLASS, INVISIBLE_CLASS, is_invisible, not_text, preview, preview_list
 
 MAX_NAME_CHARS = 64
 NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
@@ -200,15 +200,16 @@ def unknown_fields(texts: Iterable[str], fields: Iterable[str]) -> list[str]:
 
 def is_allowed_text(text: str, fields: Iterable[str], *, single_line: bool = False) -> bool:
     """Whether every placeholder is well-formed and names one of ``fields``, with no stray
-    brace and no control character (nor, ``single_line``, a line break): the same set of
-    texts :func:`allowed_text_pattern` matches."""
+    brace and no control character (nor, ``single_line``, a line break), and something
+    shows (not only spaces or invisible characters): the same set of texts
+    :func:`allowed_text_pattern` matches."""
     placeholders, problems = _parse(text)
     allowed = set(_check_names(fields))
     if problems or not all(p.name in allowed for p in placeholders):
         return False
     if single_line and ("\n" in text or "\r" in text):
         return False
-    return re.search(f"[{CONTROL_CLASS}]", text) is None
+    return re.search(f"[{CONTROL_CLASS}]", text) is None and not is_invisible(text)
 
 
 class Template:
@@ -275,24 +276,30 @@ def render(text: str, values: Mapping[str, str]) -> str | Missing:
 def allowed_text_pattern(fields: Iterable[str], *, single_line: bool = False) -> str:
     """A JSON-Schema ``pattern`` matching exactly the texts whose placeholders all name one
     of ``fields`` and that contain no stray brace (see the module docstring's grammar), no
-    control character (``text.CONTROL_CLASS``) and, with ``single_line``, no line break.
+    control character (``text.CONTROL_CLASS``), with ``single_line`` no line break, and
+    something that shows: a placeholder or a character not in ``text.INVISIBLE_CLASS``.
 
-    It uses only ECMA-262 syntax every JSON-Schema validator and OpenAI's strict structured
-    output accept: anchors, a non-capturing group, alternation, character classes with
-    ``\\r``/``\\n``, ``*`` and ``?`` (no lookaround, no flags, no Unicode classes). It is
-    anchored with ``^…$`` because a schema ``pattern`` is a search, not a full match.
-    With no fields it allows no placeholder at all.
+    Its shape is always ``^B*(?:F)(?:R)*$``: blanks (a character class), then the first
+    thing that shows, then the rest (:func:`~.llm.openai_backend.json_text_pattern` relies on
+    it). It uses only ECMA-262 syntax every JSON-Schema validator and OpenAI's strict
+    structured output accept: anchors, non-capturing groups, alternation, character classes
+    with ``\\r``/``\\n``/``\\t``, ``*`` and ``?`` (no lookaround, no flags, no Unicode
+    classes). It is anchored with ``^…$`` because a schema ``pattern`` is a search, not a
+    full match. With no fields it allows no placeholder at all.
     """
     names = sorted(_check_names(fields), key=lambda n: (-len(n), n))
     control = CONTROL_CLASS
+    invisible = INVISIBLE_CLASS
     line_breaks = r"\r\n" if single_line else ""
     plain = "[^{}" + line_breaks + control + "]"
+    blank = r"[\t" + ("" if single_line else r"\r\n") + invisible + "]"
+    shows = r"[^{}\t\r\n" + control + invisible + "]"
     if not names:
-        return f"^{plain}*$"
+        return f"^{blank}*(?:{shows})(?:{plain})*$"
     alternatives = "|".join(names)  # validated: [a-z0-9_] only, nothing to escape
     fallback = r"[^{}|\r\n" + control + "]"
     placeholder = r"\{\{ *(?:" + alternatives + r") *(?:\|" + fallback + r"*)?\}\}"
-    return f"^(?:{plain}|{placeholder})*$"
+    return f"^{blank}*(?:{shows}|{placeholder})(?:{plain}|{placeholder})*$"
 
 
 def describe_fields(fields: Iterable[str]) -> str:

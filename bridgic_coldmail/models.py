@@ -9,7 +9,6 @@ Their import paths are part of every paused snapshot: do not move or rename them
 from __future__ import annotations
 
 import re
-import unicodedata
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -28,7 +27,7 @@ from pydantic_core import PydanticCustomError
 from .compliance import MAX_FOOTER_CHARS, footer_text_problem
 from .errors import InvalidInput
 from .merge import syntax_errors
-from .text import CONTROL, not_text, preview
+from .text import CONTROL, is_invisible, not_text, preview
 
 MAX_FEEDBACK_CHARS = 2000
 """Feedback longer than this is refused: it is a note about the audience, not a document."""
@@ -49,27 +48,8 @@ def is_stored(info: ValidationInfo) -> bool:
     return isinstance(info.context, dict) and bool(info.context.get("stored"))
 
 
-_VISIBLE = re.compile(
-    r"[^\s\u00ad\u0600-\u0605\u061c\u06dd\u070f\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]"
-)
-"""A character that shows: not white space and not a format ("Cf") character such as a
-zero-width space or a bidi control."""
-
-
 def _has_control_chars(text: str) -> bool:
     return CONTROL.search(text) is not None
-
-
-def _is_invisible(text: str) -> bool:
-    """True when no character would show: only spaces, zero-width or bidi controls ("Cf")."""
-    found = _VISIBLE.search(text)  # usually the first character: then one check decides
-    if found is not None and not _invisible_char(found.group()):
-        return False
-    return all(_invisible_char(c) for c in text)
-
-
-def _invisible_char(char: str) -> bool:
-    return char.isspace() or unicodedata.category(char) in ("Cf", "Zs", "Zl", "Zp")
 
 
 def clean_text(value: str, *, field: str, limit: int) -> str:
@@ -85,7 +65,7 @@ def clean_text(value: str, *, field: str, limit: int) -> str:
     broken = not_text(text)
     if broken is not None:
         raise PydanticCustomError(broken.type, f"{field} {broken.message()}")
-    if _is_invisible(text):
+    if is_invisible(text):
         raise PydanticCustomError("empty", f"{field} must not be empty")
     if len(text) > limit:
         raise PydanticCustomError(
@@ -161,7 +141,7 @@ class Brief(BaseModel):
     def _footer_text(cls, value: Any, info: ValidationInfo) -> Any:
         """Appended verbatim to every email (see ``compliance``): plain text, no braces."""
         if isinstance(value, str) and not is_stored(info):
-            if _is_invisible(value):
+            if is_invisible(value):
                 return None
             field = str(info.field_name)
             text = clean_text(value, field=field, limit=MAX_FOOTER_CHARS)
@@ -175,7 +155,7 @@ class Brief(BaseModel):
     @classmethod
     def _optional_text(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str) and not is_stored(info):
-            if _is_invisible(value):
+            if is_invisible(value):
                 return None
             field = str(info.field_name)
             return clean_text(value, field=field, limit=BRIEF_LIMITS[field])
@@ -212,6 +192,10 @@ class EmailStep(BaseModel):
         broken = not_text(value)
         if broken is not None:
             raise broken
+        if is_invisible(value):
+            raise PydanticCustomError(
+                "blank_email", "is only spaces or invisible characters; write it"
+            )
         if info.field_name == "subject":
             if "\n" in value or "\r" in value:
                 raise PydanticCustomError(
@@ -463,23 +447,6 @@ class Decision(BaseModel):
         if value is None or rule is None or is_stored(info):
             return value  # a text where none belongs is refused below, by kind
         return checked_text(value, **rule)
-
-    @field_validator("sequence")
-    @classmethod
-    def _no_blank_email(cls, value: Any, info: ValidationInfo) -> Any:
-        """A reviewer's emails follow the rule of every person's text: made only of spaces,
-        zero-width or bidi characters counts as empty. (An LLM's answer is not held to it:
-        its JSON schema does not state it, and every answer the schema allows is accepted.)"""
-        if value is None or is_stored(info):
-            return value
-        for name, step in (("opener", value.opener), ("follow_up", value.follow_up)):
-            for part in ("subject", "body"):
-                if _is_invisible(getattr(step, part)):
-                    raise PydanticCustomError(
-                        "blank_email",
-                        f"{name}.{part} is only spaces or invisible characters; write it",
-                    )
-        return value
 
     @field_validator("reviewer", mode="before")
     @classmethod

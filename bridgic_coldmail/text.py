@@ -50,6 +50,31 @@ def not_text(text: str) -> PydanticCustomError | None:
     )
 
 
+INVISIBLE_CLASS = (
+    r" \u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u1680\u180e"
+    r"\u2000-\u200f\u202a-\u202f\u205f-\u2064\u2066-\u206f\u3000\ufeff\ufff9-\ufffb"
+)
+"""The body of a regex character class (Python and ECMA-262 alike, so the LLM's JSON schema
+states the same rule) for the characters that do not show and that text may hold: white
+space and format ("Cf") characters of the Basic Multilingual Plane, such as the no-break and
+ideographic spaces, a zero-width space or a bidi control — not tab, line breaks or control
+characters. Text made only of them (and tabs and line breaks) counts as empty. Format
+characters beyond the BMP (tag characters and the like) are not listed: an ECMA-262 class
+without the ``u`` flag cannot name them, and one rule holds for a person's text and the
+LLM's alike. ``tests/test_attacks_round2_rules.py`` checks it against Unicode's database."""
+
+
+_BLANK_TEXT = re.compile(f"[\\t-\\r\\x1c-\\x1f\\x85\\u2028\\u2029{INVISIBLE_CLASS}]*")
+"""Text that does not show; with the control characters Python counts as white space, so
+that such text is refused as empty before its control characters are looked at."""
+
+
+def is_invisible(text: str) -> bool:
+    """True when no character would show: only spaces, zero-width or bidi controls ("Cf"),
+    line breaks and tabs (see :data:`INVISIBLE_CLASS`)."""
+    return _BLANK_TEXT.fullmatch(text) is not None
+
+
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 
 

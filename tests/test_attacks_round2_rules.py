@@ -13,14 +13,25 @@ Each test failed on main when it was written; see the report of the "attack" hel
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from bridgic_coldmail import Brief, ColdMailAgent, InvalidInput, RunStatus
-from bridgic_coldmail.models import make_brief, make_decision, validate_feedback
+from bridgic_coldmail.merge import allowed_text_pattern, is_allowed_text
+from bridgic_coldmail.models import (
+    INVISIBLE_CLASS,
+    EmailStep,
+    control_chars,
+    make_brief,
+    make_decision,
+    validate_feedback,
+)
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import Completed
@@ -213,12 +224,6 @@ async def test_the_api_refuses_an_edit_whose_subject_is_only_a_zero_width_space(
         assert (await agent.get(reviewing)).round == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the LLM's JSON schema must state the rule first (tests/test_llm_contract.py "
-    "accepts every answer the schema allows), which needs a new form of merge."
-    "allowed_text_pattern and of its llama.cpp rewrite, openai_backend.json_text_pattern",
-)
 async def test_an_llm_answer_whose_body_is_only_blanks_is_invalid_output_and_retried(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
@@ -231,3 +236,24 @@ async def test_an_llm_answer_whose_body_is_only_blanks_is_invalid_output_and_ret
     assert done.status is RunStatus.COMPLETED and done.final is not None
     assert done.final.opener.body.strip("\u3000\u200b ") != ""
     assert server.count("refine") == 2
+
+
+def test_the_invisible_class_is_exactly_unicodes_invisible_characters_of_the_bmp() -> None:
+    """``INVISIBLE_CLASS`` is written out (the LLM's schema states it), so it is checked
+    against this Python's Unicode database: white space and format characters, but for
+    tab, line breaks and control characters, which have rules of their own."""
+    listed = re.compile(f"[{INVISIBLE_CLASS}]")
+    for code in range(0x10000):
+        char = chr(code)
+        if 0xD800 <= code <= 0xDFFF or char in "\t\n\r" or control_chars(char):
+            continue
+        invisible = char.isspace() or unicodedata.category(char) in ("Cf", "Zs", "Zl", "Zp")
+        assert (listed.match(char) is not None) == invisible, f"U+{code:04X}"
+
+
+@pytest.mark.parametrize("text", ["\u3000\u200b", " \n\t ", "\u2066\u2069"])
+def test_a_blank_text_is_refused_by_the_schema_and_the_code_alike(text: str) -> None:
+    assert re.search(allowed_text_pattern(()), text) is None
+    assert not is_allowed_text(text, ())
+    with pytest.raises(ValidationError):
+        EmailStep(subject="Hello", body=text, wait_days=0)

@@ -26,6 +26,7 @@ from bridgic_coldmail.merge import (
     syntax_errors,
     unknown_fields,
 )
+from bridgic_coldmail.text import INVISIBLE_CLASS
 
 FIELDS = ["first_name", "company", "company_name"]
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -163,18 +164,22 @@ def test_a_value_that_looks_like_a_placeholder_is_inserted_verbatim_once() -> No
 
 
 CONTROL = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u2028\u2029"
+BLANK = INVISIBLE_CLASS
+SHOWS = rf"[^{{}}\t\r\n{CONTROL}{BLANK}]"
 
 
 def test_the_pattern_for_known_fields_is_exactly_this() -> None:
     placeholder = rf"\{{\{{ *(?:first_name|company) *(?:\|[^{{}}|\r\n{CONTROL}]*)?\}}\}}"
     assert allowed_text_pattern(["first_name", "company"]) == (
-        rf"^(?:[^{{}}{CONTROL}]|{placeholder})*$"
+        rf"^[\t\r\n{BLANK}]*(?:{SHOWS}|{placeholder})(?:[^{{}}{CONTROL}]|{placeholder})*$"
     )
 
 
 def test_without_fields_the_pattern_allows_no_brace_at_all() -> None:
-    assert allowed_text_pattern([]) == f"^[^{{}}{CONTROL}]*$"
-    assert allowed_text_pattern([], single_line=True) == rf"^[^{{}}\r\n{CONTROL}]*$"
+    assert allowed_text_pattern([]) == rf"^[\t\r\n{BLANK}]*(?:{SHOWS})(?:[^{{}}{CONTROL}])*$"
+    assert allowed_text_pattern([], single_line=True) == (
+        rf"^[\t{BLANK}]*(?:{SHOWS})(?:[^{{}}\r\n{CONTROL}])*$"
+    )
 
 
 def test_the_pattern_refuses_a_field_that_is_not_a_field_name() -> None:
@@ -188,7 +193,9 @@ def test_the_pattern_refuses_a_field_that_is_not_a_field_name() -> None:
         ("Hi {{first_name|there}}, how is {{company_name}}?", True),
         ("{{ company }}", True),
         ("no placeholders at all\nsecond line", True),
-        ("", True),
+        ("", False),
+        (" \u3000\u200b\n", False),
+        (" {{first_name}} ", True),
         ("Hi {{title}}", False),
         ("Hi {{company_x}}", False),
         ("Hi {{first_name}", False),

@@ -346,13 +346,30 @@ def _json_text_char(match: re.Match[str]) -> str:
 def json_text_pattern(pattern: str, max_units: int) -> str:
     """The placeholder pattern of ``merge.allowed_text_pattern``, rewritten for the JSON text
     of a string (what llama.cpp's grammar builder matches a ``pattern`` against), at most
-    ``max_units`` characters or placeholders long, in the syntax that builder reads (plain
-    groups, no ``(?:``). A JSON text matches it exactly when it is a valid JSON string's
-    text (no bare quote or backslash, no raw control character) whose value matches
-    ``pattern``: so whatever a grammar built from it lets a model write parses."""
-    inner = pattern.removeprefix("^").removesuffix("$").removesuffix("*")
-    inner = _NEGATED_CLASS.sub(_json_text_char, inner).replace("(?:", "(")
-    return f"^({inner}){{1,{max_units}}}$"
+    ``max_units`` blanks and ``max_units`` characters or placeholders long, in the syntax
+    that builder reads (plain groups, no ``(?:``). A JSON text matches it exactly when it is
+    a valid JSON string's text (no bare quote or backslash, no raw control character) whose
+    value matches ``pattern``: so whatever a grammar built from it lets a model write parses.
+    """
+    blanks = _BLANKS.match(pattern)
+    if blanks is None:
+        raise ValueError(f"not a pattern of merge.allowed_text_pattern: {pattern[:60]!r}")
+    rest = pattern[blanks.end() :].removesuffix("$").removesuffix("*")
+    rest = _NEGATED_CLASS.sub(_json_text_char, rest).replace("(?:", "(")
+    bound = f"{{0,{max_units - 1}}}"
+    return f"^{_json_blank_char(blanks.group(1))}{bound}{rest}{bound}$"
+
+
+_BLANKS = re.compile(r"\^\[((?:\\.|[^\]\\])*)\]\*")
+"""The leading ``[…]*`` of ``merge.allowed_text_pattern``: the blanks before what shows."""
+
+
+def _json_blank_char(body: str) -> str:
+    """One character of a string's JSON text standing for one character of ``[body]``: one
+    JSON writes as itself, or the escape of a tab or line break the class holds."""
+    escapes = "".join(letter for letter in "nrt" if f"\\{letter}" in body)
+    raw = re.sub(r"\\[nrt]", "", body)
+    return f"([{raw}]|\\\\[{escapes}])"
 
 
 def _with_instruction(messages: list[Message], instruction: str) -> list[Message]:
