@@ -24,15 +24,9 @@ from pydantic import ValidationError
 
 from bridgic_coldmail import Brief, ColdMailAgent, InvalidInput, RunStatus
 from bridgic_coldmail.merge import allowed_text_pattern, is_allowed_text
-from bridgic_coldmail.models import (
-    INVISIBLE_CLASS,
-    EmailStep,
-    control_chars,
-    make_brief,
-    make_decision,
-    validate_feedback,
-)
+from bridgic_coldmail.models import EmailStep, make_brief, make_decision, validate_feedback
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
+from bridgic_coldmail.text import INVISIBLE_CLASS, control_chars
 
 from .conftest import Completed
 from .rows import SqliteRows
