@@ -103,9 +103,18 @@ async def test_a_resumer_whose_lease_was_taken_over_stops_and_records_nothing(
         server.enqueue(Reply(kind="refine", delay=10.0, content=None))
         slow = asyncio.create_task(first.resume(pending.interaction_id, FEEDBACK))
         await asyncio.to_thread(wait_for_request, server, "refine")
-        # As if the first resumer had been paused (SIGSTOP, a long GC) past its lease:
-        expire_lease(rows, pending.interaction_id)
-        taken_over = await second.resume(pending.interaction_id, "Nurses")
+        # As if the first resumer had been paused (SIGSTOP, a long GC) past its lease. It is
+        # not paused: its lease keeper (every 0.3 s) may renew between the two lines, so the
+        # lease is expired again until the takeover lands.
+        for _ in range(50):
+            expire_lease(rows, pending.interaction_id)
+            try:
+                taken_over = await second.resume(pending.interaction_id, "Nurses")
+                break
+            except RunBeingResumed:
+                continue
+        else:
+            pytest.fail("the lease was renewed before every takeover")
         with pytest.raises(RunBeingResumed, match="taken over by another resumer"):
             await slow
     assert taken_over.status is RunStatus.COMPLETED and taken_over.feedback == "Nurses"
