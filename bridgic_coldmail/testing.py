@@ -483,9 +483,21 @@ def _completion(model: str, content: str, request: dict[str, Any]) -> dict[str, 
     }
 
 
-def main() -> None:
-    """``python -m bridgic_coldmail.testing``: serve until interrupted; prints the base URL."""
-    server = ScriptedOpenAIServer().start()
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bridgic_coldmail.testing [--port N]``: serve until interrupted; prints the
+    base URL to give as ``OPENAI_API_BASE``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bridgic_coldmail.testing",
+        description="An OpenAI-compatible chat-completions server on 127.0.0.1 that answers "
+        "with fixed, valid cold-email sequences (no model, no key): point coldmail at it "
+        "with OPENAI_API_BASE=<the URL it prints> OPENAI_API_KEY=x COLDMAIL_LLM=openai. "
+        "Ctrl-C stops it.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    args = parser.parse_args(argv)
+    server = ScriptedOpenAIServer(port=args.port).start()
     print(server.base_url, flush=True)
     try:
         threading.Event().wait()

@@ -109,6 +109,8 @@ def test_show_and_list(db_path: Path, cli: Cli) -> None:
     assert [r["interaction_id"] for r in awaiting] == [second["interaction_id"]]
     lines = cli("list").stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(str(second["interaction_id"]))
+    # The audience a person gave, else the brief's guess, as the inbox's list shows it.
+    assert FEEDBACK in lines[1] and FEEDBACK not in lines[0]
 
 
 @pytest.mark.slow
@@ -220,3 +222,14 @@ def test_help_and_version(command: list[str], cli: Cli) -> None:
     result = cli(*command)
     assert result.returncode == 0
     assert "coldmail" in result.stdout
+
+
+def test_the_scripted_server_answers_help_instead_of_serving() -> None:
+    import subprocess
+    import sys
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "bridgic_coldmail.testing", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0 and "--port" in shown.stdout and "OPENAI_API_BASE" in shown.stdout

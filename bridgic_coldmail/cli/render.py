@@ -196,7 +196,8 @@ def format_run_line(run: ListedRun) -> str:
         return terminal_safe(
             f"{run.interaction_id}  {'DAMAGED':<17}  {started}  {run.problem}"[:200]
         )
-    audience = run.brief.audience or "—"
+    # The audience a person gave, else the brief's first guess (as the inbox's list shows it).
+    audience = run.feedback or (f"{run.brief.audience} (guess)" if run.brief.audience else "—")
     summary = textwrap.shorten(f"{run.brief.product} → {audience}", width=44, placeholder="…")
     started = f"{run.created_at:%Y-%m-%d %H:%M}"
     status = run.status.value + (f" {run.round}" if run.status is RunStatus.AWAITING_REVIEW else "")
