@@ -51,6 +51,7 @@ def test_the_settings_repr_hides_the_whole_password(db: str) -> None:
     assert SECRET not in repr(Settings(db=db))
 
 
+@pytest.mark.postgres  # the postgres extra turns such a setting into a connection attempt
 @pytest.mark.parametrize(
     "db",
     [LEAKY["keyword, escaped space"], LEAKY["url, slash in password"]],
