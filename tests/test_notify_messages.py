@@ -209,9 +209,11 @@ def test_unusual_line_breaks_in_the_product_fold_into_the_subject(separator: str
 def test_every_message_has_a_size_bound_even_for_a_run_at_every_limit(char: str) -> None:
     """``char``: the longest in UTF-8, the longest escaped in HTML, the longest made visible."""
     body = char * 5000
-    sequence = EmailSequence(
-        opener=EmailStep(subject=char * 200, body=body, wait_days=0),
-        follow_up=EmailStep(subject=char * 200, body=body, wait_days=1),
+    # Built unvalidated, like the brief: a body of bidi overrides alone is refused as blank
+    # now, but runs stored by earlier releases are shown too.
+    sequence = EmailSequence.model_construct(
+        opener=EmailStep.model_construct(subject=char * 200, body=body, wait_days=0),
+        follow_up=EmailStep.model_construct(subject=char * 200, body=body, wait_days=1),
     )
     run = make_run(
         status=RunStatus.AWAITING_REVIEW,
