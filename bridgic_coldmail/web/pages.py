@@ -233,6 +233,14 @@ async def submit_feedback(
     if not csrf_matches(request, csrf_token):
         return form_expired(request)
     outcome = await apply_feedback(agent, interaction_id, feedback)
+    return await answer_on_run_page(request, agent, policy, outcome)
+
+
+async def answer_on_run_page(
+    request: Request, agent: ColdMailAgent, policy: WebPolicy, outcome: Outcome
+) -> Response:
+    """The run page's answer to a submitted form: back to the page when it was applied, else
+    the page saying why, with what was typed."""
     if isinstance(outcome, Applied):
         return to_run_page(outcome.run)
     return await show_run(

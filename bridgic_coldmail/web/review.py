@@ -32,7 +32,7 @@ from ..agent import ColdMailAgent
 from ..errors import InvalidInput, LlmError, RunBeingResumed, RunConflict
 from ..models import Decision, RunStatus, make_decision
 from .dependencies import Agent, Policy
-from .pages import form_expired, to_run_page, wait_until_settled
+from .pages import answer_on_run_page, form_expired, wait_until_settled
 from .security import WebPolicy, csrf_matches
 from .views import (
     Applied,
@@ -42,7 +42,6 @@ from .views import (
     decision_at,
     describe_decision,
     same_decision,
-    show_run,
 )
 
 router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
@@ -221,18 +220,7 @@ async def _decide(
     if not csrf_matches(request, csrf):
         return form_expired(request)
     outcome = await apply_decision(agent, interaction_id, decision)
-    if isinstance(outcome, Applied):
-        return to_run_page(outcome.run)
-    return await show_run(
-        request,
-        agent,
-        policy,
-        outcome.run,
-        status=outcome.status,
-        message=outcome.message,
-        message_kind="error",
-        form=outcome.form,
-    )
+    return await answer_on_run_page(request, agent, policy, outcome)
 
 
 async def apply_decision(
