@@ -157,7 +157,9 @@ class ColdMailAutoma(GraphAutoma):
             },
         )
         answer = self.interact_with_human_from_worker_key(event, "review")
-        decision = Decision.model_validate(answer.data)
+        # Validated when it came in (the runner builds it from a checked Action); a rule
+        # added since, or the deadline's reserved name, must not refuse it here.
+        decision = Decision.model_validate(answer.data, context=STORED)
         earlier = list(guidance or [])
         if decision.kind == "approve":
             return ReviewOutcome(status="completed", sequence=sequence, round=round)

@@ -453,7 +453,7 @@ class Decision(BaseModel):
     def _checked_reviewer(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None or is_stored(info):
             return value
-        return checked_text(value, **_REVIEWER)
+        return _person(checked_text(value, **_REVIEWER))
 
     @field_validator("round", mode="before")
     @classmethod
@@ -571,6 +571,7 @@ _OWN_MESSAGES = frozenset(
         "text",
         "emails",
         "round",
+        "reviewer",
     }
 )
 """Error types whose message is a whole sentence, shown without the field's name."""
@@ -615,7 +616,24 @@ def validate_reviewer(reviewer: Any) -> str | None:
     """A reviewer's name, checked (None when not given)."""
     if reviewer is None:
         return None
-    return validate_text(reviewer, **_REVIEWER)
+    try:
+        return _person(validate_text(reviewer, **_REVIEWER))
+    except PydanticCustomError as exc:
+        raise InvalidInput(exc.message()) from None
+
+
+DEADLINE_ACTOR = "deadline"
+"""Who the history names when a pause's deadline answered for the person (a name no person
+may give, so a history entry "by deadline" is always the deadline's)."""
+
+
+def _person(name: str) -> str:
+    if name.casefold() == DEADLINE_ACTOR:
+        raise PydanticCustomError(
+            "reviewer",
+            f"{name!r} is the name the history gives a pause's deadline; give a person's name",
+        )
+    return name
 
 
 MAX_ROUND_NUMBER = 10_000
