@@ -291,6 +291,10 @@ class Runner:
                 await asyncio.sleep(min(1.0, self._store.lease_seconds / 10))
 
     async def _run_automa(self, claim: Claim, *, llm: bool) -> Paused | Finished:
+        if claim.action.kind == "reject" and claim.run.status is RunStatus.AWAITING_FEEDBACK:
+            # Only a deadline rejects at the audience question (the claim rules): the run
+            # ends with its draft, and the automa, which waits for feedback, is not woken.
+            return Finished(RunStatus.REJECTED, claim.run.draft, claim.action.text)
         # The claim has checked the signature and the format: these bytes are our own.
         snapshot = Snapshot(
             serialized_bytes=claim.snapshot,

@@ -20,7 +20,7 @@ from .errors import (
     SnapshotIntegrityError,
     StoreError,
 )
-from .models import DamagedRun, ListedRun, Run, RunStatus
+from .models import DEADLINE_ACTOR, DamagedRun, ListedRun, Run, RunEvent, RunStatus
 from .store import Action, Claim, Refusal, RefusalReason
 from .text import preview, preview_list
 
@@ -111,6 +111,35 @@ def refusal_error(
     return RunConflict(
         f"round {action.round} of run {interaction_id} was already decided{taken}; the "
         f"run is at round {run.round}"
+    )
+
+
+def answered_by_deadline(
+    interaction_id: str, history: list[RunEvent], action: Action
+) -> RunConflict | None:
+    """The conflict to report when the pause ``action`` answers was answered by its deadline
+    (None when a person answered it): what the deadline did, and when."""
+
+    def answers(event: RunEvent) -> bool:
+        if action.kind == "feedback":  # the audience question
+            return event.round is None and event.kind in ("feedback", "rejected")
+        return event.kind in ("approved", "rejected") and action.round in (None, event.round)
+
+    event = next(
+        (e for e in reversed(history) if e.actor == DEADLINE_ACTOR and e.verified and answers(e)),
+        None,
+    )
+    if event is None:
+        return None
+    did = {
+        "feedback": "went on without an answer, with the brief's own audience "
+        f"({preview(event.detail)})",
+        "approved": "approved the version under review",
+        "rejected": "rejected the run",
+    }[event.kind]
+    return RunConflict(
+        f"run {interaction_id}'s deadline passed at {event.at:%Y-%m-%d %H:%M} UTC and the "
+        f"deadline {did}; nothing changed (`coldmail history {interaction_id}` shows the run)"
     )
 
 

@@ -198,6 +198,10 @@ class ColdMailAgent:
         review: bool = False,
         fields: Iterable[str] = (),
         notify: str | Iterable[str] = (),
+        respond_within: str | float | None = None,
+        remind_every: str | float | None = None,
+        on_timeout: str | None = None,
+        escalate_to: str | Iterable[str] = (),
     ) -> Run:
         """Draft the sequence and pause for audience feedback.
 
@@ -213,9 +217,22 @@ class ColdMailAgent:
             notify: where this run's notifications go besides ``COLDMAIL_NOTIFY``: email
                 addresses, webhook or chat URLs (see ``notify.destinations``); kept with the
                 run, each pause and outcome queued for delivery in the same transaction.
+            respond_within: how long each pause (the audience question, every review round)
+                waits for its person: ``90s``, ``36h``, ``3d``, ``1h30m`` or seconds; default
+                ``COLDMAIL_RESPOND_WITHIN``, else no deadline.
+            remind_every: how often a waiting pause reminds its destinations (before the
+                deadline); default ``COLDMAIL_REMIND_EVERY``, else never.
+            on_timeout: what the deadline does: ``wait`` (keep waiting and escalate),
+                ``proceed`` (refine with the brief's audience guess; approve at a review
+                round) or ``reject``; default ``COLDMAIL_ON_TIMEOUT``, else ``wait``.
+                Applied by ``coldmail worker`` (or ``serve``) through the same claim as a
+                person's answer, exactly once.
+            escalate_to: who is told when a deadline passes (``run.escalated``); default
+                ``COLDMAIL_ESCALATE_TO``.
 
         Raises:
-            InvalidInput: the brief, the fields or a destination do not validate.
+            InvalidInput: the brief, the fields, a destination or the wait policy do not
+                validate (e.g. ``on_timeout`` without a deadline).
             ConfigurationError: a destination this installation cannot reach (email
                 without ``COLDMAIL_SMTP_URL``, a webhook without ``COLDMAIL_WEBHOOK_SECRET``).
             LlmError: the draft LLM call failed; nothing was stored.
@@ -224,7 +241,14 @@ class ColdMailAgent:
             brief = make_brief(**dict(brief))
         from .notify.policy import notify_policy
 
-        policy = notify_policy(self.settings, notify)
+        policy = notify_policy(
+            self.settings,
+            notify,
+            respond_within=respond_within,
+            remind_every=remind_every,
+            on_timeout=on_timeout,
+            escalate_to=escalate_to,
+        )
         return await self._runner.start(
             brief, review=review, fields=_check_fields(fields), notify=policy
         )
@@ -337,6 +361,12 @@ class ColdMailAgent:
 
     async def _apply(self, interaction_id: str, action: Action) -> Run:
         outcome = await self._runner.apply(interaction_id, action)
+        if isinstance(outcome, Refusal) and outcome.reason is RefusalReason.CONFLICT:
+            history = await self._store.history(interaction_id)
+            if isinstance(history, builtins.list):
+                deadline = wording.answered_by_deadline(interaction_id, history, action)
+                if deadline is not None:
+                    raise deadline
         if isinstance(outcome, Refusal):
             raise wording.refusal_error(
                 interaction_id,

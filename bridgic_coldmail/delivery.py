@@ -18,12 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .deadlines import DeadlineKeeper
 from .errors import ConfigurationError, StoreError
 from .notify.channels import DeliveryResult, deliver, make_http_client
 from .notify.schedule import DEFAULT_SCHEDULE, RetrySchedule
 from .store.outbox import OutboxClaim, OutboxOutcome
 
 if TYPE_CHECKING:
+    from ._runner import Runner
     from .settings import Settings
     from .store import RunStore
 
@@ -50,6 +52,8 @@ class WorkerStats:
     failed: int = 0
     lost: int = 0
     """Attempts whose lease ran out before their outcome was recorded."""
+    timers: int = 0
+    """Reminders and deadlines fired (or found not needed)."""
 
     @property
     def attempts(self) -> int:
@@ -67,6 +71,9 @@ class Worker:
     batch: int = DEFAULT_BATCH
     poll_seconds: float = DEFAULT_POLL_SECONDS
     lease_seconds: float | None = None
+    keeper: DeadlineKeeper | None = None
+    """Fires reminders and deadlines; by default one that cannot apply outcomes that need
+    a runner (``proceed``, ``reject``): give ``DeadlineKeeper(store, runner.apply)``."""
     report: Callable[[str], None] | None = None
     """Called with one line per attempt (no secret in it)."""
     rng: random.Random = field(default_factory=random.Random)
@@ -78,9 +85,11 @@ class Worker:
         made = 0
         async with _HttpClient(self.settings) as client:
             while True:
+                fired = self.stats.timers
                 done = await self._deliver_batch(client)
                 made += done
-                if done < self.batch:
+                # A timer that fired queued messages due now: deliver them in this pass too.
+                if done < self.batch and self.stats.timers == fired:
                     return made
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -89,12 +98,13 @@ class Worker:
         out: the worker says so and tries again at its next poll."""
         async with _HttpClient(self.settings) as client:
             while not stop.is_set():
+                fired = self.stats.timers
                 try:
                     done = await self._deliver_batch(client)
                 except StoreError as exc:
                     self._say(f"the store is out of reach ({exc}); trying again")
                     done = 0
-                if done >= self.batch:
+                if done >= self.batch or self.stats.timers != fired:
                     continue
                 try:
                     await asyncio.wait_for(stop.wait(), self.poll_seconds)
@@ -113,7 +123,19 @@ class Worker:
 
     async def _deliver(self, claim: OutboxClaim, client: Any) -> None:
         notification = claim.notification
-        if notification is None:
+        if claim.timer is not None:
+            timer = claim.timer
+            shown = f"{timer.kind} {timer.n} of run {timer.interaction_id}"
+            if timer.kind == "deadline":
+                shown = f"the deadline of run {timer.interaction_id}"
+            keeper = self.keeper or DeadlineKeeper(self.store)
+            try:
+                outcome, said = await keeper.fire(timer)
+            except Exception as exc:  # the LLM gave up, the store is out of reach: again later
+                outcome = self._outcome(claim, DeliveryResult.retry(f"{type(exc).__name__}: {exc}"))
+                said = f"could not fire: {outcome.error}"
+            self._say(f"{shown}: {said}")
+        elif notification is None:
             shown = f"notification {claim.id}"
             problem = f"{shown}: {claim.problem}"
             outcome = (
@@ -136,6 +158,10 @@ class Worker:
             except Exception as exc:  # a bug must not lose the notification: try again
                 result = DeliveryResult.retry(f"{type(exc).__name__}: {exc}")
             outcome = self._outcome(claim, result)
+        if claim.timer is not None:
+            if not await self._finish(claim, outcome):
+                self._say(f"lost the lease on {shown}; another worker looks at it again")
+            return
         try:
             recorded = await self.store.finish_notification(claim, outcome)
         except StoreError:  # left leased: delivered again, with the same id, after the lease
@@ -157,6 +183,17 @@ class Worker:
             self.stats.failed += 1
             self._say(f"failed {shown}: {outcome.error}")
 
+    async def _finish(self, claim: OutboxClaim, outcome: OutboxOutcome) -> bool:
+        try:
+            recorded = await self.store.finish_notification(claim, outcome)
+        except StoreError:
+            recorded = False
+        if recorded:
+            self.stats.timers += 1
+        else:
+            self.stats.lost += 1
+        return recorded
+
     def _outcome(self, claim: OutboxClaim, result: DeliveryResult) -> OutboxOutcome:
         if result.delivered:
             return OutboxOutcome.delivered()
@@ -172,6 +209,19 @@ class Worker:
     def _say(self, line: str) -> None:
         if self.report is not None:
             self.report(line)
+
+
+def timed_worker(
+    store: RunStore, settings: Settings, *, report: Callable[[str], None] | None = None
+) -> tuple[Worker, Runner]:
+    """A worker that also applies deadlines' outcomes, with the runner it uses (close it
+    with ``await runner.aclose()``; it builds an LLM only when a deadline proceeds at an
+    audience question)."""
+    from ._runner import Runner
+
+    runner = Runner(store, settings)
+    worker = Worker(store, settings, keeper=DeadlineKeeper(store, runner.apply), report=report)
+    return worker, runner
 
 
 class _HttpClient:

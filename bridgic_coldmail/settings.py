@@ -227,6 +227,15 @@ class Settings:
     notify_events: tuple[Any, ...] = ()
     """The events a run started now announces, comma-separated: some of ``run.paused``,
     ``run.review``, ``run.completed``, ``run.rejected``, ``run.failed``. None: all five."""
+    respond_within: float | None = None
+    """Seconds each pause of a run started now waits before its deadline (``90s``, ``36h``,
+    ``3d``…); None: no deadline unless the run is given one."""
+    remind_every: float | None = None
+    """Seconds between reminders while a pause waits; None: no reminders."""
+    on_timeout: str = "wait"
+    """What a deadline does: ``wait`` (keep waiting, escalate), ``proceed`` or ``reject``."""
+    escalate_to: tuple[Destination, ...] = ()
+    """Who is told when a deadline passes (comma-separated DESTs)."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -599,8 +608,12 @@ ENV.update(
     notify_timeout="COLDMAIL_NOTIFY_TIMEOUT",
     link_ttl="COLDMAIL_LINK_TTL",
     notify_events="COLDMAIL_NOTIFY_EVENTS",
+    respond_within="COLDMAIL_RESPOND_WITHIN",
+    remind_every="COLDMAIL_REMIND_EVERY",
+    on_timeout="COLDMAIL_ON_TIMEOUT",
+    escalate_to="COLDMAIL_ESCALATE_TO",
 )
-_SECRET.update({"smtp_url", "webhook_secret", "notify"})  # a DEST may hold a token
+_SECRET.update({"smtp_url", "webhook_secret", "notify", "escalate_to"})  # a DEST may hold a token
 
 
 def check_notify_settings(settings: Settings) -> None:
@@ -616,7 +629,41 @@ def check_notify_settings(settings: Settings) -> None:
             ("smtp_url", "mail_from") if settings.smtp_url else ("mail_from", "smtp_url")
         )
         raise ConfigurationError(f"{ENV[given]} is set but {ENV[missing]} is not; email needs both")
-    require_channels(settings.notify, settings)
+    require_channels((*settings.notify, *settings.escalate_to), settings)
+    from .notify.policy import WaitPolicy
+
+    try:
+        WaitPolicy(
+            settings.respond_within,
+            settings.remind_every,
+            settings.on_timeout,  # type: ignore[arg-type]
+            tuple(d.value for d in settings.escalate_to),
+        )
+    except ColdmailError as exc:
+        names = {"--respond-within": ENV["respond_within"], "--remind-every": ENV["remind_every"]}
+        names.update({"--on-timeout": ENV["on_timeout"], "--escalate-to": ENV["escalate_to"]})
+        said = str(exc)
+        for flag, variable in names.items():
+            said = said.replace(flag, variable)
+        raise ConfigurationError(said) from None
+
+
+def _duration(value: Any) -> float:
+    from .notify.policy import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ColdmailError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _on_timeout(value: Any) -> str:
+    from .notify.policy import ON_TIMEOUT
+
+    text = str(value).strip().lower()
+    if text not in ON_TIMEOUT:
+        raise ValueError(f"one of {', '.join(ON_TIMEOUT)}, not {str(value)[:40]!r}")
+    return text
 
 
 def _destinations(value: Any) -> tuple[Destination, ...]:
@@ -681,4 +728,8 @@ _PARSERS.update(
     notify_timeout=_seconds,
     link_ttl=_seconds,
     notify_events=_events,
+    respond_within=_duration,
+    remind_every=_duration,
+    on_timeout=_on_timeout,
+    escalate_to=_destinations,
 )

@@ -85,9 +85,24 @@ class SyncColdMailAgent:
         review: bool = False,
         fields: Iterable[str] = (),
         notify: str | Iterable[str] = (),
+        respond_within: str | float | None = None,
+        remind_every: str | float | None = None,
+        on_timeout: str | None = None,
+        escalate_to: str | Iterable[str] = (),
     ) -> Run:
         """Draft and pause; see :meth:`ColdMailAgent.start`."""
-        return self._call(self._agent.start(brief, review=review, fields=fields, notify=notify))
+        return self._call(
+            self._agent.start(
+                brief,
+                review=review,
+                fields=fields,
+                notify=notify,
+                respond_within=respond_within,
+                remind_every=remind_every,
+                on_timeout=on_timeout,
+                escalate_to=escalate_to,
+            )
+        )
 
     def resume(self, interaction_id: str, feedback: str, *, reviewer: str | None = None) -> Run:
         """Resume with audience feedback; see :meth:`ColdMailAgent.resume`."""

@@ -183,6 +183,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="also tell DEST when the run waits or ends: an email address, an https:// "
         "webhook or Slack URL (added to $COLDMAIL_NOTIFY)",
     )
+    start.add_argument(
+        "--respond-within",
+        metavar="DURATION",
+        help="each pause's deadline: 90s, 36h, 3d, 1h30m (default $COLDMAIL_RESPOND_WITHIN)",
+    )
+    start.add_argument(
+        "--remind-every",
+        metavar="DURATION",
+        help="remind the destinations this often while a pause waits "
+        "(default $COLDMAIL_REMIND_EVERY)",
+    )
+    start.add_argument(
+        "--on-timeout",
+        choices=("wait", "proceed", "reject"),
+        help="what the deadline does: keep waiting and escalate, go on without the answer "
+        "(the brief's audience; approve the version under review), or reject the run "
+        "(default $COLDMAIL_ON_TIMEOUT, else wait)",
+    )
+    start.add_argument(
+        "--escalate-to",
+        action="append",
+        default=[],
+        metavar="DEST",
+        help="tell DEST when a deadline passes (default $COLDMAIL_ESCALATE_TO)",
+    )
 
     resume = command("resume", "resume a paused run with feedback on the audience")
     resume.add_argument("interaction_id", metavar="INTERACTION_ID")
@@ -346,6 +371,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def _wait_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``start``'s deadline flags, as ``ColdMailAgent.start`` takes them."""
+    return {
+        "respond_within": args.respond_within,
+        "remind_every": args.remind_every,
+        "on_timeout": args.on_timeout,
+        "escalate_to": args.escalate_to,
+    }
+
+
 async def _run_command(args: argparse.Namespace, settings: Settings) -> str | None:
     # Bad input is refused before the database is even opened.
     command = args.command
@@ -361,7 +396,7 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
         )
         from ..notify.policy import notify_policy
 
-        notify_policy(settings, args.notify)  # refused before the database is opened
+        notify_policy(settings, args.notify, **_wait_args(args))  # before the database opens
     if hasattr(args, "interaction_id"):
         args.interaction_id = validate_interaction_id(args.interaction_id)
     if command == "resume":
@@ -398,7 +433,9 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
         if command == "notifications":
             return await notifications_command(args, agent)
         if command == "start":
-            run = await agent.start(brief, review=args.review, fields=fields, notify=args.notify)
+            run = await agent.start(
+                brief, review=args.review, fields=fields, notify=args.notify, **_wait_args(args)
+            )
             return _emit(
                 args,
                 run,

@@ -25,11 +25,15 @@ MAX_LISTED = 1000
 
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     """Add ``worker`` and ``notifications`` with the CLI's ``command(name, help, json)``."""
-    worker = command("worker", "deliver the notifications waiting in the outbox", False)
+    worker = command(
+        "worker",
+        "deliver the notifications waiting in the outbox, and fire due reminders and deadlines",
+        False,
+    )
     worker.add_argument(
         "--once",
         action="store_true",
-        help="deliver what is due now, then exit (for cron and tests)",
+        help="deliver and fire what is due now, then exit (for cron and tests)",
     )
     listing = command(
         "notifications",
@@ -54,11 +58,11 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _worker(once: bool, settings: Settings) -> int:
-    from ..delivery import Worker
+    from ..delivery import timed_worker
 
     store = await connect_store(settings, missing="defer")
     try:
-        worker = Worker(store, settings, report=_say)
+        worker, runner = timed_worker(store, settings, report=_say)
         if once:
             await worker.run_once()
         else:
@@ -73,8 +77,10 @@ async def _worker(once: bool, settings: Settings) -> int:
             f"{stats.delivered} delivered, {stats.retried} to be tried again, "
             f"{stats.failed} failed"
             + (f", {stats.lost} lost to another worker" if stats.lost else "")
+            + (f"; {stats.timers} reminders and deadlines fired" if stats.timers else "")
             + "."
         )
+        await runner.aclose()
     finally:
         await store.close()
     return 0

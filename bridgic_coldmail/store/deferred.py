@@ -28,6 +28,7 @@ from .protocol import (
     ClaimOutcome,
     Finished,
     NewRun,
+    OutboxPlan,
     Paused,
     Refusal,
     RefusalReason,
@@ -128,6 +129,9 @@ class DeferredSqliteStore:
         self, interaction_id: str | None = None, *, limit: int = 50
     ) -> builtins.list[Delivery]:
         return await self._read(lambda s: s.notifications(interaction_id, limit=limit), [])
+
+    async def enqueue(self, interaction_id: str, plan: OutboxPlan) -> int:
+        return await self._read(lambda s: s.enqueue(interaction_id, plan), 0)
 
     async def retry_notification(self, notification_id: str) -> Delivery | None:
         return await self._read(lambda s: s.retry_notification(notification_id), None)

@@ -24,14 +24,22 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
 from ..errors import ConfigurationError
-from ..notify.destinations import parse_destination
-from ..notify.messages import Notification
-from ..notify.policy import AnnouncedEvent, NotifyPolicy
+from ..models import RunStatus
+from ..notify.destinations import Destination, parse_destination
+from ..notify.messages import Event, Notification
+from ..notify.policy import (
+    ANNOUNCED_EVENTS,
+    MAX_REMINDERS,
+    AnnouncedEvent,
+    NotifyPolicy,
+    OnTimeout,
+    WaitPolicy,
+)
 from ..signing import SnapshotSigner, json_text
 from .codec import iso, parse_time, run_from_row
 
@@ -68,7 +76,7 @@ def seal_policy(
     signer: SnapshotSigner, interaction_id: str, policy: NotifyPolicy | None
 ) -> tuple[str | None, bytes | None]:
     """The run's ``policy_json`` and ``policy_mac`` columns (both None: nobody notified)."""
-    if policy is None or not policy.destinations:
+    if policy is None or not (policy.destinations or policy.wait.timed):
         return None, None
     text = policy.to_json()
     return text, signer.mac_values(POLICY_DOMAIN, [interaction_id, text])
@@ -90,24 +98,163 @@ def read_policy(row: Mapping[str, Any], signer: SnapshotSigner) -> NotifyPolicy 
         return None
 
 
+PAUSE_EVENTS: tuple[AnnouncedEvent, ...] = ("run.paused", "run.review")
+"""The events of a pause: each starts the pause's deadline and reminders."""
+TIMER_DESTINATION = "coldmail:timer"
+"""The destination of a *timer* row: the worker fires it (a reminder, a deadline) instead
+of delivering it. Timers live in the outbox so that they are written in the pause's own
+transaction and claimed, leased and fenced like every notification."""
+TimerKind = Literal["reminder", "deadline"]
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A reminder or a deadline of one pause, due at ``due_at``. The worker re-checks all of
+    it when it fires: the row verifies (a database writer cannot bring a deadline forward),
+    it is due, and the run still waits at ``pause_id``."""
+
+    kind: TimerKind
+    interaction_id: str
+    pause_id: str
+    round: int | None
+    """The review round waiting; None at the audience question."""
+    n: int
+    """The reminder's number (1 for the first); 1 for a deadline."""
+    due_at: datetime
+    deadline: datetime | None
+    """The pause's deadline, if it has one."""
+    wait: WaitPolicy
+
+    @property
+    def event(self) -> Event:
+        return "run.deadline" if self.kind == "deadline" else "run.reminder"
+
+    @property
+    def id(self) -> str:
+        return Notification.make_id(
+            self.interaction_id, self.pause_id, self.event, self.n, TIMER_DESTINATION
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "interaction_id": self.interaction_id,
+            "pause_id": self.pause_id,
+            "round": self.round,
+            "n": self.n,
+            "due_at": iso(self.due_at),
+            "deadline": iso(self.deadline) if self.deadline else None,
+            "wait": self.wait.to_data(),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Timer:
+        kind = record["kind"]
+        if kind not in ("reminder", "deadline"):
+            raise ValueError(f"unknown timer {kind!r}")
+        deadline = record.get("deadline")
+        return cls(
+            kind=kind,
+            interaction_id=str(record["interaction_id"]),
+            pause_id=str(record["pause_id"]),
+            round=record.get("round"),
+            n=int(record["n"]),
+            due_at=parse_time(record["due_at"]),
+            deadline=parse_time(deadline) if deadline else None,
+            wait=WaitPolicy.from_data(record["wait"]),
+        )
+
+    def row(self, signer: SnapshotSigner, *, now: datetime) -> dict[str, Any]:
+        """Its outbox row, due at ``due_at``."""
+        record = json_text(self.to_record())
+        return {
+            "id": self.id,
+            "interaction_id": self.interaction_id,
+            "event": self.event,
+            "destination": TIMER_DESTINATION,
+            "record_json": record,
+            "mac": notification_mac(signer, self.id, TIMER_DESTINATION, record),
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": self.due_at,
+            "created_at": now,
+        }
+
+    def next_reminder(self) -> Timer | None:
+        """The reminder after this one, if one is due before the deadline (and within
+        :data:`MAX_REMINDERS`)."""
+        every = self.wait.remind_every
+        if self.kind != "reminder" or every is None or self.n >= MAX_REMINDERS:
+            return None
+        due = self.due_at + timedelta(seconds=every)
+        if self.deadline is not None and due >= self.deadline:
+            return None
+        return replace(self, n=self.n + 1, due_at=due)
+
+
+def pause_timers(
+    run_id: str, pause_id: str, round: int | None, wait: WaitPolicy, *, now: datetime
+) -> list[Timer]:
+    """The timers a pause starts with: its deadline, and its first reminder (each reminder
+    plans the next one when it fires, so a pause holds at most two timer rows)."""
+    deadline = (
+        now + timedelta(seconds=wait.respond_within) if wait.respond_within is not None else None
+    )
+    timers = []
+    if deadline is not None:
+        timers.append(Timer("deadline", run_id, pause_id, round, 1, deadline, deadline, wait))
+    if wait.remind_every is not None:
+        first = now + timedelta(seconds=wait.remind_every)
+        if deadline is None or first < deadline:
+            timers.append(Timer("reminder", run_id, pause_id, round, 1, first, deadline, wait))
+    return timers
+
+
 def plan_notifications(
     row: Mapping[str, Any],
-    event: AnnouncedEvent,
+    event: Event,
     *,
     now: datetime,
     signer: SnapshotSigner,
     n: int = 1,
+    timer: Timer | None = None,
+    on_timeout: OnTimeout | None = None,
 ) -> list[dict[str, Any]]:
     """The outbox rows announcing ``event`` of the run ``row`` now is (the row as the
     transaction writes it, with its policy columns): one per destination, none when the run
-    notifies nobody or not of this event."""
+    notifies nobody or not of this event. A pause (``run.paused``, ``run.review``) also
+    starts its timers.
+
+    The events of a timer (``run.reminder``, ``run.deadline``, ``run.escalated``) take the
+    ``timer`` that fired, and ``on_timeout``: what the deadline did. ``run.escalated`` goes
+    to the policy's ``escalate_to``, the others to the run's destinations.
+    """
     policy = read_policy(row, signer)
-    if policy is None or event not in policy.events:
+    if policy is None:
         return []
     run = run_from_row(row)
-    pause_id = run.pause_id if run.status.is_paused else None
-    rows = []
-    for value in policy.destinations:
+    wait = policy.wait
+    rows: list[dict[str, Any]] = []
+    pause_id: str | None
+    if timer is not None:
+        deadline, pause_id, round = timer.deadline, timer.pause_id, timer.round
+        # After a deadline that proceeded or rejected, the pause is gone: no link to answer.
+        link_pause = pause_id if on_timeout in (None, "wait") else None
+    else:
+        round = run.round if run.status is RunStatus.AWAITING_REVIEW else None
+        pause_id = run.pause_id if run.status.is_paused else None
+        link_pause = pause_id
+        deadline = None
+        if event in PAUSE_EVENTS and pause_id is not None:
+            timers = pause_timers(run.interaction_id, pause_id, round, wait, now=now)
+            rows.extend(t.row(signer, now=now) for t in timers)
+            deadline = next((t.due_at for t in timers if t.kind == "deadline"), None)
+    announced = event not in ANNOUNCED_EVENTS or event in policy.events
+    targets = wait.escalate_to if event == "run.escalated" else policy.destinations
+    if not announced:
+        targets = ()
+    escalated = _parsed(wait.escalate_to) if event == "run.deadline" else ()
+    for value in targets:
         try:
             destination = parse_destination(value)
         except Exception:  # an extra uninstalled since the run started: kept, shown failed
@@ -118,7 +265,11 @@ def plan_notifications(
             run=run,
             destination=destination,
             created_at=now,
-            pause_id=pause_id,
+            pause_id=link_pause,
+            deadline=deadline,
+            on_timeout=on_timeout or (wait.on_timeout if deadline else None),
+            reminder=n if event == "run.reminder" else None,
+            escalated_to=escalated,
         )
         record = json_text(notification.to_record())
         rows.append(
@@ -136,6 +287,16 @@ def plan_notifications(
             }
         )
     return rows
+
+
+def _parsed(values: Sequence[str]) -> tuple[Destination, ...]:
+    found = []
+    for value in values:
+        try:
+            found.append(parse_destination(value))
+        except Exception:
+            continue
+    return tuple(found)
 
 
 def notification_mac(signer: SnapshotSigner, id: str, destination: str, record: str) -> bytes:
@@ -176,6 +337,9 @@ class OutboxClaim:
     problem: str | None = None
     retryable: bool = False
     """The problem is this installation's (an extra not installed): try again later."""
+    timer: Timer | None = None
+    """The reminder or deadline to fire, when the row is a timer (``notification`` is None
+    then, and so is ``problem`` when it verifies)."""
 
 
 @dataclass(frozen=True)
@@ -196,8 +360,13 @@ class Delivery:
     delivered_at: datetime | None
     verified: bool
     """False: the row was made or edited outside bridgic-coldmail (never delivered)."""
+    timer: Timer | None = None
+    """For a timer row (a reminder or a deadline, ``destination`` ``timer``): what it
+    fires and when. Its status reads ``pending`` (not fired yet), ``delivered`` (fired, or
+    not needed: ``last_error`` says which) or ``failed``."""
 
     def to_public_dict(self) -> dict[str, Any]:
+        timer = self.timer
         return {
             "id": self.id,
             "interaction_id": self.interaction_id,
@@ -210,6 +379,14 @@ class Delivery:
             "created_at": iso(self.created_at),
             "delivered_at": _iso_or_none(self.delivered_at),
             "verified": self.verified,
+            "timer": None
+            if timer is None
+            else {
+                "kind": timer.kind,
+                "due_at": iso(timer.due_at),
+                "round": timer.round,
+                "on_timeout": timer.wait.on_timeout if timer.kind == "deadline" else None,
+            },
         }
 
 
@@ -239,6 +416,14 @@ def claim_of(row: Mapping[str, Any], signer: SnapshotSigner) -> OutboxClaim:
             notification=None,
             problem="it was made or changed outside bridgic-coldmail; not delivered",
         )
+    if row["destination"] == TIMER_DESTINATION:
+        try:
+            timer = Timer.from_record(json.loads(row["record_json"]))
+        except Exception as exc:  # a release that cannot read it
+            return OutboxClaim(
+                **base, notification=None, problem=f"it cannot be read ({type(exc).__name__})"
+            )
+        return OutboxClaim(**base, notification=None, timer=timer)
     try:
         notification = Notification.from_record(json.loads(row["record_json"]))
     except ConfigurationError as exc:  # an extra uninstalled since it was queued
@@ -252,6 +437,13 @@ def claim_of(row: Mapping[str, Any], signer: SnapshotSigner) -> OutboxClaim:
 
 def delivery_of(row: Mapping[str, Any], signer: SnapshotSigner) -> Delivery:
     """A row as people see it."""
+    verified = verified_row(row, signer)
+    timer = None
+    if verified and row["destination"] == TIMER_DESTINATION:
+        try:
+            timer = Timer.from_record(json.loads(row["record_json"]))
+        except Exception:
+            timer = None
     found = str(row["status"])
     status: NotificationStatus = "failed"
     for known in NOTIFICATION_STATUSES:
@@ -268,7 +460,8 @@ def delivery_of(row: Mapping[str, Any], signer: SnapshotSigner) -> Delivery:
         last_error=row.get("last_error"),
         created_at=parse_time(row["created_at"]),
         delivered_at=parse_time(row["delivered_at"]) if row.get("delivered_at") else None,
-        verified=verified_row(row, signer),
+        verified=verified,
+        timer=timer,
     )
 
 
@@ -276,6 +469,8 @@ def display_destination(value: str) -> str:
     """A stored DEST as it may be shown: its display form, never the URL."""
     from ..notify.destinations import _url_display, parse_destination
 
+    if value == TIMER_DESTINATION:
+        return "timer"
     try:
         return parse_destination(value).display
     except Exception:
@@ -299,8 +494,9 @@ class OutboxOutcome:
     retry_in: float = 0.0
 
     @classmethod
-    def delivered(cls) -> OutboxOutcome:
-        return cls("delivered")
+    def delivered(cls, note: str | None = None) -> OutboxOutcome:
+        """Delivered (a timer: fired, or ``note`` says why it was not needed)."""
+        return cls("delivered", note)
 
     @classmethod
     def retry(cls, error: str, retry_in: float) -> OutboxOutcome:

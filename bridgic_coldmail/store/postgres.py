@@ -118,6 +118,7 @@ from .protocol import (
     ClaimOutcome,
     Finished,
     NewRun,
+    OutboxPlan,
     Paused,
     Refusal,
     RefusalReason,
@@ -630,6 +631,22 @@ class PostgresRunStore:
                 ],
             )
         return bool(done)
+
+    async def enqueue(self, interaction_id: str, plan: OutboxPlan) -> int:
+        """Queue the rows ``plan`` makes from the run's row now, by the server's clock (see
+        ``RunStore.enqueue``)."""
+        if not _storable(interaction_id):
+            return 0
+        # Idempotent: every row is inserted with ON CONFLICT (id) DO NOTHING.
+        async with self._transaction(durable=False, idempotent=True) as tx:
+            found = await tx.open(_LOCK_ROW, [interaction_id])
+            if not found:
+                await tx.finish([])
+                return 0
+            row, now = _split(found[0])
+            rows = plan(row, now, self._signer)
+            await tx.finish(_enqueue(rows))
+        return len(rows)
 
     async def notifications(
         self, interaction_id: str | None = None, *, limit: int = 50

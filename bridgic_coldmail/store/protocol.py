@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from .outbox import Delivery, OutboxClaim, OutboxOutcome
 
 ActionKind = Literal["feedback", "approve", "revise", "edit", "reject"]
+
+
+OutboxPlan = Callable[[Mapping[str, Any], datetime, SnapshotSigner], list[dict[str, Any]]]
+"""What :meth:`RunStore.enqueue` is given: the run's row, now and the signer -> outbox rows."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,13 @@ class RunStore(Protocol):
 
     async def finish_notification(self, claim: OutboxClaim, outcome: OutboxOutcome) -> bool:
         """Record an attempt's outcome, fenced by the lease; False when the lease was lost."""
+        ...
+
+    async def enqueue(self, interaction_id: str, plan: OutboxPlan) -> int:
+        """Queue, in one transaction, the outbox rows ``plan`` makes from the run's row (with
+        its policy), the store's clock and signer; a row already queued is not queued again
+        (ids are derived from what they announce). Returns how many rows ``plan`` made; 0
+        when the run is gone."""
         ...
 
     async def notifications(

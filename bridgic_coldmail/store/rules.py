@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..models import DamagedRun, Run, RunStatus
+from ..models import DEADLINE_ACTOR, DamagedRun, Run, RunStatus
 from ..signing import SnapshotSigner, json_text
 from .codec import RowChange, decode_row, iso, parse_time, run_from_row
 from .protocol import Action, AlreadyDone, Claim, Finished, NewRun, Paused, Refusal, RefusalReason
@@ -97,6 +97,11 @@ def judge_claim(
 
     # A review decision.
     if status is RunStatus.AWAITING_FEEDBACK:
+        if action.kind == "reject" and action.reviewer == DEADLINE_ACTOR:
+            # A deadline that rejects ends the run at its audience question too.
+            return _check_snapshot(
+                row, run, status, supported_versions, signer, snapshot, legacy, token
+            )
         return Refusal(RefusalReason.WRONG_STATE, run=run)
     decided = decisions(row)
     current_round = run.round or 0

@@ -76,7 +76,7 @@ from .outbox import (
     plan_notifications,
     seal_policy,
 )
-from .protocol import Action, Claim, ClaimOutcome, Finished, NewRun, Paused, Refusal
+from .protocol import Action, Claim, ClaimOutcome, Finished, NewRun, OutboxPlan, Paused, Refusal
 from .rules import (
     ClaimPlan,
     claim_from,
@@ -517,6 +517,21 @@ class SqliteRunStore:
                     ),
                 )
                 return cursor.rowcount == 1
+
+        return await self._hop(work)
+
+    async def enqueue(self, interaction_id: str, plan: OutboxPlan) -> int:
+        """Queue the rows ``plan`` makes from the run's row now (see ``RunStore.enqueue``)."""
+        signer = self._signer
+
+        def work(db: sqlite3.Connection) -> int:
+            with _transaction(db, durable=False):
+                row = _fetch(db, _SELECT_ROW_WITH_POLICY, interaction_id)
+                if row is None:
+                    return 0
+                rows = plan(row, _now(), signer)
+                _enqueue(db, rows)
+                return len(rows)
 
         return await self._hop(work)
 

@@ -98,7 +98,7 @@ class NotificationThread(threading.Thread):
             self._ready.set()
 
     async def _deliver(self) -> None:
-        from ..delivery import Worker
+        from ..delivery import timed_worker
         from ..store import connect_store
 
         self._loop = asyncio.get_running_loop()
@@ -106,7 +106,11 @@ class NotificationThread(threading.Thread):
         self._ready.set()
         store = await connect_store(self._settings, missing="defer")
         try:
-            await Worker(store, self._settings).run(self._stop)
+            worker, runner = timed_worker(store, self._settings)
+            try:
+                await worker.run(self._stop)
+            finally:
+                await runner.aclose()
         finally:
             await store.close()
 
