@@ -802,6 +802,8 @@ class ColdMailAgent:
             interaction_id, at, new_id, link, SUPPORTED_SERIALIZATION_VERSIONS
         )
         if isinstance(stored, Refusal):
+            if stored.reason is RefusalReason.NOT_KEPT and stored.problem is None:
+                await self._refuse_before_a_forks_start(interaction_id, at)
             problem = fork_refusal_problem(stored, interaction_id, at)
             if problem is not None:
                 raise RunConflict(problem, topic=stored.reason.value)
@@ -821,6 +823,20 @@ class ColdMailAgent:
                 f"its parent was: {verb} it rather than forking again)",
             )
             raise
+
+    async def _refuse_before_a_forks_start(self, interaction_id: str, round: int) -> None:
+        """A fork never paused before the round it was forked at: say to fork its parent."""
+        found = await self._store.family(interaction_id)
+        own = None if found is None else found.member(interaction_id)
+        link = None if own is None else own.link
+        if link is not None and round < link.round:
+            where = "the audience question" if round == 0 else f"review round {round}"
+            raise RunConflict(
+                f"run {interaction_id} is a fork of run {link.parent_id} started at review "
+                f"round {link.round}: it never paused at {where} itself; fork run "
+                f"{link.parent_id} at round {round} instead",
+                topic="no_round",
+            )
 
     async def family(self, interaction_id: str) -> Family:
         """The run's family: its root (the first run up its fork links still stored), then

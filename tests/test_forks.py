@@ -104,15 +104,21 @@ async def test_forks_of_forks_and_concurrent_forks_form_one_family(
     )
     assert len({f.interaction_id for f in forks}) == 3
     grandchild = await agent.fork(forks[0].interaction_id, round=2, guidance="funnier")
+    with pytest.raises(RunConflict, match=f"fork run {parent.interaction_id} at round 0"):
+        await agent.fork(forks[0].interaction_id, feedback="CFOs")  # it started at round 1
+    again = await agent.fork(forks[0].interaction_id, round=1, guidance="from its start")
+    assert again.round == 2
     family = await agent.family(parent.interaction_id)
     assert [m.interaction_id for m in family.members][0] == parent.interaction_id
     assert {m.interaction_id for m in family.members} == {
         parent.interaction_id,
         grandchild.interaction_id,
+        again.interaction_id,
         *(f.interaction_id for f in forks),
     }
     assert [m.interaction_id for m in family.forks_of(forks[0].interaction_id)] == [
-        grandchild.interaction_id
+        grandchild.interaction_id,
+        again.interaction_id,
     ]
 
 
