@@ -13,6 +13,7 @@ import asyncio
 import builtins
 import os
 import re
+import uuid
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
@@ -25,6 +26,7 @@ from typing_extensions import Unpack
 from . import _wording as wording
 from ._runner import SUPPORTED_SERIALIZATION_VERSIONS, Runner
 from .errors import (
+    ColdmailError,
     ConfigurationError,
     InvalidInput,
     LinkRefused,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from .export.lint import LintIssue
     from .export.writer import Variant
     from .notify.links import OpenedLink
+    from .store.forks import Family
     from .store.outbox import Delivery
 from .models import (
     Brief,
@@ -760,6 +763,155 @@ class ColdMailAgent:
             raise LinkRunGone(RUN_GONE, topic="not_found")
         is_open = check_run(claim, run, to_act=False)
         return OpenedLink(claim, run, is_open, make_form_token(signer, token))
+
+    # ------------------------------------------------------------------ forks
+
+    async def fork(
+        self,
+        interaction_id: str,
+        *,
+        round: int | None = None,
+        feedback: str | None = None,
+        guidance: str | None = None,
+        reviewer: str | None = None,
+    ) -> Run:
+        """Start a variant: a new run from one of this run's pauses, given other input there.
+
+        ``round`` None or 0 forks the audience question (give ``feedback``); round N forks
+        review round N (give ``guidance``: a revision of that round's sequence). The new run
+        has a fresh interaction id and is linked to its parent (:meth:`family`); it is
+        stored paused where its parent was, from that pause's kept, signed snapshot, then
+        resumed with the input through the ordinary claim — so it is returned as a resume or
+        a revision would return it. The parent is not changed, and may be worked on at the
+        same time; each call makes another fork.
+
+        Raises:
+            InvalidInput: malformed id, a round that is not a number, feedback and guidance
+                mixed up, or text that a resume or a revision would refuse.
+            RunNotFound: no run under this id (or it was purged).
+            RunConflict: the run never paused at that round, its snapshot there was not kept
+                (paused before 0.6 kept every pause), or that round is the run's last one.
+            SnapshotIntegrityError: the run or the kept snapshot was altered; nothing was
+                loaded or stored.
+            LlmError: the fork's LLM call failed; the fork is stored, paused, and its id is in
+                the message: resume it (or revise it) instead of forking again.
+        """
+        from .store.forks import ForkLink, fork_refusal_problem
+
+        interaction_id = validate_interaction_id(interaction_id)
+        at = _fork_round(round)
+        who = validate_reviewer(reviewer)
+        if at == 0:
+            if guidance is not None or feedback is None:
+                raise InvalidInput(
+                    "round 0 is the audience question: give feedback (who the emails should "
+                    "target), not guidance; guidance forks a review round (round 1, 2…)"
+                )
+            text = validate_feedback(feedback)
+            action = Action.feedback(text, who)
+            link = ForkLink(interaction_id, 0, "feedback", text, who)
+        else:
+            if feedback is not None or guidance is None:
+                raise InvalidInput(
+                    f"round {at} is a review round: give guidance (what the next version "
+                    "should change), not feedback; feedback forks the audience question "
+                    "(round 0)"
+                )
+            decision = make_decision("revise", text=guidance, reviewer=who, round=at)
+            action = Action.of(decision)
+            link = ForkLink(interaction_id, at, "revise", str(decision.text), who)
+            parent = await self.get(interaction_id)
+            if parent.max_rounds is not None and at >= parent.max_rounds:
+                raise RunConflict(
+                    f"round {at} is the last of run {interaction_id} ({parent.max_rounds} "
+                    "rounds): a fork of it could not be revised; fork an earlier round",
+                    topic="round_limit",
+                )
+        new_id = uuid.uuid4().hex
+        stored = await self._store.fork(
+            interaction_id, at, new_id, link, SUPPORTED_SERIALIZATION_VERSIONS
+        )
+        if isinstance(stored, Refusal):
+            if stored.reason is RefusalReason.NOT_KEPT and stored.problem is None:
+                await self._refuse_before_a_forks_start(interaction_id, at)
+            problem = fork_refusal_problem(stored, interaction_id, at)
+            if problem is not None:
+                raise RunConflict(problem, topic=stored.reason.value)
+            raise wording.refusal_error(
+                interaction_id,
+                stored,
+                action,
+                location=self.db_path,
+                supported_versions=SUPPORTED_SERIALIZATION_VERSIONS,
+            )
+        try:
+            return await self._apply(new_id, action)
+        except ColdmailError as exc:
+            verb = "resume" if at == 0 else "revise"
+            exc.args = (
+                f"{exc} (the fork {new_id} of run {interaction_id} is stored, paused where "
+                f"its parent was: {verb} it rather than forking again)",
+            )
+            raise
+
+    async def _refuse_before_a_forks_start(self, interaction_id: str, round: int) -> None:
+        """A fork never paused before the round it was forked at: say to fork its parent."""
+        found = await self._store.family(interaction_id)
+        own = None if found is None else found.member(interaction_id)
+        link = None if own is None else own.link
+        if link is not None and round < link.round:
+            where = "the audience question" if round == 0 else f"review round {round}"
+            raise RunConflict(
+                f"run {interaction_id} is a fork of run {link.parent_id} started at review "
+                f"round {link.round}: it never paused at {where} itself; fork run "
+                f"{link.parent_id} at round {round} instead",
+                topic="no_round",
+            )
+
+    async def family(self, interaction_id: str) -> Family:
+        """The run's family: its root (the first run up its fork links still stored), then
+        every fork below the root, oldest first, each with its status and what it tried.
+
+        Raises:
+            InvalidInput: malformed id.
+            RunNotFound: no run under this id.
+        """
+        interaction_id = validate_interaction_id(interaction_id)
+        found = await self._store.family(interaction_id)
+        if found is None:
+            raise RunNotFound(interaction_id, self.db_path)
+        return found
+
+    async def family_variants(self, interaction_id: str) -> builtins.list[str]:
+        """The other approved (completed) runs of this run's family, in the family's order:
+        what :meth:`export` takes as ``variants`` to export the family as an A/B test."""
+        found = await self.family(interaction_id)
+        return [
+            member.interaction_id
+            for member in found.members
+            if member.interaction_id != interaction_id
+            and not member.altered
+            and isinstance(member.run, Run)
+            and member.run.status is RunStatus.COMPLETED
+        ]
+
+
+def _fork_round(round: Any) -> int:
+    """A fork's round: None or 0 is the audience question, N is review round N."""
+    from .models import MAX_ROUND_NUMBER
+
+    if round is None:
+        return 0
+    if (
+        isinstance(round, bool)
+        or not isinstance(round, int)
+        or not (0 <= round <= MAX_ROUND_NUMBER)
+    ):
+        raise InvalidInput(
+            f"round must be 0 (the audience question) or a review round 1 to "
+            f"{MAX_ROUND_NUMBER}, not {round!r}"
+        )
+    return round
 
 
 def _acronyms(*runs: Run) -> frozenset[str]:

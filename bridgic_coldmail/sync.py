@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .export import ExportReport
     from .export.lint import LintIssue
     from .notify.links import OpenedLink
+    from .store.forks import Family
     from .store.outbox import Delivery
 
 T = TypeVar("T")
@@ -262,6 +263,34 @@ class SyncColdMailAgent:
     def retry_notification(self, notification_id: str) -> Delivery:
         """Queue a failed notification again; see :meth:`ColdMailAgent.retry_notification`."""
         return self._call(self._agent.retry_notification(notification_id))
+
+    def fork(
+        self,
+        interaction_id: str,
+        *,
+        round: int | None = None,
+        feedback: str | None = None,
+        guidance: str | None = None,
+        reviewer: str | None = None,
+    ) -> Run:
+        """Start a variant from one of the run's pauses; see :meth:`ColdMailAgent.fork`."""
+        return self._call(
+            self._agent.fork(
+                interaction_id,
+                round=round,
+                feedback=feedback,
+                guidance=guidance,
+                reviewer=reviewer,
+            )
+        )
+
+    def family(self, interaction_id: str) -> Family:
+        """The run's family; see :meth:`ColdMailAgent.family`."""
+        return self._call(self._agent.family(interaction_id))
+
+    def family_variants(self, interaction_id: str) -> builtins.list[str]:
+        """The family's other approved runs; see :meth:`ColdMailAgent.family_variants`."""
+        return self._call(self._agent.family_variants(interaction_id))
 
     def close(self) -> None:
         """Close the store and stop the private loop (idempotent)."""

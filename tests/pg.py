@@ -410,6 +410,29 @@ class PostgresRows:
             (interaction_id, seq),
         )
 
+    def pauses(self, interaction_id: str) -> list[dict[str, Any]]:
+        found = self._execute(
+            "SELECT * FROM coldmail.pauses WHERE interaction_id = %s ORDER BY round",
+            (interaction_id,),
+        )
+        return [dict(r) for r in found.fetchall()]
+
+    def set_pause(self, interaction_id: str, round: int, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = %s" for name in columns)
+        self._execute(
+            f"UPDATE coldmail.pauses SET {assignments} WHERE interaction_id = %s AND round = %s",
+            (*columns.values(), interaction_id, round),
+        )
+
+    def delete_pauses(self, interaction_id: str) -> None:
+        self._execute("DELETE FROM coldmail.pauses WHERE interaction_id = %s", (interaction_id,))
+
+    def execute(self, statement: str, *params: Any) -> None:
+        tables = ("runs", "pauses", "coldmail_schema", "run_events")
+        for table in tables:
+            statement = statement.replace(f" {table} ", f" coldmail.{table} ")
+        self._execute(statement.replace("?", "%s"), params)
+
     def meta(self, key: str) -> str | None:
         found = self._execute(
             "SELECT value FROM coldmail.coldmail_meta WHERE key = %s", (key,)

@@ -86,6 +86,22 @@ class Rows(Protocol):
         """Overwrite columns of one outbox row (times as datetimes)."""
         ...
 
+    def pauses(self, interaction_id: str) -> list[dict[str, Any]]:
+        """The run's kept pauses, by round."""
+        ...
+
+    def set_pause(self, interaction_id: str, round: int, **columns: Any) -> None:
+        """Overwrite columns of one kept pause."""
+        ...
+
+    def delete_pauses(self, interaction_id: str) -> None:
+        """Delete every kept pause of a run."""
+        ...
+
+    def execute(self, statement: str, *params: Any) -> None:
+        """Run one statement as written (``?`` placeholders, rewritten for PostgreSQL)."""
+        ...
+
 
 def expire_lease(rows: Rows, interaction_id: str) -> None:
     """As if the resumer's lease ran out a minute ago."""
@@ -208,6 +224,29 @@ class SqliteRows:
                 f"UPDATE notifications SET {assignments} WHERE id = ?",
                 (*(self._stored(v) for v in columns.values()), notification_id),
             )
+
+    def pauses(self, interaction_id: str) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            found = conn.execute(
+                "SELECT * FROM pauses WHERE interaction_id = ? ORDER BY round", (interaction_id,)
+            )
+            return [dict(r) for r in found.fetchall()]
+
+    def set_pause(self, interaction_id: str, round: int, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with self._connect() as conn:
+            conn.execute(
+                f"UPDATE pauses SET {assignments} WHERE interaction_id = ? AND round = ?",
+                (*(self._stored(v) for v in columns.values()), interaction_id, round),
+            )
+
+    def delete_pauses(self, interaction_id: str) -> None:
+        with self._connect() as conn:
+            conn.execute("DELETE FROM pauses WHERE interaction_id = ?", (interaction_id,))
+
+    def execute(self, statement: str, *params: Any) -> None:
+        with self._connect() as conn:
+            conn.execute(statement, params)
 
     @contextmanager
     def lock(self) -> Iterator[None]:

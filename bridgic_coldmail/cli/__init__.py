@@ -52,6 +52,8 @@ from ..settings import BACKENDS, ENV, Settings, default_db_path, redact_url
 from ..store import Action, IfMissing
 from ..text import terminal_safe
 from .demo import run_demo
+from .fork import add_commands as add_fork_commands
+from .fork import export_variants, family_json, format_family, run_fork
 from .notifications import add_commands as add_notification_commands
 from .notifications import (
     check_notifications_args,
@@ -307,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="another approved run to export as an A/B variant; one --variant per run",
     )
     export.add_argument(
+        "--family",
+        action="store_true",
+        help="also export every other approved run of this run's family (its forks, its "
+        "parent…) as A/B variants",
+    )
+    export.add_argument(
         "--template",
         metavar="FILE",
         help="where to write the paste-ready template (default: beside --out, for a tool)",
@@ -342,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not deliver notifications from this process (run `coldmail worker` instead)",
     )
     add_notification_commands(command)
+    add_fork_commands(command)
     return parser
 
 
@@ -352,6 +361,8 @@ def _execute(args: argparse.Namespace, settings: Settings) -> int:
         return _serve(args, settings)
     if args.command == "worker":
         return run_worker(args, settings)
+    if args.command == "fork":
+        return run_fork(args, settings)
     text = asyncio.run(_run_command(args, settings))
     if text is not None:
         _print(text)
@@ -454,7 +465,11 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
             history = format_history(await agent.history(args.interaction_id))
             deliveries = await agent.notifications(args.interaction_id)
             sent = f"{format_deliveries(deliveries)}\n\n" if deliveries else ""
-            return _emit(args, run, f"{format_run(run)}\n\n{sent}{history}")
+            family = await agent.family(args.interaction_id)
+            if args.json and not family.is_alone:
+                return json_for_terminal({**_json_of(run), "family": family_json(family)})
+            kin = "" if family.is_alone else f"{format_family(family)}\n\n"
+            return _emit(args, run, f"{format_run(run)}\n\n{sent}{kin}{history}")
         if command == "link":
             return await _link(agent, args, settings)
         if command == "purge":
@@ -530,7 +545,7 @@ async def _export(agent: ColdMailAgent, args: argparse.Namespace) -> str | None:
             strict=args.strict,
             overwrite=args.overwrite,
             profile=args.profile,
-            variants=args.variants,
+            variants=await export_variants(agent, args),
             disabled_rules=_rule_list(args.disabled_rules),
             template=args.template,
         )

@@ -21,6 +21,7 @@ from typing import TypeVar
 from ..errors import DatabaseNotFound, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..signing import SnapshotSigner
+from .forks import Family, ForkLink
 from .outbox import Delivery, OutboxClaim, OutboxOutcome
 from .protocol import (
     Action,
@@ -135,6 +136,22 @@ class DeferredSqliteStore:
 
     async def retry_notification(self, notification_id: str) -> Delivery | None:
         return await self._read(lambda s: s.retry_notification(notification_id), None)
+
+    async def fork(
+        self,
+        parent_id: str,
+        round: int,
+        new_id: str,
+        link: ForkLink,
+        supported_versions: Collection[str],
+    ) -> Run | Refusal:
+        return await self._read(
+            lambda s: s.fork(parent_id, round, new_id, link, supported_versions),
+            Refusal(RefusalReason.NOT_FOUND),
+        )
+
+    async def family(self, interaction_id: str) -> Family | None:
+        return await self._read(lambda s: s.family(interaction_id), None)
 
     async def close(self) -> None:
         async with self._lock:

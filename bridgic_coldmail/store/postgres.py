@@ -90,6 +90,20 @@ from .codec import (
     run_from_row,
     status_counts,
 )
+from .forks import (
+    FORK_COLUMNS,
+    MAX_DEPTH,
+    MAX_FAMILY,
+    PAUSE_COLUMNS,
+    Family,
+    ForkLink,
+    family_of,
+    judge_fork,
+    pause_of_insert,
+    pause_of_review,
+    pause_values,
+    plan_fork,
+)
 from .group import GroupCommit, Outcome
 from .outbox import (
     NOTIFICATION_COLUMNS,
@@ -178,6 +192,57 @@ _SELECT_EVENTS = (
     f"SELECT {_EVENT_SELECT} FROM coldmail.run_events WHERE interaction_id = %s ORDER BY seq"
 )
 _INSERT_EVENT_ROW = f"({', '.join('%s' for _ in range(len(EVENT_COLUMNS) + 1))})"
+_SELECT_FORKED = (
+    # The parent (snapshot and notify policy included), its kept pause of the round, and
+    # the server's clock. Nothing is locked: the fork changes nothing of its parent.
+    f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, r.snapshot, r.policy_json, "
+    f"r.policy_mac, {', '.join(f'p.{c} AS kept_{c}' for c in PAUSE_COLUMNS)}, "
+    "pg_catalog.clock_timestamp() AS db_now "
+    "FROM coldmail.runs AS r LEFT JOIN coldmail.pauses AS p "
+    "ON p.interaction_id = r.interaction_id AND p.round = %s WHERE r.interaction_id = %s"
+)
+_INSERT_FORK = (
+    f"INSERT INTO coldmail.runs ({_COLUMNS}, snapshot, policy_json, policy_mac, "
+    f"{', '.join(FORK_COLUMNS)}) "
+    f"VALUES ({', '.join('%s' for _ in RUN_COLUMNS)}, %s, %s, %s, %s, %s, %s)"
+)
+_INSERT_PAUSE = (
+    f"INSERT INTO coldmail.pauses ({', '.join(PAUSE_COLUMNS)}) "
+    f"VALUES ({', '.join('%s' for _ in PAUSE_COLUMNS)}) "
+    "ON CONFLICT (interaction_id, round) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in PAUSE_COLUMNS[2:])
+)
+_FAMILY_SELECT = (
+    f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, "
+    f"{', '.join('r.' + c for c in FORK_COLUMNS)} "
+)
+# The run, then its parent, the parent's parent…, by the parent_id column (each link is
+# verified in Python), at most MAX_DEPTH steps; then the root and every run below it.
+_FAMILY_UP = (
+    "WITH RECURSIVE line(interaction_id, depth) AS ("
+    " SELECT interaction_id, 0 FROM coldmail.runs WHERE interaction_id = %s"
+    " UNION SELECT r.parent_id, line.depth + 1 FROM coldmail.runs AS r JOIN line"
+    " ON r.interaction_id = line.interaction_id"
+    " WHERE r.parent_id IS NOT NULL AND line.depth < %s) "
+    f"{_FAMILY_SELECT}"
+    "FROM line JOIN coldmail.runs AS r ON r.interaction_id = line.interaction_id "
+    "ORDER BY line.depth"
+)
+_FAMILY_DOWN = (
+    "WITH RECURSIVE line(interaction_id, depth) AS ("
+    " SELECT interaction_id, 0 FROM coldmail.runs WHERE interaction_id = %s"
+    " UNION SELECT r.parent_id, line.depth + 1 FROM coldmail.runs AS r JOIN line"
+    " ON r.interaction_id = line.interaction_id"
+    " WHERE r.parent_id IS NOT NULL AND line.depth < %s),"
+    " top AS (SELECT line.interaction_id FROM line JOIN coldmail.runs AS r"
+    " ON r.interaction_id = line.interaction_id ORDER BY line.depth DESC LIMIT 1),"
+    " tree(interaction_id) AS (SELECT interaction_id FROM top"
+    " UNION SELECT r.interaction_id FROM coldmail.runs AS r JOIN tree"
+    " ON r.parent_id = tree.interaction_id) "
+    f"{_FAMILY_SELECT}"
+    "FROM tree JOIN coldmail.runs AS r ON r.interaction_id = tree.interaction_id "
+    "ORDER BY r.created_at, r.interaction_id LIMIT %s"
+)
 
 Connection = AsyncConnection[DictRow]
 T = TypeVar("T")
@@ -373,7 +438,10 @@ class PostgresRunStore:
                 now=now,
                 signer=signer,
             )
-            await tx.finish([(insert, values), *_insert_events(change), *_enqueue(announced)])
+            kept = pause_of_insert(change.row, new.snapshot, signer)
+            await tx.finish(
+                [(insert, values), *_insert_events(change), *_enqueue(announced), _keep(kept)]
+            )
         return run_from_row(change.row)  # just signed here: no MAC to check
 
     async def claim(
@@ -489,6 +557,9 @@ class PostgresRunStore:
                         *_update(row, change, snapshot=(snapshot,)),
                         *_enqueue(announced),
                     ]
+                    if isinstance(result, Paused):  # its kept snapshot, with its row
+                        kept = pause_of_review(change.row, result.snapshot, signer)
+                        statements.append(_keep(kept))
                     rows[claim.interaction_id] = (change.row, now)  # as a later member sees it
                     outcomes.append((completed_run(claim, result, change.row), None))
                 except Exception as exc:  # this member's own failure: written for no one
@@ -547,6 +618,8 @@ class PostgresRunStore:
                 " history AS (DELETE FROM coldmail.run_events"
                 "  WHERE interaction_id IN (SELECT interaction_id FROM gone)),"
                 " outbox AS (DELETE FROM coldmail.notifications"
+                "  WHERE interaction_id IN (SELECT interaction_id FROM gone)),"
+                " kept AS (DELETE FROM coldmail.pauses"
                 "  WHERE interaction_id IN (SELECT interaction_id FROM gone))"
                 " SELECT pg_catalog.count(*) AS deleted FROM gone",
                 [names, older_than],
@@ -751,6 +824,70 @@ class PostgresRunStore:
             return None
         events_found = [_normalized(event) for event in events]
         return decode_history(_normalized(found[0]), events_found, self._signer)
+
+    # ------------------------------------------------------------------ forks
+
+    async def fork(
+        self,
+        parent_id: str,
+        round: int,
+        new_id: str,
+        link: ForkLink,
+        supported_versions: Collection[str],
+    ) -> Run | Refusal:
+        """Store the fork of ``parent_id``'s pause at ``round`` as run ``new_id`` (durable),
+        or say why not (nothing written): the parent and its kept pause read in the first
+        round trip, the fork's row, event and kept pause written with the commit."""
+        if not _storable(parent_id):
+            return Refusal(RefusalReason.NOT_FOUND)
+        signer = self._signer
+        async with self._transaction() as tx:
+            found = await tx.open(_SELECT_FORKED, [round, parent_id])
+            if not found:
+                return Refusal(RefusalReason.NOT_FOUND)
+            joined, now = _split(found[0])
+            kept = {c: joined.pop(f"kept_{c}") for c in PAUSE_COLUMNS}
+            plan = judge_fork(
+                joined,
+                kept if kept["interaction_id"] is not None else None,
+                round,
+                supported_versions=supported_versions,
+                signer=signer,
+            )
+            if isinstance(plan, Refusal):
+                return plan  # rolled back: nothing written
+            write = plan_fork(joined, plan, new_id, link, now=now, signer=signer)
+            change = write.change
+            values = [
+                *(change.row.get(c) for c in RUN_COLUMNS),
+                write.snapshot,
+                *write.policy,
+                *(write.link[c] for c in FORK_COLUMNS),
+            ]
+            await tx.finish([(_INSERT_FORK, values), *_insert_events(change), _keep(write.pause)])
+        return run_from_row(change.row)  # just signed here
+
+    async def family(self, interaction_id: str) -> Family | None:
+        """The run's family: up the parent links to the root, then every run below the root
+        (at most ``MAX_FAMILY``), read from one snapshot (REPEATABLE READ)."""
+        if not _storable(interaction_id):
+            return None
+
+        async def fetch(conn: Connection) -> builtins.list[builtins.list[dict[str, Any]] | None]:
+            try:
+                return await _script(
+                    conn,
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                    f"{_FAMILY_UP}; {_FAMILY_DOWN}; COMMIT",
+                    [interaction_id, MAX_DEPTH, interaction_id, MAX_DEPTH, MAX_FAMILY],
+                )
+            finally:
+                await _rollback_unless_idle(conn)
+
+        results = await self._read(fetch)
+        up = [_normalized(r) for r in results[1] or []]
+        down = [_normalized(r) for r in results[2] or []]
+        return family_of(interaction_id, up, down, self._signer)
 
 
 class _Completion(NamedTuple):
@@ -1024,6 +1161,11 @@ def _enqueue(rows: list[dict[str, Any]]) -> list[tuple[str, Sequence[Any]]]:
         return []
     statement = insert_statement("coldmail.notifications", len(rows), "%s")
     return [(statement, insert_values(rows, as_text=False))]
+
+
+def _keep(pause: dict[str, Any]) -> tuple[str, Sequence[Any]]:
+    """The pause's kept snapshot: one statement, sent with the pause's own commit."""
+    return _INSERT_PAUSE, pause_values(pause)
 
 
 def _insert_events(change: RowChange) -> list[tuple[str, Sequence[Any]]]:

@@ -119,10 +119,31 @@ V2_NOTIFICATIONS_OUTBOX = (
     "CREATE INDEX notifications_by_run ON coldmail.notifications (interaction_id, created_at)",
 )
 
+# Forks: every pause's signed snapshot kept (see store/forks.py), and a fork's MACed link to
+# its parent, its parent_id indexed for the family's lookups.
+V3_KEPT_PAUSES_AND_FORKS = (
+    """CREATE TABLE coldmail.pauses (
+    interaction_id        text COLLATE "C" NOT NULL,
+    round                 integer NOT NULL,
+    pause_id              text NOT NULL,
+    serialization_version text NOT NULL,
+    sequence_json         text,
+    created_at            timestamptz NOT NULL,
+    mac                   bytea,
+    snapshot              bytea,
+    PRIMARY KEY (interaction_id, round)
+)""",
+    'ALTER TABLE coldmail.runs ADD COLUMN parent_id text COLLATE "C"',
+    "ALTER TABLE coldmail.runs ADD COLUMN fork_json text",
+    "ALTER TABLE coldmail.runs ADD COLUMN fork_mac bytea",
+    "CREATE INDEX runs_by_parent ON coldmail.runs (parent_id) WHERE parent_id IS NOT NULL",
+)
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, signed history, metadata", V1_RUNS_HISTORY_META),
     Migration(2, "notify policies and the notifications outbox", V2_NOTIFICATIONS_OUTBOX),
+    Migration(3, "kept pauses and fork links", V3_KEPT_PAUSES_AND_FORKS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -142,6 +163,9 @@ EXPECTED_RELATIONS = {
     ("i", "notifications_pkey"),
     ("i", "notifications_due"),
     ("i", "notifications_by_run"),
+    ("r", "pauses"),
+    ("i", "pauses_pkey"),
+    ("i", "runs_by_parent"),
 }
 """Every relation (``pg_class.relkind``, name) the current schema holds in ``coldmail``. With
 no trigger and no rule on them: anything else was planted by a database writer — a trigger

@@ -32,6 +32,7 @@ from ..signing import SnapshotSigner, json_text
 
 if TYPE_CHECKING:
     from ..notify.policy import NotifyPolicy
+    from .forks import Family, ForkLink
     from .outbox import Delivery, OutboxClaim, OutboxOutcome
 
 ActionKind = Literal["feedback", "approve", "revise", "edit", "reject"]
@@ -188,6 +189,10 @@ class RefusalReason(str, Enum):
     WRONG_STATE = "wrong_state"
     """The action does not fit where the run is (e.g. approve before audience feedback)."""
     ROUND_LIMIT = "round_limit"
+    NO_ROUND = "no_round"
+    """A fork of a round the run never paused at."""
+    NOT_KEPT = "not_kept"
+    """A fork of a pause whose snapshot was not kept (paused before 0.6 kept every pause)."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +320,23 @@ class RunStore(Protocol):
     async def retry_notification(self, notification_id: str) -> Delivery | None:
         """Queue a failed notification again, due now; None when there is no such one. A
         pending or delivered one is returned unchanged."""
+        ...
+
+    async def fork(
+        self,
+        parent_id: str,
+        round: int,
+        new_id: str,
+        link: ForkLink,
+        supported_versions: Collection[str],
+    ) -> Run | Refusal:
+        """Store a new run ``new_id`` paused where ``parent_id`` paused at ``round`` (0: the
+        audience question), from that pause's kept snapshot, linked to its parent (see
+        ``forks.py``); a refusal writes nothing."""
+        ...
+
+    async def family(self, interaction_id: str) -> Family | None:
+        """The run's family (its root, then every fork below it); None for no such run."""
         ...
 
     async def close(self) -> None:

@@ -61,6 +61,20 @@ from .codec import (
     run_from_row,
     status_counts,
 )
+from .forks import (
+    FORK_COLUMNS,
+    MAX_DEPTH,
+    MAX_FAMILY,
+    PAUSE_COLUMNS,
+    Family,
+    ForkLink,
+    family_of,
+    judge_fork,
+    pause_of_insert,
+    pause_of_review,
+    pause_values,
+    plan_fork,
+)
 from .group import GroupCommit, Outcome
 from .outbox import (
     NOTIFICATION_COLUMNS,
@@ -128,6 +142,45 @@ _SELECT_ROW_WITH_POLICY = (
     f"SELECT {', '.join(RUN_COLUMNS)}, policy_json, policy_mac FROM runs WHERE interaction_id = ?"
 )
 _NOTIFICATION_SELECT = f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM notifications"
+_SELECT_FORKED = (
+    # The parent (snapshot and notify policy included) and its kept pause of the round.
+    f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, r.snapshot, r.policy_json, "
+    f"r.policy_mac, {', '.join(f'p.{c} AS kept_{c}' for c in PAUSE_COLUMNS)} "
+    "FROM runs AS r LEFT JOIN pauses AS p ON p.interaction_id = r.interaction_id "
+    "AND p.round = ? WHERE r.interaction_id = ?"
+)
+_INSERT_FORK = (
+    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}, snapshot, policy_json, policy_mac, "
+    f"{', '.join(FORK_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)}, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_PAUSE = (
+    f"INSERT OR REPLACE INTO pauses ({', '.join(PAUSE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in PAUSE_COLUMNS)})"
+)
+_FAMILY_COLUMNS = f"{', '.join(RUN_COLUMNS)}, {', '.join(FORK_COLUMNS)}"
+_FAMILY_UP = (
+    # The run, then its parent, the parent's parent…: by the parent_id column (each link is
+    # verified in Python), at most MAX_DEPTH steps.
+    "WITH RECURSIVE line(interaction_id, depth) AS ("
+    " SELECT interaction_id, 0 FROM runs WHERE interaction_id = ?"
+    " UNION SELECT r.parent_id, line.depth + 1 FROM runs AS r JOIN line"
+    " ON r.interaction_id = line.interaction_id"
+    " WHERE r.parent_id IS NOT NULL AND line.depth < ?) "
+    f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, "
+    f"{', '.join('r.' + c for c in FORK_COLUMNS)} "
+    "FROM line JOIN runs AS r ON r.interaction_id = line.interaction_id ORDER BY line.depth"
+)
+_FAMILY_DOWN = (
+    # The root and every run below it, oldest first.
+    "WITH RECURSIVE tree(interaction_id) AS ("
+    " SELECT ? UNION SELECT r.interaction_id FROM runs AS r JOIN tree"
+    " ON r.parent_id = tree.interaction_id) "
+    f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, "
+    f"{', '.join('r.' + c for c in FORK_COLUMNS)} "
+    "FROM tree JOIN runs AS r ON r.interaction_id = tree.interaction_id "
+    "ORDER BY r.created_at, r.interaction_id LIMIT ?"
+)
 _EVENT_COLUMNS = "interaction_id, seq, at, kind, round, actor, detail, sequence_json, mac"
 _INSERT_EVENT = f"INSERT INTO run_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
@@ -247,6 +300,7 @@ class SqliteRunStore:
             now=now,
             signer=signer,
         )
+        kept = pause_of_insert(change.row, new.snapshot, signer)
 
         def work(db: sqlite3.Connection) -> None:
             with _transaction(db):
@@ -256,6 +310,7 @@ class SqliteRunStore:
                 )
                 _insert_events(db, change)
                 _enqueue(db, announced)
+                _keep_pause(db, kept)
 
         await self._hop(work)
         return run_from_row(change.row)  # just signed here: no MAC to check
@@ -363,6 +418,8 @@ class SqliteRunStore:
             nth = result.round if isinstance(result, Paused) else 1  # round N: the Nth review
             event = event_of_result(result)
             _enqueue(db, plan_notifications(change.row, event, now=now, signer=signer, n=nth))
+            if isinstance(result, Paused):
+                _keep_pause(db, pause_of_review(change.row, result.snapshot, signer))
             return completed_run(claim, result, change.row)
 
         return cast("Run | None", await self._group.commit(work))
@@ -424,6 +481,9 @@ class SqliteRunStore:
                 db.execute(
                     f"DELETE FROM notifications WHERE interaction_id IN ({chosen})",
                     (*names, cutoff),
+                )
+                db.execute(
+                    f"DELETE FROM pauses WHERE interaction_id IN ({chosen})", (*names, cutoff)
                 )
                 deleted = db.execute(
                     f"DELETE FROM runs WHERE interaction_id IN ({chosen})", (*names, cutoff)
@@ -604,6 +664,65 @@ class SqliteRunStore:
 
         row, events = await self._hop(work)
         return None if row is None else decode_history(row, events, self._signer)
+
+    # ------------------------------------------------------------------ forks
+
+    async def fork(
+        self,
+        parent_id: str,
+        round: int,
+        new_id: str,
+        link: ForkLink,
+        supported_versions: Collection[str],
+    ) -> Run | Refusal:
+        """Store the fork of ``parent_id``'s pause at ``round`` as run ``new_id`` (durable),
+        or say why not (nothing written). One transaction: the parent and its kept pause
+        read in one statement, then the fork's row, event, notify policy and kept pause."""
+        signer = self._signer
+
+        def work(db: sqlite3.Connection) -> Run | Refusal:
+            with _transaction(db) as tx:
+                found = db.execute(_SELECT_FORKED, (round, parent_id)).fetchone()
+                row, kept = _split_kept(None if found is None else dict(found))
+                plan = judge_fork(
+                    row, kept, round, supported_versions=supported_versions, signer=signer
+                )
+                if isinstance(plan, Refusal):
+                    tx.rollback()
+                    return plan
+                assert row is not None
+                write = plan_fork(row, plan, new_id, link, now=_now(), signer=signer)
+                change = write.change
+                db.execute(
+                    _INSERT_FORK,
+                    [
+                        *(change.row.get(c) for c in RUN_COLUMNS),
+                        write.snapshot,
+                        *write.policy,
+                        *(write.link[c] for c in FORK_COLUMNS),
+                    ],
+                )
+                _insert_events(db, change)
+                _keep_pause(db, write.pause)
+                return run_from_row(change.row)  # just signed here
+
+        return await self._hop(work)
+
+    async def family(self, interaction_id: str) -> Family | None:
+        """The run's family: up the parent links to the root, then the root's forks, theirs
+        and so on (at most ``MAX_FAMILY``), read in one transaction."""
+
+        def work(db: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            with _transaction(db, immediate=False):
+                up = [dict(r) for r in db.execute(_FAMILY_UP, (interaction_id, MAX_DEPTH))]
+                if not up:
+                    return [], []
+                top = str(up[-1]["interaction_id"])
+                down = [dict(r) for r in db.execute(_FAMILY_DOWN, (top, MAX_FAMILY))]
+                return up, down
+
+        up, down = await self._hop(work)
+        return family_of(interaction_id, up, down, self._signer)
 
 
 async def _stopped(conn: aiosqlite.Connection) -> None:
@@ -904,6 +1023,21 @@ def _update_if_unchanged(
         return False
     _insert_events(db, change)
     return True
+
+
+def _keep_pause(db: sqlite3.Connection, pause: dict[str, Any]) -> None:
+    """The pause's kept snapshot (one statement, in the pause's own transaction)."""
+    db.execute(_INSERT_PAUSE, pause_values(pause))
+
+
+def _split_kept(
+    found: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The parent's row and its kept pause (None when there is none) from one joined row."""
+    if found is None:
+        return None, None
+    kept = {c: found.pop(f"kept_{c}") for c in PAUSE_COLUMNS}
+    return found, (kept if kept["interaction_id"] is not None else None)
 
 
 def _insert_events(db: sqlite3.Connection, change: RowChange) -> None:

@@ -265,6 +265,28 @@ V6_NOTIFICATIONS_OUTBOX = (
     "CREATE INDEX notifications_by_run ON notifications (interaction_id, created_at)",
 )
 
+# 0.6: forks. Every pause keeps its signed snapshot (one row per run and round, round 0 the
+# audience question, MACed over run, round and bytes: see store/forks.py), and a run forked
+# from one of them carries a link to its parent with a MAC of its own (its parent_id indexed
+# for the family's lookups). Runs already stored keep only the snapshot of their current pause.
+V7_KEPT_PAUSES_AND_FORKS = (
+    """CREATE TABLE pauses (
+    interaction_id        TEXT NOT NULL,
+    round                 INTEGER NOT NULL,
+    pause_id              TEXT NOT NULL,
+    serialization_version TEXT NOT NULL,
+    sequence_json         TEXT,
+    created_at            TEXT NOT NULL,
+    mac                   BLOB,
+    snapshot              BLOB,
+    PRIMARY KEY (interaction_id, round)
+)""",
+    "ALTER TABLE runs ADD COLUMN parent_id TEXT",
+    "ALTER TABLE runs ADD COLUMN fork_json TEXT",
+    "ALTER TABLE runs ADD COLUMN fork_mac BLOB",
+    "CREATE INDEX runs_by_parent ON runs (parent_id) WHERE parent_id IS NOT NULL",
+)
+
 
 EXPECTED_OBJECTS = {
     ("table", "coldmail_schema"),
@@ -278,6 +300,8 @@ EXPECTED_OBJECTS = {
     ("table", "notifications"),
     ("index", "notifications_due"),
     ("index", "notifications_by_run"),
+    ("table", "pauses"),
+    ("index", "runs_by_parent"),
 }
 """Everything the current schema holds (besides SQLite's own ``sqlite_autoindex_*``): no
 trigger and no view. Anything else was planted — a trigger could undo a write inside the
@@ -293,5 +317,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "snapshot and signature as the last columns", V4_SNAPSHOT_LAST),
     Migration(5, "review rounds, merge fields, row and event MACs", V5_REVIEW_ROUNDS_AND_ROW_MACS),
     Migration(6, "notify policies and the notifications outbox", V6_NOTIFICATIONS_OUTBOX),
+    Migration(7, "kept pauses and fork links", V7_KEPT_PAUSES_AND_FORKS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

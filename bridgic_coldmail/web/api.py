@@ -277,6 +277,42 @@ async def api_retry_notification(notification_id: str, agent: Agent) -> Response
     return JSONResponse((await agent.retry_notification(notification_id)).to_public_dict())
 
 
+class ForkIn(BaseModel):
+    """A fork: ``feedback`` for round 0 (the audience question), ``guidance`` for a review
+    round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int = Field(default=0, description="0: the audience question; N: review round N.")
+    feedback: str | None = Field(default=None, description="For round 0: the new audience.")
+    guidance: str | None = Field(default=None, description="For a review round: what to change.")
+    reviewer: str | None = Field(default=None, description="Who forks it (kept in the history).")
+
+
+@router.post("/runs/{interaction_id}/fork", response_model=RunOut)
+async def api_fork(interaction_id: str, body: ForkIn, agent: Agent) -> Response:
+    """Start a variant from one of the run's pauses (the run itself is not changed): a new
+    run, linked to it, given ``feedback`` or ``guidance`` there; returned as a resume or a
+    revision returns a run. Each call makes another fork."""
+    run = await agent.fork(
+        interaction_id,
+        round=body.round,
+        feedback=body.feedback,
+        guidance=body.guidance,
+        reviewer=body.reviewer,
+    )
+    return run_json(run)
+
+
+@router.get("/runs/{interaction_id}/family")
+async def api_family(interaction_id: str, agent: Agent) -> Response:
+    """The run's family: its first run, then every fork below it (status, round, what each
+    fork tried), and ``variants``: the family's other approved runs, to export with it."""
+    family = await agent.family(interaction_id)
+    variants = await agent.family_variants(interaction_id)
+    return JSONResponse({**family.to_public_dict(), "variants": variants})
+
+
 @router.post("/runs/{interaction_id}/feedback", response_model=RunOut)
 async def api_feedback(interaction_id: str, body: FeedbackIn, agent: Agent) -> Response:
     """Resume a paused run with feedback on the audience; returns it completed, or in review

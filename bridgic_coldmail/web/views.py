@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -39,6 +39,9 @@ from ..models import (
 from .responses import templates
 from .security import CSRF_COOKIE, WebPolicy, csrf_token, set_private_cookie
 from .uploads import ExportRefused, ExportShown
+
+if TYPE_CHECKING:
+    from ..store.forks import Family
 
 DECISION_OF_EVENT = {
     "approved": "approve",
@@ -294,6 +297,7 @@ async def show_run(
     """
     history = await agent.history(run.interaction_id)
     issues = await agent.lint(run.interaction_id)
+    family = await agent.family(run.interaction_id)
     csrf = csrf_token(request)
     response = await asyncio.to_thread(
         _render_run_page,
@@ -310,6 +314,7 @@ async def show_run(
         form=form or FormState(),
         export_problem=export_problem,
         export_shown=export_shown,
+        family=None if family.is_alone else family,
     )
     set_private_cookie(response, request, policy, CSRF_COOKIE, csrf)
     return response
@@ -330,6 +335,7 @@ def _render_run_page(
     form: FormState,
     export_problem: ExportRefused | None,
     export_shown: ExportShown | None,
+    family: Family | None = None,
 ) -> Response:
     rounds = review_rounds(history)
     decided = [r for r in rounds if r.decision is not None]
@@ -362,6 +368,7 @@ def _render_run_page(
         "sending_tools": SENDING_TOOLS,
         "tool_titles": {name: profile.title for name, profile in PROFILES.items()},
         "rules_to_turn_off": RULES_TO_TURN_OFF,
+        "family": family,
         "disabled_rules": (
             set(values["disabled_rules"].split(",")) - {""}
             if "disabled_rules" in values

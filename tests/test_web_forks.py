@@ -1,0 +1,81 @@
+"""The family on the inbox's run page and in the JSON API, and forking through the API."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import httpx
+
+from bridgic_coldmail import Brief, ColdMailAgent
+from bridgic_coldmail.testing import ScriptedOpenAIServer
+
+from .rows import SqliteRows
+from .test_web import client  # noqa: F401  (the fixture)
+
+FEEDBACK = "CTOs at mid-size hospitals"
+
+
+async def _family(db_path: Path, brief: Brief) -> tuple[str, str, str]:
+    """A review run at round 1, a fork of its question, and a fork of its round 1."""
+    async with ColdMailAgent.open(db_path) as agent:
+        parent = await agent.start(brief, review=True)
+        await agent.resume(parent.interaction_id, FEEDBACK)
+        by_feedback = await agent.fork(parent.interaction_id, feedback="CFOs at <b>banks</b>")
+        by_guidance = await agent.fork(parent.interaction_id, round=1, guidance="more formal")
+        return parent.interaction_id, by_feedback.interaction_id, by_guidance.interaction_id
+
+
+async def test_the_run_page_shows_the_family_side_by_side(
+    client: httpx.AsyncClient,  # noqa: F811
+    server: ScriptedOpenAIServer,
+    db_path: Path,
+    brief: Brief,
+) -> None:
+    parent, by_feedback, by_guidance = await _family(db_path, brief)
+    page = (await client.get(f"/runs/{by_guidance}")).text
+    section = page.split('id="family"', 1)[1].split("<h2", 1)[0]
+    assert f'href="/runs/{parent}"' in section and f'href="/runs/{by_feedback}"' in section
+    assert "(this run)" in section and f'href="/runs/{by_guidance}"' not in section
+    assert "guidance: more formal" in section and "awaiting review at round 2" in section
+    # What a fork tried is text, never markup.
+    assert "<b>banks</b>" not in section
+    assert html.escape("feedback: CFOs at <b>banks</b>") in section
+    alone = (await client.get("/runs/new")).status_code  # a page without a run: no section
+    assert alone == 200
+    async with ColdMailAgent.open(db_path) as agent:
+        lone = (await agent.start(brief)).interaction_id
+    assert 'id="family"' not in (await client.get(f"/runs/{lone}")).text
+
+
+async def test_the_json_api_gives_the_family_and_forks(
+    client: httpx.AsyncClient,  # noqa: F811
+    server: ScriptedOpenAIServer,
+    db_path: Path,
+    brief: Brief,
+) -> None:
+    parent, by_feedback, by_guidance = await _family(db_path, brief)
+    family = (await client.get(f"/api/runs/{parent}/family")).json()
+    assert [m["interaction_id"] for m in family["members"]] == [parent, by_feedback, by_guidance]
+    assert family["forks"] == [by_feedback, by_guidance]
+    assert family["members"][2]["fork"]["text"] == "more formal"
+    assert family["variants"] == []  # none approved yet
+    forked = await client.post(f"/api/runs/{parent}/fork", json={"feedback": "CMOs at retailers"})
+    assert forked.status_code == 200, forked.text
+    assert forked.json()["feedback"] == "CMOs at retailers"
+    rows = SqliteRows(db_path)
+    before = rows.count()
+    for body, status in (
+        ({"round": 1, "feedback": "x"}, 422),
+        ({"guidance": "x"}, 422),
+        ({"feedback": ""}, 422),
+        ({"round": 7, "guidance": "x"}, 409),
+        ({"feedback": "x", "extra": 1}, 422),
+    ):
+        refused = await client.post(f"/api/runs/{parent}/fork", json=body)
+        assert refused.status_code == status, (body, refused.text)
+    assert (
+        await client.post(f"/api/runs/{'0' * 32}/fork", json={"feedback": "x"})
+    ).status_code == 404
+    assert (await client.get(f"/api/runs/{'0' * 32}/family")).status_code == 404
+    assert rows.count() == before
