@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .export.writer import Variant
     from .notify.links import OpenedLink
     from .personalize.batch import BatchPlan, BatchReport
+    from .personalize.estimate import BatchEstimate
     from .personalize.writer import LineResult
     from .store.batches import Batch, BatchAction, BatchClaim
     from .store.outbox import Delivery
@@ -836,6 +837,31 @@ class ColdMailAgent:
         interaction_id = validate_interaction_id(interaction_id)
         batch = await self._find_batch(interaction_id, leads)
         return await report_of(self._store, batch, started=time.monotonic())
+
+    async def estimate_lines(
+        self, interaction_id: str, leads: str | os.PathLike[str]
+    ) -> BatchEstimate:
+        """What writing a line for every lead of ``leads`` would take, before it starts:
+        leads, estimated tokens, and the cost when prices are set (``personalize/estimate.py``).
+
+        Raises:
+            RunConflict: the run is not completed (approved) yet.
+            InvalidInput: the lead list cannot be read.
+        """
+        from .personalize import LineContext, LineTask, estimate_batch, prices_for
+        from .personalize.batch import read_lead_list
+
+        run = await self._approved_run(interaction_id)
+        lead_list = await asyncio.to_thread(read_lead_list, Path(leads))
+        plan = self._batch_plan(run, None)
+        assert run.final is not None
+        context = LineContext(run.brief, run.final)
+        tasks = (
+            LineTask(context, {k: v for k, v in lead.values.items() if v != lead.email}, lead.row)
+            for lead in lead_list.leads
+            if lead.problem is None
+        )
+        return estimate_batch(tasks, plan.writer, prices_for(self.settings))
 
     async def _approved_run(self, interaction_id: str) -> Run:
         run = await self.get(interaction_id)

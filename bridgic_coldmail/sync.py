@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .export.lint import LintIssue
     from .notify.links import OpenedLink
     from .personalize.batch import BatchReport
+    from .personalize.estimate import BatchEstimate
     from .personalize.writer import LineResult
     from .store.outbox import Delivery
 
@@ -291,6 +292,10 @@ class SyncColdMailAgent:
     ) -> BatchReport:
         """See :meth:`ColdMailAgent.batch_status`."""
         return self._call(self._agent.batch_status(interaction_id, leads=leads))
+
+    def estimate_lines(self, interaction_id: str, leads: str | os.PathLike[str]) -> BatchEstimate:
+        """See :meth:`ColdMailAgent.estimate_lines`."""
+        return self._call(self._agent.estimate_lines(interaction_id, leads))
 
     def close(self) -> None:
         """Close the store and stop the private loop (idempotent)."""

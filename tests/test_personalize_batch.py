@@ -5,6 +5,7 @@ scripted LLM server."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import os
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from bridgic_coldmail.errors import InvalidInput, RunConflict, SnapshotIntegrity
 from bridgic_coldmail.personalize.batch import batch_id_for, read_lead_list
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
-from .conftest import PROCESS_TIMEOUT, REPO, Backend
+from .conftest import PROCESS_TIMEOUT, REPO, Backend, Completed
 
 FEEDBACK = "finance teams at mid-size manufacturers"
 
@@ -176,3 +178,39 @@ async def test_a_batch_killed_half_way_resumes_without_a_second_call_for_a_writt
     assert not set(after) & stored, "a lead whose line was stored was paid for again"
     rows = backend.rows.batch_leads(batch_id)
     assert all(r["state"] == "written" for r in rows)
+
+
+def test_the_command_shows_the_estimate_the_sample_and_how_to_answer(
+    cli: Callable[..., Completed],
+    server: ScriptedOpenAIServer,
+    brief: Brief,
+    db_path: Path,
+    tmp_path: Path,
+) -> None:
+    leads = _leads(tmp_path, 5, bad=1)
+
+    async def approved() -> str:
+        async with ColdMailAgent.open(db_path) as agent:
+            return await _approved_run(agent, brief)
+
+    run_id = asyncio.run(approved())
+    first = cli("personalize", run_id, "--leads", str(leads), "--sample", "2")
+    assert first.returncode == 0, first.stderr
+    assert "Estimate: 5 leads, one LLM call each" in first.stderr
+    assert "Sample, round 1 — 2 of 6 leads:" in first.stdout
+    assert "I imagine Acme1 keeps your team busy." in first.stdout
+    assert f"coldmail personalize {run_id} --leads {leads} --approve-sample" in first.stdout
+    guided = cli("personalize", run_id, "--guidance", "name their city")
+    assert guided.returncode == 0 and "round 2 (guidance: name their city)" in guided.stdout
+    done = cli("personalize", run_id, "--approve-sample")
+    assert done.returncode == 0, done.stderr
+    assert "Done: 5 of 6 leads have a line, 1 skipped, 0 left" in done.stdout
+    assert "row 7 not-an-address-0:" in done.stdout
+    assert "Writing lines: 3 of 3 leads (100%)" in done.stderr  # plain lines off a terminal
+    status = cli("personalize", run_id, "--status", "--json")
+    assert json.loads(status.stdout)["counts"]["written"] == 5
+    refused = cli("personalize", run_id, "--guidance", "too late")
+    assert refused.returncode == RunConflict.exit_code and "approved already" in refused.stderr
+    assert server.count("line") == 2 + 2 + 3
+    missing = cli("personalize", run_id)
+    assert missing.returncode == InvalidInput.exit_code and "--leads" in missing.stderr

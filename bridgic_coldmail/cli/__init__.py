@@ -59,6 +59,8 @@ from .notifications import (
     notifications_command,
     run_worker,
 )
+from .personalize import add_commands as add_personalize_commands
+from .personalize import run_personalize
 from .render import (
     format_history,
     format_run,
@@ -317,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not deliver notifications from this process (run `coldmail worker` instead)",
     )
     add_notification_commands(command)
+    add_personalize_commands(command)
     return parser
 
 
@@ -327,6 +330,8 @@ def _execute(args: argparse.Namespace, settings: Settings) -> int:
         return _serve(args, settings)
     if args.command == "worker":
         return run_worker(args, settings)
+    if args.command == "personalize":
+        return run_personalize(args, settings)
     text = asyncio.run(_run_command(args, settings))
     if text is not None:
         _print(text)
