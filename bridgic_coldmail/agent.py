@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .compliance import Footer
     from .export import ExportReport
     from .export.lint import LintIssue
-    from .export.writer import Variant
+    from .export.writer import Icebreakers, Variant
     from .notify.links import OpenedLink
     from .personalize.batch import BatchPlan, BatchReport
     from .personalize.estimate import BatchEstimate
@@ -490,6 +490,7 @@ class ColdMailAgent:
             disabled_rules=disabled,
             template=template,
             max_bytes=max_bytes,
+            icebreakers=await self._icebreakers(runs, leads),
         )
 
     async def preview_export(
@@ -525,6 +526,7 @@ class ColdMailAgent:
             profile=chosen,
             footer=self._footer(runs[0]),
             disabled_rules=disabled,
+            icebreakers=await self._icebreakers(runs, leads),
         )
 
     async def lint(
@@ -862,6 +864,39 @@ class ColdMailAgent:
             if lead.problem is None
         )
         return estimate_batch(tasks, plan.writer, prices_for(self.settings))
+
+    async def _icebreakers(
+        self, runs: builtins.list[Run], leads: str | os.PathLike[str]
+    ) -> Icebreakers | None:
+        """The lines that fill ``{{icebreaker}}`` for an export of ``runs`` (the first run's
+        batch: for this lead list if it has one, else its newest): None when no sequence uses
+        the field or the run has no batch whose sample a person approved."""
+        from .export.writer import ICEBREAKER, Icebreakers
+        from .merge import find_placeholders
+        from .personalize.batch import batch_id_for, lines_of, read_lead_list
+
+        used = {
+            name
+            for run in runs
+            if run.final is not None
+            for step in run.final.steps
+            for text in (step.subject, step.body)
+            for name in (p.name for p in find_placeholders(text))
+        }
+        if ICEBREAKER not in used:
+            return None
+        batches = await self._store.batches(runs[0].interaction_id)
+        approved = [b for b in batches if b.sample_approved and b.verified]
+        if not approved:
+            return None
+        try:
+            digest = (await asyncio.to_thread(read_lead_list, Path(leads))).digest
+        except InvalidInput:
+            digest = None  # the export reports what is wrong with the list
+        same = batch_id_for(runs[0].interaction_id, digest) if digest else None
+        chosen = next((b for b in approved if b.batch_id == same), approved[0])
+        found = await lines_of(self._store, chosen.batch_id)
+        return Icebreakers(found.by_email, found.missing)
 
     async def _approved_run(self, interaction_id: str) -> Run:
         run = await self.get(interaction_id)

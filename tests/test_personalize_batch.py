@@ -214,3 +214,46 @@ def test_the_command_shows_the_estimate_the_sample_and_how_to_answer(
     assert server.count("line") == 2 + 2 + 3
     missing = cli("personalize", run_id)
     assert missing.returncode == InvalidInput.exit_code and "--leads" in missing.stderr
+
+
+ICEBREAKER_SEQUENCE = {
+    "opener": {
+        "subject": "A quick idea for {{company}}",
+        "body": "Hi {{first_name}},\n\n{{icebreaker}} Acme Scheduler cuts no-shows.\n\nDana",
+        "wait_days": 0,
+    },
+    "follow_up": {"subject": "Again", "body": "Hi again,\n\nAny thoughts?\n\nDana", "wait_days": 3},
+}
+
+
+async def test_the_export_fills_icebreaker_from_approved_lines_and_reports_leads_without(
+    agent: ColdMailAgent, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
+) -> None:
+    leads = _leads(tmp_path, 4)
+    run = await agent.start(brief, review=True, fields=["first_name", "company", "icebreaker"])
+    await agent.resume(run.interaction_id, FEEDBACK)
+    await agent.edit(run.interaction_id, ICEBREAKER_SEQUENCE)
+    run_id = (await agent.approve(run.interaction_id)).interaction_id
+    out = tmp_path / "out.csv"
+    with pytest.raises(InvalidInput, match="icebreaker"):  # no batch: an unknown field
+        await agent.export(run_id, leads, out)
+    await agent.personalize(run_id, leads, sample=2)
+    with pytest.raises(InvalidInput, match="icebreaker"):  # a sample not approved: unused
+        await agent.export(run_id, leads, out)
+    # One lead's line fails every try: it is skipped in the batch and in the export.
+    server.respond_with(
+        lambda r: (
+            Reply(json.dumps({"line": "Congrats on the IPO, Zorblax!"}))
+            if r.kind == "line" and "Acme3" in r.user_text
+            else None
+        )
+    )
+    await agent.approve_sample(run_id)
+    report = await agent.export(run_id, leads, out)
+    assert report.rows_written == 3
+    (skipped,) = report.skipped
+    assert skipped.row == 5 and "no personalized line for {{icebreaker}}" in skipped.reason
+    text = out.read_text(encoding="utf-8")
+    for i in range(3):
+        assert f"I imagine Acme{i} keeps your team busy. Acme Scheduler cuts no-shows." in text
+    assert "Zorblax" not in text and "lead3@example.com" not in text
