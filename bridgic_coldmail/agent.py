@@ -791,9 +791,12 @@ class ColdMailAgent:
         *,
         leads: str | os.PathLike[str] | None = None,
         on_line: Callable[[LineResult], None] | None = None,
+        write_rest: bool = True,
     ) -> BatchReport:
         """Approve the batch's sample and write every other lead's line. ``leads`` names
         the batch when the run has several. Approving again is harmless: it goes on writing.
+        ``write_rest=False`` only records the approval, for workers (``personalize`` in
+        other processes or hosts) to write the lines.
 
         Raises:
             RunConflict: the batch's sample is still being written (nothing to approve yet).
@@ -804,6 +807,10 @@ class ColdMailAgent:
         run = await self._approved_run(interaction_id)
         batch = await self._find_batch(run.interaction_id, leads)
         batch = await self._answer_sample(run, batch, BatchAction("approve"))
+        if not write_rest:
+            from .personalize.batch import report_of
+
+            return await report_of(self._store, batch, started=time.monotonic())
         return await self._drive_batch(run, batch, None, on_line)
 
     async def guide_sample(

@@ -273,9 +273,14 @@ class SyncColdMailAgent:
         *,
         leads: str | os.PathLike[str] | None = None,
         on_line: Callable[[LineResult], None] | None = None,
+        write_rest: bool = True,
     ) -> BatchReport:
         """See :meth:`ColdMailAgent.approve_sample`."""
-        return self._call(self._agent.approve_sample(interaction_id, leads=leads, on_line=on_line))
+        return self._call(
+            self._agent.approve_sample(
+                interaction_id, leads=leads, on_line=on_line, write_rest=write_rest
+            )
+        )
 
     def guide_sample(
         self,

@@ -511,8 +511,18 @@ def main(argv: list[str] | None = None) -> None:
         "Ctrl-C stops it.",
     )
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument(
+        "--line-latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="answer each personalized-line request after this long (benchmarks)",
+    )
     args = parser.parse_args(argv)
     server = ScriptedOpenAIServer(port=args.port).start()
+    if args.line_latency > 0:
+        latency = args.line_latency
+        server.respond_with(lambda r: Reply(delay=latency) if r.kind == "line" else None)
     print(server.base_url, flush=True)
     try:
         threading.Event().wait()
