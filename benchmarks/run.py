@@ -47,6 +47,7 @@ from bridgic_coldmail.settings import Settings
 from . import scenarios
 from .fake_llm import InstantLlm
 from .langgraph_peer import missing as langgraph_missing
+from .personalize_batch import personalize
 from .report import HERE, Bound, Comparison, Figure, Run, p50, render
 from .subjects import (
     KINDS,
@@ -75,10 +76,12 @@ class Sizes:
     scale_samples: int = 200
     peer_sequential: int = 300
     peer_concurrent: int = 300
+    personalize_leads: int = 10_000
 
 
 SMOKE = Sizes(rounds=1, sequential=5, concurrent=20, disk=20, scale_small=50, scale_large=200,
-              scale_samples=5, peer_sequential=5, peer_concurrent=10)  # fmt: skip
+              scale_samples=5, peer_sequential=5, peer_concurrent=10,
+              personalize_leads=200)  # fmt: skip
 
 
 @dataclass
@@ -452,6 +455,7 @@ SECTIONS: list[Section] = [
     scale,
     memory,
     local_model,
+    personalize,
 ]
 """Every section, in report order."""
 

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .models import DEADLINE_ACTOR, DamagedRun, ListedRun, Run, RunEvent, RunStatus
 from .store import Action, Claim, Refusal, RefusalReason
+from .store.batches import BatchRefusal
 from .text import preview, preview_list
 
 # ---------------------------------------------------------------------------- refusals
@@ -297,3 +298,58 @@ def failure_note(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
         return "the resume was interrupted before it finished"
     return f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------- batches (#23)
+
+
+def batch_tampered(batch_id: str) -> ColdmailError:
+    from .errors import SnapshotIntegrityError
+
+    return SnapshotIntegrityError(
+        f"the personalization batch {batch_id} was changed outside bridgic-coldmail (its MAC "
+        "or its snapshot's signature does not verify); it is not used. Restore the database "
+        "from a backup, or delete the batch's rows and run coldmail personalize again",
+        topic="tampered",
+    )
+
+
+def batch_refusal(interaction_id: str, refusal: BatchRefusal) -> ColdmailError:
+    """The error for a :class:`~.store.batches.BatchRefusal`."""
+    from .errors import RunBeingResumed, RunConflict
+    from .store.batches import BatchRefusalReason
+
+    reason = refusal.reason
+    batch = refusal.batch
+    if reason is BatchRefusalReason.TAMPERED:
+        return batch_tampered(batch.batch_id if batch else "?")
+    if reason is BatchRefusalReason.NOT_FOUND:
+        return RunConflict(
+            f"run {interaction_id}'s personalization batch is gone; start it again with "
+            f"coldmail personalize {interaction_id} --leads LEADS.csv",
+            topic="no_batch",
+        )
+    if reason is BatchRefusalReason.HELD:
+        return RunBeingResumed(
+            f"another process is working on run {interaction_id}'s sample right now; wait "
+            f"for it, then see where it is with coldmail personalize {interaction_id} --status",
+            topic="held",
+        )
+    if reason is BatchRefusalReason.NEEDS_ANSWER:
+        return RunConflict(
+            f"run {interaction_id}'s sample waits for a person: approve it (coldmail "
+            f"personalize {interaction_id} --approve-sample) or give guidance (--guidance)",
+            topic="awaiting_approval",
+        )
+    status = batch.status if batch else "unknown"
+    if status in ("writing", "done"):
+        return RunConflict(
+            f"run {interaction_id}'s sample was approved already; guidance cannot change lines "
+            "being written. Start a new batch with another lead list to write them again",
+            topic="approved",
+        )
+    return RunConflict(
+        f"run {interaction_id}'s sample is not written yet, so there is nothing to answer; "
+        f"run coldmail personalize {interaction_id} --leads LEADS.csv to write it",
+        topic="not_paused",
+    )

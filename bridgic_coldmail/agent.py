@@ -13,8 +13,9 @@ import asyncio
 import builtins
 import os
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,8 +42,12 @@ if TYPE_CHECKING:
     from .compliance import Footer
     from .export import ExportReport
     from .export.lint import LintIssue
-    from .export.writer import Variant
+    from .export.writer import Icebreakers, Variant
     from .notify.links import OpenedLink
+    from .personalize.batch import BatchPlan, BatchReport
+    from .personalize.estimate import BatchEstimate
+    from .personalize.writer import LineResult
+    from .store.batches import Batch, BatchAction, BatchClaim
     from .store.forks import Family
     from .store.outbox import Delivery
 from .models import (
@@ -517,6 +522,7 @@ class ColdMailAgent:
             disabled_rules=disabled,
             template=template,
             max_bytes=max_bytes,
+            icebreakers=await self._icebreakers(runs, leads),
         )
 
     async def preview_export(
@@ -552,6 +558,7 @@ class ColdMailAgent:
             profile=chosen,
             footer=self._footer(runs[0]),
             disabled_rules=disabled,
+            icebreakers=await self._icebreakers(runs, leads),
         )
 
     async def lint(
@@ -895,6 +902,292 @@ class ColdMailAgent:
             and member.run.status is RunStatus.COMPLETED
         ]
 
+    async def personalize(
+        self,
+        interaction_id: str,
+        leads: str | os.PathLike[str],
+        *,
+        sample: int | None = None,
+        guidance: str | None = None,
+        on_line: Callable[[LineResult], None] | None = None,
+    ) -> BatchReport:
+        """Write one personalized first line per lead of ``leads`` for a completed run.
+
+        The first call writes a sample (``sample`` leads, default the
+        ``personalize_sample_size`` setting) and pauses for a person: the report's
+        ``sample`` holds the lines, and :meth:`approve_sample` or :meth:`guide_sample`
+        answers. Once approved, calling this again (or :meth:`approve_sample`) writes the
+        rest; any number of processes may do so at once on one batch. Calling it again at any
+        point resumes where the batch stopped: a lead whose line is stored is never written
+        (nor paid for) again. ``guidance``: for a new batch, guidance for its first sample;
+        while the sample waits, the same as :meth:`guide_sample`. ``on_line`` is called with
+        each lead's result as it is written (a progress bar).
+
+        Raises:
+            RunNotFound: no such run.
+            RunConflict: the run is not completed (approved) yet.
+            InvalidInput: the lead list cannot be read, holds no usable lead, or ``sample``
+                is out of range.
+            LlmError: the batch halted (an outage, a refused key, an exhausted quota); the
+                lines written so far are kept.
+        """
+        from .personalize.batch import new_batch, read_lead_list
+
+        run = await self._approved_run(interaction_id)
+        size = _sample_size(sample, self.settings.personalize_sample_size)
+        first = validate_feedback(guidance) if guidance is not None else None
+        lead_list = await asyncio.to_thread(read_lead_list, Path(leads))
+        if lead_list.usable == 0:
+            raise InvalidInput(f"{leads} holds no usable lead; fix the rows it reports")
+        settings = {"sample": size, "guidance": [first] if first else []}
+        new = new_batch(run.interaction_id, lead_list, size, settings)
+        batch, created = await self._store.create_batch(new)
+        if not created and first is not None and batch.status == "awaiting_approval":
+            return await self.guide_sample(interaction_id, first, leads=leads)
+        return await self._drive_batch(run, batch, new.token if created else None, on_line)
+
+    async def approve_sample(
+        self,
+        interaction_id: str,
+        *,
+        leads: str | os.PathLike[str] | None = None,
+        on_line: Callable[[LineResult], None] | None = None,
+        write_rest: bool = True,
+    ) -> BatchReport:
+        """Approve the batch's sample and write every other lead's line. ``leads`` names
+        the batch when the run has several. Approving again is harmless: it goes on writing.
+        ``write_rest=False`` only records the approval, for workers (``personalize`` in
+        other processes or hosts) to write the lines.
+
+        Raises:
+            RunConflict: the batch's sample is still being written (nothing to approve yet).
+            RunBeingResumed: another process is applying an answer to this sample.
+        """
+        from .store.batches import BatchAction
+
+        run = await self._approved_run(interaction_id)
+        batch = await self._find_batch(run.interaction_id, leads)
+        batch = await self._answer_sample(run, batch, BatchAction("approve"))
+        if not write_rest:
+            from .personalize.batch import report_of
+
+            return await report_of(self._store, batch, started=time.monotonic())
+        return await self._drive_batch(run, batch, None, on_line)
+
+    async def guide_sample(
+        self,
+        interaction_id: str,
+        guidance: str,
+        *,
+        leads: str | os.PathLike[str] | None = None,
+    ) -> BatchReport:
+        """Rewrite the batch's sample with ``guidance`` (added to any given before) and pause
+        for the person again; the report holds the new sample.
+
+        Raises:
+            InvalidInput: the guidance is empty or too long.
+            RunConflict: the sample is not waiting for an answer (approved, or not written).
+        """
+        from .personalize.batch import report_of
+        from .store.batches import BatchAction
+
+        text = validate_feedback(guidance)
+        run = await self._approved_run(interaction_id)
+        batch = await self._find_batch(run.interaction_id, leads)
+        started = time.monotonic()
+        batch = await self._answer_sample(run, batch, BatchAction("guide", text))
+        return await report_of(self._store, batch, started=started)
+
+    async def batch_status(
+        self, interaction_id: str, *, leads: str | os.PathLike[str] | None = None
+    ) -> BatchReport:
+        """Where the run's personalization batch is: its state, counts, sample and skips."""
+        from .personalize.batch import report_of
+
+        interaction_id = validate_interaction_id(interaction_id)
+        batch = await self._find_batch(interaction_id, leads)
+        return await report_of(self._store, batch, started=time.monotonic())
+
+    async def estimate_lines(
+        self, interaction_id: str, leads: str | os.PathLike[str]
+    ) -> BatchEstimate:
+        """What writing a line for every lead of ``leads`` would take, before it starts:
+        leads, estimated tokens, and the cost when prices are set (``personalize/estimate.py``).
+
+        Raises:
+            RunConflict: the run is not completed (approved) yet.
+            InvalidInput: the lead list cannot be read.
+        """
+        from .personalize import LineContext, LineTask, estimate_batch, prices_for
+        from .personalize.batch import read_lead_list
+
+        run = await self._approved_run(interaction_id)
+        lead_list = await asyncio.to_thread(read_lead_list, Path(leads))
+        plan = self._batch_plan(run, None)
+        assert run.final is not None
+        context = LineContext(run.brief, run.final)
+        tasks = (
+            LineTask(context, {k: v for k, v in lead.values.items() if v != lead.email}, lead.row)
+            for lead in lead_list.leads
+            if lead.problem is None
+        )
+        return estimate_batch(tasks, plan.writer, prices_for(self.settings))
+
+    async def _icebreakers(
+        self, runs: builtins.list[Run], leads: str | os.PathLike[str]
+    ) -> Icebreakers | None:
+        """The lines that fill ``{{icebreaker}}`` for an export of ``runs`` (the first run's
+        batch: for this lead list if it has one, else its newest): None when no sequence uses
+        the field or the run has no batch whose sample a person approved."""
+        from .export.writer import ICEBREAKER, Icebreakers
+        from .merge import find_placeholders
+        from .personalize.batch import batch_id_for, lines_of, read_lead_list
+
+        used = {
+            name
+            for run in runs
+            if run.final is not None
+            for step in run.final.steps
+            for text in (step.subject, step.body)
+            for name in (p.name for p in find_placeholders(text))
+        }
+        if ICEBREAKER not in used:
+            return None
+        batches = await self._store.batches(runs[0].interaction_id)
+        approved = [b for b in batches if b.sample_approved and b.verified]
+        if not approved:
+            return None
+        try:
+            digest = (await asyncio.to_thread(read_lead_list, Path(leads))).digest
+        except InvalidInput:
+            digest = None  # the export reports what is wrong with the list
+        same = batch_id_for(runs[0].interaction_id, digest) if digest else None
+        chosen = next((b for b in approved if b.batch_id == same), approved[0])
+        found = await lines_of(self._store, chosen.batch_id)
+        return Icebreakers(found.by_email, found.missing)
+
+    async def _approved_run(self, interaction_id: str) -> Run:
+        run = await self.get(interaction_id)
+        if run.status is not RunStatus.COMPLETED or run.final is None:
+            raise RunConflict(
+                f"run {run.interaction_id} is {run.status.value}, not approved: lines are "
+                "written for an approved sequence only; finish the run first (coldmail show "
+                f"{run.interaction_id})",
+                topic="not_completed",
+            )
+        return run
+
+    async def _find_batch(self, interaction_id: str, leads: str | os.PathLike[str] | None) -> Batch:
+        from .personalize.batch import batch_id_for, read_lead_list
+
+        if leads is not None:
+            lead_list = await asyncio.to_thread(read_lead_list, Path(leads))
+            found = await self._store.get_batch(batch_id_for(interaction_id, lead_list.digest))
+            if found is None:
+                raise InvalidInput(
+                    f"run {interaction_id} has no personalization batch for {leads}; start "
+                    f"one with coldmail personalize {interaction_id} --leads {leads}",
+                    topic="no_batch",
+                )
+            return found
+        batches = await self._store.batches(interaction_id)
+        if not batches:
+            raise InvalidInput(
+                f"run {interaction_id} has no personalization batch; start one with "
+                f"coldmail personalize {interaction_id} --leads LEADS.csv",
+                topic="no_batch",
+            )
+        waiting = [b for b in batches if b.status == "awaiting_approval"]
+        if len(waiting) > 1 or (not waiting and len(batches) > 1):
+            raise InvalidInput(
+                f"run {interaction_id} has {len(batches)} personalization batches; name the "
+                "lead list of the one you mean (--leads)"
+            )
+        return waiting[0] if waiting else batches[0]
+
+    def _batch_plan(self, run: Run, on_line: Callable[[LineResult], None] | None) -> BatchPlan:
+        from .personalize import line_writer, pacer_for
+        from .personalize.batch import BatchPlan
+
+        assert run.final is not None
+        writer = line_writer(self._runner.llm(), self.settings, pacer_for(self.settings))
+        return BatchPlan(
+            store=self._store,
+            brief=run.brief,
+            sequence=run.final,
+            writer=writer,
+            lease_seconds=self._store.lease_seconds,
+            chunk=self.settings.personalize_concurrency,
+            on_result=on_line,
+        )
+
+    async def _answer_sample(self, run: Run, batch: Batch, action: BatchAction) -> Batch:
+        """Take the paused sample for ``action`` and run it; the batch it leaves."""
+        from .store.batches import BatchClaim
+
+        if not batch.verified:
+            raise wording.batch_tampered(batch.batch_id)
+        outcome = await self._store.take_batch(batch.batch_id, action, token=uuid.uuid4().hex)
+        if isinstance(outcome, BatchClaim):
+            return await self._sample_step(run, outcome)
+        if outcome.batch is not None and outcome.batch.status in ("writing", "done"):
+            if action.kind == "approve":
+                return outcome.batch  # approved before: the retry finds it so
+        raise wording.batch_refusal(run.interaction_id, outcome)
+
+    async def _sample_step(self, run: Run, hold: BatchClaim) -> Batch:
+        from .personalize.batch import run_sample_step
+
+        plan = self._batch_plan(run, None)
+        try:
+            stepped = await run_sample_step(plan, hold)
+        except BaseException as exc:
+            note = wording.failure_note(exc)
+            await asyncio.shield(self._store.release_batch(hold, note))
+            raise
+        if stepped is None:
+            raise RunBeingResumed(
+                f"another process took run {run.interaction_id}'s batch over while this one "
+                "wrote its sample (its lease ran out); see where it is with coldmail "
+                f"personalize {run.interaction_id} --status"
+            )
+        return stepped
+
+    async def _drive_batch(
+        self,
+        run: Run,
+        batch: Batch,
+        token: str | None,
+        on_line: Callable[[LineResult], None] | None,
+    ) -> BatchReport:
+        """Take the batch as far as it goes without a person: its sample, or its leads."""
+        from .personalize.batch import report_of, write_leads
+        from .store.batches import BatchClaim, BatchRefusalReason
+
+        started = time.monotonic()
+        if not batch.verified:
+            raise wording.batch_tampered(batch.batch_id)
+        if batch.status == "sampling":
+            outcome = await self._store.take_batch(
+                batch.batch_id, None, token=token or uuid.uuid4().hex
+            )
+            if isinstance(outcome, BatchClaim):
+                self._batch_plan(run, on_line)  # a missing LLM setting: before any work
+                batch = await self._sample_step(run, outcome)
+            elif outcome.reason is BatchRefusalReason.HELD and outcome.batch is not None:
+                return await report_of(
+                    self._store, outcome.batch, started=started, held_elsewhere=True
+                )
+            elif outcome.batch is not None and outcome.reason is not BatchRefusalReason.TAMPERED:
+                batch = outcome.batch
+            else:
+                raise wording.batch_refusal(run.interaction_id, outcome)
+        if batch.status == "writing":
+            plan = self._batch_plan(run, on_line)
+            await write_leads(plan, batch.batch_id, batch.round, batch.guidance)
+            batch = await self._store.finish_batch(batch.batch_id) or batch
+        return await report_of(self._store, batch, started=started)
+
 
 def _fork_round(round: Any) -> int:
     """A fork's round: None or 0 is the audience question, N is review round N."""
@@ -912,6 +1205,7 @@ def _fork_round(round: Any) -> int:
             f"{MAX_ROUND_NUMBER}, not {round!r}"
         )
     return round
+    # ------------------------------------------------------------------ personalization (#23)
 
 
 def _acronyms(*runs: Run) -> frozenset[str]:
@@ -986,3 +1280,12 @@ def _parse_status(status: RunStatus | str | None) -> RunStatus | None:
     except ValueError:
         names = ", ".join(s.value for s in RunStatus)
         raise InvalidInput(f"unknown status {status!r}; use one of {names}") from None
+
+
+def _sample_size(sample: int | None, default: int) -> int:
+    """The sample's size: ``sample`` (1 to 1000), else the setting."""
+    if sample is None:
+        return default
+    if isinstance(sample, bool) or not isinstance(sample, int) or not 1 <= sample <= 1000:
+        raise InvalidInput(f"the sample must be a number of leads from 1 to 1000, not {sample!r}")
+    return sample

@@ -12,7 +12,7 @@ import builtins
 import os
 import threading
 import warnings
-from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from .export import ExportReport
     from .export.lint import LintIssue
     from .notify.links import OpenedLink
+    from .personalize.batch import BatchReport
+    from .personalize.estimate import BatchEstimate
+    from .personalize.writer import LineResult
     from .store.forks import Family
     from .store.outbox import Delivery
 
@@ -291,6 +294,57 @@ class SyncColdMailAgent:
     def family_variants(self, interaction_id: str) -> builtins.list[str]:
         """The family's other approved runs; see :meth:`ColdMailAgent.family_variants`."""
         return self._call(self._agent.family_variants(interaction_id))
+
+    def personalize(
+        self,
+        interaction_id: str,
+        leads: str | os.PathLike[str],
+        *,
+        sample: int | None = None,
+        guidance: str | None = None,
+        on_line: Callable[[LineResult], None] | None = None,
+    ) -> BatchReport:
+        """See :meth:`ColdMailAgent.personalize`."""
+        return self._call(
+            self._agent.personalize(
+                interaction_id, leads, sample=sample, guidance=guidance, on_line=on_line
+            )
+        )
+
+    def approve_sample(
+        self,
+        interaction_id: str,
+        *,
+        leads: str | os.PathLike[str] | None = None,
+        on_line: Callable[[LineResult], None] | None = None,
+        write_rest: bool = True,
+    ) -> BatchReport:
+        """See :meth:`ColdMailAgent.approve_sample`."""
+        return self._call(
+            self._agent.approve_sample(
+                interaction_id, leads=leads, on_line=on_line, write_rest=write_rest
+            )
+        )
+
+    def guide_sample(
+        self,
+        interaction_id: str,
+        guidance: str,
+        *,
+        leads: str | os.PathLike[str] | None = None,
+    ) -> BatchReport:
+        """See :meth:`ColdMailAgent.guide_sample`."""
+        return self._call(self._agent.guide_sample(interaction_id, guidance, leads=leads))
+
+    def batch_status(
+        self, interaction_id: str, *, leads: str | os.PathLike[str] | None = None
+    ) -> BatchReport:
+        """See :meth:`ColdMailAgent.batch_status`."""
+        return self._call(self._agent.batch_status(interaction_id, leads=leads))
+
+    def estimate_lines(self, interaction_id: str, leads: str | os.PathLike[str]) -> BatchEstimate:
+        """See :meth:`ColdMailAgent.estimate_lines`."""
+        return self._call(self._agent.estimate_lines(interaction_id, leads))
 
     def close(self) -> None:
         """Close the store and stop the private loop (idempotent)."""

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from .llm.prompts import REFINE_MARKER, REVISE_MARKER
+from .personalize.writer import LINE_MARKER
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,15 @@ def default_sequence(kind: str, user_text: str) -> dict[str, Any]:
     }
 
 
+def default_line(user_text: str) -> str:
+    """A valid personalized line for a line prompt: it names the lead's company when its
+    data gives one (so each lead's line is its own), else nothing about them."""
+    company = re.search(r"^- company: (.{1,60})$", user_text, re.MULTILINE)
+    if company and company.group(1).replace(" ", "").isalnum():
+        return f"I imagine {company.group(1)} keeps your team busy."
+    return "I imagine your team handles a lot of this by hand."
+
+
 def _one_line(subject: str) -> str:
     """A subject is one line (a brief or a guidance may have several)."""
     return " ".join(subject.split())
@@ -334,7 +344,8 @@ class ScriptedOpenAIServer:
             return list(self._requests)
 
     def count(self, kind: str | None = None) -> int:
-        """How many requests of this kind ("draft", "refine", "revise"; None: all) arrived."""
+        """How many requests of this kind ("draft", "refine", "revise", "line"; None: all)
+        arrived."""
         return sum(1 for r in self.requests if kind is None or r.kind == kind)
 
     def refuse(self, what: str, like: str | Refusal) -> None:
@@ -398,7 +409,9 @@ class ScriptedOpenAIServer:
                     str(m.get("content")) for m in body.get("messages", []) if m["role"] == "user"
                 )
                 kind = (
-                    "revise"
+                    "line"
+                    if LINE_MARKER in text
+                    else "revise"
                     if REVISE_MARKER in text
                     else "refine"
                     if REFINE_MARKER in text
@@ -420,6 +433,8 @@ class ScriptedOpenAIServer:
                     self._send(reply.status, {"error": error}, reply.headers, reply)
                     return
                 content = reply.content
+                if content is None and kind == "line":
+                    content = json.dumps({"line": default_line(request.user_text)})
                 if content is None:
                     content = json.dumps(default_sequence(kind, request.user_text))
                 model = body.get("model", "scripted")
@@ -496,8 +511,18 @@ def main(argv: list[str] | None = None) -> None:
         "Ctrl-C stops it.",
     )
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument(
+        "--line-latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="answer each personalized-line request after this long (benchmarks)",
+    )
     args = parser.parse_args(argv)
     server = ScriptedOpenAIServer(port=args.port).start()
+    if args.line_latency > 0:
+        latency = args.line_latency
+        server.respond_with(lambda r: Reply(delay=latency) if r.kind == "line" else None)
     print(server.base_url, flush=True)
     try:
         threading.Event().wait()

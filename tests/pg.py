@@ -404,6 +404,32 @@ class PostgresRows:
             (*columns.values(), notification_id),
         )
 
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        found = self._execute("SELECT * FROM coldmail.batches WHERE batch_id = %s", (batch_id,))
+        row = found.fetchone()
+        return None if row is None else dict(row)
+
+    def set_batch(self, batch_id: str, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = %s" for name in columns)
+        self._execute(
+            f"UPDATE coldmail.batches SET {assignments} WHERE batch_id = %s",
+            (*columns.values(), batch_id),
+        )
+
+    def batch_leads(self, batch_id: str) -> list[dict[str, Any]]:
+        found = self._execute(
+            "SELECT * FROM coldmail.batch_leads WHERE batch_id = %s ORDER BY position",
+            (batch_id,),
+        )
+        return [dict(r) for r in found.fetchall()]
+
+    def set_batch_lead(self, batch_id: str, position: int, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = %s" for name in columns)
+        self._execute(
+            f"UPDATE coldmail.batch_leads SET {assignments} WHERE batch_id = %s AND position = %s",
+            (*columns.values(), batch_id, position),
+        )
+
     def delete_event(self, interaction_id: str, seq: int) -> None:
         self._execute(
             "DELETE FROM coldmail.run_events WHERE interaction_id = %s AND seq = %s",

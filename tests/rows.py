@@ -100,6 +100,21 @@ class Rows(Protocol):
 
     def execute(self, statement: str, *params: Any) -> None:
         """Run one statement as written (``?`` placeholders, rewritten for PostgreSQL)."""
+
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        """Every column of a personalization batch (issue 23), or None."""
+        ...
+
+    def set_batch(self, batch_id: str, **columns: Any) -> None:
+        """Overwrite columns of a batch (times as datetimes)."""
+        ...
+
+    def batch_leads(self, batch_id: str) -> list[dict[str, Any]]:
+        """A batch's lead rows, by position."""
+        ...
+
+    def set_batch_lead(self, batch_id: str, position: int, **columns: Any) -> None:
+        """Overwrite columns of one lead row of a batch (times as datetimes)."""
         ...
 
 
@@ -247,6 +262,35 @@ class SqliteRows:
     def execute(self, statement: str, *params: Any) -> None:
         with self._connect() as conn:
             conn.execute(statement, params)
+
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        with self._connect() as conn:
+            found = conn.execute("SELECT * FROM batches WHERE batch_id = ?", (batch_id,))
+            row = found.fetchone()
+            return None if row is None else dict(row)
+
+    def set_batch(self, batch_id: str, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with self._connect() as conn:
+            conn.execute(
+                f"UPDATE batches SET {assignments} WHERE batch_id = ?",
+                (*(self._stored(v) for v in columns.values()), batch_id),
+            )
+
+    def batch_leads(self, batch_id: str) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            found = conn.execute(
+                "SELECT * FROM batch_leads WHERE batch_id = ? ORDER BY position", (batch_id,)
+            )
+            return [dict(r) for r in found.fetchall()]
+
+    def set_batch_lead(self, batch_id: str, position: int, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with self._connect() as conn:
+            conn.execute(
+                f"UPDATE batch_leads SET {assignments} WHERE batch_id = ? AND position = ?",
+                (*(self._stored(v) for v in columns.values()), batch_id, position),
+            )
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -13,7 +13,7 @@ from bridgic_coldmail import Brief, ColdMailAgent, RunStatus, SnapshotError
 from bridgic_coldmail.errors import SnapshotIntegrityError
 from bridgic_coldmail.models import Run
 from bridgic_coldmail.signing import key_file_for
-from bridgic_coldmail.store.sqlite_sql import SCHEMA_VERSION
+from bridgic_coldmail.store.sqlite_sql import MIGRATIONS
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
 from .conftest import REPO
@@ -66,7 +66,7 @@ async def test_a_schema_1_database_is_migrated_and_nothing_in_it_is_signed(
             await agent.resume(legacy, FEEDBACK)
     assert [(e.kind, e.verified) for e in history] == [("paused", False)]
     rows = SqliteRows(db_path)
-    assert rows.schema_versions() == list(range(1, SCHEMA_VERSION + 1))
+    assert rows.schema_versions() == [m.version for m in MIGRATIONS]
     assert key_file_for(db_path).exists()
     row = rows.row(legacy)
     assert row is not None and row["signature"] is None and row["row_mac"] is None
@@ -81,7 +81,7 @@ async def test_concurrent_openers_migrate_once(db_path: Path, brief: Brief) -> N
             pass
 
     await asyncio.gather(*(open_once() for _ in range(5)))
-    assert SqliteRows(db_path).schema_versions() == list(range(1, SCHEMA_VERSION + 1))
+    assert SqliteRows(db_path).schema_versions() == [m.version for m in MIGRATIONS]
 
 
 async def test_a_snapshot_of_a_moved_class_fails_saying_why_and_stays_resumable(

@@ -260,12 +260,12 @@ async def test_times_and_leases_come_from_the_server_clock_never_this_hosts(
 
 
 async def test_hosts_opening_a_new_database_at_once_migrate_it_once(pg: Backend) -> None:
-    from bridgic_coldmail.store.postgres_sql import SCHEMA_VERSION
+    from bridgic_coldmail.store.postgres_sql import MIGRATIONS
 
     stores = await asyncio.gather(*(connect_store(pg.settings()) for _ in range(6)))
     for store in stores:
         await store.close()
-    assert pg.rows.schema_versions() == list(range(1, SCHEMA_VERSION + 1))
+    assert pg.rows.schema_versions() == [m.version for m in MIGRATIONS]
     count = pg.rows._execute("SELECT count(*) AS n FROM coldmail.coldmail_meta").fetchone()["n"]
     assert count == 1
 

@@ -17,7 +17,7 @@ import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, StoreError
 from bridgic_coldmail.store import SqliteRunStore
-from bridgic_coldmail.store.sqlite_sql import SCHEMA_VERSION
+from bridgic_coldmail.store.sqlite_sql import MIGRATIONS
 
 from .rows import SqliteRows
 
@@ -37,7 +37,7 @@ async def test_aiosqlite_still_runs_a_function_on_its_thread_in_one_call(tmp_pat
 async def test_new_database_records_its_schema_and_uses_wal(db_path: Path) -> None:
     store = await SqliteRunStore.connect(db_path)
     await store.close()
-    assert SqliteRows(db_path).schema_versions() == list(range(1, SCHEMA_VERSION + 1))
+    assert SqliteRows(db_path).schema_versions() == [m.version for m in MIGRATIONS]
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

@@ -191,7 +191,12 @@ async def test_migration_from_empty_records_every_version(backend: Backend) -> N
     store = await connect_store(backend.settings())
     await store.close()
     versions = backend.rows.schema_versions()
-    assert versions == list(range(1, len(versions) + 1)) and len(versions) >= 1
+    if backend.name == "sqlite":
+        from bridgic_coldmail.store.sqlite_sql import MIGRATIONS
+    else:
+        from bridgic_coldmail.store.postgres_sql import MIGRATIONS
+    # Numbers may skip one given to a feature that has not merged yet (7 and 3 for now).
+    assert versions == [m.version for m in MIGRATIONS] and versions[0] == 1
     again = await connect_store(backend.settings())  # reopening applies nothing twice
     await again.close()
     assert backend.rows.schema_versions() == versions

@@ -61,6 +61,8 @@ from .notifications import (
     notifications_command,
     run_worker,
 )
+from .personalize import add_commands as add_personalize_commands
+from .personalize import run_personalize
 from .render import (
     format_history,
     format_run,
@@ -351,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_notification_commands(command)
     add_fork_commands(command)
+    add_personalize_commands(command)
     return parser
 
 
@@ -363,6 +366,8 @@ def _execute(args: argparse.Namespace, settings: Settings) -> int:
         return run_worker(args, settings)
     if args.command == "fork":
         return run_fork(args, settings)
+    if args.command == "personalize":
+        return run_personalize(args, settings)
     text = asyncio.run(_run_command(args, settings))
     if text is not None:
         _print(text)

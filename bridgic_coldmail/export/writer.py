@@ -87,7 +87,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
@@ -156,6 +156,27 @@ class SkippedRow:
 
     def __str__(self) -> str:
         return f"row {self.row}" + (f" ({self.email})" if self.email else "") + f": {self.reason}"
+
+
+ICEBREAKER = "icebreaker"
+"""The merge field a personalization batch fills (issue 23; lemlist's own name for it)."""
+
+
+@dataclass(frozen=True)
+class Icebreakers:
+    """A personalization batch's approved lines for ``{{icebreaker}}``, by lead address (lower
+    case), and why the other leads have none. A lead without a line is skipped and reported,
+    never exported with an empty icebreaker."""
+
+    lines: Mapping[str, str]
+    missing: Mapping[str, str] = field(default_factory=dict)
+
+    def why_missing(self, email: str) -> str:
+        why = self.missing.get(email.strip().lower(), "the lead is not in the batch's list")
+        return (
+            f"no personalized line for {{{{{ICEBREAKER}}}}} ({why}); write one with coldmail "
+            "personalize, or leave it out of the sequence"
+        )
 
 
 @dataclass(frozen=True)
@@ -376,6 +397,7 @@ def export_sequence(
     disabled_rules: Iterable[str] = (),
     template: str | os.PathLike[str] | None = None,
     max_bytes: int | None = None,
+    icebreakers: Icebreakers | None = None,
 ) -> ExportReport:
     """Render ``sequence`` for every lead of the CSV at ``leads_path`` into ``out``.
 
@@ -402,6 +424,7 @@ def export_sequence(
             tool's profile (``campaign.smartlead.txt``), none for generic or standard output.
         max_bytes: the largest file to write; past it the export stops, removes what it
             wrote and raises (``topic="export_too_large"``). None: no limit.
+        icebreakers: a personalization batch's lines, which fill ``{{icebreaker}}``.
 
     Returns:
         The report: rows written, rows skipped with their reasons, lint warnings, findings
@@ -431,12 +454,17 @@ def export_sequence(
     with LeadReader(leads_path) as reader:
         plan = chosen.plan(reader.header, variants=len(variants) > 1)
         issues = _checked_lint(
-            variants, footer, reader.header, strict=strict, acronyms=acronyms, disabled=disabled
+            variants,
+            footer,
+            _lint_header(reader.header, icebreakers),
+            strict=strict,
+            acronyms=acronyms,
+            disabled=disabled,
         )
         prepared = [_Prepared(v, footer, disabled) for v in variants]  # renderable: checked
         if strict and blocking(issues, strict=True):  # refused whatever the rows are
             findings = LeadFindings(strict=True)
-            ready, skipped = _count(_render_all(prepared, reader, stop, findings))
+            ready, skipped = _count(_render_all(prepared, reader, stop, findings, icebreakers))
             _refuse(ready, skipped, strict, issues, findings, reader.path)
         findings = LeadFindings(strict=strict)
         counts: dict[str, int] = {}
@@ -452,7 +480,7 @@ def export_sequence(
                     handle if max_bytes is None else _Capped(handle, max_bytes),
                     format,
                     plan,
-                    _render_all(prepared, reader, stop, findings),
+                    _render_all(prepared, reader, stop, findings, icebreakers),
                     counts,
                 ),
                 keep,
@@ -460,7 +488,7 @@ def export_sequence(
             )
         else:
             # Standard output cannot be taken back: find every refusal first, then write.
-            ready, skipped = _count(_render_all(prepared, reader, stop, findings))
+            ready, skipped = _count(_render_all(prepared, reader, stop, findings, icebreakers))
             keep(ready, skipped)
     if target is None:
         with LeadReader(leads_path) as again:
@@ -469,7 +497,7 @@ def export_sequence(
                     handle,
                     format,
                     plan,
-                    _render_all(prepared, again, stop, LeadFindings()),
+                    _render_all(prepared, again, stop, LeadFindings(), icebreakers),
                     counts,
                 )
             )
@@ -501,6 +529,7 @@ def preview_export(
     profile: str | Profile = "generic",
     footer: Footer = NO_FOOTER,
     disabled_rules: Iterable[str] = (),
+    icebreakers: Icebreakers | None = None,
 ) -> ExportReport:
     """Everything :func:`export_sequence` would find, without writing: lint issues (errors
     included, unlike an export), the rows that would be skipped, the findings per lead.
@@ -516,7 +545,12 @@ def preview_export(
     with LeadReader(leads_path) as reader:
         plan = chosen.plan(reader.header, variants=len(variants) > 1)
         issues = _lint_all(
-            variants, footer, reader.header, strict=False, acronyms=acronyms, disabled=disabled
+            variants,
+            footer,
+            _lint_header(reader.header, icebreakers),
+            strict=False,
+            acronyms=acronyms,
+            disabled=disabled,
         )
         if any(issue.code in _UNRENDERABLE for issue in issues):
             return ExportReport(None, "csv", plan.columns, 0, (), tuple(issues), chosen.name)
@@ -838,8 +872,21 @@ _Rendered = tuple[Lead, tuple[str, str, str], int, str]
 appended), the follow-up's delay in days, and its variant's label."""
 
 
+def _lint_header(header: LeadHeader, icebreakers: Icebreakers | None) -> LeadHeader:
+    """The header the sequence is linted against: with ``icebreaker`` when a batch fills it."""
+    if icebreakers is None or ICEBREAKER in header.fields:
+        return header
+    return LeadHeader(
+        (*header.columns, ICEBREAKER), (*header.fields, ICEBREAKER), header.email_index
+    )
+
+
 def _render_all(
-    prepared: list[_Prepared], reader: LeadReader, stop: StopSignal, findings: LeadFindings
+    prepared: list[_Prepared],
+    reader: LeadReader,
+    stop: StopSignal,
+    findings: LeadFindings,
+    icebreakers: Icebreakers | None = None,
 ) -> Iterator[_Rendered | SkippedRow]:
     """Each lead rendered in its variant, or the reason it is skipped; the per-lead checks
     go into ``findings``."""
@@ -853,6 +900,12 @@ def _render_all(
             continue
         chosen = prepared[variant_index(item.email, len(prepared), salt)] if many else prepared[0]
         values = item.values
+        if icebreakers is not None and ICEBREAKER in chosen.used:
+            line = icebreakers.lines.get(item.email.strip().lower())
+            if line is None:
+                yield SkippedRow(item.row, item.email, icebreakers.why_missing(item.email))
+                continue
+            values = {**values, ICEBREAKER: line}
         braces = [
             column_of[name] for name in chosen.used if "{" in values[name] or "}" in values[name]
         ]

@@ -14,13 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 from ..errors import DatabaseNotFound, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..signing import SnapshotSigner
+from .batches import (
+    LEAD_STATES,
+    Batch,
+    BatchAction,
+    BatchApproved,
+    BatchClaim,
+    BatchCounts,
+    BatchLeadRow,
+    BatchPaused,
+    BatchRefusal,
+    BatchRefusalReason,
+    LeadClaim,
+    LeadState,
+    LineRecord,
+    NewBatch,
+)
 from .forks import Family, ForkLink
 from .outbox import Delivery, OutboxClaim, OutboxOutcome
 from .protocol import (
@@ -152,6 +168,82 @@ class DeferredSqliteStore:
 
     async def family(self, interaction_id: str) -> Family | None:
         return await self._read(lambda s: s.family(interaction_id), None)
+
+    # Batches belong to a completed run: the database exists by then, or there is none.
+
+    async def _batch_write(self, work: Callable[[RunStore], Awaitable[T]]) -> T:
+        store = await self._existing()
+        if store is None:
+            raise StoreError(f"there is no database at {self.location}; start a run first")
+        return await work(store)
+
+    async def create_batch(self, new: NewBatch) -> tuple[Batch, bool]:
+        return await self._batch_write(lambda s: s.create_batch(new))
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        return await self._read(lambda s: s.get_batch(batch_id), None)
+
+    async def batches(self, interaction_id: str) -> builtins.list[Batch]:
+        return await self._read(lambda s: s.batches(interaction_id), [])
+
+    async def take_batch(
+        self, batch_id: str, action: BatchAction | None, *, token: str
+    ) -> BatchClaim | BatchRefusal:
+        return await self._read(
+            lambda s: s.take_batch(batch_id, action, token=token),
+            BatchRefusal(BatchRefusalReason.NOT_FOUND),
+        )
+
+    async def renew_batch(self, claim: BatchClaim) -> bool:
+        return await self._read(lambda s: s.renew_batch(claim), False)
+
+    async def step_batch(
+        self, claim: BatchClaim, result: BatchPaused | BatchApproved
+    ) -> Batch | None:
+        return await self._read(lambda s: s.step_batch(claim, result), None)
+
+    async def release_batch(self, claim: BatchClaim, error: str) -> bool:
+        return await self._read(lambda s: s.release_batch(claim, error), False)
+
+    async def reset_sample(self, claim: BatchClaim, before_round: int) -> int:
+        return await self._read(lambda s: s.reset_sample(claim, before_round), 0)
+
+    async def claim_leads(
+        self, batch_id: str, limit: int, lease_seconds: float, *, sample: bool = False
+    ) -> builtins.list[LeadClaim]:
+        return await self._read(
+            lambda s: s.claim_leads(batch_id, limit, lease_seconds, sample=sample), []
+        )
+
+    async def renew_leads(self, batch_id: str, token: str, lease_seconds: float) -> int:
+        return await self._read(lambda s: s.renew_leads(batch_id, token, lease_seconds), 0)
+
+    async def record_lines(
+        self, batch_id: str, token: str, round: int, records: Sequence[LineRecord]
+    ) -> int:
+        return await self._read(lambda s: s.record_lines(batch_id, token, round, records), 0)
+
+    async def batch_counts(self, batch_id: str) -> BatchCounts:
+        return await self._read(lambda s: s.batch_counts(batch_id), BatchCounts())
+
+    async def batch_leads(
+        self,
+        batch_id: str,
+        *,
+        states: Sequence[LeadState] = LEAD_STATES,
+        sample: bool = False,
+        after: int = -1,
+        limit: int = 1000,
+    ) -> builtins.list[BatchLeadRow]:
+        return await self._read(
+            lambda s: s.batch_leads(
+                batch_id, states=states, sample=sample, after=after, limit=limit
+            ),
+            [],
+        )
+
+    async def finish_batch(self, batch_id: str) -> Batch | None:
+        return await self._read(lambda s: s.finish_batch(batch_id), None)
 
     async def close(self) -> None:
         async with self._lock:

@@ -80,6 +80,43 @@ from ..errors import ColdmailError, ConfigurationError, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..settings import Settings, is_libpq_keywords, redact_url
 from ..signing import KeySource, SnapshotSigner, load_signer
+from .batches import (
+    BATCH_COLUMNS,
+    INSERTED_LEAD_COLUMNS,
+    LEAD_COLUMNS,
+    LEAD_STATES,
+    RECORDED_COLUMNS,
+    Batch,
+    BatchAction,
+    BatchApproved,
+    BatchClaim,
+    BatchCounts,
+    BatchLeadRow,
+    BatchPaused,
+    BatchRefusal,
+    BatchRefusalReason,
+    LeadClaim,
+    LeadState,
+    LineRecord,
+    NewBatch,
+    batch_of,
+    batch_verified,
+    claim_of_plan,
+    counts_of,
+    holds_batch,
+    judge_take,
+    lead_claim_of,
+    lead_row_of,
+    new_batch_row,
+    new_lead_rows,
+    plan_batch_release,
+    plan_done,
+    plan_step,
+    recorded_lead,
+    reset_lead,
+    seal_batch,
+    sort_claimed,
+)
 from .codec import (
     EVENT_COLUMNS,
     RUN_COLUMNS,
@@ -889,6 +926,310 @@ class PostgresRunStore:
         down = [_normalized(r) for r in results[2] or []]
         return family_of(interaction_id, up, down, self._signer)
 
+    # ------------------------------------------------------------------ batches (issue 23)
+
+    async def create_batch(self, new: NewBatch) -> tuple[Batch, bool]:
+        """Create the batch and its leads (one transaction), held by ``new.token``; the
+        run's batch for this list, untouched, when there is one. True when created.
+        Batch ids are derived from the run and the list, so two hosts creating the same
+        batch at once write the same rows: the second's insert does nothing."""
+        signer = self._signer
+        async with self._transaction() as tx:
+            found = await tx.open(
+                f"SELECT {_BATCH_COLUMNS}, pg_catalog.clock_timestamp() AS db_now "
+                "FROM (SELECT 1) AS one LEFT JOIN coldmail.batches "
+                "ON interaction_id = %s AND leads_digest = %s",
+                [new.interaction_id, new.leads_digest],
+            )
+            row, now = _split(found[0])
+            if row["batch_id"] is not None:
+                return batch_of(row, signer), False
+            expires = now + timedelta(seconds=self.lease_seconds)
+            row = seal_batch(new_batch_row(new, now=now, expires=expires), signer)
+            statements: list[tuple[str, Sequence[Any]]] = [
+                (
+                    f"INSERT INTO coldmail.batches ({_BATCH_COLUMNS}) "
+                    f"VALUES ({', '.join('%s' for _ in BATCH_COLUMNS)}) ON CONFLICT DO NOTHING",
+                    [row.get(c) for c in BATCH_COLUMNS],
+                )
+            ]
+            leads = new_lead_rows(new, signer)
+            one = "(" + ", ".join("%s" for _ in INSERTED_LEAD_COLUMNS) + ")"
+            for start in range(0, len(leads), _LEADS_PER_INSERT):
+                chunk = leads[start : start + _LEADS_PER_INSERT]
+                statements.append(
+                    (
+                        f"INSERT INTO coldmail.batch_leads ({', '.join(INSERTED_LEAD_COLUMNS)}) "
+                        f"VALUES {', '.join(one for _ in chunk)} ON CONFLICT DO NOTHING",
+                        [lead[c] for lead in chunk for c in INSERTED_LEAD_COLUMNS],
+                    )
+                )
+            await tx.finish(statements)
+        stored = await self._fetch_all(f"{_BATCH_SELECT} WHERE batch_id = %s", [new.batch_id])
+        if not stored:  # pragma: no cover - deleted at once by someone else
+            raise StoreError(f"the batch {new.batch_id} vanished as it was created; try again")
+        return batch_of(stored[0], signer), stored[0]["claim_token"] == new.token
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        """The batch, or None."""
+        found = await self._fetch_all(f"{_BATCH_SELECT} WHERE batch_id = %s", [batch_id])
+        return batch_of(found[0], self._signer) if found else None
+
+    async def batches(self, interaction_id: str) -> builtins.list[Batch]:
+        """The run's batches, newest first."""
+        rows = await self._fetch_all(
+            f"{_BATCH_SELECT} WHERE interaction_id = %s ORDER BY created_at DESC, batch_id",
+            [interaction_id],
+        )
+        return [batch_of(row, self._signer) for row in rows]
+
+    async def _fetch_all(self, query: str, params: Sequence[Any]) -> builtins.list[dict[str, Any]]:
+        async def fetch(conn: Connection) -> builtins.list[DictRow]:
+            cursor = await conn.execute(query, params)
+            return await cursor.fetchall()
+
+        return [_normalized(row) for row in await self._read(fetch)]
+
+    async def take_batch(
+        self, batch_id: str, action: BatchAction | None, *, token: str
+    ) -> BatchClaim | BatchRefusal:
+        """Hold the batch to write its sample or apply ``action`` (``batches.judge_take``)."""
+        signer = self._signer
+        async with self._transaction(durable=False) as tx:
+            found = await tx.open(
+                f"SELECT {_BATCH_COLUMNS}, snapshot, pg_catalog.clock_timestamp() AS db_now "
+                "FROM coldmail.batches WHERE batch_id = %s FOR UPDATE",
+                [batch_id],
+            )
+            if not found:
+                return BatchRefusal(BatchRefusalReason.NOT_FOUND)
+            row, now = _split(found[0])
+            stored = row.pop("snapshot")
+            verdict = judge_take(
+                row,
+                action,
+                token=token,
+                now=now,
+                expires=now + timedelta(seconds=self.lease_seconds),
+                signer=signer,
+                snapshot=None if stored is None else bytes(stored),
+            )
+            if isinstance(verdict, BatchRefusal):
+                return verdict
+            if not verdict.again:
+                await tx.finish([_batch_update(verdict.row)])
+        return claim_of_plan(verdict, token, signer)
+
+    async def renew_batch(self, claim: BatchClaim) -> bool:
+        """Extend the hold's lease from the server's now; False when it was lost."""
+        async with self._transaction(durable=False, idempotent=True) as tx:
+            renewed = await tx.only(
+                "UPDATE coldmail.batches "
+                "SET claim_expires_at = pg_catalog.clock_timestamp() + %s "
+                "WHERE batch_id = %s AND claim_token = %s AND status = 'sampling' "
+                "RETURNING batch_id",
+                [timedelta(seconds=self.lease_seconds), claim.batch_id, claim.token],
+            )
+        return bool(renewed)
+
+    async def _held_batch(
+        self, tx: _Tx, claim: BatchClaim
+    ) -> tuple[dict[str, Any], datetime] | None:
+        found = await tx.open(
+            f"SELECT {_BATCH_COLUMNS}, pg_catalog.clock_timestamp() AS db_now "
+            "FROM coldmail.batches WHERE batch_id = %s FOR UPDATE",
+            [claim.batch_id],
+        )
+        if not found:
+            return None
+        row, now = _split(found[0])
+        return (row, now) if holds_batch(row, claim) else None
+
+    async def step_batch(
+        self, claim: BatchClaim, result: BatchPaused | BatchApproved
+    ) -> Batch | None:
+        """Record the holder's step, fenced (durable): None when the hold was lost."""
+        signer = self._signer
+        async with self._transaction() as tx:
+            held = await self._held_batch(tx, claim)
+            if held is None:
+                return None
+            new, snapshot = plan_step(held[0], result, now=held[1], signer=signer)
+            await tx.finish([_batch_update(new, snapshot=(snapshot,))])
+        return batch_of(new, signer)
+
+    async def release_batch(self, claim: BatchClaim, error: str) -> bool:
+        """Give the batch back with the error; False when the hold was lost."""
+        async with self._transaction(durable=False) as tx:
+            held = await self._held_batch(tx, claim)
+            if held is None:
+                return False
+            row = plan_batch_release(held[0], error, now=held[1], signer=self._signer)
+            await tx.finish([_batch_update(row)])
+        return True
+
+    async def reset_sample(self, claim: BatchClaim, before_round: int) -> int:
+        """The sample's leads finished in an earlier round, pending again (fenced)."""
+        signer = self._signer
+        async with self._transaction() as tx:
+            found = await tx.open(
+                f"SELECT {_LEAD_COLUMNS} FROM coldmail.batch_leads WHERE batch_id = %s "
+                "AND in_sample = 1 AND state IN ('written', 'skipped') "
+                f"AND (round IS NULL OR round < %s) AND {_HELD_BY} FOR UPDATE",
+                [claim.batch_id, before_round, claim.token],
+            )
+            changes = [reset_lead(row, signer) for row in found]
+            if not changes:
+                return 0
+            await tx.finish(
+                [
+                    (
+                        "UPDATE coldmail.batch_leads SET state = 'pending', line = NULL, "
+                        "writer = NULL, round = NULL, error = NULL, attempts = 0, "
+                        "lease_token = NULL, lease_until = NULL, written_at = NULL, mac = %s "
+                        f"WHERE batch_id = %s AND position = %s AND {_HELD_BY}",
+                        [c["mac"], claim.batch_id, c["position"], claim.token],
+                    )
+                    for c in changes
+                ]
+            )
+        return len(changes)
+
+    async def claim_leads(
+        self, batch_id: str, limit: int, lease_seconds: float, *, sample: bool = False
+    ) -> builtins.list[LeadClaim]:
+        """Lease up to ``limit`` leads to write, lowest position first: leads another worker
+        is claiming are skipped (``FOR UPDATE SKIP LOCKED``), never waited for. The chosen
+        positions are an ``ARRAY(…)``, evaluated once: as ``IN (SELECT … LIMIT)`` the planner
+        may run the subquery again per row and lease more than ``limit`` leads."""
+        signer = self._signer
+        token = uuid.uuid4().hex
+        only_sample = " AND in_sample = 1" if sample else ""
+        async with self._transaction(durable=False) as tx:
+            rows = await tx.only(
+                "UPDATE coldmail.batch_leads SET state = 'claimed', lease_token = %s, "
+                "lease_until = pg_catalog.clock_timestamp() + %s, attempts = attempts + 1 "
+                "WHERE batch_id = %s AND position = ANY(ARRAY(SELECT position "
+                "FROM coldmail.batch_leads WHERE batch_id = %s AND (state = 'pending' "
+                "OR (state = 'claimed' AND "
+                f"lease_until < pg_catalog.clock_timestamp())){only_sample} ORDER BY position "
+                f"LIMIT %s FOR UPDATE SKIP LOCKED)) RETURNING {_LEAD_COLUMNS}",
+                [token, timedelta(seconds=lease_seconds), batch_id, batch_id, limit],
+            )
+        claimed, refused = sort_claimed(rows, signer)
+        if refused:
+            async with self._transaction(durable=False) as tx:
+                await tx.open("SELECT 1", [])
+                await tx.finish(
+                    [
+                        (
+                            "UPDATE coldmail.batch_leads SET state = 'skipped', error = %s, "
+                            "lease_token = NULL, lease_until = NULL "
+                            "WHERE batch_id = %s AND position = %s AND lease_token = %s",
+                            [why, batch_id, position, token],
+                        )
+                        for position, why in refused
+                    ]
+                )
+        return [lead_claim_of(row, token) for row in claimed]
+
+    async def renew_leads(self, batch_id: str, token: str, lease_seconds: float) -> int:
+        """Extend the lease of the leads ``token`` holds; how many it still holds."""
+        async with self._transaction(durable=False, idempotent=True) as tx:
+            renewed = await tx.only(
+                "UPDATE coldmail.batch_leads "
+                "SET lease_until = pg_catalog.clock_timestamp() + %s "
+                "WHERE batch_id = %s AND lease_token = %s AND state = 'claimed' "
+                "RETURNING position",
+                [timedelta(seconds=lease_seconds), batch_id, token],
+            )
+        return len(renewed)
+
+    async def record_lines(
+        self, batch_id: str, token: str, round: int, records: Sequence[LineRecord]
+    ) -> int:
+        """Record each lead's result if ``token`` still holds it (fenced, durable)."""
+        if not records:
+            return 0
+        signer = self._signer
+        by_position = {r.position: r for r in records}
+        async with self._transaction() as tx:
+            rows = await tx.open(
+                f"SELECT {_LEAD_COLUMNS} FROM coldmail.batch_leads WHERE batch_id = %s "
+                "AND lease_token = %s AND state = 'claimed' AND position = ANY(%s) "
+                "ORDER BY position FOR UPDATE",
+                [batch_id, token, list(by_position)],
+            )
+            if not rows:
+                return 0
+            statements = []
+            for found in rows:
+                row = _normalized(found)
+                change = recorded_lead(row, by_position[int(row["position"])], round, signer)
+                statements.append(
+                    (
+                        _PG_RECORD_LEAD,
+                        [
+                            *(change[c] for c in RECORDED_COLUMNS),
+                            change["state"] == "written",
+                            batch_id,
+                            row["position"],
+                            token,
+                        ],
+                    )
+                )
+            await tx.finish(statements)
+        return len(statements)
+
+    async def batch_counts(self, batch_id: str) -> BatchCounts:
+        """How many leads each state has, and the calls and tokens recorded."""
+        rows = await self._fetch_all(
+            "SELECT state, COUNT(*) AS n, SUM(calls) AS calls, SUM(tokens) AS tokens "
+            "FROM coldmail.batch_leads WHERE batch_id = %s GROUP BY state",
+            [batch_id],
+        )
+        return counts_of(rows)
+
+    async def batch_leads(
+        self,
+        batch_id: str,
+        *,
+        states: Sequence[LeadState] = LEAD_STATES,
+        sample: bool = False,
+        after: int = -1,
+        limit: int = 1000,
+    ) -> builtins.list[BatchLeadRow]:
+        """Leads by position after ``after``, of these states (``sample``: the sample's)."""
+        chosen = [s for s in LEAD_STATES if s in states]
+        only_sample = " AND in_sample = 1" if sample else ""
+        rows = await self._fetch_all(
+            f"SELECT {_LEAD_COLUMNS} FROM coldmail.batch_leads WHERE batch_id = %s "
+            f"AND state = ANY(%s){only_sample} AND position > %s ORDER BY position LIMIT %s",
+            [batch_id, chosen, after, limit],
+        )
+        return [lead_row_of(row, self._signer) for row in rows]
+
+    async def finish_batch(self, batch_id: str) -> Batch | None:
+        """Mark a writing batch done when no lead is left to write; the batch as it is."""
+        signer = self._signer
+        async with self._transaction(durable=False) as tx:
+            found = await tx.open(
+                f"SELECT {_BATCH_COLUMNS}, pg_catalog.clock_timestamp() AS db_now, "
+                "EXISTS (SELECT 1 FROM coldmail.batch_leads l WHERE l.batch_id = b.batch_id "
+                "AND l.state IN ('pending', 'claimed')) AS open_leads "
+                "FROM coldmail.batches b WHERE batch_id = %s FOR UPDATE OF b",
+                [batch_id],
+            )
+            if not found:
+                return None
+            row, now = _split(found[0])
+            left = row.pop("open_leads")
+            if row["status"] != "writing" or left or not batch_verified(row, signer):
+                return batch_of(row, signer)
+            done = plan_done(row, now=now, signer=signer)
+            await tx.finish([_batch_update(done)])
+        return batch_of(done, signer)
+
 
 class _Completion(NamedTuple):
     """One ``complete`` waiting for its group."""
@@ -1344,8 +1685,11 @@ async def _migrate(
                 f"{shown}; set COLDMAIL_SECRET_KEY (or COLDMAIL_KEY_FILE) to the key every "
                 "other host uses"
             )
+        cursor = await conn.execute("SELECT version FROM coldmail.coldmail_schema")
+        applied = {int(row["version"]) for row in await cursor.fetchall()}
         for migration in MIGRATIONS:
-            if migration.version > current:
+            # Any migration not recorded yet (see sqlite.py): one may land after a higher one.
+            if migration.version not in applied:
                 for statement in migration.statements:
                     await conn.execute(statement)
                 await conn.execute(
@@ -1531,3 +1875,40 @@ class _ErrorContext:
                 return f"cannot connect to {shown}: {reason}; check the URL and the server"
             return f"lost the connection to {shown} ({reason}); retry"
         return f"database error in {shown}: {detail} (SQLSTATE {state})"
+
+
+# --------------------------------------------------------------------------- batches (issue 23)
+
+_BATCH_COLUMNS = ", ".join(BATCH_COLUMNS)
+_BATCH_SELECT = f"SELECT {_BATCH_COLUMNS} FROM coldmail.batches"
+_LEAD_COLUMNS = ", ".join(LEAD_COLUMNS)
+_LEADS_PER_INSERT = 500
+"""Leads per ``INSERT`` statement when a batch is created (all in one transaction)."""
+_HELD_BY = (
+    "EXISTS (SELECT 1 FROM coldmail.batches b WHERE b.batch_id = batch_leads.batch_id "
+    "AND b.status = 'sampling' AND b.claim_token = %s)"
+)
+_PG_RECORD_LEAD = (
+    "UPDATE coldmail.batch_leads SET state = %s, line = %s, writer = %s, round = %s, "
+    "error = %s, calls = calls + %s, tokens = tokens + %s, mac = %s, "
+    "written_at = CASE WHEN %s THEN pg_catalog.clock_timestamp() END, lease_token = NULL, "
+    "lease_until = NULL WHERE batch_id = %s AND position = %s AND lease_token = %s "
+    "AND state = 'claimed'"
+)
+assert RECORDED_COLUMNS == ("state", "line", "writer", "round", "error", "calls", "tokens", "mac")
+_UPDATED_BATCH_COLUMNS = [c for c in BATCH_COLUMNS if c != "batch_id"]
+
+
+def _batch_update(
+    row: Mapping[str, Any], snapshot: tuple[bytes | None, ...] = ()
+) -> tuple[str, Sequence[Any]]:
+    """The UPDATE writing every column of a batch row (and its snapshot, when given)."""
+    assignments = [f"{c} = %s" for c in _UPDATED_BATCH_COLUMNS]
+    values = [row.get(c) for c in _UPDATED_BATCH_COLUMNS]
+    if snapshot:
+        assignments.append("snapshot = %s")
+        values.append(snapshot[0])
+    return (
+        f"UPDATE coldmail.batches SET {', '.join(assignments)} WHERE batch_id = %s",
+        [*values, row["batch_id"]],
+    )

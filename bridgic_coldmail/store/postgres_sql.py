@@ -140,10 +140,66 @@ V3_KEPT_PAUSES_AND_FORKS = (
 )
 
 
+# Issue 23: personalization batches and one row per lead (see sqlite_sql.py's migration 8).
+# Numbered 4: 3 belongs to the kept snapshots of issue 22; the runner applies any migration
+# not yet recorded, so the two can land in either order.
+V4_PERSONALIZATION_BATCHES = (
+    """CREATE TABLE coldmail.batches (
+    batch_id              text COLLATE "C" PRIMARY KEY,
+    interaction_id        text COLLATE "C" NOT NULL,
+    leads_digest          text NOT NULL,
+    settings_json         text NOT NULL,
+    lead_count            integer NOT NULL,
+    sample_size           integer NOT NULL,
+    status                text NOT NULL
+                          CHECK (status IN ('sampling', 'awaiting_approval', 'writing', 'done')),
+    sample_approved       smallint NOT NULL DEFAULT 0,
+    round                 integer NOT NULL DEFAULT 1,
+    guidance_json         text NOT NULL,
+    pause_id              text,
+    pending_json          text,
+    serialization_version text,
+    claim_token           text,
+    claim_expires_at      timestamptz,
+    last_error            text,
+    created_at            timestamptz NOT NULL,
+    updated_at            timestamptz NOT NULL,
+    row_mac               bytea,
+    signature             bytea,
+    snapshot              bytea,
+    UNIQUE (interaction_id, leads_digest)
+)""",
+    """CREATE TABLE coldmail.batch_leads (
+    batch_id    text COLLATE "C" NOT NULL,
+    position    integer NOT NULL,
+    lead_row    integer,
+    email       text NOT NULL,
+    lead_json   text NOT NULL,
+    in_sample   smallint NOT NULL DEFAULT 0,
+    state       text NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'claimed', 'written', 'skipped')),
+    line        text,
+    writer      text,
+    round       integer,
+    attempts    integer NOT NULL DEFAULT 0,
+    lease_token text,
+    lease_until timestamptz,
+    error       text,
+    calls       integer NOT NULL DEFAULT 0,
+    tokens      integer NOT NULL DEFAULT 0,
+    written_at  timestamptz,
+    mac         bytea,
+    PRIMARY KEY (batch_id, position)
+)""",
+    "CREATE INDEX batch_leads_open ON coldmail.batch_leads (batch_id, state, position)",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, signed history, metadata", V1_RUNS_HISTORY_META),
     Migration(2, "notify policies and the notifications outbox", V2_NOTIFICATIONS_OUTBOX),
     Migration(3, "kept pauses and fork links", V3_KEPT_PAUSES_AND_FORKS),
+    Migration(4, "personalization batches and their leads", V4_PERSONALIZATION_BATCHES),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -166,6 +222,12 @@ EXPECTED_RELATIONS = {
     ("r", "pauses"),
     ("i", "pauses_pkey"),
     ("i", "runs_by_parent"),
+    ("r", "batches"),
+    ("r", "batch_leads"),
+    ("i", "batches_pkey"),
+    ("i", "batches_interaction_id_leads_digest_key"),
+    ("i", "batch_leads_pkey"),
+    ("i", "batch_leads_open"),
 }
 """Every relation (``pg_class.relkind``, name) the current schema holds in ``coldmail``. With
 no trigger and no rule on them: anything else was planted by a database writer — a trigger

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -32,6 +32,20 @@ from ..signing import SnapshotSigner, json_text
 
 if TYPE_CHECKING:
     from ..notify.policy import NotifyPolicy
+    from .batches import (
+        Batch,
+        BatchAction,
+        BatchApproved,
+        BatchClaim,
+        BatchCounts,
+        BatchLeadRow,
+        BatchPaused,
+        BatchRefusal,
+        LeadClaim,
+        LeadState,
+        LineRecord,
+        NewBatch,
+    )
     from .forks import Family, ForkLink
     from .outbox import Delivery, OutboxClaim, OutboxOutcome
 
@@ -341,4 +355,80 @@ class RunStore(Protocol):
 
     async def close(self) -> None:
         """Release connections (idempotent)."""
+        ...
+
+    # ------------------------------------------------------------------ batches (issue 23)
+    # Personalization batches: see ``store/batches.py`` for the tables and their rules.
+
+    async def create_batch(self, new: NewBatch) -> tuple[Batch, bool]:
+        """Create the batch and its leads, held by ``new.token``; when the run has a batch
+        for this list already, that one, untouched. True when created."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> Batch | None: ...
+
+    async def batches(self, interaction_id: str) -> builtins.list[Batch]:
+        """The run's batches, newest first."""
+        ...
+
+    async def take_batch(
+        self, batch_id: str, action: BatchAction | None, *, token: str
+    ) -> BatchClaim | BatchRefusal:
+        """Hold the batch to write its sample or apply ``action`` (see ``batches.judge_take``)."""
+        ...
+
+    async def renew_batch(self, claim: BatchClaim) -> bool:
+        """Extend the hold's lease; False when it was lost."""
+        ...
+
+    async def step_batch(
+        self, claim: BatchClaim, result: BatchPaused | BatchApproved
+    ) -> Batch | None:
+        """Record the holder's step (paused again, or approved), fenced: None when lost."""
+        ...
+
+    async def release_batch(self, claim: BatchClaim, error: str) -> bool:
+        """Give the batch back with the error; False when the hold was lost."""
+        ...
+
+    async def reset_sample(self, claim: BatchClaim, before_round: int) -> int:
+        """Set the sample's leads written in a round before ``before_round`` back to
+        pending (to be rewritten with new guidance), fenced by the hold; how many."""
+        ...
+
+    async def claim_leads(
+        self, batch_id: str, limit: int, lease_seconds: float, *, sample: bool = False
+    ) -> builtins.list[LeadClaim]:
+        """Lease up to ``limit`` leads to write (``sample``: only the sample's), lowest
+        position first: pending ones, and claimed ones whose lease ran out. A lead claimed
+        :data:`MAX_ATTEMPTS` times already is skipped instead."""
+        ...
+
+    async def renew_leads(self, batch_id: str, token: str, lease_seconds: float) -> int:
+        """Extend the lease of the leads ``token`` holds; how many it still holds."""
+        ...
+
+    async def record_lines(
+        self, batch_id: str, token: str, round: int, records: Sequence[LineRecord]
+    ) -> int:
+        """Record each lead's result if ``token`` still holds it (fenced); how many were."""
+        ...
+
+    async def batch_counts(self, batch_id: str) -> BatchCounts: ...
+
+    async def batch_leads(
+        self,
+        batch_id: str,
+        *,
+        states: Sequence[LeadState] = ("pending", "claimed", "written", "skipped"),
+        sample: bool = False,
+        after: int = -1,
+        limit: int = 1000,
+    ) -> builtins.list[BatchLeadRow]:
+        """Leads by position (from ``after`` + 1), of these states (``sample``: only the
+        sample's)."""
+        ...
+
+    async def finish_batch(self, batch_id: str) -> Batch | None:
+        """Mark a writing batch done when no lead is left to write; the batch as it is."""
         ...

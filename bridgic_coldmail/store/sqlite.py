@@ -51,6 +51,42 @@ from ..errors import ColdmailError, ConfigurationError, DatabaseNotFound, StoreE
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..settings import DEFAULT_BUSY_TIMEOUT, DEFAULT_LEASE_SECONDS
 from ..signing import KeySource, SnapshotSigner, key_file_for, load_signer
+from .batches import (
+    BATCH_COLUMNS,
+    INSERTED_LEAD_COLUMNS,
+    LEAD_COLUMNS,
+    LEAD_STATES,
+    RECORDED_COLUMNS,
+    Batch,
+    BatchAction,
+    BatchApproved,
+    BatchClaim,
+    BatchCounts,
+    BatchLeadRow,
+    BatchPaused,
+    BatchRefusal,
+    LeadClaim,
+    LeadState,
+    LineRecord,
+    NewBatch,
+    batch_of,
+    batch_verified,
+    claim_of_plan,
+    counts_of,
+    holds_batch,
+    judge_take,
+    lead_claim_of,
+    lead_row_of,
+    new_batch_row,
+    new_lead_rows,
+    plan_batch_release,
+    plan_done,
+    plan_step,
+    recorded_lead,
+    reset_lead,
+    seal_batch,
+    sort_claimed,
+)
 from .codec import (
     RUN_COLUMNS,
     RowChange,
@@ -724,6 +760,317 @@ class SqliteRunStore:
         up, down = await self._hop(work)
         return family_of(interaction_id, up, down, self._signer)
 
+    # ------------------------------------------------------------------ batches (issue 23)
+
+    async def create_batch(self, new: NewBatch) -> tuple[Batch, bool]:
+        """Create the batch and its leads (one transaction), held by ``new.token``; the
+        run's batch for this list, untouched, when there is one. True when created."""
+        signer = self._signer
+        now = _now()
+        expires = now + timedelta(seconds=self.lease_seconds)
+        row = seal_batch(new_batch_row(new, now=now, expires=expires), signer)
+        leads = new_lead_rows(new, signer)
+
+        def work(db: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
+            with _transaction(db):
+                found = db.execute(
+                    f"{_BATCH_SELECT} WHERE interaction_id = ? AND leads_digest = ?",
+                    (new.interaction_id, new.leads_digest),
+                ).fetchone()
+                if found is not None:
+                    return dict(found), False
+                db.execute(
+                    f"INSERT INTO batches ({', '.join(BATCH_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' for _ in BATCH_COLUMNS)})",
+                    [_stored(row.get(c)) for c in BATCH_COLUMNS],
+                )
+                db.executemany(
+                    f"INSERT INTO batch_leads ({', '.join(INSERTED_LEAD_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' for _ in INSERTED_LEAD_COLUMNS)})",
+                    [[lead[c] for c in INSERTED_LEAD_COLUMNS] for lead in leads],
+                )
+                return row, True
+
+        stored, created = await self._hop(work)
+        return batch_of(stored, signer), created
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        """The batch, or None."""
+        found = await self._hop(
+            lambda db: db.execute(f"{_BATCH_SELECT} WHERE batch_id = ?", (batch_id,)).fetchone()
+        )
+        return None if found is None else batch_of(dict(found), self._signer)
+
+    async def batches(self, interaction_id: str) -> builtins.list[Batch]:
+        """The run's batches, newest first."""
+        rows = await self._hop(
+            lambda db: db.execute(
+                f"{_BATCH_SELECT} WHERE interaction_id = ? ORDER BY created_at DESC, batch_id",
+                (interaction_id,),
+            ).fetchall()
+        )
+        return [batch_of(dict(row), self._signer) for row in rows]
+
+    async def take_batch(
+        self, batch_id: str, action: BatchAction | None, *, token: str
+    ) -> BatchClaim | BatchRefusal:
+        """Hold the batch to write its sample or apply ``action`` (``batches.judge_take``)."""
+        signer, lease = self._signer, self.lease_seconds
+
+        def work(db: sqlite3.Connection) -> BatchClaim | BatchRefusal:
+            with _transaction(db, durable=False) as tx:
+                found = db.execute(
+                    f"{_BATCH_SELECT_WITH_SNAPSHOT} WHERE batch_id = ?", (batch_id,)
+                ).fetchone()
+                row = None if found is None else dict(found)
+                snapshot = None
+                if row is not None:
+                    stored = row.pop("snapshot")
+                    snapshot = None if stored is None else bytes(stored)
+                now = _now()
+                verdict = judge_take(
+                    row,
+                    action,
+                    token=token,
+                    now=now,
+                    expires=now + timedelta(seconds=lease),
+                    signer=signer,
+                    snapshot=snapshot,
+                )
+                if isinstance(verdict, BatchRefusal):
+                    tx.rollback()
+                    return verdict
+                if not verdict.again:
+                    _update_batch(db, verdict.row)
+                return claim_of_plan(verdict, token, signer)
+
+        return await self._hop(work)
+
+    async def renew_batch(self, claim: BatchClaim) -> bool:
+        """Extend the hold's lease from now; False when it was lost."""
+        lease = self.lease_seconds
+
+        def work(db: sqlite3.Connection) -> bool:
+            with _transaction(db, durable=False):
+                cursor = db.execute(
+                    "UPDATE batches SET claim_expires_at = ? "
+                    "WHERE batch_id = ? AND claim_token = ? AND status = 'sampling'",
+                    (iso(_now() + timedelta(seconds=lease)), claim.batch_id, claim.token),
+                )
+                return cursor.rowcount == 1
+
+        return await self._hop(work)
+
+    async def step_batch(
+        self, claim: BatchClaim, result: BatchPaused | BatchApproved
+    ) -> Batch | None:
+        """Record the holder's step, fenced (durable): None when the hold was lost."""
+        signer = self._signer
+
+        def work(db: sqlite3.Connection) -> dict[str, Any] | None:
+            with _transaction(db) as tx:
+                found = db.execute(f"{_BATCH_SELECT} WHERE batch_id = ?", (claim.batch_id,))
+                row = found.fetchone()
+                if row is None or not holds_batch(dict(row), claim):
+                    tx.rollback()
+                    return None
+                new, snapshot = plan_step(dict(row), result, now=_now(), signer=signer)
+                _update_batch(db, new, snapshot=snapshot)
+                return new
+
+        new = await self._hop(work)
+        return None if new is None else batch_of(new, signer)
+
+    async def release_batch(self, claim: BatchClaim, error: str) -> bool:
+        """Give the batch back with the error; False when the hold was lost."""
+        signer = self._signer
+
+        def work(db: sqlite3.Connection) -> bool:
+            with _transaction(db, durable=False) as tx:
+                found = db.execute(f"{_BATCH_SELECT} WHERE batch_id = ?", (claim.batch_id,))
+                row = found.fetchone()
+                if row is None or not holds_batch(dict(row), claim):
+                    tx.rollback()
+                    return False
+                _update_batch(db, plan_batch_release(dict(row), error, now=_now(), signer=signer))
+                return True
+
+        return await self._hop(work)
+
+    async def reset_sample(self, claim: BatchClaim, before_round: int) -> int:
+        """The sample's leads finished in an earlier round, pending again (fenced)."""
+        signer = self._signer
+
+        def work(db: sqlite3.Connection) -> int:
+            with _transaction(db) as tx:
+                found = db.execute(f"{_BATCH_SELECT} WHERE batch_id = ?", (claim.batch_id,))
+                batch = found.fetchone()
+                if batch is None or not holds_batch(dict(batch), claim):
+                    tx.rollback()
+                    return 0
+                rows = db.execute(
+                    f"{_LEAD_SELECT} WHERE batch_id = ? AND in_sample = 1 "
+                    "AND state IN ('written', 'skipped') AND (round IS NULL OR round < ?)",
+                    (claim.batch_id, before_round),
+                ).fetchall()
+                changes = [reset_lead(dict(row), signer) for row in rows]
+                db.executemany(
+                    "UPDATE batch_leads SET state = 'pending', line = NULL, writer = NULL, "
+                    "round = NULL, error = NULL, attempts = 0, lease_token = NULL, "
+                    "lease_until = NULL, written_at = NULL, mac = ? "
+                    "WHERE batch_id = ? AND position = ?",
+                    [(c["mac"], claim.batch_id, c["position"]) for c in changes],
+                )
+                return len(changes)
+
+        return await self._hop(work)
+
+    async def claim_leads(
+        self, batch_id: str, limit: int, lease_seconds: float, *, sample: bool = False
+    ) -> builtins.list[LeadClaim]:
+        """Lease up to ``limit`` leads to write, lowest position first (one ``UPDATE …
+        RETURNING`` under the write lock: two workers never get the same lead)."""
+        signer = self._signer
+        token = uuid.uuid4().hex
+        only_sample = " AND in_sample = 1" if sample else ""
+
+        def work(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            with _transaction(db, durable=False):
+                now = _now()
+                rows = db.execute(
+                    "UPDATE batch_leads SET state = 'claimed', lease_token = ?, lease_until = ?, "
+                    "attempts = attempts + 1 WHERE batch_id = ? AND position IN ("
+                    "SELECT position FROM batch_leads WHERE batch_id = ? AND (state = 'pending' "
+                    f"OR (state = 'claimed' AND lease_until < ?)){only_sample} "
+                    f"ORDER BY position LIMIT ?) RETURNING {', '.join(LEAD_COLUMNS)}",
+                    (
+                        token,
+                        iso(now + timedelta(seconds=lease_seconds)),
+                        batch_id,
+                        batch_id,
+                        iso(now),
+                        limit,
+                    ),
+                ).fetchall()
+                claimed, refused = sort_claimed([dict(r) for r in rows], signer)
+                db.executemany(
+                    "UPDATE batch_leads SET state = 'skipped', error = ?, lease_token = NULL, "
+                    "lease_until = NULL WHERE batch_id = ? AND position = ? AND lease_token = ?",
+                    [(why, batch_id, position, token) for position, why in refused],
+                )
+                return claimed
+
+        return [lead_claim_of(row, token) for row in await self._hop(work)]
+
+    async def renew_leads(self, batch_id: str, token: str, lease_seconds: float) -> int:
+        """Extend the lease of the leads ``token`` holds; how many it still holds."""
+
+        def work(db: sqlite3.Connection) -> int:
+            with _transaction(db, durable=False):
+                cursor = db.execute(
+                    "UPDATE batch_leads SET lease_until = ? "
+                    "WHERE batch_id = ? AND lease_token = ? AND state = 'claimed'",
+                    (iso(_now() + timedelta(seconds=lease_seconds)), batch_id, token),
+                )
+                return int(cursor.rowcount)
+
+        return await self._hop(work)
+
+    async def record_lines(
+        self, batch_id: str, token: str, round: int, records: Sequence[LineRecord]
+    ) -> int:
+        """Record each lead's result if ``token`` still holds it (fenced, durable)."""
+        signer = self._signer
+        if not records:
+            return 0
+        by_position = {r.position: r for r in records}
+
+        def work(db: sqlite3.Connection) -> int:
+            with _transaction(db):
+                marks = ", ".join("?" for _ in by_position)
+                rows = db.execute(
+                    f"{_LEAD_SELECT} WHERE batch_id = ? AND lease_token = ? AND state = 'claimed' "
+                    f"AND position IN ({marks})",
+                    (batch_id, token, *by_position),
+                ).fetchall()
+                now = iso(_now())
+                updates = []
+                for found in rows:
+                    row = dict(found)
+                    change = recorded_lead(row, by_position[row["position"]], round, signer)
+                    updates.append(
+                        (
+                            *(change[c] for c in RECORDED_COLUMNS),
+                            now if change["state"] == "written" else None,
+                            batch_id,
+                            row["position"],
+                            token,
+                        )
+                    )
+                db.executemany(_RECORD_LEAD, updates)
+                return len(updates)
+
+        return await self._hop(work)
+
+    async def batch_counts(self, batch_id: str) -> BatchCounts:
+        """How many leads each state has, and the calls and tokens recorded."""
+        rows = await self._hop(
+            lambda db: db.execute(
+                "SELECT state, COUNT(*) AS n, SUM(calls) AS calls, SUM(tokens) AS tokens "
+                "FROM batch_leads WHERE batch_id = ? GROUP BY state",
+                (batch_id,),
+            ).fetchall()
+        )
+        return counts_of([dict(row) for row in rows])
+
+    async def batch_leads(
+        self,
+        batch_id: str,
+        *,
+        states: Sequence[LeadState] = LEAD_STATES,
+        sample: bool = False,
+        after: int = -1,
+        limit: int = 1000,
+    ) -> builtins.list[BatchLeadRow]:
+        """Leads by position after ``after``, of these states (``sample``: the sample's)."""
+        chosen: list[str] = [s for s in LEAD_STATES if s in states] or ["none"]
+        marks = ", ".join("?" for _ in chosen)
+        only_sample = " AND in_sample = 1" if sample else ""
+        query = (
+            f"{_LEAD_SELECT} WHERE batch_id = ? AND state IN ({marks}){only_sample} "
+            "AND position > ? ORDER BY position LIMIT ?"
+        )
+        rows = await self._hop(
+            lambda db: db.execute(query, (batch_id, *chosen, after, limit)).fetchall()
+        )
+        return [lead_row_of(dict(row), self._signer) for row in rows]
+
+    async def finish_batch(self, batch_id: str) -> Batch | None:
+        """Mark a writing batch done when no lead is left to write; the batch as it is."""
+        signer = self._signer
+
+        def work(db: sqlite3.Connection) -> dict[str, Any] | None:
+            with _transaction(db, durable=False):
+                found = db.execute(f"{_BATCH_SELECT} WHERE batch_id = ?", (batch_id,)).fetchone()
+                if found is None:
+                    return None
+                row = dict(found)
+                if row["status"] != "writing" or not batch_verified(row, signer):
+                    return row
+                left = db.execute(
+                    "SELECT 1 FROM batch_leads WHERE batch_id = ? "
+                    "AND state IN ('pending', 'claimed') LIMIT 1",
+                    (batch_id,),
+                ).fetchone()
+                if left is not None:
+                    return row
+                done = plan_done(row, now=_now(), signer=signer)
+                _update_batch(db, done)
+                return done
+
+        found = await self._hop(work)
+        return None if found is None else batch_of(found, signer)
+
 
 async def _stopped(conn: aiosqlite.Connection) -> None:
     """Wait for the thread of a connection that failed to open. aiosqlite tells it to stop
@@ -1159,8 +1506,11 @@ def _migrate(
                 f"the signing key from {signer.source} is not the key that signed the runs in "
                 f"{shown}; restore the original key file or COLDMAIL_SECRET_KEY"
             )
+        applied = {row[0] for row in db.execute("SELECT version FROM coldmail_schema")}
         for migration in MIGRATIONS:
-            if migration.version > current:
+            # Any migration not recorded yet, not only those above the highest: numbers are
+            # given to features before they merge, so one may land after a higher one.
+            if migration.version not in applied:
                 for statement in migration.statements:
                     db.execute(statement)
                 db.execute(
@@ -1213,3 +1563,38 @@ def _storage_errors(
         raise StoreError(
             f"{path} is not a usable SQLite database ({exc})", topic="store_path"
         ) from None
+
+
+# --------------------------------------------------------------------------- batches (issue 23)
+
+_BATCH_SELECT = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches"
+_BATCH_SELECT_WITH_SNAPSHOT = f"SELECT {', '.join(BATCH_COLUMNS)}, snapshot FROM batches"
+_LEAD_SELECT = f"SELECT {', '.join(LEAD_COLUMNS)} FROM batch_leads"
+_UPDATED_BATCH_COLUMNS = [c for c in BATCH_COLUMNS if c != "batch_id"]
+_RECORD_LEAD = (
+    "UPDATE batch_leads SET state = ?, line = ?, writer = ?, round = ?, error = ?, "
+    "calls = calls + ?, tokens = tokens + ?, mac = ?, written_at = ?, lease_token = NULL, "
+    "lease_until = NULL WHERE batch_id = ? AND position = ? AND lease_token = ? "
+    "AND state = 'claimed'"
+)
+assert RECORDED_COLUMNS == ("state", "line", "writer", "round", "error", "calls", "tokens", "mac")
+
+
+def _stored(value: Any) -> Any:
+    """A value as SQLite stores it (times as ISO text)."""
+    return iso(value) if isinstance(value, datetime) else value
+
+
+def _update_batch(db: sqlite3.Connection, row: dict[str, Any], *, snapshot: Any = _KEEP) -> None:
+    """Write every column of a batch row (and its snapshot, when given)."""
+    values = [_stored(row.get(c)) for c in _UPDATED_BATCH_COLUMNS]
+    assignments = ", ".join(f"{c} = ?" for c in _UPDATED_BATCH_COLUMNS)
+    if snapshot is _KEEP:
+        db.execute(
+            f"UPDATE batches SET {assignments} WHERE batch_id = ?", [*values, row["batch_id"]]
+        )
+    else:
+        db.execute(
+            f"UPDATE batches SET {assignments}, snapshot = ? WHERE batch_id = ?",
+            [*values, snapshot, row["batch_id"]],
+        )

@@ -288,6 +288,65 @@ V7_KEPT_PAUSES_AND_FORKS = (
 )
 
 
+# Issue 23: personalized lines at scale. A batch is one `personalize` of a completed run
+# with one lead list (its digest): its settings, its status, the sample's approval, the
+# guidance given, and — while the sample waits for a person — the paused Bridgic automa's
+# signed snapshot (last, as in `runs`). One row per lead: its columns, its state, its line,
+# claimed by workers with a lease and written fenced by the lease token. Both tables MACed.
+# Numbered 8: 7 belongs to the kept snapshots of issue 22 (the runner applies any migration
+# not yet recorded, so the two can land in either order).
+V8_PERSONALIZATION_BATCHES = (
+    """CREATE TABLE batches (
+    batch_id              TEXT PRIMARY KEY,
+    interaction_id        TEXT NOT NULL,
+    leads_digest          TEXT NOT NULL,
+    settings_json         TEXT NOT NULL,
+    lead_count            INTEGER NOT NULL,
+    sample_size           INTEGER NOT NULL,
+    status                TEXT NOT NULL
+                          CHECK (status IN ('sampling', 'awaiting_approval', 'writing', 'done')),
+    sample_approved       INTEGER NOT NULL DEFAULT 0,
+    round                 INTEGER NOT NULL DEFAULT 1,
+    guidance_json         TEXT NOT NULL,
+    pause_id              TEXT,
+    pending_json          TEXT,
+    serialization_version TEXT,
+    claim_token           TEXT,
+    claim_expires_at      TEXT,
+    last_error            TEXT,
+    created_at            TEXT NOT NULL,
+    updated_at            TEXT NOT NULL,
+    row_mac               BLOB,
+    signature             BLOB,
+    snapshot              BLOB,
+    UNIQUE (interaction_id, leads_digest)
+)""",
+    """CREATE TABLE batch_leads (
+    batch_id    TEXT NOT NULL,
+    position    INTEGER NOT NULL,
+    lead_row    INTEGER,
+    email       TEXT NOT NULL,
+    lead_json   TEXT NOT NULL,
+    in_sample   INTEGER NOT NULL DEFAULT 0,
+    state       TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'claimed', 'written', 'skipped')),
+    line        TEXT,
+    writer      TEXT,
+    round       INTEGER,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    lease_token TEXT,
+    lease_until TEXT,
+    error       TEXT,
+    calls       INTEGER NOT NULL DEFAULT 0,
+    tokens      INTEGER NOT NULL DEFAULT 0,
+    written_at  TEXT,
+    mac         BLOB,
+    PRIMARY KEY (batch_id, position)
+)""",
+    "CREATE INDEX batch_leads_open ON batch_leads (batch_id, state, position)",
+)
+
+
 EXPECTED_OBJECTS = {
     ("table", "coldmail_schema"),
     ("table", "coldmail_meta"),
@@ -302,6 +361,9 @@ EXPECTED_OBJECTS = {
     ("index", "notifications_by_run"),
     ("table", "pauses"),
     ("index", "runs_by_parent"),
+    ("table", "batches"),
+    ("table", "batch_leads"),
+    ("index", "batch_leads_open"),
 }
 """Everything the current schema holds (besides SQLite's own ``sqlite_autoindex_*``): no
 trigger and no view. Anything else was planted — a trigger could undo a write inside the
@@ -318,5 +380,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "review rounds, merge fields, row and event MACs", V5_REVIEW_ROUNDS_AND_ROW_MACS),
     Migration(6, "notify policies and the notifications outbox", V6_NOTIFICATIONS_OUTBOX),
     Migration(7, "kept pauses and fork links", V7_KEPT_PAUSES_AND_FORKS),
+    Migration(8, "personalization batches and their leads", V8_PERSONALIZATION_BATCHES),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

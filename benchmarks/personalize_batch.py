@@ -1,0 +1,278 @@
+"""Personalized lines at scale (issue 23): one line per lead through the real OpenAI client to
+the loopback scripted server, which answers each line request after a fixed latency.
+
+* **Throughput**: leads written a second (after the sample) against concurrency ÷ latency,
+  the most the LLM's latency allows; target ≥ 0.8×. Every lead must have exactly one
+  recorded call (none written twice).
+* **Memory**: RSS when a quarter of the leads are written and at the end; target: the end
+  within 20 MB of the quarter (flat: nothing grows per lead).
+* **Four workers on one PostgreSQL**: the sample approved without writing, then four
+  processes run ``personalize`` on the same batch; each lead written once, throughput.
+* **Killed half-way**: a process writing the batch is killed with SIGKILL once half the
+  leads have a line, then the batch is resumed; the scripted server (in this process, where
+  it can count) must see no second call for a lead whose line was stored.
+
+    python -m benchmarks --only personalize --no-postgres      # SQLite rows only
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bridgic_coldmail import Brief, ColdMailAgent
+from bridgic_coldmail.personalize.batch import batch_id_for, read_lead_list
+from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
+
+from .report import HERE, Figure
+from .subjects import SECRET_KEY
+
+LATENCY = 0.05
+"""Seconds the scripted server takes to answer each line request."""
+CONCURRENCY = 32
+BRIEF = Brief(product="Acme Scheduler", offer="cuts no-shows by 30%", sender="Dana Lee")
+WORKER = """
+import asyncio, sys
+from bridgic_coldmail import ColdMailAgent
+
+async def main() -> None:
+    async with ColdMailAgent.open() as agent:
+        await agent.personalize(sys.argv[1], sys.argv[2])
+
+asyncio.run(main())
+"""
+
+
+def write_leads(path: Path, count: int) -> Path:
+    rows = ["email,first_name,company,title"]
+    rows += [f"lead{i}@example.com,Ann{i},Acme{i},Controller" for i in range(count)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+@contextlib.contextmanager
+def server_process(latency: float) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridgic_coldmail.testing", "--line-latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=HERE.parent,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+async def approved_run(agent: ColdMailAgent) -> str:
+    run = await agent.start(BRIEF)
+    await agent.resume(run.interaction_id, "finance teams at manufacturers")
+    return run.interaction_id
+
+
+async def throughput_and_memory(db: str, leads: Path, count: int) -> dict[str, Any]:
+    """One process writes the whole batch; the rate after the sample, RSS at 25% and 100%."""
+    async with ColdMailAgent.open(db, missing="create") as agent:
+        run_id = await approved_run(agent)
+        await agent.personalize(run_id, leads, sample=5)
+        written = 0
+        rss: dict[str, float] = {}
+
+        def on_line(_: object) -> None:
+            nonlocal written
+            written += 1
+            if written == (count - 5) // 4:
+                rss["quarter"] = rss_mb()
+
+        started = time.perf_counter()
+        report = await agent.approve_sample(run_id, on_line=on_line)
+        seconds = time.perf_counter() - started
+        rss["end"] = rss_mb()
+        rows = await agent._store.batch_leads(report.batch.batch_id, limit=count + 10)
+    return {
+        "rate": (count - 5) / seconds,
+        "rss": rss,
+        "written": report.counts.written,
+        "most_calls": max(r.calls for r in rows),
+        "calls": report.counts.calls,
+    }
+
+
+async def four_workers(db: str, leads: Path, count: int, env: dict[str, str]) -> dict[str, Any]:
+    async with ColdMailAgent.open(db, missing="create") as agent:
+        run_id = await approved_run(agent)
+        await agent.personalize(run_id, leads, sample=5)
+        await agent.approve_sample(run_id, write_rest=False)
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, run_id, str(leads)],
+            env={**os.environ, **env, "COLDMAIL_DB": db},
+            cwd=HERE.parent,
+        )
+        for _ in range(4)
+    ]
+    codes = [p.wait(timeout=3600) for p in procs]
+    seconds = time.perf_counter() - started
+    async with ColdMailAgent.open(db) as agent:
+        report = await agent.batch_status(run_id)
+        rows = await agent._store.batch_leads(report.batch.batch_id, limit=count + 10)
+    return {
+        "codes": codes,
+        "rate": (count - 5) / seconds,
+        "written": report.counts.written,
+        "most_calls": max(r.calls for r in rows),
+    }
+
+
+async def killed_and_resumed(db: str, leads: Path, count: int) -> dict[str, Any]:
+    """A child writing the batch killed half-way; the calls counted at an in-process server."""
+    with ScriptedOpenAIServer() as server:
+        server.respond_with(lambda r: Reply(delay=LATENCY) if r.kind == "line" else None)
+        env = {
+            "OPENAI_API_BASE": server.base_url,
+            "OPENAI_API_KEY": "benchmark",
+            "COLDMAIL_DB": db,
+            "COLDMAIL_LEASE_SECONDS": "3",
+            "COLDMAIL_BUSY_TIMEOUT": "1",
+        }
+        with environment(env):
+            async with ColdMailAgent.open(db, missing="create") as agent:
+                run_id = await approved_run(agent)
+                await agent.personalize(run_id, leads, sample=5)
+                await agent.approve_sample(run_id, write_rest=False)
+            batch_id = batch_id_for(run_id, read_lead_list(leads).digest)
+            child = subprocess.Popen(
+                [sys.executable, "-c", WORKER, run_id, str(leads)], env=os.environ.copy()
+            )
+            stored: set[str] = set()
+            async with ColdMailAgent.open(db) as agent:
+                while len(stored) < count // 2 and child.poll() is None:
+                    await asyncio.sleep(0.05)
+                    rows = await agent._store.batch_leads(batch_id, states=["written"], limit=count)
+                    stored = {r.email for r in rows}
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            before = len(server.requests)
+            async with ColdMailAgent.open(db) as agent:
+                report = await agent.personalize(run_id, leads)
+            again = collections.Counter(
+                f"lead{m.group(1)}@example.com"
+                for r in server.requests[before:]
+                if (m := re.search(r"- company: Acme(\d+)", r.user_text))
+            )
+    return {
+        "stored_at_kill": len(stored),
+        "paid_again": len(set(again) & stored),
+        "written": report.counts.written,
+    }
+
+
+async def personalize(ctx: Any) -> list[Figure]:
+    """The rows of issue 23 (see the module docstring)."""
+    count = ctx.sizes.personalize_leads
+    target = CONCURRENCY / LATENCY
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="coldmail-lines-") as folder:
+        leads = write_leads(Path(folder) / "leads.csv", count)
+        settings = {"COLDMAIL_PERSONALIZE_CONCURRENCY": str(CONCURRENCY)}
+        with server_process(LATENCY) as base_url:
+            env = {**settings, "OPENAI_API_BASE": base_url, "OPENAI_API_KEY": "benchmark"}
+            with environment(env):
+                found = await throughput_and_memory(str(Path(folder) / "one.db"), leads, count)
+                ctx.log(f"personalize: {json.dumps(found)}")
+                figures.append(
+                    Figure(
+                        f"lines written a second, {count:,} leads, {CONCURRENCY} at once, "
+                        f"{LATENCY * 1000:.0f} ms a call, SQLite",
+                        "leads/s",
+                        [found["rate"]],
+                        [target],
+                        "≥ 0.8× concurrency ÷ latency; one call per lead",
+                        met=found["rate"] >= 0.8 * target
+                        and found["most_calls"] == 1
+                        and found["written"] == count,
+                        note=f"floor column: {CONCURRENCY} ÷ {LATENCY:g} s; "
+                        f"{found['calls']:,} calls recorded for {found['written']:,} lines",
+                        higher_is_better=True,
+                    )
+                )
+                quarter, end = found["rss"].get("quarter", float("nan")), found["rss"]["end"]
+                figures.append(
+                    Figure(
+                        f"RSS at the end vs a quarter of the way, {count:,} leads",
+                        "MB",
+                        [end],
+                        [quarter],
+                        "within 20 MB (flat)",
+                        met=end - quarter <= 20,
+                        note="floor column: RSS when a quarter of the leads were written",
+                    )
+                )
+                if ctx.places.postgres_url is not None:
+                    store = ctx.places.new("postgres", "lines")
+                    pg_env = {**env, "COLDMAIL_SECRET_KEY": SECRET_KEY}
+                    with environment(pg_env):
+                        four = await four_workers(store.location, leads, count, pg_env)
+                    ctx.log(f"personalize, four workers: {json.dumps(four)}")
+                    figures.append(
+                        Figure(
+                            f"four worker processes on one PostgreSQL batch, {count:,} leads",
+                            "leads/s",
+                            [four["rate"]],
+                            [target],
+                            "every lead written once, by one of the four",
+                            met=four["written"] == count
+                            and four["most_calls"] == 1
+                            and four["codes"] == [0, 0, 0, 0],
+                            note="floor column: one process's concurrency ÷ latency",
+                            higher_is_better=True,
+                        )
+                    )
+        killed = await killed_and_resumed(str(Path(folder) / "killed.db"), leads, count)
+        ctx.log(f"personalize, killed and resumed: {json.dumps(killed)}")
+        figures.append(
+            Figure(
+                f"leads paid for again after a SIGKILL half-way, {count:,} leads",
+                "leads",
+                [float(killed["paid_again"])],
+                [float(killed["stored_at_kill"])],
+                "0 (of those with a stored line)",
+                met=killed["paid_again"] == 0 and killed["written"] == count,
+                note="floor column: leads whose line was stored when the process was killed",
+            )
+        )
+    return figures
