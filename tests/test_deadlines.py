@@ -415,6 +415,7 @@ async def test_a_wait_policy_that_does_not_hold_is_refused_before_the_llm_is_cal
 def test_the_cli_starts_a_run_with_a_deadline_and_its_worker_applies_it(
     server: ScriptedOpenAIServer,
 ) -> None:
+    before = datetime.now(timezone.utc)
     started = run_cli(
         "start",
         "--product", BRIEF.product,
@@ -436,6 +437,13 @@ def test_the_cli_starts_a_run_with_a_deadline_and_its_worker_applies_it(
     assert "deadline" in worked.stderr + worked.stdout
     after = json.loads(run_cli("show", run_id, "--json").stdout)
     assert after["status"] == "awaiting_review"
+    # The review round waits with a fresh deadline, shown with what happens then.
+    wait = after["wait"]
+    assert wait["on_timeout"] == "proceed" and wait["reminders_sent"] == 0
+    assert datetime.fromisoformat(wait["deadline"]) > before + timedelta(seconds=2)
+    shown = run_cli("show", run_id).stdout
+    assert "WAITING: deadline" in shown and "then go on without an answer" in shown
+    assert "timer fired · deadline (then proceed)" in shown
     refused = run_cli("start", "--product", "x", "--offer", "y", "--sender", "z",
                       "--on-timeout", "reject")  # fmt: skip
     assert refused.returncode != 0 and "--respond-within" in refused.stderr

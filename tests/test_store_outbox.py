@@ -317,6 +317,21 @@ async def test_two_workers_never_claim_the_same_notification(backend: Backend) -
         await two.close()
 
 
+async def test_a_claim_leases_no_more_than_its_limit(store: RunStore, backend: Backend) -> None:
+    """The limit bounds the lease, not only the rows returned: PostgreSQL may run an
+    ``IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`` subquery more than once and lease more
+    rows than it returns, which then sit leased until their lease ends."""
+    for _ in range(6):
+        await store.insert_paused(_new())  # 12 due notifications
+    claimed: set[str] = set()
+    for limit in (1, 2, 5):
+        taken = await store.claim_notifications(limit, 60)
+        assert len(taken) == limit
+        claimed |= {c.id for c in taken}
+        leased = {r["id"] for r in backend.rows.notifications() if r["lease_token"] is not None}
+        assert leased == claimed
+
+
 async def test_an_altered_notification_is_never_delivered(
     store: RunStore, backend: Backend
 ) -> None:

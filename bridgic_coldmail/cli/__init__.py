@@ -50,6 +50,7 @@ from ..models import (
 )
 from ..settings import BACKENDS, ENV, Settings, default_db_path, redact_url
 from ..store import Action, IfMissing
+from ..store.outbox import wait_state
 from ..text import terminal_safe
 from .demo import run_demo
 from .fork import add_commands as add_fork_commands
@@ -468,13 +469,20 @@ async def _run_command(args: argparse.Namespace, settings: Settings) -> str | No
                 sequence = run.sequence or run.draft
                 return json_for_terminal(sequence.model_dump(mode="json"))
             history = format_history(await agent.history(args.interaction_id))
-            deliveries = await agent.notifications(args.interaction_id)
+            deliveries = await agent.notifications(args.interaction_id, limit=MAX_PAGE)
             sent = f"{format_deliveries(deliveries)}\n\n" if deliveries else ""
+            waiting = wait_state(run.pause_id if run.status.is_paused else None, deliveries)
             family = await agent.family(args.interaction_id)
-            if args.json and not family.is_alone:
-                return json_for_terminal({**_json_of(run), "family": family_json(family)})
+            if args.json:
+                shown = _json_of(run)
+                if waiting.timed:
+                    shown["wait"] = waiting.to_public_dict()
+                if not family.is_alone:
+                    shown["family"] = family_json(family)
+                return json_for_terminal(shown)
             kin = "" if family.is_alone else f"{format_family(family)}\n\n"
-            return _emit(args, run, f"{format_run(run)}\n\n{sent}{kin}{history}")
+            wait = f"WAITING: {waiting.describe()}\n\n" if waiting.timed else ""
+            return _emit(args, run, f"{format_run(run)}\n\n{wait}{sent}{kin}{history}")
         if command == "link":
             return await _link(agent, args, settings)
         if command == "purge":

@@ -16,7 +16,7 @@ from ..errors import InvalidInput
 from ..models import validate_interaction_id
 from ..settings import Settings
 from ..store import connect_store
-from ..store.outbox import NOTIFICATION_ID, Delivery
+from ..store.outbox import NOTIFICATION_ID, Delivery, Timer
 from ..text import terminal_safe
 from .render import json_for_terminal
 
@@ -132,6 +132,9 @@ async def notifications_command(args: argparse.Namespace, agent: ColdMailAgent) 
 def format_delivery(delivery: Delivery) -> str:
     """One line per notification: id, state, event, run, destination, attempts, next try,
     last error."""
+    timer = delivery.timer
+    if timer is not None:
+        return _format_timer(delivery, timer)
     parts = [
         delivery.id,
         delivery.status,
@@ -147,6 +150,28 @@ def format_delivery(delivery: Delivery) -> str:
     if not delivery.verified:
         parts.append("ALTERED outside bridgic-coldmail: never delivered")
     if delivery.last_error and delivery.status != "delivered":
+        parts.append(f"last error: {delivery.last_error}")
+    return terminal_safe(" · ".join(parts))
+
+
+def _format_timer(delivery: Delivery, timer: Timer) -> str:
+    """A reminder or deadline: when it is due, what it does, what became of it."""
+    what = f"reminder {timer.n}" if timer.kind == "reminder" else "deadline"
+    if timer.kind == "deadline":
+        what += f" (then {timer.wait.on_timeout})"
+    state = {"pending": "due", "delivered": "fired", "failed": "failed"}[delivery.status]
+    if delivery.status == "delivered" and delivery.last_error:
+        state = "not needed"
+    parts = [
+        delivery.id,
+        f"timer {state}",
+        what,
+        f"run {delivery.interaction_id}",
+        f"at {timer.due_at:%Y-%m-%d %H:%M:%S} UTC",
+    ]
+    if delivery.last_error and delivery.status != "pending":
+        parts.append(delivery.last_error)
+    elif delivery.last_error:
         parts.append(f"last error: {delivery.last_error}")
     return terminal_safe(" · ".join(parts))
 

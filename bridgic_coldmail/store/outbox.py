@@ -35,6 +35,8 @@ from ..notify.messages import Event, Notification
 from ..notify.policy import (
     ANNOUNCED_EVENTS,
     MAX_REMINDERS,
+    ON_TIMEOUT,
+    OUTCOME_WORDS,
     AnnouncedEvent,
     NotifyPolicy,
     OnTimeout,
@@ -388,6 +390,72 @@ class Delivery:
                 "on_timeout": timer.wait.on_timeout if timer.kind == "deadline" else None,
             },
         }
+
+
+@dataclass(frozen=True)
+class WaitState:
+    """What a waiting run's person has left: the current pause's deadline and what it does
+    then, the next reminder, and the reminders sent at this pause (from its timer rows)."""
+
+    deadline: datetime | None = None
+    on_timeout: str | None = None
+    next_reminder: datetime | None = None
+    reminders_sent: int = 0
+
+    @property
+    def timed(self) -> bool:
+        return (
+            self.deadline is not None or self.next_reminder is not None or bool(self.reminders_sent)
+        )
+
+    def to_public_dict(self) -> dict[str, Any]:
+        return {
+            "deadline": _iso_or_none(self.deadline),
+            "on_timeout": self.on_timeout,
+            "next_reminder": _iso_or_none(self.next_reminder),
+            "reminders_sent": self.reminders_sent,
+        }
+
+    def describe(self) -> str:
+        """One line for people: ``deadline 2026-12-03 10:00 UTC, then reject the run · …``."""
+        parts = []
+        if self.deadline is not None:
+            then = OUTCOME_WORDS[self.on_timeout if self.on_timeout in ON_TIMEOUT else "wait"]
+            parts.append(f"deadline {self.deadline:%Y-%m-%d %H:%M} UTC, then {then}")
+        if self.next_reminder is not None:
+            parts.append(f"next reminder {self.next_reminder:%Y-%m-%d %H:%M} UTC")
+        if self.reminders_sent:
+            parts.append(f"{self.reminders_sent} reminder(s) sent")
+        return " · ".join(parts)
+
+
+def wait_state(pause_id: str | None, deliveries: Sequence[Delivery]) -> WaitState:
+    """The wait of the pause ``pause_id`` (a run's current one; None: the run waits for
+    nobody) from the run's deliveries (:meth:`RunStore.notifications`)."""
+    if pause_id is None:
+        return WaitState()
+    pending = {
+        d.timer.kind: d.timer
+        for d in deliveries
+        if d.timer is not None and d.timer.pause_id == pause_id and d.status == "pending"
+    }
+    deadline = pending.get("deadline")
+    reminder = pending.get("reminder")
+    sent = sum(
+        1
+        for d in deliveries
+        if d.timer is not None
+        and d.timer.pause_id == pause_id
+        and d.timer.kind == "reminder"
+        and d.status == "delivered"
+        and not d.last_error
+    )
+    return WaitState(
+        deadline=deadline.due_at if deadline else None,
+        on_timeout=deadline.wait.on_timeout if deadline else None,
+        next_reminder=reminder.due_at if reminder else None,
+        reminders_sent=sent,
+    )
 
 
 def _iso_or_none(moment: datetime | None) -> str | None:

@@ -711,10 +711,12 @@ class PostgresRunStore:
             rows = await tx.only(
                 "UPDATE coldmail.notifications SET lease_token = %s, "
                 "lease_until = pg_catalog.clock_timestamp() + %s, attempts = attempts + 1 "
-                "WHERE id IN (SELECT id FROM coldmail.notifications "
+                # = ANY(ARRAY(…)): the locking subquery runs once, so no more than the limit
+                # is leased (an IN (…) semi-join may be run again by the planner).
+                "WHERE id = ANY(ARRAY(SELECT id FROM coldmail.notifications "
                 "WHERE status = 'pending' AND next_attempt_at <= pg_catalog.clock_timestamp() "
                 "AND (lease_until IS NULL OR lease_until < pg_catalog.clock_timestamp()) "
-                "ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED)) "
                 f"RETURNING {', '.join(NOTIFICATION_COLUMNS)}",
                 [uuid.uuid4().hex, timedelta(seconds=lease_seconds), limit],
             )
