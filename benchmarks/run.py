@@ -49,6 +49,7 @@ from .fake_llm import InstantLlm
 from .langgraph_peer import missing as langgraph_missing
 from .personalize_batch import personalize
 from .report import HERE, Bound, Comparison, Figure, Run, p50, render
+from .reviewer import reviewer
 from .subjects import (
     KINDS,
     LABELS,
@@ -456,6 +457,7 @@ SECTIONS: list[Section] = [
     memory,
     local_model,
     personalize,
+    reviewer,
 ]
 """Every section, in report order."""
 
