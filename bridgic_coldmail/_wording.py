@@ -60,6 +60,18 @@ def refusal_error(
             f"but this release reads only {versions}; resume it with the "
             "bridgic-coldmail release that paused it"
         )
+    pending = refusal.pending
+    if reason is RefusalReason.HELD and pending is not None and pending.reviewer == DEADLINE_ACTOR:
+        did = {
+            "feedback": "going on without an answer, with the brief's own audience",
+            "approve": "approving the version under review",
+            "reject": "rejecting the run",
+        }.get(pending.kind, "applying its outcome")
+        return RunConflict(
+            f"run {interaction_id}'s deadline has passed and the deadline is {did} right now; "
+            f"your answer was not applied (`coldmail show {interaction_id}` shows the run)",
+            topic="deadline",
+        )
     if reason is RefusalReason.HELD:
         doing = _doing(refusal.pending)
         until = f"{refusal.held_until:%Y-%m-%d %H:%M:%S} UTC" if refusal.held_until else "?"
@@ -140,7 +152,9 @@ def answered_by_deadline(
     }[event.kind]
     return RunConflict(
         f"run {interaction_id}'s deadline passed at {event.at:%Y-%m-%d %H:%M} UTC and the "
-        f"deadline {did}; nothing changed (`coldmail history {interaction_id}` shows the run)"
+        f"deadline {did}; nothing changed (`coldmail show {interaction_id}` shows the run "
+        "and its history)",
+        topic="deadline",
     )
 
 

@@ -298,6 +298,39 @@ async def test_a_person_who_answers_first_wins_and_the_deadline_does_nothing(
     assert not [e for e in history if e.actor == DEADLINE_ACTOR]
 
 
+@pytest.mark.parametrize("attempt", range(4))
+async def test_a_person_racing_the_deadline_either_wins_or_is_told_what_the_deadline_did(
+    agent: ColdMailAgent, store: RunStore, settings: Settings, backend: Backend, attempt: int
+) -> None:
+    """The person's answer and the worker start together; exactly one of them takes the
+    pause, and the other does nothing (the deadline) or is told (the person)."""
+    run = await agent.start(BRIEF, respond_within="1s", on_timeout="reject")
+    (deadline,) = _timers(backend, run.interaction_id)
+    await _past(_due(deadline))
+    answering = agent.resume(run.interaction_id, "CTOs at clinics")
+    firing = _work(store, settings)
+    if attempt % 2:  # the worker's task starts first
+        _, person = await asyncio.gather(firing, answering, return_exceptions=True)
+    else:
+        person, _ = await asyncio.gather(answering, firing, return_exceptions=True)
+    after = await agent.get(run.interaction_id)
+    by_deadline = [e for e in await agent.history(run.interaction_id) if e.actor == DEADLINE_ACTOR]
+    if isinstance(person, BaseException):
+        assert isinstance(person, RunConflict) and "deadline" in str(person), person
+        assert after.status is RunStatus.REJECTED and len(by_deadline) == 1
+    else:
+        assert after.status is RunStatus.COMPLETED and not by_deadline
+        assert after.feedback == "CTOs at clinics"
+    (fired,) = _timers(backend, run.interaction_id)
+    if fired["status"] == "pending":  # it found the person answering: it looks again later
+        assert fired["last_error"] == "someone is answering right now"
+        backend.rows.set_notification(fired["id"], next_attempt_at=datetime.now(timezone.utc))
+        await _work(store, settings)
+        (fired,) = _timers(backend, run.interaction_id)
+        assert "answered before it fell due" in fired["last_error"]
+    assert fired["status"] == "delivered"
+
+
 # --------------------------------------------------------------------------- attacks
 
 
