@@ -678,8 +678,9 @@ class ColdMailAgent:
         Opened in a browser, with no login (not even ``COLDMAIL_WEB_TOKEN``), it shows that
         pause — the draft and the audience question, or the sequence under review and the
         decisions — and applies the answer submitted there, once. It shows nothing else of
-        the inbox. It stops working at ``expires_at`` (default: ``COLDMAIL_LINK_TTL`` from
-        now), and acts no more once the pause is answered (it then shows what was decided).
+        the inbox. It stops working at ``expires_at`` (default: the pause's deadline if it
+        has one, else ``COLDMAIL_LINK_TTL`` from now), and acts no more once the pause is
+        answered (it then shows what was decided).
 
         Raises:
             ConfigurationError: ``COLDMAIL_PUBLIC_ORIGIN`` is not set.
@@ -690,6 +691,7 @@ class ColdMailAgent:
             RunBeingResumed: an answer is being applied to it right now.
         """
         from .notify.links import MAX_LINK_DAYS, current_pause, link_expiry, make_link
+        from .store.outbox import wait_state
 
         origin = self.settings.public_origin
         if not origin:
@@ -701,7 +703,13 @@ class ColdMailAgent:
             )
         now = datetime.now(timezone.utc)
         if expires_at is None:
-            expires_at = link_expiry(now, self.settings.link_ttl)
+            # The pause's deadline, when it has one ahead: the link stops when the wait does.
+            interaction_id = validate_interaction_id(interaction_id)
+            deliveries = await self._store.notifications(interaction_id, limit=MAX_PAGE)
+            stored = await self._store.get(interaction_id)
+            pause_id = stored.pause_id if isinstance(stored, Run) else None
+            deadline = wait_state(pause_id, deliveries).deadline
+            expires_at = link_expiry(now, self.settings.link_ttl, deadline)
         elif expires_at.tzinfo is None or expires_at <= now:
             raise InvalidInput("expires_at must be an aware time in the future (e.g. in UTC)")
         elif expires_at - now > timedelta(days=MAX_LINK_DAYS):

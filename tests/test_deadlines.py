@@ -493,3 +493,22 @@ def test_settings_give_every_run_a_deadline_and_refuse_one_that_does_not_hold() 
         Settings.resolve(env={"COLDMAIL_ON_TIMEOUT": "proceed"})
     with pytest.raises((ConfigurationError, InvalidInput), match="COLDMAIL_REMIND_EVERY"):
         Settings.resolve(env={"COLDMAIL_REMIND_EVERY": "never"})
+
+
+async def test_a_link_to_a_pause_with_a_deadline_stops_working_at_the_deadline(
+    backend: Backend, server: ScriptedOpenAIServer
+) -> None:
+    from bridgic_coldmail.notify.links import read_token
+
+    settings = backend.settings(public_origin="https://review.example.com")
+    async with ColdMailAgent.open(settings=settings) as agent:
+        run = await agent.start(BRIEF, respond_within="2h")
+        (deadline,) = _timers(backend, run.interaction_id)
+        token = (await agent.link(run.interaction_id)).rsplit("/l/", 1)[1]
+        claim = read_token(backend.signer(), token)
+        assert abs((claim.expires_at - _due(deadline)).total_seconds()) < 1
+        # Without a deadline, the link lasts COLDMAIL_LINK_TTL (a week by default).
+        plain = await agent.start(BRIEF)
+        token = (await agent.link(plain.interaction_id)).rsplit("/l/", 1)[1]
+        lasts = read_token(backend.signer(), token).expires_at - datetime.now(timezone.utc)
+        assert timedelta(days=6, hours=23) < lasts <= timedelta(days=7)
