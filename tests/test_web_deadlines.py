@@ -7,6 +7,7 @@ sorts by the soonest deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from collections.abc import AsyncIterator
@@ -344,3 +345,78 @@ async def test_the_inbox_sorts_by_the_soonest_deadline(
     # Unknown sorts and tabs fall back to the defaults.
     odd = visible((await client.get("/?sort=%E2%80%AEdue")).text)
     assert odd.index("Soon") < odd.index("Untimed") < odd.index("Late")
+
+
+# ---------------------------------------------------------------------------- a real browser
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+async def test_a_reviewer_answers_from_a_received_email_in_a_real_browser_and_the_run_page_shows_it(  # noqa: E501
+    server: ScriptedOpenAIServer,
+    db_path: Path,
+    brief: Brief,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``coldmail serve`` (its worker inside) sends the pause's email to a real SMTP server
+    on loopback; the link taken out of that email opens in Chromium, the feedback is
+    submitted there, and the run page shows the next pause's deadline and the email sent."""
+    from playwright.async_api import async_playwright
+
+    from .notify_servers import LOOPBACK, MailHandler, smtp_server
+    from .test_browser import CHROMIUM, FLAGS, _need_chromium
+    from .test_web import FEEDBACK, STRONG_TOKEN
+    from .test_web_links import serving
+
+    _need_chromium()
+    handler = MailHandler()
+    with smtp_server(handler) as smtp:
+        monkeypatch.setenv("COLDMAIL_SMTP_URL", f"smtp://{LOOPBACK}:{smtp.port}")
+        monkeypatch.setenv("COLDMAIL_MAIL_FROM", "Coldmail <coldmail@example.com>")
+        with serving(tmp_path) as web:
+            async with ColdMailAgent.open(db_path, settings=settings_for(db_path)) as agent:
+                run = await agent.start(
+                    brief, review=True, notify=["reviewer@example.com"], respond_within="2d",
+                    on_timeout="reject",
+                )  # fmt: skip
+            for _ in range(600):  # the server's worker delivers it within seconds
+                if handler.delivered:
+                    break
+                await asyncio.sleep(0.05)
+            (mail,) = handler.delivered
+            assert mail.rcpt_tos == ["reviewer@example.com"]
+            body = mail.message.get_body(("plain",))
+            assert body is not None
+            links = re.findall(re.escape(web.url) + r"/l/[A-Za-z0-9._~-]+", body.get_content())
+            assert links, body.get_content()
+            link = links[0]
+
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+                try:
+                    page = await browser.new_page()
+                    await page.goto(link)
+                    await page.fill("textarea#feedback", FEEDBACK)
+                    await page.fill("#feedback-form input[name=reviewer]", "Ann")
+                    async with page.expect_navigation():
+                        await page.click("#feedback-form button[type=submit]")
+                    await page.wait_for_selector("#answered", timeout=30_000)
+                    said = await page.inner_text("#answered")
+                    assert f"Ann answered with the audience “{FEEDBACK}”" in said
+                    # The inbox, with its token: the run page.
+                    inbox = await browser.new_context(
+                        extra_http_headers={"Authorization": f"Bearer {STRONG_TOKEN}"}
+                    )
+                    run_page = await inbox.new_page()
+                    await run_page.goto(f"{web.url}/runs/{run.interaction_id}")
+                    wait = await run_page.inner_text("#wait")
+                    assert "Deadline:" in wait and "then reject the run" in wait
+                    rows = await run_page.inner_text("table.deliveries")
+                    assert re.search(r"run\.paused\s+reviewer@example\.com\s+delivered", rows)
+                    assert "deadline, then reject the run" in rows
+                finally:
+                    await browser.close()
+    async with ColdMailAgent.open(db_path, settings=settings_for(db_path)) as agent:
+        answered = await agent.get(run.interaction_id)
+    assert (answered.feedback, answered.round) == (FEEDBACK, 1)
