@@ -145,14 +145,18 @@ from .group import GroupCommit, Outcome
 from .outbox import (
     NOTIFICATION_COLUMNS,
     Delivery,
+    DueRun,
+    DueSoonestSql,
     OutboxClaim,
     OutboxOutcome,
     bounded_error,
     claim_of,
     delivery_of,
+    due_deadline,
     event_of_result,
     insert_statement,
     insert_values,
+    page_due_soonest,
     plan_notifications,
     seal_policy,
 )
@@ -1231,6 +1235,29 @@ class PostgresRunStore:
             done = plan_done(row, now=now, signer=signer)
             await tx.finish([_batch_update(done)])
         return batch_of(done, signer)
+
+    # ------------------------------------------------------------------ "due soonest"
+
+    async def list_due_soonest(
+        self, status: RunStatus | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[DueRun]:
+        """Runs waiting with a deadline pending, soonest first, then the others newest
+        first; optionally of one status. Never reads a snapshot."""
+        sql = DueSoonestSql.build(
+            runs="coldmail.runs", notifications="coldmail.notifications", mark="%s", status=status
+        )
+
+        async def fetch(statement: str, params: builtins.list[Any]) -> builtins.list[Any]:
+            async def send(conn: Connection) -> builtins.list[DictRow]:
+                cursor = await conn.execute(statement, params)
+                return await cursor.fetchall()
+
+            return [_normalized(row) for row in await self._read(send)]
+
+        rows = await page_due_soonest(fetch, sql, limit=limit, offset=offset)
+        return [
+            DueRun(decode_row(row, self._signer), due_deadline(row, self._signer)) for row in rows
+        ]
 
 
 class _Completion(NamedTuple):

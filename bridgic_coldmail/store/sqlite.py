@@ -115,14 +115,18 @@ from .group import GroupCommit, Outcome
 from .outbox import (
     NOTIFICATION_COLUMNS,
     Delivery,
+    DueRun,
+    DueSoonestSql,
     OutboxClaim,
     OutboxOutcome,
     bounded_error,
     claim_of,
     delivery_of,
+    due_deadline,
     event_of_result,
     insert_statement,
     insert_values,
+    page_due_soonest,
     plan_notifications,
     seal_policy,
 )
@@ -1070,6 +1074,26 @@ class SqliteRunStore:
 
         found = await self._hop(work)
         return None if found is None else batch_of(found, signer)
+
+    # ------------------------------------------------------------------ "due soonest"
+
+    async def list_due_soonest(
+        self, status: RunStatus | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[DueRun]:
+        """Runs waiting with a deadline pending, soonest first, then the others newest
+        first; optionally of one status. Never reads a snapshot."""
+        sql = DueSoonestSql.build(
+            runs="runs", notifications="notifications", mark="?", status=status
+        )
+
+        async def fetch(statement: str, params: builtins.list[Any]) -> builtins.list[Any]:
+            rows = await self._hop(lambda db: db.execute(statement, params).fetchall())
+            return [dict(row) for row in rows]
+
+        rows = await page_due_soonest(fetch, sql, limit=limit, offset=offset)
+        return [
+            DueRun(decode_row(row, self._signer), due_deadline(row, self._signer)) for row in rows
+        ]
 
 
 async def _stopped(conn: aiosqlite.Connection) -> None:
