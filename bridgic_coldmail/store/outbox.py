@@ -367,6 +367,16 @@ class Delivery:
     fires and when. Its status reads ``pending`` (not fired yet), ``delivered`` (fired, or
     not needed: ``last_error`` says which) or ``failed``."""
 
+    @property
+    def state(self) -> str:
+        """Its state in words: a notification's status; a timer's ``due``, ``fired``,
+        ``not needed`` (its pause was answered first) or ``failed``."""
+        if self.timer is None and self.destination != "timer":
+            return self.status
+        if self.status == "delivered" and self.last_error:
+            return "not needed"
+        return {"pending": "due", "delivered": "fired", "failed": "failed"}[self.status]
+
     def to_public_dict(self) -> dict[str, Any]:
         timer = self.timer
         return {

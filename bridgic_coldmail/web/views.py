@@ -444,8 +444,6 @@ def form_text(values: Mapping[str, Any], name: str) -> str:
 
 MAX_SHOWN_DELIVERIES = 50
 """Notifications (and timers) the run page lists, the newest; it counts the others."""
-TIMER_STATES = {"pending": "due", "delivered": "fired", "failed": "failed"}
-"""A timer row's status, as the run page says it."""
 
 
 def deliveries_context(run: Run, deliveries: list[Delivery]) -> dict[str, Any]:
@@ -479,11 +477,7 @@ def delivery_what(delivery: Delivery) -> str:
 
 def delivery_state(delivery: Delivery) -> str:
     """A row's state: a notification's status; a timer's due, fired, not needed or failed."""
-    if delivery.timer is None and delivery.destination != "timer":
-        return delivery.status
-    if delivery.status == "delivered" and delivery.last_error:
-        return "not needed"
-    return TIMER_STATES[delivery.status]
+    return delivery.state
 
 
 def moment(at: datetime | None) -> str:
