@@ -30,6 +30,7 @@ from ..errors import (
     RunBeingResumed,
     RunConflict,
     RunNotFound,
+    SnapshotIntegrityError,
 )
 from ..export.lint import RULES, check_rule_ids
 from ..export.profiles import NAMES as PROFILE_NAMES
@@ -393,6 +394,45 @@ async def wait_until_settled(agent: ColdMailAgent, interaction_id: str) -> Run:
         if run.status is not RunStatus.RESUMING or loop.time() >= deadline:
             return run
         await asyncio.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------- forks
+
+
+@router.post("/runs/{interaction_id}/fork")
+async def fork_page(
+    request: Request,
+    interaction_id: str,
+    agent: Agent,
+    policy: Policy,
+    round: str = Form("0"),
+    text: str = Form(""),
+    csrf_token: str = Form(""),
+) -> Response:
+    """Fork one of the run's pauses into a variant (``agent.fork``): the audience question
+    (round 0) with other feedback, or review round N with other guidance; on success, the
+    new run's page. Refused input comes back on this page with what was typed."""
+    if not csrf_matches(request, csrf_token):
+        return form_expired(request)
+    kept = FormState("fork", {"round": round, "text": text})
+    at: Any = round.strip()
+    at = int(at) if at.isdigit() and len(at) <= 6 else at
+    words = {"feedback": text} if at in (0, "0") else {"guidance": text}
+    try:
+        forked = await agent.fork(interaction_id, round=at, **words)
+    except (InvalidInput, RunConflict, RunBeingResumed, LlmError, SnapshotIntegrityError) as exc:
+        run = await agent.get(interaction_id)
+        return await show_run(
+            request,
+            agent,
+            policy,
+            run,
+            status=exc.http_status,
+            message=f"No fork was made: {exc}" if not isinstance(exc, LlmError) else str(exc),
+            message_kind="error",
+            form=kept,
+        )
+    return to_run_page(forked)
 
 
 # ---------------------------------------------------------------------------- notifications
