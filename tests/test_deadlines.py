@@ -331,6 +331,35 @@ async def test_a_person_racing_the_deadline_either_wins_or_is_told_what_the_dead
     assert fired["status"] == "delivered"
 
 
+async def test_a_deadline_waits_for_a_live_resumer_and_not_for_a_dead_one(
+    agent: ColdMailAgent, store: RunStore, settings: Settings, backend: Backend
+) -> None:
+    """A resumer holds the run (its process then dies): while its lease lives the deadline
+    looks again later; once the lease has lapsed, the deadline is applied."""
+    from bridgic_coldmail.store import Action, Claim
+
+    from .rows import expire_lease
+
+    run = await agent.start(BRIEF, respond_within="1s", on_timeout="reject")
+    held = await store.claim(run.interaction_id, Action.feedback("CTOs"), ("1.0",))
+    assert isinstance(held, Claim), held
+    (deadline,) = _timers(backend, run.interaction_id)
+    await _past(_due(deadline))
+    await _work(store, settings)
+    (waiting,) = _timers(backend, run.interaction_id)
+    assert waiting["status"] == "pending"
+    assert waiting["last_error"] == "someone is answering right now"
+    assert (await agent.get(run.interaction_id)).status is RunStatus.RESUMING
+
+    expire_lease(backend.rows, run.interaction_id)  # the resumer died
+    backend.rows.set_notification(deadline["id"], next_attempt_at=datetime.now(timezone.utc))
+    await _work(store, settings)
+    after = await agent.get(run.interaction_id)
+    assert after.status is RunStatus.REJECTED
+    (fired,) = _timers(backend, run.interaction_id)
+    assert fired["status"] == "delivered"
+
+
 # --------------------------------------------------------------------------- attacks
 
 
