@@ -477,6 +477,23 @@ async def test_objects_planted_in_the_schema_are_refused(
         await connect_store(pg.settings())
 
 
+async def test_planted_objects_are_refused_before_the_key_fingerprint_is_written(
+    pg: Backend,
+) -> None:
+    """As in SQLite: nothing more is written through a planted trigger; the refusal names it."""
+    store = await connect_store(pg.settings())
+    await store.close()
+    pg.rows._execute("DELETE FROM coldmail.coldmail_meta WHERE key = 'key_fingerprint'")
+    pg.rows._execute(
+        "CREATE FUNCTION coldmail.stop() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'planted'; END $$; "
+        "CREATE TRIGGER no_meta BEFORE INSERT ON coldmail.coldmail_meta "
+        "FOR EACH ROW EXECUTE FUNCTION coldmail.stop()"
+    )
+    with pytest.raises(StoreError, match="did not create \\(trigger no_meta\\)"):
+        await connect_store(pg.settings())
+
+
 # --------------------------------------------------------------------------- after faults
 
 

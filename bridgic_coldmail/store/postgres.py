@@ -1698,11 +1698,6 @@ async def _migrate(
                     "INSERT INTO coldmail.coldmail_schema (version, name) VALUES (%s, %s)",
                     [migration.version, migration.name],
                 )
-        if fingerprint is None:
-            await conn.execute(
-                "INSERT INTO coldmail.coldmail_meta (key, value) VALUES ('key_fingerprint', %s)",
-                [signer.fingerprint],
-            )
         planted = await _planted_objects(conn)
         if planted:
             raise StoreError(
@@ -1710,6 +1705,11 @@ async def _migrate(
                 f"create ({', '.join(planted)}); a trigger or rule there could change what the "
                 "store writes, so the database is refused: drop them, or restore the database",
                 topic="store_path",
+            )
+        if fingerprint is None:
+            await conn.execute(
+                "INSERT INTO coldmail.coldmail_meta (key, value) VALUES ('key_fingerprint', %s)",
+                [signer.fingerprint],
             )
     return signer
 
