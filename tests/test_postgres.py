@@ -148,7 +148,7 @@ async def test_the_working_password_is_not_in_the_store_repr_or_its_location(
 async def test_a_missing_database_and_an_unreachable_server_are_clear_store_errors(
     pg: Backend,
 ) -> None:
-    from .pg import with_database
+    from testbed.pg import with_database
 
     missing = pg.settings().with_overrides(db=with_database(pg.db, "no_such_database"))
     with pytest.raises(StoreError, match=r'cannot connect to .*"no_such_database" does not exist'):
