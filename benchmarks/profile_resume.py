@@ -95,7 +95,7 @@ def places_for(backend: BackendName) -> Iterator[Places]:
         if backend == "sqlite":
             yield Places(Path(folder))
             return
-        from tests.pg import start_cluster
+        from testbed.pg import start_cluster
 
         cluster = start_cluster(durable=True)
         places = Places(Path(folder), cluster.url)
