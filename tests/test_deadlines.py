@@ -580,3 +580,43 @@ async def test_a_link_to_a_pause_with_a_deadline_stops_working_at_the_deadline(
         token = (await agent.link(plain.interaction_id)).rsplit("/l/", 1)[1]
         lasts = read_token(backend.signer(), token).expires_at - datetime.now(timezone.utc)
         assert timedelta(days=6, hours=23) < lasts <= timedelta(days=7)
+
+
+# --------------------------------------------------------------------------- forks
+
+
+async def test_a_fork_whose_first_step_failed_still_waits_under_its_deadline(
+    agent: ColdMailAgent,
+    store: RunStore,
+    settings: Settings,
+    backend: Backend,
+    server: ScriptedOpenAIServer,
+) -> None:
+    """A fork is stored paused where its parent was, then resumed; when that step fails the
+    fork waits there, and its wait has the deadline its policy (the parent's) promises. The
+    parent's own timers never act on the fork."""
+    from bridgic_coldmail import LlmError
+    from bridgic_coldmail.store.outbox import wait_state
+    from bridgic_coldmail.testing import Reply
+
+    parent = await agent.start(BRIEF, review=True, respond_within="2s", on_timeout="reject")
+    server.enqueue(*[Reply(status=500, kind="refine")] * 10)
+    with pytest.raises(LlmError, match="the fork [0-9a-f]{32} of run") as failed:
+        await agent.fork(parent.interaction_id, feedback="CFOs at regional banks")
+    fork_id = str(failed.value).split("the fork ")[1].split(" ")[0]
+    server.reset()
+    fork = await agent.get(fork_id)
+    assert fork.status is RunStatus.AWAITING_FEEDBACK
+    waiting = wait_state(fork.pause_id, await agent.notifications(fork_id))
+    assert waiting.deadline is not None and waiting.on_timeout == "reject"
+    # Counted from when the fork paused (it was stored), as every pause's deadline is.
+    assert abs((waiting.deadline - fork.created_at).total_seconds() - 2) < 0.01
+    await _past(waiting.deadline)
+    await _work(store, settings)
+    ended = await agent.get(fork_id)
+    assert ended.status is RunStatus.REJECTED and "deadline" in (ended.rejection or "")
+    assert (await agent.get(parent.interaction_id)).status is RunStatus.REJECTED
+    # Each run was ended once, by its own deadline.
+    for run_id in (parent.interaction_id, fork_id):
+        history = await agent.history(run_id)
+        assert [e.kind for e in history if e.actor == DEADLINE_ACTOR] == ["rejected"]
