@@ -455,7 +455,15 @@ async def test_a_policy_edited_in_the_database_fires_nothing(
 def test_a_person_cannot_sign_as_the_deadline(agent: ColdMailAgent) -> None:
     from bridgic_coldmail.models import make_decision, validate_reviewer
 
-    for name in ("deadline", "Deadline", " DEADLINE "):
+    # Names that read as "deadline" in a history: zero-width and full-width spellings too.
+    lookalikes = (
+        "dead\u200bline",
+        "\u2060deadline",
+        "\uff44eadline",
+        "ＤＥＡＤＬＩＮＥ",
+        "dead\u00adline",
+    )
+    for name in ("deadline", "Deadline", " DEADLINE ", *lookalikes):
         with pytest.raises(InvalidInput, match="deadline"):
             validate_reviewer(name)
         with pytest.raises(InvalidInput, match="deadline"):
