@@ -221,6 +221,31 @@ async def test_wait_keeps_waiting_and_escalates(
         assert answered.status is RunStatus.COMPLETED
 
 
+async def test_escalating_to_a_destination_the_run_notifies_sends_it_one_message(
+    agent: ColdMailAgent, store: RunStore, settings: Settings, backend: Backend
+) -> None:
+    """The run's own destinations hear of the deadline (``run.deadline``, which names who
+    it was escalated to); a destination that is also in ``escalate_to`` is not told twice."""
+    with (
+        Receiver("webhook", WEBHOOK_SECRET) as reviewer,
+        Receiver("webhook", WEBHOOK_SECRET) as manager,
+    ):
+        run = await agent.start(
+            BRIEF,
+            notify=[reviewer.url()],
+            respond_within="1s",
+            escalate_to=[manager.url(), reviewer.url()],
+        )
+        (deadline,) = _timers(backend, run.interaction_id)
+        await _past(_due(deadline))
+        await _work(store, settings)
+        await _until(lambda: "run.escalated" in _events(manager))
+        await _until(lambda: "run.deadline" in _events(reviewer))
+        await _work(store, settings)
+        assert sorted(_events(reviewer)) == ["run.deadline", "run.paused"]
+        assert _events(manager) == ["run.escalated"]
+
+
 async def test_reminders_come_before_the_deadline_and_stop_when_answered(
     agent: ColdMailAgent, store: RunStore, settings: Settings, backend: Backend
 ) -> None:
