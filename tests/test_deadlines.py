@@ -653,3 +653,47 @@ async def test_a_fork_whose_first_step_failed_still_waits_under_its_deadline(
     for run_id in (parent.interaction_id, fork_id):
         history = await agent.history(run_id)
         assert [e.kind for e in history if e.actor == DEADLINE_ACTOR] == ["rejected"]
+
+
+@pytest.mark.parametrize("at", [0, 1])
+async def test_a_deadline_that_proceeds_on_a_stalled_fork_gives_the_forks_own_input(
+    agent: ColdMailAgent,
+    store: RunStore,
+    settings: Settings,
+    backend: Backend,
+    server: ScriptedOpenAIServer,
+    at: int,
+) -> None:
+    """A fork's first pause already has its answer, the fork's own input; when that step
+    failed and the deadline proceeds, it proceeds with that input, never with the brief's
+    guess or the parent's sequence (the family would show an angle the fork never took)."""
+    from bridgic_coldmail import LlmError
+    from bridgic_coldmail.store.outbox import wait_state
+    from bridgic_coldmail.testing import Reply
+
+    parent = await agent.start(BRIEF, review=True, respond_within="3s", on_timeout="proceed")
+    if at:
+        await agent.resume(parent.interaction_id, "CTOs at clinics")
+    text, kind = ("CFOs at regional banks", "refine") if at == 0 else ("more formal", "revise")
+    words = {"feedback": text} if at == 0 else {"guidance": text}
+    server.enqueue(*[Reply(status=500, kind=kind)] * 10)
+    with pytest.raises(LlmError, match="the fork [0-9a-f]{32} of run") as failed:
+        await agent.fork(parent.interaction_id, round=at, **words)
+    fork_id = str(failed.value).split("the fork ")[1].split(" ")[0]
+    server.reset()
+    stalled = await agent.get(fork_id)
+    waiting = wait_state(stalled.pause_id, await agent.notifications(fork_id))
+    assert waiting.deadline is not None
+    await _past(waiting.deadline)
+    await _work(store, settings)
+    moved = await agent.get(fork_id)
+    assert moved.status is RunStatus.AWAITING_REVIEW and moved.round == at + 1
+    by_deadline = [e for e in await agent.history(fork_id) if e.actor == DEADLINE_ACTOR]
+    assert len(by_deadline) == 1
+    if at == 0:
+        assert moved.feedback == text and by_deadline[0].kind == "feedback"
+    else:
+        assert by_deadline[0].kind == "revised" and by_deadline[0].detail == text
+    family = await agent.family(fork_id)
+    own = family.member(fork_id)
+    assert own is not None and own.link is not None and own.link.text == text
