@@ -697,3 +697,10 @@ async def test_a_deadline_that_proceeds_on_a_stalled_fork_gives_the_forks_own_in
     family = await agent.family(fork_id)
     own = family.member(fork_id)
     assert own is not None and own.link is not None and own.link.text == text
+    # A person answering that pause now is told the deadline answered it, and how.
+    with pytest.raises(RunConflict, match=f"deadline .*{text}") as late:
+        if at == 0:
+            await agent.resume(fork_id, "CMOs at retailers")
+        else:
+            await agent.revise(fork_id, "shorter", round=at)
+    assert "brief's own" not in str(late.value)
