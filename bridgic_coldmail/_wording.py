@@ -136,7 +136,8 @@ def answered_by_deadline(
     def answers(event: RunEvent) -> bool:
         if action.kind == "feedback":  # the audience question
             return event.round is None and event.kind in ("feedback", "rejected")
-        return event.kind in ("approved", "rejected") and action.round in (None, event.round)
+        answered = ("approved", "revised", "rejected")  # revised: a stalled fork's guidance
+        return event.kind in answered and action.round in (None, event.round)
 
     event = next(
         (e for e in reversed(history) if e.actor == DEADLINE_ACTOR and e.verified and answers(e)),
@@ -145,9 +146,9 @@ def answered_by_deadline(
     if event is None:
         return None
     did = {
-        "feedback": "went on without an answer, with the brief's own audience "
-        f"({preview(event.detail)})",
+        "feedback": f"went on without an answer, with the audience {preview(event.detail)}",
         "approved": "approved the version under review",
+        "revised": f"revised with the fork's own guidance {preview(event.detail)}",
         "rejected": "rejected the run",
     }[event.kind]
     return RunConflict(

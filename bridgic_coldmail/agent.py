@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import hashlib
 import os
 import re
 import time
@@ -35,6 +36,7 @@ from .errors import (
     RunBeingResumed,
     RunConflict,
     RunNotFound,
+    StoreError,
 )
 from .llm import ColdmailLlm, check_llm
 
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from .personalize.estimate import BatchEstimate
     from .personalize.writer import LineResult
     from .store.batches import Batch, BatchAction, BatchClaim
-    from .store.forks import Family
+    from .store.forks import Family, ForkLink
     from .store.outbox import Delivery, DueRun
 from .models import (
     Brief,
@@ -789,6 +791,7 @@ class ColdMailAgent:
         feedback: str | None = None,
         guidance: str | None = None,
         reviewer: str | None = None,
+        key: str | None = None,
     ) -> Run:
         """Start a variant: a new run from one of this run's pauses, given other input there.
 
@@ -798,11 +801,17 @@ class ColdMailAgent:
         stored paused where its parent was, from that pause's kept, signed snapshot, then
         resumed with the input through the ordinary claim — so it is returned as a resume or
         a revision would return it. The parent is not changed, and may be worked on at the
-        same time; each call makes another fork.
+        same time; each call makes another fork, unless it gives ``key``.
+
+        ``key`` (1-64 letters, digits, ``-``, ``_``) makes a retry safe: calls with the same
+        parent and key make one fork (its id derives from them) and return it as recorded,
+        or finish its step if that failed; the same key with other input is refused. The
+        inbox's fork form carries one, so a double click or a form sent again forks once.
 
         Raises:
             InvalidInput: malformed id, a round that is not a number, feedback and guidance
-                mixed up, or text that a resume or a revision would refuse.
+                mixed up, text that a resume or a revision would refuse, a malformed
+                ``key``, or a ``key`` already used for another fork of this run.
             RunNotFound: no run under this id (or it was purged).
             RunConflict: the run never paused at that round, its snapshot there was not kept
                 (paused before 0.6 kept every pause), or that round is the run's last one.
@@ -842,10 +851,18 @@ class ColdMailAgent:
                     "rounds): a fork of it could not be revised; fork an earlier round",
                     topic="round_limit",
                 )
-        new_id = uuid.uuid4().hex
-        stored = await self._store.fork(
-            interaction_id, at, new_id, link, SUPPORTED_SERIALIZATION_VERSIONS
-        )
+        new_id = uuid.uuid4().hex if key is None else _fork_id(interaction_id, key)
+        if key is not None and await self._made_by_key(new_id, link):
+            return await self._fork_again(new_id, action, interaction_id, at)
+        try:
+            stored = await self._store.fork(
+                interaction_id, at, new_id, link, SUPPORTED_SERIALIZATION_VERSIONS
+            )
+        except StoreError:
+            # The same key at the same moment (a double click): the other call stored it.
+            if key is None or not await self._made_by_key(new_id, link):
+                raise
+            return await self._fork_again(new_id, action, interaction_id, at)
         if isinstance(stored, Refusal):
             if stored.reason is RefusalReason.NOT_KEPT and stored.problem is None:
                 await self._refuse_before_a_forks_start(interaction_id, at)
@@ -859,6 +876,10 @@ class ColdMailAgent:
                 location=self.db_path,
                 supported_versions=SUPPORTED_SERIALIZATION_VERSIONS,
             )
+        return await self._finish_fork(new_id, action, interaction_id, at)
+
+    async def _finish_fork(self, new_id: str, action: Action, interaction_id: str, at: int) -> Run:
+        """Resume the stored fork with its input (a repeat returns what was recorded)."""
         try:
             return await self._apply(new_id, action)
         except ColdmailError as exc:
@@ -868,6 +889,28 @@ class ColdMailAgent:
                 f"its parent was: {verb} it rather than forking again)",
             )
             raise
+
+    async def _fork_again(self, new_id: str, action: Action, interaction_id: str, at: int) -> Run:
+        """A repeat of a keyed fork: what its first call recorded, the fork as it is while
+        that call still works on it, or its step finished now if that call's failed."""
+        try:
+            return await self._finish_fork(new_id, action, interaction_id, at)
+        except RunBeingResumed:
+            return await self.get(new_id)
+
+    async def _made_by_key(self, new_id: str, link: ForkLink) -> bool:
+        """Whether the fork a key names is stored: True when it is this fork; a fork made
+        with other input under the same key is refused."""
+        found = await self._store.family(new_id)
+        own = None if found is None else found.member(new_id)
+        if own is None:
+            return False
+        if own.link != link:
+            raise InvalidInput(
+                f"this key was used for another fork of run {link.parent_id} (run {new_id}): "
+                "give a new key for a new fork"
+            )
+        return True
 
     async def _refuse_before_a_forks_start(self, interaction_id: str, round: int) -> None:
         """A fork never paused before the round it was forked at: say to fork its parent."""
@@ -1310,3 +1353,16 @@ def _sample_size(sample: int | None, default: int) -> int:
     if isinstance(sample, bool) or not isinstance(sample, int) or not 1 <= sample <= 1000:
         raise InvalidInput(f"the sample must be a number of leads from 1 to 1000, not {sample!r}")
     return sample
+
+
+_FORK_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _fork_id(interaction_id: str, key: Any) -> str:
+    """The id of the fork that ``key`` names for this parent (32 hex, as run ids are)."""
+    if not isinstance(key, str) or not _FORK_KEY.fullmatch(key):
+        raise InvalidInput(
+            f"a fork's key is 1-64 letters, digits, '-' or '_', not {str(key)[:40]!r}"
+        )
+    seed = f"bridgic-coldmail fork\0{interaction_id}\0{key}".encode()
+    return hashlib.sha256(seed).hexdigest()[:32]

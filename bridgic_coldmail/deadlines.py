@@ -7,6 +7,7 @@ reminder, in one transaction. A **deadline** does what the run's wait policy dec
   ``run.escalated`` tells the policy's ``escalate_to``;
 - ``proceed``: the path without the person — at the audience question, the refinement with
   the brief's own audience guess; at a review round, approval of the sequence under review;
+  at the pause a fork started from (its first step failed), the fork's own input;
 - ``reject``: the run ends as rejected, its reason saying the deadline ended it.
 
 The outcome is an :class:`~bridgic_coldmail.store.Action` whose actor is
@@ -124,7 +125,9 @@ class DeadlineKeeper:
             raise ConfigurationError(
                 "this worker cannot apply a deadline's outcome (it has no runner)"
             )
-        result = await self.apply(timer.interaction_id, deadline_action(run, timer))
+        forked = await self._fork_input(run, timer) if outcome == "proceed" else None
+        action = forked or deadline_action(run, timer)
+        result = await self.apply(timer.interaction_id, action)
         if isinstance(result, Refusal):
             if result.reason is RefusalReason.HELD:
                 return (
@@ -138,12 +141,25 @@ class DeadlineKeeper:
         await self._announce_deadline(timer, outcome)
         return OutboxOutcome.delivered(), f"deadline passed: {outcome} applied"
 
+    async def _fork_input(self, run: Run, timer: Timer) -> Action | None:
+        """At the pause a fork started from (its first step failed), the fork's own input:
+        that pause was answered when the fork was made, and proceeding with anything else
+        would make a variant of an angle the family says it did not take."""
+        family = await self.store.family(run.interaction_id)
+        own = None if family is None else family.member(run.interaction_id)
+        link = None if own is None or own.altered else own.link
+        if link is None or link.round != (timer.round or 0):
+            return None
+        if link.kind == "feedback":
+            return Action.feedback(link.text, reviewer=DEADLINE_ACTOR)
+        return Action("revise", text=link.text, reviewer=DEADLINE_ACTOR, round=link.round)
+
     async def _done_by_deadline(self, timer: Timer) -> bool:
         """Whether the history says this pause was answered by its deadline."""
         history = await self.store.history(timer.interaction_id)
         if not isinstance(history, list):
             return False
-        answers = ("feedback", "approved", "rejected")
+        answers = ("feedback", "approved", "revised", "rejected")
         return any(
             e.actor == DEADLINE_ACTOR
             and e.kind in answers

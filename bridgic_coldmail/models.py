@@ -9,6 +9,7 @@ Their import paths are part of every paused snapshot: do not move or rename them
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -628,7 +629,11 @@ may give, so a history entry "by deadline" is always the deadline's)."""
 
 
 def _person(name: str) -> str:
-    if name.casefold() == DEADLINE_ACTOR:
+    # As people read it: compatibility forms folded, invisible format characters dropped.
+    read = "".join(
+        c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) != "Cf"
+    )
+    if read.casefold() == DEADLINE_ACTOR:
         raise PydanticCustomError(
             "reviewer",
             f"{name!r} is the name the history gives a pause's deadline; give a person's name",

@@ -275,6 +275,7 @@ class SyncColdMailAgent:
         feedback: str | None = None,
         guidance: str | None = None,
         reviewer: str | None = None,
+        key: str | None = None,
     ) -> Run:
         """Start a variant from one of the run's pauses; see :meth:`ColdMailAgent.fork`."""
         return self._call(
@@ -284,6 +285,7 @@ class SyncColdMailAgent:
                 feedback=feedback,
                 guidance=guidance,
                 reviewer=reviewer,
+                key=key,
             )
         )
 

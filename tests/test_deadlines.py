@@ -221,6 +221,31 @@ async def test_wait_keeps_waiting_and_escalates(
         assert answered.status is RunStatus.COMPLETED
 
 
+async def test_escalating_to_a_destination_the_run_notifies_sends_it_one_message(
+    agent: ColdMailAgent, store: RunStore, settings: Settings, backend: Backend
+) -> None:
+    """The run's own destinations hear of the deadline (``run.deadline``, which names who
+    it was escalated to); a destination that is also in ``escalate_to`` is not told twice."""
+    with (
+        Receiver("webhook", WEBHOOK_SECRET) as reviewer,
+        Receiver("webhook", WEBHOOK_SECRET) as manager,
+    ):
+        run = await agent.start(
+            BRIEF,
+            notify=[reviewer.url()],
+            respond_within="1s",
+            escalate_to=[manager.url(), reviewer.url()],
+        )
+        (deadline,) = _timers(backend, run.interaction_id)
+        await _past(_due(deadline))
+        await _work(store, settings)
+        await _until(lambda: "run.escalated" in _events(manager))
+        await _until(lambda: "run.deadline" in _events(reviewer))
+        await _work(store, settings)
+        assert sorted(_events(reviewer)) == ["run.deadline", "run.paused"]
+        assert _events(manager) == ["run.escalated"]
+
+
 async def test_reminders_come_before_the_deadline_and_stop_when_answered(
     agent: ColdMailAgent, store: RunStore, settings: Settings, backend: Backend
 ) -> None:
@@ -455,7 +480,15 @@ async def test_a_policy_edited_in_the_database_fires_nothing(
 def test_a_person_cannot_sign_as_the_deadline(agent: ColdMailAgent) -> None:
     from bridgic_coldmail.models import make_decision, validate_reviewer
 
-    for name in ("deadline", "Deadline", " DEADLINE "):
+    # Names that read as "deadline" in a history: zero-width and full-width spellings too.
+    lookalikes = (
+        "dead\u200bline",
+        "\u2060deadline",
+        "\uff44eadline",
+        "ＤＥＡＤＬＩＮＥ",
+        "dead\u00adline",
+    )
+    for name in ("deadline", "Deadline", " DEADLINE ", *lookalikes):
         with pytest.raises(InvalidInput, match="deadline"):
             validate_reviewer(name)
         with pytest.raises(InvalidInput, match="deadline"):
@@ -483,7 +516,12 @@ def test_durations_people_write(given: str | float, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "given", ["", "soon", "0s", "-5m", "3 days", "1y", "400d", "nan", "1e9", "5s5", True, "9" * 50]
+    "given",
+    [
+        *("", "soon", "0s", "-5m", "3 days", "1y", "400d", "nan", "1e9", "5s5", True, "9" * 50),
+        # Past float's range, and past the digits Python will print.
+        *(pytest.param(n, id=f"int-{i}") for i, n in enumerate((10**400, -(10**400), 10**5000))),
+    ],
 )
 def test_durations_that_are_refused_say_what_is_accepted(given: Any) -> None:
     with pytest.raises(InvalidInput, match="90s|1 second"):
@@ -575,3 +613,94 @@ async def test_a_link_to_a_pause_with_a_deadline_stops_working_at_the_deadline(
         token = (await agent.link(plain.interaction_id)).rsplit("/l/", 1)[1]
         lasts = read_token(backend.signer(), token).expires_at - datetime.now(timezone.utc)
         assert timedelta(days=6, hours=23) < lasts <= timedelta(days=7)
+
+
+# --------------------------------------------------------------------------- forks
+
+
+async def test_a_fork_whose_first_step_failed_still_waits_under_its_deadline(
+    agent: ColdMailAgent,
+    store: RunStore,
+    settings: Settings,
+    backend: Backend,
+    server: ScriptedOpenAIServer,
+) -> None:
+    """A fork is stored paused where its parent was, then resumed; when that step fails the
+    fork waits there, and its wait has the deadline its policy (the parent's) promises. The
+    parent's own timers never act on the fork."""
+    from bridgic_coldmail import LlmError
+    from bridgic_coldmail.store.outbox import wait_state
+    from bridgic_coldmail.testing import Reply
+
+    parent = await agent.start(BRIEF, review=True, respond_within="2s", on_timeout="reject")
+    server.enqueue(*[Reply(status=500, kind="refine")] * 10)
+    with pytest.raises(LlmError, match="the fork [0-9a-f]{32} of run") as failed:
+        await agent.fork(parent.interaction_id, feedback="CFOs at regional banks")
+    fork_id = str(failed.value).split("the fork ")[1].split(" ")[0]
+    server.reset()
+    fork = await agent.get(fork_id)
+    assert fork.status is RunStatus.AWAITING_FEEDBACK
+    waiting = wait_state(fork.pause_id, await agent.notifications(fork_id))
+    assert waiting.deadline is not None and waiting.on_timeout == "reject"
+    # Counted from when the fork paused (it was stored), as every pause's deadline is.
+    assert abs((waiting.deadline - fork.created_at).total_seconds() - 2) < 0.01
+    await _past(waiting.deadline)
+    await _work(store, settings)
+    ended = await agent.get(fork_id)
+    assert ended.status is RunStatus.REJECTED and "deadline" in (ended.rejection or "")
+    assert (await agent.get(parent.interaction_id)).status is RunStatus.REJECTED
+    # Each run was ended once, by its own deadline.
+    for run_id in (parent.interaction_id, fork_id):
+        history = await agent.history(run_id)
+        assert [e.kind for e in history if e.actor == DEADLINE_ACTOR] == ["rejected"]
+
+
+@pytest.mark.parametrize("at", [0, 1])
+async def test_a_deadline_that_proceeds_on_a_stalled_fork_gives_the_forks_own_input(
+    agent: ColdMailAgent,
+    store: RunStore,
+    settings: Settings,
+    backend: Backend,
+    server: ScriptedOpenAIServer,
+    at: int,
+) -> None:
+    """A fork's first pause already has its answer, the fork's own input; when that step
+    failed and the deadline proceeds, it proceeds with that input, never with the brief's
+    guess or the parent's sequence (the family would show an angle the fork never took)."""
+    from bridgic_coldmail import LlmError
+    from bridgic_coldmail.store.outbox import wait_state
+    from bridgic_coldmail.testing import Reply
+
+    parent = await agent.start(BRIEF, review=True, respond_within="3s", on_timeout="proceed")
+    if at:
+        await agent.resume(parent.interaction_id, "CTOs at clinics")
+    text, kind = ("CFOs at regional banks", "refine") if at == 0 else ("more formal", "revise")
+    words = {"feedback": text} if at == 0 else {"guidance": text}
+    server.enqueue(*[Reply(status=500, kind=kind)] * 10)
+    with pytest.raises(LlmError, match="the fork [0-9a-f]{32} of run") as failed:
+        await agent.fork(parent.interaction_id, round=at, **words)
+    fork_id = str(failed.value).split("the fork ")[1].split(" ")[0]
+    server.reset()
+    stalled = await agent.get(fork_id)
+    waiting = wait_state(stalled.pause_id, await agent.notifications(fork_id))
+    assert waiting.deadline is not None
+    await _past(waiting.deadline)
+    await _work(store, settings)
+    moved = await agent.get(fork_id)
+    assert moved.status is RunStatus.AWAITING_REVIEW and moved.round == at + 1
+    by_deadline = [e for e in await agent.history(fork_id) if e.actor == DEADLINE_ACTOR]
+    assert len(by_deadline) == 1
+    if at == 0:
+        assert moved.feedback == text and by_deadline[0].kind == "feedback"
+    else:
+        assert by_deadline[0].kind == "revised" and by_deadline[0].detail == text
+    family = await agent.family(fork_id)
+    own = family.member(fork_id)
+    assert own is not None and own.link is not None and own.link.text == text
+    # A person answering that pause now is told the deadline answered it, and how.
+    with pytest.raises(RunConflict, match=f"deadline .*{text}") as late:
+        if at == 0:
+            await agent.resume(fork_id, "CMOs at retailers")
+        else:
+            await agent.revise(fork_id, "shorter", round=at)
+    assert "brief's own" not in str(late.value)

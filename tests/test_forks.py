@@ -26,7 +26,7 @@ from bridgic_coldmail.errors import SnapshotIntegrityError
 from bridgic_coldmail.models import MAX_FEEDBACK_CHARS, Run
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
-from .conftest import Completed
+from .conftest import Backend, Completed
 from .rows import SqliteRows
 
 FEEDBACK = "CTOs at mid-size hospitals"
@@ -364,3 +364,32 @@ def test_a_family_exports_as_an_ab_test_of_its_approved_runs(
     assert {row["variant"] for row in rows} == {"A", "B"}
     subjects = {row["variant"]: row["step1_subject"] for row in rows}
     assert "CFOs at banks" in subjects["B"] and "CFOs at banks" not in subjects["A"]
+
+
+async def test_the_same_fork_key_at_the_same_moment_makes_one_fork(
+    backend: Backend, server: ScriptedOpenAIServer, brief: Brief
+) -> None:
+    """Two agents (two processes' worth of connections) fork with one key at once: one fork,
+    one LLM step; both get that fork. The same key with other input is refused."""
+    settings = backend.settings()
+    async with (
+        ColdMailAgent.open(settings=settings) as one,
+        ColdMailAgent.open(settings=settings) as two,
+    ):
+        parent = await one.start(brief)
+        refined = server.count("refine")
+        made = await asyncio.gather(
+            *(a.fork(parent.interaction_id, feedback="CFOs", key="k-1") for a in (one, two) * 2),
+            return_exceptions=True,
+        )
+        runs = [m for m in made if isinstance(m, Run)]
+        assert len(runs) == len(made), made
+        assert len({r.interaction_id for r in runs}) == 1
+        done = await one.get(runs[0].interaction_id)
+        assert done.status is RunStatus.COMPLETED and server.count("refine") == refined + 1
+        assert len((await one.family(parent.interaction_id)).members) == 2
+        with pytest.raises(InvalidInput, match="key was used for another fork"):
+            await two.fork(parent.interaction_id, feedback="CMOs", key="k-1")
+        with pytest.raises(InvalidInput, match="key"):
+            await two.fork(parent.interaction_id, feedback="CFOs", key="k 1")
+        assert len((await one.family(parent.interaction_id)).members) == 2

@@ -389,6 +389,10 @@ async def test_a_database_of_schema_6_migrates_and_its_runs_fork_from_their_curr
         await store.close()
     rows = SqliteRows(db_path)
     for statement in (
+        # Schema 8 (issue 23's batches) came after 7: back to 6 means without it too.
+        "DROP TABLE batch_leads",
+        "DROP TABLE batches",
+        "DELETE FROM coldmail_schema WHERE version = 8",
         "DROP TABLE pauses",
         "DROP INDEX runs_by_parent",
         "ALTER TABLE runs DROP COLUMN parent_id",
@@ -400,7 +404,7 @@ async def test_a_database_of_schema_6_migrates_and_its_runs_fork_from_their_curr
     assert rows.schema_versions()[-1] == 6
     store = await SqliteRunStore.connect(db_path)
     try:
-        assert rows.schema_versions()[-1] == 7
+        assert 7 in rows.schema_versions()
         assert isinstance(await _fork(store, waiting.interaction_id), Run)
         assert isinstance(await _fork(store, moved_on.interaction_id, 1), Run)
         _refused(await _fork(store, moved_on.interaction_id, 0), RefusalReason.NOT_KEPT)

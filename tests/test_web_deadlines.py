@@ -309,7 +309,7 @@ async def test_the_api_refuses_the_same_wait_input_before_any_llm_call(
 async def test_the_api_starts_a_run_with_a_wait_policy_and_refuses_non_durations(
     client: httpx.AsyncClient, server: ScriptedOpenAIServer
 ) -> None:
-    for bad in (True, [], {"s": 1}):
+    for bad in (True, [], {"s": 1}, 10**400, -(10**400)):  # the ints: a 500 before
         refused = await client.post("/api/runs", json={**form_fields(), "respond_within": bad})
         assert refused.status_code == 422, bad
     assert server.count() == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from bridgic_coldmail import Brief, ColdMailAgent
-from bridgic_coldmail.testing import ScriptedOpenAIServer
+from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .rows import SqliteRows
 from .test_web import client  # noqa: F401  (the fixture)
@@ -127,3 +127,72 @@ async def test_the_run_page_forks_a_pause_and_refuses_what_the_api_refuses(
     family = (await client.get(f"/api/runs/{run_id}/family")).json()
     assert family["forks"] == [new_id]
     assert family["members"][1]["fork"]["text"] == "more formal"
+
+
+async def test_a_fork_form_sent_twice_makes_one_fork(
+    client: httpx.AsyncClient,  # noqa: F811
+    server: ScriptedOpenAIServer,
+    db_path: Path,
+    brief: Brief,
+) -> None:
+    """A double click (both at once) and a resent form (one after the other) carry the form's
+    own key: one fork, one LLM step, and every answer opens that fork. A new page's form is
+    another fork."""
+    import asyncio
+    import re
+
+    from .test_web import csrf
+
+    async with ColdMailAgent.open(db_path) as agent:
+        parent = await agent.start(brief)
+        await agent.resume(parent.interaction_id, FEEDBACK)
+    run_id = parent.interaction_id
+    page = (await client.get(f"/runs/{run_id}")).text
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', page))
+    assert fields.get("fork_key"), "the fork form carries a key of its own"
+    data = {"round": "0", "text": "CFOs at regional banks", "csrf_token": csrf(page)}
+    data["fork_key"] = fields["fork_key"]
+    rows = SqliteRows(db_path)
+    before, refined = rows.count(), server.count("refine")
+    server.enqueue(Reply(delay=1.0, kind="refine"))  # the second arrives mid-step
+    both = await asyncio.gather(*(client.post(f"/runs/{run_id}/fork", data=data) for _ in "ab"))
+    again = await client.post(f"/runs/{run_id}/fork", data=data)
+    for answer in (*both, again):
+        assert answer.status_code == 303, answer.text[:300]
+    opened = {a.headers["location"] for a in (*both, again)}
+    assert len(opened) == 1 and rows.count() == before + 1
+    assert server.count("refine") == refined + 1
+    family = (await client.get(f"/api/runs/{run_id}/family")).json()
+    assert len(family["forks"]) == 1
+    # The same key with other text is not that fork: refused, nothing made.
+    other = await client.post(f"/runs/{run_id}/fork", data={**data, "text": "CMOs at retailers"})
+    assert other.status_code == 422 and "No fork was made" in other.text
+    # A page opened again has a new key: a deliberate second fork.
+    fresh = (await client.get(f"/runs/{run_id}")).text
+    key = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', fresh))["fork_key"]
+    assert key != data["fork_key"]
+    second = await client.post(f"/runs/{run_id}/fork", data={**data, "fork_key": key})
+    assert second.status_code == 303 and second.headers["location"] not in opened
+    assert rows.count() == before + 2
+
+
+async def test_the_api_fork_retried_with_its_key_returns_the_fork_it_made(
+    client: httpx.AsyncClient,  # noqa: F811
+    server: ScriptedOpenAIServer,
+    db_path: Path,
+    brief: Brief,
+) -> None:
+    async with ColdMailAgent.open(db_path) as agent:
+        parent = await agent.start(brief)
+    url = f"/api/runs/{parent.interaction_id}/fork"
+    body = {"feedback": "CFOs at regional banks", "key": "retry-me-0001"}
+    first = await client.post(url, json=body)
+    second = await client.post(url, json=body)
+    assert first.status_code == second.status_code == 200, second.text
+    assert first.json() == second.json()
+    assert server.count("refine") == 1
+    for bad in ({**body, "feedback": "CMOs"}, {**body, "key": "no spaces allowed"}):
+        refused = await client.post(url, json=bad)
+        assert refused.status_code == 422, refused.text
+    without = await client.post(url, json={"feedback": "CFOs at regional banks"})
+    assert without.json()["interaction_id"] != first.json()["interaction_id"]

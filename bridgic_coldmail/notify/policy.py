@@ -49,10 +49,13 @@ def parse_duration(value: str | float | int, *, name: str = "a duration") -> flo
     Raises:
         InvalidInput: anything else, saying what is accepted.
     """
+    huge = False
     if isinstance(value, bool):
         raise InvalidInput(f"{name} is a duration such as 90s, 36h or 3d, not {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        # An int past float's range (JSON carries any number of digits) is out of range.
+        huge = abs(value) >= 1e300
+        seconds = math.inf if huge else float(value)
     else:
         text = str(value).strip().lower()
         if len(text) > 40 or not _DURATION.fullmatch(text):
@@ -62,7 +65,8 @@ def parse_duration(value: str | float | int, *, name: str = "a duration") -> flo
         parts = _PART.findall(text)
         seconds = sum(float(n) * _UNITS[unit] for n, unit in parts) if parts else float(text)
     if not math.isfinite(seconds) or not MIN_DURATION <= seconds <= MAX_DURATION:
-        raise InvalidInput(f"{name} must be from 1 second to 365 days, not {value!r:.40}")
+        shown = "a number that large" if huge else f"{value!r:.40}"
+        raise InvalidInput(f"{name} must be from 1 second to 365 days, not {shown}")
     return seconds
 
 

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from ..models import STORED, DamagedRun, EmailSequence, ListedRun, Run, RunStatus
 from ..signing import SnapshotSigner, json_text
 from .codec import RowChange, decode_row, iso
-from .outbox import read_policy, seal_policy
+from .outbox import pause_timers, read_policy, seal_policy
 from .protocol import Refusal, RefusalReason
 from .rules import paused_status
 
@@ -360,13 +360,15 @@ def _from_kept(
 @dataclass
 class ForkWrite:
     """What a granted fork writes: the new run's row and event, its link, its notify
-    policy (the parent's, sealed anew), and its own kept pause."""
+    policy (the parent's, sealed anew), its own kept pause, and its pause's timers (its
+    outbox rows: a fork whose first step fails waits there under its own deadline)."""
 
     change: RowChange
     snapshot: bytes
     link: dict[str, Any]
     policy: tuple[str | None, bytes | None]
     pause: dict[str, Any]
+    timers: list[dict[str, Any]] = field(default_factory=list)
 
 
 def plan_fork(
@@ -424,7 +426,13 @@ def plan_fork(
     else:
         change.add_event(now, "paused", detail=note)
     change.seal(signer, sign_row=True)
-    policy = seal_policy(signer, new_id, read_policy(row, signer))
+    inherited = read_policy(row, signer)
+    policy = seal_policy(signer, new_id, inherited)
+    timers = (
+        pause_timers(new_id, plan.pause_id, round if at_review else None, inherited.wait, now=now)
+        if inherited is not None
+        else []
+    )
     pause = kept_pause(
         signer,
         new_id,
@@ -435,7 +443,14 @@ def plan_fork(
         sequence_json=plan.sequence_json,
         now=stamp,
     )
-    return ForkWrite(change, plan.snapshot, seal_link(signer, new_id, link), policy, pause)
+    return ForkWrite(
+        change,
+        plan.snapshot,
+        seal_link(signer, new_id, link),
+        policy,
+        pause,
+        [t.row(signer, now=now) for t in timers],
+    )
 
 
 # --------------------------------------------------------------------------- families

@@ -252,7 +252,9 @@ def plan_notifications(
             rows.extend(t.row(signer, now=now) for t in timers)
             deadline = next((t.due_at for t in timers if t.kind == "deadline"), None)
     announced = event not in ANNOUNCED_EVENTS or event in policy.events
-    targets = wait.escalate_to if event == "run.escalated" else policy.destinations
+    targets = policy.destinations
+    if event == "run.escalated":  # a destination of the run's own heard it as run.deadline
+        targets = tuple(d for d in wait.escalate_to if d not in policy.destinations)
     if not announced:
         targets = ()
     escalated = _parsed(wait.escalate_to) if event == "run.deadline" else ()

@@ -903,7 +903,14 @@ class PostgresRunStore:
                 *write.policy,
                 *(write.link[c] for c in FORK_COLUMNS),
             ]
-            await tx.finish([(_INSERT_FORK, values), *_insert_events(change), _keep(write.pause)])
+            await tx.finish(
+                [
+                    (_INSERT_FORK, values),
+                    *_insert_events(change),
+                    _keep(write.pause),
+                    *_enqueue(write.timers),
+                ]
+            )
         return run_from_row(change.row)  # just signed here
 
     async def family(self, interaction_id: str) -> Family | None:

@@ -746,6 +746,7 @@ class SqliteRunStore:
                 )
                 _insert_events(db, change)
                 _keep_pause(db, write.pause)
+                _enqueue(db, write.timers)
                 return run_from_row(change.row)  # just signed here
 
         return await self._hop(work)

@@ -354,19 +354,24 @@ class ForkIn(BaseModel):
     feedback: str | None = Field(default=None, description="For round 0: the new audience.")
     guidance: str | None = Field(default=None, description="For a review round: what to change.")
     reviewer: str | None = Field(default=None, description="Who forks it (kept in the history).")
+    key: str | None = Field(
+        default=None,
+        description="Makes a retry safe: the same key forks once and returns that fork.",
+    )
 
 
 @router.post("/runs/{interaction_id}/fork", response_model=RunOut)
 async def api_fork(interaction_id: str, body: ForkIn, agent: Agent) -> Response:
     """Start a variant from one of the run's pauses (the run itself is not changed): a new
     run, linked to it, given ``feedback`` or ``guidance`` there; returned as a resume or a
-    revision returns a run. Each call makes another fork."""
+    revision returns a run. Each call makes another fork, unless it repeats a ``key``."""
     run = await agent.fork(
         interaction_id,
         round=body.round,
         feedback=body.feedback,
         guidance=body.guidance,
         reviewer=body.reviewer,
+        key=body.key,
     )
     return run_json(run)
 

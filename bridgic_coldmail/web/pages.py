@@ -408,10 +408,12 @@ async def fork_page(
     round: str = Form("0"),
     text: str = Form(""),
     csrf_token: str = Form(""),
+    fork_key: str = Form(""),
 ) -> Response:
     """Fork one of the run's pauses into a variant (``agent.fork``): the audience question
     (round 0) with other feedback, or review round N with other guidance; on success, the
-    new run's page. Refused input comes back on this page with what was typed."""
+    new run's page. Refused input comes back on this page with what was typed. The form's
+    key (new with each page) makes the same form sent twice fork once."""
     if not csrf_matches(request, csrf_token):
         return form_expired(request)
     kept = FormState("fork", {"round": round, "text": text})
@@ -419,7 +421,7 @@ async def fork_page(
     at = int(at) if at.isdigit() and len(at) <= 6 else at
     words = {"feedback": text} if at in (0, "0") else {"guidance": text}
     try:
-        forked = await agent.fork(interaction_id, round=at, **words)
+        forked = await agent.fork(interaction_id, round=at, key=fork_key or None, **words)
     except (InvalidInput, RunConflict, RunBeingResumed, LlmError, SnapshotIntegrityError) as exc:
         run = await agent.get(interaction_id)
         return await show_run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import html
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -418,6 +419,7 @@ def pause_context(
         and run.round < run.max_rounds,
         "lint": issues,
         "csrf_token": csrf,
+        "fork_key": secrets.token_urlsafe(16),  # a form sent twice forks once
         "limits": {
             "feedback": MAX_FEEDBACK_CHARS,
             "reason": MAX_REASON_CHARS,
