@@ -1125,7 +1125,7 @@ class ColdMailAgent:
             sequence=run.final,
             writer=writer,
             lease_seconds=self._store.lease_seconds,
-            chunk=self.settings.personalize_concurrency,
+            window=self.settings.personalize_concurrency,
             on_result=on_line,
         )
 
