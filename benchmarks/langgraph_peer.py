@@ -1,7 +1,7 @@
 """LangGraph as a benchmark subject: the same three steps, the same LLM, its own checkpointers.
 
 Installed by the ``bench`` extra (``pip install -e ".[bench]"``); without it the LangGraph
-columns are left out and the report says why (:func:`missing`).
+columns are left out and the report says why (``testbed.extras.langgraph_missing``).
 
 The graph is this package's automa written the way LangGraph's documentation writes a
 human-in-the-loop graph (``interrupt()`` in a node, ``Command(resume=...)`` to go on):
@@ -39,7 +39,6 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from importlib.util import find_spec
 from typing import Any, Literal, TypedDict
 
 from bridgic_coldmail import Brief, EmailSequence
@@ -50,19 +49,6 @@ from bridgic_coldmail.settings import DEFAULT_POOL_SIZE
 
 Durability = Literal["async", "exit"]
 SYNCHRONOUS = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
-MODULES = ("langgraph", "langgraph.checkpoint.sqlite", "langgraph.checkpoint.postgres")
-
-
-def missing() -> str | None:
-    """Why LangGraph cannot be measured here, or None when it can."""
-    for name in MODULES:
-        try:
-            found = find_spec(name)
-        except ModuleNotFoundError:
-            found = None
-        if found is None:
-            return f'{name} is not installed (pip install -e ".[bench]")'
-    return None
 
 
 class ColdMailState(TypedDict, total=False):

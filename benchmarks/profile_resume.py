@@ -95,7 +95,7 @@ def places_for(backend: BackendName) -> Iterator[Places]:
         if backend == "sqlite":
             yield Places(Path(folder))
             return
-        from tests.pg import start_cluster
+        from testbed.pg import start_cluster
 
         cluster = start_cluster(durable=True)
         places = Places(Path(folder), cluster.url)
@@ -146,7 +146,7 @@ def instrument(agent: Any, tally: Tally) -> Callable[[], None]:
 
     timed(store, "claim", "claim")
     timed(store, "complete", "complete")
-    timed(agent, "_run_automa", "automa")
+    timed(agent._runner, "_run_automa", "automa")
     if hasattr(store, "_conn"):  # SQLite: count hops to aiosqlite's thread
         conn = store._conn
         original_execute = conn._execute

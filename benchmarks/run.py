@@ -13,7 +13,7 @@ sections, :data:`SECTIONS`; each section returns the figures (rows) it measured.
 
 PostgreSQL rows need a server: ``COLDMAIL_BENCH_PG_URL`` (a database where the user may
 ``CREATE DATABASE``), else a throwaway cluster with the server's durable defaults (fsync and
-``synchronous_commit`` on) started from Debian's binaries (``tests/pg.py``); without either
+``synchronous_commit`` on) started from Debian's binaries (``testbed/pg.py``); without either
 they are left out and the header says why.
 
 The LLM is :class:`benchmarks.fake_llm.InstantLlm` (zero latency) except in the HTTP rows,
@@ -43,10 +43,10 @@ from typing import Any
 
 from bridgic_coldmail.llm import close_llm, openai_llm
 from bridgic_coldmail.settings import Settings
+from testbed.extras import langgraph_missing
 
 from . import scenarios
 from .fake_llm import InstantLlm
-from .langgraph_peer import missing as langgraph_missing
 from .personalize_batch import personalize
 from .report import HERE, Bound, Comparison, Figure, Run, p50, render
 from .reviewer import reviewer
@@ -515,7 +515,7 @@ def postgres_server(wanted: bool) -> Iterator[tuple[str | None, str]]:
         yield given, f"${BENCH_PG_URL_ENV}"
         return
     try:
-        from tests.pg import start_cluster
+        from testbed.pg import start_cluster
 
         cluster = start_cluster(durable=True)
     except Exception as exc:  # noqa: BLE001 - no server means no PostgreSQL rows, said why

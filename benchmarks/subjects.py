@@ -82,7 +82,7 @@ class Places:
         assert self.postgres_url is not None, "no PostgreSQL server"
         import psycopg
 
-        from tests.pg import with_database
+        from testbed.pg import with_database
 
         database = f"bench_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"[:63]
         with psycopg.connect(self.postgres_url, autocommit=True) as admin:

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .personalize.writer import LineResult
     from .store.batches import Batch, BatchAction, BatchClaim
     from .store.forks import Family
-    from .store.outbox import Delivery
+    from .store.outbox import Delivery, DueRun
 from .models import (
     Brief,
     DamagedRun,
@@ -1195,6 +1195,19 @@ class ColdMailAgent:
             await write_leads(plan, batch.batch_id, batch.round, batch.guidance)
             batch = await self._store.finish_batch(batch.batch_id) or batch
         return await report_of(self._store, batch, started=started)
+
+    # ------------------------------------------------------------------ due soonest
+
+    async def list_due_soonest(
+        self, status: RunStatus | str | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[DueRun]:
+        """Stored runs in the order their reviewers must answer them: the runs waiting at
+        a pause whose deadline is pending, soonest deadline first, then the others newest
+        first; optionally only those of one ``status``. Each comes with its pause's
+        deadline (a :class:`~bridgic_coldmail.store.outbox.Timer`: when, and what it does
+        then), or None."""
+        limit, offset = validate_page(limit, offset, MAX_PAGE)
+        return await self._store.list_due_soonest(_parse_status(status), limit=limit, offset=offset)
 
 
 def _fork_round(round: Any) -> int:

@@ -91,12 +91,10 @@ class DeadlineKeeper:
                 "the run does not verify"
             )
         run = stored
-        if run.pause_id == timer.pause_id and run.status is RunStatus.RESUMING:
-            return (
-                OutboxOutcome.retry("someone is answering right now", HELD_RETRY_SECONDS),
-                "someone is answering right now; looking again shortly",
-            )
-        if not (run.status.is_paused and run.pause_id == timer.pause_id):
+        # A run "resuming" at this pause still waits for it: its answer may fail or its
+        # resumer may have died (the claim below tells a live lease from a lapsed one).
+        waiting = run.status.is_paused or run.status is RunStatus.RESUMING
+        if not (waiting and run.pause_id == timer.pause_id):
             if timer.kind == "deadline" and await self._done_by_deadline(timer):
                 await self._announce_deadline(timer, timer.wait.on_timeout)
                 return OutboxOutcome.delivered(), "the deadline's outcome was applied"

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .personalize.estimate import BatchEstimate
     from .personalize.writer import LineResult
     from .store.forks import Family
-    from .store.outbox import Delivery
+    from .store.outbox import Delivery, DueRun
 
 T = TypeVar("T")
 
@@ -345,6 +345,12 @@ class SyncColdMailAgent:
     def estimate_lines(self, interaction_id: str, leads: str | os.PathLike[str]) -> BatchEstimate:
         """See :meth:`ColdMailAgent.estimate_lines`."""
         return self._call(self._agent.estimate_lines(interaction_id, leads))
+
+    def list_due_soonest(
+        self, status: RunStatus | str | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[DueRun]:
+        """Runs with the soonest deadline first; see :meth:`ColdMailAgent.list_due_soonest`."""
+        return self._call(self._agent.list_due_soonest(status, limit=limit, offset=offset))
 
     def close(self) -> None:
         """Close the store and stop the private loop (idempotent)."""

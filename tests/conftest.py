@@ -91,7 +91,7 @@ def tier_unavailable(tier: str) -> str | None:
     if tier == "postgres":
         if extra := _installed("psycopg", "psycopg_pool"):
             return f"the {extra} extra is not installed (pip install -e '.[{extra}]')"
-        from .pg import PG_BIN_ENV, PG_URL_ENV, find_bindir
+        from testbed.pg import PG_BIN_ENV, PG_URL_ENV, find_bindir
 
         if not os.environ.get(PG_URL_ENV) and find_bindir() is None:
             return (

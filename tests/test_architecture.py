@@ -42,3 +42,27 @@ def test_every_layer_of_the_contract_is_on_the_page() -> None:
     drawing = _diagram()
     absent = [m for m in modules if not re.search(rf"(?<![\w.]){re.escape(m)}\b", drawing)]
     assert not absent, f"layers of the import-linter contract missing from the drawing: {absent}"
+
+
+def test_tests_and_benchmarks_share_only_the_testbed() -> None:
+    """Neither imports the other; what both need is in testbed/, which imports neither."""
+    import ast
+
+    def imported(folder: str) -> set[tuple[str, str]]:
+        found = set()
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                found |= {(path.name, name.split(".")[0]) for name in names}
+        return found
+
+    tests, benchmarks, testbed = imported("tests"), imported("benchmarks"), imported("testbed")
+    assert any(top == "testbed" for _, top in tests)
+    assert any(top == "testbed" for _, top in benchmarks)
+    assert not [where for where, top in tests if top == "benchmarks"]
+    assert not [where for where, top in benchmarks if top == "tests"]
+    assert not [where for where, top in testbed if top in ("tests", "benchmarks")]

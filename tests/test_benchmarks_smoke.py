@@ -43,9 +43,9 @@ def test_benchmark_smoke_run_writes_a_table(tmp_path: Path) -> None:
         assert row in text, row
     assert "errors: 0" in text
     assert "## Side by side: this package, LangGraph and the floor" in text
-    from benchmarks.langgraph_peer import missing
+    from testbed.extras import langgraph_missing
 
-    if missing() is None:  # the bench extra: LangGraph's columns hold figures
+    if langgraph_missing() is None:  # the bench extra: LangGraph's columns hold figures
         side_by_side = text.split("## Side by side")[1].split("## This package against")[0]
         for line in side_by_side.splitlines():
             if without_postgres and "PostgreSQL" in line:

@@ -233,3 +233,19 @@ def test_the_scripted_server_answers_help_instead_of_serving() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert shown.returncode == 0 and "--port" in shown.stdout and "OPENAI_API_BASE" in shown.stdout
+
+
+def test_every_subcommand_of_the_parser_has_a_function_to_run() -> None:
+    # A command added to the parser but not to main's dispatch table would parse, then end
+    # as an "unexpected error" (a KeyError): the two lists must name the same commands.
+    import argparse
+
+    from bridgic_coldmail.cli import COMMANDS, STANDALONE, build_parser
+
+    (subparsers,) = [
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ]
+    parsed = set(subparsers.choices)
+    assert len(parsed) > 15, parsed
+    assert not COMMANDS.keys() & STANDALONE.keys()
+    assert parsed == COMMANDS.keys() | STANDALONE.keys()

@@ -331,6 +331,69 @@ async def test_a_person_racing_the_deadline_either_wins_or_is_told_what_the_dead
     assert fired["status"] == "delivered"
 
 
+async def test_a_deadline_waits_for_a_live_resumer_and_not_for_a_dead_one(
+    agent: ColdMailAgent, store: RunStore, settings: Settings, backend: Backend
+) -> None:
+    """A resumer holds the run (its process then dies): while its lease lives the deadline
+    looks again later; once the lease has lapsed, the deadline is applied."""
+    from bridgic_coldmail.store import Action, Claim
+
+    from .rows import expire_lease
+
+    run = await agent.start(BRIEF, respond_within="1s", on_timeout="reject")
+    held = await store.claim(run.interaction_id, Action.feedback("CTOs"), ("1.0",))
+    assert isinstance(held, Claim), held
+    (deadline,) = _timers(backend, run.interaction_id)
+    await _past(_due(deadline))
+    await _work(store, settings)
+    (waiting,) = _timers(backend, run.interaction_id)
+    assert waiting["status"] == "pending"
+    assert waiting["last_error"] == "someone is answering right now"
+    assert (await agent.get(run.interaction_id)).status is RunStatus.RESUMING
+
+    expire_lease(backend.rows, run.interaction_id)  # the resumer died
+    backend.rows.set_notification(deadline["id"], next_attempt_at=datetime.now(timezone.utc))
+    await _work(store, settings)
+    after = await agent.get(run.interaction_id)
+    assert after.status is RunStatus.REJECTED
+    (fired,) = _timers(backend, run.interaction_id)
+    assert fired["status"] == "delivered"
+
+
+async def test_a_worker_killed_between_the_outcome_and_its_messages_leaves_nothing_undone(
+    agent: ColdMailAgent, store: RunStore, settings: Settings, backend: Backend
+) -> None:
+    """The first worker leased the deadline and applied it, then died before queueing
+    ``run.deadline`` and recording the timer; the next worker, once the lease lapsed, sees
+    the run already answered by its deadline and queues the message — once."""
+    from bridgic_coldmail._runner import Runner
+    from bridgic_coldmail.deadlines import deadline_action
+
+    with Receiver("webhook", WEBHOOK_SECRET) as reviewer:
+        run = await agent.start(
+            BRIEF, notify=[reviewer.url()], respond_within="1s", on_timeout="reject"
+        )
+        (row,) = _timers(backend, run.interaction_id)
+        await _past(_due(row))
+        leased = [c for c in await store.claim_notifications(10, 60) if c.timer is not None]
+        (claim,) = leased
+        assert claim.timer is not None
+        runner = Runner(store, settings)
+        await runner.apply(run.interaction_id, deadline_action(run, claim.timer))
+        await runner.aclose()
+        assert (await agent.get(run.interaction_id)).status is RunStatus.REJECTED
+        # ... and the worker dies here. Its lease lapses:
+        backend.rows.set_notification(
+            claim.id, lease_until=datetime.now(timezone.utc) - timedelta(seconds=1)
+        )
+        await _work(store, settings)
+        await _work(store, settings)
+        await _until(lambda: "run.deadline" in _events(reviewer))
+        assert _events(reviewer).count("run.deadline") == 1
+        (fired,) = _timers(backend, run.interaction_id)
+        assert fired["status"] == "delivered" and not fired["last_error"]
+
+
 # --------------------------------------------------------------------------- attacks
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.export_profiles import FOOTER, A, B, make_leads
 from bridgic_coldmail.export.profiles import NAMES
 from bridgic_coldmail.export.writer import Variant, export_sequence
+from testbed.export_workload import FOOTER, A, B, make_leads
 
 from .conftest import PROCESS_TIMEOUT, REPO
 

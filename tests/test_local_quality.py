@@ -14,18 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from benchmarks.local_model import (
-    LONG_FEEDBACK_CASES,
-    LONG_FEEDBACK_PASS_MARK,
-    QUALITY_CASES,
-    QUALITY_PASS_MARK,
-    QualityCase,
-    check_case,
-    check_reads_naturally,
-    check_refinement,
-    check_sequence,
-    feedback_key_terms,
-)
 from bridgic_coldmail.llm.local.writer import (
     WORKSHEET_HEAD,
     Completion,
@@ -41,6 +29,18 @@ from bridgic_coldmail.llm.local.writer import (
 )
 from bridgic_coldmail.llm.writing import WritingTask
 from bridgic_coldmail.models import Brief, EmailSequence, EmailStep
+from testbed.local_quality import (
+    LONG_FEEDBACK_CASES,
+    LONG_FEEDBACK_PASS_MARK,
+    QUALITY_CASES,
+    QUALITY_PASS_MARK,
+    QualityCase,
+    check_case,
+    check_reads_naturally,
+    check_refinement,
+    check_sequence,
+    feedback_key_terms,
+)
 
 LEDGERLY = QUALITY_CASES[0]
 ACME = QUALITY_CASES[1]

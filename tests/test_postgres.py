@@ -148,7 +148,7 @@ async def test_the_working_password_is_not_in_the_store_repr_or_its_location(
 async def test_a_missing_database_and_an_unreachable_server_are_clear_store_errors(
     pg: Backend,
 ) -> None:
-    from .pg import with_database
+    from testbed.pg import with_database
 
     missing = pg.settings().with_overrides(db=with_database(pg.db, "no_such_database"))
     with pytest.raises(StoreError, match=r'cannot connect to .*"no_such_database" does not exist'):
@@ -474,6 +474,23 @@ async def test_objects_planted_in_the_schema_are_refused(
     await store.close()
     pg.rows._execute(plant)
     with pytest.raises(StoreError, match=f"did not create \\({named}\\)"):
+        await connect_store(pg.settings())
+
+
+async def test_planted_objects_are_refused_before_the_key_fingerprint_is_written(
+    pg: Backend,
+) -> None:
+    """As in SQLite: nothing more is written through a planted trigger; the refusal names it."""
+    store = await connect_store(pg.settings())
+    await store.close()
+    pg.rows._execute("DELETE FROM coldmail.coldmail_meta WHERE key = 'key_fingerprint'")
+    pg.rows._execute(
+        "CREATE FUNCTION coldmail.stop() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'planted'; END $$; "
+        "CREATE TRIGGER no_meta BEFORE INSERT ON coldmail.coldmail_meta "
+        "FOR EACH ROW EXECUTE FUNCTION coldmail.stop()"
+    )
+    with pytest.raises(StoreError, match="did not create \\(trigger no_meta\\)"):
         await connect_store(pg.settings())
 
 

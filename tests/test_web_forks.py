@@ -79,3 +79,51 @@ async def test_the_json_api_gives_the_family_and_forks(
     ).status_code == 404
     assert (await client.get(f"/api/runs/{'0' * 32}/family")).status_code == 404
     assert rows.count() == before
+
+
+async def test_the_run_page_forks_a_pause_and_refuses_what_the_api_refuses(
+    client: httpx.AsyncClient,  # noqa: F811
+    server: ScriptedOpenAIServer,
+    db_path: Path,
+    brief: Brief,
+) -> None:
+    from .test_web import csrf
+
+    async with ColdMailAgent.open(db_path) as agent:
+        parent = await agent.start(brief, review=True)
+        await agent.resume(parent.interaction_id, FEEDBACK)
+    run_id = parent.interaction_id
+    page = (await client.get(f"/runs/{run_id}")).text
+    assert 'id="fork"' in page and "review round 1 (new guidance)" in page
+    token = csrf(page)
+    rows = SqliteRows(db_path)
+    before = rows.count()
+
+    # Refused: no form token, a foreign origin, a round the run never reached, blank text,
+    # control characters. Nothing is stored, and what was typed is kept.
+    assert (
+        await client.post(f"/runs/{run_id}/fork", data={"round": "0", "text": "CFOs"})
+    ).status_code == 403
+    for data, status, said in (
+        ({"round": "7", "text": "shorter"}, 409, "No fork was made"),
+        ({"round": "0", "text": "   "}, 422, "No fork was made"),
+        ({"round": "0", "text": "CFOs\x1b[31m"}, 422, "No fork was made"),
+        ({"round": "one", "text": "shorter"}, 422, "No fork was made"),
+    ):
+        refused = await client.post(f"/runs/{run_id}/fork", data={**data, "csrf_token": token})
+        assert refused.status_code == status, (data, refused.text[:300])
+        assert said in refused.text
+        if data["text"].strip() and "\x1b" not in data["text"]:
+            assert html.escape(data["text"]) in refused.text.split('id="fork"', 1)[1]
+    assert rows.count() == before
+
+    # A fork of review round 1 with new guidance: a new run, and its page.
+    made = await client.post(
+        f"/runs/{run_id}/fork", data={"round": "1", "text": "more formal", "csrf_token": token}
+    )
+    assert made.status_code == 303
+    new_id = made.headers["location"].rsplit("/", 1)[1]
+    assert new_id != run_id and rows.count() == before + 1
+    family = (await client.get(f"/api/runs/{run_id}/family")).json()
+    assert family["forks"] == [new_id]
+    assert family["members"][1]["fork"]["text"] == "more formal"

@@ -159,12 +159,9 @@ def _format_timer(delivery: Delivery, timer: Timer) -> str:
     what = f"reminder {timer.n}" if timer.kind == "reminder" else "deadline"
     if timer.kind == "deadline":
         what += f" (then {timer.wait.on_timeout})"
-    state = {"pending": "due", "delivered": "fired", "failed": "failed"}[delivery.status]
-    if delivery.status == "delivered" and delivery.last_error:
-        state = "not needed"
     parts = [
         delivery.id,
-        f"timer {state}",
+        f"timer {delivery.state}",
         what,
         f"run {delivery.interaction_id}",
         f"at {timer.due_at:%Y-%m-%d %H:%M:%S} UTC",

@@ -12,6 +12,7 @@ import json
 import re
 import shlex
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ def json_for_terminal(value: Any) -> str:
         lambda m: f"\\u{ord(m.group()):04x}",
         text,
     )
+
+
+def print_safe(text: str, *, stream: Any = None) -> None:
+    """Print ``text`` made terminal-safe (to standard output unless ``stream``)."""
+    print(terminal_safe(text), file=stream or sys.stdout)
 
 
 def terminal_width() -> int:

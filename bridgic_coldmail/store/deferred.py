@@ -38,7 +38,7 @@ from .batches import (
     NewBatch,
 )
 from .forks import Family, ForkLink
-from .outbox import Delivery, OutboxClaim, OutboxOutcome
+from .outbox import Delivery, DueRun, OutboxClaim, OutboxOutcome
 from .protocol import (
     Action,
     Claim,
@@ -257,6 +257,13 @@ class DeferredSqliteStore:
             self._closed = True
             if self._store is not None:
                 await self._store.close()
+
+    async def list_due_soonest(
+        self, status: RunStatus | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[DueRun]:
+        return await self._read(
+            lambda s: s.list_due_soonest(status, limit=limit, offset=offset), []
+        )
 
 
 Opener = Callable[[bool], Awaitable[RunStore]]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
@@ -43,7 +43,7 @@ from ..notify.policy import (
     WaitPolicy,
 )
 from ..signing import SnapshotSigner, json_text
-from .codec import iso, parse_time, run_from_row
+from .codec import RUN_COLUMNS, iso, parse_time, run_from_row
 
 POLICY_DOMAIN = b"bridgic-coldmail notify policy v1"
 NOTIFICATION_DOMAIN = b"bridgic-coldmail notification v1"
@@ -367,6 +367,16 @@ class Delivery:
     fires and when. Its status reads ``pending`` (not fired yet), ``delivered`` (fired, or
     not needed: ``last_error`` says which) or ``failed``."""
 
+    @property
+    def state(self) -> str:
+        """Its state in words: a notification's status; a timer's ``due``, ``fired``,
+        ``not needed`` (its pause was answered first) or ``failed``."""
+        if self.timer is None and self.destination != "timer":
+            return self.status
+        if self.status == "delivered" and self.last_error:
+            return "not needed"
+        return {"pending": "due", "delivered": "fired", "failed": "failed"}[self.status]
+
     def to_public_dict(self) -> dict[str, Any]:
         timer = self.timer
         return {
@@ -583,3 +593,132 @@ def event_of_result(result: Any) -> AnnouncedEvent:
     if isinstance(result, Paused):
         return "run.review"
     return "run.completed" if result.status is RunStatus.COMPLETED else "run.rejected"
+
+
+# ------------------------------------------------------------------ "due soonest"
+
+
+@dataclass(frozen=True)
+class DueRun:
+    """A run as the inbox's "due soonest" order lists it, with its current pause's deadline."""
+
+    run: Any
+    """The :data:`~bridgic_coldmail.models.ListedRun` (a ``DamagedRun`` when it cannot be
+    shown)."""
+    deadline: Timer | None
+    """The pending deadline of the pause the run waits at; None when it has none (or its
+    row does not verify: it is then listed where its row sorts it, without a deadline)."""
+
+
+DEADLINE_ORDER_STATUSES = (RunStatus.AWAITING_FEEDBACK.value, RunStatus.AWAITING_REVIEW.value)
+"""The statuses whose runs wait at a pause, so may have a deadline pending."""
+DUE_COLUMNS = ("timer_id", "timer_record", "timer_mac")
+"""The deadline row's columns a "due soonest" row carries beside the run's."""
+
+
+@dataclass(frozen=True)
+class DueSoonestSql:
+    """The statements of :meth:`RunStore.list_due_soonest`, for one backend's table names
+    and parameter mark.
+
+    A pause's deadline row stays ``pending`` after the pause was answered (the worker finds
+    it not needed when it falls due), so the deadline of the pause a run waits at is its
+    *newest* deadline row — every pause of a run with a deadline gets one when it pauses —
+    and it counts only while that row is pending and the run waits. The rows are found
+    through ``notifications_due`` (status, due time) in due order; "newest" is a look at
+    ``notifications_by_run``. No JSON is read in SQL: an unreadable row can neither fail
+    the query nor be shown as a deadline (its MAC is checked in Python).
+    """
+
+    with_deadline: str
+    """Runs with a deadline pending, soonest first: params :meth:`params` + limit, offset."""
+    count_with_deadline: str
+    """How many runs :attr:`with_deadline` lists in all: params :meth:`params`."""
+    without_deadline: str
+    """The other runs, newest first: params :meth:`params` + limit, offset."""
+    status: RunStatus | None
+
+    @classmethod
+    def build(
+        cls, *, runs: str, notifications: str, mark: str, status: RunStatus | None
+    ) -> DueSoonestSql:
+        paused = ", ".join(f"'{s}'" for s in DEADLINE_ORDER_STATUSES)
+        current = (
+            f"d.destination = {mark} AND d.event = 'run.deadline' AND d.status = 'pending' "
+            f"AND NOT EXISTS (SELECT 1 FROM {notifications} later "
+            "WHERE later.interaction_id = d.interaction_id "
+            f"AND later.destination = {mark} AND later.event = 'run.deadline' "
+            "AND (later.created_at > d.created_at "
+            "OR (later.created_at = d.created_at AND later.id > d.id)))"
+        )
+        of_status = f" AND r.status = {mark}" if status is not None else ""
+        columns = ", ".join(f"r.{c}" for c in RUN_COLUMNS)
+        joined = (
+            f"FROM {notifications} d JOIN {runs} r ON r.interaction_id = d.interaction_id "
+            f"WHERE {current} AND r.status IN ({paused}){of_status}"
+        )
+        return cls(
+            with_deadline=(
+                f"SELECT {columns}, d.id AS timer_id, d.record_json AS timer_record, "
+                f"d.mac AS timer_mac {joined} "
+                f"ORDER BY d.next_attempt_at, d.id LIMIT {mark} OFFSET {mark}"
+            ),
+            count_with_deadline=f"SELECT COUNT(*) AS n {joined}",
+            without_deadline=(
+                f"SELECT {columns} FROM {runs} r WHERE NOT (r.status IN ({paused}) "
+                f"AND EXISTS (SELECT 1 FROM {notifications} d "
+                f"WHERE d.interaction_id = r.interaction_id AND {current})){of_status} "
+                f"ORDER BY r.created_at DESC, r.interaction_id DESC LIMIT {mark} OFFSET {mark}"
+            ),
+            status=status,
+        )
+
+    def params(self) -> list[Any]:
+        """The parameters every statement starts with (the timer destination twice, then
+        the status when one is asked)."""
+        status = [self.status.value] if self.status is not None else []
+        return [TIMER_DESTINATION, TIMER_DESTINATION, *status]
+
+
+def due_deadline(row: Mapping[str, Any], signer: SnapshotSigner) -> Timer | None:
+    """The deadline a "due soonest" row carries, if its row verifies, reads as a deadline
+    and belongs to the pause the run waits at."""
+    if row.get("timer_id") is None:
+        return None
+    verifies = {
+        "id": row["timer_id"],
+        "destination": TIMER_DESTINATION,
+        "record_json": row["timer_record"],
+        "mac": row["timer_mac"],
+    }
+    if not verified_row(verifies, signer):
+        return None
+    try:
+        timer = Timer.from_record(json.loads(str(row["timer_record"])))
+    except Exception:
+        return None
+    if timer.kind != "deadline" or timer.pause_id != row.get("pause_id"):
+        return None
+    return timer
+
+
+Fetch = Callable[[str, list[Any]], Awaitable[Sequence[Mapping[str, Any]]]]
+"""Runs one statement with its parameters and returns its rows."""
+
+
+async def page_due_soonest(
+    fetch: Fetch, sql: DueSoonestSql, *, limit: int, offset: int
+) -> list[Mapping[str, Any]]:
+    """One page of the "due soonest" order: the runs with a deadline, then the others.
+    ``fetch(statement, params)`` returns a statement's rows (as mappings)."""
+    first = list(await fetch(sql.with_deadline, [*sql.params(), limit, offset]))
+    if len(first) == limit:
+        return first
+    if first:
+        with_deadline = offset + len(first)
+    else:
+        counted = await fetch(sql.count_with_deadline, sql.params())
+        with_deadline = int(counted[0]["n"])
+    rest_offset = max(0, offset - with_deadline)
+    rest = await fetch(sql.without_deadline, [*sql.params(), limit - len(first), rest_offset])
+    return [*first, *rest]

@@ -79,7 +79,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..errors import ColdmailError, ConfigurationError, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..settings import Settings, is_libpq_keywords, redact_url
-from ..signing import KeySource, SnapshotSigner, load_signer
+from ..signing import KeySource, SnapshotSigner
+from . import postgres_sql as sql
 from .batches import (
     BATCH_COLUMNS,
     INSERTED_LEAD_COLUMNS,
@@ -142,27 +143,26 @@ from .forks import (
     plan_fork,
 )
 from .group import GroupCommit, Outcome
+from .migrations import Migration, migrate
 from .outbox import (
     NOTIFICATION_COLUMNS,
     Delivery,
+    DueRun,
+    DueSoonestSql,
     OutboxClaim,
     OutboxOutcome,
     bounded_error,
     claim_of,
     delivery_of,
+    due_deadline,
     event_of_result,
     insert_statement,
     insert_values,
+    page_due_soonest,
     plan_notifications,
     seal_policy,
 )
-from .postgres_sql import (
-    EXPECTED_RELATIONS,
-    MIGRATION_LOCK,
-    MIGRATIONS,
-    SCHEMA,
-    SCHEMA_VERSION,
-)
+from .postgres_sql import EXPECTED_RELATIONS, MIGRATION_LOCK, MIGRATIONS, SCHEMA
 from .protocol import (
     Action,
     Claim,
@@ -1238,6 +1238,29 @@ class PostgresRunStore:
             await tx.finish([_batch_update(done)])
         return batch_of(done, signer)
 
+    # ------------------------------------------------------------------ "due soonest"
+
+    async def list_due_soonest(
+        self, status: RunStatus | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[DueRun]:
+        """Runs waiting with a deadline pending, soonest first, then the others newest
+        first; optionally of one status. Never reads a snapshot."""
+        sql = DueSoonestSql.build(
+            runs="coldmail.runs", notifications="coldmail.notifications", mark="%s", status=status
+        )
+
+        async def fetch(statement: str, params: builtins.list[Any]) -> builtins.list[Any]:
+            async def send(conn: Connection) -> builtins.list[DictRow]:
+                cursor = await conn.execute(statement, params)
+                return await cursor.fetchall()
+
+            return [_normalized(row) for row in await self._read(send)]
+
+        rows = await page_due_soonest(fetch, sql, limit=limit, offset=offset)
+        return [
+            DueRun(decode_row(row, self._signer), due_deadline(row, self._signer)) for row in rows
+        ]
+
 
 class _Completion(NamedTuple):
     """One ``complete`` waiting for its group."""
@@ -1629,9 +1652,7 @@ async def _migrate(
     migration advisory lock, so concurrent openers on any host apply each migration once."""
     async with conn.transaction():
         cursor = await conn.execute(
-            "SELECT pg_catalog.current_setting('server_encoding') AS encoding, "
-            "pg_catalog.set_config('lock_timeout', %s, true), "
-            "pg_catalog.set_config('statement_timeout', %s, true)",
+            sql.ENCODING_AND_TIMEOUTS,
             [
                 _milliseconds(_migration_lock_timeout(settings)),
                 _milliseconds(_migration_lock_timeout(settings) + settings.statement_timeout),
@@ -1645,79 +1666,70 @@ async def _migrate(
                 "with CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0",
                 topic="store_path",
             )
-        await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
-        cursor = await conn.execute(
-            "SELECT c.relname AS name FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v')",
-            [SCHEMA],
+        await conn.execute(sql.TAKE_MIGRATION_LOCK, [MIGRATION_LOCK])
+        return await migrate(_PostgresDialect(conn, shown), keys, create=True)
+
+
+class _PostgresDialect:
+    """The migration runner's steps in PostgreSQL, in the transaction holding the lock."""
+
+    migrations = MIGRATIONS
+    key_hint = "set COLDMAIL_SECRET_KEY (or COLDMAIL_KEY_FILE) to the key every other host uses"
+
+    def __init__(self, conn: Connection, location: str) -> None:
+        self._conn = conn
+        self.location = location
+
+    async def tables(self) -> set[str]:
+        cursor = await self._conn.execute(sql.TABLES, [SCHEMA])
+        return {row["name"] for row in await cursor.fetchall()}
+
+    def foreign(self) -> StoreError:
+        return StoreError(
+            f"{self.location} has a schema '{SCHEMA}' that another application created (it "
+            "has no coldmail_schema table); use another database",
+            topic="store_path",
         )
-        tables = {row["name"] for row in await cursor.fetchall()}
-        if tables and "coldmail_schema" not in tables:
-            raise StoreError(
-                f"{shown} has a schema '{SCHEMA}' that another application created (it has "
-                "no coldmail_schema table); use another database",
-                topic="store_path",
-            )
-        if not tables:
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-            await conn.execute(
-                """CREATE TABLE coldmail.coldmail_schema (
-                       version    integer PRIMARY KEY,
-                       name       text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp())"""
-            )
-        cursor = await conn.execute(
-            "SELECT COALESCE(MAX(version), 0) AS version FROM coldmail.coldmail_schema"
-        )
-        current = int((await cursor.fetchone() or {"version": 0})["version"])
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"{shown} has schema version {current}, newer than this bridgic-coldmail "
-                f"understands ({SCHEMA_VERSION}); upgrade bridgic-coldmail"
-            )
-        fingerprint = None
-        if "coldmail_meta" in tables:
-            cursor = await conn.execute(
-                "SELECT value FROM coldmail.coldmail_meta WHERE key = 'key_fingerprint'"
-            )
-            found = await cursor.fetchone()
-            fingerprint = found["value"] if found else None
-        holds_runs = False
-        if "runs" in tables:
-            cursor = await conn.execute("SELECT 1 AS one FROM coldmail.runs LIMIT 1")
-            holds_runs = await cursor.fetchone() is not None
-        signer = load_signer(keys, may_create=fingerprint is None, holds_runs=holds_runs)
-        if fingerprint is not None and fingerprint != signer.fingerprint:
-            raise ConfigurationError(
-                f"the signing key from {signer.source} is not the key that signed the runs in "
-                f"{shown}; set COLDMAIL_SECRET_KEY (or COLDMAIL_KEY_FILE) to the key every "
-                "other host uses"
-            )
-        cursor = await conn.execute("SELECT version FROM coldmail.coldmail_schema")
-        applied = {int(row["version"]) for row in await cursor.fetchall()}
-        for migration in MIGRATIONS:
-            # Any migration not recorded yet (see sqlite.py): one may land after a higher one.
-            if migration.version not in applied:
-                for statement in migration.statements:
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO coldmail.coldmail_schema (version, name) VALUES (%s, %s)",
-                    [migration.version, migration.name],
-                )
-        if fingerprint is None:
-            await conn.execute(
-                "INSERT INTO coldmail.coldmail_meta (key, value) VALUES ('key_fingerprint', %s)",
-                [signer.fingerprint],
-            )
-        planted = await _planted_objects(conn)
+
+    async def create_version_table(self) -> None:
+        await self._conn.execute(sql.CREATE_SCHEMA)
+        await self._conn.execute(sql.CREATE_VERSION_TABLE)
+
+    async def applied(self) -> set[int]:
+        cursor = await self._conn.execute(sql.APPLIED)
+        return {int(row["version"]) for row in await cursor.fetchall()}
+
+    async def fingerprint(self) -> str | None:
+        cursor = await self._conn.execute(sql.FINGERPRINT)
+        found = await cursor.fetchone()
+        return found["value"] if found else None
+
+    async def holds_runs(self) -> bool:
+        cursor = await self._conn.execute(sql.HOLDS_RUNS)
+        return await cursor.fetchone() is not None
+
+    async def apply(self, migration: Migration) -> None:
+        for statement in migration.statements:
+            await self._conn.execute(statement)
+        await self._conn.execute(sql.RECORD_MIGRATION, [migration.version, migration.name])
+
+    async def upgraded(self, before: int, signer: SnapshotSigner) -> None:
+        """Nothing: PostgreSQL stores began with release 0.5, so none holds a run of an
+        earlier release to mark (``legacy_mark`` stays empty)."""
+
+    async def refuse_planted(self) -> None:
+        planted = await _planted_objects(self._conn)
         if planted:
             raise StoreError(
-                f"{shown} holds objects in schema '{SCHEMA}' that bridgic-coldmail did not "
-                f"create ({', '.join(planted)}); a trigger or rule there could change what the "
-                "store writes, so the database is refused: drop them, or restore the database",
+                f"{self.location} holds objects in schema '{SCHEMA}' that bridgic-coldmail "
+                f"did not create ({', '.join(planted)}); a trigger or rule there could change "
+                "what the store writes, so the database is refused: drop them, or restore the "
+                "database",
                 topic="store_path",
             )
-    return signer
+
+    async def remember_fingerprint(self, fingerprint: str) -> None:
+        await self._conn.execute(sql.REMEMBER_FINGERPRINT, [fingerprint])
 
 
 async def _planted_objects(conn: Connection) -> list[str]:

@@ -24,18 +24,11 @@ exists for the shared row format; a PostgreSQL store never holds a run of a rele
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .migrations import Migration
 
 SCHEMA = "coldmail"
 MIGRATION_LOCK = 0x636F6C646D61696C
 """The advisory lock key that serializes migrations: the bytes of 'coldmail'."""
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    statements: tuple[str, ...]
 
 
 V1_RUNS_HISTORY_META = (
@@ -233,3 +226,30 @@ EXPECTED_RELATIONS = {
 no trigger and no rule on them: anything else was planted by a database writer — a trigger
 or a rule could undo the claim's write inside the store's own transaction and let two
 resumers through — and the database is refused. Each migration that adds one adds it here."""
+
+
+# --------------------------------------------------------------------------- the migration runner
+# (the hooks of store/migrations.py: each runs in the transaction holding MIGRATION_LOCK)
+
+ENCODING_AND_TIMEOUTS = (
+    "SELECT pg_catalog.current_setting('server_encoding') AS encoding, "
+    "pg_catalog.set_config('lock_timeout', %s, true), "
+    "pg_catalog.set_config('statement_timeout', %s, true)"
+)
+TAKE_MIGRATION_LOCK = "SELECT pg_catalog.pg_advisory_xact_lock(%s)"
+TABLES = (
+    "SELECT c.relname AS name FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v')"
+)
+CREATE_SCHEMA = f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"
+CREATE_VERSION_TABLE = """CREATE TABLE coldmail.coldmail_schema (
+                       version    integer PRIMARY KEY,
+                       name       text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp())"""
+APPLIED = "SELECT version FROM coldmail.coldmail_schema"
+FINGERPRINT = "SELECT value FROM coldmail.coldmail_meta WHERE key = 'key_fingerprint'"
+HOLDS_RUNS = "SELECT 1 AS one FROM coldmail.runs LIMIT 1"
+RECORD_MIGRATION = "INSERT INTO coldmail.coldmail_schema (version, name) VALUES (%s, %s)"
+REMEMBER_FINGERPRINT = (
+    "INSERT INTO coldmail.coldmail_meta (key, value) VALUES ('key_fingerprint', %s)"
+)

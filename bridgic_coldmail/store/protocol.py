@@ -47,7 +47,7 @@ if TYPE_CHECKING:
         NewBatch,
     )
     from .forks import Family, ForkLink
-    from .outbox import Delivery, OutboxClaim, OutboxOutcome
+    from .outbox import Delivery, DueRun, OutboxClaim, OutboxOutcome
 
 ActionKind = Literal["feedback", "approve", "revise", "edit", "reject"]
 
@@ -439,4 +439,12 @@ class RunStore(Protocol):
 
     async def finish_batch(self, batch_id: str) -> Batch | None:
         """Mark a writing batch done when no lead is left to write; the batch as it is."""
+        ...
+
+    async def list_due_soonest(
+        self, status: RunStatus | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[DueRun]:
+        """Runs waiting with a deadline pending (the pause they wait at has one), soonest
+        deadline first; then the other runs, newest first; optionally only those of one
+        ``status``. Never reads a snapshot."""
         ...

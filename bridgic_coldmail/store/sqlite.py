@@ -47,10 +47,11 @@ try:
 except ImportError:  # pragma: no cover - Windows: writers wait in SQLite's busy handler
     fcntl = None  # type: ignore[assignment]
 
-from ..errors import ColdmailError, ConfigurationError, DatabaseNotFound, StoreError
+from ..errors import ColdmailError, DatabaseNotFound, StoreError
 from ..models import ListedRun, Run, RunEvent, RunStatus
 from ..settings import DEFAULT_BUSY_TIMEOUT, DEFAULT_LEASE_SECONDS
-from ..signing import KeySource, SnapshotSigner, key_file_for, load_signer
+from ..signing import KeySource, SnapshotSigner, key_file_for
+from . import sqlite_sql as sql
 from .batches import (
     BATCH_COLUMNS,
     INSERTED_LEAD_COLUMNS,
@@ -112,17 +113,22 @@ from .forks import (
     plan_fork,
 )
 from .group import GroupCommit, Outcome
+from .migrations import Migration, migrate, run_blocking
 from .outbox import (
     NOTIFICATION_COLUMNS,
     Delivery,
+    DueRun,
+    DueSoonestSql,
     OutboxClaim,
     OutboxOutcome,
     bounded_error,
     claim_of,
     delivery_of,
+    due_deadline,
     event_of_result,
     insert_statement,
     insert_values,
+    page_due_soonest,
     plan_notifications,
     seal_policy,
 )
@@ -140,7 +146,7 @@ from .rules import (
     plan_release,
     recorded,
 )
-from .sqlite_sql import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS, SCHEMA_VERSION
+from .sqlite_sql import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS
 
 T = TypeVar("T")
 
@@ -1077,6 +1083,26 @@ class SqliteRunStore:
         found = await self._hop(work)
         return None if found is None else batch_of(found, signer)
 
+    # ------------------------------------------------------------------ "due soonest"
+
+    async def list_due_soonest(
+        self, status: RunStatus | None = None, *, limit: int = 50, offset: int = 0
+    ) -> builtins.list[DueRun]:
+        """Runs waiting with a deadline pending, soonest first, then the others newest
+        first; optionally of one status. Never reads a snapshot."""
+        sql = DueSoonestSql.build(
+            runs="runs", notifications="notifications", mark="?", status=status
+        )
+
+        async def fetch(statement: str, params: builtins.list[Any]) -> builtins.list[Any]:
+            rows = await self._hop(lambda db: db.execute(statement, params).fetchall())
+            return [dict(row) for row in rows]
+
+        rows = await page_due_soonest(fetch, sql, limit=limit, offset=offset)
+        return [
+            DueRun(decode_row(row, self._signer), due_deadline(row, self._signer)) for row in rows
+        ]
+
 
 async def _stopped(conn: aiosqlite.Connection) -> None:
     """Wait for the thread of a connection that failed to open. aiosqlite tells it to stop
@@ -1476,66 +1502,60 @@ def _migrate(
     """Check the schema and the key, apply missing migrations; one IMMEDIATE transaction.
     Without ``create``, an empty file is no database: nothing is written to it."""
     with _transaction(db):
-        tables = {
-            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        if not tables and not create:
-            raise DatabaseNotFound(shown)
-        if tables and "coldmail_schema" not in tables:
-            raise StoreError(
-                f"{shown} is an SQLite database of another application (it has no "
-                "coldmail_schema table)",
-                topic="store_path",
-            )
-        db.execute(
-            """CREATE TABLE IF NOT EXISTS coldmail_schema (
-                   version    INTEGER PRIMARY KEY,
-                   name       TEXT NOT NULL,
-                   applied_at TEXT NOT NULL)"""
+        return run_blocking(migrate(_SqliteDialect(db, shown), keys, create=create))
+
+
+class _SqliteDialect:
+    """The migration runner's steps in SQLite: blocking calls on the connection's thread,
+    inside the open's ``BEGIN IMMEDIATE`` (SQLite's write lock is the migration lock)."""
+
+    migrations = MIGRATIONS
+    key_hint = "restore the original key file or COLDMAIL_SECRET_KEY"
+
+    def __init__(self, db: sqlite3.Connection, location: str) -> None:
+        self._db = db
+        self.location = location
+
+    async def tables(self) -> set[str]:
+        return {row[0] for row in self._db.execute(sql.TABLES)}
+
+    def foreign(self) -> StoreError:
+        return StoreError(
+            f"{self.location} is an SQLite database of another application (it has no "
+            "coldmail_schema table)",
+            topic="store_path",
         )
-        current = db.execute("SELECT COALESCE(MAX(version), 0) FROM coldmail_schema").fetchone()[0]
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"{shown} has schema version {current}, newer than this bridgic-coldmail "
-                f"understands ({SCHEMA_VERSION}); upgrade bridgic-coldmail"
-            )
-        fingerprint = None
-        if "coldmail_meta" in tables:
-            found = db.execute(
-                "SELECT value FROM coldmail_meta WHERE key = 'key_fingerprint'"
-            ).fetchone()
-            fingerprint = found[0] if found else None
-        holds_runs = "runs" in tables and db.execute("SELECT 1 FROM runs LIMIT 1").fetchone()
-        signer = load_signer(keys, may_create=fingerprint is None, holds_runs=bool(holds_runs))
-        if fingerprint is not None and fingerprint != signer.fingerprint:
-            raise ConfigurationError(
-                f"the signing key from {signer.source} is not the key that signed the runs in "
-                f"{shown}; restore the original key file or COLDMAIL_SECRET_KEY"
-            )
-        applied = {row[0] for row in db.execute("SELECT version FROM coldmail_schema")}
-        for migration in MIGRATIONS:
-            # Any migration not recorded yet, not only those above the highest: numbers are
-            # given to features before they merge, so one may land after a higher one.
-            if migration.version not in applied:
-                for statement in migration.statements:
-                    db.execute(statement)
-                db.execute(
-                    "INSERT INTO coldmail_schema (version, name, applied_at) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, iso(_now())),
-                )
-        if current < LEGACY_MARK_VERSION and holds_runs:
-            ids = [row[0] for row in db.execute("SELECT interaction_id FROM runs")]
-            db.executemany(
-                "UPDATE runs SET legacy_mark = ? WHERE interaction_id = ?",
-                [(signer.legacy_mark(i), i) for i in ids],
-            )
-        _check_schema_objects(db, shown)
-        if fingerprint is None:
-            db.execute(
-                "INSERT INTO coldmail_meta (key, value) VALUES ('key_fingerprint', ?)",
-                (signer.fingerprint,),
-            )
-    return signer
+
+    async def create_version_table(self) -> None:
+        self._db.execute(sql.CREATE_VERSION_TABLE)
+
+    async def applied(self) -> set[int]:
+        return {row[0] for row in self._db.execute(sql.APPLIED)}
+
+    async def fingerprint(self) -> str | None:
+        found = self._db.execute(sql.FINGERPRINT).fetchone()
+        return found[0] if found else None
+
+    async def holds_runs(self) -> bool:
+        return bool(self._db.execute(sql.HOLDS_RUNS).fetchone())
+
+    async def apply(self, migration: Migration) -> None:
+        for statement in migration.statements:
+            self._db.execute(statement)
+        self._db.execute(sql.RECORD_MIGRATION, (migration.version, migration.name, iso(_now())))
+
+    async def upgraded(self, before: int, signer: SnapshotSigner) -> None:
+        """Crossing :data:`LEGACY_MARK_VERSION`: mark every run already stored as a run of
+        an earlier release."""
+        if before < LEGACY_MARK_VERSION:
+            ids = [row[0] for row in self._db.execute(sql.RUN_IDS)]
+            self._db.executemany(sql.MARK_LEGACY, [(signer.legacy_mark(i), i) for i in ids])
+
+    async def refuse_planted(self) -> None:
+        _check_schema_objects(self._db, self.location)
+
+    async def remember_fingerprint(self, fingerprint: str) -> None:
+        self._db.execute(sql.REMEMBER_FINGERPRINT, (fingerprint,))
 
 
 @contextmanager

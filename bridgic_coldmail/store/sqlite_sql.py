@@ -14,15 +14,7 @@ concurrent openers apply each once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    statements: tuple[str, ...]
-
+from .migrations import Migration
 
 V1_RUNS = (
     """CREATE TABLE runs (
@@ -383,3 +375,20 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "personalization batches and their leads", V8_PERSONALIZATION_BATCHES),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+# --------------------------------------------------------------------------- the migration runner
+# (the hooks of store/migrations.py: each runs inside the open's BEGIN IMMEDIATE)
+
+TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+CREATE_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS coldmail_schema (
+                   version    INTEGER PRIMARY KEY,
+                   name       TEXT NOT NULL,
+                   applied_at TEXT NOT NULL)"""
+APPLIED = "SELECT version FROM coldmail_schema"
+FINGERPRINT = "SELECT value FROM coldmail_meta WHERE key = 'key_fingerprint'"
+HOLDS_RUNS = "SELECT 1 FROM runs LIMIT 1"
+RECORD_MIGRATION = "INSERT INTO coldmail_schema (version, name, applied_at) VALUES (?, ?, ?)"
+RUN_IDS = "SELECT interaction_id FROM runs"
+MARK_LEGACY = "UPDATE runs SET legacy_mark = ? WHERE interaction_id = ?"
+REMEMBER_FINGERPRINT = "INSERT INTO coldmail_meta (key, value) VALUES ('key_fingerprint', ?)"

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from ..agent import MAX_PAGE, ColdMailAgent
 from ..errors import InvalidInput, RunConflict
@@ -102,6 +102,27 @@ class StartIn(Brief):
         max_length=20,
         description="Where this run's notifications go besides COLDMAIL_NOTIFY: email "
         "addresses, https:// webhook URLs, Slack webhook URLs.",
+    )
+    respond_within: StrictStr | StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="How long each pause waits for its person: 90s, 36h, 3d, 1h30m or "
+        "seconds (default COLDMAIL_RESPOND_WITHIN, else no deadline).",
+    )
+    remind_every: StrictStr | StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="How often a waiting pause reminds its destinations, before its "
+        "deadline (default COLDMAIL_REMIND_EVERY, else never).",
+    )
+    on_timeout: str | None = Field(
+        default=None,
+        description="What the deadline does: wait (keep waiting and escalate), proceed "
+        "(refine with the brief's audience guess; approve at a review round) or reject "
+        "(default COLDMAIL_ON_TIMEOUT, else wait).",
+    )
+    escalate_to: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Who is told when a deadline passes (default COLDMAIL_ESCALATE_TO).",
     )
 
 
@@ -221,14 +242,47 @@ async def api_start(body: StartIn, agent: Agent) -> Response:
     where the run's notifications go (besides ``COLDMAIL_NOTIFY``).
     """
     brief = make_brief(**body.model_dump(include=set(Brief.model_fields)))
-    run = await agent.start(brief, review=body.review, fields=body.fields, notify=body.notify)
+    run = await agent.start(
+        brief,
+        review=body.review,
+        fields=body.fields,
+        notify=body.notify,
+        respond_within=body.respond_within,
+        remind_every=body.remind_every,
+        on_timeout=body.on_timeout,
+        escalate_to=body.escalate_to,
+    )
     return run_json(run, 201)
 
 
-@router.get("/runs/{interaction_id}", response_model=RunOut)
+class WaitOut(BaseModel):
+    """What a waiting run's person has left (``WaitState.to_public_dict``)."""
+
+    deadline: datetime | None = Field(description="When the current pause's deadline falls.")
+    on_timeout: str | None = Field(description="What the deadline does: wait, proceed, reject.")
+    next_reminder: datetime | None
+    reminders_sent: int = Field(description="Reminders sent at the current pause.")
+
+
+class RunWithWaitOut(RunOut):
+    """A run, with ``wait`` when it has a deadline or reminders (as ``coldmail show --json``)."""
+
+    wait: WaitOut | None = Field(default=None, description="Only when the run has timers.")
+
+
+@router.get("/runs/{interaction_id}", response_model=RunWithWaitOut)
 async def api_get(interaction_id: str, agent: Agent) -> Response:
-    """One run."""
-    return run_json(await agent.get(interaction_id))
+    """One run; ``wait`` says its deadline, what happens then, its next reminder and the
+    reminders sent, when it has any."""
+    from ..store.outbox import wait_state
+
+    run = await agent.get(interaction_id)
+    shown = run.to_public_dict()
+    deliveries = await agent.notifications(run.interaction_id, limit=MAX_PAGE)
+    waiting = wait_state(run.pause_id if run.status.is_paused else None, deliveries)
+    if waiting.timed:
+        shown["wait"] = waiting.to_public_dict()
+    return JSONResponse(shown)
 
 
 @router.get("/runs", response_model=list[RunOut | DamagedRunOut])
@@ -241,6 +295,13 @@ async def api_list(
     """Runs, newest first, optionally of one status; a damaged one says what is wrong."""
     runs = await agent.list(status, limit=limit, offset=offset)
     return JSONResponse([run.to_public_dict() for run in runs])
+
+
+class TimerOut(BaseModel):
+    kind: Literal["reminder", "deadline"]
+    due_at: str
+    round: int | None = Field(description="The review round waiting; null: the audience.")
+    on_timeout: str | None = Field(description="A deadline's outcome: wait, proceed, reject.")
 
 
 class DeliveryOut(BaseModel):
@@ -258,6 +319,12 @@ class DeliveryOut(BaseModel):
     created_at: str
     delivered_at: str | None
     verified: bool = Field(description="False: made or edited outside bridgic-coldmail.")
+    timer: TimerOut | None = Field(
+        default=None,
+        description="For a timer row (destination 'timer'): the reminder or deadline it "
+        "fires. Its status reads pending (not fired yet), delivered (fired, or not needed: "
+        "last_error says which) or failed.",
+    )
 
 
 @router.get("/runs/{interaction_id}/notifications", response_model=list[DeliveryOut])

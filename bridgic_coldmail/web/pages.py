@@ -14,12 +14,14 @@ changes nothing and gets a 403 page.
 from __future__ import annotations
 
 import asyncio
+import re
+from typing import Any
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
-from ..agent import ColdMailAgent
+from ..agent import MAX_PAGE, ColdMailAgent
 from ..compliance import MAX_FOOTER_CHARS
 from ..errors import (
     ConfigurationError,
@@ -28,6 +30,7 @@ from ..errors import (
     RunBeingResumed,
     RunConflict,
     RunNotFound,
+    SnapshotIntegrityError,
 )
 from ..export.lint import RULES, check_rule_ids
 from ..export.profiles import NAMES as PROFILE_NAMES
@@ -39,6 +42,9 @@ from ..models import (
     make_brief,
     validate_feedback,
 )
+from ..notify.destinations import MAX_DEST_CHARS, MAX_DESTINATIONS
+from ..notify.policy import ON_TIMEOUT, OUTCOME_WORDS
+from ..store.outbox import Timer
 from .api import API_MAX_OFFSET, exportable
 from .dependencies import Agent, Policy
 from .responses import error_response, templates
@@ -70,6 +76,7 @@ from .views import (
     age,
     clip,
     form_text,
+    moment,
     show_run,
 )
 
@@ -112,12 +119,23 @@ async def inbox(
     agent: Agent,
     tab: str = "awaiting",
     page: int = Query(1, ge=1, le=MAX_INBOX_PAGE),
+    sort: str = "newest",
 ) -> Response:
-    """The runs of one tab (default: waiting for feedback), newest first; each tab says how
-    many runs it has."""
+    """The runs of one tab (default: waiting for feedback), newest first, or with
+    ``sort=due`` the soonest deadline first (runs without one after them); each tab says
+    how many runs it has."""
     tab = tab if tab in TABS else "awaiting"
+    sort = sort if sort in SORTS else "newest"
     status = TABS[tab][0]
-    runs = await agent.list(status, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
+    window = {"limit": PAGE_SIZE + 1, "offset": (page - 1) * PAGE_SIZE}
+    deadlines: dict[str, Timer] = {}
+    runs: list[Any]
+    if sort == "due":
+        due = await agent.list_due_soonest(status, **window)
+        runs = [item.run for item in due]
+        deadlines = {i.run.interaction_id: i.deadline for i in due if i.deadline is not None}
+    else:
+        runs = await agent.list(status, **window)
     counts = await agent.counts()
     return templates.TemplateResponse(
         request,
@@ -131,8 +149,17 @@ async def inbox(
             "age": age,
             "clip": clip,
             "audience_chars": AUDIENCE_CHARS,
+            "sort": sort,
+            "sorts": SORTS,
+            "deadlines": deadlines,
+            "moment": moment,
+            "outcome_words": OUTCOME_WORDS,
         },
     )
+
+
+SORTS = {"newest": "Newest first", "due": "Due soonest"}
+"""The inbox's orders: name in the address → the link's label."""
 
 
 # ---------------------------------------------------------------------------- a new run
@@ -150,7 +177,14 @@ def render_new_run(
     csrf = csrf_token(request)
     context = {
         "values": values or {},
-        "limits": {**BRIEF_LIMITS, "fields": MAX_FIELDS_CHARS, "footer": MAX_FOOTER_CHARS},
+        "limits": {
+            **BRIEF_LIMITS,
+            "fields": MAX_FIELDS_CHARS,
+            "footer": MAX_FOOTER_CHARS,
+            "destinations": MAX_DESTINATIONS_CHARS,
+        },
+        "on_timeout_choices": ON_TIMEOUT,
+        "outcome_words": OUTCOME_WORDS,
         "csrf_token": csrf,
         "message": message,
     }
@@ -179,14 +213,24 @@ async def new_run(
     opt_out: str = Form(""),
     fields: str = Form(""),
     review: str = Form(""),
+    notify: str = Form(""),
+    respond_within: str = Form(""),
+    remind_every: str = Form(""),
+    on_timeout: str = Form(""),
+    escalate_to: str = Form(""),
     csrf_token: str = Form(""),
 ) -> Response:
-    """Draft a run from the form's brief; on success, to its page."""
+    """Draft a run from the form's brief (and where its notifications go, how long each
+    pause waits); on success, to its page. Bad input shows the form again with what was
+    typed, before any LLM call."""
     if not csrf_matches(request, csrf_token):
         return form_expired(request)
     typed = {"product": product, "offer": offer, "sender": sender, "audience": audience}
     typed |= {"cta": cta, "fields": fields, "review": "on" if review else ""}
     typed |= {"postal_address": postal_address, "opt_out": opt_out}
+    wait = {"respond_within": respond_within, "remind_every": remind_every}
+    wait |= {"on_timeout": on_timeout, "escalate_to": escalate_to}
+    typed |= {"notify": notify, **wait}
     try:
         brief = make_brief(
             product=product,
@@ -202,12 +246,46 @@ async def new_run(
             raise InvalidInput(
                 f"the column names are {len(fields)} characters; the limit is {MAX_FIELDS_CHARS}"
             )
-        run = await agent.start(brief, review=bool(review), fields=columns)
+        run = await agent.start(
+            brief, review=bool(review), fields=columns, **wait_fields(notify, wait)
+        )
     except (InvalidInput, LlmError, ConfigurationError) as exc:
         return render_new_run(
             request, policy, values=typed, status=exc.http_status, message=str(exc)
         )
     return to_run_page(run)
+
+
+MAX_DESTINATIONS_CHARS = MAX_DESTINATIONS * (MAX_DEST_CHARS + 2)
+"""The new-run form's notify and escalate-to fields, as typed: every destination at its
+longest, with separators."""
+_DEST_SEPARATORS = re.compile(r"[,\r\n]+")
+
+
+def wait_fields(notify: str, typed: dict[str, str]) -> dict[str, Any]:
+    """The new-run form's notify and wait fields as ``agent.start`` takes them: destinations
+    separated by commas or lines, and each field left empty taking the setting's default.
+
+    Raises:
+        InvalidInput: a destination field longer than any list of destinations can be.
+    """
+    for name, text in (("notify", notify), ("escalate to", typed["escalate_to"])):
+        if len(text) > MAX_DESTINATIONS_CHARS:
+            raise InvalidInput(
+                f"the {name} field is {len(text)} characters; give at most "
+                f"{MAX_DESTINATIONS} destinations, one per line or separated by commas"
+            )
+    return {
+        "notify": split_destinations(notify),
+        "respond_within": typed["respond_within"].strip() or None,
+        "remind_every": typed["remind_every"].strip() or None,
+        "on_timeout": typed["on_timeout"] or None,
+        "escalate_to": split_destinations(typed["escalate_to"]),
+    }
+
+
+def split_destinations(text: str) -> list[str]:
+    return [part.strip() for part in _DEST_SEPARATORS.split(text) if part.strip()]
 
 
 # ---------------------------------------------------------------------------- a run
@@ -316,6 +394,88 @@ async def wait_until_settled(agent: ColdMailAgent, interaction_id: str) -> Run:
         if run.status is not RunStatus.RESUMING or loop.time() >= deadline:
             return run
         await asyncio.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------- forks
+
+
+@router.post("/runs/{interaction_id}/fork")
+async def fork_page(
+    request: Request,
+    interaction_id: str,
+    agent: Agent,
+    policy: Policy,
+    round: str = Form("0"),
+    text: str = Form(""),
+    csrf_token: str = Form(""),
+) -> Response:
+    """Fork one of the run's pauses into a variant (``agent.fork``): the audience question
+    (round 0) with other feedback, or review round N with other guidance; on success, the
+    new run's page. Refused input comes back on this page with what was typed."""
+    if not csrf_matches(request, csrf_token):
+        return form_expired(request)
+    kept = FormState("fork", {"round": round, "text": text})
+    at: Any = round.strip()
+    at = int(at) if at.isdigit() and len(at) <= 6 else at
+    words = {"feedback": text} if at in (0, "0") else {"guidance": text}
+    try:
+        forked = await agent.fork(interaction_id, round=at, **words)
+    except (InvalidInput, RunConflict, RunBeingResumed, LlmError, SnapshotIntegrityError) as exc:
+        run = await agent.get(interaction_id)
+        return await show_run(
+            request,
+            agent,
+            policy,
+            run,
+            status=exc.http_status,
+            message=f"No fork was made: {exc}" if not isinstance(exc, LlmError) else str(exc),
+            message_kind="error",
+            form=kept,
+        )
+    return to_run_page(forked)
+
+
+# ---------------------------------------------------------------------------- notifications
+
+
+@router.post("/runs/{interaction_id}/notifications/{notification_id}/retry")
+async def retry_notification_page(
+    request: Request,
+    interaction_id: str,
+    notification_id: str,
+    agent: Agent,
+    policy: Policy,
+    csrf_token: str = Form(""),
+) -> Response:
+    """Queue one of the run's failed notifications again, due now; back to the run page.
+    One that is pending or delivered is left as it is, and the page says so (a second
+    click of the button is answered that way too)."""
+    if not csrf_matches(request, csrf_token):
+        return form_expired(request)
+    run = await agent.get(interaction_id)
+    deliveries = await agent.notifications(run.interaction_id, limit=MAX_PAGE)
+    found = next((d for d in deliveries if d.id == notification_id), None)
+    if found is None:
+        message = (
+            "This run has no such notification (it may have been purged with its run); "
+            "nothing was changed."
+        )
+        return await show_run(
+            request, agent, policy, run, status=404, message=message, message_kind="error"
+        )
+    if found.status != "failed":
+        return await show_run(
+            request, agent, policy, run, message=NOT_RETRIED[found.status], message_kind="notice"
+        )
+    await agent.retry_notification(found.id)
+    return to_run_page(run)
+
+
+NOT_RETRIED = {
+    "pending": "That notification is already queued (pending); nothing was changed.",
+    "delivered": "That notification was already delivered; nothing was changed.",
+}
+"""What the run page says when asked to retry a notification that has not failed."""
 
 
 # ---------------------------------------------------------------------------- export

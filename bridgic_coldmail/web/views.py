@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from markupsafe import Markup
 from rapidfuzz.distance import Indel
 
-from ..agent import ColdMailAgent
+from ..agent import MAX_PAGE, ColdMailAgent
 from ..export.lint import RULES, LintIssue
 from ..export.profiles import PROFILES
 from ..export.writer import MAX_VARIANTS
@@ -36,12 +36,14 @@ from ..models import (
     RunEvent,
     RunStatus,
 )
+from ..notify.policy import OUTCOME_WORDS
 from .responses import templates
 from .security import CSRF_COOKIE, WebPolicy, csrf_token, set_private_cookie
 from .uploads import ExportRefused, ExportShown
 
 if TYPE_CHECKING:
     from ..store.forks import Family
+    from ..store.outbox import Delivery
 
 DECISION_OF_EVENT = {
     "approved": "approve",
@@ -298,6 +300,7 @@ async def show_run(
     history = await agent.history(run.interaction_id)
     issues = await agent.lint(run.interaction_id)
     family = await agent.family(run.interaction_id)
+    deliveries = await agent.notifications(run.interaction_id, limit=MAX_PAGE)
     csrf = csrf_token(request)
     response = await asyncio.to_thread(
         _render_run_page,
@@ -315,6 +318,7 @@ async def show_run(
         export_problem=export_problem,
         export_shown=export_shown,
         family=None if family.is_alone else family,
+        deliveries=deliveries,
     )
     set_private_cookie(response, request, policy, CSRF_COOKIE, csrf)
     return response
@@ -336,6 +340,7 @@ def _render_run_page(
     export_problem: ExportRefused | None,
     export_shown: ExportShown | None,
     family: Family | None = None,
+    deliveries: list[Delivery] | None = None,
 ) -> Response:
     rounds = review_rounds(history)
     decided = [r for r in rounds if r.decision is not None]
@@ -369,6 +374,7 @@ def _render_run_page(
         "tool_titles": {name: profile.title for name, profile in PROFILES.items()},
         "rules_to_turn_off": RULES_TO_TURN_OFF,
         "family": family,
+        **deliveries_context(run, deliveries or []),
         "disabled_rules": (
             set(values["disabled_rules"].split(",")) - {""}
             if "disabled_rules" in values
@@ -432,3 +438,48 @@ def form_text(values: Mapping[str, Any], name: str) -> str:
     """A submitted form field as text ('' when absent or a file)."""
     value = values.get(name)
     return value if isinstance(value, str) else ""
+
+
+# ---------------------------------------------------------------------------- deliveries
+
+MAX_SHOWN_DELIVERIES = 50
+"""Notifications (and timers) the run page lists, the newest; it counts the others."""
+
+
+def deliveries_context(run: Run, deliveries: list[Delivery]) -> dict[str, Any]:
+    """What the run page's wait and notifications sections need: the current pause's wait
+    (:func:`~bridgic_coldmail.store.outbox.wait_state`), the newest deliveries, and how
+    many more there are."""
+    from ..store.outbox import wait_state
+
+    waiting = wait_state(run.pause_id if run.status.is_paused else None, deliveries)
+    return {
+        "wait": waiting if waiting.timed else None,
+        "outcome_words": OUTCOME_WORDS,
+        "deliveries": deliveries[:MAX_SHOWN_DELIVERIES],
+        "hidden_deliveries": max(0, len(deliveries) - MAX_SHOWN_DELIVERIES),
+        "delivery_what": delivery_what,
+        "delivery_state": delivery_state,
+        "moment": moment,
+        "clip": clip,
+    }
+
+
+def delivery_what(delivery: Delivery) -> str:
+    """What a row is: its event, or for a timer what it fires (and what a deadline does)."""
+    timer = delivery.timer
+    if timer is None:
+        return delivery.event
+    if timer.kind == "reminder":
+        return f"reminder {timer.n}"
+    return f"deadline, then {OUTCOME_WORDS[timer.wait.on_timeout]}"
+
+
+def delivery_state(delivery: Delivery) -> str:
+    """A row's state: a notification's status; a timer's due, fired, not needed or failed."""
+    return delivery.state
+
+
+def moment(at: datetime | None) -> str:
+    """``2026-03-01 09:30:00 UTC`` (empty for None)."""
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC" if at is not None else ""
