@@ -25,7 +25,7 @@ from ..agent import ColdMailAgent
 from ..llm import ColdmailLlm
 from ..retry import RetryPolicy
 from ..settings import Settings
-from . import api, link_pages, pages, review
+from . import api, lines, link_pages, pages, review
 from .logs import install_link_redaction
 from .responses import install_error_handlers
 from .security import TOKEN_ENV, WebPolicy, check_bind_address, install_security
@@ -76,7 +76,11 @@ def create_app(
             settings.db, llm=chosen_llm, retry=retry, settings=settings
         ) as agent:
             app.state.agent = agent
-            yield
+            app.state.line_writers = lines.LineWriters()
+            try:
+                yield
+            finally:
+                await app.state.line_writers.close()  # batches resume where they stopped
 
     app = FastAPI(
         title="bridgic-coldmail",
@@ -90,6 +94,8 @@ def create_app(
     app.include_router(pages.router)
     app.include_router(review.router)
     app.include_router(api.router)
+    app.include_router(lines.router)
+    app.include_router(lines.api_router)
     app.include_router(link_pages.router)
     install_error_handlers(app)
     install_link_redaction()
