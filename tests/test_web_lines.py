@@ -225,3 +225,23 @@ async def test_the_json_api_estimates_samples_guides_approves_and_lists_the_line
         **{f"Acme{i}": 2 for i in range(2)},
         **{f"Acme{i}": 1 for i in range(2, 8)},
     }
+
+
+async def test_a_lead_list_gets_the_upload_limit_not_the_body_limit(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+) -> None:
+    """A list larger than COLDMAIL_MAX_BODY_BYTES is estimated (the lead-list routes have
+    COLDMAIL_MAX_UPLOAD_BYTES); one over the upload limit is refused with 413."""
+    run_id = await approved(db_path, brief)
+    leads = lead_list(3000)
+    settings = settings_for(db_path, max_body_bytes=65_536, max_upload_bytes=200_000)
+    assert 65_536 < len(leads) < 200_000
+    async with web_client(settings) as client:
+        path = f"/api/runs/{run_id}/lines/estimate"
+        estimate = await client.post(path, content=leads, headers={"Content-Type": "text/csv"})
+        assert estimate.status_code == 200 and estimate.json()["leads"] == 3000
+        huge = await client.post(
+            path, content=lead_list(8000), headers={"Content-Type": "text/csv"}
+        )
+        assert huge.status_code == 413
+    assert server.count("line") == 0
