@@ -245,3 +245,35 @@ async def test_a_lead_list_gets_the_upload_limit_not_the_body_limit(
         )
         assert huge.status_code == 413
     assert server.count("line") == 0
+
+
+async def test_a_batch_a_stopped_server_left_is_continued_from_the_page(
+    server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path
+) -> None:
+    """Approved elsewhere (or by a server that stopped) and not written: the page says so and
+    'Continue writing' writes the rest, each lead once."""
+    run_id = await approved(db_path, brief)
+    path = tmp_path / "leads.csv"
+    path.write_bytes(lead_list(6))
+    async with ColdMailAgent.open(db_path) as agent:
+        await agent.personalize(run_id, path, sample=2)
+        await agent.approve_sample(run_id, write_rest=False)
+    async with web_client(settings_for(db_path)) as client:
+        page = (await client.get(f"/runs/{run_id}")).text
+        assert 'data-state="stopped"' in page and "4 leads are still to write" in page
+        batch_id = re.search(r'id="batch-([0-9a-f]{32})"', page).group(1)  # type: ignore[union-attr]
+        forged = await client.post(
+            f"/runs/{run_id}/lines/{batch_id}/continue", data={"csrf_token": "x"}
+        )
+        assert forged.status_code == 403
+        going = await client.post(
+            f"/runs/{run_id}/lines/{batch_id}/continue", data={"csrf_token": csrf(page)}
+        )
+        assert going.status_code == 303
+        page = await until(client, f"/runs/{run_id}", 'data-state="done"')
+        assert "6 lines written" in page
+        again = await client.post(
+            f"/runs/{run_id}/lines/{batch_id}/continue", data={"csrf_token": csrf(page)}
+        )
+        assert again.status_code == 409 and "nothing to continue" in again.text
+    assert line_calls(server) == {f"Acme{i}": 1 for i in range(6)}
