@@ -4,9 +4,11 @@
 app, and the headers every answer carries), :mod:`.pages` (the HTML inbox, a new run, a run,
 its feedback and export), :mod:`.review` (the review decisions' forms), :mod:`.views` (what
 the run page shows), :mod:`.link_pages` (a one-click link's page), :mod:`.api` (the JSON
-API), :mod:`.uploads` (a lead list in, an export out), :mod:`.responses` (every error, in
-JSON or HTML), :mod:`.logs` (no link token in a log line). Routes receive the agent through
-``Depends(get_agent)``; the app opens it once, at start-up.
+API), :mod:`.lines` (first lines for every lead: the run page's section, its forms, its API
+and the background writers), :mod:`.uploads` (a lead list in, an export out),
+:mod:`.responses` (every error, in JSON or HTML), :mod:`.logs` (no link token in a log
+line). Routes receive the agent through ``Depends(get_agent)``; the app opens it once, at
+start-up.
 
 Everything a brief or the LLM wrote is escaped by Jinja2's autoescape; the change highlighting
 escapes the text itself before wrapping the changed words in ``<ins>``.
