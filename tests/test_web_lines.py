@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 
 from bridgic_coldmail import Brief, ColdMailAgent
+from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
-from .conftest import PROCESS_TIMEOUT
+from .conftest import PROCESS_TIMEOUT, Backend
 from .test_web import csrf, settings_for, web_client
 
 FEEDBACK = "finance teams at mid-size manufacturers"
@@ -29,8 +30,8 @@ def lead_list(count: int, *, bad: int = 0) -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
-async def approved(db_path: Path, brief: Brief) -> str:
-    async with ColdMailAgent.open(db_path) as agent:
+async def approved(db_path: Path | str, brief: Brief, settings: Settings | None = None) -> str:
+    async with ColdMailAgent.open(db_path, settings=settings) as agent:
         run = await agent.start(brief)
         await agent.resume(run.interaction_id, FEEDBACK)
         return run.interaction_id
@@ -169,12 +170,12 @@ async def test_the_section_refuses_what_the_cli_refuses(
 
 
 async def test_the_json_api_estimates_samples_guides_approves_and_lists_the_lines(
-    server: ScriptedOpenAIServer, db_path: Path, brief: Brief
+    backend: Backend, server: ScriptedOpenAIServer, brief: Brief
 ) -> None:
-    run_id = await approved(db_path, brief)
+    run_id = await approved(backend.db, brief, backend.settings())
     leads = lead_list(8, bad=1)
     csv = {"Content-Type": "text/csv"}
-    async with web_client(settings_for(db_path)) as client:
+    async with web_client(backend.settings()) as client:
         wrong = await client.post(
             f"/api/runs/{run_id}/lines/estimate",
             content=leads,
@@ -248,17 +249,17 @@ async def test_a_lead_list_gets_the_upload_limit_not_the_body_limit(
 
 
 async def test_a_batch_a_stopped_server_left_is_continued_from_the_page(
-    server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path
+    backend: Backend, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
 ) -> None:
     """Approved elsewhere (or by a server that stopped) and not written: the page says so and
     'Continue writing' writes the rest, each lead once."""
-    run_id = await approved(db_path, brief)
+    run_id = await approved(backend.db, brief, backend.settings())
     path = tmp_path / "leads.csv"
     path.write_bytes(lead_list(6))
-    async with ColdMailAgent.open(db_path) as agent:
+    async with ColdMailAgent.open(backend.db, settings=backend.settings()) as agent:
         await agent.personalize(run_id, path, sample=2)
         await agent.approve_sample(run_id, write_rest=False)
-    async with web_client(settings_for(db_path)) as client:
+    async with web_client(backend.settings()) as client:
         page = (await client.get(f"/runs/{run_id}")).text
         assert 'data-state="stopped"' in page and "4 leads are still to write" in page
         batch_id = re.search(r'id="batch-([0-9a-f]{32})"', page).group(1)  # type: ignore[union-attr]
