@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, RunStatus
-from bridgic_coldmail.testing import ScriptedOpenAIServer
+from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import REPO, find_chromium
 
@@ -288,7 +288,9 @@ async def test_reviewer_writes_a_first_line_for_every_lead_in_a_real_browser(
         await page.click("#write-sample")
         await page.wait_for_selector("#sample", timeout=30_000)
         assert (await page.inner_text("#sample")).count("keeps your team busy") == 2
+        server.respond_with(lambda r: Reply(delay=2.0) if r.kind == "line" else None)
         await page.click("#approve-sample button[type=submit]")
+        await page.wait_for_selector("#lines-progress", timeout=30_000)  # written meanwhile
         await page.wait_for_selector("#lines-done", timeout=60_000)  # the page reloads itself
         done = await page.inner_text("#lines")
         assert "9 lines written, 1 lead skipped" in done
