@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .personalize.batch import BatchPlan, BatchReport
     from .personalize.estimate import BatchEstimate
     from .personalize.writer import LineResult
-    from .store.batches import Batch, BatchAction, BatchClaim
+    from .store.batches import Batch, BatchAction, BatchClaim, BatchLeadRow
     from .store.forks import Family, ForkLink
     from .store.outbox import Delivery, DueRun
 from .models import (
@@ -1004,11 +1004,13 @@ class ColdMailAgent:
         leads: str | os.PathLike[str] | None = None,
         on_line: Callable[[LineResult], None] | None = None,
         write_rest: bool = True,
+        batch: str | None = None,
     ) -> BatchReport:
         """Approve the batch's sample and write every other lead's line. ``leads`` names
         the batch when the run has several. Approving again is harmless: it goes on writing.
         ``write_rest=False`` only records the approval, for workers (``personalize`` in
-        other processes or hosts) to write the lines.
+        other processes or hosts) to write the lines. ``batch`` names the batch by its id
+        instead of ``leads`` (the inbox does).
 
         Raises:
             RunConflict: the batch's sample is still being written (nothing to approve yet).
@@ -1017,13 +1019,13 @@ class ColdMailAgent:
         from .store.batches import BatchAction
 
         run = await self._approved_run(interaction_id)
-        batch = await self._find_batch(run.interaction_id, leads)
-        batch = await self._answer_sample(run, batch, BatchAction("approve"))
+        found = await self._find_batch(run.interaction_id, leads, batch)
+        found = await self._answer_sample(run, found, BatchAction("approve"))
         if not write_rest:
             from .personalize.batch import report_of
 
-            return await report_of(self._store, batch, started=time.monotonic())
-        return await self._drive_batch(run, batch, None, on_line)
+            return await report_of(self._store, found, started=time.monotonic())
+        return await self._drive_batch(run, found, None, on_line)
 
     async def guide_sample(
         self,
@@ -1031,6 +1033,7 @@ class ColdMailAgent:
         guidance: str,
         *,
         leads: str | os.PathLike[str] | None = None,
+        batch: str | None = None,
     ) -> BatchReport:
         """Rewrite the batch's sample with ``guidance`` (added to any given before) and pause
         for the person again; the report holds the new sample.
@@ -1044,20 +1047,46 @@ class ColdMailAgent:
 
         text = validate_feedback(guidance)
         run = await self._approved_run(interaction_id)
-        batch = await self._find_batch(run.interaction_id, leads)
+        found = await self._find_batch(run.interaction_id, leads, batch)
         started = time.monotonic()
-        batch = await self._answer_sample(run, batch, BatchAction("guide", text))
-        return await report_of(self._store, batch, started=started)
+        found = await self._answer_sample(run, found, BatchAction("guide", text))
+        return await report_of(self._store, found, started=started)
 
     async def batch_status(
-        self, interaction_id: str, *, leads: str | os.PathLike[str] | None = None
+        self,
+        interaction_id: str,
+        *,
+        leads: str | os.PathLike[str] | None = None,
+        batch: str | None = None,
     ) -> BatchReport:
         """Where the run's personalization batch is: its state, counts, sample and skips."""
         from .personalize.batch import report_of
 
         interaction_id = validate_interaction_id(interaction_id)
-        batch = await self._find_batch(interaction_id, leads)
-        return await report_of(self._store, batch, started=time.monotonic())
+        found = await self._find_batch(interaction_id, leads, batch)
+        return await report_of(self._store, found, started=time.monotonic())
+
+    async def batch_reports(self, interaction_id: str) -> builtins.list[BatchReport]:
+        """Every personalization batch of the run, as :meth:`batch_status` reports it
+        (newest first; none when the run has none)."""
+        from .personalize.batch import report_of
+
+        interaction_id = validate_interaction_id(interaction_id)
+        batches = sorted(
+            await self._store.batches(interaction_id), key=lambda b: b.created_at, reverse=True
+        )
+        return [await report_of(self._store, b, started=time.monotonic()) for b in batches]
+
+    async def batch_lines(
+        self, interaction_id: str, batch: str, *, after: int = -1, limit: int = 100
+    ) -> builtins.list[BatchLeadRow]:
+        """The written lines of one of the run's batches, by position after ``after``."""
+        interaction_id = validate_interaction_id(interaction_id)
+        found = await self._find_batch(interaction_id, None, batch)
+        limit = max(1, min(limit, MAX_PAGE))
+        return await self._store.batch_leads(
+            found.batch_id, states=["written"], after=after, limit=limit
+        )
 
     async def estimate_lines(
         self, interaction_id: str, leads: str | os.PathLike[str]
@@ -1128,9 +1157,23 @@ class ColdMailAgent:
             )
         return run
 
-    async def _find_batch(self, interaction_id: str, leads: str | os.PathLike[str] | None) -> Batch:
+    async def _find_batch(
+        self,
+        interaction_id: str,
+        leads: str | os.PathLike[str] | None,
+        batch_id: str | None = None,
+    ) -> Batch:
         from .personalize.batch import batch_id_for, read_lead_list
 
+        if batch_id is not None:
+            by_id = await self._store.get_batch(batch_id) if _BATCH_ID.fullmatch(batch_id) else None
+            if by_id is None or by_id.interaction_id != interaction_id:
+                raise InvalidInput(
+                    f"run {interaction_id} has no personalization batch {batch_id[:40]!r}; "
+                    f"see its batches with coldmail personalize {interaction_id} --status",
+                    topic="no_batch",
+                )
+            return by_id
         if leads is not None:
             lead_list = await asyncio.to_thread(read_lead_list, Path(leads))
             found = await self._store.get_batch(batch_id_for(interaction_id, lead_list.digest))
@@ -1168,7 +1211,7 @@ class ColdMailAgent:
             sequence=run.final,
             writer=writer,
             lease_seconds=self._store.lease_seconds,
-            chunk=self.settings.personalize_concurrency,
+            window=self.settings.personalize_concurrency,
             on_result=on_line,
         )
 
@@ -1344,6 +1387,10 @@ def _parse_status(status: RunStatus | str | None) -> RunStatus | None:
     except ValueError:
         names = ", ".join(s.value for s in RunStatus)
         raise InvalidInput(f"unknown status {status!r}; use one of {names}") from None
+
+
+_BATCH_ID = re.compile(r"[0-9a-f]{32}")
+"""A batch's id (``batch_id_for``): 32 hexadecimal digits."""
 
 
 def _sample_size(sample: int | None, default: int) -> int:

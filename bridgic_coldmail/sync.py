@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .personalize.batch import BatchReport
     from .personalize.estimate import BatchEstimate
     from .personalize.writer import LineResult
+    from .store.batches import BatchLeadRow
     from .store.forks import Family
     from .store.outbox import Delivery, DueRun
 
@@ -320,11 +321,12 @@ class SyncColdMailAgent:
         leads: str | os.PathLike[str] | None = None,
         on_line: Callable[[LineResult], None] | None = None,
         write_rest: bool = True,
+        batch: str | None = None,
     ) -> BatchReport:
         """See :meth:`ColdMailAgent.approve_sample`."""
         return self._call(
             self._agent.approve_sample(
-                interaction_id, leads=leads, on_line=on_line, write_rest=write_rest
+                interaction_id, leads=leads, on_line=on_line, write_rest=write_rest, batch=batch
             )
         )
 
@@ -334,15 +336,32 @@ class SyncColdMailAgent:
         guidance: str,
         *,
         leads: str | os.PathLike[str] | None = None,
+        batch: str | None = None,
     ) -> BatchReport:
         """See :meth:`ColdMailAgent.guide_sample`."""
-        return self._call(self._agent.guide_sample(interaction_id, guidance, leads=leads))
+        return self._call(
+            self._agent.guide_sample(interaction_id, guidance, leads=leads, batch=batch)
+        )
 
     def batch_status(
-        self, interaction_id: str, *, leads: str | os.PathLike[str] | None = None
+        self,
+        interaction_id: str,
+        *,
+        leads: str | os.PathLike[str] | None = None,
+        batch: str | None = None,
     ) -> BatchReport:
         """See :meth:`ColdMailAgent.batch_status`."""
-        return self._call(self._agent.batch_status(interaction_id, leads=leads))
+        return self._call(self._agent.batch_status(interaction_id, leads=leads, batch=batch))
+
+    def batch_reports(self, interaction_id: str) -> builtins.list[BatchReport]:
+        """See :meth:`ColdMailAgent.batch_reports`."""
+        return self._call(self._agent.batch_reports(interaction_id))
+
+    def batch_lines(
+        self, interaction_id: str, batch: str, *, after: int = -1, limit: int = 100
+    ) -> builtins.list[BatchLeadRow]:
+        """See :meth:`ColdMailAgent.batch_lines`."""
+        return self._call(self._agent.batch_lines(interaction_id, batch, after=after, limit=limit))
 
     def estimate_lines(self, interaction_id: str, leads: str | os.PathLike[str]) -> BatchEstimate:
         """See :meth:`ColdMailAgent.estimate_lines`."""

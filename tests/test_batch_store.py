@@ -135,6 +135,33 @@ async def test_a_lapsed_lease_comes_back_and_the_old_holder_records_nothing(
     assert lines == {p: _line(p) for p in range(3)}
 
 
+async def test_leases_taken_under_one_token_are_renewed_and_recorded_together(
+    backend: Backend, store: RunStore
+) -> None:
+    """A worker leasing in groups gives its own token each time: one renewal and one
+    recording cover every group; a lead of it whose lease ran out and that another worker
+    took is fenced out of that recording all the same."""
+    new = _new(6, sample=0)
+    await store.create_batch(new)
+    mine = uuid.uuid4().hex
+    first = await store.claim_leads(new.batch_id, 2, 30, token=mine)
+    second = await store.claim_leads(new.batch_id, 2, 30, token=mine)
+    assert [c.position for c in first + second] == [0, 1, 2, 3]
+    assert {c.token for c in first + second} == {mine}
+    assert await store.renew_leads(new.batch_id, mine, 30) == 4
+    past = datetime.now(timezone.utc) - timedelta(minutes=1)
+    backend.rows.set_batch_lead(new.batch_id, 3, lease_until=past)
+    other = await store.claim_leads(new.batch_id, 1, 30)
+    assert [c.position for c in other] == [3] and other[0].token != mine
+    records = [LineRecord(p, _line(p), WRITER) for p in range(4)]
+    assert await store.record_lines(new.batch_id, mine, 1, records) == 3  # not lead 3
+    assert await store.renew_leads(new.batch_id, mine, 30) == 0
+    assert await store.record_lines(new.batch_id, other[0].token, 1, records[3:]) == 1
+    rows = await store.batch_leads(new.batch_id)
+    assert [r.state for r in rows] == ["written"] * 4 + ["pending"] * 2
+    assert all(r.verified for r in rows)
+
+
 async def test_failures_go_back_to_pending_until_the_attempts_run_out(
     backend: Backend, store: RunStore
 ) -> None:

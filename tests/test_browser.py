@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from bridgic_coldmail import Brief, ColdMailAgent, RunStatus
-from bridgic_coldmail.testing import ScriptedOpenAIServer
+from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import REPO, find_chromium
 
@@ -254,3 +254,48 @@ async def test_reviewer_sees_the_leads_left_out_before_downloading_in_a_real_bro
         assert page.url == url
         await browser.close()
     assert not [text for text in console if "Content Security Policy" in text]
+
+
+async def test_reviewer_writes_a_first_line_for_every_lead_in_a_real_browser(
+    web_server: str, server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path
+) -> None:
+    """On an approved run's page: the estimate, then the sample, approved; the page shows
+    the rest being written and then every line, and the lead without one with why."""
+    _need_chromium()
+    from playwright.async_api import async_playwright
+
+    async with ColdMailAgent.open(db_path) as agent:
+        interaction_id = (await agent.start(brief)).interaction_id
+        await agent.resume(interaction_id, "CTOs at mid-size hospitals")
+    leads = tmp_path / "leads.csv"
+    rows = ["email,first_name,company"] + [f"l{i}@example.com,Ann{i},Acme{i}" for i in range(9)]
+    leads.write_text("\n".join([*rows, "not-an-address,Bob,Bad"]) + "\n", encoding="utf-8")
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = await browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text))
+        await page.goto(f"{web_server}/runs/{interaction_id}")
+        await page.wait_for_selector("#lines")
+        await page.set_input_files("#lines-leads", str(leads))
+        await page.fill("#lines-sample", "2")
+        await page.click("#lines-form button[name=estimate]")
+        await page.wait_for_selector("#lines-estimate")
+        assert "9 leads, one LLM call each" in await page.inner_text("#lines-estimate")
+        assert server.count("line") == 0
+        await page.set_input_files("#lines-leads", str(leads))  # a browser keeps no file
+        await page.click("#write-sample")
+        await page.wait_for_selector("#sample", timeout=30_000)
+        assert (await page.inner_text("#sample")).count("keeps your team busy") == 2
+        server.respond_with(lambda r: Reply(delay=2.0) if r.kind == "line" else None)
+        await page.click("#approve-sample button[type=submit]")
+        await page.wait_for_selector("#lines-progress", timeout=30_000)  # written meanwhile
+        await page.wait_for_selector("#lines-done", timeout=60_000)  # the page reloads itself
+        done = await page.inner_text("#lines")
+        assert "9 lines written, 1 lead skipped" in done
+        assert "I imagine Acme8 keeps your team busy." in await page.inner_text("#written-lines")
+        assert "not-an-address" in await page.inner_text("#skipped-leads")
+        assert not [e for e in errors if "Content Security Policy" in e]
+        await browser.close()
+    assert server.count("line") == 9

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from bridgic_coldmail import Brief, ColdMailAgent
 from bridgic_coldmail.errors import InvalidInput, RunConflict, SnapshotIntegrityError
 from bridgic_coldmail.personalize.batch import batch_id_for, read_lead_list
-from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
+from bridgic_coldmail.testing import RecordedRequest, Reply, ScriptedOpenAIServer
 
 from .conftest import PROCESS_TIMEOUT, REPO, Backend, Completed
 
@@ -178,6 +179,49 @@ async def test_a_batch_killed_half_way_resumes_without_a_second_call_for_a_writt
     assert not set(after) & stored, "a lead whose line was stored was paid for again"
     rows = backend.rows.batch_leads(batch_id)
     assert all(r["state"] == "written" for r in rows)
+
+
+async def test_leads_whose_calls_hang_do_not_hold_back_the_rest(
+    backend: Backend, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
+) -> None:
+    """The window keeps its calls in flight: two leads whose calls hang (each leased with
+    others) take two of the four places, and every other lead is written meanwhile, each
+    once; the two are written when their calls answer."""
+    count = 40
+    leads = _leads(tmp_path, count)
+    settings = backend.settings(personalize_concurrency=4)
+    release = threading.Event()
+    hanging = {"Acme2", "Acme6"}
+
+    def respond(request: RecordedRequest) -> Reply | None:
+        if request.kind == "line" and _company(request.user_text) in hanging:
+            release.wait(PROCESS_TIMEOUT)
+        return None
+
+    async with ColdMailAgent.open(backend.db, settings=settings) as agent:
+        run_id = await _approved_run(agent, brief)
+        await agent.personalize(run_id, leads, sample=2)
+        server.respond_with(respond)
+        batch_id = batch_id_for(run_id, read_lead_list(leads).digest)
+        writing = asyncio.create_task(agent.approve_sample(run_id))
+        try:
+            deadline = time.monotonic() + PROCESS_TIMEOUT
+            while True:
+                rows = await asyncio.to_thread(backend.rows.batch_leads, batch_id)
+                written = {json.loads(str(r["lead_json"]))["company"] for r in rows
+                           if r["state"] == "written"}  # fmt: skip
+                if len(written) == count - len(hanging):
+                    break
+                assert not writing.done() and time.monotonic() < deadline, (
+                    f"only {len(written)} of {count - len(hanging)} written while two hang"
+                )
+                await asyncio.sleep(0.05)
+            assert not written & hanging
+        finally:
+            release.set()
+        report = await writing
+    assert report.done and report.counts.written == count
+    assert _line_calls(server) == {f"Acme{i}": 1 for i in range(count)}
 
 
 def test_the_command_shows_the_estimate_the_sample_and_how_to_answer(

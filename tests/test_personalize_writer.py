@@ -109,6 +109,25 @@ async def test_honest_answers_are_kept_with_one_call_per_lead(
     assert schema["properties"]["line"]["maxLength"] == 200
 
 
+async def test_every_call_sends_the_schema_bridgic_would_build(
+    llm: object, server: ScriptedOpenAIServer, respond: Callable[..., None]
+) -> None:
+    """The backend builds each answer model's schema once (pydantic builds it anew on every
+    call, a sixth of a batch's CPU); every request still carries the very response format
+    Bridgic's own ``OpenAILlm`` builds, and adjusting a copy never changes the next one."""
+    from bridgic.core.model.protocols import PydanticModel
+    from bridgic.llms.openai import OpenAILlm
+
+    respond(PerLead({case.lead["company"]: [line(case.honest[0])] for case in CASES}))
+    writer = writer_for(llm)
+    for index in (0, 1, 0):
+        assert (await writer.write(task_for(index))).written
+    expected = OpenAILlm._get_response_format(llm, PydanticModel(model=LineAnswer))  # type: ignore[arg-type]
+    sent = [request.body["response_format"] for request in server.requests]
+    assert len(sent) == 3 and all(format == expected for format in sent)
+    assert expected["json_schema"]["schema"]["additionalProperties"] is False
+
+
 async def test_a_dishonest_line_is_rewritten_with_the_reasons_shown(
     llm: object, server: ScriptedOpenAIServer, respond: Callable[..., None]
 ) -> None:

@@ -16,9 +16,10 @@ an earlier round are set back to pending first, so that a rewrite interrupted an
 again keeps the lines of its own round and pays for the rest only.
 
 **The rest of the list** is written once the automa finishes with the approval, by
-:func:`write_leads`, which any number of processes may run on one batch: each leases chunks
-of leads from the store, writes their lines through the batch's ``Pacer`` and records each
-line fenced by its lease (``LineRecord``). A line is recorded as soon as a few are done, so a
+:func:`write_leads`, which any number of processes may run on one batch: each keeps a
+rolling window of calls in flight (:class:`_Window`), leasing leads from the store a small
+group ahead of the calls, writing their lines through the batch's ``Pacer`` and recording
+them fenced by its lease (``LineRecord``) a few at a time, within a quarter of a second. A
 killed process loses at most the calls it had in flight; its leases run out and the next
 ``personalize`` takes those leads.
 """
@@ -26,10 +27,12 @@ killed process loses at most the calls it had in flight; its leases run out and 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -124,8 +127,8 @@ class BatchPlan:
     sequence: EmailSequence
     writer: LineWriter
     lease_seconds: float
-    chunk: int
-    """Leads leased at once by one lane (the concurrency)."""
+    window: int
+    """Calls kept in flight at once (the concurrency; the pacer may allow fewer)."""
     on_result: Callable[[LineResult], None] | None = None
 
 
@@ -150,30 +153,18 @@ async def write_leads(
     guidance: tuple[str, ...],
     *,
     sample: bool = False,
-    lanes: int = 2,
 ) -> None:
-    """Write every lead of the batch still to write (``sample``: the sample's only), in
-    ``lanes`` concurrent chunks of leased leads; returns when none is left to lease and
-    none is leased by anyone else (a dead worker's leases are waited out).
+    """Write every lead of the batch still to write (``sample``: the sample's only), keeping
+    ``plan.window`` calls in flight (:class:`_Window`); returns when none is left to lease
+    and none is leased by anyone else (a dead worker's leases are waited out).
 
     Raises:
         LlmError: the batch halted (see ``pacing.py``); lines written so far are stored.
     """
     context = LineContext(plan.brief, plan.sequence, guidance)
-
-    async def lane() -> None:
-        while True:
-            claims = await plan.store.claim_leads(
-                batch_id, plan.chunk, plan.lease_seconds, sample=sample
-            )
-            if not claims:
-                return
-            await _write_chunk(plan, batch_id, sample_round, context, claims)
-
     while True:
-        await asyncio.gather(*(lane() for _ in range(lanes)))
-        counts = await _open_leads(plan.store, batch_id, sample=sample)
-        if counts == 0:
+        await _Window(plan, batch_id, sample_round, context, sample=sample).run()
+        if await _open_leads(plan.store, batch_id, sample=sample) == 0:
             return
         await asyncio.sleep(min(1.0, plan.lease_seconds / 10))  # leased by someone else
 
@@ -185,32 +176,121 @@ async def _open_leads(store: RunStore, batch_id: str, *, sample: bool) -> int:
     return len(rows)
 
 
-async def _write_chunk(
-    plan: BatchPlan,
-    batch_id: str,
-    sample_round: int,
-    context: LineContext,
-    claims: Sequence[LeadClaim],
-) -> None:
-    """Write one chunk's lines, recording them in small groups as they finish, while the
-    chunk's lease is renewed; a failure records what was done before it is raised."""
-    token = claims[0].token
-    store = plan.store
-    done: list[LineRecord] = []
-    flush_at = max(1, len(claims) // 4)
+RECORD_EVERY_LINES = 16
+"""Finished lines recorded together, in one fenced, durable transaction."""
+RECORD_WITHIN_SECONDS = 0.25
+"""A finished line waits at most about this long to be recorded, however slow the others: a
+killed process loses the calls it had in flight and at most this much of finished lines."""
 
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(plan.lease_seconds / 3)
-            try:
-                await store.renew_leads(batch_id, token, plan.lease_seconds)
-            except ColdmailError:
-                continue
 
-    async def one(claim: LeadClaim) -> LineRecord:
-        result = await plan.writer.write(task_for(context, claim))
-        if plan.on_result is not None:
-            plan.on_result(result)
+class _Window:
+    """A rolling window over the batch's leads: ``plan.window`` calls in flight, a new one
+    started as soon as one ends, never a wait for the slowest of a group.
+
+    Leads are leased a group at a time (:func:`lease_group`) a little ahead of the calls,
+    all under the window's one lease token, so that one statement renews them all and one
+    transaction records a group of finished lines (fenced by that token: a lead whose lease
+    ran out and was taken by another worker is not recorded here). Leasing, recording and
+    the calls overlap, so no store round trip stalls the window. When the batch halts (or a
+    store call fails), the calls in flight are cancelled and the lines already finished are
+    recorded before the error is raised; the leads leased but not finished come back when
+    their lease runs out.
+    """
+
+    def __init__(
+        self,
+        plan: BatchPlan,
+        batch_id: str,
+        sample_round: int,
+        context: LineContext,
+        *,
+        sample: bool,
+    ) -> None:
+        self.plan = plan
+        self.store = plan.store
+        self.batch_id = batch_id
+        self.round = sample_round
+        self.context = context
+        self.sample = sample
+        self.group = lease_group(plan.window)
+        self.queue: collections.deque[LeadClaim] = collections.deque()
+        """Leads leased and not started yet."""
+        self.calls: set[asyncio.Task[LineRecord]] = set()
+        self.finished: list[LineRecord] = []
+        """Lines written and not recorded yet."""
+        self.token = uuid.uuid4().hex
+        """The lease token of every lead this window leases."""
+        self.leasing: asyncio.Task[list[LeadClaim]] | None = None
+        self.asked = 0
+        """Leads the lease in progress asked for; fewer back: none is left to lease."""
+        self.exhausted = False
+        self.recording: asyncio.Task[None] | None = None
+        self.ended: list[asyncio.Task[Any]] = []
+        """Tasks that ended since the loop last looked (their done callbacks add them)."""
+        self.wake = asyncio.Event()
+        self.record_timer: asyncio.TimerHandle | None = None
+        self.overdue = False
+        """A finished line has waited :data:`RECORD_WITHIN_SECONDS`: record at once."""
+
+    async def run(self) -> None:
+        keeper = asyncio.create_task(self._renew())
+        try:
+            while True:
+                self._lease_more()
+                self._start_calls()
+                self._record_some()
+                if self.ended:
+                    done, self.ended = self.ended, []
+                    self._collect(done)
+                elif self.calls or self.leasing or self.recording:
+                    self.wake.clear()
+                    await self.wake.wait()
+                elif self.finished:
+                    self._record_some(now=True)
+                else:
+                    return
+        finally:
+            keeper.cancel()
+            if self.record_timer is not None:
+                self.record_timer.cancel()
+            pending = [*self.calls, *filter(None, [self.leasing])]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            with contextlib.suppress(Exception):  # the error that ended the window is raised
+                await asyncio.shield(self._record_rest())
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(work)
+        task.add_done_callback(self._on_end)
+        return task
+
+    def _on_end(self, task: asyncio.Task[Any]) -> None:
+        self.ended.append(task)
+        self.wake.set()
+
+    def _lease_more(self) -> None:
+        wanted = self.plan.window - len(self.calls) - len(self.queue) + self.group
+        if self.leasing is None and not self.exhausted and wanted >= self.group:
+            self.asked = wanted
+            self.leasing = self._spawn(
+                self.store.claim_leads(
+                    self.batch_id,
+                    wanted,
+                    self.plan.lease_seconds,
+                    sample=self.sample,
+                    token=self.token,
+                )
+            )
+
+    def _start_calls(self) -> None:
+        while self.queue and len(self.calls) < self.plan.window:
+            self.calls.add(self._spawn(self._write(self.queue.popleft())))
+
+    async def _write(self, claim: LeadClaim) -> LineRecord:
+        result = await self.plan.writer.write(task_for(self.context, claim))
+        if self.plan.on_result is not None:
+            self.plan.on_result(result)
         return LineRecord(
             claim.position,
             result.line,
@@ -221,20 +301,79 @@ async def _write_chunk(
             tokens=result.tokens.total,
         )
 
-    keeper = asyncio.create_task(renew())
-    tasks = [asyncio.ensure_future(one(claim)) for claim in claims]
-    try:
-        for finished in asyncio.as_completed(tasks):
-            done.append(await finished)
-            if len(done) >= flush_at:
-                batch, done = done, []
-                await store.record_lines(batch_id, token, sample_round, batch)
-    finally:
-        keeper.cancel()
-        for task in tasks:
-            task.cancel()
-        if done:
-            await asyncio.shield(store.record_lines(batch_id, token, sample_round, done))
+    def _collect(self, done: list[asyncio.Task[Any]]) -> None:
+        """Take what ended: every finished line is kept for recording before an error (the
+        first one) is raised."""
+        failure: BaseException | None = None
+        for task in done:
+            error = task.exception()
+            if task is self.leasing:
+                self.leasing = None
+                if error is None:
+                    claims = task.result()
+                    self.exhausted = len(claims) < self.asked
+                    self.queue.extend(claims)
+            elif task is self.recording:
+                self.recording = None
+            else:
+                self.calls.discard(task)
+                if error is None:
+                    self.finished.append(task.result())
+            failure = failure or error
+        if failure is not None:
+            raise failure
+
+    def _record_some(self, *, now: bool = False) -> None:
+        """Start recording the finished lines when there are enough, or when the first of
+        them has waited long enough (``now``: whatever there is); one recording at a time."""
+        if not self.finished:
+            return
+        if self.record_timer is None and not self.overdue:
+            self.record_timer = asyncio.get_running_loop().call_later(
+                RECORD_WITHIN_SECONDS, self._record_due
+            )
+        if self.recording is None and (
+            now or self.overdue or len(self.finished) >= RECORD_EVERY_LINES
+        ):
+            if self.record_timer is not None:
+                self.record_timer.cancel()
+                self.record_timer = None
+            self.overdue = False
+            group, self.finished = self.finished, []
+            self.recording = self._spawn(self._record(group))
+
+    def _record_due(self) -> None:
+        self.record_timer = None
+        self.overdue = True
+        self.wake.set()
+
+    async def _record(self, group: list[LineRecord]) -> None:
+        try:
+            await self.store.record_lines(self.batch_id, self.token, self.round, group)
+        except BaseException:
+            self.finished[:0] = group  # kept for the last try (``_record_rest``)
+            raise
+
+    async def _record_rest(self) -> None:
+        """Record every finished line still unrecorded (after the recording in progress)."""
+        if self.recording is not None:
+            await asyncio.wait([self.recording])
+            self.recording = None
+        if self.finished:
+            group, self.finished = self.finished, []
+            await self._record(group)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.plan.lease_seconds / 3)
+            with contextlib.suppress(ColdmailError):  # tried again a third of a lease later
+                await self.store.renew_leads(self.batch_id, self.token, self.plan.lease_seconds)
+
+
+def lease_group(window: int) -> int:
+    """Leads leased in one go beyond what fills the window: a quarter of it (at most 16),
+    so that one lease round trip feeds several calls."""
+    return max(1, min(16, window // 4))
 
 
 def task_for(context: LineContext, claim: LeadClaim) -> LineTask:

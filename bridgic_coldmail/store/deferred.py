@@ -209,10 +209,17 @@ class DeferredSqliteStore:
         return await self._read(lambda s: s.reset_sample(claim, before_round), 0)
 
     async def claim_leads(
-        self, batch_id: str, limit: int, lease_seconds: float, *, sample: bool = False
+        self,
+        batch_id: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        sample: bool = False,
+        token: str | None = None,
     ) -> builtins.list[LeadClaim]:
         return await self._read(
-            lambda s: s.claim_leads(batch_id, limit, lease_seconds, sample=sample), []
+            lambda s: s.claim_leads(batch_id, limit, lease_seconds, sample=sample, token=token),
+            [],
         )
 
     async def renew_leads(self, batch_id: str, token: str, lease_seconds: float) -> int:

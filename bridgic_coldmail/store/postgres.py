@@ -1105,14 +1105,20 @@ class PostgresRunStore:
         return len(changes)
 
     async def claim_leads(
-        self, batch_id: str, limit: int, lease_seconds: float, *, sample: bool = False
+        self,
+        batch_id: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        sample: bool = False,
+        token: str | None = None,
     ) -> builtins.list[LeadClaim]:
         """Lease up to ``limit`` leads to write, lowest position first: leads another worker
         is claiming are skipped (``FOR UPDATE SKIP LOCKED``), never waited for. The chosen
         positions are an ``ARRAY(…)``, evaluated once: as ``IN (SELECT … LIMIT)`` the planner
         may run the subquery again per row and lease more than ``limit`` leads."""
         signer = self._signer
-        token = uuid.uuid4().hex
+        token = token or uuid.uuid4().hex
         only_sample = " AND in_sample = 1" if sample else ""
         async with self._transaction(durable=False) as tx:
             rows = await tx.only(

@@ -397,11 +397,19 @@ class RunStore(Protocol):
         ...
 
     async def claim_leads(
-        self, batch_id: str, limit: int, lease_seconds: float, *, sample: bool = False
+        self,
+        batch_id: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        sample: bool = False,
+        token: str | None = None,
     ) -> builtins.list[LeadClaim]:
         """Lease up to ``limit`` leads to write (``sample``: only the sample's), lowest
         position first: pending ones, and claimed ones whose lease ran out. A lead claimed
-        :data:`MAX_ATTEMPTS` times already is skipped instead."""
+        :data:`MAX_ATTEMPTS` times already is skipped instead. ``token``: the lease token
+        (a worker leasing several times gives its own each time, so that one renewal and
+        one recording cover all its leads); a new one when None."""
         ...
 
     async def renew_leads(self, batch_id: str, token: str, lease_seconds: float) -> int:

@@ -933,12 +933,18 @@ class SqliteRunStore:
         return await self._hop(work)
 
     async def claim_leads(
-        self, batch_id: str, limit: int, lease_seconds: float, *, sample: bool = False
+        self,
+        batch_id: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        sample: bool = False,
+        token: str | None = None,
     ) -> builtins.list[LeadClaim]:
         """Lease up to ``limit`` leads to write, lowest position first (one ``UPDATE …
         RETURNING`` under the write lock: two workers never get the same lead)."""
         signer = self._signer
-        token = uuid.uuid4().hex
+        token = token or uuid.uuid4().hex
         only_sample = " AND in_sample = 1" if sample else ""
 
         def work(db: sqlite3.Connection) -> list[dict[str, Any]]:

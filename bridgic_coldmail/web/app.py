@@ -4,9 +4,11 @@
 app, and the headers every answer carries), :mod:`.pages` (the HTML inbox, a new run, a run,
 its feedback and export), :mod:`.review` (the review decisions' forms), :mod:`.views` (what
 the run page shows), :mod:`.link_pages` (a one-click link's page), :mod:`.api` (the JSON
-API), :mod:`.uploads` (a lead list in, an export out), :mod:`.responses` (every error, in
-JSON or HTML), :mod:`.logs` (no link token in a log line). Routes receive the agent through
-``Depends(get_agent)``; the app opens it once, at start-up.
+API), :mod:`.lines` (first lines for every lead: the run page's section, its forms, its API
+and the background writers), :mod:`.uploads` (a lead list in, an export out),
+:mod:`.responses` (every error, in JSON or HTML), :mod:`.logs` (no link token in a log
+line). Routes receive the agent through ``Depends(get_agent)``; the app opens it once, at
+start-up.
 
 Everything a brief or the LLM wrote is escaped by Jinja2's autoescape; the change highlighting
 escapes the text itself before wrapping the changed words in ``<ins>``.
@@ -25,7 +27,7 @@ from ..agent import ColdMailAgent
 from ..llm import ColdmailLlm
 from ..retry import RetryPolicy
 from ..settings import Settings
-from . import api, link_pages, pages, review
+from . import api, lines, link_pages, pages, review
 from .logs import install_link_redaction
 from .responses import install_error_handlers
 from .security import TOKEN_ENV, WebPolicy, check_bind_address, install_security
@@ -76,7 +78,11 @@ def create_app(
             settings.db, llm=chosen_llm, retry=retry, settings=settings
         ) as agent:
             app.state.agent = agent
-            yield
+            app.state.line_writers = lines.LineWriters()
+            try:
+                yield
+            finally:
+                await app.state.line_writers.close()  # batches resume where they stopped
 
     app = FastAPI(
         title="bridgic-coldmail",
@@ -90,6 +96,8 @@ def create_app(
     app.include_router(pages.router)
     app.include_router(review.router)
     app.include_router(api.router)
+    app.include_router(lines.router)
+    app.include_router(lines.api_router)
     app.include_router(link_pages.router)
     install_error_handlers(app)
     install_link_redaction()

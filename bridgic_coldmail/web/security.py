@@ -60,7 +60,7 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 """The loopback names as a Host header spells them."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-UPLOAD_PATH = re.compile(r"/(?:api/)?runs/[^/]+/export")
+UPLOAD_PATH = re.compile(r"/(?:api/)?runs/[^/]+/(?:export|lines(?:/estimate)?)")
 """The routes that take a lead list (``POST``): limited by ``max_upload_bytes``, not
 ``max_body_bytes``."""
 

@@ -292,8 +292,10 @@ async def show_run(
     form: FormState | None = None,
     export_problem: ExportRefused | None = None,
     export_shown: ExportShown | None = None,
+    lines: Any = None,
 ) -> Response:
     """The run page, with its history and lint; sets the CSRF cookie its forms need.
+    ``lines``: the first-lines section as a form left it (``lines.lines_section``).
 
     The page is built on a worker thread (the change highlighting and the template are the
     CPU work of a page): however long it takes, the event loop answers other requests.
@@ -302,6 +304,10 @@ async def show_run(
     issues = await agent.lint(run.interaction_id)
     family = await agent.family(run.interaction_id)
     deliveries = await agent.notifications(run.interaction_id, limit=MAX_PAGE)
+    if lines is None:
+        from .lines import lines_section
+
+        lines = await lines_section(request, agent, run)
     csrf = csrf_token(request)
     response = await asyncio.to_thread(
         _render_run_page,
@@ -320,6 +326,7 @@ async def show_run(
         export_shown=export_shown,
         family=None if family.is_alone else family,
         deliveries=deliveries,
+        lines=lines,
     )
     set_private_cookie(response, request, policy, CSRF_COOKIE, csrf)
     return response
@@ -342,6 +349,7 @@ def _render_run_page(
     export_shown: ExportShown | None,
     family: Family | None = None,
     deliveries: list[Delivery] | None = None,
+    lines: Any = None,
 ) -> Response:
     rounds = review_rounds(history)
     decided = [r for r in rounds if r.decision is not None]
@@ -376,6 +384,7 @@ def _render_run_page(
         "rules_to_turn_off": RULES_TO_TURN_OFF,
         "family": family,
         **deliveries_context(run, deliveries or []),
+        "lines": lines,
         "disabled_rules": (
             set(values["disabled_rules"].split(",")) - {""}
             if "disabled_rules" in values

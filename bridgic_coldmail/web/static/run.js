@@ -8,7 +8,15 @@
 //    otherwise the button becomes "Download the N leads", and that submission carries the
 //    fingerprint of the rows shown (leave_out), without which the server does not download.
 //    Without this script the server shows the same report as a page instead.
+// 4. While this server writes a batch's first lines, the page reloads itself (data-refresh,
+//    in seconds) to show the progress; without this script a <noscript> refresh does.
 "use strict";
+const refreshing = document.querySelector("#lines[data-refresh]");
+if (refreshing) {
+  window.setTimeout(function () {
+    window.location.reload();
+  }, 1000 * Number(refreshing.dataset.refresh));
+}
 for (const form of document.querySelectorAll("form[data-busy]")) {
   form.addEventListener("submit", function () {
     form.classList.add("busy");
