@@ -69,7 +69,8 @@ def refusal_error(
         }.get(pending.kind, "applying its outcome")
         return RunConflict(
             f"run {interaction_id}'s deadline has passed and the deadline is {did} right now; "
-            f"your answer was not applied (`coldmail show {interaction_id}` shows the run)",
+            "your answer was not applied (should that step fail, the run waits for an answer "
+            f"again: `coldmail show {interaction_id}` shows where it is)",
             topic="deadline",
         )
     if reason is RefusalReason.HELD:

@@ -704,20 +704,13 @@ class ColdMailAgent:
                 topic="public_origin",
             )
         now = datetime.now(timezone.utc)
-        if expires_at is None:
-            # The pause's deadline, when it has one ahead: the link stops when the wait does.
-            interaction_id = validate_interaction_id(interaction_id)
-            deliveries = await self._store.notifications(interaction_id, limit=MAX_PAGE)
-            stored = await self._store.get(interaction_id)
-            pause_id = stored.pause_id if isinstance(stored, Run) else None
-            deadline = wait_state(pause_id, deliveries).deadline
-            expires_at = link_expiry(now, self.settings.link_ttl, deadline)
-        elif expires_at.tzinfo is None or expires_at <= now:
-            raise InvalidInput("expires_at must be an aware time in the future (e.g. in UTC)")
-        elif expires_at - now > timedelta(days=MAX_LINK_DAYS):
-            raise InvalidInput(
-                f"a link works at most {MAX_LINK_DAYS} days; give an earlier expires_at"
-            )
+        if expires_at is not None:
+            if expires_at.tzinfo is None or expires_at <= now:
+                raise InvalidInput("expires_at must be an aware time in the future (e.g. in UTC)")
+            if expires_at - now > timedelta(days=MAX_LINK_DAYS):
+                raise InvalidInput(
+                    f"a link works at most {MAX_LINK_DAYS} days; give an earlier expires_at"
+                )
         run = await self.get(interaction_id)
         pause = current_pause(run)
         if run.status is RunStatus.RESUMING:
@@ -733,6 +726,11 @@ class ColdMailAgent:
                 "there is no question a link could answer",
                 topic="not_paused",
             )
+        if expires_at is None:
+            # The pause's deadline, when it has one ahead: the link stops when the wait does.
+            deliveries = await self._store.notifications(run.interaction_id, limit=MAX_PAGE)
+            deadline = wait_state(pause, deliveries).deadline
+            expires_at = link_expiry(now, self.settings.link_ttl, deadline)
         at_review = run.status is RunStatus.AWAITING_REVIEW
         round = run.round if at_review else None
         return make_link(signer, origin, run.interaction_id, pause, expires_at, round=round)

@@ -465,16 +465,38 @@ async def test_a_policy_edited_in_the_database_fires_nothing(
     backend.rows.set(run.interaction_id, policy_json=json.dumps(policy))
     run = await agent.resume(run.interaction_id, "CTOs at clinics")
     assert run.status is RunStatus.AWAITING_REVIEW
-    # The review round that followed planned no timer from the altered policy.
-    assert all(
-        t["status"] != "pending"
-        or t["event"] != "run.deadline"
-        or _due(t) < (datetime.now(timezone.utc) + timedelta(seconds=1))
-        for t in _timers(backend, run.interaction_id)
-    )
+    # The review round that followed planned no timer from the altered policy: the only
+    # timer is the audience question's, planned before the edit.
+    paused_at = [
+        json.loads(t["record_json"])["pause_id"] for t in _timers(backend, run.interaction_id)
+    ]
+    assert paused_at == [run.interaction_id]
     await asyncio.sleep(1.2)
     await _work(store, settings)
     assert (await agent.get(run.interaction_id)).status is RunStatus.AWAITING_REVIEW
+
+
+def test_reminders_stop_before_the_deadline_and_after_the_tenth() -> None:
+    """Each reminder plans the next one: none at or past the deadline, none after the
+    tenth (``MAX_REMINDERS``), whatever the interval."""
+    from bridgic_coldmail.notify.policy import MAX_REMINDERS, WaitPolicy
+    from bridgic_coldmail.store.outbox import pause_timers
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    wait = WaitPolicy(respond_within=3600.0, remind_every=1000.0)
+    deadline, first = pause_timers("r" * 32, "p" * 32, None, wait, now=now)
+    assert deadline.kind == "deadline" and deadline.due_at == now + timedelta(hours=1)
+    chain = [first]
+    while (following := chain[-1].next_reminder()) is not None:
+        chain.append(following)
+    assert [t.due_at - now for t in chain] == [timedelta(seconds=s) for s in (1000, 2000, 3000)]
+
+    endless = WaitPolicy(remind_every=60.0)  # no deadline
+    (first,) = pause_timers("r" * 32, "p" * 32, None, endless, now=now)
+    chain = [first]
+    while (following := chain[-1].next_reminder()) is not None:
+        chain.append(following)
+    assert [t.n for t in chain] == list(range(1, MAX_REMINDERS + 1))
 
 
 def test_a_person_cannot_sign_as_the_deadline(agent: ColdMailAgent) -> None:

@@ -50,9 +50,11 @@ from ..personalize.estimate import BatchEstimate
 from ..store.batches import BatchLeadRow
 from .api import JsonBodyRoute, exportable
 from .dependencies import Agent, Policy
+from .pages import form_expired
 from .responses import WebError
 from .security import csrf_matches, relative_location
 from .uploads import private_folder, read_chunks, save_upload
+from .views import show_run
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +203,6 @@ async def _page(
     status: int = 200,
     **shown: Any,
 ) -> Response:
-    from .views import show_run
-
     section = await lines_section(request, agent, run, **shown)
     return await show_run(request, agent, policy, run, status=status, lines=section)
 
@@ -236,8 +236,6 @@ async def start_lines(
     run = await exportable(agent, interaction_id)
     async with request.form(max_files=1, max_fields=FORM_FIELDS) as submitted:
         if not csrf_matches(request, _text(submitted, "csrf_token")):
-            from .pages import form_expired
-
             return form_expired(request)
         upload = submitted.get("leads")
         sample_text = _text(submitted, "sample")[:10]
@@ -312,8 +310,6 @@ async def approve_lines(
 ) -> Response:
     """Approve the sample; the rest is written in the background (the page shows it)."""
     if not csrf_matches(request, csrf_token):
-        from .pages import form_expired
-
         return form_expired(request)
     run = await exportable(agent, interaction_id)
     try:
@@ -344,8 +340,6 @@ async def guide_lines(
 ) -> Response:
     """Rewrite the sample with the guidance; it waits on the page again."""
     if not csrf_matches(request, csrf_token):
-        from .pages import form_expired
-
         return form_expired(request)
     run = await exportable(agent, interaction_id)
     try:
@@ -375,8 +369,6 @@ async def continue_lines(
 ) -> Response:
     """Go on writing an approved batch that stopped (a halt, or a server restart)."""
     if not csrf_matches(request, csrf_token):
-        from .pages import form_expired
-
         return form_expired(request)
     run = await exportable(agent, interaction_id)
     try:
