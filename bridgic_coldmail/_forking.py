@@ -26,14 +26,14 @@ from .errors import (
 )
 from .models import (
     MAX_ROUND_NUMBER,
+    Decision,
     Run,
     RunStatus,
     make_decision,
-    validate_feedback,
     validate_interaction_id,
     validate_reviewer,
 )
-from .store import Action, Refusal, RefusalReason
+from .store import Refusal, RefusalReason
 from .store.forks import Family, ForkLink, fork_refusal_problem
 
 
@@ -58,9 +58,8 @@ async def fork(
                 "round 0 is the audience question: give feedback (who the emails should "
                 "target), not guidance; guidance forks a review round (round 1, 2…)"
             )
-        text = validate_feedback(feedback)
-        action = Action.feedback(text, who)
-        link = ForkLink(interaction_id, 0, "feedback", text, who)
+        action = make_decision("feedback", text=feedback, reviewer=who)
+        link = ForkLink(interaction_id, 0, "feedback", str(action.text), who)
     else:
         if feedback is not None or guidance is None:
             raise InvalidInput(
@@ -68,9 +67,8 @@ async def fork(
                 "should change), not feedback; feedback forks the audience question "
                 "(round 0)"
             )
-        decision = make_decision("revise", text=guidance, reviewer=who, round=at)
-        action = Action.of(decision)
-        link = ForkLink(interaction_id, at, "revise", str(decision.text), who)
+        action = make_decision("revise", text=guidance, reviewer=who, round=at)
+        link = ForkLink(interaction_id, at, "revise", str(action.text), who)
         parent = await runner.get(interaction_id)
         if parent.max_rounds is not None and at >= parent.max_rounds:
             raise RunConflict(
@@ -129,7 +127,7 @@ async def family_variants(runner: Runner, interaction_id: str) -> list[str]:
 
 
 async def _finish_fork(
-    runner: Runner, new_id: str, action: Action, interaction_id: str, at: int
+    runner: Runner, new_id: str, action: Decision, interaction_id: str, at: int
 ) -> Run:
     """Resume the stored fork with its input (a repeat returns what was recorded)."""
     try:
@@ -144,7 +142,7 @@ async def _finish_fork(
 
 
 async def _fork_again(
-    runner: Runner, new_id: str, action: Action, interaction_id: str, at: int
+    runner: Runner, new_id: str, action: Decision, interaction_id: str, at: int
 ) -> Run:
     """A repeat of a keyed fork: what its first call recorded, the fork as it is while
     that call still works on it, or its step finished now if that call's failed."""

@@ -34,12 +34,11 @@ from .automa import REVIEW_EVENT, ColdMailAutoma
 from .errors import ColdmailError, ConfigurationError, LlmError, RunNotFound, StoreError
 from .llm import ColdmailLlm, build_llm, close_llm
 from .llm.prompts import AUDIENCE_QUESTION
-from .models import Brief, DamagedRun, EmailSequence, ReviewOutcome, Run, RunStatus
+from .models import Brief, DamagedRun, Decision, EmailSequence, ReviewOutcome, Run, RunStatus
 from .notify.policy import NotifyPolicy
 from .retry import RetryPolicy
 from .settings import Settings
 from .store import (
-    Action,
     AlreadyDone,
     Claim,
     ClaimOutcome,
@@ -96,7 +95,7 @@ class Runner:
             raise wording.damaged_error(found)
         return found
 
-    async def answer(self, interaction_id: str, action: Action) -> Run:
+    async def answer(self, interaction_id: str, action: Decision) -> Run:
         """:meth:`apply` ``action``, and raise the error ``_wording`` words for a refusal
         (a conflict with an answer the deadline gave says so)."""
         outcome = await self.apply(interaction_id, action)
@@ -172,7 +171,7 @@ class Runner:
             )
         raise ColdmailError("the automa finished without pausing for feedback; this is a bug")
 
-    async def apply(self, interaction_id: str, action: Action) -> Run | Refusal:
+    async def apply(self, interaction_id: str, action: Decision) -> Run | Refusal:
         """Claim the run for ``action``, run the automa from its snapshot, record the result.
 
         Returns the run the step left (or the result recorded before, for a repeat), or the
@@ -211,7 +210,7 @@ class Runner:
             raise await self._fenced_out(claim)
         return completed
 
-    async def _claim(self, interaction_id: str, action: Action) -> ClaimOutcome:
+    async def _claim(self, interaction_id: str, action: Decision) -> ClaimOutcome:
         """Claim the run. A claim interrupted (Ctrl-C, a cancelled task) may still be
         granted — SQLite's thread and PostgreSQL's commit carry on — so it is awaited to the
         end and given back, never left holding the run until its lease runs out."""
@@ -227,7 +226,7 @@ class Runner:
                 await self._give_back(granted, wording.failure_note(cancelled))
             raise
 
-    async def _claim_surely(self, interaction_id: str, action: Action) -> ClaimOutcome:
+    async def _claim_surely(self, interaction_id: str, action: Decision) -> ClaimOutcome:
         """Claim under a token chosen before the first attempt. When the reply to the claim's
         commit is lost (topic ``commit_unknown``), the run may be ours already: the claim is
         asked again with the same token while the lease would run, and the store hands back
@@ -345,9 +344,7 @@ class Runner:
             raise wording.snapshot_not_automa(claim, loaded)
         automa = self.automa(loaded, llm=llm)
         action = claim.action
-        data: Any = (
-            action.text if action.kind == "feedback" else action.decision().model_dump(mode="json")
-        )
+        data: Any = action.text if action.kind == "feedback" else action.model_dump(mode="json")
         reply = InteractionFeedback(interaction_id=claim.pause_id, data=data)
         try:
             result = await automa.arun(feedback_data=reply)

@@ -62,12 +62,10 @@ from .models import (
     validate_feedback,
     validate_interaction_id,
     validate_page,
-    validate_reviewer,
 )
 from .retry import RetryPolicy
 from .settings import AgentOptions, Settings
 from .store import (
-    Action,
     IfMissing,
     Refusal,
     RefusalReason,
@@ -280,10 +278,8 @@ class ColdMailAgent:
             SnapshotIntegrityError: the run was altered or is unsigned; it was not loaded.
         """
         interaction_id = validate_interaction_id(interaction_id)
-        feedback = validate_feedback(feedback)
-        return await self._apply(
-            interaction_id, Action.feedback(feedback, validate_reviewer(reviewer))
-        )
+        decision = make_decision("feedback", text=feedback, reviewer=reviewer)
+        return await self.decide(interaction_id, decision)
 
     async def approve(
         self, interaction_id: str, *, reviewer: str | None = None, round: int | None = None
@@ -337,17 +333,22 @@ class ColdMailAgent:
         return await self.decide(interaction_id, decision)
 
     async def decide(self, interaction_id: str, decision: Decision) -> Run:
-        """Apply a review decision built with ``models.make_decision`` (what ``approve``,
-        ``revise``, ``edit`` and ``reject`` do, for callers that hold the decision as data).
+        """Apply a person's answer built with ``models.make_decision``: the audience
+        ``feedback`` (what :meth:`resume` does) or a review decision (what ``approve``,
+        ``revise``, ``edit`` and ``reject`` do), for callers that hold the answer as data.
+        Every front end — the command line, the JSON API, the inbox, a one-click link —
+        applies its answers here.
 
         Raises:
-            InvalidInput: malformed id, or edited emails with a field the run lacks.
+            InvalidInput: malformed id, a decision that does not validate (the feedback
+                rules of :meth:`resume` included), or edited emails with a field the run lacks.
             RunNotFound: no run under this id.
-            RunConflict: the run took another decision for that round, or is not awaiting
-                review (still awaiting feedback, finished, not in review mode, or past its
-                round limit for a revision).
+            RunConflict: the run took other feedback, or another decision for that round,
+                or is not awaiting review (still awaiting feedback, finished, not in review
+                mode, or past its round limit for a revision).
             RunBeingResumed: another caller holds the run right now.
-            LlmError: a revision's LLM call failed; the run stays at its round.
+            LlmError: the refinement or a revision's LLM call failed; the run stays where
+                it was.
         """
         interaction_id = validate_interaction_id(interaction_id)
         decision = _checked_decision(decision)
@@ -361,10 +362,7 @@ class ColdMailAgent:
                 and decision.round in (None, run.round)
             ):
                 exporting.check_exportable(run, run.sequence)
-        return await self._apply(interaction_id, Action.of(decision))
-
-    async def _apply(self, interaction_id: str, action: Action) -> Run:
-        return await self._runner.answer(interaction_id, action)
+        return await self._runner.answer(interaction_id, decision)
 
     # ------------------------------------------------------------------ reading
 
