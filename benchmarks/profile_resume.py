@@ -547,8 +547,8 @@ async def ledger(number: int) -> None:
 
     from bridgic_coldmail import ColdMailAutoma, RunStatus
     from bridgic_coldmail._runner import SUPPORTED_SERIALIZATION_VERSIONS as VERSIONS
-    from bridgic_coldmail.models import validate_feedback, validate_interaction_id
-    from bridgic_coldmail.store import Action, Finished
+    from bridgic_coldmail.models import make_decision, validate_feedback, validate_interaction_id
+    from bridgic_coldmail.store import Finished
     from bridgic_coldmail.store import sqlite as sq
     from bridgic_coldmail.store.codec import decode_row, row_mac_values, run_from_row
     from bridgic_coldmail.store.rules import (
@@ -569,7 +569,7 @@ async def ledger(number: int) -> None:
             signer, schema = store._signer, sq._SchemaGuard(store.location)
             db = sqlite3.connect(store.location, isolation_level=None)
             db.row_factory = sqlite3.Row
-            action = Action.feedback(FEEDBACK)
+            action = make_decision("feedback", text=FEEDBACK)
             now = datetime.now(timezone.utc)
 
             def select_row() -> dict[str, Any]:

@@ -14,8 +14,9 @@ This is the layer that closes Bridgic's sharp edges around ``interact_with_human
 * a failed step gives the run back, untouched, with the error recorded;
 * the LLM is attached after loading and never serialized (it holds the API key).
 
-The store answers with neutral outcomes; :class:`~.agent.ColdMailAgent` validates what it is
-given, calls the runner, and words a refusal with ``_wording``.
+The store answers with neutral outcomes; :meth:`Runner.answer` and :meth:`Runner.get` word a
+refusal with ``_wording`` for :class:`~.agent.ColdMailAgent`, which validates what it is
+given first.
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ from bridgic.core.automa.interaction import InteractionException, InteractionFee
 
 from . import _wording as wording
 from .automa import REVIEW_EVENT, ColdMailAutoma
-from .errors import ColdmailError, ConfigurationError, LlmError, StoreError
+from .errors import ColdmailError, ConfigurationError, LlmError, RunNotFound, StoreError
 from .llm import ColdmailLlm, build_llm, close_llm
 from .llm.prompts import AUDIENCE_QUESTION
-from .models import Brief, EmailSequence, ReviewOutcome, Run, RunStatus
+from .models import Brief, DamagedRun, Decision, EmailSequence, ReviewOutcome, Run, RunStatus
 from .notify.policy import NotifyPolicy
 from .retry import RetryPolicy
 from .settings import Settings
 from .store import (
-    Action,
     AlreadyDone,
     Claim,
     ClaimOutcome,
@@ -46,6 +46,7 @@ from .store import (
     NewRun,
     Paused,
     Refusal,
+    RefusalReason,
     RunStore,
 )
 
@@ -78,6 +79,41 @@ class Runner:
         """Close the LLM's HTTP clients if this runner built it (an LLM given is the giver's)."""
         if self._owns_llm and self._llm is not None:
             await close_llm(self._llm)
+
+    @property
+    def store(self) -> RunStore:
+        """The run store this runner claims runs in."""
+        return self._store
+
+    async def get(self, interaction_id: str) -> Run:
+        """The stored run (``interaction_id`` already validated), or the error that says why
+        it cannot be shown: ``RunNotFound``, or the damaged run's."""
+        found = await self._store.get(interaction_id)
+        if found is None:
+            raise RunNotFound(interaction_id, self._store.location)
+        if isinstance(found, DamagedRun):
+            raise wording.damaged_error(found)
+        return found
+
+    async def answer(self, interaction_id: str, action: Decision) -> Run:
+        """:meth:`apply` ``action``, and raise the error ``_wording`` words for a refusal
+        (a conflict with an answer the deadline gave says so)."""
+        outcome = await self.apply(interaction_id, action)
+        if isinstance(outcome, Refusal) and outcome.reason is RefusalReason.CONFLICT:
+            history = await self._store.history(interaction_id)
+            if isinstance(history, list):
+                deadline = wording.answered_by_deadline(interaction_id, history, action)
+                if deadline is not None:
+                    raise deadline
+        if isinstance(outcome, Refusal):
+            raise wording.refusal_error(
+                interaction_id,
+                outcome,
+                action,
+                location=self._store.location,
+                supported_versions=SUPPORTED_SERIALIZATION_VERSIONS,
+            )
+        return outcome
 
     def llm(self) -> ColdmailLlm:
         """The LLM: the one given, else built from the settings the first time it is needed
@@ -135,7 +171,7 @@ class Runner:
             )
         raise ColdmailError("the automa finished without pausing for feedback; this is a bug")
 
-    async def apply(self, interaction_id: str, action: Action) -> Run | Refusal:
+    async def apply(self, interaction_id: str, action: Decision) -> Run | Refusal:
         """Claim the run for ``action``, run the automa from its snapshot, record the result.
 
         Returns the run the step left (or the result recorded before, for a repeat), or the
@@ -174,7 +210,7 @@ class Runner:
             raise await self._fenced_out(claim)
         return completed
 
-    async def _claim(self, interaction_id: str, action: Action) -> ClaimOutcome:
+    async def _claim(self, interaction_id: str, action: Decision) -> ClaimOutcome:
         """Claim the run. A claim interrupted (Ctrl-C, a cancelled task) may still be
         granted — SQLite's thread and PostgreSQL's commit carry on — so it is awaited to the
         end and given back, never left holding the run until its lease runs out."""
@@ -190,7 +226,7 @@ class Runner:
                 await self._give_back(granted, wording.failure_note(cancelled))
             raise
 
-    async def _claim_surely(self, interaction_id: str, action: Action) -> ClaimOutcome:
+    async def _claim_surely(self, interaction_id: str, action: Decision) -> ClaimOutcome:
         """Claim under a token chosen before the first attempt. When the reply to the claim's
         commit is lost (topic ``commit_unknown``), the run may be ours already: the claim is
         asked again with the same token while the lease would run, and the store hands back
@@ -308,9 +344,7 @@ class Runner:
             raise wording.snapshot_not_automa(claim, loaded)
         automa = self.automa(loaded, llm=llm)
         action = claim.action
-        data: Any = (
-            action.text if action.kind == "feedback" else action.decision().model_dump(mode="json")
-        )
+        data: Any = action.text if action.kind == "feedback" else action.model_dump(mode="json")
         reply = InteractionFeedback(interaction_id=claim.pause_id, data=data)
         try:
             result = await automa.arun(feedback_data=reply)

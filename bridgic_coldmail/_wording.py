@@ -20,8 +20,8 @@ from .errors import (
     SnapshotIntegrityError,
     StoreError,
 )
-from .models import DEADLINE_ACTOR, DamagedRun, ListedRun, Run, RunEvent, RunStatus
-from .store import Action, Claim, Refusal, RefusalReason
+from .models import DEADLINE_ACTOR, DamagedRun, Decision, ListedRun, Run, RunEvent, RunStatus
+from .store import Claim, Refusal, RefusalReason
 from .store.batches import BatchRefusal
 from .text import preview, preview_list
 
@@ -31,7 +31,7 @@ from .text import preview, preview_list
 def refusal_error(
     interaction_id: str,
     refusal: Refusal,
-    action: Action,
+    action: Decision,
     *,
     location: str,
     supported_versions: frozenset[str],
@@ -115,12 +115,10 @@ def refusal_error(
     if run.status.is_final:
         return RunConflict(
             f"run {interaction_id} is already {run.status.value} "
-            f"({decided.decision().describe() if decided else 'decided'}); nothing changed"
+            f"({decided.describe() if decided else 'decided'}); nothing changed"
         )
     taken = (
-        f" ({decided.decision().describe()})"
-        if decided is not None and decided.round == action.round
-        else ""
+        f" ({decided.describe()})" if decided is not None and decided.round == action.round else ""
     )
     return RunConflict(
         f"round {action.round} of run {interaction_id} was already decided{taken}; the "
@@ -129,7 +127,7 @@ def refusal_error(
 
 
 def answered_by_deadline(
-    interaction_id: str, history: list[RunEvent], action: Action
+    interaction_id: str, history: list[RunEvent], action: Decision
 ) -> RunConflict | None:
     """The conflict to report when the pause ``action`` answers was answered by its deadline
     (None when a person answered it): what the deadline did, and when."""
@@ -160,7 +158,7 @@ def answered_by_deadline(
     )
 
 
-def _doing(pending: Action | None) -> str:
+def _doing(pending: Decision | None) -> str:
     if pending is None or pending.kind == "feedback":
         return "being resumed"
     return f"being {pending.event_kind} (review decision)"
@@ -296,7 +294,7 @@ def unconfirmed(claim: Claim, failure: StoreError, waited: float) -> StoreError:
     if action.kind == "feedback":
         what, again = "the feedback", "resume it with the same feedback"
     else:
-        what = f"the decision ({action.decision().describe()})"
+        what = f"the decision ({action.describe()})"
         again = f"apply the same decision for round {claim.run.round}"
     return StoreError(
         f"{what} for run {claim.interaction_id} was worked out, but whether it was recorded "

@@ -2,16 +2,16 @@
 decisions, any time later, from any process or host.
 
 A thin facade: each method validates what it is given (``models``' rules, the same for every
-front end), hands the step to the runner (``_runner.py``: claim → verify → load → run the
-automa → complete or give back, with the lease keeper), and raises the error ``_wording``
-words for a refusal. An unknown interaction id is ``RunNotFound``.
+front end) and hands the step to the engine: the runner (``_runner.py``: claim → verify →
+load → run the automa → complete or give back, with the lease keeper), forks
+(``_forking.py``) and exports (``_exporting.py``), which raise the error ``_wording`` words
+for a refusal. An unknown interaction id is ``RunNotFound``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import hashlib
 import os
 import re
 import time
@@ -22,13 +22,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from typing_extensions import Unpack
 
+from . import _exporting as exporting
+from . import _forking as forking
 from . import _wording as wording
-from ._runner import SUPPORTED_SERIALIZATION_VERSIONS, Runner
+from ._runner import Runner
 from .errors import (
-    ColdmailError,
     ConfigurationError,
     InvalidInput,
     LinkRefused,
@@ -36,25 +36,21 @@ from .errors import (
     RunBeingResumed,
     RunConflict,
     RunNotFound,
-    StoreError,
 )
 from .llm import ColdmailLlm, check_llm
 
 if TYPE_CHECKING:
-    from .compliance import Footer
     from .export import ExportReport
     from .export.lint import LintIssue
-    from .export.writer import Icebreakers, Variant
     from .notify.links import OpenedLink
     from .personalize.batch import BatchPlan, BatchReport
     from .personalize.estimate import BatchEstimate
     from .personalize.writer import LineResult
     from .store.batches import Batch, BatchAction, BatchClaim, BatchLeadRow
-    from .store.forks import Family, ForkLink
+    from .store.forks import Family
     from .store.outbox import Delivery, DueRun
 from .models import (
     Brief,
-    DamagedRun,
     Decision,
     EmailSequence,
     ListedRun,
@@ -66,12 +62,10 @@ from .models import (
     validate_feedback,
     validate_interaction_id,
     validate_page,
-    validate_reviewer,
 )
 from .retry import RetryPolicy
 from .settings import AgentOptions, Settings
 from .store import (
-    Action,
     IfMissing,
     Refusal,
     RefusalReason,
@@ -260,7 +254,7 @@ class ColdMailAgent:
             escalate_to=escalate_to,
         )
         return await self._runner.start(
-            brief, review=review, fields=_check_fields(fields), notify=policy
+            brief, review=review, fields=exporting.check_fields(fields), notify=policy
         )
 
     # ------------------------------------------------------------------ feedback and decisions
@@ -284,10 +278,8 @@ class ColdMailAgent:
             SnapshotIntegrityError: the run was altered or is unsigned; it was not loaded.
         """
         interaction_id = validate_interaction_id(interaction_id)
-        feedback = validate_feedback(feedback)
-        return await self._apply(
-            interaction_id, Action.feedback(feedback, validate_reviewer(reviewer))
-        )
+        decision = make_decision("feedback", text=feedback, reviewer=reviewer)
+        return await self.decide(interaction_id, decision)
 
     async def approve(
         self, interaction_id: str, *, reviewer: str | None = None, round: int | None = None
@@ -341,51 +333,36 @@ class ColdMailAgent:
         return await self.decide(interaction_id, decision)
 
     async def decide(self, interaction_id: str, decision: Decision) -> Run:
-        """Apply a review decision built with ``models.make_decision`` (what ``approve``,
-        ``revise``, ``edit`` and ``reject`` do, for callers that hold the decision as data).
+        """Apply a person's answer built with ``models.make_decision``: the audience
+        ``feedback`` (what :meth:`resume` does) or a review decision (what ``approve``,
+        ``revise``, ``edit`` and ``reject`` do), for callers that hold the answer as data.
+        Every front end — the command line, the JSON API, the inbox, a one-click link —
+        applies its answers here.
 
         Raises:
-            InvalidInput: malformed id, or edited emails with a field the run lacks.
+            InvalidInput: malformed id, a decision that does not validate (the feedback
+                rules of :meth:`resume` included), or edited emails with a field the run lacks.
             RunNotFound: no run under this id.
-            RunConflict: the run took another decision for that round, or is not awaiting
-                review (still awaiting feedback, finished, not in review mode, or past its
-                round limit for a revision).
+            RunConflict: the run took other feedback, or another decision for that round,
+                or is not awaiting review (still awaiting feedback, finished, not in review
+                mode, or past its round limit for a revision).
             RunBeingResumed: another caller holds the run right now.
-            LlmError: a revision's LLM call failed; the run stays at its round.
+            LlmError: the refinement or a revision's LLM call failed; the run stays where
+                it was.
         """
         interaction_id = validate_interaction_id(interaction_id)
         decision = _checked_decision(decision)
         if decision.kind in ("edit", "approve"):
             run = await self.get(interaction_id)
             if decision.sequence is not None:
-                _check_placeholders(decision.sequence, run.fields)
+                exporting.check_placeholders(decision.sequence, run.fields)
             elif (
                 run.status is RunStatus.AWAITING_REVIEW
                 and run.sequence is not None
                 and decision.round in (None, run.round)
             ):
-                _check_exportable(run, run.sequence)
-        return await self._apply(interaction_id, Action.of(decision))
-
-    # ------------------------------------------------------------------ reading
-
-    async def _apply(self, interaction_id: str, action: Action) -> Run:
-        outcome = await self._runner.apply(interaction_id, action)
-        if isinstance(outcome, Refusal) and outcome.reason is RefusalReason.CONFLICT:
-            history = await self._store.history(interaction_id)
-            if isinstance(history, builtins.list):
-                deadline = wording.answered_by_deadline(interaction_id, history, action)
-                if deadline is not None:
-                    raise deadline
-        if isinstance(outcome, Refusal):
-            raise wording.refusal_error(
-                interaction_id,
-                outcome,
-                action,
-                location=self.db_path,
-                supported_versions=SUPPORTED_SERIALIZATION_VERSIONS,
-            )
-        return outcome
+                exporting.check_exportable(run, run.sequence)
+        return await self._runner.answer(interaction_id, decision)
 
     # ------------------------------------------------------------------ reading
 
@@ -398,13 +375,7 @@ class ColdMailAgent:
             SnapshotIntegrityError: the stored run was altered; it is not shown.
             StoreError: the stored run cannot be read.
         """
-        interaction_id = validate_interaction_id(interaction_id)
-        found = await self._store.get(interaction_id)
-        if found is None:
-            raise RunNotFound(interaction_id, self.db_path)
-        if isinstance(found, DamagedRun):
-            raise wording.damaged_error(found)
-        return found
+        return await self._runner.get(validate_interaction_id(interaction_id))
 
     async def history(self, interaction_id: str) -> builtins.list[RunEvent]:
         """The run's events, oldest first: paused, feedback, review rounds and decisions,
@@ -501,30 +472,19 @@ class ColdMailAgent:
                 the file would pass ``max_bytes`` (``topic="export_too_large"``). ``out`` is
                 then untouched.
         """
-        from .export import FORMATS, export_sequence, run_stoppable, store_files
-        from .export.profiles import profile_named
-
-        if format not in FORMATS:
-            raise InvalidInput(f"unknown export format {format!r}; use csv or json")
-        chosen = profile_named(profile)
-        disabled = self._disabled_rules(disabled_rules)
-        runs = await self._variant_runs(interaction_id, variants)
-        return await run_stoppable(
-            export_sequence,
-            self._variants(runs),
-            Path(leads),
-            out,  # as given: Path("./-") would be "-", standard output
+        return await exporting.export(
+            self._runner,
+            interaction_id,
+            leads,
+            out,
             format=format,
             strict=strict,
-            acronyms=_acronyms(*runs),
             overwrite=overwrite,
-            protected=store_files(self.settings),
-            profile=chosen,
-            footer=self._footer(runs[0]),
-            disabled_rules=disabled,
+            profile=profile,
+            variants=variants,
+            disabled_rules=disabled_rules,
             template=template,
             max_bytes=max_bytes,
-            icebreakers=await self._icebreakers(runs, leads),
         )
 
     async def preview_export(
@@ -545,22 +505,13 @@ class ColdMailAgent:
             InvalidInput: the lead list itself, the profile, a variant or a rule id cannot
                 be used.
         """
-        from .export import preview_export, run_stoppable, store_files
-        from .export.profiles import profile_named
-
-        chosen = profile_named(profile)
-        disabled = self._disabled_rules(disabled_rules)
-        runs = await self._variant_runs(interaction_id, variants)
-        return await run_stoppable(
-            preview_export,
-            self._variants(runs),
-            Path(leads),
-            acronyms=_acronyms(*runs),
-            protected=store_files(self.settings),
-            profile=chosen,
-            footer=self._footer(runs[0]),
-            disabled_rules=disabled,
-            icebreakers=await self._icebreakers(runs, leads),
+        return await exporting.preview(
+            self._runner,
+            interaction_id,
+            leads,
+            profile=profile,
+            variants=variants,
+            disabled_rules=disabled_rules,
         )
 
     async def lint(
@@ -571,58 +522,7 @@ class ColdMailAgent:
         images, HTML, capitals, exclamation marks, spam phrases, and the postal address and
         opt-out sentence its exports will append (CAN-SPAM). ``disabled_rules``: rule ids not
         to apply (default: the ``disabled_rules`` setting). See ``export.lint.lint_sequence``."""
-        from .export.lint import lint_sequence
-
-        disabled = self._disabled_rules(disabled_rules)
-        run = await self.get(interaction_id)
-        sequence = run.sequence or run.draft
-        # Tens of milliseconds for bodies at their limit: not on the event loop.
-        return await asyncio.to_thread(
-            lint_sequence,
-            sequence,
-            run.fields,
-            acronyms=_acronyms(run),
-            footer=self._footer(run),
-            disabled=disabled,
-        )
-
-    def _disabled_rules(self, given: Iterable[str] | None) -> frozenset[str]:
-        from .export.lint import check_rule_ids
-
-        return check_rule_ids(self.settings.disabled_rules if given is None else given)
-
-    def _footer(self, run: Run) -> Footer:
-        """What every exported email of ``run`` ends with: its brief's postal address and
-        opt-out sentence, else the settings' defaults."""
-        from .compliance import Footer
-
-        return Footer.of(run.brief, self.settings)
-
-    async def _variant_runs(
-        self, interaction_id: str, variants: Sequence[str]
-    ) -> builtins.list[Run]:
-        """The run and its A/B variants, each completed, each once."""
-        from .export.writer import check_variant_ids
-
-        runs = [await self.get(run_id) for run_id in check_variant_ids(interaction_id, variants)]
-        for run in runs:
-            if run.final is None:
-                raise RunConflict(wording.not_final(run), topic="not_final")
-        return runs
-
-    def _variants(self, runs: builtins.list[Run]) -> builtins.list[Variant]:
-        """The runs as the export's variants: A is the first, each with its own footer."""
-        from .export.writer import Variant
-
-        return [
-            Variant(
-                label=chr(ord("A") + position),
-                sequence=run.final,  # type: ignore[arg-type]  # checked by _variant_runs
-                run_id=run.interaction_id,
-                footer=self._footer(run),
-            )
-            for position, run in enumerate(runs)
-        ]
+        return await exporting.lint(self._runner, interaction_id, disabled_rules=disabled_rules)
 
     async def notifications(
         self, interaction_id: str | None = None, *, limit: int = 50
@@ -818,111 +718,15 @@ class ColdMailAgent:
             LlmError: the fork's LLM call failed; the fork is stored, paused, and its id is in
                 the message: resume it (or revise it) instead of forking again.
         """
-        from .store.forks import ForkLink, fork_refusal_problem
-
-        interaction_id = validate_interaction_id(interaction_id)
-        at = _fork_round(round)
-        who = validate_reviewer(reviewer)
-        if at == 0:
-            if guidance is not None or feedback is None:
-                raise InvalidInput(
-                    "round 0 is the audience question: give feedback (who the emails should "
-                    "target), not guidance; guidance forks a review round (round 1, 2…)"
-                )
-            text = validate_feedback(feedback)
-            action = Action.feedback(text, who)
-            link = ForkLink(interaction_id, 0, "feedback", text, who)
-        else:
-            if feedback is not None or guidance is None:
-                raise InvalidInput(
-                    f"round {at} is a review round: give guidance (what the next version "
-                    "should change), not feedback; feedback forks the audience question "
-                    "(round 0)"
-                )
-            decision = make_decision("revise", text=guidance, reviewer=who, round=at)
-            action = Action.of(decision)
-            link = ForkLink(interaction_id, at, "revise", str(decision.text), who)
-            parent = await self.get(interaction_id)
-            if parent.max_rounds is not None and at >= parent.max_rounds:
-                raise RunConflict(
-                    f"round {at} is the last of run {interaction_id} ({parent.max_rounds} "
-                    "rounds): a fork of it could not be revised; fork an earlier round",
-                    topic="round_limit",
-                )
-        new_id = uuid.uuid4().hex if key is None else _fork_id(interaction_id, key)
-        if key is not None and await self._made_by_key(new_id, link):
-            return await self._fork_again(new_id, action, interaction_id, at)
-        try:
-            stored = await self._store.fork(
-                interaction_id, at, new_id, link, SUPPORTED_SERIALIZATION_VERSIONS
-            )
-        except StoreError:
-            # The same key at the same moment (a double click): the other call stored it.
-            if key is None or not await self._made_by_key(new_id, link):
-                raise
-            return await self._fork_again(new_id, action, interaction_id, at)
-        if isinstance(stored, Refusal):
-            if stored.reason is RefusalReason.NOT_KEPT and stored.problem is None:
-                await self._refuse_before_a_forks_start(interaction_id, at)
-            problem = fork_refusal_problem(stored, interaction_id, at)
-            if problem is not None:
-                raise RunConflict(problem, topic=stored.reason.value)
-            raise wording.refusal_error(
-                interaction_id,
-                stored,
-                action,
-                location=self.db_path,
-                supported_versions=SUPPORTED_SERIALIZATION_VERSIONS,
-            )
-        return await self._finish_fork(new_id, action, interaction_id, at)
-
-    async def _finish_fork(self, new_id: str, action: Action, interaction_id: str, at: int) -> Run:
-        """Resume the stored fork with its input (a repeat returns what was recorded)."""
-        try:
-            return await self._apply(new_id, action)
-        except ColdmailError as exc:
-            verb = "resume" if at == 0 else "revise"
-            exc.args = (
-                f"{exc} (the fork {new_id} of run {interaction_id} is stored, paused where "
-                f"its parent was: {verb} it rather than forking again)",
-            )
-            raise
-
-    async def _fork_again(self, new_id: str, action: Action, interaction_id: str, at: int) -> Run:
-        """A repeat of a keyed fork: what its first call recorded, the fork as it is while
-        that call still works on it, or its step finished now if that call's failed."""
-        try:
-            return await self._finish_fork(new_id, action, interaction_id, at)
-        except RunBeingResumed:
-            return await self.get(new_id)
-
-    async def _made_by_key(self, new_id: str, link: ForkLink) -> bool:
-        """Whether the fork a key names is stored: True when it is this fork; a fork made
-        with other input under the same key is refused."""
-        found = await self._store.family(new_id)
-        own = None if found is None else found.member(new_id)
-        if own is None:
-            return False
-        if own.link != link:
-            raise InvalidInput(
-                f"this key was used for another fork of run {link.parent_id} (run {new_id}): "
-                "give a new key for a new fork"
-            )
-        return True
-
-    async def _refuse_before_a_forks_start(self, interaction_id: str, round: int) -> None:
-        """A fork never paused before the round it was forked at: say to fork its parent."""
-        found = await self._store.family(interaction_id)
-        own = None if found is None else found.member(interaction_id)
-        link = None if own is None else own.link
-        if link is not None and round < link.round:
-            where = "the audience question" if round == 0 else f"review round {round}"
-            raise RunConflict(
-                f"run {interaction_id} is a fork of run {link.parent_id} started at review "
-                f"round {link.round}: it never paused at {where} itself; fork run "
-                f"{link.parent_id} at round {round} instead",
-                topic="no_round",
-            )
+        return await forking.fork(
+            self._runner,
+            interaction_id,
+            round=round,
+            feedback=feedback,
+            guidance=guidance,
+            reviewer=reviewer,
+            key=key,
+        )
 
     async def family(self, interaction_id: str) -> Family:
         """The run's family: its root (the first run up its fork links still stored), then
@@ -932,24 +736,12 @@ class ColdMailAgent:
             InvalidInput: malformed id.
             RunNotFound: no run under this id.
         """
-        interaction_id = validate_interaction_id(interaction_id)
-        found = await self._store.family(interaction_id)
-        if found is None:
-            raise RunNotFound(interaction_id, self.db_path)
-        return found
+        return await forking.family(self._runner, interaction_id)
 
     async def family_variants(self, interaction_id: str) -> builtins.list[str]:
         """The other approved (completed) runs of this run's family, in the family's order:
         what :meth:`export` takes as ``variants`` to export the family as an A/B test."""
-        found = await self.family(interaction_id)
-        return [
-            member.interaction_id
-            for member in found.members
-            if member.interaction_id != interaction_id
-            and not member.altered
-            and isinstance(member.run, Run)
-            and member.run.status is RunStatus.COMPLETED
-        ]
+        return await forking.family_variants(self._runner, interaction_id)
 
     async def personalize(
         self,
@@ -1111,39 +903,6 @@ class ColdMailAgent:
         )
         return estimate_batch(tasks, plan.writer, prices_for(self.settings))
 
-    async def _icebreakers(
-        self, runs: builtins.list[Run], leads: str | os.PathLike[str]
-    ) -> Icebreakers | None:
-        """The lines that fill ``{{icebreaker}}`` for an export of ``runs`` (the first run's
-        batch: for this lead list if it has one, else its newest): None when no sequence uses
-        the field or the run has no batch whose sample a person approved."""
-        from .export.writer import ICEBREAKER, Icebreakers
-        from .merge import find_placeholders
-        from .personalize.batch import batch_id_for, lines_of, read_lead_list
-
-        used = {
-            name
-            for run in runs
-            if run.final is not None
-            for step in run.final.steps
-            for text in (step.subject, step.body)
-            for name in (p.name for p in find_placeholders(text))
-        }
-        if ICEBREAKER not in used:
-            return None
-        batches = await self._store.batches(runs[0].interaction_id)
-        approved = [b for b in batches if b.sample_approved and b.verified]
-        if not approved:
-            return None
-        try:
-            digest = (await asyncio.to_thread(read_lead_list, Path(leads))).digest
-        except InvalidInput:
-            digest = None  # the export reports what is wrong with the list
-        same = batch_id_for(runs[0].interaction_id, digest) if digest else None
-        chosen = next((b for b in approved if b.batch_id == same), approved[0])
-        found = await lines_of(self._store, chosen.batch_id)
-        return Icebreakers(found.by_email, found.missing)
-
     async def _approved_run(self, interaction_id: str) -> Run:
         run = await self.get(interaction_id)
         if run.status is not RunStatus.COMPLETED or run.final is None:
@@ -1294,45 +1053,6 @@ class ColdMailAgent:
         return await self._store.list_due_soonest(_parse_status(status), limit=limit, offset=offset)
 
 
-def _fork_round(round: Any) -> int:
-    """A fork's round: None or 0 is the audience question, N is review round N."""
-    from .models import MAX_ROUND_NUMBER
-
-    if round is None:
-        return 0
-    if (
-        isinstance(round, bool)
-        or not isinstance(round, int)
-        or not (0 <= round <= MAX_ROUND_NUMBER)
-    ):
-        raise InvalidInput(
-            f"round must be 0 (the audience question) or a review round 1 to "
-            f"{MAX_ROUND_NUMBER}, not {round!r}"
-        )
-    return round
-    # ------------------------------------------------------------------ personalization (#23)
-
-
-def _acronyms(*runs: Run) -> frozenset[str]:
-    """Upper-case words the briefs themselves use (a product called ACME is not shouting)."""
-    from .export.lint import DEFAULT_ACRONYMS
-
-    text = " ".join(f"{run.brief.product} {run.brief.sender}" for run in runs)
-    words = re.findall(r"[A-Za-z][A-Za-z0-9]*", text)
-    return frozenset(DEFAULT_ACRONYMS) | {w for w in words if w.isupper()}
-
-
-def _check_fields(fields: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(fields, str):
-        raise InvalidInput("fields must be a list of column names, not one string")
-    names = list(fields)
-    if not names:
-        return ()
-    from .merge import field_names
-
-    return tuple(field_names(names))
-
-
 def _checked_decision(decision: Any) -> Decision:
     """``decision`` validated again: it may have been built with ``model_construct`` or
     changed with ``model_copy``, which skip the rules every other way in is held to."""
@@ -1347,34 +1067,6 @@ def _checked_decision(decision: Any) -> Decision:
         reviewer=getattr(decision, "reviewer", None),
         round=getattr(decision, "round", None),
     )
-
-
-def _check_exportable(run: Run, sequence: EmailSequence) -> None:
-    """Refuse to approve emails that no lead could be exported with (a run edited by a
-    release that accepted them): an approved run can always be exported."""
-    from .merge import unknown_fields
-
-    problem: str | None = None
-    try:
-        EmailSequence.model_validate(sequence.model_dump())
-    except ValidationError as exc:
-        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    if problem is None:
-        texts = [text for step in sequence.steps for text in (step.subject, step.body)]
-        unknown = unknown_fields(texts, run.fields)
-        if unknown:
-            problem = wording.unknown_fields_problem(unknown)
-    if problem is not None:
-        raise wording.not_exportable(run, problem)
-
-
-def _check_placeholders(sequence: EmailSequence, fields: tuple[str, ...]) -> None:
-    from .merge import unknown_fields
-
-    texts = [text for step in sequence.steps for text in (step.subject, step.body)]
-    unknown = unknown_fields(texts, fields)
-    if unknown:
-        raise InvalidInput(wording.unknown_fields_message(unknown, fields))
 
 
 def _parse_status(status: RunStatus | str | None) -> RunStatus | None:
@@ -1398,16 +1090,3 @@ def _sample_size(sample: int | None, default: int) -> int:
     if isinstance(sample, bool) or not isinstance(sample, int) or not 1 <= sample <= 1000:
         raise InvalidInput(f"the sample must be a number of leads from 1 to 1000, not {sample!r}")
     return sample
-
-
-_FORK_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def _fork_id(interaction_id: str, key: Any) -> str:
-    """The id of the fork that ``key`` names for this parent (32 hex, as run ids are)."""
-    if not isinstance(key, str) or not _FORK_KEY.fullmatch(key):
-        raise InvalidInput(
-            f"a fork's key is 1-64 letters, digits, '-' or '_', not {str(key)[:40]!r}"
-        )
-    seed = f"bridgic-coldmail fork\0{interaction_id}\0{key}".encode()
-    return hashlib.sha256(seed).hexdigest()[:32]

@@ -157,7 +157,7 @@ class ColdMailAutoma(GraphAutoma):
             },
         )
         answer = self.interact_with_human_from_worker_key(event, "review")
-        # Validated when it came in (the runner builds it from a checked Action); a rule
+        # Validated when it came in (the runner sends the checked Decision it applies); a rule
         # added since, or the deadline's reserved name, must not refuse it here.
         decision = Decision.model_validate(answer.data, context=STORED)
         earlier = list(guidance or [])

@@ -10,7 +10,7 @@ reminder, in one transaction. A **deadline** does what the run's wait policy dec
   at the pause a fork started from (its first step failed), the fork's own input;
 - ``reject``: the run ends as rejected, its reason saying the deadline ended it.
 
-The outcome is an :class:`~bridgic_coldmail.store.Action` whose actor is
+The outcome is a :class:`~bridgic_coldmail.models.Decision` whose actor is
 :data:`~bridgic_coldmail.models.DEADLINE_ACTOR`, applied through the same claim as a
 person's answer: applied once however many workers fire the same timer, and a person who
 answers first wins (the deadline then does nothing; a person who answers after it gets the
@@ -27,35 +27,37 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
-from .models import DEADLINE_ACTOR, Brief, DamagedRun, Run, RunStatus
+from .models import DEADLINE_ACTOR, Brief, DamagedRun, Decision, Run, RunStatus, recorded_decision
 from .signing import SnapshotSigner
 from .store.outbox import OutboxOutcome, Timer, plan_notifications
-from .store.protocol import Action, Refusal, RefusalReason
+from .store.protocol import Refusal, RefusalReason
 
 if TYPE_CHECKING:
     from .store import RunStore
 
-Apply = Callable[[str, Action], Awaitable["Run | Refusal"]]
-"""``Runner.apply``: claim the run for an action, run it, record it."""
+Apply = Callable[[str, Decision], Awaitable["Run | Refusal"]]
+"""``Runner.apply``: claim the run for an answer, run it, record it."""
 HELD_RETRY_SECONDS = 15.0
 """When the run is being answered right now, look again this much later."""
 EARLY_SECONDS = 1.0
 """A timer fired this much before its signed due time (clocks apart) still counts as due."""
 
 
-def deadline_action(run: Run, timer: Timer) -> Action:
+def deadline_action(run: Run, timer: Timer) -> Decision:
     """The answer a deadline gives for the person at ``timer``'s pause."""
     when = timer.due_at.strftime("%Y-%m-%d %H:%M UTC")
     if timer.wait.on_timeout == "reject":
-        return Action(
+        return recorded_decision(
             "reject",
             text=f"No answer came before the deadline ({when}); the deadline ended the run.",
             reviewer=DEADLINE_ACTOR,
             round=timer.round,
         )
     if timer.round is None:
-        return Action.feedback(audience_guess(run.brief), reviewer=DEADLINE_ACTOR)
-    return Action("approve", reviewer=DEADLINE_ACTOR, round=timer.round)
+        return recorded_decision(
+            "feedback", text=audience_guess(run.brief), reviewer=DEADLINE_ACTOR
+        )
+    return recorded_decision("approve", reviewer=DEADLINE_ACTOR, round=timer.round)
 
 
 def audience_guess(brief: Brief) -> str:
@@ -141,7 +143,7 @@ class DeadlineKeeper:
         await self._announce_deadline(timer, outcome)
         return OutboxOutcome.delivered(), f"deadline passed: {outcome} applied"
 
-    async def _fork_input(self, run: Run, timer: Timer) -> Action | None:
+    async def _fork_input(self, run: Run, timer: Timer) -> Decision | None:
         """At the pause a fork started from (its first step failed), the fork's own input:
         that pause was answered when the fork was made, and proceeding with anything else
         would make a variant of an angle the family says it did not take."""
@@ -151,8 +153,10 @@ class DeadlineKeeper:
         if link is None or link.round != (timer.round or 0):
             return None
         if link.kind == "feedback":
-            return Action.feedback(link.text, reviewer=DEADLINE_ACTOR)
-        return Action("revise", text=link.text, reviewer=DEADLINE_ACTOR, round=link.round)
+            return recorded_decision("feedback", text=link.text, reviewer=DEADLINE_ACTOR)
+        return recorded_decision(
+            "revise", text=link.text, reviewer=DEADLINE_ACTOR, round=link.round
+        )
 
     async def _done_by_deadline(self, timer: Timer) -> bool:
         """Whether the history says this pause was answered by its deadline."""

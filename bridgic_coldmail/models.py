@@ -409,23 +409,30 @@ ListedRun = Run | DamagedRun
 """What a listing holds: runs, and the rows that cannot be shown."""
 
 
-DecisionKind = Literal["approve", "revise", "edit", "reject"]
+DecisionKind = Literal["feedback", "approve", "revise", "edit", "reject"]
 
 
 class Decision(BaseModel):
-    """A reviewer's decision on a run awaiting review (see ``ColdMailAgent.approve`` …).
+    """A person's answer to a paused run: the audience ``feedback`` at the audience question
+    (see ``ColdMailAgent.resume``), or a reviewer's decision on a run awaiting review
+    (``approve``, ``revise``, ``edit``, ``reject``; see ``ColdMailAgent.approve`` …).
 
-    It validates itself: every rule a decision must follow is here, so that every way in —
-    the named methods, ``decide``, the command line, the JSON API, the inbox's forms — holds
-    it to the same rules (``ColdMailAgent.decide`` validates again what it is handed, in
-    case it was built with ``model_construct`` or changed with ``model_copy``).
+    One type from the edge to the store: every front end turns what a person sent into one
+    of these, ``ColdMailAgent.decide`` applies it, and the store records it (the pending and
+    decided answers of a run are stored in this shape).
+
+    It validates itself: every rule an answer must follow is here, so that every way in —
+    the named methods, ``decide``, the command line, the JSON API, the inbox's forms, a
+    one-click link — holds it to the same rules (``ColdMailAgent.decide`` validates again
+    what it is handed, in case it was built with ``model_construct`` or changed with
+    ``model_copy``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: DecisionKind
     text: str | None = None
-    """The guidance (revise) or the reason (reject)."""
+    """The audience (feedback), the guidance (revise) or the reason (reject)."""
     sequence: EmailSequence | None = None
     """The reviewer's own emails (edit)."""
     reviewer: str | None = None
@@ -435,18 +442,24 @@ class Decision(BaseModel):
     @field_validator("kind", mode="before")
     @classmethod
     def _known_kind(cls, value: Any) -> Any:
-        if value not in ("approve", "revise", "edit", "reject"):
+        if value not in ("feedback", "approve", "revise", "edit", "reject"):
             raise PydanticCustomError(
-                "kind", f"unknown decision {value!r:.60}; use approve, revise, edit or reject"
+                "kind",
+                f"unknown decision {value!r:.60}; use feedback, approve, revise, edit or reject",
             )
         return value
 
     @field_validator("text", mode="before")
     @classmethod
     def _checked_text(cls, value: Any, info: ValidationInfo) -> Any:
-        rule = _DECISION_TEXT.get(info.data.get("kind", ""))
-        if value is None or rule is None or is_stored(info):
+        kind = info.data.get("kind", "")
+        rule = _DECISION_TEXT.get(kind)
+        if rule is None or is_stored(info):
             return value  # a text where none belongs is refused below, by kind
+        if value is None and kind != "feedback":
+            return value  # refused below, with the kind's own hint
+        # Feedback is held to validate_feedback's rule, words included ("feedback must be
+        # text, not NoneType" for none at all).
         return checked_text(value, **rule)
 
     @field_validator("reviewer", mode="before")
@@ -487,11 +500,20 @@ class Decision(BaseModel):
             )
         if kind != "edit" and self.sequence is not None:
             raise PydanticCustomError("emails", f"{kind} takes no emails; use edit to replace them")
+        if kind == "feedback" and self.round is not None:
+            raise PydanticCustomError(
+                "round", "feedback answers the audience question, not a review round: give no round"
+            )
         return self
 
     def same_as(self, other: Decision) -> bool:
         """Whether two decisions would do the same thing (who made them does not matter)."""
         return (self.kind, self.text, self.sequence) == (other.kind, other.text, other.sequence)
+
+    @property
+    def event_kind(self) -> str:
+        """The history event that records this answer arriving."""
+        return _EVENT_KINDS[self.kind]
 
     def describe(self) -> str:
         """``approve``, ``revise 'shorter'``, … for messages."""
@@ -516,14 +538,9 @@ MAX_REASON_CHARS = MAX_FEEDBACK_CHARS
 
 
 def validate_feedback(feedback: Any) -> str:
-    """Return the feedback stripped, or raise ``InvalidInput`` saying what is wrong with it."""
-    return validate_text(
-        feedback,
-        field="feedback",
-        limit=MAX_FEEDBACK_CHARS,
-        empty_hint="say who the emails should really target",
-        long_hint="shorten it to the audience and what matters to them",
-    )
+    """Return the feedback stripped, or raise ``InvalidInput`` saying what is wrong with it
+    (the rule a ``feedback`` :class:`Decision` holds its text to)."""
+    return validate_text(feedback, **_DECISION_TEXT["feedback"])
 
 
 def validate_text(
@@ -544,6 +561,12 @@ def validate_text(
 
 
 _DECISION_TEXT: dict[str, dict[str, Any]] = {
+    "feedback": {
+        "field": "feedback",
+        "limit": MAX_FEEDBACK_CHARS,
+        "empty_hint": "say who the emails should really target",
+        "long_hint": "shorten it to the audience and what matters to them",
+    },
     "revise": {
         "field": "guidance",
         "limit": MAX_FEEDBACK_CHARS,
@@ -556,6 +579,33 @@ _DECISION_TEXT: dict[str, dict[str, Any]] = {
     },
 }
 """The text each kind of decision carries, and its rule."""
+_EVENT_KINDS = {
+    "feedback": "feedback",
+    "approve": "approved",
+    "revise": "revised",
+    "edit": "edited",
+    "reject": "rejected",
+}
+"""The history event that records each kind of answer."""
+
+
+def recorded_decision(
+    kind: DecisionKind,
+    *,
+    text: str | None = None,
+    sequence: EmailSequence | None = None,
+    reviewer: str | None = None,
+    round: int | None = None,
+) -> Decision:
+    """A :class:`Decision` as recorded, not validated again: read back from the store (a
+    rule added since must not make it unreadable), derived from one already validated, or
+    the deadline's (whose reserved name no person may give). Never for what a person sent:
+    that is :func:`make_decision`."""
+    return Decision.model_construct(
+        kind=kind, text=text, sequence=sequence, reviewer=reviewer, round=round
+    )
+
+
 _REVIEWER: dict[str, Any] = {
     "field": "reviewer",
     "limit": MAX_REVIEWER_CHARS,
@@ -586,7 +636,8 @@ def make_decision(
     reviewer: Any = None,
     round: Any = None,
 ) -> Decision:
-    """A validated :class:`Decision`, or one ``InvalidInput`` that says what to fix."""
+    """A validated :class:`Decision` (``feedback``, ``approve``, ``revise``, ``edit`` or
+    ``reject``), or one ``InvalidInput`` that says what to fix."""
     if isinstance(sequence, BaseModel):  # validated again: it may have been built unchecked
         sequence = sequence.model_dump()
     try:

@@ -159,7 +159,7 @@ class SyncColdMailAgent:
         )
 
     def decide(self, interaction_id: str, decision: Decision) -> Run:
-        """Apply a review decision; see :meth:`ColdMailAgent.decide`."""
+        """Apply feedback or a review decision; see :meth:`ColdMailAgent.decide`."""
         return self._call(self._agent.decide(interaction_id, decision))
 
     def get(self, interaction_id: str) -> Run:

@@ -34,12 +34,12 @@ from bridgic_coldmail import (
     RunConflict,
     RunStatus,
     SnapshotIntegrityError,
+    make_decision,
 )
 from bridgic_coldmail.errors import ColdmailError, ConfigurationError
 from bridgic_coldmail.models import DamagedRun, Run
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.signing import KeySource, load_signer
-from bridgic_coldmail.store import Action
 from bridgic_coldmail.store.sqlite_sql import (
     V1_RUNS,
     V2_SIGNATURES_AND_HISTORY,
@@ -382,7 +382,9 @@ async def test_an_unreadable_lease_is_not_an_unexpected_error(
     makes judge_claim raise ValueError/TypeError: exit 1, 'a bug: please report it'."""
     async with ColdMailAgent.open(db_path) as agent:
         interaction_id = (await agent.start(brief)).interaction_id
-        claim = await agent._store.claim(interaction_id, Action.feedback(FEEDBACK), {"1.0"})
+        claim = await agent._store.claim(
+            interaction_id, make_decision("feedback", text=FEEDBACK), {"1.0"}
+        )
         assert not isinstance(claim, (DamagedRun,)) and hasattr(claim, "token")
     SqliteRows(db_path).set(interaction_id, claim_expires_at="soon")
     resumed = run_cli("resume", interaction_id, "--feedback", FEEDBACK)

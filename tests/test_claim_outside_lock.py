@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 
-from bridgic_coldmail import Brief, EmailSequence
+from bridgic_coldmail import Brief, EmailSequence, make_decision
 from bridgic_coldmail.errors import StoreError
 from bridgic_coldmail.store import Claim, NewRun, Refusal, RefusalReason
 from bridgic_coldmail.store import sqlite as sqlite_store
-from bridgic_coldmail.store.protocol import Action
 from bridgic_coldmail.store.sqlite import SqliteRunStore
 
 VERSIONS = {"1.0"}
@@ -71,12 +70,16 @@ async def test_a_claim_taken_meanwhile_by_another_process_is_not_granted_twice(
         async def other_claims() -> Any:
             other = await SqliteRunStore.connect(db_path, busy_timeout=1, lease_seconds=30)
             try:
-                return await other.claim(paused.interaction_id, Action.feedback("B"), VERSIONS)
+                return await other.claim(
+                    paused.interaction_id, make_decision("feedback", text="B"), VERSIONS
+                )
             finally:
                 await other.close()
 
         meanwhile = _meanwhile(monkeypatch, lambda: asyncio.run(other_claims()))
-        mine = await store.claim(paused.interaction_id, Action.feedback("A"), VERSIONS)
+        mine = await store.claim(
+            paused.interaction_id, make_decision("feedback", text="A"), VERSIONS
+        )
     finally:
         await store.close()
     (theirs,) = meanwhile
@@ -109,7 +112,9 @@ async def test_a_row_altered_meanwhile_is_refused_not_overwritten(
             rows.close()
 
         _meanwhile(monkeypatch, alter)
-        outcome = await store.claim(paused.interaction_id, Action.feedback("A"), VERSIONS)
+        outcome = await store.claim(
+            paused.interaction_id, make_decision("feedback", text="A"), VERSIONS
+        )
     finally:
         await store.close()
     assert isinstance(outcome, Refusal) and outcome.reason is RefusalReason.TAMPERED
@@ -132,7 +137,7 @@ async def test_a_trigger_planted_meanwhile_is_found_before_anything_is_written(
 
         _meanwhile(monkeypatch, plant)
         with pytest.raises(StoreError, match="schema objects bridgic-coldmail did not create"):
-            await store.claim(paused.interaction_id, Action.feedback("A"), VERSIONS)
+            await store.claim(paused.interaction_id, make_decision("feedback", text="A"), VERSIONS)
     finally:
         await store.close()
     rows = sqlite3.connect(db_path)

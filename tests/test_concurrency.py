@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from bridgic_coldmail import Brief, ColdMailAgent, RunBeingResumed, RunStatus
+from bridgic_coldmail import (
+    Brief,
+    ColdMailAgent,
+    RunBeingResumed,
+    RunStatus,
+    make_decision,
+)
 from bridgic_coldmail.settings import Settings
-from bridgic_coldmail.store import Action, Claim, connect_store
+from bridgic_coldmail.store import Claim, connect_store
 from bridgic_coldmail.testing import Reply, ScriptedOpenAIServer
 
 from .conftest import PROCESS_TIMEOUT, REPO
@@ -104,7 +110,9 @@ async def test_a_claim_whose_lease_ran_out_can_be_taken_over(
         pending = await agent.start(brief)
     # A resumer that dies mid-refine leaves the run claimed, its lease running.
     store = await connect_store(Settings.resolve(db=str(db_path)))
-    claim = await store.claim(pending.interaction_id, Action.feedback(FEEDBACK), {"1.0"})
+    claim = await store.claim(
+        pending.interaction_id, make_decision("feedback", text=FEEDBACK), {"1.0"}
+    )
     await store.close()
     assert isinstance(claim, Claim)
     until = f"{claim.expires_at:%Y-%m-%d %H:%M}"

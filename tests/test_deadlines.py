@@ -361,12 +361,13 @@ async def test_a_deadline_waits_for_a_live_resumer_and_not_for_a_dead_one(
 ) -> None:
     """A resumer holds the run (its process then dies): while its lease lives the deadline
     looks again later; once the lease has lapsed, the deadline is applied."""
-    from bridgic_coldmail.store import Action, Claim
+    from bridgic_coldmail.models import make_decision
+    from bridgic_coldmail.store import Claim
 
     from .rows import expire_lease
 
     run = await agent.start(BRIEF, respond_within="1s", on_timeout="reject")
-    held = await store.claim(run.interaction_id, Action.feedback("CTOs"), ("1.0",))
+    held = await store.claim(run.interaction_id, make_decision("feedback", text="CTOs"), ("1.0",))
     assert isinstance(held, Claim), held
     (deadline,) = _timers(backend, run.interaction_id)
     await _past(_due(deadline))

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bridgic_coldmail import Brief, EmailSequence, RunStatus
+from bridgic_coldmail import Brief, Decision, EmailSequence, RunStatus, make_decision
 from bridgic_coldmail.models import Run
-from bridgic_coldmail.store import Action, Claim, Finished, NewRun, Paused, RunStore, connect_store
+from bridgic_coldmail.store import Claim, Finished, NewRun, Paused, RunStore, connect_store
 
 from .conftest import Backend
 
@@ -37,7 +37,7 @@ async def store(backend: Backend) -> AsyncIterator[RunStore]:
         await opened.close()
 
 
-async def _claim_as_stored(store: RunStore, interaction_id: str, action: Action) -> Claim:
+async def _claim_as_stored(store: RunStore, interaction_id: str, action: Decision) -> Claim:
     claim = await store.claim(interaction_id, action, VERSIONS)
     assert isinstance(claim, Claim), claim
     stored = await store.get(interaction_id)
@@ -69,15 +69,17 @@ async def test_claims_and_completes_return_the_stored_run(store: RunStore, endin
             fields=("first_name",),
         )
     )
-    claim = await _claim_as_stored(store, rid, Action.feedback("CTOs at clinics"))
+    claim = await _claim_as_stored(store, rid, make_decision("feedback", text="CTOs at clinics"))
     paused = await _complete_as_stored(store, claim, Paused("p1", b"s1", "1.0", _sequence("r1"), 1))
     assert paused.status is RunStatus.AWAITING_REVIEW and paused.feedback == "CTOs at clinics"
-    claim = await _claim_as_stored(store, rid, Action("revise", text="shorter", reviewer="Ann"))
+    claim = await _claim_as_stored(
+        store, rid, make_decision("revise", text="shorter", reviewer="Ann")
+    )
     await _complete_as_stored(store, claim, Paused("p2", b"s2", "1.0", _sequence("r2"), 2))
     decision = (
-        Action("approve", reviewer="Bo")
+        make_decision("approve", reviewer="Bo")
         if ending == "approve"
-        else Action("reject", text="off brand")
+        else make_decision("reject", text="off brand")
     )
     claim = await _claim_as_stored(store, rid, decision)
     result = (

@@ -17,13 +17,12 @@ from typing import Any
 
 import pytest
 
-from bridgic_coldmail import Brief, EmailSequence, RunStatus
+from bridgic_coldmail import Brief, EmailSequence, RunStatus, make_decision
 from bridgic_coldmail.errors import StoreError
 from bridgic_coldmail.models import Run
 from bridgic_coldmail.notify.policy import NotifyPolicy
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.store import (
-    Action,
     Claim,
     Finished,
     NewRun,
@@ -37,7 +36,7 @@ from .conftest import Backend
 
 VERSIONS = {"1.0"}
 MAIL = "reviewer@example.com"
-FEEDBACK = Action.feedback("CTOs at mid-size hospitals")
+FEEDBACK = make_decision("feedback", text="CTOs at mid-size hospitals")
 BRIEF = Brief(product="Acme Scheduler", offer="cuts no-shows by 30%", sender="Dana Lee")
 
 

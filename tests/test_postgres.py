@@ -21,11 +21,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
-from bridgic_coldmail import Brief, EmailSequence, RunStatus
+from bridgic_coldmail import Brief, EmailSequence, RunStatus, make_decision
 from bridgic_coldmail.errors import ConfigurationError, StoreError
 from bridgic_coldmail.settings import Settings
 from bridgic_coldmail.store import (
-    Action,
     Claim,
     Finished,
     NewRun,
@@ -40,7 +39,7 @@ from .rows import age
 psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL tests need the postgres extra")
 
 VERSIONS = {"1.0"}
-FEEDBACK = Action.feedback("CTOs at mid-size hospitals")
+FEEDBACK = make_decision("feedback", text="CTOs at mid-size hospitals")
 BRIEF = Brief(product="Acme Scheduler", offer="cuts no-shows by 30%", sender="Dana Lee")
 SEQUENCE = EmailSequence.model_validate(
     {

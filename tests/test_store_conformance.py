@@ -14,11 +14,10 @@ from datetime import timedelta
 
 import pytest
 
-from bridgic_coldmail import Brief, EmailSequence, RunStatus
+from bridgic_coldmail import Brief, Decision, EmailSequence, RunStatus, make_decision
 from bridgic_coldmail.errors import ConfigurationError, StoreError
 from bridgic_coldmail.models import DamagedRun, Run
 from bridgic_coldmail.store import (
-    Action,
     AlreadyDone,
     Claim,
     Finished,
@@ -34,7 +33,7 @@ from .conftest import Backend
 from .rows import age, as_legacy, expire_lease
 
 VERSIONS = {"1.0"}
-FEEDBACK = Action.feedback("CTOs at mid-size hospitals")
+FEEDBACK = make_decision("feedback", text="CTOs at mid-size hospitals")
 BRIEF = Brief(product="Acme Scheduler", offer="cuts no-shows by 30%", sender="Dana Lee")
 
 
@@ -70,7 +69,7 @@ async def store(backend: Backend) -> AsyncIterator[RunStore]:
         await opened.close()
 
 
-async def _claim(store: RunStore, interaction_id: str, action: Action = FEEDBACK) -> Claim:
+async def _claim(store: RunStore, interaction_id: str, action: Decision = FEEDBACK) -> Claim:
     outcome = await store.claim(interaction_id, action, VERSIONS)
     assert isinstance(outcome, Claim), outcome
     return outcome
@@ -143,11 +142,11 @@ async def test_history_records_each_step_with_its_round_and_actor(store: RunStor
     rid = new.interaction_id
     claim = await _claim(store, rid)
     await store.complete(claim, Paused("p2", b"round 1 bytes", "1.0", _sequence("r1"), 1))
-    revise = Action("revise", text="shorter", reviewer="Ann")
+    revise = make_decision("revise", text="shorter", reviewer="Ann")
     claim = await _claim(store, rid, revise)
     paused = await store.complete(claim, Paused("p3", b"round 2 bytes", "1.0", _sequence("r2"), 2))
     assert paused is not None and paused.round == 2 and paused.pause_id == "p3"
-    claim = await _claim(store, rid, Action("approve", reviewer="Bo"))
+    claim = await _claim(store, rid, make_decision("approve", reviewer="Bo"))
     done = await store.complete(claim, Finished(RunStatus.COMPLETED, _sequence("r2")))
     assert done is not None and done.final == _sequence("r2")
 
@@ -248,7 +247,7 @@ async def test_an_edited_column_is_never_shown_as_genuine(
     assert isinstance(shown, DamagedRun) and shown.tampered
     listed = await store.list()
     assert [type(r) for r in listed] == [DamagedRun]
-    refused = await store.claim(new.interaction_id, Action("approve"), VERSIONS)
+    refused = await store.claim(new.interaction_id, make_decision("approve"), VERSIONS)
     assert isinstance(refused, Refusal) and refused.reason is RefusalReason.TAMPERED
 
 
@@ -438,7 +437,7 @@ async def test_completing_again_returns_what_was_recorded_and_writes_nothing(
     new = await store.insert_paused(_new(review=True))
     rid = new.interaction_id
     await store.complete(await _claim(store, rid), Paused("p2", b"r1", "1.0", _sequence("r1"), 1))
-    claim = await _claim(store, rid, Action("revise", text="shorter"))
+    claim = await _claim(store, rid, make_decision("revise", text="shorter"))
     result = Paused("p3", b"r2", "1.0", _sequence("r2"), 2)
     first = await store.complete(claim, result)
     row, events = backend.rows.row(rid), backend.rows.events(rid)
@@ -447,9 +446,9 @@ async def test_completing_again_returns_what_was_recorded_and_writes_nothing(
     assert (again.sequence, again.pause_id) == (first.sequence, first.pause_id)
     assert (backend.rows.row(rid), backend.rows.events(rid)) == (row, events)
 
-    taken_over = await _claim(store, rid, Action("approve"))
+    taken_over = await _claim(store, rid, make_decision("approve"))
     expire_lease(backend.rows, rid)
-    winner = await _claim(store, rid, Action("approve", reviewer="Bo"))
+    winner = await _claim(store, rid, make_decision("approve", reviewer="Bo"))
     done = await store.complete(winner, Finished(RunStatus.COMPLETED, _sequence("r2")))
     late = await store.complete(taken_over, Finished(RunStatus.COMPLETED, _sequence("r2")))
     assert done is not None and late is not None and late.final == done.final
@@ -457,10 +456,11 @@ async def test_completing_again_returns_what_was_recorded_and_writes_nothing(
     other = await store.insert_paused(_new(review=True))
     oid = other.interaction_id
     await store.complete(await _claim(store, oid), Paused("q2", b"r1", "1.0", _sequence("r1"), 1))
-    loser = await _claim(store, oid, Action("reject", text="no"))
+    loser = await _claim(store, oid, make_decision("reject", text="no"))
     expire_lease(backend.rows, oid)
     await store.complete(
-        await _claim(store, oid, Action("approve")), Finished(RunStatus.COMPLETED, _sequence("r1"))
+        await _claim(store, oid, make_decision("approve")),
+        Finished(RunStatus.COMPLETED, _sequence("r1")),
     )
     assert await store.complete(loser, Finished(RunStatus.REJECTED, _sequence("r1"), "no")) is None
 
@@ -499,7 +499,9 @@ async def test_the_same_feedback_again_returns_the_result_and_other_feedback_con
     await store.complete(claim, Finished(RunStatus.COMPLETED, _sequence("f")))
     again = await store.claim(new.interaction_id, FEEDBACK, VERSIONS)
     assert isinstance(again, AlreadyDone) and again.run.final == _sequence("f")
-    other = await store.claim(new.interaction_id, Action.feedback("Nurses"), VERSIONS)
+    other = await store.claim(
+        new.interaction_id, make_decision("feedback", text="Nurses"), VERSIONS
+    )
     assert isinstance(other, Refusal) and other.reason is RefusalReason.CONFLICT
 
 
@@ -508,13 +510,13 @@ async def test_decisions_that_do_not_fit_the_state_change_nothing(
 ) -> None:
     new = await store.insert_paused(_new(review=True))
     before = backend.rows.row(new.interaction_id)
-    early = await store.claim(new.interaction_id, Action("approve"), VERSIONS)
+    early = await store.claim(new.interaction_id, make_decision("approve"), VERSIONS)
     assert isinstance(early, Refusal) and early.reason is RefusalReason.WRONG_STATE
     assert backend.rows.row(new.interaction_id) == before
 
     claim = await _claim(store, new.interaction_id)
     await store.complete(claim, Paused("p2", b"r1", "1.0", _sequence("r1"), 1))
-    future = await store.claim(new.interaction_id, Action("approve", round=2), VERSIONS)
+    future = await store.claim(new.interaction_id, make_decision("approve", round=2), VERSIONS)
     assert isinstance(future, Refusal) and future.reason is RefusalReason.WRONG_STATE
 
 
@@ -523,11 +525,15 @@ async def test_revising_stops_at_the_round_limit(store: RunStore) -> None:
     claim = await _claim(store, new.interaction_id)
     await store.complete(claim, Paused("p1", b"r1", "1.0", _sequence("r1"), 1))
     for round_number in (2, 3):
-        claim = await _claim(store, new.interaction_id, Action("revise", text=f"v{round_number}"))
+        claim = await _claim(
+            store, new.interaction_id, make_decision("revise", text=f"v{round_number}")
+        )
         result = Paused(
             f"p{round_number}", b"r", "1.0", _sequence(f"r{round_number}"), round_number
         )
         await store.complete(claim, result)
-    limit = await store.claim(new.interaction_id, Action("revise", text="again"), VERSIONS)
+    limit = await store.claim(new.interaction_id, make_decision("revise", text="again"), VERSIONS)
     assert isinstance(limit, Refusal) and limit.reason is RefusalReason.ROUND_LIMIT
-    assert isinstance(await store.claim(new.interaction_id, Action("approve"), VERSIONS), Claim)
+    assert isinstance(
+        await store.claim(new.interaction_id, make_decision("approve"), VERSIONS), Claim
+    )

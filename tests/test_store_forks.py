@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bridgic_coldmail import Brief, EmailSequence, RunStatus
+from bridgic_coldmail import Brief, Decision, EmailSequence, RunStatus, make_decision
 from bridgic_coldmail.models import Run
 from bridgic_coldmail.store import (
-    Action,
     Claim,
     Finished,
     NewRun,
@@ -36,7 +35,7 @@ from .conftest import Backend
 from .rows import SqliteRows, age
 
 VERSIONS = {"1.0"}
-FEEDBACK = Action.feedback("CTOs at mid-size hospitals")
+FEEDBACK = make_decision("feedback", text="CTOs at mid-size hospitals")
 BRIEF = Brief(product="Acme Scheduler", offer="cuts no-shows by 30%", sender="Dana Lee")
 
 
@@ -86,7 +85,7 @@ async def store(backend: Backend) -> AsyncIterator[RunStore]:
         await opened.close()
 
 
-async def _claim(store: RunStore, interaction_id: str, action: Action = FEEDBACK) -> Claim:
+async def _claim(store: RunStore, interaction_id: str, action: Decision = FEEDBACK) -> Claim:
     outcome = await store.claim(interaction_id, action, VERSIONS)
     assert isinstance(outcome, Claim), outcome
     return outcome
@@ -97,9 +96,9 @@ async def _to_round_2_then_done(store: RunStore) -> tuple[str, Paused, Paused]:
     run = await store.insert_paused(_new())
     first, second = _review(1), _review(2)
     await store.complete(await _claim(store, run.interaction_id), first)
-    revise = Action("revise", text="shorter", round=1)
+    revise = make_decision("revise", text="shorter", round=1)
     await store.complete(await _claim(store, run.interaction_id, revise), second)
-    approve = Action("approve", round=2)
+    approve = make_decision("approve", round=2)
     done = await store.complete(
         await _claim(store, run.interaction_id, approve),
         Finished(RunStatus.COMPLETED, second.sequence),
@@ -133,7 +132,7 @@ async def test_every_pause_keeps_its_snapshot_and_an_outcome_keeps_none(
     ]
     first = _review(1)
     await store.complete(await _claim(store, interaction_id), first)
-    approve = Action("approve", round=1)
+    approve = make_decision("approve", round=1)
     await store.complete(
         await _claim(store, interaction_id, approve), Finished(RunStatus.COMPLETED, first.sequence)
     )
@@ -168,7 +167,9 @@ async def test_a_fork_of_the_question_is_a_new_run_paused_there_with_the_kept_sn
     )
     assert await store.get(fork.interaction_id) == fork
     # Bridgic's interaction id of the pause is the parent's: the snapshot answers to it.
-    claim = await _claim(store, fork.interaction_id, Action.feedback("CFOs at banks"))
+    claim = await _claim(
+        store, fork.interaction_id, make_decision("feedback", text="CFOs at banks")
+    )
     assert claim.pause_id == parent
     assert claim.snapshot == bytes(backend.rows.pauses(parent)[0]["snapshot"])
     assert backend.rows.row(parent) == before  # the parent is untouched
@@ -192,12 +193,16 @@ async def test_a_fork_of_review_round_n_starts_there_with_the_decisions_before_i
         second.sequence,
         FEEDBACK.text,
     )
-    claim = await _claim(store, fork.interaction_id, Action("revise", text="funnier", round=2))
+    claim = await _claim(
+        store, fork.interaction_id, make_decision("revise", text="funnier", round=2)
+    )
     assert (claim.pause_id, claim.snapshot) == (second.pause_id, second.snapshot)
     # Round 1's decision came with it: repeating it is the stored result, not a new revision.
     fork_at_1 = await _fork(store, parent, 1, text="formal")
     assert isinstance(fork_at_1, Run) and fork_at_1.round == 1
-    claim = await _claim(store, fork_at_1.interaction_id, Action("revise", text="formal", round=1))
+    claim = await _claim(
+        store, fork_at_1.interaction_id, make_decision("revise", text="formal", round=1)
+    )
     assert claim.snapshot == first.snapshot
 
 
@@ -209,7 +214,7 @@ async def test_a_fork_keeps_its_own_first_pause_so_it_can_be_forked_again(
     assert isinstance(fork, Run)
     again = await _fork(store, fork.interaction_id, 2)
     assert isinstance(again, Run)
-    claim = await _claim(store, again.interaction_id, Action("revise", text="x", round=2))
+    claim = await _claim(store, again.interaction_id, make_decision("revise", text="x", round=2))
     assert claim.snapshot == second.snapshot
     family = await store.family(again.interaction_id)
     assert family is not None
@@ -333,7 +338,7 @@ async def test_a_pause_not_kept_is_refused_but_the_current_one_forks_from_the_ru
     assert refused.problem is None
     fork = await _fork(store, run.interaction_id, 1)
     assert isinstance(fork, Run) and fork.sequence == first.sequence
-    claim = await _claim(store, fork.interaction_id, Action("revise", text="x", round=1))
+    claim = await _claim(store, fork.interaction_id, make_decision("revise", text="x", round=1))
     assert (claim.snapshot, claim.pause_id) == (first.snapshot, first.pause_id)
     # ...and its snapshot is checked with the run's own signature.
     backend.rows.set(run.interaction_id, snapshot=b"not the one signed")
@@ -424,7 +429,7 @@ async def test_a_pause_costs_one_statement_more_and_an_outcome_none(db_path: Pat
         statements.clear()
         await store.complete(claim, _review(1))
         assert sum("INTO pauses" in s for s in statements) == 1
-        claim = await _claim(store, run.interaction_id, Action("approve", round=1))
+        claim = await _claim(store, run.interaction_id, make_decision("approve", round=1))
         statements.clear()
         await store.complete(claim, Finished(RunStatus.COMPLETED, _sequence("final")))
         assert sum("pauses" in s for s in statements) == 0

@@ -19,11 +19,10 @@ from unittest import mock
 
 import pytest
 
-from bridgic_coldmail import Brief, EmailSequence, RunStatus
+from bridgic_coldmail import Brief, Decision, EmailSequence, RunStatus, make_decision
 from bridgic_coldmail.errors import StoreError
 from bridgic_coldmail.notify.policy import NotifyPolicy
 from bridgic_coldmail.store import (
-    Action,
     Claim,
     Finished,
     NewRun,
@@ -76,7 +75,7 @@ async def store(backend: Backend) -> AsyncIterator[RunStore]:
         await opened.close()
 
 
-async def _claim(store: RunStore, interaction_id: str, action: Action) -> Claim:
+async def _claim(store: RunStore, interaction_id: str, action: Decision) -> Claim:
     outcome = await store.claim(interaction_id, action, VERSIONS)
     assert isinstance(outcome, Claim), outcome
     return outcome
@@ -118,7 +117,7 @@ async def test_a_run_that_notifies_nobody_writes_no_outbox_row(
     store: RunStore, backend: Backend
 ) -> None:
     run = await store.insert_paused(_new(None))
-    claim = await _claim(store, run.interaction_id, Action.feedback("CTOs"))
+    claim = await _claim(store, run.interaction_id, make_decision("feedback", text="CTOs"))
     await store.complete(claim, _review(1))
     assert backend.rows.notifications() == []
     assert backend.rows.row(run.interaction_id)["policy_json"] is None
@@ -145,7 +144,7 @@ async def test_the_outbox_row_and_the_state_change_commit_together(
     assert backend.rows.notifications() == []
 
     run = await store.insert_paused(new)
-    claim = await _claim(store, run.interaction_id, Action.feedback("CTOs"))
+    claim = await _claim(store, run.interaction_id, make_decision("feedback", text="CTOs"))
     with mock.patch(f"{target}.insert_values", broken), pytest.raises(StoreError):
         await store.complete(claim, _review(1))
     assert backend.rows.row(run.interaction_id)["status"] == RunStatus.RESUMING.value
@@ -157,18 +156,18 @@ async def test_each_state_change_announces_its_event_once(
 ) -> None:
     run = await store.insert_paused(_new())
     run_id = run.interaction_id
-    claim = await _claim(store, run_id, Action.feedback("CTOs"))
+    claim = await _claim(store, run_id, make_decision("feedback", text="CTOs"))
     review = _review(1)
     await store.complete(claim, review)
     await store.complete(claim, review)  # a retry after a lost reply: recorded, not repeated
 
     # A failed revision: run.failed; an interrupted one (announce=False): nothing.
-    failing = await _claim(store, run_id, Action("revise", text="shorter"))
+    failing = await _claim(store, run_id, make_decision("revise", text="shorter"))
     assert await store.release(failing, "the LLM gave up", announce=True)
-    interrupted = await _claim(store, run_id, Action("revise", text="shorter"))
+    interrupted = await _claim(store, run_id, make_decision("revise", text="shorter"))
     assert await store.release(interrupted, "interrupted")
 
-    done = await _claim(store, run_id, Action("approve"))
+    done = await _claim(store, run_id, make_decision("approve"))
     await store.complete(done, Finished(RunStatus.COMPLETED, review.sequence))
 
     events = [(r["event"], r["destination"]) for r in backend.rows.notifications(run_id)]
@@ -185,9 +184,9 @@ async def test_each_state_change_announces_its_event_once(
 
 async def test_a_rejection_announces_run_rejected(store: RunStore, backend: Backend) -> None:
     run = await store.insert_paused(_new(NotifyPolicy((MAIL,))))
-    claim = await _claim(store, run.interaction_id, Action.feedback("CTOs"))
+    claim = await _claim(store, run.interaction_id, make_decision("feedback", text="CTOs"))
     await store.complete(claim, _review(1))
-    claim = await _claim(store, run.interaction_id, Action("reject", text="off brand"))
+    claim = await _claim(store, run.interaction_id, make_decision("reject", text="off brand"))
     await store.complete(claim, Finished(RunStatus.REJECTED, _sequence("x"), "off brand"))
     events = [r["event"] for r in backend.rows.notifications(run.interaction_id)]
     assert events.count("run.rejected") == 1
@@ -198,7 +197,7 @@ async def test_events_left_out_of_the_policy_are_not_queued(
 ) -> None:
     run = await store.insert_paused(_new(NotifyPolicy((MAIL,), ("run.review",))))
     assert backend.rows.notifications() == []
-    claim = await _claim(store, run.interaction_id, Action.feedback("CTOs"))
+    claim = await _claim(store, run.interaction_id, make_decision("feedback", text="CTOs"))
     await store.complete(claim, _review(1))
     assert [r["event"] for r in backend.rows.notifications()] == ["run.review"]
 
@@ -210,7 +209,7 @@ async def test_an_altered_policy_notifies_nobody_and_the_run_goes_on(
     run = await store.insert_paused(_new(NotifyPolicy((MAIL,))))
     evil = NotifyPolicy(("https://attacker.example/steal",)).to_json()
     backend.rows.set(run.interaction_id, policy_json=evil)
-    claim = await _claim(store, run.interaction_id, Action.feedback("CTOs"))
+    claim = await _claim(store, run.interaction_id, make_decision("feedback", text="CTOs"))
     assert await store.complete(claim, _review(1)) is not None
     assert [r["event"] for r in backend.rows.notifications()] == ["run.paused"]
 
@@ -220,7 +219,7 @@ async def test_a_double_enqueue_is_impossible(store: RunStore, backend: Backend)
     key: a change replayed (the run's row restored from a backup taken while it was held,
     then completed again) queues nothing twice, and the change itself still commits."""
     run = await store.insert_paused(_new())
-    claim = await _claim(store, run.interaction_id, Action.feedback("CTOs"))
+    claim = await _claim(store, run.interaction_id, make_decision("feedback", text="CTOs"))
     held = backend.rows.row(run.interaction_id)
     assert held is not None
     review = _review(1)
@@ -372,7 +371,7 @@ async def test_the_outbox_costs_one_statement_in_the_transaction_and_none_withou
             statements.clear()
             run = await store.insert_paused(_new(policy))
             inserted = len(statements)
-            claim = await _claim(store, run.interaction_id, Action.feedback("CTOs"))
+            claim = await _claim(store, run.interaction_id, make_decision("feedback", text="CTOs"))
             statements.clear()
             await store.complete(claim, _review(1))
             return inserted, len(statements)

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bridgic_coldmail import Brief, EmailSequence, RunStatus
+from bridgic_coldmail import Brief, EmailSequence, RunStatus, make_decision
 from bridgic_coldmail.errors import StoreError
 from bridgic_coldmail.store import Claim, Finished, NewRun
-from bridgic_coldmail.store.protocol import Action
 from bridgic_coldmail.store.sqlite import WRITER_LOCK_SUFFIX, SqliteRunStore
 
 from .conftest import PROCESS_TIMEOUT, REPO
@@ -87,7 +86,7 @@ async def test_a_writer_killed_holding_the_lock_blocks_no_one(db_path: Path) -> 
         paused = await store.insert_paused(_new())
         child = _stuck_writer(db_path)
         try:
-            feedback = Action.feedback("CTOs")
+            feedback = make_decision("feedback", text="CTOs")
             waiting = asyncio.ensure_future(store.claim(paused.interaction_id, feedback, {"1.0"}))
             await asyncio.sleep(0.5)
             assert not waiting.done()  # queued behind the stuck writer

@@ -34,12 +34,10 @@ from ..models import (
     RunStatus,
     make_brief,
     make_decision,
-    validate_feedback,
     validate_interaction_id,
     validate_page,
 )
 from ..settings import Settings, redact_url
-from ..store import Action
 from ..store.outbox import wait_state
 from .fork import export_variants, family_json, format_family
 from .notifications import check_notifications_args, format_deliveries, notifications_command
@@ -117,13 +115,16 @@ async def start(args: argparse.Namespace, agent: ColdMailAgent, settings: Settin
 
 
 def check_resume(args: argparse.Namespace, settings: Settings) -> Settings:
-    args.feedback = validate_feedback(args.feedback)
+    """The feedback, as a decision (checked like every other answer, before the database
+    opens)."""
+    args.decision = make_decision("feedback", text=args.feedback, reviewer=args.reviewer)
+    args.feedback = args.decision.text
     return settings
 
 
 async def resume(args: argparse.Namespace, agent: ColdMailAgent, settings: Settings) -> str:
     """``coldmail resume``: the audience feedback."""
-    run = await _apply(agent, args, None)
+    run = await _apply(agent, args, args.decision)
     return _emit(args, run, format_run(run))
 
 
@@ -316,8 +317,8 @@ class Interrupted(Exception):
     """Ctrl-C stopped a feedback or a decision; the message says what the store holds."""
 
 
-async def _apply(agent: ColdMailAgent, args: argparse.Namespace, decision: Decision | None) -> Run:
-    """Resume the run with ``args.feedback``, or apply ``decision``. The run is read first, so
+async def _apply(agent: ColdMailAgent, args: argparse.Namespace, decision: Decision) -> Run:
+    """Apply ``decision``: the feedback, or a review decision. The run is read first, so
     that what is said afterwards comes from the store: that the command changed nothing (it
     repeated what the run already took), a retry that is safe if the result could not be
     confirmed, or, after Ctrl-C, whether the step was recorded."""
@@ -325,13 +326,10 @@ async def _apply(agent: ColdMailAgent, args: argparse.Namespace, decision: Decis
     before = await agent.get(interaction_id)
     args.safe_retry = _safe_retry(args, before)
     try:
-        if decision is None:
-            run = await agent.resume(interaction_id, args.feedback, reviewer=args.reviewer)
-        else:
-            run = await agent.decide(interaction_id, decision)
+        run = await agent.decide(interaction_id, decision)
     except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task
         raise Interrupted(await _after_interrupt(agent, args, before, decision)) from None
-    if decision is not None and run.updated_at == before.updated_at:
+    if decision.kind != "feedback" and run.updated_at == before.updated_at:
         print_safe(f"coldmail: {_nothing_changed(args, before)}", stream=sys.stderr)
     return run
 
@@ -352,11 +350,11 @@ def _nothing_changed(args: argparse.Namespace, before: Run) -> str:
 
 
 async def _after_interrupt(
-    agent: ColdMailAgent, args: argparse.Namespace, before: Run, decision: Decision | None
+    agent: ColdMailAgent, args: argparse.Namespace, before: Run, decision: Decision
 ) -> str:
     """What to say after Ctrl-C stopped a step: read from the store, never assumed."""
     interaction_id = args.interaction_id
-    what = "feedback" if decision is None else "decision"
+    what = "feedback" if decision.kind == "feedback" else "decision"
     try:
         after = await agent.get(interaction_id)
         history = await agent.history(interaction_id)
@@ -373,8 +371,8 @@ async def _after_interrupt(
             f"{after.describe_state()}; run the command again to apply it"
         )
     ours = (
-        after.feedback == args.feedback
-        if decision is None
+        after.feedback == decision.text
+        if decision.kind == "feedback"
         else _took(history, before.round, decision)
     )
     if not ours:
@@ -392,7 +390,7 @@ def _took(history: list[RunEvent], round: int | None, decision: Decision) -> boo
     """Whether the decision recorded for ``round`` is ``decision`` (whoever sent it)."""
     decisions = ("approved", "revised", "edited", "rejected")
     taken = [e for e in history if e.kind in decisions and e.round == round]
-    if not taken or taken[-1].kind != Action.of(decision).event_kind:
+    if not taken or taken[-1].kind != decision.event_kind:
         return False
     last = taken[-1]
     if decision.kind == "edit":

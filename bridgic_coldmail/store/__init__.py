@@ -15,7 +15,6 @@ from ..errors import DatabaseNotFound
 from ..settings import Settings
 from .deferred import DeferredSqliteStore
 from .protocol import (
-    Action,
     AlreadyDone,
     Claim,
     ClaimOutcome,
@@ -78,7 +77,6 @@ async def open_store(settings: Settings) -> AsyncIterator[RunStore]:
 
 
 __all__ = [
-    "Action",
     "AlreadyDone",
     "Claim",
     "ClaimOutcome",

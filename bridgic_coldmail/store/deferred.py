@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from ..errors import DatabaseNotFound, StoreError
-from ..models import ListedRun, Run, RunEvent, RunStatus
+from ..models import Decision, ListedRun, Run, RunEvent, RunStatus
 from ..signing import SnapshotSigner
 from .batches import (
     LEAD_STATES,
@@ -40,7 +40,6 @@ from .batches import (
 from .forks import Family, ForkLink
 from .outbox import Delivery, DueRun, OutboxClaim, OutboxOutcome
 from .protocol import (
-    Action,
     Claim,
     ClaimOutcome,
     Finished,
@@ -106,7 +105,7 @@ class DeferredSqliteStore:
     async def claim(
         self,
         interaction_id: str,
-        action: Action,
+        action: Decision,
         supported_versions: Collection[str],
         *,
         token: str | None = None,

@@ -77,7 +77,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ColdmailError, ConfigurationError, StoreError
-from ..models import ListedRun, Run, RunEvent, RunStatus
+from ..models import Decision, ListedRun, Run, RunEvent, RunStatus
 from ..settings import Settings, is_libpq_keywords, redact_url
 from ..signing import KeySource, SnapshotSigner
 from . import postgres_sql as sql
@@ -164,7 +164,6 @@ from .outbox import (
 )
 from .postgres_sql import EXPECTED_RELATIONS, MIGRATION_LOCK, MIGRATIONS, SCHEMA
 from .protocol import (
-    Action,
     Claim,
     ClaimOutcome,
     Finished,
@@ -484,7 +483,7 @@ class PostgresRunStore:
     async def claim(
         self,
         interaction_id: str,
-        action: Action,
+        action: Decision,
         supported_versions: Collection[str],
         *,
         token: str | None = None,

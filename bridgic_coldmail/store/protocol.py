@@ -27,6 +27,7 @@ from ..models import (
     Run,
     RunEvent,
     RunStatus,
+    recorded_decision,
 )
 from ..signing import SnapshotSigner, json_text
 
@@ -49,88 +50,40 @@ if TYPE_CHECKING:
     from .forks import Family, ForkLink
     from .outbox import Delivery, DueRun, OutboxClaim, OutboxOutcome
 
-ActionKind = Literal["feedback", "approve", "revise", "edit", "reject"]
-
-
 OutboxPlan = Callable[[Mapping[str, Any], datetime, SnapshotSigner], list[dict[str, Any]]]
 """What :meth:`RunStore.enqueue` is given: the run's row, now and the signer -> outbox rows."""
 
 
-@dataclass(frozen=True)
-class Action:
-    """What a claim is for: the audience feedback, or a reviewer's decision."""
+def decision_json(decision: Decision) -> str:
+    """A person's answer as a run's row stores it (``pending_json``, an item of
+    ``decided_json``): canonical JSON, MACed as text, the same bytes every release wrote."""
+    sequence = decision.sequence
+    return json_text(
+        {
+            "kind": decision.kind,
+            "text": decision.text,
+            "sequence": sequence.model_dump(mode="json") if sequence else None,
+            "reviewer": decision.reviewer,
+            "round": decision.round,
+        }
+    )
 
-    kind: ActionKind
-    text: str | None = None
-    sequence: EmailSequence | None = None
-    reviewer: str | None = None
-    round: int | None = None
-    """The review round a decision answers; None: the run's current round."""
 
-    @classmethod
-    def feedback(cls, text: str, reviewer: str | None = None) -> Action:
-        return cls("feedback", text=text, reviewer=reviewer)
+def decision_from_json(text: str) -> Decision:
+    return decision_from_data(json.loads(text))
 
-    @classmethod
-    def of(cls, decision: Decision) -> Action:
-        return cls(
-            decision.kind,
-            text=decision.text,
-            sequence=decision.sequence,
-            reviewer=decision.reviewer,
-            round=decision.round,
-        )
 
-    def decision(self) -> Decision:
-        """The review decision this action carries (not for ``feedback``); built from data
-        that was validated when it came in, so no rule added since refuses it."""
-        assert self.kind != "feedback"
-        data = {"kind": self.kind, "text": self.text, "sequence": self.sequence}
-        return Decision.model_validate(
-            {**data, "reviewer": self.reviewer, "round": self.round}, context=STORED
-        )
-
-    def same_as(self, other: Action) -> bool:
-        """Whether two actions would do the same thing (who sent them does not matter)."""
-        return (self.kind, self.text, self.sequence) == (other.kind, other.text, other.sequence)
-
-    def to_json(self) -> str:
-        return json_text(
-            {
-                "kind": self.kind,
-                "text": self.text,
-                "sequence": self.sequence.model_dump(mode="json") if self.sequence else None,
-                "reviewer": self.reviewer,
-                "round": self.round,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Action:
-        return cls.from_data(json.loads(text))
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> Action:
-        """An action from its JSON data (as :meth:`to_json` wrote it)."""
-        sequence = data.get("sequence")
-        return cls(
-            data["kind"],
-            text=data.get("text"),
-            sequence=EmailSequence.model_validate(sequence, context=STORED) if sequence else None,
-            reviewer=data.get("reviewer"),
-            round=data.get("round"),
-        )
-
-    @property
-    def event_kind(self) -> str:
-        """The history event that records this action arriving."""
-        return {
-            "feedback": "feedback",
-            "approve": "approved",
-            "revise": "revised",
-            "edit": "edited",
-            "reject": "rejected",
-        }[self.kind]
+def decision_from_data(data: Mapping[str, Any]) -> Decision:
+    """An answer from its stored JSON data (as :func:`decision_json` wrote it), as it was
+    recorded: validated when it came in, not held to a rule added since."""
+    sequence = data.get("sequence")
+    return recorded_decision(
+        data["kind"],
+        text=data.get("text"),
+        sequence=EmailSequence.model_validate(sequence, context=STORED) if sequence else None,
+        reviewer=data.get("reviewer"),
+        round=data.get("round"),
+    )
 
 
 @dataclass(frozen=True)
@@ -159,7 +112,7 @@ class Claim:
     pause_id: str
     snapshot: bytes
     serialization_version: str
-    action: Action
+    action: Decision
     run: Run
     """The run as it was when claimed (status is the paused one it came from)."""
     expires_at: datetime
@@ -217,9 +170,9 @@ class Refusal:
     run: Run | None = None
     """The run as stored, when it could be read."""
     held_until: datetime | None = None
-    pending: Action | None = None
+    pending: Decision | None = None
     """For ``HELD``: what the holder is applying."""
-    decided: Action | None = None
+    decided: Decision | None = None
     """For ``CONFLICT``: the feedback or decision the run already took."""
     version: str | None = None
     """For ``UNKNOWN_FORMAT``: the snapshot's serialization version."""
@@ -270,7 +223,7 @@ class RunStore(Protocol):
     async def claim(
         self,
         interaction_id: str,
-        action: Action,
+        action: Decision,
         supported_versions: Collection[str],
         *,
         token: str | None = None,

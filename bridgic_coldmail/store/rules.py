@@ -14,10 +14,21 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..models import DEADLINE_ACTOR, DamagedRun, Run, RunStatus
+from ..models import DEADLINE_ACTOR, DamagedRun, Decision, Run, RunStatus, recorded_decision
 from ..signing import SnapshotSigner, json_text
 from .codec import RowChange, decode_row, iso, parse_time, run_from_row
-from .protocol import Action, AlreadyDone, Claim, Finished, NewRun, Paused, Refusal, RefusalReason
+from .protocol import (
+    AlreadyDone,
+    Claim,
+    Finished,
+    NewRun,
+    Paused,
+    Refusal,
+    RefusalReason,
+    decision_from_data,
+    decision_from_json,
+    decision_json,
+)
 
 # --------------------------------------------------------------------------- the rules
 
@@ -44,7 +55,7 @@ def paused_status(row: Mapping[str, Any]) -> RunStatus:
 
 def judge_claim(
     row: Mapping[str, Any] | None,
-    action: Action,
+    action: Decision,
     *,
     now: datetime,
     supported_versions: Collection[str],
@@ -79,7 +90,7 @@ def judge_claim(
         return replace(mine, again=True) if isinstance(mine, ClaimPlan) else mine
     if status is RunStatus.RESUMING:
         expires = _lease_end(row.get("claim_expires_at"))
-        pending = Action.from_json(row["pending_json"]) if row.get("pending_json") else None
+        pending = decision_from_json(row["pending_json"]) if row.get("pending_json") else None
         if expires is not None and expires >= now:
             return Refusal(RefusalReason.HELD, run=run, held_until=expires, pending=pending)
         status = paused_status(row)  # the lease ran out: the run is paused again
@@ -92,7 +103,7 @@ def judge_claim(
             )
         if run.feedback == action.text:
             return AlreadyDone(run)
-        feedback = Action.feedback(run.feedback) if run.feedback else None
+        feedback = recorded_decision("feedback", text=run.feedback) if run.feedback else None
         return Refusal(RefusalReason.CONFLICT, run=run, decided=feedback)
 
     # A review decision.
@@ -125,7 +136,7 @@ def judge_claim(
     return _check_snapshot(row, run, status, supported_versions, signer, snapshot, legacy, token)
 
 
-def _repeats_last(last: Action, action: Action, current_round: int) -> bool:
+def _repeats_last(last: Decision, action: Decision, current_round: int) -> bool:
     """Whether ``action``, sent without a round, repeats the decision that made the current
     round: the same request sent again because its answer was lost (a dropped connection, a
     process that died after the commit, a client that timed out). It gets the stored result;
@@ -163,10 +174,10 @@ def recorded(row: Mapping[str, Any] | None, claim: Claim, signer: SnapshotSigner
     return run if taken is not None and taken.same_as(action) else None
 
 
-def decisions(row: Mapping[str, Any]) -> list[Action]:
+def decisions(row: Mapping[str, Any]) -> list[Decision]:
     """The review decisions the run took, one per round, oldest first."""
     text = row.get("decided_json")
-    return [Action.from_data(item) for item in json.loads(text)] if text else []
+    return [decision_from_data(item) for item in json.loads(text)] if text else []
 
 
 def _lease_end(value: Any) -> datetime | None:
@@ -210,7 +221,7 @@ def claim_from(
     row: Mapping[str, Any],
     change: RowChange,
     plan: ClaimPlan,
-    action: Action,
+    action: Decision,
     *,
     snapshot: bytes,
     expires: datetime,
@@ -239,7 +250,7 @@ def claim_from(
 
 
 def claimed_again(
-    row: Mapping[str, Any], plan: ClaimPlan, action: Action, *, snapshot: bytes, now: datetime
+    row: Mapping[str, Any], plan: ClaimPlan, action: Decision, *, snapshot: bytes, now: datetime
 ) -> Claim:
     """The :class:`Claim` for a plan ``again``: the row as it stands, nothing written (the
     lease keeper renews its lease)."""
@@ -248,7 +259,7 @@ def claimed_again(
 
 
 def plan_claim(
-    row: Mapping[str, Any], plan: ClaimPlan, action: Action, *, now: datetime, lease: float
+    row: Mapping[str, Any], plan: ClaimPlan, action: Decision, *, now: datetime, lease: float
 ) -> tuple[RowChange, datetime]:
     """The row after a granted claim: resuming, with the action pending and its event."""
     expires = now + timedelta(seconds=lease)
@@ -262,7 +273,7 @@ def plan_claim(
         )
     change.row.update(
         status=RunStatus.RESUMING.value,
-        pending_json=action.to_json(),
+        pending_json=decision_json(action),
         claim_token=plan.token,
         claim_expires_at=iso(expires),
         updated_at=iso(now),
@@ -300,7 +311,7 @@ def plan_complete(
         updated_at=iso(now),
     )
     if action.kind != "feedback":
-        taken = Action(
+        taken = recorded_decision(
             action.kind,
             text=action.text,
             sequence=action.sequence,
@@ -308,7 +319,7 @@ def plan_complete(
             round=claim.run.round,
         )
         earlier = json.loads(row.get("decided_json") or "[]")  # appended to, not re-decoded
-        change.row["decided_json"] = json_text([*earlier, json.loads(taken.to_json())])
+        change.row["decided_json"] = json_text([*earlier, json.loads(decision_json(taken))])
     if isinstance(result, Paused):
         change.row.update(
             status=RunStatus.AWAITING_REVIEW.value,

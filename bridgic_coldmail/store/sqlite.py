@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - Windows: writers wait in SQLite's busy
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import ColdmailError, DatabaseNotFound, StoreError
-from ..models import ListedRun, Run, RunEvent, RunStatus
+from ..models import Decision, ListedRun, Run, RunEvent, RunStatus
 from ..settings import DEFAULT_BUSY_TIMEOUT, DEFAULT_LEASE_SECONDS
 from ..signing import KeySource, SnapshotSigner, key_file_for
 from . import sqlite_sql as sql
@@ -132,7 +132,7 @@ from .outbox import (
     plan_notifications,
     seal_policy,
 )
-from .protocol import Action, Claim, ClaimOutcome, Finished, NewRun, OutboxPlan, Paused, Refusal
+from .protocol import Claim, ClaimOutcome, Finished, NewRun, OutboxPlan, Paused, Refusal
 from .rules import (
     ClaimPlan,
     claim_from,
@@ -360,7 +360,7 @@ class SqliteRunStore:
     async def claim(
         self,
         interaction_id: str,
-        action: Action,
+        action: Decision,
         supported_versions: Collection[str],
         *,
         token: str | None = None,

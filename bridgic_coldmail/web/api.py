@@ -32,10 +32,12 @@ from ..models import (
     MAX_ROUND_NUMBER,
     Brief,
     DamagedRun,
+    Decision,
     EmailSequence,
     Run,
     RunStatus,
     make_brief,
+    make_decision,
 )
 from .dependencies import Agent, Policy
 from .responses import WebError
@@ -133,6 +135,10 @@ class FeedbackIn(BaseModel):
         description=f"Who the emails should really target (≤ {MAX_FEEDBACK_CHARS} characters)."
     )
 
+    def decision(self) -> Decision:
+        """The body as the one type every front end hands ``decide``."""
+        return make_decision("feedback", text=self.feedback)
+
 
 class DecisionIn(BaseModel):
     """What every review decision may carry (an approval carries nothing else: ``{}``)."""
@@ -152,11 +158,18 @@ class DecisionIn(BaseModel):
         "Sending the decision that round already took returns the run; another is a 409.",
     )
 
+    def decision(self) -> Decision:
+        """The body as the one type every front end hands ``decide`` (an approval here)."""
+        return make_decision("approve", reviewer=self.reviewer, round=self.round)
+
 
 class ReviseIn(DecisionIn):
     guidance: str = Field(
         description=f"What the next version should change (≤ {MAX_FEEDBACK_CHARS} characters)."
     )
+
+    def decision(self) -> Decision:
+        return make_decision("revise", text=self.guidance, reviewer=self.reviewer, round=self.round)
 
 
 class EditIn(DecisionIn):
@@ -164,9 +177,17 @@ class EditIn(DecisionIn):
         description="The reviewer's own emails; they go under review as the next round."
     )
 
+    def decision(self) -> Decision:
+        return make_decision(
+            "edit", sequence=self.sequence, reviewer=self.reviewer, round=self.round
+        )
+
 
 class RejectIn(DecisionIn):
     reason: str = Field(description=f"Why the run is rejected (≤ {MAX_REASON_CHARS} characters).")
+
+    def decision(self) -> Decision:
+        return make_decision("reject", text=self.reason, reviewer=self.reviewer, round=self.round)
 
 
 class ErrorDetail(BaseModel):
@@ -389,38 +410,32 @@ async def api_family(interaction_id: str, agent: Agent) -> Response:
 async def api_feedback(interaction_id: str, body: FeedbackIn, agent: Agent) -> Response:
     """Resume a paused run with feedback on the audience; returns it completed, or in review
     mode awaiting review at round 1."""
-    return run_json(await agent.resume(interaction_id, body.feedback))
+    return run_json(await agent.decide(interaction_id, body.decision()))
 
 
 @router.post("/runs/{interaction_id}/approve", response_model=RunOut)
 async def api_approve(interaction_id: str, body: DecisionIn, agent: Agent) -> Response:
     """Approve the sequence under review: the run completes with it as ``final``."""
-    run = await agent.approve(interaction_id, reviewer=body.reviewer, round=body.round)
-    return run_json(run)
+    return run_json(await agent.decide(interaction_id, body.decision()))
 
 
 @router.post("/runs/{interaction_id}/revise", response_model=RunOut)
 async def api_revise(interaction_id: str, body: ReviseIn, agent: Agent) -> Response:
     """Ask the LLM for another version with this guidance; the run pauses at the next round.
     Refused (409) once the run reached ``max_rounds``."""
-    run = await agent.revise(
-        interaction_id, body.guidance, reviewer=body.reviewer, round=body.round
-    )
-    return run_json(run)
+    return run_json(await agent.decide(interaction_id, body.decision()))
 
 
 @router.post("/runs/{interaction_id}/edit", response_model=RunOut)
 async def api_edit(interaction_id: str, body: EditIn, agent: Agent) -> Response:
     """Put the reviewer's own emails under review as the next round (no LLM call)."""
-    run = await agent.edit(interaction_id, body.sequence, reviewer=body.reviewer, round=body.round)
-    return run_json(run)
+    return run_json(await agent.decide(interaction_id, body.decision()))
 
 
 @router.post("/runs/{interaction_id}/reject", response_model=RunOut)
 async def api_reject(interaction_id: str, body: RejectIn, agent: Agent) -> Response:
     """End the run as ``rejected`` with this reason; it is kept with its history."""
-    run = await agent.reject(interaction_id, body.reason, reviewer=body.reviewer, round=body.round)
-    return run_json(run)
+    return run_json(await agent.decide(interaction_id, body.decision()))
 
 
 CSV_BODY = {

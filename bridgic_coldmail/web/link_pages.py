@@ -15,7 +15,7 @@ the credential, and it grants this pause and nothing more.
 
 Opening it (GET, HEAD) never changes anything: mail scanners and chat previews open links,
 and nothing on the page submits by itself. A form on it (``POST /l/<token>/<answer>``) is
-applied by the run page's own code (``apply_feedback``, ``apply_decision``: the store's
+applied by the run page's own code (:func:`.answers.apply_decision`: ``decide``, the store's
 claim, lease and fencing, the same validation, the same explanation of a race) once the
 form token it carries proves it came from this link's page; a decision is taken for the
 link's round, whatever the form says. The answer then leads back to the link (303), which
@@ -39,12 +39,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ..agent import ColdMailAgent
 from ..errors import InvalidInput, LinkAnswered, LinkRunGone, RunNotFound
-from ..models import RunEvent, RunStatus, validate_feedback
+from ..models import RunEvent, RunStatus
 from ..notify.links import LINK_PATH, RUN_GONE, OpenedLink, check_run
+from .answers import apply_decision, decision_form
 from .dependencies import Agent
-from .pages import apply_feedback
 from .responses import WebError, templates
-from .review import apply_decision, decision_form
 from .security import relative_location
 from .views import (
     Applied,
@@ -113,14 +112,8 @@ async def _answer_link(request: Request, token: str, answer: str, agent: ColdMai
             # The same form again (its answer was lost): the recorded result, not a refusal.
             return RedirectResponse(relative_location(LINK_PATH + token), 303)
         raise LinkAnswered(ANSWERED_REFUSAL, topic="answered")
-    if answer == "feedback":
-        reviewer = fields.get("reviewer", "")
-        outcome = await apply_feedback(
-            agent, run.interaction_id, fields.get("feedback", ""), reviewer=reviewer or None
-        )
-    else:
-        decision = decision_form(answer, {**fields, "round": str(claim.round)})
-        outcome = await apply_decision(agent, run.interaction_id, decision)
+    decision = decision_form(answer, _with_round(fields, claim.round))
+    outcome = await apply_decision(agent, run.interaction_id, decision)
     if isinstance(outcome, Applied):
         return RedirectResponse(relative_location(LINK_PATH + token), 303)
     now = replace(opened, run=outcome.run, is_open=check_run(claim, outcome.run, to_act=False))
@@ -143,18 +136,23 @@ async def _repeats_the_answer(
     agent: ColdMailAgent, opened: OpenedLink, answer: str, fields: dict[str, str]
 ) -> bool:
     """Whether the form repeats what answered the link's pause, by the store's rule for a
-    repeat (``Action.same_as``: the same feedback, or the same decision for that round,
+    repeat (``Decision.same_as``: the same feedback, or the same decision for that round,
     whoever sends it)."""
     run, round = opened.run, opened.claim.round
     try:
-        if answer == "feedback":
-            mine = validate_feedback(fields.get("feedback", ""))
-            return run.feedback == mine and run.status is not RunStatus.AWAITING_FEEDBACK
-        decision = decision_form(answer, {**fields, "round": str(round)}).decision()
+        decision = decision_form(answer, _with_round(fields, round)).decision()
     except InvalidInput:
         return False
+    if decision.kind == "feedback":
+        return run.feedback == decision.text and run.status is not RunStatus.AWAITING_FEEDBACK
     taken = decision_at(await agent.history(run.interaction_id), round)
     return taken is not None and same_decision(taken, decision)
+
+
+def _with_round(fields: dict[str, str], round: int | None) -> dict[str, str]:
+    """The form's fields with the link's round: a decision is taken for the link's round,
+    whatever the form says (feedback, at the audience question, has none)."""
+    return fields if round is None else {**fields, "round": str(round)}
 
 
 def _being_answered(opened: OpenedLink) -> bool:

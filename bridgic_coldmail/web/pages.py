@@ -4,8 +4,8 @@ Submitting feedback resumes the run through the store's claim, so one submission
 however many arrive at once. A second submission of the *same* feedback waits for the first
 and shows its result; a submission of *different* feedback that lost the race is told, with a
 409 page showing the feedback that was used, that its own was not. (The review decisions work
-the same way; see :mod:`.review`.) :func:`apply_feedback` does this for a one-click link's
-page too.
+the same way; see :mod:`.review`. Both, and a one-click link's page, go through
+:mod:`.answers`.)
 
 Every form carries the CSRF token of the page it came from; one without it, or with another,
 changes nothing and gets a 403 page.
@@ -40,11 +40,11 @@ from ..models import (
     Run,
     RunStatus,
     make_brief,
-    validate_feedback,
 )
 from ..notify.destinations import MAX_DEST_CHARS, MAX_DESTINATIONS
 from ..notify.policy import ON_TIMEOUT, OUTCOME_WORDS
 from ..store.outbox import Timer
+from .answers import apply_decision, decision_form
 from .api import API_MAX_OFFSET, exportable
 from .dependencies import Agent, Policy
 from .responses import error_response, templates
@@ -71,7 +71,6 @@ from .views import (
     MAX_VARIANTS_TEXT,
     Applied,
     FormState,
-    NotApplied,
     Outcome,
     age,
     clip,
@@ -310,7 +309,8 @@ async def submit_feedback(
     """Resume the run with the form's feedback; on success, back to the run page."""
     if not csrf_matches(request, csrf_token):
         return form_expired(request)
-    outcome = await apply_feedback(agent, interaction_id, feedback)
+    answer = decision_form("feedback", {"feedback": feedback})
+    outcome = await apply_decision(agent, interaction_id, answer)
     return await answer_on_run_page(request, agent, policy, outcome)
 
 
@@ -331,69 +331,6 @@ async def answer_on_run_page(
         message_kind="error",
         form=outcome.form,
     )
-
-
-async def apply_feedback(
-    agent: ColdMailAgent, interaction_id: str, feedback: str, *, reviewer: str | None = None
-) -> Outcome:
-    """Resume the run with ``feedback`` through the agent's claim; when it was not used, say
-    why: it does not validate, or other feedback took the run (or is taking it)."""
-    typed = {"feedback": feedback} | ({"reviewer": reviewer} if reviewer is not None else {})
-    kept = FormState("feedback", typed)
-    try:
-        run = await agent.resume(interaction_id, feedback, reviewer=reviewer)
-    except RunBeingResumed:
-        return await _after_a_simultaneous_submit(agent, interaction_id, feedback, kept)
-    except RunConflict:
-        run = await agent.get(interaction_id)
-        message = (
-            "Your feedback was not used: this run was already refined with other feedback, "
-            "shown below. Start a new run to try another audience."
-        )
-        return NotApplied(run, 409, message)
-    except (InvalidInput, LlmError) as exc:
-        run = await agent.get(interaction_id)
-        return NotApplied(run, exc.http_status, str(exc), kept)
-    return Applied(run)
-
-
-async def _after_a_simultaneous_submit(
-    agent: ColdMailAgent, interaction_id: str, feedback: str, kept: FormState
-) -> Outcome:
-    """Another submission holds the run: wait for it, then say whose feedback was used."""
-    mine = validate_feedback(feedback)  # resume() accepted it before finding the run taken
-    run = await wait_until_settled(agent, interaction_id)
-    if run.feedback == mine and run.status is not RunStatus.AWAITING_FEEDBACK:
-        # The same text submitted twice (a double click): the first submission is ours.
-        return Applied(run)
-    if run.status is RunStatus.AWAITING_FEEDBACK:
-        message = (
-            "Your feedback was not used: another submission was being refined at the same "
-            "moment and failed. Your text is still in the form; submit it again."
-        )
-        return NotApplied(run, 409, message, kept)
-    if run.status is RunStatus.RESUMING:
-        message = (
-            "Your feedback was not used: another reviewer's feedback, shown below, is being "
-            "applied right now."
-        )
-    else:
-        message = (
-            "Your feedback was not used: another reviewer sent different feedback at the same "
-            "moment, and the run was refined with theirs, shown below."
-        )
-    return NotApplied(run, 409, message)
-
-
-async def wait_until_settled(agent: ColdMailAgent, interaction_id: str) -> Run:
-    """The run once it is no longer being worked on, or as it is after twice the LLM timeout."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 2 * agent.llm_timeout
-    while True:
-        run = await agent.get(interaction_id)
-        if run.status is not RunStatus.RESUMING or loop.time() >= deadline:
-            return run
-        await asyncio.sleep(0.2)
 
 
 # ---------------------------------------------------------------------------- forks
