@@ -226,7 +226,8 @@ class Settings:
     """Seconds a one-click link works when its pause has no deadline (default: a week)."""
     notify_events: tuple[Any, ...] = ()
     """The events a run started now announces, comma-separated: some of ``run.paused``,
-    ``run.review``, ``run.completed``, ``run.rejected``, ``run.failed``. None: all five."""
+    ``run.review``, ``run.completed``, ``run.rejected``, ``run.failed``,
+    ``batch.sample_ready`` (a personalization sample waits for approval). None: all six."""
     respond_within: float | None = None
     """Seconds each pause of a run started now waits before its deadline (``90s``, ``36h``,
     ``3d``…); None: no deadline unless the run is given one."""
