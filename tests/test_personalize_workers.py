@@ -45,13 +45,18 @@ def _company(text: str) -> str | None:
 
 class InFlight:
     """A responder that holds each line call ``delay`` seconds and counts the calls in
-    flight at once, as the server sees them (every process's)."""
+    flight at once, as the server sees them (every process's). Until more than ``one``
+    calls are in flight together, each call also waits (up to ``patience`` seconds): a
+    child process starting slowly on a busy machine still meets the first one's calls."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, one: int, patience: float) -> None:
         self.delay = delay
+        self.one = one
+        self.patience = patience
         self.now = 0
         self.most = 0
         self.lock = threading.Lock()
+        self.both = threading.Event()
 
     def __call__(self, request: RecordedRequest) -> Reply | None:
         if request.kind != "line":
@@ -59,6 +64,9 @@ class InFlight:
         with self.lock:
             self.now += 1
             self.most = max(self.most, self.now)
+            if self.now > self.one:
+                self.both.set()
+        self.both.wait(self.patience)
         time.sleep(self.delay)
         with self.lock:
             self.now -= 1
@@ -110,7 +118,7 @@ async def test_two_worker_processes_write_each_lead_once_sharing_the_concurrency
     count = 60
     leads = _leads(tmp_path, count)
     run_id = await _sampled(backend, brief, leads)
-    flight = InFlight(0.05)
+    flight = InFlight(0.02, one=3, patience=PROCESS_TIMEOUT / 4)
     server.respond_with(flight)
     done = run_cli(
         "personalize", run_id, "--leads", str(leads), "--approve-sample", "--workers", "2",
@@ -140,7 +148,8 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_pays_no_finished_lead
     leads = _leads(tmp_path, count)
     run_id = await _sampled(backend, brief, leads)
     batch_id = batch_id_for(run_id, read_lead_list(leads).digest)
-    server.respond_with(lambda r: Reply(delay=0.05) if r.kind == "line" else None)
+    flight = InFlight(0.05, one=2, patience=PROCESS_TIMEOUT / 4)  # both start writing
+    server.respond_with(flight)
     env = _env(
         backend,
         COLDMAIL_PERSONALIZE_CONCURRENCY="4",
@@ -156,7 +165,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_pays_no_finished_lead
     try:
         children: list[int] = []
         written: list[dict[str, object]] = []
-        while not children or len(written) < count // 3:
+        while not children or not flight.both.is_set() or len(written) < count // 4:
             assert time.monotonic() < deadline and parent.poll() is None, parent.communicate()
             time.sleep(0.05)
             children = _children(parent.pid)
