@@ -41,6 +41,8 @@ DEFAULT_STATEMENT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 """A lead list uploaded to the web inbox for export: about 80,000 leads of a few columns."""
+MAX_PERSONALIZE_WORKERS = 16
+"""Processes one ``coldmail personalize`` may write a batch's lines with."""
 EXPORT_PER_UPLOAD = 16
 """The web export's default size limit, in multiples of the upload limit: a lead of a few
 columns becomes a row about ten times larger once both emails are filled in."""
@@ -199,6 +201,10 @@ class Settings:
     personalize_concurrency: int = 8
     """Personalized lines (``bridgic_coldmail.personalize``): LLM calls in flight at once while
     writing lines, halved by HTTP 429, then regained (1-256)."""
+    personalize_workers: int = 1
+    """Processes ``coldmail personalize`` writes one batch's lines with, once the sample is
+    approved (1-16): the concurrency and the tokens-a-minute budget are their total, split
+    between them."""
     personalize_sample_size: int = 5
     """Leads whose lines a person reads and approves before the whole list is written
     (1-1000)."""
@@ -226,7 +232,8 @@ class Settings:
     """Seconds a one-click link works when its pause has no deadline (default: a week)."""
     notify_events: tuple[Any, ...] = ()
     """The events a run started now announces, comma-separated: some of ``run.paused``,
-    ``run.review``, ``run.completed``, ``run.rejected``, ``run.failed``. None: all five."""
+    ``run.review``, ``run.completed``, ``run.rejected``, ``run.failed``,
+    ``batch.sample_ready`` (a personalization sample waits for approval). None: all six."""
     respond_within: float | None = None
     """Seconds each pause of a run started now waits before its deadline (``90s``, ``36h``,
     ``3d``…); None: no deadline unless the run is given one."""
@@ -558,6 +565,7 @@ _PARSERS: dict[str, Any] = {
 ENV.update(
     personalize_concurrency="COLDMAIL_PERSONALIZE_CONCURRENCY",
     personalize_sample_size="COLDMAIL_PERSONALIZE_SAMPLE_SIZE",
+    personalize_workers="COLDMAIL_PERSONALIZE_WORKERS",
     personalize_tokens_per_minute="COLDMAIL_PERSONALIZE_TPM",
     price_prompt_per_1k="COLDMAIL_PRICE_PROMPT_PER_1K",
     price_answer_per_1k="COLDMAIL_PRICE_ANSWER_PER_1K",
@@ -592,6 +600,7 @@ def _check_prices(settings: Settings) -> None:
 _PARSERS.update(
     personalize_concurrency=_count(1, 256),
     personalize_sample_size=_count(1, 1000),
+    personalize_workers=_count(1, MAX_PERSONALIZE_WORKERS),
     personalize_tokens_per_minute=_count(1000, 1_000_000_000),
     price_prompt_per_1k=_price,
     price_answer_per_1k=_price,

@@ -14,6 +14,7 @@ from bridgic_coldmail.notify import (
     EVENTS,
     Links,
     Notification,
+    SampleNote,
     compose,
     links_for,
     read_token,
@@ -96,6 +97,9 @@ def test_every_event_reads_and_fits_every_channel(event: str) -> None:
         run = review_run(status=RunStatus.REJECTED, rejection="Off-brand")
     if event == "run.failed":
         run = make_run(last_error="LlmError: the LLM timed out 4 times")
+    if event == "batch.sample_ready":
+        run = make_run(status=RunStatus.COMPLETED, final=make_sequence("Final subject"))
+        extra["sample"] = SampleNote("b" * 32, 2, 5, 10_000, ("name the month-end close",))
     n = make_notification("r@example.com", event, run, **extra)  # type: ignore[arg-type]
     message = compose(n, links())
     assert message.subject.startswith("[coldmail] ") and "Acme Scheduler" in message.subject
@@ -109,8 +113,36 @@ def test_every_event_reads_and_fits_every_channel(event: str) -> None:
         "run.completed": "Final subject",
         "run.rejected": "Off-brand",
         "run.failed": "timed out 4 times",
+        "batch.sample_ready": "name the month-end close",
     }.get(event, "A faster way")
     assert expected in message.text and expected in message.html
+
+
+def test_a_sample_ready_says_how_many_lines_wait_and_links_to_the_inbox_section() -> None:
+    run = make_run(status=RunStatus.COMPLETED, final=make_sequence("Final subject"))
+    hostile = "<!channel> <https://evil.example|Approve> \u202eevil\x07"
+    sample = SampleNote("c" * 32, 3, 5, 1200, ("first", hostile))
+    n = make_notification("r@example.com", "batch.sample_ready", run, pause_id=None, sample=sample)
+    found = links_for(n, origin=ORIGIN, signer=make_signer(), link_ttl=3600)
+    assert found.as_dict() == {"run": f"{ORIGIN}/runs/{RUN_ID}#lines"}  # no one-click link
+    message = compose(n, found)
+    assert message.subject == "[coldmail] Sample of 5 first lines ready: Acme Scheduler"
+    assert "round 3, rewritten with your guidance" in message.text
+    assert "1200 leads in all" in message.text
+    assert f"Approve the sample in the inbox: {ORIGIN}/runs/{RUN_ID}#lines" in message.text
+    assert "Final subject" not in message.text  # the lines wait, not the sequence
+    slack = json.dumps(message.slack)
+    assert "<!channel>" not in slack and "<https://evil" not in slack
+    assert "<U+202E>" in message.text and "\x07" not in message.text
+    assert "&lt;!channel&gt;" in message.html
+    body = json.loads(message.webhook_body)
+    assert body["data"]["sample"]["lines"] == 5 and body["data"]["links"] == found.as_dict()
+    with pytest.raises(ValueError, match="has its sample"):
+        make_notification("r@example.com", "batch.sample_ready", run, pause_id=None)
+    with pytest.raises(ValueError, match="has its sample"):
+        make_notification("r@example.com", "run.paused", sample=sample)
+    again = Notification.from_record(json.loads(json.dumps(n.to_record())))
+    assert again == n
 
 
 def test_the_audience_pause_asks_the_question_and_shows_the_draft() -> None:
@@ -240,6 +272,8 @@ def test_every_message_has_a_size_bound_even_for_a_run_at_every_limit(char: str)
         extra: dict[str, Any] = {"on_timeout": "wait"} if event == "run.deadline" else {}
         if event == "run.reminder":
             extra["reminder"] = 1
+        if event == "batch.sample_ready":
+            extra["sample"] = SampleNote.of("b" * 32, 99, 1000, 10**6, (char * 5000,) * 98)
         message = compose(make_notification("r@example.com", event, run, **extra), links())  # type: ignore[arg-type]
         assert len(message.text.encode()) <= MAX_TEXT_BYTES, event
         assert len(message.html.encode()) <= 2 * MAX_TEXT_BYTES, event

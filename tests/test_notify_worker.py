@@ -495,7 +495,7 @@ def test_coldmail_notify_events_narrows_what_a_run_announces() -> None:
     policy = notify_policy(narrowed, ["https://hooks.example.com/x"])
     assert policy is not None and policy.events == ("run.review", "run.failed")
     every = notify_policy(Settings.resolve(env=env), "https://hooks.example.com/x")
-    assert every is not None and len(every.events) == 5
+    assert every is not None and len(every.events) == 6
     assert notify_policy(Settings.resolve(env=env), []) is None
 
 

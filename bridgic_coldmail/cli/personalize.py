@@ -5,23 +5,36 @@ sample first (issue 23).
 with the commands that answer it; ``--approve-sample`` writes the rest with a progress bar
 (plain lines off a terminal); ``--guidance "…"`` rewrites the sample; ``--status`` says
 where the batch is. Running the command again resumes wherever the batch stopped.
+
+``--workers N`` (``COLDMAIL_PERSONALIZE_WORKERS``) writes the approved batch's lines with N
+processes: this one and N - 1 children running ``coldmail personalize ID --approve-sample``
+on the same batch (approving an approved batch goes on writing it). They share the batch as
+any processes do — leads leased, each recorded fenced by its lease, so each is written once —
+and the concurrency and the tokens-a-minute budget are their **total**, split between them:
+one event loop spends about 2 ms of CPU on each call's client work, so a single process
+cannot keep many calls a second in flight on a busy core (``benchmarks/NOTES.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from ..agent import ColdMailAgent
-from ..errors import InvalidInput
+from ..errors import ColdmailError, InvalidInput
 from ..models import validate_feedback, validate_interaction_id
 from ..personalize.batch import BatchReport
 from ..personalize.progress import Progress
-from ..settings import Settings
+from ..personalize.writer import LineResult
+from ..settings import MAX_PERSONALIZE_WORKERS, Settings
+from ..store.batches import BatchCounts
 from ..text import terminal_safe
 from .render import json_for_terminal
 
@@ -45,6 +58,12 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     answer.add_argument("--guidance", metavar="TEXT", help="rewrite the sample with this note")
     answer.add_argument("--status", action="store_true", help="where the batch is")
+    sub.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes writing the lines, sharing the concurrency (default: the setting, 1)",
+    )
 
 
 def run_personalize(args: argparse.Namespace, settings: Settings) -> int:
@@ -57,27 +76,75 @@ def run_personalize(args: argparse.Namespace, settings: Settings) -> int:
             "give the lead list: coldmail personalize ID --leads LEADS.csv (or answer a "
             "sample with --approve-sample, --guidance or --status)"
         )
-    return asyncio.run(_personalize(args, interaction_id, guidance, settings))
+    workers = check_workers(args.workers, settings)
+    return asyncio.run(_personalize(args, interaction_id, guidance, settings, workers))
+
+
+def check_workers(given: int | None, settings: Settings) -> int:
+    """The processes to write with (``--workers``, else the setting), checked against the
+    concurrency and the token budget they split.
+
+    Raises:
+        InvalidInput: out of range, or more processes than calls in flight (or than
+            thousands of tokens a minute) to share.
+    """
+    workers = settings.personalize_workers if given is None else given
+    if isinstance(workers, bool) or not 1 <= workers <= MAX_PERSONALIZE_WORKERS:
+        raise InvalidInput(
+            f"--workers is the number of processes writing the lines, from 1 to "
+            f"{MAX_PERSONALIZE_WORKERS}, not {workers}"
+        )
+    concurrency = settings.personalize_concurrency
+    if workers > concurrency:
+        raise InvalidInput(
+            f"--workers {workers} splits the {concurrency} calls in flight "
+            "(COLDMAIL_PERSONALIZE_CONCURRENCY) between the processes, and each needs at "
+            f"least one: use at most {concurrency} workers, or raise the concurrency"
+        )
+    budget = settings.personalize_tokens_per_minute
+    if budget is not None and budget // workers < 1000:
+        raise InvalidInput(
+            f"--workers {workers} splits the budget of {budget:,} tokens a minute "
+            "(COLDMAIL_PERSONALIZE_TPM) between the processes, at least 1,000 each: use "
+            f"at most {budget // 1000} workers, or raise the budget"
+        )
+    return workers
+
+
+def shares(total: int, workers: int) -> list[int]:
+    """``total`` split between ``workers`` as evenly as it goes (the first ones get the
+    rest): ``shares(32, 3)`` is ``[11, 11, 10]``."""
+    return [total // workers + (i < total % workers) for i in range(workers)]
 
 
 async def _personalize(
-    args: argparse.Namespace, interaction_id: str, guidance: str | None, settings: Settings
+    args: argparse.Namespace,
+    interaction_id: str,
+    guidance: str | None,
+    settings: Settings,
+    workers: int,
 ) -> int:
-    async with ColdMailAgent.open(settings=settings, missing="refuse") as agent:
+    own = _own_share(settings, workers)
+    async with ColdMailAgent.open(settings=own, missing="refuse") as agent:
         if args.status:
             report = await agent.batch_status(interaction_id, leads=args.leads)
         elif guidance is not None:
             report = await agent.guide_sample(interaction_id, guidance, leads=args.leads)
         elif args.approve_sample:
+            if workers > 1:
+                await agent.approve_sample(interaction_id, leads=args.leads, write_rest=False)
             status = await agent.batch_status(interaction_id, leads=args.leads)
             progress = _progress(args, status.counts.open - status.counts.claimed)
-            try:
-                report = await agent.approve_sample(
-                    interaction_id, leads=args.leads, on_line=progress.add if progress else None
-                )
-            finally:
-                if progress is not None:
-                    progress.close()
+            report = await _write(
+                lambda on_line: agent.approve_sample(
+                    interaction_id, leads=args.leads, on_line=on_line
+                ),
+                agent,
+                args,
+                settings,
+                workers,
+                progress,
+            )
         else:
             if not args.json:
                 estimate = await agent.estimate_lines(interaction_id, args.leads)
@@ -85,15 +152,126 @@ async def _personalize(
             report = await agent.personalize(interaction_id, args.leads, sample=args.sample)
             if report.batch.status == "writing":  # approved before: the rest is written now
                 progress = _progress(args, report.counts.open)
-                try:
-                    report = await agent.personalize(
-                        interaction_id, args.leads, on_line=progress.add if progress else None
-                    )
-                finally:
-                    if progress is not None:
-                        progress.close()
+                report = await _write(
+                    lambda on_line: agent.personalize(interaction_id, args.leads, on_line=on_line),
+                    agent,
+                    args,
+                    settings,
+                    workers,
+                    progress,
+                )
     print(json_for_terminal(report_json(report)) if args.json else describe(report, args))
     return 0
+
+
+def _own_share(settings: Settings, workers: int) -> Settings:
+    """This process's settings: its share of the concurrency and of the token budget."""
+    if workers == 1:
+        return settings
+    budget = settings.personalize_tokens_per_minute
+    return settings.with_overrides(
+        personalize_concurrency=shares(settings.personalize_concurrency, workers)[0],
+        personalize_tokens_per_minute=None if budget is None else shares(budget, workers)[0],
+    )
+
+
+Writing = Callable[[Callable[[LineResult], None] | None], Awaitable[BatchReport]]
+"""This process's share of the batch, given what to call with each line (or None)."""
+POLL_SECONDS = 1.0
+"""How often the progress of a batch written by several processes is read from the store."""
+
+
+async def _write(
+    writing: Writing,
+    agent: ColdMailAgent,
+    args: argparse.Namespace,
+    settings: Settings,
+    workers: int,
+    progress: Progress | None,
+) -> BatchReport:
+    """This process's share of the batch (``writing``) beside ``workers - 1`` children
+    writing the same batch. With one process the progress counts its lines as they come;
+    with several it reads every process's from the store."""
+    if workers == 1:
+        try:
+            return await writing(progress.add if progress is not None else None)
+        finally:
+            if progress is not None:
+                progress.close()
+    before = (await agent.batch_status(args.interaction_id, leads=args.leads)).counts
+    children = await _spawn(args, settings, workers)
+    poller = asyncio.create_task(_poll(agent, args, progress, before)) if progress else None
+    try:
+        report = await writing(None)
+    except BaseException:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+        await asyncio.shield(asyncio.gather(*(c.wait() for c in children)))
+        raise
+    finally:
+        if poller is not None:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+    for child in children:
+        _, err = await child.communicate()
+        if child.returncode != 0:
+            last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no message)"]
+            _err(f"A worker process stopped (exit {child.returncode}): {last[0]}")
+    if progress is not None:
+        _count_into(progress, report.counts, before)
+        progress.close()
+    return report
+
+
+async def _poll(
+    agent: ColdMailAgent, args: argparse.Namespace, progress: Progress, before: BatchCounts
+) -> None:
+    while True:
+        await asyncio.sleep(POLL_SECONDS)
+        with contextlib.suppress(ColdmailError):  # shown at the next poll
+            report = await agent.batch_status(args.interaction_id, leads=args.leads)
+            _count_into(progress, report.counts, before)
+
+
+def _count_into(progress: Progress, counts: BatchCounts, before: BatchCounts) -> None:
+    """Show the leads every process finished since this command started."""
+    progress.written = max(0, counts.written - before.written)
+    progress.skipped = max(0, counts.skipped - before.skipped)
+    progress.show()
+
+
+async def _spawn(
+    args: argparse.Namespace, settings: Settings, workers: int
+) -> list[asyncio.subprocess.Process]:
+    """The children: ``coldmail personalize ID --approve-sample`` on the same database and
+    LLM, each with its share of the concurrency and of the token budget."""
+    command = [sys.executable, "-m", "bridgic_coldmail", "personalize", args.interaction_id]
+    command += ["--approve-sample", "--json", "--workers", "1"]
+    if args.leads is not None:
+        command += ["--leads", str(args.leads)]
+    env = {**os.environ, "COLDMAIL_PERSONALIZE_WORKERS": "1"}
+    if getattr(args, "db", None) is not None:  # by the environment: a URL's password stays
+        env["COLDMAIL_DB"] = str(args.db)  # out of the process list
+    if getattr(args, "llm", None) is not None:
+        env["COLDMAIL_LLM"] = str(args.llm)
+    calls = shares(settings.personalize_concurrency, workers)
+    budget = settings.personalize_tokens_per_minute
+    spawned = []
+    for i in range(1, workers):
+        env["COLDMAIL_PERSONALIZE_CONCURRENCY"] = str(calls[i])
+        if budget is not None:
+            env["COLDMAIL_PERSONALIZE_TPM"] = str(shares(budget, workers)[i])
+        spawned.append(
+            await asyncio.create_subprocess_exec(
+                *command,
+                env=dict(env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        )
+    return spawned
 
 
 def _progress(args: argparse.Namespace, total: int) -> Progress | None:

@@ -45,11 +45,32 @@ from typing import Any, NoReturn
 from bridgic.core.model.protocols import PydanticModel
 from bridgic.core.model.types import Message
 from bridgic.llms.openai import OpenAILlm
+from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 
 from ..retry import FailureNote, InvalidOutput, Unretryable, error_message, summarize
 from ..settings import ENV, redact_url
 from .prompts import TOOL_NAME, json_answer_instruction
+
+_REQUEST_OPTIONS = {
+    "extra_headers": "headers",
+    "extra_query": "params",
+    "extra_body": "extra_json",
+    "timeout": "timeout",
+}
+"""``create``'s arguments that are options of the request, not the JSON body, and their
+names in the SDK's request options."""
+
+
+def _plain_json(value: Any) -> bool:
+    """Whether ``value`` is JSON data as is (dicts, lists, strings, numbers, booleans,
+    None): what the SDK's transform would send unchanged."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_json(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain_json(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
 
 FORMS = ("json_schema", "json_object", "tools", "prompt")
 """The forms of structured output, in the order they are tried."""
@@ -198,7 +219,7 @@ class ColdmailOpenAILlm(OpenAILlm):
             if parameter is not None:
                 params[parameter] = MAX_ANSWER_TOKENS
             try:
-                return await self.async_client.chat.completions.create(**params)
+                return await self._create(params)
             except Exception as exc:
                 refused = None if parameter is None else _token_limit_refused(exc, parameter)
                 if parameter is None or refused is None:
@@ -212,6 +233,24 @@ class ColdmailOpenAILlm(OpenAILlm):
                 with _choices_lock:
                     if choice.token_parameter == parameter:
                         choice.token_parameter = following
+
+    async def _create(self, params: dict[str, Any]) -> Any:
+        """``chat.completions.create(**params)``, sent as that method sends it but without
+        its parameter transform, which walks every message and the whole response format's
+        schema against the SDK's parameter types to rename aliased keys — chat completions'
+        parameters have none, so it changes nothing, yet it was a fifth of a batch of short
+        calls' CPU (issue 23). ``tests/test_openai_backend.py`` checks that both send the
+        same request."""
+        if params.get("stream") or not _plain_json(params):
+            return await self.async_client.chat.completions.create(**params)
+        body = {key: value for key, value in params.items() if key not in _REQUEST_OPTIONS}
+        options: dict[str, Any] = {
+            name: params[key] for key, name in _REQUEST_OPTIONS.items() if key in params
+        }
+        options["security"] = {"bearer_auth": True}
+        return await self.async_client.post(
+            "/chat/completions", body=body, options=options, cast_to=ChatCompletion
+        )
 
     def _get_response_format(self, constraint: Any) -> dict[str, Any]:
         """Bridgic's ``json_schema`` response format, from the cached schema: pydantic

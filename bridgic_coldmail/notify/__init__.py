@@ -26,7 +26,17 @@ from .destinations import (
     require_channels,
 )
 from .links import LinkClaim, check_run, current_pause, make_link, make_token, read_token
-from .messages import EVENTS, Event, Links, Message, Notification, Outcome, compose, links_for
+from .messages import (
+    EVENTS,
+    Event,
+    Links,
+    Message,
+    Notification,
+    Outcome,
+    SampleNote,
+    compose,
+    links_for,
+)
 from .schedule import DEFAULT_SCHEDULE, RetrySchedule
 
 __all__ = [
@@ -43,6 +53,7 @@ __all__ = [
     "Notification",
     "Outcome",
     "RetrySchedule",
+    "SampleNote",
     "SlackDestination",
     "WebhookDestination",
     "check_run",

@@ -38,13 +38,15 @@ Event = Literal[
     "run.completed",
     "run.rejected",
     "run.failed",
+    "batch.sample_ready",
 ]
 """``run.paused``: waits for audience feedback. ``run.review``: waits for a decision on review
 round N. ``run.reminder``: still waits (the Nth reminder). ``run.deadline``: the deadline
 passed, and ``on_timeout`` says what was done. ``run.escalated``: nobody answered by the
 deadline, sent to the person it escalates to. ``run.completed`` / ``run.rejected``: over.
 ``run.failed``: the LLM gave up while applying an answer; the run waits again and can be
-resumed."""
+resumed. ``batch.sample_ready``: a personalization batch's sample of first lines waits for
+approval (round N: rewritten with guidance N - 1 times)."""
 EVENTS: tuple[Event, ...] = get_args(Event)
 Outcome = Literal["wait", "proceed", "reject"]
 """What a deadline does: keep waiting, go on without the person, or reject the run."""
@@ -67,6 +69,49 @@ _NAMESPACE = uuid.UUID("6f1d2c1e-3b7a-5d2e-9c55-0c01d3a11e21")
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029\t]+")
+
+
+@dataclass(frozen=True)
+class SampleNote:
+    """What a ``batch.sample_ready`` notification tells of the batch: its sample round, how
+    many first lines wait, how many leads the list has, and the guidance given so far."""
+
+    batch_id: str
+    round: int
+    lines: int
+    """Sample lines written, waiting for approval."""
+    leads: int
+    """Leads in the list (written once the sample is approved)."""
+    guidance: tuple[str, ...] = ()
+    """The latest guidance the sample was written with (see :meth:`of`)."""
+
+    @classmethod
+    def of(
+        cls, batch_id: str, round: int, lines: int, leads: int, guidance: tuple[str, ...]
+    ) -> SampleNote:
+        """The note, keeping the last :data:`MAX_GUIDANCE_SHOWN` guidance texts, each cut at
+        :data:`MAX_GUIDANCE_CHARS` (a batch may be rewritten any number of times)."""
+        kept = tuple(_cut(g, MAX_GUIDANCE_CHARS) for g in guidance[-MAX_GUIDANCE_SHOWN:])
+        return cls(batch_id, round, lines, leads, kept)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "round": self.round,
+            "lines": self.lines,
+            "leads": self.leads,
+            "guidance": list(self.guidance),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SampleNote:
+        return cls(
+            batch_id=str(record["batch_id"]),
+            round=int(record["round"]),
+            lines=int(record["lines"]),
+            leads=int(record["leads"]),
+            guidance=tuple(str(g) for g in record.get("guidance") or ()),
+        )
 
 
 @dataclass(frozen=True)
@@ -97,6 +142,8 @@ class Notification:
     ``link_ttl`` setting."""
     escalated_to: tuple[Destination, ...] = field(default=())
     """Who a ``run.deadline`` was escalated to, to say so."""
+    sample: SampleNote | None = None
+    """The batch whose sample waits, for ``batch.sample_ready``."""
 
     def __post_init__(self) -> None:
         if not _ID.fullmatch(self.id):
@@ -113,6 +160,8 @@ class Notification:
             raise ValueError("a run.deadline notification says what was done (on_timeout)")
         if self.event == "run.reminder" and (self.reminder is None or self.reminder < 1):
             raise ValueError("a run.reminder notification has its number (reminder >= 1)")
+        if (self.event == "batch.sample_ready") != (self.sample is not None):
+            raise ValueError("a batch.sample_ready notification, and only it, has its sample")
 
     @staticmethod
     def make_id(run_id: str, pause_id: str | None, event: Event, n: int, destination: str) -> str:
@@ -135,6 +184,7 @@ class Notification:
             "reminder": self.reminder,
             "link_expires_at": _iso(self.link_expires_at),
             "escalated_to": [dest.value for dest in self.escalated_to],
+            "sample": self.sample.to_record() if self.sample is not None else None,
         }
 
     @classmethod
@@ -152,6 +202,7 @@ class Notification:
             reminder=record.get("reminder"),
             link_expires_at=_from_iso(record.get("link_expires_at")),
             escalated_to=tuple(parse_destination(v) for v in record.get("escalated_to") or ()),
+            sample=SampleNote.from_record(record["sample"]) if record.get("sample") else None,
         )
 
 
@@ -182,6 +233,10 @@ def links_for(
         return Links()
     run_id = notification.run.interaction_id
     run_page = f"{origin.rstrip('/')}/runs/{run_id}"
+    if notification.event == "batch.sample_ready":
+        # Approved on the run page's "First lines for every lead" section (web/lines.py),
+        # behind the inbox's login: a signed link answers a run's own pauses only.
+        return Links(run=f"{run_page}#{LINES_ANCHOR}")
     if signer is None or notification.pause_id is None or notification.event in _OVER:
         return Links(run=run_page)
     expires = notification.link_expires_at or link_expiry(
@@ -219,6 +274,12 @@ def compose(notification: Notification, links: Links) -> Message:
 
 
 _OVER = ("run.completed", "run.rejected")
+MAX_GUIDANCE_SHOWN = 5
+"""A sample's message shows its last guidance texts, at most this many."""
+MAX_GUIDANCE_CHARS = 1000
+"""Each guidance text a sample's message shows is cut at this many characters."""
+LINES_ANCHOR = "lines"
+"""The id of the run page's "First lines for every lead" section."""
 
 
 @dataclass(frozen=True)
@@ -241,25 +302,15 @@ class _Parts:
     when: str | None
     links: Links
     footer: str
+    run_label: str = "The run in the inbox"
+    """The words of the ``run`` link."""
 
     @classmethod
     def of(cls, n: Notification, links: Links) -> _Parts:
         run = n.run
         product = _one_line(run.brief.product, 60)
         headline, intro = _headline(n)
-        blocks: list[_Block] = []
-        if n.event == "run.failed" and run.last_error:
-            blocks.append(_Block("What went wrong", _clean(run.last_error, 1000)))
-        if n.event == "run.rejected" and run.rejection:
-            blocks.append(_Block("Why it was rejected", _clean(run.rejection, 2000)))
-        if n.event == "run.completed" and run.final is not None:
-            blocks += _sequence_blocks("Final", run.final)
-        elif run.sequence is not None and not _at_audience(n):
-            blocks += _sequence_blocks(f"Round {run.round}", run.sequence)
-        else:
-            if n.event not in _OVER:
-                blocks.append(_Block("The question", _clean(run.question, 2000)))
-            blocks += _sequence_blocks("Draft", run.draft)
+        blocks = _sample_blocks(n.sample) if n.sample is not None else _run_blocks(n)
         return cls(
             headline=headline,
             subject=_one_line(f"[coldmail] {headline}: {product}", MAX_SUBJECT_CHARS),
@@ -268,6 +319,9 @@ class _Parts:
             when=_deadline_line(n),
             links=links,
             footer=_footer(n),
+            run_label="Approve the sample in the inbox"
+            if n.sample is not None
+            else "The run in the inbox",
         )
 
     def as_text(self) -> str:
@@ -285,7 +339,7 @@ class _Parts:
         if self.links.open:
             lines.append(f"Answer here (no login needed{_until(self.links)}): {self.links.open}")
         if self.links.run:
-            lines.append(f"The run in the inbox: {self.links.run}")
+            lines.append(f"{self.run_label}: {self.links.run}")
         return lines
 
     def as_html(self) -> str:
@@ -303,7 +357,7 @@ class _Parts:
                 f"(no login needed{e(_until(self.links))})</p>"
             )
         if self.links.run:
-            out.append(f'<p><a href="{e(self.links.run)}">The run in the inbox</a></p>')
+            out.append(f'<p><a href="{e(self.links.run)}">{e(self.run_label)}</a></p>')
         for block in self.blocks:
             out.append(f"<h3>{e(block.title)}</h3>")
             out.append(
@@ -321,7 +375,7 @@ class _Parts:
         if self.links.open:
             top += f"\n<{self.links.open}|Answer here> (no login needed{s(_until(self.links))})"
         if self.links.run:
-            top += f"\n<{self.links.run}|The run in the inbox>"
+            top += f"\n<{self.links.run}|{s(self.run_label)}>"
         blocks: list[dict[str, Any]] = [
             {
                 "type": "header",
@@ -343,8 +397,43 @@ class _Parts:
         }
 
 
+def _run_blocks(n: Notification) -> list[_Block]:
+    run = n.run
+    blocks: list[_Block] = []
+    if n.event == "run.failed" and run.last_error:
+        blocks.append(_Block("What went wrong", _clean(run.last_error, 1000)))
+    if n.event == "run.rejected" and run.rejection:
+        blocks.append(_Block("Why it was rejected", _clean(run.rejection, 2000)))
+    if n.event == "run.completed" and run.final is not None:
+        blocks += _sequence_blocks("Final", run.final)
+    elif run.sequence is not None and not _at_audience(n):
+        blocks += _sequence_blocks(f"Round {run.round}", run.sequence)
+    else:
+        if n.event not in _OVER:
+            blocks.append(_Block("The question", _clean(run.question, 2000)))
+        blocks += _sequence_blocks("Draft", run.draft)
+    return blocks
+
+
+def _sample_blocks(sample: SampleNote) -> list[_Block]:
+    """The guidance the sample was written with, latest last (the lines themselves wait in
+    the inbox)."""
+    shown = sample.guidance[-MAX_GUIDANCE_SHOWN:]
+    return [_Block("Guidance", _clean(text, MAX_GUIDANCE_CHARS)) for text in shown]
+
+
 def _headline(n: Notification) -> tuple[str, str]:
     run = n.run
+    if n.sample is not None:
+        sample = n.sample
+        lines = f"{sample.lines} first line{'s' if sample.lines != 1 else ''}"
+        again = f" (round {sample.round}, rewritten with your guidance)" if sample.round > 1 else ""
+        return (
+            f"Sample of {lines} ready",
+            f"A sample of {lines}{again} waits for your approval. Approve it and the rest of "
+            f"the list ({sample.leads} leads in all) is written; or give guidance and the "
+            "sample is rewritten.",
+        )
     waiting_for = (
         "audience feedback" if _at_audience(n) else f"a decision on review round {run.round}"
     )
@@ -446,6 +535,13 @@ def _webhook_body(n: Notification, links: Links) -> str:
         "on_timeout": n.on_timeout,
         "reminder": n.reminder,
     }
+    if n.sample is not None:
+        sample = n.sample.to_record()
+        sample["guidance"] = [
+            _cut(_valid_utf8(g), MAX_GUIDANCE_CHARS)
+            for g in sample["guidance"][-MAX_GUIDANCE_SHOWN:]
+        ]
+        data["sample"] = _bounded(sample)
     body = {"type": n.event, "timestamp": _iso(n.created_at), "data": data}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 

@@ -21,9 +21,20 @@ from .destinations import parse_destinations, require_channels
 if TYPE_CHECKING:
     from ..settings import Settings
 
-AnnouncedEvent = Literal["run.paused", "run.review", "run.completed", "run.rejected", "run.failed"]
-"""The events a state change announces (reminders and deadlines come from the worker)."""
+AnnouncedEvent = Literal[
+    "run.paused",
+    "run.review",
+    "run.completed",
+    "run.rejected",
+    "run.failed",
+    "batch.sample_ready",
+]
+"""The events a state change announces (reminders and deadlines come from the worker);
+``batch.sample_ready``: a personalization batch's sample waits for approval."""
 ANNOUNCED_EVENTS: tuple[AnnouncedEvent, ...] = get_args(AnnouncedEvent)
+EVENTS_BEFORE_BATCHES: frozenset[str] = frozenset(ANNOUNCED_EVENTS[:5])
+"""Every event a run announced before ``batch.sample_ready`` existed: a policy stored
+then with all of them meant "every event", so it announces the new one too."""
 
 
 OnTimeout = Literal["wait", "proceed", "reject"]
@@ -186,6 +197,8 @@ class NotifyPolicy:
     def from_json(cls, text: str) -> NotifyPolicy:
         data = json.loads(text)
         events = tuple(e for e in data.get("events", ()) if e in ANNOUNCED_EVENTS)
+        if set(events) == EVENTS_BEFORE_BATCHES:
+            events = ANNOUNCED_EVENTS
         wait = WaitPolicy.from_data(data["wait"]) if data.get("wait") else WaitPolicy()
         return cls(tuple(str(d) for d in data["notify"]), events, wait)
 

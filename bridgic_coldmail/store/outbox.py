@@ -31,7 +31,7 @@ from typing import Any, Literal, get_args
 from ..errors import ConfigurationError
 from ..models import RunStatus
 from ..notify.destinations import Destination, parse_destination
-from ..notify.messages import Event, Notification
+from ..notify.messages import Event, Notification, SampleNote
 from ..notify.policy import (
     ANNOUNCED_EVENTS,
     MAX_REMINDERS,
@@ -275,21 +275,86 @@ def plan_notifications(
             reminder=n if event == "run.reminder" else None,
             escalated_to=escalated,
         )
-        record = json_text(notification.to_record())
-        rows.append(
-            {
-                "id": notification.id,
-                "interaction_id": run.interaction_id,
-                "event": event,
-                "destination": destination.value,
-                "record_json": record,
-                "mac": notification_mac(signer, notification.id, destination.value, record),
-                "status": "pending",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
+        rows.append(outbox_row(notification, signer))
+    return rows
+
+
+def outbox_row(notification: Notification, signer: SnapshotSigner) -> dict[str, Any]:
+    """The outbox row of ``notification``, due when it was made, MACed."""
+    record = json_text(notification.to_record())
+    destination = notification.destination.value
+    return {
+        "id": notification.id,
+        "interaction_id": notification.run.interaction_id,
+        "event": notification.event,
+        "destination": destination,
+        "record_json": record,
+        "mac": notification_mac(signer, notification.id, destination, record),
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": notification.created_at,
+        "created_at": notification.created_at,
+    }
+
+
+SAMPLE_EVENT: AnnouncedEvent = "batch.sample_ready"
+
+
+def sample_pause_key(batch_id: str) -> str:
+    """What stands for the pause in a sample notification's id: the batch (with the round
+    as ``n``), so that each round of a batch's sample is announced once per destination,
+    however often the step that paused it is tried."""
+    return f"batch:{batch_id}"
+
+
+def plan_sample_notifications(
+    run_row: Mapping[str, Any] | None,
+    batch_row: Mapping[str, Any],
+    written: int,
+    *,
+    now: datetime,
+    signer: SnapshotSigner,
+) -> list[dict[str, Any]]:
+    """The outbox rows announcing that a batch's sample waits for approval
+    (``batch.sample_ready``): one per destination of the batch's run (``run_row``, read in
+    the transaction that pauses the sample, with its policy columns); none when the run
+    notifies nobody, not of this event, or its policy does not verify. ``batch_row`` is
+    the batch as the pause leaves it; ``written``: its sample lines written. No timers: a
+    run's deadline and reminders are for the run's own pauses."""
+    if run_row is None:
+        return []
+    sample = SampleNote.of(
+        str(batch_row["batch_id"]),
+        int(batch_row["round"]),
+        written,
+        int(batch_row["lead_count"]),
+        tuple(str(g) for g in json.loads(str(batch_row["guidance_json"]))),
+    )
+    policy = read_policy(run_row, signer)
+    if policy is None or SAMPLE_EVENT not in policy.events:
+        return []
+    run = run_from_row(run_row)
+    rows = []
+    for value in policy.destinations:
+        try:
+            destination = parse_destination(value)
+        except Exception:  # an extra uninstalled since the run started
+            continue
+        notification = Notification(
+            id=Notification.make_id(
+                run.interaction_id,
+                sample_pause_key(sample.batch_id),
+                SAMPLE_EVENT,
+                sample.round,
+                destination.value,
+            ),
+            event=SAMPLE_EVENT,
+            run=run,
+            destination=destination,
+            created_at=now,
+            sample=sample,
         )
+        rows.append(outbox_row(notification, signer))
     return rows
 
 

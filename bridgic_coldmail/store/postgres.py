@@ -160,6 +160,7 @@ from .outbox import (
     insert_values,
     page_due_soonest,
     plan_notifications,
+    plan_sample_notifications,
     seal_policy,
 )
 from .postgres_sql import EXPECTED_RELATIONS, MIGRATION_LOCK, MIGRATIONS, SCHEMA
@@ -1056,14 +1057,30 @@ class PostgresRunStore:
     async def step_batch(
         self, claim: BatchClaim, result: BatchPaused | BatchApproved
     ) -> Batch | None:
-        """Record the holder's step, fenced (durable): None when the hold was lost."""
+        """Record the holder's step, fenced (durable): None when the hold was lost. A
+        pause also queues its ``batch.sample_ready`` notifications, in its transaction."""
         signer = self._signer
         async with self._transaction() as tx:
-            held = await self._held_batch(tx, claim)
-            if held is None:
+            found = await tx.open(_LOCK_BATCH_WITH_RUN, [claim.batch_id])
+            if not found:
                 return None
-            new, snapshot = plan_step(held[0], result, now=held[1], signer=signer)
-            await tx.finish([_batch_update(new, snapshot=(snapshot,))])
+            row, now = _split(found[0])
+            run_row = {
+                name[len(_RUN_PREFIX) :]: row.pop(name)
+                for name in list(row)
+                if name.startswith(_RUN_PREFIX)
+            }
+            written = int(row.pop("sample_written"))
+            if not holds_batch(row, claim):
+                return None
+            new, snapshot = plan_step(row, result, now=now, signer=signer)
+            statements = [_batch_update(new, snapshot=(snapshot,))]
+            if isinstance(result, BatchPaused) and run_row["interaction_id"] is not None:
+                run_row = _normalized(run_row)
+                statements += _enqueue(
+                    plan_sample_notifications(run_row, new, written, now=now, signer=signer)
+                )
+            await tx.finish(statements)
         return batch_of(new, signer)
 
     async def release_batch(self, claim: BatchClaim, error: str) -> bool:
@@ -1907,6 +1924,18 @@ class _ErrorContext:
 
 _BATCH_COLUMNS = ", ".join(BATCH_COLUMNS)
 _BATCH_SELECT = f"SELECT {_BATCH_COLUMNS} FROM coldmail.batches"
+_RUN_PREFIX = "run__"
+_LOCK_BATCH_WITH_RUN = (
+    f"SELECT {', '.join('b.' + c for c in BATCH_COLUMNS)}, "
+    + ", ".join(f"r.{c} AS {_RUN_PREFIX}{c}" for c in (*RUN_COLUMNS, "policy_json", "policy_mac"))
+    + ", (SELECT COUNT(*) FROM coldmail.batch_leads l WHERE l.batch_id = b.batch_id "
+    "AND l.in_sample = 1 AND l.state = 'written') AS sample_written, "
+    "pg_catalog.clock_timestamp() AS db_now FROM coldmail.batches b "
+    "LEFT JOIN coldmail.runs r ON r.interaction_id = b.interaction_id "
+    "WHERE b.batch_id = %s FOR UPDATE OF b"
+)
+"""The batch locked for its holder's step, with its run's row and policy (a sample pause
+announces itself to the run's destinations) and its sample lines written."""
 _LEAD_COLUMNS = ", ".join(LEAD_COLUMNS)
 _LEADS_PER_INSERT = 500
 """Leads per ``INSERT`` statement when a batch is created (all in one transaction)."""

@@ -130,6 +130,7 @@ from .outbox import (
     insert_values,
     page_due_soonest,
     plan_notifications,
+    plan_sample_notifications,
     seal_policy,
 )
 from .protocol import Claim, ClaimOutcome, Finished, NewRun, OutboxPlan, Paused, Refusal
@@ -871,7 +872,8 @@ class SqliteRunStore:
     async def step_batch(
         self, claim: BatchClaim, result: BatchPaused | BatchApproved
     ) -> Batch | None:
-        """Record the holder's step, fenced (durable): None when the hold was lost."""
+        """Record the holder's step, fenced (durable): None when the hold was lost. A
+        pause also queues its ``batch.sample_ready`` notifications, in its transaction."""
         signer = self._signer
 
         def work(db: sqlite3.Connection) -> dict[str, Any] | None:
@@ -881,8 +883,18 @@ class SqliteRunStore:
                 if row is None or not holds_batch(dict(row), claim):
                     tx.rollback()
                     return None
-                new, snapshot = plan_step(dict(row), result, now=_now(), signer=signer)
+                now = _now()
+                new, snapshot = plan_step(dict(row), result, now=now, signer=signer)
                 _update_batch(db, new, snapshot=snapshot)
+                if isinstance(result, BatchPaused):
+                    run_row = _fetch(db, _SELECT_ROW_WITH_POLICY, str(new["interaction_id"]))
+                    (written,) = db.execute(_SAMPLE_WRITTEN, (claim.batch_id,)).fetchone()
+                    _enqueue(
+                        db,
+                        plan_sample_notifications(
+                            run_row, new, int(written), now=now, signer=signer
+                        ),
+                    )
                 return new
 
         new = await self._hop(work)
@@ -1595,6 +1607,9 @@ def _storage_errors(
 # --------------------------------------------------------------------------- batches (issue 23)
 
 _BATCH_SELECT = f"SELECT {', '.join(BATCH_COLUMNS)} FROM batches"
+_SAMPLE_WRITTEN = (
+    "SELECT COUNT(*) FROM batch_leads WHERE batch_id = ? AND in_sample = 1 AND state = 'written'"
+)
 _BATCH_SELECT_WITH_SNAPSHOT = f"SELECT {', '.join(BATCH_COLUMNS)}, snapshot FROM batches"
 _LEAD_SELECT = f"SELECT {', '.join(LEAD_COLUMNS)} FROM batch_leads"
 _UPDATED_BATCH_COLUMNS = [c for c in BATCH_COLUMNS if c != "batch_id"]
