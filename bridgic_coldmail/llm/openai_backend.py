@@ -239,7 +239,7 @@ class ColdmailOpenAILlm(OpenAILlm):
         its parameter transform, which walks every message and the whole response format's
         schema against the SDK's parameter types to rename aliased keys — chat completions'
         parameters have none, so it changes nothing, yet it was a fifth of a batch of short
-        calls' CPU (issue 23). ``tests/test_openai_backend.py`` checks that both send the
+        calls' CPU (issue 23). ``tests/test_openai_lean_path.py`` checks that both send the
         same request."""
         if params.get("stream") or not _plain_json(params):
             return await self.async_client.chat.completions.create(**params)
