@@ -126,6 +126,7 @@ from .codec import (
     decode_history,
     decode_row,
     is_legacy,
+    parse_time,
     run_from_row,
     status_counts,
 )
@@ -599,6 +600,9 @@ class PostgresRunStore:
         claimed = [self._claimed.pop(member.claim.token, None) for member in members]
         rows = [row for row in claimed if row is not None]
         if now is not None and len(rows) == len(members):
+            # Never before a member's claim (its time read from the server; the estimate
+            # may lag the server's clock by a round trip).
+            now = max([now, *(parse_time(row["updated_at"]) for row in rows)])
             return await self._complete_fenced(members, rows, now)
         return await self._complete_locked(members)
 
@@ -1376,27 +1380,31 @@ class _ServerClock:
 
     A reading (``clock_timestamp()``, taken by the server during a round trip this process
     sent at monotonic time ``sent``) is carried forward by this process's monotonic clock
-    from ``sent``: since the server read its clock after ``sent``, the estimate is never
-    earlier than the server's clock, and later by at most that round trip. Only readings
-    of round trips under :data:`CLOCK_READING_ROUND_TRIP` are kept, each stands in for
-    :data:`CLOCK_READING_SECONDS`; this host's wall clock is never read, so hosts whose
-    clocks disagree still agree on every time. Without a fresh reading, ``now`` is None and
-    the caller reads the server's clock in a round trip."""
+    from when its answer was read: since the server read its clock before that, the
+    estimate is never ahead of the server's clock, and behind it by at most that round trip.
+    So a time taken after a reading is never earlier than the reading: a run's times keep
+    their order (a complete's also never precedes its claim's, see ``_complete_together``).
+    Only readings of round trips under :data:`CLOCK_READING_ROUND_TRIP` are kept, each
+    stands in for :data:`CLOCK_READING_SECONDS`; this host's wall clock is never read, so
+    hosts whose clocks disagree still agree on every time. Without a fresh reading, ``now``
+    is None and the caller reads the server's clock in a round trip."""
 
     def __init__(self) -> None:
         self._reading: tuple[datetime, float] | None = None
 
     def note(self, server_now: datetime, sent: float) -> None:
-        """A reading of the server's clock, from a round trip sent at ``sent``."""
-        if time.monotonic() - sent <= CLOCK_READING_ROUND_TRIP:
-            self._reading = (server_now, sent)
+        """A reading of the server's clock, from a round trip sent at ``sent`` whose answer
+        was just read."""
+        read = time.monotonic()
+        if read - sent <= CLOCK_READING_ROUND_TRIP:
+            self._reading = (server_now, read)
 
     def now(self) -> datetime | None:
-        """The server's clock now (ahead of it by at most a short round trip), or None."""
+        """The server's clock now (behind it by at most a short round trip), or None."""
         if self._reading is None:
             return None
-        server_now, sent = self._reading
-        elapsed = time.monotonic() - sent
+        server_now, read = self._reading
+        elapsed = time.monotonic() - read
         if elapsed > CLOCK_READING_SECONDS:
             return None
         return server_now + timedelta(seconds=elapsed)
