@@ -160,7 +160,10 @@ def instrument(agent: Any, tally: Tally) -> Callable[[], None]:
     else:  # PostgreSQL: every query sent, each a round trip (several statements each)
         import psycopg
 
-        original_cursor_execute = psycopg.AsyncClientCursor.execute
+        # On AsyncCursor, which AsyncClientCursor inherits ``execute`` from: the store's
+        # scripts (client-side binding) and its plain reads and ROLLBACKs
+        # (``conn.execute``, server-side binding) are all counted.
+        original_cursor_execute = psycopg.AsyncCursor.execute
 
         async def sent(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
             tally.round_trips += 1
@@ -169,8 +172,8 @@ def instrument(agent: Any, tally: Tally) -> Callable[[], None]:
                     tally.statement(part)
             return await original_cursor_execute(self, query, params, **kwargs)
 
-        psycopg.AsyncClientCursor.execute = sent  # type: ignore[method-assign]
-        undo.append(lambda: setattr(psycopg.AsyncClientCursor, "execute", original_cursor_execute))
+        psycopg.AsyncCursor.execute = sent  # type: ignore[method-assign]
+        undo.append(lambda: setattr(psycopg.AsyncCursor, "execute", original_cursor_execute))
 
     def restore() -> None:
         for step in reversed(undo):

@@ -212,14 +212,20 @@ async def test_a_group_that_cannot_commit_records_nothing_and_a_retry_records_it
 
 
 async def test_a_member_whose_write_fails_fails_alone(store: RunStore, backend: Backend) -> None:
-    """One run's event count was set back, so its complete writes an event number its history
-    already holds (a real constraint violation, in the database): that complete fails with
+    """One run's history already holds the event number its complete writes next (a row
+    planted there: a real constraint violation, in the database): that complete fails with
     the store's error and writes nothing, the others of its group are recorded; once the
-    count is mended, completing it again works."""
+    planted row is gone, completing it again works."""
     claims = await _claimed(store, 10)
     results = [_result(claim, i) for i, claim in enumerate(claims)]
     bad = claims[4]
-    backend.rows.set(bad.interaction_id, event_count=1)  # its next event: seq 2, taken
+    backend.rows.execute(  # its next event: seq 3 (paused, feedback, then the result)
+        "INSERT INTO run_events (interaction_id, seq, at, kind) VALUES (?, ?, ?, ?)",
+        bad.interaction_id,
+        3,
+        "2026-01-01T00:00:00.000000+00:00",
+        "paused",
+    )
     before = _groups(store)
     outcomes = await asyncio.gather(
         *(store.complete(c, r) for c, r in zip(claims, results, strict=True)),
@@ -232,11 +238,11 @@ async def test_a_member_whose_write_fails_fails_alone(store: RunStore, backend: 
         if claim is bad:
             assert isinstance(outcome, StoreError), outcome
             assert row["status"] == "resuming" and row["claim_token"] == bad.token
-            assert row["event_count"] == 1  # its UPDATE was undone with its INSERT
+            assert row["event_count"] == 2  # its UPDATE was undone with its INSERT
         else:
             assert isinstance(outcome, Run), outcome
             assert row["status"] == _expected_status(result) and row["event_count"] == 3
-    backend.rows.set(bad.interaction_id, event_count=2)
+    backend.rows.delete_event(bad.interaction_id, 3)
     retried = await store.complete(bad, results[4])
     assert retried is not None and retried.status.value == _expected_status(results[4])
 
@@ -282,7 +288,14 @@ async def test_a_member_whose_notifications_cannot_be_queued_writes_neither_them
             refused = [("SELECT 1 / 0", [])] if for_bad(rows) else []
             return [*statements(rows), *refused]  # refused by the server
 
+        fenced = postgres_store._fenced_complete
+
+        def failing_fenced(*args: Any) -> tuple[str, Any]:
+            sql, params = fenced(*args)  # the complete of a claim made here: one statement
+            return (f"{sql}; SELECT 1 / 0" if for_bad(args[-1]) else sql), params
+
         monkeypatch.setattr(postgres_store, "_enqueue", failing_statements)
+        monkeypatch.setattr(postgres_store, "_fenced_complete", failing_fenced)
     before = _groups(store)
     outcomes = await asyncio.gather(
         *(store.complete(c, r) for c, r in zip(claims, results, strict=True)),
@@ -429,7 +442,13 @@ async def test_a_group_the_server_refuses_is_recorded_member_by_member(
         claims = await _claimed(store, 6)
         results = [_result(claim, i) for i, claim in enumerate(claims)]
         bad = claims[2]
-        pg.rows.set(bad.interaction_id, event_count=1)
+        pg.rows.execute(  # its next event number (3), taken: a unique violation
+            "INSERT INTO run_events (interaction_id, seq, at, kind) VALUES (?, ?, ?, ?)",
+            bad.interaction_id,
+            3,
+            "2026-01-01T00:00:00.000000+00:00",
+            "paused",
+        )
         outcomes = await asyncio.gather(
             *(store.complete(c, r) for c, r in zip(claims, results, strict=True)),
             return_exceptions=True,

@@ -8,6 +8,7 @@ Real PostgreSQL throughout (``tests/pg.py``); a few tests also run on SQLite to 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import stat
@@ -28,13 +29,14 @@ from bridgic_coldmail.store import (
     Claim,
     Finished,
     NewRun,
+    Paused,
     Refusal,
     RunStore,
     connect_store,
 )
 
 from .conftest import Backend, run_cli
-from .rows import age
+from .rows import age, expire_lease
 
 psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL tests need the postgres extra")
 
@@ -244,10 +246,19 @@ async def test_times_and_leases_come_from_the_server_clock_never_this_hosts(
     renewed = await pg_store.renew(claim)
     done = await pg_store.complete(claim, Finished(RunStatus.COMPLETED, SEQUENCE))
     history = await pg_store.history(new.interaction_id)
+    # A start and a complete after a reading of the server's clock (the claim's) carry it
+    # forward instead of reading it again (issue 20): still the server's time.
+    second = await pg_store.insert_paused(_new())
+    again = await pg_store.claim(second.interaction_id, FEEDBACK, VERSIONS)
+    assert isinstance(again, Claim)
+    third = await pg_store.insert_paused(_new())
+    finished = await pg_store.complete(again, Finished(RunStatus.COMPLETED, SEQUENCE))
     after = server_now()
 
-    assert done is not None and isinstance(history, list)
-    assert before <= new.created_at <= done.updated_at <= after
+    assert done is not None and isinstance(history, list) and finished is not None
+    assert before <= new.created_at <= done.updated_at <= second.created_at
+    assert second.created_at <= again.run.updated_at <= third.created_at
+    assert third.created_at <= finished.updated_at <= after
     assert all(before <= event.at <= after for event in history)
     assert renewed is not None
     assert timedelta(seconds=29) < renewed - before < timedelta(seconds=31)
@@ -792,10 +803,12 @@ async def test_a_connection_lost_between_the_two_round_trips_of_a_write_changes_
 ) -> None:
     """The server went away after locking the row and before COMMIT was sent: the
     transaction died with the connection, and the error says nothing was changed (not
-    "may have been recorded"); doing it again then works."""
+    "may have been recorded"); doing it again then works. (The claim was made by another
+    process, so this one's complete locks and reads the row first: two round trips.)"""
     store = await connect_store(_through(pg, proxy, busy_timeout=1, lease_seconds=30))
+    elsewhere = await connect_store(pg.settings(busy_timeout=1, lease_seconds=30))
     try:
-        claim = await _claimed(store)
+        claim = await _claimed(elsewhere)
         proxy.trap(b"FOR UPDATE", "close_after_reply")
         with pytest.raises(StoreError) as caught:
             await store.complete(claim, Finished(RunStatus.COMPLETED, SEQUENCE))
@@ -803,10 +816,52 @@ async def test_a_connection_lost_between_the_two_round_trips_of_a_write_changes_
         again = await store.complete(claim, Finished(RunStatus.COMPLETED, SEQUENCE))
     finally:
         await store.close()
+        await elsewhere.close()
     assert proxy.sprung
     assert caught.value.topic == "connection_lost"
     assert "nothing was changed, retry" in str(caught.value)
     assert again is not None and again.status is RunStatus.COMPLETED
+
+
+async def test_a_complete_of_a_claim_made_here_is_one_round_trip_fenced_in_sql(
+    pg: Backend, proxy: Any
+) -> None:
+    """Issue 20: the complete of a claim this process made reads nothing first (no locking
+    SELECT is sent: a trap on one never springs), writes only while the claim holds the run,
+    and its times are the server's; once the lease was taken over, it writes nothing."""
+    store = await connect_store(_through(pg, proxy, busy_timeout=1, lease_seconds=30))
+    try:
+        new = dataclasses.replace(_new(), review=True, max_rounds=3)
+        await store.insert_paused(new)
+        claim = await store.claim(new.interaction_id, FEEDBACK, VERSIONS)
+        assert isinstance(claim, Claim)
+        proxy.trap(b"FOR UPDATE", "cut")
+        review = Paused(uuid.uuid4().hex, b"snapshot at round 1", "1.0", SEQUENCE, round=1)
+        done = await store.complete(claim, review)
+        assert not proxy.sprung  # no row read before the write
+        server_now = pg.rows._execute("SELECT clock_timestamp() AS now").fetchone()["now"]
+        assert done is not None and done.status is RunStatus.AWAITING_REVIEW
+        assert claim.run.updated_at <= done.updated_at <= server_now
+        assert await store.get(claim.interaction_id) == done
+        history = await store.history(claim.interaction_id)
+        assert isinstance(history, list)
+        assert [e.kind for e in history] == ["paused", "feedback", "review"]
+        assert [p["round"] for p in pg.rows.pauses(claim.interaction_id)] == [0]
+        # A stale lease: another resumer took the run over; this claim's complete is refused.
+        # (The trap, still set, cuts the next claim's locking read, which is sent again.)
+        second = await store.claim(
+            claim.interaction_id, make_decision("approve", round=1), VERSIONS
+        )
+        assert isinstance(second, Claim)
+        expire_lease(pg.rows, claim.interaction_id)
+        reject = make_decision("reject", text="no", round=1)
+        taken = await store.claim(claim.interaction_id, reject, VERSIONS)
+        assert isinstance(taken, Claim)
+        assert await store.complete(second, Finished(RunStatus.COMPLETED, SEQUENCE)) is None
+        assert pg.rows.row(claim.interaction_id)["claim_token"] == taken.token
+        assert [p["round"] for p in pg.rows.pauses(claim.interaction_id)] == [0]
+    finally:
+        await store.close()
 
 
 # --------------------------------------------------------------------------- what the database is

@@ -1,6 +1,7 @@
 """Kept pauses and forks, on every store backend (SQLite and PostgreSQL).
 
-The store keeps every pause's signed snapshot in the pause's own transaction and forks a new
+The store keeps every pause's signed snapshot, each once (the current one in the run's row,
+the earlier ones moved to ``pauses`` by the complete that replaced them), and forks a new
 run from any of them; these tests reach below the store only through ``tests/rows.py``, as a
 database writer without the key would: editing bytes and MACs, moving kept snapshots between
 runs and rounds, deleting them, purging parents.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from bridgic_coldmail.store import (
     RunStore,
     connect_store,
 )
-from bridgic_coldmail.store.forks import ForkLink
+from bridgic_coldmail.store.forks import PAUSE_COLUMNS, ForkLink, kept_pause
 from bridgic_coldmail.store.sqlite import SqliteRunStore
 
 from .conftest import Backend
@@ -120,29 +121,41 @@ def _refused(outcome: Run | Refusal, reason: RefusalReason) -> Refusal:
 # --------------------------------------------------------------------------- kept pauses
 
 
-async def test_every_pause_keeps_its_snapshot_and_an_outcome_keeps_none(
+def _kept(backend: Backend, interaction_id: str) -> list[tuple[int, bytes, str]]:
+    return [
+        (p["round"], bytes(p["snapshot"]), p["pause_id"])
+        for p in backend.rows.pauses(interaction_id)
+    ]
+
+
+def _own(backend: Backend, interaction_id: str) -> bytes | None:
+    stored = backend.rows.row(interaction_id)["snapshot"]  # type: ignore[index]
+    return None if stored is None else bytes(stored)
+
+
+async def test_every_pause_keeps_its_snapshot_once_and_an_outcome_keeps_none(
     store: RunStore, backend: Backend
 ) -> None:
+    """The pause a run waits at is its own snapshot; the complete that replaces or clears
+    it moves it to the kept pauses: at no time is one snapshot stored twice (issue 20)."""
     new = _new()
     await store.insert_paused(new)
     interaction_id = new.interaction_id
-    kept = backend.rows.pauses(interaction_id)
-    assert [(p["round"], bytes(p["snapshot"]), p["pause_id"]) for p in kept] == [
-        (0, new.snapshot, interaction_id)
-    ]
+    assert (_kept(backend, interaction_id), _own(backend, interaction_id)) == ([], new.snapshot)
     first = _review(1)
     await store.complete(await _claim(store, interaction_id), first)
+    assert _kept(backend, interaction_id) == [(0, new.snapshot, interaction_id)]
+    assert _own(backend, interaction_id) == first.snapshot
     approve = make_decision("approve", round=1)
     await store.complete(
         await _claim(store, interaction_id, approve), Finished(RunStatus.COMPLETED, first.sequence)
     )
-    kept = backend.rows.pauses(interaction_id)
-    assert [(p["round"], bytes(p["snapshot"]), p["pause_id"]) for p in kept] == [
+    assert _kept(backend, interaction_id) == [
         (0, new.snapshot, interaction_id),
         (1, first.snapshot, first.pause_id),
     ]
-    assert all(p["mac"] is not None for p in kept)
-    assert backend.rows.row(interaction_id)["snapshot"] is None  # the run's own: gone
+    assert all(p["mac"] is not None for p in backend.rows.pauses(interaction_id))
+    assert _own(backend, interaction_id) is None  # the run's own: moved, not copied
 
 
 async def test_a_fork_of_the_question_is_a_new_run_paused_there_with_the_kept_snapshot(
@@ -274,7 +287,8 @@ async def test_an_unknown_or_purged_parent_is_not_found_and_its_forks_say_so(
     assert family is not None and family.parent_gone == parent
     assert [m.interaction_id for m in family.members] == [fork.interaction_id]
     assert await store.get(fork.interaction_id) == fork  # intact
-    assert len(backend.rows.pauses(fork.interaction_id)) == 1
+    assert _kept(backend, fork.interaction_id) == []  # the pause it waits at is its own
+    assert _own(backend, fork.interaction_id) is not None
 
 
 @pytest.mark.parametrize(
@@ -345,6 +359,91 @@ async def test_a_pause_not_kept_is_refused_but_the_current_one_forks_from_the_ru
     _refused(await _fork(store, run.interaction_id, 1), RefusalReason.TAMPERED)
 
 
+async def test_the_pause_a_run_waits_at_is_checked_with_the_runs_own_signature(
+    store: RunStore, backend: Backend
+) -> None:
+    """The current pause is not in ``pauses``: its snapshot is the run's, and another run's
+    snapshot put there, with that run's signature, is refused as a resume would refuse it."""
+    run = await store.insert_paused(_new())
+    other = await store.insert_paused(_new())
+    theirs = backend.rows.row(other.interaction_id)
+    assert theirs is not None
+    backend.rows.set(run.interaction_id, snapshot=theirs["snapshot"])
+    _refused(await _fork(store, run.interaction_id), RefusalReason.TAMPERED)
+    backend.rows.set(run.interaction_id, signature=theirs["signature"])
+    _refused(await _fork(store, run.interaction_id), RefusalReason.TAMPERED)
+
+
+async def test_a_snapshot_altered_during_its_resume_is_kept_only_as_altered(
+    store: RunStore, backend: Backend
+) -> None:
+    """The complete copies the replaced snapshot inside the database, under a MAC of the
+    bytes its claim verified: bytes a keyless writer put in the row meanwhile are kept,
+    but never pass for the pause's own."""
+    run = await store.insert_paused(_new())
+    claim = await _claim(store, run.interaction_id)
+    backend.rows.set(run.interaction_id, snapshot=b"code an attacker wrote")
+    first = _review(1)
+    assert await store.complete(claim, first) is not None
+    assert _kept(backend, run.interaction_id) == [
+        (0, b"code an attacker wrote", run.interaction_id)
+    ]
+    refused = _refused(await _fork(store, run.interaction_id, 0), RefusalReason.TAMPERED)
+    assert refused.problem is not None and "round 0" in refused.problem
+    assert isinstance(await _fork(store, run.interaction_id, 1), Run)  # its new pause: intact
+
+
+async def test_a_database_that_kept_the_current_pause_twice_forks_and_migrates_to_once(
+    store: RunStore, backend: Backend
+) -> None:
+    """Stores written before issue 20 kept the pause a run waits at in ``pauses`` too: such
+    a copy is still read (and checked), and the migration drops it, keeping every other."""
+    new = _new()
+    waiting = await store.insert_paused(new)
+    at_question = _new()
+    moved_on = await store.insert_paused(at_question)
+    first = _review(1)
+    await store.complete(await _claim(store, moved_on.interaction_id), first)
+    signer = backend.signer()
+    now = datetime.now(timezone.utc)
+    sequence_json = backend.rows.row(moved_on.interaction_id)["sequence_json"]  # type: ignore[index]
+    for interaction_id, round, pause_id, snapshot, sequence in (
+        (waiting.interaction_id, 0, waiting.interaction_id, new.snapshot, None),
+        (moved_on.interaction_id, 1, first.pause_id, first.snapshot, sequence_json),
+    ):
+        copy = kept_pause(
+            signer,
+            interaction_id,
+            round,
+            pause_id=pause_id,
+            serialization_version="1.0",
+            snapshot=snapshot,
+            sequence_json=sequence,
+            now=now,
+        )
+        backend.rows.execute(
+            f"INSERT INTO pauses ({', '.join(PAUSE_COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in PAUSE_COLUMNS)})",
+            *(copy[c] for c in PAUSE_COLUMNS),
+        )
+    assert len(backend.rows.pauses(moved_on.interaction_id)) == 2
+    assert isinstance(await _fork(store, waiting.interaction_id), Run)
+    assert isinstance(await _fork(store, moved_on.interaction_id, 1), Run)
+    version = {"sqlite": 9, "postgres": 5}[backend.name]
+    backend.rows.execute("DELETE FROM coldmail_schema WHERE version = ?", version)
+    again = await connect_store(backend.settings(busy_timeout=1, lease_seconds=30))
+    try:
+        assert version in backend.rows.schema_versions()
+        assert _kept(backend, waiting.interaction_id) == []
+        assert _kept(backend, moved_on.interaction_id) == [
+            (0, at_question.snapshot, moved_on.interaction_id)
+        ]
+        for parent, round in ((waiting, 0), (moved_on, 0), (moved_on, 1)):
+            assert isinstance(await _fork(again, parent.interaction_id, round), Run)
+    finally:
+        await again.close()
+
+
 async def test_an_altered_fork_link_is_shown_as_altered_never_trusted(
     store: RunStore, backend: Backend
 ) -> None:
@@ -398,6 +497,7 @@ async def test_a_database_of_schema_6_migrates_and_its_runs_fork_from_their_curr
         "DROP TABLE batch_leads",
         "DROP TABLE batches",
         "DELETE FROM coldmail_schema WHERE version = 8",
+        "DELETE FROM coldmail_schema WHERE version = 9",
         "DROP TABLE pauses",
         "DROP INDEX runs_by_parent",
         "ALTER TABLE runs DROP COLUMN parent_id",
@@ -417,25 +517,29 @@ async def test_a_database_of_schema_6_migrates_and_its_runs_fork_from_their_curr
         await store.close()
 
 
-async def test_a_pause_costs_one_statement_more_and_an_outcome_none(db_path: Path) -> None:
-    """Issue 20's budget: the kept snapshot is one INSERT in the pause's own transaction."""
+async def test_a_complete_costs_one_statement_more_and_a_start_or_fork_none(
+    db_path: Path,
+) -> None:
+    """Issue 20's budget: keeping the snapshot a complete replaces is one ``INSERT …
+    SELECT`` in the complete's own transaction (its bytes copied inside the database)."""
     store = await SqliteRunStore.connect(db_path)
     statements: list[str] = []
     try:
         await store._conn.set_trace_callback(statements.append)  # observing, not changing
         run = await store.insert_paused(_new())
-        assert sum("INTO pauses" in s for s in statements) == 1
+        assert sum("pauses" in s for s in statements) == 0
         claim = await _claim(store, run.interaction_id)
         statements.clear()
         await store.complete(claim, _review(1))
-        assert sum("INTO pauses" in s for s in statements) == 1
+        moved = [s for s in statements if "INTO pauses" in s]
+        assert len(moved) == 1 and "SELECT" in moved[0] and "FROM runs" in moved[0], moved
         claim = await _claim(store, run.interaction_id, make_decision("approve", round=1))
         statements.clear()
         await store.complete(claim, Finished(RunStatus.COMPLETED, _sequence("final")))
-        assert sum("pauses" in s for s in statements) == 0
+        assert sum("INTO pauses" in s for s in statements) == 1
         statements.clear()
         assert isinstance(await _fork(store, run.interaction_id, 1), Run)
         writes = [s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
-        assert len(writes) == 3, writes  # the run, its event, its kept pause
+        assert len(writes) == 2, writes  # the run (its snapshot in it) and its event
     finally:
         await store.close()

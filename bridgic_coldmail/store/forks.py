@@ -1,14 +1,17 @@
 """Kept pauses and forks: every pause's signed snapshot, and runs started from one of them.
 
-Until 0.6 a run kept only the snapshot of the pause it waits at. Now every pause also writes
-a row of ``pauses`` — the run, the round (0: the audience question), Bridgic's interaction
-id of that pause, the sequence under review, the snapshot — MACed over all of them, in the
-same transaction as the pause (one INSERT more). A *fork* is a new run started from one of
-those rows with different input: its row is the parent's at that pause (brief, draft,
-fields, the audience feedback and the decisions taken before that round), its snapshot the
-kept one signed anew under the fork's own id, and its link to the parent (``parent_id``,
-``fork_json``: parent, round, feedback or guidance) carries a MAC of its own. The fork is
-then resumed through the ordinary claim, like any paused run.
+Until 0.6 a run kept only the snapshot of the pause it waits at. Now every pause's snapshot
+is kept, and each is stored once: the pause a run waits at (or is being resumed from) is the
+run's own snapshot in ``runs``, checked with the run's signature; when ``complete`` replaces
+it (the next review round) or clears it (the outcome), it moves to a row of ``pauses`` — the
+run, the round (0: the audience question), Bridgic's interaction id of that pause, the
+sequence under review, the snapshot — MACed over all of them, in the complete's own
+transaction (one ``INSERT … SELECT`` that copies the bytes inside the database). A *fork* is
+a new run started from one of those pauses with different input: its row is the parent's at
+that pause (brief, draft, fields, the audience feedback and the decisions taken before that
+round), its snapshot the kept one signed anew under the fork's own id, and its link to the
+parent (``parent_id``, ``fork_json``: parent, round, feedback or guidance) carries a MAC of
+its own. The fork is then resumed through the ordinary claim, like any paused run.
 
 What the MACs promise here is what ``codec.py`` says of runs: a database writer without the
 key cannot get a kept snapshot loaded that this installation did not write, nor move one to
@@ -18,7 +21,9 @@ fork's link (the fork then looks like a run of its own).
 
 Runs stored before the kept pauses existed can still be forked from the pause they wait at
 (the run's own snapshot, checked with its own signature); their earlier pauses say they were
-not kept.
+not kept. Databases written while 0.6 was being built also held the current pause in
+``pauses``; a migration dropped those copies, and a kept row of the current round, should one
+be there, is still used (and checked with its MAC) before the run's own snapshot.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from ..models import STORED, DamagedRun, EmailSequence, ListedRun, Run, RunStatu
 from ..signing import SnapshotSigner, json_text
 from .codec import RowChange, decode_row, iso
 from .outbox import pause_timers, read_policy, seal_policy
-from .protocol import Refusal, RefusalReason
+from .protocol import Claim, Finished, Paused, Refusal, RefusalReason
 from .rules import paused_status
 
 PAUSE_DOMAIN = b"bridgic-coldmail kept pause v1"
@@ -105,41 +110,47 @@ def kept_pause(
     return row
 
 
-def pause_values(pause: Mapping[str, Any]) -> list[Any]:
-    """The row's values in :data:`PAUSE_COLUMNS` order."""
-    return [pause[name] for name in PAUSE_COLUMNS]
-
-
-def pause_of_insert(
-    row: Mapping[str, Any], snapshot: bytes, signer: SnapshotSigner
-) -> dict[str, Any]:
-    """The kept pause of a freshly inserted run (round 0, the audience question)."""
-    return kept_pause(
+def pause_left(
+    claim: Claim,
+    result: Paused | Finished,
+    row: Mapping[str, Any],
+    signer: SnapshotSigner,
+    *,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """The kept pause of the snapshot ``complete`` is about to replace or clear: the pause
+    the claim resumed from, MACed over the bytes the claim verified (``snapshot`` left out:
+    the stores copy it from the run's row inside the database, so it never travels twice;
+    bytes changed in between do not match the MAC, and a fork of that round is refused).
+    None when the result pauses at that same round again (the new snapshot replaces it,
+    as a kept row of a round did before). ``row``: the run's columns as the complete read
+    them (the claim changed neither its round nor its sequence); ``created_at`` is when it
+    was kept (now)."""
+    round = 0 if claim.run.status is RunStatus.AWAITING_FEEDBACK else int(claim.run.round or 0)
+    if isinstance(result, Paused) and result.round == round:
+        return None
+    pause = kept_pause(
         signer,
-        str(row["interaction_id"]),
-        0,
-        pause_id=str(row["pause_id"]),
-        serialization_version=str(row["serialization_version"]),
-        snapshot=snapshot,
-        sequence_json=None,
-        now=str(row["created_at"]),
+        claim.interaction_id,
+        round,
+        pause_id=claim.pause_id,
+        serialization_version=claim.serialization_version,
+        snapshot=claim.snapshot,
+        sequence_json=row.get("sequence_json") if round else None,
+        now=now,
     )
+    del pause["snapshot"]
+    return pause
 
 
-def pause_of_review(
-    row: Mapping[str, Any], snapshot: bytes, signer: SnapshotSigner
-) -> dict[str, Any]:
-    """The kept pause of a run ``complete`` just paused for review (its new row)."""
-    return kept_pause(
-        signer,
-        str(row["interaction_id"]),
-        int(row["round"]),
-        pause_id=str(row["pause_id"]),
-        serialization_version=str(row["serialization_version"]),
-        snapshot=snapshot,
-        sequence_json=row.get("sequence_json"),
-        now=str(row["updated_at"]),
-    )
+KEEP_LEFT_COLUMNS = PAUSE_COLUMNS[:-1]
+"""The columns :func:`pause_left` gives, in order (the snapshot comes from ``runs``)."""
+
+
+def left_values(pause: Mapping[str, Any]) -> list[Any]:
+    """The values of a :func:`pause_left` row in :data:`KEEP_LEFT_COLUMNS` order, then the
+    run's id again (the copy's ``WHERE``)."""
+    return [*(pause[name] for name in KEEP_LEFT_COLUMNS), pause["interaction_id"]]
 
 
 # --------------------------------------------------------------------------- fork links
@@ -261,8 +272,8 @@ def judge_fork(
     columns with its ``snapshot``.
 
     The parent is checked as a claim checks it (its row MAC first), then the kept snapshot
-    (its MAC over run, round and bytes), or, for the pause the run waits at when no kept
-    row exists (a run paused before pauses were kept), the run's own snapshot signature."""
+    (its MAC over run, round and bytes), or, for the pause the run waits at (or is being
+    resumed from), whose snapshot is the run's own, the run's snapshot signature."""
     if row is None:
         return Refusal(RefusalReason.NOT_FOUND)
     decoded = decode_row(row, signer)
@@ -359,15 +370,15 @@ def _from_kept(
 
 @dataclass
 class ForkWrite:
-    """What a granted fork writes: the new run's row and event, its link, its notify
-    policy (the parent's, sealed anew), its own kept pause, and its pause's timers (its
-    outbox rows: a fork whose first step fails waits there under its own deadline)."""
+    """What a granted fork writes: the new run's row and event, its snapshot (the pause it
+    waits at, kept in its row like any run's current pause), its link, its notify policy
+    (the parent's, sealed anew), and its pause's timers (its outbox rows: a fork whose first
+    step fails waits there under its own deadline)."""
 
     change: RowChange
     snapshot: bytes
     link: dict[str, Any]
     policy: tuple[str | None, bytes | None]
-    pause: dict[str, Any]
     timers: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -433,22 +444,11 @@ def plan_fork(
         if inherited is not None
         else []
     )
-    pause = kept_pause(
-        signer,
-        new_id,
-        round,
-        pause_id=plan.pause_id,
-        serialization_version=plan.serialization_version,
-        snapshot=plan.snapshot,
-        sequence_json=plan.sequence_json,
-        now=stamp,
-    )
     return ForkWrite(
         change,
         plan.snapshot,
         seal_link(signer, new_id, link),
         policy,
-        pause,
         [t.row(signer, now=now) for t in timers],
     )
 

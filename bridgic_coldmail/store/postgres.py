@@ -61,6 +61,7 @@ import math
 import re
 import select
 import socket
+import time
 import uuid
 from collections.abc import (
     AsyncIterator,
@@ -125,11 +126,13 @@ from .codec import (
     decode_history,
     decode_row,
     is_legacy,
+    parse_time,
     run_from_row,
     status_counts,
 )
 from .forks import (
     FORK_COLUMNS,
+    KEEP_LEFT_COLUMNS,
     MAX_DEPTH,
     MAX_FAMILY,
     PAUSE_COLUMNS,
@@ -137,14 +140,14 @@ from .forks import (
     ForkLink,
     family_of,
     judge_fork,
-    pause_of_insert,
-    pause_of_review,
-    pause_values,
+    left_values,
+    pause_left,
     plan_fork,
 )
 from .group import GroupCommit, Outcome
 from .migrations import Migration, migrate
 from .outbox import (
+    INSERTED_COLUMNS,
     NOTIFICATION_COLUMNS,
     Delivery,
     DueRun,
@@ -212,6 +215,7 @@ _TIME_COLUMNS = (
 )
 _EVENT_SELECT = ", ".join([*EVENT_COLUMNS, "mac"])
 _SELECT_ROW = f"SELECT {_COLUMNS} FROM coldmail.runs WHERE interaction_id = %s"
+_SELECT_ROWS = f"SELECT {_COLUMNS} FROM coldmail.runs WHERE interaction_id = ANY(%s)"
 _LOCK_ROW = (
     f"SELECT {_COLUMNS}, policy_json, policy_mac, pg_catalog.clock_timestamp() AS db_now "
     "FROM coldmail.runs WHERE interaction_id = %s FOR UPDATE"
@@ -222,7 +226,8 @@ _LOCK_ROWS = (
 )
 _NOTIFICATION_SELECT = f"SELECT {', '.join(NOTIFICATION_COLUMNS)} FROM coldmail.notifications"
 _LOCK_ROW_WITH_SNAPSHOT = (
-    f"SELECT {_COLUMNS}, snapshot, pg_catalog.clock_timestamp() AS db_now FROM coldmail.runs "
+    f"SELECT {_COLUMNS}, snapshot, policy_json, policy_mac, "
+    "pg_catalog.clock_timestamp() AS db_now FROM coldmail.runs "
     "WHERE interaction_id = %s FOR UPDATE"
 )
 _SELECT_EVENTS = (
@@ -243,9 +248,14 @@ _INSERT_FORK = (
     f"{', '.join(FORK_COLUMNS)}) "
     f"VALUES ({', '.join('%s' for _ in RUN_COLUMNS)}, %s, %s, %s, %s, %s, %s)"
 )
-_INSERT_PAUSE = (
+_LEFT_TYPES = {"round": "integer", "created_at": "timestamptz", "mac": "bytea"}
+_LEFT_VALUES = ", ".join(f"%s::{_LEFT_TYPES.get(c, 'text')}" for c in KEEP_LEFT_COLUMNS)
+_KEEP_LEFT = (
+    # The run's current snapshot, about to be replaced or cleared, copied to the kept pauses
+    # inside the server: its bytes never travel twice (store/forks.py, pause_left).
     f"INSERT INTO coldmail.pauses ({', '.join(PAUSE_COLUMNS)}) "
-    f"VALUES ({', '.join('%s' for _ in PAUSE_COLUMNS)}) "
+    f"SELECT {_LEFT_VALUES}, "
+    "snapshot FROM coldmail.runs WHERE interaction_id = %s AND snapshot IS NOT NULL "
     "ON CONFLICT (interaction_id, round) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in PAUSE_COLUMNS[2:])
 )
@@ -296,6 +306,13 @@ ROUND_TRIPS = 2
 """Round trips of the longest store call (a write: lock and read; write and commit)."""
 _ATTEMPTS = 3
 """Tries of a round trip that cannot have committed anything, when its connection is lost."""
+CLOCK_READING_SECONDS = 30.0
+"""How long a reading of the server's clock stands in for it (see :class:`_ServerClock`)."""
+CLOCK_READING_ROUND_TRIP = 0.005
+"""The longest round trip whose reading of the server's clock is kept: a reading is late by
+at most its round trip."""
+MAX_CLAIMS_REMEMBERED = 10_000
+"""Claims whose rows are kept for their one-round-trip complete (the oldest go first)."""
 
 
 class PostgresRunStore:
@@ -317,6 +334,10 @@ class PostgresRunStore:
         self.lease_seconds = settings.lease_seconds
         self.busy_timeout = settings.busy_timeout
         self._group: GroupCommit[_Completion] = GroupCommit(self._complete_group)
+        self._clock = _ServerClock()
+        self._claimed: dict[str, dict[str, Any]] = {}
+        """The rows this process's claims wrote, by claim token, until complete or release:
+        what lets a complete write fenced in SQL without reading the row first."""
         self.pool_size = settings.pool_size
         self.pool_timeout = settings.pool_timeout
         self.statement_timeout = settings.statement_timeout
@@ -458,8 +479,11 @@ class PostgresRunStore:
         signer = self._signer
         signature = signer.sign(new.interaction_id, new.serialization_version, new.snapshot)
         async with self._transaction() as tx:
-            (clock,) = await tx.open("SELECT pg_catalog.clock_timestamp() AS db_now", [])
-            now = clock["db_now"]
+            now = self._clock.now()
+            if now is None:  # no recent reading: read the clock in a round trip of its own
+                (clock,) = await tx.open("SELECT pg_catalog.clock_timestamp() AS db_now", [])
+                now = _utc(clock["db_now"])
+                self._clock.note(now, tx.sent)
             change = plan_insert(new, now=now, signature=signature)
             change.seal(signer, sign_row=True)
             policy = seal_policy(signer, new.interaction_id, new.notify)
@@ -475,10 +499,7 @@ class PostgresRunStore:
                 now=now,
                 signer=signer,
             )
-            kept = pause_of_insert(change.row, new.snapshot, signer)
-            await tx.finish(
-                [(insert, values), *_insert_events(change), *_enqueue(announced), _keep(kept)]
-            )
+            await tx.finish([(insert, values), *_insert_events(change), *_enqueue(announced)])
         return run_from_row(change.row)  # just signed here: no MAC to check
 
     async def claim(
@@ -500,6 +521,7 @@ class PostgresRunStore:
             if not found:
                 return Refusal(RefusalReason.NOT_FOUND)
             row, now = _split(found[0])
+            self._clock.note(now, tx.sent)
             snapshot = row.pop("snapshot")
             verdict = judge_claim(
                 row,
@@ -518,7 +540,16 @@ class PostgresRunStore:
             change, expires = plan_claim(row, verdict, action, now=now, lease=lease)
             change.seal(signer, sign_row=row["row_mac"] is not None)
             await tx.finish(_update(row, change))
-        return claim_from(row, change, verdict, action, snapshot=snapshot, expires=expires)
+        claim = claim_from(row, change, verdict, action, snapshot=snapshot, expires=expires)
+        self._remember(claim.token, change.row)
+        return claim
+
+    def _remember(self, token: str, row: dict[str, Any]) -> None:
+        """Keep the row a claim wrote, for its complete (see ``_complete_fenced``)."""
+        claimed = self._claimed
+        while len(claimed) >= MAX_CLAIMS_REMEMBERED:
+            claimed.pop(next(iter(claimed)))
+        claimed[token] = row
 
     async def renew(self, claim: Claim) -> datetime | None:
         """Extend the lease from the server's now; None when the claim was lost."""
@@ -562,6 +593,76 @@ class PostgresRunStore:
         ]
 
     async def _complete_together(self, members: Sequence[_Completion]) -> list[Outcome]:
+        """Write the members' results in one transaction: in one round trip when every
+        member's claim was made here (its row remembered) and the server's clock was read
+        lately (``_complete_fenced``), else in two (``_complete_locked``)."""
+        now = self._clock.now()
+        claimed = [self._claimed.pop(member.claim.token, None) for member in members]
+        rows = [row for row in claimed if row is not None]
+        if now is not None and len(rows) == len(members):
+            # Never before a member's claim (its time read from the server; the estimate
+            # may lag the server's clock by a round trip).
+            now = max([now, *(parse_time(row["updated_at"]) for row in rows)])
+            return await self._complete_fenced(members, rows, now)
+        return await self._complete_locked(members)
+
+    async def _complete_fenced(
+        self, members: Sequence[_Completion], rows: Sequence[dict[str, Any]], now: datetime
+    ) -> list[Outcome]:
+        """One round trip and one WAL flush for the group: each member's row as its claim
+        wrote it, changed and sealed here, is written by one statement whose UPDATE is fenced
+        in SQL — only while the run is still resuming under the claim's token — and whose
+        other writes (the replaced snapshot kept, the events, the notifications) hang on that
+        UPDATE's row; statements in id order, so groups in other processes never deadlock.
+        A member fenced out wrote nothing, and its run is read to tell a result already
+        recorded from a lost claim, as ``_complete_locked`` tells them apart."""
+        signer = self._signer
+        outcomes: list[Outcome] = [(None, None)] * len(members)
+        statements: list[tuple[str, Sequence[Any]]] = []
+        written: list[tuple[int, dict[str, Any]]] = []
+        for index in sorted(range(len(members)), key=lambda i: members[i].claim.interaction_id):
+            claim, result, signature = members[index]
+            row = rows[index]
+            try:
+                change = plan_complete(row, claim, result, now=now, signature=signature)
+                change.seal(signer, sign_row=row["row_mac"] is not None)
+                nth = result.round if isinstance(result, Paused) else 1  # the Nth review
+                announced = plan_notifications(
+                    change.row, event_of_result(result), now=now, signer=signer, n=nth
+                )
+                left = pause_left(claim, result, row, signer, now=now)
+                snapshot = result.snapshot if isinstance(result, Paused) else None
+                statements.append(
+                    _fenced_complete(row, change, claim.token, snapshot, left, announced)
+                )
+                written.append((index, change.row))
+            except Exception as exc:  # this member's own failure: written for no one
+                outcomes[index] = (None, exc)
+        if not statements:
+            return outcomes
+        async with self._transaction() as tx:
+            results = await tx.finish(statements)
+        lost: list[int] = []
+        for (index, row), found in zip(written, results, strict=True):
+            claim, result, _ = members[index]
+            if found and found[0]["written"]:
+                outcomes[index] = (completed_run(claim, result, row), None)
+            else:
+                lost.append(index)
+        if lost:
+            ids = [members[i].claim.interaction_id for i in lost]
+
+            async def fetch(conn: Connection) -> builtins.list[DictRow]:
+                cursor = await conn.execute(_SELECT_ROWS, [ids])
+                return await cursor.fetchall()
+
+            stored = {r["interaction_id"]: _normalized(r) for r in await self._read(fetch)}
+            for index in lost:
+                claim = members[index].claim
+                outcomes[index] = (recorded(stored.get(claim.interaction_id), claim, signer), None)
+        return outcomes
+
+    async def _complete_locked(self, members: Sequence[_Completion]) -> list[Outcome]:
         """Lock the members' rows (in id order: groups in other processes never deadlock),
         check each claim still holds its run, write them all and commit: two round trips
         and one WAL flush for the group."""
@@ -571,6 +672,8 @@ class PostgresRunStore:
         async with self._transaction() as tx:
             found = await tx.open(_LOCK_ROWS, [ids])
             rows = {row["interaction_id"]: (row, now) for row, now in map(_split, found)}
+            for _, now in rows.values():
+                self._clock.note(now, tx.sent)
             statements: list[tuple[str, Sequence[Any]]] = []
             for claim, result, signature in members:
                 try:
@@ -589,14 +692,15 @@ class PostgresRunStore:
                     announced = plan_notifications(
                         change.row, event_of_result(result), now=now, signer=signer, n=nth
                     )
-                    # The member's own statements: its row, its events, its notifications.
+                    # The member's own statements: the snapshot it replaces kept (copied
+                    # before the row is written: each stored once), its row, its events,
+                    # its notifications.
+                    left = pause_left(claim, result, row, signer, now=now)
                     statements += [
+                        *([(_KEEP_LEFT, left_values(left))] if left is not None else []),
                         *_update(row, change, snapshot=(snapshot,)),
                         *_enqueue(announced),
                     ]
-                    if isinstance(result, Paused):  # its kept snapshot, with its row
-                        kept = pause_of_review(change.row, result.snapshot, signer)
-                        statements.append(_keep(kept))
                     rows[claim.interaction_id] = (change.row, now)  # as a later member sees it
                     outcomes.append((completed_run(claim, result, change.row), None))
                 except Exception as exc:  # this member's own failure: written for no one
@@ -609,6 +713,7 @@ class PostgresRunStore:
         """Give the run back with the error recorded; False when the claim was lost.
         ``announce``: queue a ``run.failed`` notification with it."""
         error = error.replace("\x00", "\\0")  # PostgreSQL text cannot hold NUL
+        self._claimed.pop(claim.token, None)
         async with self._transaction(durable=False) as tx:
             held = await self._held_row(tx, claim)
             if held is None:
@@ -876,7 +981,7 @@ class PostgresRunStore:
     ) -> Run | Refusal:
         """Store the fork of ``parent_id``'s pause at ``round`` as run ``new_id`` (durable),
         or say why not (nothing written): the parent and its kept pause read in the first
-        round trip, the fork's row, event and kept pause written with the commit."""
+        round trip, the fork's row (its snapshot in it) and event written with the commit."""
         if not _storable(parent_id):
             return Refusal(RefusalReason.NOT_FOUND)
         signer = self._signer
@@ -907,7 +1012,6 @@ class PostgresRunStore:
                 [
                     (_INSERT_FORK, values),
                     *_insert_events(change),
-                    _keep(write.pause),
                     *_enqueue(write.timers),
                 ]
             )
@@ -1285,6 +1389,43 @@ class PostgresRunStore:
         ]
 
 
+class _ServerClock:
+    """The server's clock between two readings of it, so that a start and a complete need
+    not spend a round trip on reading it (their timestamps are MACed, so they are chosen
+    before the writes are sent).
+
+    A reading (``clock_timestamp()``, taken by the server during a round trip this process
+    sent at monotonic time ``sent``) is carried forward by this process's monotonic clock
+    from when its answer was read: since the server read its clock before that, the
+    estimate is never ahead of the server's clock, and behind it by at most that round trip.
+    So a time taken after a reading is never earlier than the reading: a run's times keep
+    their order (a complete's also never precedes its claim's, see ``_complete_together``).
+    Only readings of round trips under :data:`CLOCK_READING_ROUND_TRIP` are kept, each
+    stands in for :data:`CLOCK_READING_SECONDS`; this host's wall clock is never read, so
+    hosts whose clocks disagree still agree on every time. Without a fresh reading, ``now``
+    is None and the caller reads the server's clock in a round trip."""
+
+    def __init__(self) -> None:
+        self._reading: tuple[datetime, float] | None = None
+
+    def note(self, server_now: datetime, sent: float) -> None:
+        """A reading of the server's clock, from a round trip sent at ``sent`` whose answer
+        was just read."""
+        read = time.monotonic()
+        if read - sent <= CLOCK_READING_ROUND_TRIP:
+            self._reading = (server_now, read)
+
+    def now(self) -> datetime | None:
+        """The server's clock now (behind it by at most a short round trip), or None."""
+        if self._reading is None:
+            return None
+        server_now, read = self._reading
+        elapsed = time.monotonic() - read
+        if elapsed > CLOCK_READING_SECONDS:
+            return None
+        return server_now + timedelta(seconds=elapsed)
+
+
 class _Completion(NamedTuple):
     """One ``complete`` waiting for its group."""
 
@@ -1309,6 +1450,7 @@ class _Tx:
         self._call = call
         self._begin = begin
         self._idempotent = idempotent
+        self._opened = False
 
     async def open(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         """BEGIN, the transaction's settings and ``query``, in one round trip; its rows."""
@@ -1318,6 +1460,7 @@ class _Tx:
             retry=True,
             commits=False,
         )
+        self._opened = True
         return results[-1] or []
 
     async def only(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
@@ -1330,11 +1473,27 @@ class _Tx:
         )
         return results[-2] or []
 
-    async def finish(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        """The writes and COMMIT, in one round trip."""
-        script = "; ".join([*(sql for sql, _ in statements), "COMMIT"])
+    @property
+    def sent(self) -> float:
+        """When the last round trip was sent (``time.monotonic``)."""
+        return self._call.sent
+
+    async def finish(
+        self, statements: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[list[dict[str, Any]] | None]:
+        """The writes and COMMIT, in one round trip (BEGIN and the settings first when the
+        transaction was not opened): the rows of each statement, in order."""
+        sqls = [sql for sql, _ in statements]
         params = [v for _, values in statements for v in values]
-        await self._call.send(lambda conn: _script(conn, script, params), retry=False, commits=True)
+        skip = 0
+        if not self._opened:
+            begin, values = self._begin
+            sqls, params, skip = [begin, *sqls], [*values, *params], begin.count(";") + 1
+        script = "; ".join([*sqls, "COMMIT"])
+        results = await self._call.send(
+            lambda conn: _script(conn, script, params), retry=False, commits=True
+        )
+        return results[skip:-1]
 
 
 class _Call:
@@ -1357,6 +1516,8 @@ class _Call:
         self._loop = asyncio.get_running_loop()
         self._deadline = self._loop.time() + call_timeout
         self._conn: Connection | None = None
+        self.sent = 0.0
+        """When the last round trip was sent (``time.monotonic``), after the pool's wait."""
 
     async def send(
         self, send: Callable[[Connection], Awaitable[T]], *, retry: bool, commits: bool
@@ -1380,6 +1541,7 @@ class _Call:
             watchdog = _Watchdog(conn, limit)
             try:
                 with watchdog:
+                    self.sent = time.monotonic()
                     return await send(conn)
             except psycopg.Error as exc:
                 if watchdog.fired:
@@ -1520,7 +1682,11 @@ async def _script(
         await cursor.execute(script, params)
         results: list[list[dict[str, Any]] | None] = []
         while True:
-            results.append(await cursor.fetchall() if cursor.description is not None else None)
+            # The result's status, not ``cursor.description`` (which builds a Column object
+            # per column on every call): a round trip's results are read many times a resume.
+            result = cursor.pgresult
+            rows = result is not None and result.status == pq.ExecStatus.TUPLES_OK
+            results.append(await cursor.fetchall() if rows else None)
             if not cursor.nextset():
                 return results
     finally:
@@ -1558,9 +1724,74 @@ def _enqueue(rows: list[dict[str, Any]]) -> list[tuple[str, Sequence[Any]]]:
     return [(statement, insert_values(rows, as_text=False))]
 
 
-def _keep(pause: dict[str, Any]) -> tuple[str, Sequence[Any]]:
-    """The pause's kept snapshot: one statement, sent with the pause's own commit."""
-    return _INSERT_PAUSE, pause_values(pause)
+_EVENT_TYPES = {"seq": "integer", "at": "timestamptz", "round": "integer", "mac": "bytea"}
+_NOTIFICATION_TYPES = {
+    "mac": "bytea",
+    "attempts": "integer",
+    "next_attempt_at": "timestamptz",
+    "created_at": "timestamptz",
+}
+
+
+def _typed_rows(columns: Sequence[str], types: Mapping[str, str], count: int) -> str:
+    """``count`` rows of a VALUES list, each value cast to its column's type (in a CTE's
+    ``INSERT … SELECT`` an untyped literal would be text)."""
+    one = "(" + ", ".join(f"%s::{types.get(c, 'text')}" for c in columns) + ")"
+    return ", ".join(one for _ in range(count))
+
+
+def _fenced_complete(
+    row: Mapping[str, Any],
+    change: RowChange,
+    token: str,
+    snapshot: bytes | None,
+    left: dict[str, Any] | None,
+    announced: list[dict[str, Any]],
+) -> tuple[str, Sequence[Any]]:
+    """One member of a fenced complete: its UPDATE only where the run is still resuming
+    under ``token``, and its other writes only for the row that UPDATE returned (all in one
+    statement, so they see the snapshot before it: the kept pause copies the replaced one).
+    Its one row says whether it was written."""
+    changed = {
+        name: change.row.get(name)
+        for name in RUN_COLUMNS
+        if name != "interaction_id" and change.row.get(name) != row.get(name)
+    }
+    changed["snapshot"] = snapshot
+    assignments = ", ".join(f"{name} = %s" for name in changed)
+    parts = [
+        f"WITH written AS (UPDATE coldmail.runs SET {assignments} WHERE interaction_id = %s "
+        "AND status = 'resuming' AND claim_token = %s RETURNING interaction_id)"
+    ]
+    params: list[Any] = [*changed.values(), row["interaction_id"], token]
+    if left is not None:
+        parts.append(
+            f"kept AS (INSERT INTO coldmail.pauses ({', '.join(PAUSE_COLUMNS)}) "
+            f"SELECT {_LEFT_VALUES}, r.snapshot FROM coldmail.runs AS r "
+            "JOIN written USING (interaction_id) WHERE r.snapshot IS NOT NULL "
+            "ON CONFLICT (interaction_id, round) DO UPDATE SET "
+            + ", ".join(f"{c} = EXCLUDED.{c}" for c in PAUSE_COLUMNS[2:])
+            + ")"
+        )
+        params += [left[c] for c in KEEP_LEFT_COLUMNS]
+    columns = [*EVENT_COLUMNS, "mac"]
+    if change.events:
+        parts.append(
+            f"events AS (INSERT INTO coldmail.run_events ({', '.join(columns)}) SELECT v.* "
+            f"FROM written, (VALUES {_typed_rows(columns, _EVENT_TYPES, len(change.events))}) "
+            "AS v)"
+        )
+        params += [e[c] for e in change.events for c in columns]
+    if announced:
+        parts.append(
+            f"outbox AS (INSERT INTO coldmail.notifications ({', '.join(INSERTED_COLUMNS)}) "
+            "SELECT v.* FROM written, "
+            f"(VALUES {_typed_rows(INSERTED_COLUMNS, _NOTIFICATION_TYPES, len(announced))}) "
+            "AS v ON CONFLICT (id) DO NOTHING)"
+        )
+        params += insert_values(announced, as_text=False)
+    sql = ", ".join(parts) + " SELECT pg_catalog.count(*) AS written FROM written"
+    return sql, params
 
 
 def _insert_events(change: RowChange) -> list[tuple[str, Sequence[Any]]]:

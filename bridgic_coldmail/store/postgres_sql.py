@@ -188,11 +188,25 @@ V4_PERSONALIZATION_BATCHES = (
 )
 
 
+# Issue 20: each snapshot stored once (see sqlite_sql.py's migration 9): the copies of a
+# run's current pause that `pauses` held since migration 3 go.
+V5_EACH_SNAPSHOT_ONCE = (
+    """DELETE FROM coldmail.pauses AS p USING coldmail.runs AS r
+    WHERE r.interaction_id = p.interaction_id
+      AND r.snapshot IS NOT NULL
+      AND p.round = COALESCE(r.round, 0)
+      AND p.pause_id = r.pause_id
+      AND p.serialization_version = r.serialization_version
+      AND p.snapshot = r.snapshot""",
+)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, signed history, metadata", V1_RUNS_HISTORY_META),
     Migration(2, "notify policies and the notifications outbox", V2_NOTIFICATIONS_OUTBOX),
     Migration(3, "kept pauses and fork links", V3_KEPT_PAUSES_AND_FORKS),
     Migration(4, "personalization batches and their leads", V4_PERSONALIZATION_BATCHES),
+    Migration(5, "each snapshot stored once", V5_EACH_SNAPSHOT_ONCE),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -100,6 +100,7 @@ from .codec import (
 )
 from .forks import (
     FORK_COLUMNS,
+    KEEP_LEFT_COLUMNS,
     MAX_DEPTH,
     MAX_FAMILY,
     PAUSE_COLUMNS,
@@ -107,9 +108,8 @@ from .forks import (
     ForkLink,
     family_of,
     judge_fork,
-    pause_of_insert,
-    pause_of_review,
-    pause_values,
+    left_values,
+    pause_left,
     plan_fork,
 )
 from .group import GroupCommit, Outcome
@@ -197,9 +197,12 @@ _INSERT_FORK = (
     f"{', '.join(FORK_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in RUN_COLUMNS)}, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_PAUSE = (
+_KEEP_LEFT = (
+    # The run's current snapshot, about to be replaced or cleared, copied to the kept pauses
+    # inside the database (store/forks.py, pause_left).
     f"INSERT OR REPLACE INTO pauses ({', '.join(PAUSE_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in PAUSE_COLUMNS)})"
+    f"SELECT {', '.join('?' for _ in KEEP_LEFT_COLUMNS)}, snapshot FROM runs "
+    "WHERE interaction_id = ? AND snapshot IS NOT NULL"
 )
 _FAMILY_COLUMNS = f"{', '.join(RUN_COLUMNS)}, {', '.join(FORK_COLUMNS)}"
 _FAMILY_UP = (
@@ -343,7 +346,6 @@ class SqliteRunStore:
             now=now,
             signer=signer,
         )
-        kept = pause_of_insert(change.row, new.snapshot, signer)
 
         def work(db: sqlite3.Connection) -> None:
             with _transaction(db):
@@ -353,7 +355,6 @@ class SqliteRunStore:
                 )
                 _insert_events(db, change)
                 _enqueue(db, announced)
-                _keep_pause(db, kept)
 
         await self._hop(work)
         return run_from_row(change.row)  # just signed here: no MAC to check
@@ -457,12 +458,13 @@ class SqliteRunStore:
             now = _now()
             change = plan_complete(row, claim, result, now=now, signature=signature)
             change.seal(signer, sign_row=row["row_mac"] is not None)
+            left = pause_left(claim, result, row, signer, now=now)
+            if left is not None:  # before its snapshot is replaced: each stored once
+                db.execute(_KEEP_LEFT, left_values(left))
             _update(db, change, snapshot=snapshot)
             nth = result.round if isinstance(result, Paused) else 1  # round N: the Nth review
             event = event_of_result(result)
             _enqueue(db, plan_notifications(change.row, event, now=now, signer=signer, n=nth))
-            if isinstance(result, Paused):
-                _keep_pause(db, pause_of_review(change.row, result.snapshot, signer))
             return completed_run(claim, result, change.row)
 
         return cast("Run | None", await self._group.commit(work))
@@ -720,7 +722,8 @@ class SqliteRunStore:
     ) -> Run | Refusal:
         """Store the fork of ``parent_id``'s pause at ``round`` as run ``new_id`` (durable),
         or say why not (nothing written). One transaction: the parent and its kept pause
-        read in one statement, then the fork's row, event, notify policy and kept pause."""
+        read in one statement, then the fork's row (its snapshot in it), event and notify
+        policy."""
         signer = self._signer
 
         def work(db: sqlite3.Connection) -> Run | Refusal:
@@ -746,7 +749,6 @@ class SqliteRunStore:
                     ],
                 )
                 _insert_events(db, change)
-                _keep_pause(db, write.pause)
                 _enqueue(db, write.timers)
                 return run_from_row(change.row)  # just signed here
 
@@ -1415,11 +1417,6 @@ def _update_if_unchanged(
         return False
     _insert_events(db, change)
     return True
-
-
-def _keep_pause(db: sqlite3.Connection, pause: dict[str, Any]) -> None:
-    """The pause's kept snapshot (one statement, in the pause's own transaction)."""
-    db.execute(_INSERT_PAUSE, pause_values(pause))
 
 
 def _split_kept(

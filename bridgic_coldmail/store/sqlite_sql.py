@@ -339,6 +339,22 @@ V8_PERSONALIZATION_BATCHES = (
 )
 
 
+# Issue 20: each snapshot stored once. The pause a run waits at is its own snapshot in
+# `runs`; `pauses` keeps the earlier ones (store/forks.py). Databases written since migration
+# 7 also hold the current pause there: those copies (same run, round, pause and bytes) go.
+V9_EACH_SNAPSHOT_ONCE = (
+    """DELETE FROM pauses WHERE EXISTS (
+    SELECT 1 FROM runs AS r
+    WHERE r.interaction_id = pauses.interaction_id
+      AND r.snapshot IS NOT NULL
+      AND pauses.round = COALESCE(r.round, 0)
+      AND pauses.pause_id = r.pause_id
+      AND pauses.serialization_version = r.serialization_version
+      AND pauses.snapshot = r.snapshot
+)""",
+)
+
+
 EXPECTED_OBJECTS = {
     ("table", "coldmail_schema"),
     ("table", "coldmail_meta"),
@@ -373,6 +389,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "notify policies and the notifications outbox", V6_NOTIFICATIONS_OUTBOX),
     Migration(7, "kept pauses and fork links", V7_KEPT_PAUSES_AND_FORKS),
     Migration(8, "personalization batches and their leads", V8_PERSONALIZATION_BATCHES),
+    Migration(9, "each snapshot stored once", V9_EACH_SNAPSHOT_ONCE),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
