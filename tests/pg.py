@@ -513,15 +513,36 @@ class FaultyProxy:
                 elif not to_server and link.after_reply == "lose_reply":
                     link.abort()
                     return
+                elif (
+                    not to_server
+                    and link.after_reply == "close_after_reply"
+                    and _ends_an_answer(data)
+                ):
+                    # The server's side goes first, before the client holds the whole
+                    # answer: a client that replied at once (its COMMIT) could otherwise
+                    # reach the server through this proxy before the link was closed.
+                    link.server.transport.abort()
                 writer.write(data)
                 await writer.drain()
-                if not to_server and link.after_reply == "close_after_reply":
+                if (
+                    not to_server
+                    and link.after_reply == "close_after_reply"
+                    and _ends_an_answer(data)
+                ):
                     link.close()
                     return
         except OSError:
             pass
         finally:
             link.close()
+
+
+_READY_FOR_QUERY_TAG = b"Z\x00\x00\x00\x05"
+
+
+def _ends_an_answer(data: bytes) -> bool:
+    """Whether ``data`` ends a server's answer: ReadyForQuery ('Z', length 5, a status)."""
+    return len(data) >= 6 and data[-6:-1] == _READY_FOR_QUERY_TAG
 
 
 class _Link:
