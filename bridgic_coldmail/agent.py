@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .store.forks import Family
     from .store.outbox import Delivery, DueRun
 from .models import (
+    MAX_PAGE,
     Brief,
     Decision,
     EmailSequence,
@@ -72,9 +73,6 @@ from .store import (
     RunStore,
     connect_store,
 )
-
-MAX_PAGE = 1000
-"""The most runs one ``list`` call returns."""
 
 
 class OpenOptions(AgentOptions, total=False):
