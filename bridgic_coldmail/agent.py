@@ -4,9 +4,9 @@ decisions, any time later, from any process or host.
 A thin facade: each method validates what it is given (``models``' rules, the same for every
 front end) and hands the step to the engine: the runner (``_runner.py``: claim → verify →
 load → run the automa → complete or give back, with the lease keeper), forks
-(``_forking.py``), exports (``_exporting.py``) and personalization batches
-(``_personalizing.py``), which raise the error ``_wording`` words for a refusal. An
-unknown interaction id is ``RunNotFound``.
+(``_forking.py``), exports (``_exporting.py``), personalization batches
+(``_personalizing.py``) and one-click links (``_linking.py``), which raise the error
+``_wording`` words for a refusal. An unknown interaction id is ``RunNotFound``.
 """
 
 from __future__ import annotations
@@ -22,18 +22,11 @@ from typing_extensions import Unpack
 
 from . import _exporting as exporting
 from . import _forking as forking
+from . import _linking as linking
 from . import _personalizing as personalizing
 from . import _wording as wording
 from ._runner import Runner
-from .errors import (
-    ConfigurationError,
-    InvalidInput,
-    LinkRefused,
-    LinkRunGone,
-    RunBeingResumed,
-    RunConflict,
-    RunNotFound,
-)
+from .errors import InvalidInput, RunNotFound
 from .llm import ColdmailLlm, check_llm
 
 if TYPE_CHECKING:
@@ -586,48 +579,7 @@ class ColdMailAgent:
             RunConflict: the run waits for nobody (completed or rejected).
             RunBeingResumed: an answer is being applied to it right now.
         """
-        from .notify.links import MAX_LINK_DAYS, current_pause, link_expiry, make_link
-        from .store.outbox import wait_state
-
-        origin = self.settings.public_origin
-        if not origin:
-            raise ConfigurationError(
-                "a one-click link needs the address browsers reach the inbox at: set "
-                "COLDMAIL_PUBLIC_ORIGIN (e.g. https://review.example.com, or "
-                "http://127.0.0.1:8000 for `coldmail serve` on this machine)",
-                topic="public_origin",
-            )
-        now = datetime.now(timezone.utc)
-        if expires_at is not None:
-            if expires_at.tzinfo is None or expires_at <= now:
-                raise InvalidInput("expires_at must be an aware time in the future (e.g. in UTC)")
-            if expires_at - now > timedelta(days=MAX_LINK_DAYS):
-                raise InvalidInput(
-                    f"a link works at most {MAX_LINK_DAYS} days; give an earlier expires_at"
-                )
-        run = await self.get(interaction_id)
-        pause = current_pause(run)
-        if run.status is RunStatus.RESUMING:
-            raise RunBeingResumed(
-                f"run {run.interaction_id} is being worked on right now; ask for its link "
-                "once it pauses again",
-                topic="held",
-            )
-        signer = await self._store.signer()
-        if pause is None or signer is None:
-            raise RunConflict(
-                f"run {run.interaction_id} is {run.describe_state()} and waits for nobody: "
-                "there is no question a link could answer",
-                topic="not_paused",
-            )
-        if expires_at is None:
-            # The pause's deadline, when it has one ahead: the link stops when the wait does.
-            deliveries = await self._store.notifications(run.interaction_id, limit=MAX_PAGE)
-            deadline = wait_state(pause, deliveries).deadline
-            expires_at = link_expiry(now, self.settings.link_ttl, deadline)
-        at_review = run.status is RunStatus.AWAITING_REVIEW
-        round = run.round if at_review else None
-        return make_link(signer, origin, run.interaction_id, pause, expires_at, round=round)
+        return await linking.link(self._runner, interaction_id, expires_at=expires_at)
 
     async def open_link(self, token: str, *, form_token: str | None = None) -> OpenedLink:
         """What the one-click link with this token opens: the run as stored now, whether it
@@ -644,34 +596,7 @@ class ColdMailAgent:
             LinkExpired: the link's time is over (410).
             LinkRunGone: the link's run is no longer stored (404).
         """
-        from .notify.links import (
-            REFUSED,
-            RUN_GONE,
-            OpenedLink,
-            check_run,
-            form_token_matches,
-            make_form_token,
-            read_token,
-        )
-
-        signer = await self._store.signer()
-        if signer is None:  # no database: no link was made here
-            raise LinkRefused(REFUSED, topic="forged")
-        claim = read_token(signer, token)
-        if form_token is not None and not form_token_matches(signer, token, form_token):
-            raise LinkRefused(
-                "this form did not come from this link's page (missing or wrong form token); "
-                "open the link again and submit from there; nothing was changed",
-                topic="form",
-            )
-        try:
-            run: Run | None = await self.get(claim.run_id)
-        except (RunNotFound, InvalidInput):
-            run = None
-        if run is None:
-            raise LinkRunGone(RUN_GONE, topic="not_found")
-        is_open = check_run(claim, run, to_act=False)
-        return OpenedLink(claim, run, is_open, make_form_token(signer, token))
+        return await linking.open_link(self._runner, token, form_token=form_token)
 
     # ------------------------------------------------------------------ forks
 
