@@ -4,52 +4,43 @@ decisions, any time later, from any process or host.
 A thin facade: each method validates what it is given (``models``' rules, the same for every
 front end) and hands the step to the engine: the runner (``_runner.py``: claim → verify →
 load → run the automa → complete or give back, with the lease keeper), forks
-(``_forking.py``) and exports (``_exporting.py``), which raise the error ``_wording`` words
-for a refusal. An unknown interaction id is ``RunNotFound``.
+(``_forking.py``), exports (``_exporting.py``), personalization batches
+(``_personalizing.py``) and one-click links (``_linking.py``), which raise the error
+``_wording`` words for a refusal. An unknown interaction id is ``RunNotFound``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import os
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
 
 from . import _exporting as exporting
 from . import _forking as forking
+from . import _linking as linking
+from . import _personalizing as personalizing
 from . import _wording as wording
 from ._runner import Runner
-from .errors import (
-    ConfigurationError,
-    InvalidInput,
-    LinkRefused,
-    LinkRunGone,
-    RunBeingResumed,
-    RunConflict,
-    RunNotFound,
-)
+from .errors import InvalidInput, RunNotFound
 from .llm import ColdmailLlm, check_llm
 
 if TYPE_CHECKING:
     from .export import ExportReport
     from .export.lint import LintIssue
     from .notify.links import OpenedLink
-    from .personalize.batch import BatchPlan, BatchReport
+    from .personalize.batch import BatchReport
     from .personalize.estimate import BatchEstimate
     from .personalize.writer import LineResult
-    from .store.batches import Batch, BatchAction, BatchClaim, BatchLeadRow
+    from .store.batches import BatchLeadRow
     from .store.forks import Family
     from .store.outbox import Delivery, DueRun
 from .models import (
+    MAX_PAGE,
     Brief,
     Decision,
     EmailSequence,
@@ -59,7 +50,6 @@ from .models import (
     RunStatus,
     make_brief,
     make_decision,
-    validate_feedback,
     validate_interaction_id,
     validate_page,
 )
@@ -72,9 +62,6 @@ from .store import (
     RunStore,
     connect_store,
 )
-
-MAX_PAGE = 1000
-"""The most runs one ``list`` call returns."""
 
 
 class OpenOptions(AgentOptions, total=False):
@@ -592,48 +579,7 @@ class ColdMailAgent:
             RunConflict: the run waits for nobody (completed or rejected).
             RunBeingResumed: an answer is being applied to it right now.
         """
-        from .notify.links import MAX_LINK_DAYS, current_pause, link_expiry, make_link
-        from .store.outbox import wait_state
-
-        origin = self.settings.public_origin
-        if not origin:
-            raise ConfigurationError(
-                "a one-click link needs the address browsers reach the inbox at: set "
-                "COLDMAIL_PUBLIC_ORIGIN (e.g. https://review.example.com, or "
-                "http://127.0.0.1:8000 for `coldmail serve` on this machine)",
-                topic="public_origin",
-            )
-        now = datetime.now(timezone.utc)
-        if expires_at is not None:
-            if expires_at.tzinfo is None or expires_at <= now:
-                raise InvalidInput("expires_at must be an aware time in the future (e.g. in UTC)")
-            if expires_at - now > timedelta(days=MAX_LINK_DAYS):
-                raise InvalidInput(
-                    f"a link works at most {MAX_LINK_DAYS} days; give an earlier expires_at"
-                )
-        run = await self.get(interaction_id)
-        pause = current_pause(run)
-        if run.status is RunStatus.RESUMING:
-            raise RunBeingResumed(
-                f"run {run.interaction_id} is being worked on right now; ask for its link "
-                "once it pauses again",
-                topic="held",
-            )
-        signer = await self._store.signer()
-        if pause is None or signer is None:
-            raise RunConflict(
-                f"run {run.interaction_id} is {run.describe_state()} and waits for nobody: "
-                "there is no question a link could answer",
-                topic="not_paused",
-            )
-        if expires_at is None:
-            # The pause's deadline, when it has one ahead: the link stops when the wait does.
-            deliveries = await self._store.notifications(run.interaction_id, limit=MAX_PAGE)
-            deadline = wait_state(pause, deliveries).deadline
-            expires_at = link_expiry(now, self.settings.link_ttl, deadline)
-        at_review = run.status is RunStatus.AWAITING_REVIEW
-        round = run.round if at_review else None
-        return make_link(signer, origin, run.interaction_id, pause, expires_at, round=round)
+        return await linking.link(self._runner, interaction_id, expires_at=expires_at)
 
     async def open_link(self, token: str, *, form_token: str | None = None) -> OpenedLink:
         """What the one-click link with this token opens: the run as stored now, whether it
@@ -650,34 +596,7 @@ class ColdMailAgent:
             LinkExpired: the link's time is over (410).
             LinkRunGone: the link's run is no longer stored (404).
         """
-        from .notify.links import (
-            REFUSED,
-            RUN_GONE,
-            OpenedLink,
-            check_run,
-            form_token_matches,
-            make_form_token,
-            read_token,
-        )
-
-        signer = await self._store.signer()
-        if signer is None:  # no database: no link was made here
-            raise LinkRefused(REFUSED, topic="forged")
-        claim = read_token(signer, token)
-        if form_token is not None and not form_token_matches(signer, token, form_token):
-            raise LinkRefused(
-                "this form did not come from this link's page (missing or wrong form token); "
-                "open the link again and submit from there; nothing was changed",
-                topic="form",
-            )
-        try:
-            run: Run | None = await self.get(claim.run_id)
-        except (RunNotFound, InvalidInput):
-            run = None
-        if run is None:
-            raise LinkRunGone(RUN_GONE, topic="not_found")
-        is_open = check_run(claim, run, to_act=False)
-        return OpenedLink(claim, run, is_open, make_form_token(signer, token))
+        return await linking.open_link(self._runner, token, form_token=form_token)
 
     # ------------------------------------------------------------------ forks
 
@@ -743,6 +662,8 @@ class ColdMailAgent:
         what :meth:`export` takes as ``variants`` to export the family as an A/B test."""
         return await forking.family_variants(self._runner, interaction_id)
 
+    # ------------------------------------------------------------------ personalized lines
+
     async def personalize(
         self,
         interaction_id: str,
@@ -772,20 +693,14 @@ class ColdMailAgent:
             LlmError: the batch halted (an outage, a refused key, an exhausted quota); the
                 lines written so far are kept.
         """
-        from .personalize.batch import new_batch, read_lead_list
-
-        run = await self._approved_run(interaction_id)
-        size = _sample_size(sample, self.settings.personalize_sample_size)
-        first = validate_feedback(guidance) if guidance is not None else None
-        lead_list = await asyncio.to_thread(read_lead_list, Path(leads))
-        if lead_list.usable == 0:
-            raise InvalidInput(f"{leads} holds no usable lead; fix the rows it reports")
-        settings = {"sample": size, "guidance": [first] if first else []}
-        new = new_batch(run.interaction_id, lead_list, size, settings)
-        batch, created = await self._store.create_batch(new)
-        if not created and first is not None and batch.status == "awaiting_approval":
-            return await self.guide_sample(interaction_id, first, leads=leads)
-        return await self._drive_batch(run, batch, new.token if created else None, on_line)
+        return await personalizing.personalize(
+            self._runner,
+            interaction_id,
+            leads,
+            sample=sample,
+            guidance=guidance,
+            on_line=on_line,
+        )
 
     async def approve_sample(
         self,
@@ -806,16 +721,14 @@ class ColdMailAgent:
             RunConflict: the batch's sample is still being written (nothing to approve yet).
             RunBeingResumed: another process is applying an answer to this sample.
         """
-        from .store.batches import BatchAction
-
-        run = await self._approved_run(interaction_id)
-        found = await self._find_batch(run.interaction_id, leads, batch)
-        found = await self._answer_sample(run, found, BatchAction("approve"))
-        if not write_rest:
-            from .personalize.batch import report_of
-
-            return await report_of(self._store, found, started=time.monotonic())
-        return await self._drive_batch(run, found, None, on_line)
+        return await personalizing.approve_sample(
+            self._runner,
+            interaction_id,
+            leads=leads,
+            on_line=on_line,
+            write_rest=write_rest,
+            batch=batch,
+        )
 
     async def guide_sample(
         self,
@@ -832,15 +745,9 @@ class ColdMailAgent:
             InvalidInput: the guidance is empty or too long.
             RunConflict: the sample is not waiting for an answer (approved, or not written).
         """
-        from .personalize.batch import report_of
-        from .store.batches import BatchAction
-
-        text = validate_feedback(guidance)
-        run = await self._approved_run(interaction_id)
-        found = await self._find_batch(run.interaction_id, leads, batch)
-        started = time.monotonic()
-        found = await self._answer_sample(run, found, BatchAction("guide", text))
-        return await report_of(self._store, found, started=started)
+        return await personalizing.guide_sample(
+            self._runner, interaction_id, guidance, leads=leads, batch=batch
+        )
 
     async def batch_status(
         self,
@@ -850,32 +757,21 @@ class ColdMailAgent:
         batch: str | None = None,
     ) -> BatchReport:
         """Where the run's personalization batch is: its state, counts, sample and skips."""
-        from .personalize.batch import report_of
-
-        interaction_id = validate_interaction_id(interaction_id)
-        found = await self._find_batch(interaction_id, leads, batch)
-        return await report_of(self._store, found, started=time.monotonic())
+        return await personalizing.batch_status(
+            self._runner, interaction_id, leads=leads, batch=batch
+        )
 
     async def batch_reports(self, interaction_id: str) -> builtins.list[BatchReport]:
         """Every personalization batch of the run, as :meth:`batch_status` reports it
         (newest first; none when the run has none)."""
-        from .personalize.batch import report_of
-
-        interaction_id = validate_interaction_id(interaction_id)
-        batches = sorted(
-            await self._store.batches(interaction_id), key=lambda b: b.created_at, reverse=True
-        )
-        return [await report_of(self._store, b, started=time.monotonic()) for b in batches]
+        return await personalizing.batch_reports(self._runner, interaction_id)
 
     async def batch_lines(
         self, interaction_id: str, batch: str, *, after: int = -1, limit: int = 100
     ) -> builtins.list[BatchLeadRow]:
         """The written lines of one of the run's batches, by position after ``after``."""
-        interaction_id = validate_interaction_id(interaction_id)
-        found = await self._find_batch(interaction_id, None, batch)
-        limit = max(1, min(limit, MAX_PAGE))
-        return await self._store.batch_leads(
-            found.batch_id, states=["written"], after=after, limit=limit
+        return await personalizing.batch_lines(
+            self._runner, interaction_id, batch, after=after, limit=limit
         )
 
     async def estimate_lines(
@@ -888,156 +784,7 @@ class ColdMailAgent:
             RunConflict: the run is not completed (approved) yet.
             InvalidInput: the lead list cannot be read.
         """
-        from .personalize import LineContext, LineTask, estimate_batch, prices_for
-        from .personalize.batch import read_lead_list
-
-        run = await self._approved_run(interaction_id)
-        lead_list = await asyncio.to_thread(read_lead_list, Path(leads))
-        plan = self._batch_plan(run, None)
-        assert run.final is not None
-        context = LineContext(run.brief, run.final)
-        tasks = (
-            LineTask(context, {k: v for k, v in lead.values.items() if v != lead.email}, lead.row)
-            for lead in lead_list.leads
-            if lead.problem is None
-        )
-        return estimate_batch(tasks, plan.writer, prices_for(self.settings))
-
-    async def _approved_run(self, interaction_id: str) -> Run:
-        run = await self.get(interaction_id)
-        if run.status is not RunStatus.COMPLETED or run.final is None:
-            raise RunConflict(
-                f"run {run.interaction_id} is {run.status.value}, not approved: lines are "
-                "written for an approved sequence only; finish the run first (coldmail show "
-                f"{run.interaction_id})",
-                topic="not_completed",
-            )
-        return run
-
-    async def _find_batch(
-        self,
-        interaction_id: str,
-        leads: str | os.PathLike[str] | None,
-        batch_id: str | None = None,
-    ) -> Batch:
-        from .personalize.batch import batch_id_for, read_lead_list
-
-        if batch_id is not None:
-            by_id = await self._store.get_batch(batch_id) if _BATCH_ID.fullmatch(batch_id) else None
-            if by_id is None or by_id.interaction_id != interaction_id:
-                raise InvalidInput(
-                    f"run {interaction_id} has no personalization batch {batch_id[:40]!r}; "
-                    f"see its batches with coldmail personalize {interaction_id} --status",
-                    topic="no_batch",
-                )
-            return by_id
-        if leads is not None:
-            lead_list = await asyncio.to_thread(read_lead_list, Path(leads))
-            found = await self._store.get_batch(batch_id_for(interaction_id, lead_list.digest))
-            if found is None:
-                raise InvalidInput(
-                    f"run {interaction_id} has no personalization batch for {leads}; start "
-                    f"one with coldmail personalize {interaction_id} --leads {leads}",
-                    topic="no_batch",
-                )
-            return found
-        batches = await self._store.batches(interaction_id)
-        if not batches:
-            raise InvalidInput(
-                f"run {interaction_id} has no personalization batch; start one with "
-                f"coldmail personalize {interaction_id} --leads LEADS.csv",
-                topic="no_batch",
-            )
-        waiting = [b for b in batches if b.status == "awaiting_approval"]
-        if len(waiting) > 1 or (not waiting and len(batches) > 1):
-            raise InvalidInput(
-                f"run {interaction_id} has {len(batches)} personalization batches; name the "
-                "lead list of the one you mean (--leads)"
-            )
-        return waiting[0] if waiting else batches[0]
-
-    def _batch_plan(self, run: Run, on_line: Callable[[LineResult], None] | None) -> BatchPlan:
-        from .personalize import line_writer, pacer_for
-        from .personalize.batch import BatchPlan
-
-        assert run.final is not None
-        writer = line_writer(self._runner.llm(), self.settings, pacer_for(self.settings))
-        return BatchPlan(
-            store=self._store,
-            brief=run.brief,
-            sequence=run.final,
-            writer=writer,
-            lease_seconds=self._store.lease_seconds,
-            window=self.settings.personalize_concurrency,
-            on_result=on_line,
-        )
-
-    async def _answer_sample(self, run: Run, batch: Batch, action: BatchAction) -> Batch:
-        """Take the paused sample for ``action`` and run it; the batch it leaves."""
-        from .store.batches import BatchClaim
-
-        if not batch.verified:
-            raise wording.batch_tampered(batch.batch_id)
-        outcome = await self._store.take_batch(batch.batch_id, action, token=uuid.uuid4().hex)
-        if isinstance(outcome, BatchClaim):
-            return await self._sample_step(run, outcome)
-        if outcome.batch is not None and outcome.batch.status in ("writing", "done"):
-            if action.kind == "approve":
-                return outcome.batch  # approved before: the retry finds it so
-        raise wording.batch_refusal(run.interaction_id, outcome)
-
-    async def _sample_step(self, run: Run, hold: BatchClaim) -> Batch:
-        from .personalize.batch import run_sample_step
-
-        plan = self._batch_plan(run, None)
-        try:
-            stepped = await run_sample_step(plan, hold)
-        except BaseException as exc:
-            note = wording.failure_note(exc)
-            await asyncio.shield(self._store.release_batch(hold, note))
-            raise
-        if stepped is None:
-            raise RunBeingResumed(
-                f"another process took run {run.interaction_id}'s batch over while this one "
-                "wrote its sample (its lease ran out); see where it is with coldmail "
-                f"personalize {run.interaction_id} --status"
-            )
-        return stepped
-
-    async def _drive_batch(
-        self,
-        run: Run,
-        batch: Batch,
-        token: str | None,
-        on_line: Callable[[LineResult], None] | None,
-    ) -> BatchReport:
-        """Take the batch as far as it goes without a person: its sample, or its leads."""
-        from .personalize.batch import report_of, write_leads
-        from .store.batches import BatchClaim, BatchRefusalReason
-
-        started = time.monotonic()
-        if not batch.verified:
-            raise wording.batch_tampered(batch.batch_id)
-        if batch.status == "sampling":
-            outcome = await self._store.take_batch(
-                batch.batch_id, None, token=token or uuid.uuid4().hex
-            )
-            if isinstance(outcome, BatchClaim):
-                self._batch_plan(run, on_line)  # a missing LLM setting: before any work
-                batch = await self._sample_step(run, outcome)
-            elif outcome.reason is BatchRefusalReason.HELD and outcome.batch is not None:
-                return await report_of(
-                    self._store, outcome.batch, started=started, held_elsewhere=True
-                )
-            elif outcome.batch is not None and outcome.reason is not BatchRefusalReason.TAMPERED:
-                batch = outcome.batch
-            else:
-                raise wording.batch_refusal(run.interaction_id, outcome)
-        if batch.status == "writing":
-            plan = self._batch_plan(run, on_line)
-            await write_leads(plan, batch.batch_id, batch.round, batch.guidance)
-            batch = await self._store.finish_batch(batch.batch_id) or batch
-        return await report_of(self._store, batch, started=started)
+        return await personalizing.estimate_lines(self._runner, interaction_id, leads)
 
     # ------------------------------------------------------------------ due soonest
 
@@ -1077,16 +824,3 @@ def _parse_status(status: RunStatus | str | None) -> RunStatus | None:
     except ValueError:
         names = ", ".join(s.value for s in RunStatus)
         raise InvalidInput(f"unknown status {status!r}; use one of {names}") from None
-
-
-_BATCH_ID = re.compile(r"[0-9a-f]{32}")
-"""A batch's id (``batch_id_for``): 32 hexadecimal digits."""
-
-
-def _sample_size(sample: int | None, default: int) -> int:
-    """The sample's size: ``sample`` (1 to 1000), else the setting."""
-    if sample is None:
-        return default
-    if isinstance(sample, bool) or not isinstance(sample, int) or not 1 <= sample <= 1000:
-        raise InvalidInput(f"the sample must be a number of leads from 1 to 1000, not {sample!r}")
-    return sample

@@ -693,6 +693,10 @@ def _person(name: str) -> str:
 
 
 MAX_ROUND_NUMBER = 10_000
+
+MAX_PAGE = 1000
+"""The most runs one ``list`` call returns."""
+
 MAX_OFFSET = 10**15
 """The largest listing offset: far beyond any store, and far below the 2**63 - 1 where
 SQLite's and PostgreSQL's integers overflow."""

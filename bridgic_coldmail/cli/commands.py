@@ -22,10 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..agent import MAX_PAGE, ColdMailAgent
+from ..agent import ColdMailAgent
 from ..errors import ColdmailError, ConfigurationError, InvalidInput
 from ..models import (
     CLI_JSON_KEYS,
+    MAX_PAGE,
     DamagedRun,
     Decision,
     ListedRun,

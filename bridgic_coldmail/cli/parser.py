@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .._version import __version__
-from ..agent import MAX_PAGE
 from ..export.profiles import NAMES as PROFILE_NAMES
-from ..models import RunStatus
+from ..models import MAX_PAGE, RunStatus
 from ..settings import BACKENDS, ENV, default_db_path
 from ..text import terminal_safe
 from .fork import add_commands as add_fork_commands

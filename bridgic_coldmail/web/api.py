@@ -23,10 +23,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-from ..agent import MAX_PAGE, ColdMailAgent
+from ..agent import ColdMailAgent
 from ..errors import InvalidInput, RunConflict
 from ..models import (
     MAX_FEEDBACK_CHARS,
+    MAX_PAGE,
     MAX_REASON_CHARS,
     MAX_REVIEWER_CHARS,
     MAX_ROUND_NUMBER,

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
-from ..agent import MAX_PAGE, ColdMailAgent
+from ..agent import ColdMailAgent
 from ..compliance import MAX_FOOTER_CHARS
 from ..errors import (
     ConfigurationError,
@@ -37,6 +37,7 @@ from ..export.profiles import NAMES as PROFILE_NAMES
 from ..export.writer import MAX_VARIANTS, check_variant_ids
 from ..models import (
     BRIEF_LIMITS,
+    MAX_PAGE,
     Run,
     RunStatus,
     make_brief,

@@ -22,12 +22,13 @@ from fastapi.responses import Response
 from markupsafe import Markup
 from rapidfuzz.distance import Indel
 
-from ..agent import MAX_PAGE, ColdMailAgent
+from ..agent import ColdMailAgent
 from ..export.lint import RULES, LintIssue
 from ..export.profiles import PROFILES
 from ..export.writer import MAX_VARIANTS
 from ..models import (
     MAX_FEEDBACK_CHARS,
+    MAX_PAGE,
     MAX_REASON_CHARS,
     MAX_REVIEWER_CHARS,
     Decision,
