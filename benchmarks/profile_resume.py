@@ -755,10 +755,10 @@ SPY_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("  plan_claim / plan_complete", ("plan_claim (", "plan_complete (")),
     ("  statements and round trips (the store's _transaction and _Tx)",
      ("_transaction (", "_Tx.", "_script (")),
-    ("the automa (load, run)", ("ColdMailAgent._run_automa (",)),
+    ("the automa (load, run)", ("Runner._run_automa (",)),
     ("  Snapshot load (msgpack, class lookups)", ("load_from_snapshot (",)),
     ("  Bridgic arun", ("GraphAutoma.arun (",)),
-    ("ColdMailAgent._holding (lease keeper task)", ("ColdMailAgent._holding (",)),
+    ("Runner.holding (lease keeper task)", ("Runner.holding (",)),
     ("validate_interaction_id / feedback", ("validate_interaction_id (",)),
     ("asyncio (event loop machinery)", ("BaseEventLoop._run_once (",)),
 )  # fmt: skip

@@ -7,8 +7,8 @@ email of theirs ends with (the footer), the words their briefs write in capitals
 personalized lines that fill ``{{icebreaker}}``, and gives them to ``export/``, which
 knows nothing of the store.
 
-The export and personalization modules are imported where they are used: the command line
-and the inbox start without loading them (about 70 ms).
+The export and personalization modules are imported where they are used, so that
+``import bridgic_coldmail`` does not load them (about 70 ms).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from . import _wording as wording
 from ._runner import Runner
 from .errors import InvalidInput, RunNotFound
 from .llm import ColdmailLlm, check_llm
+from .notify.policy import notify_policy
 
 if TYPE_CHECKING:
     from .export import ExportReport
@@ -62,6 +63,7 @@ from .store import (
     RunStore,
     connect_store,
 )
+from .store.outbox import NOTIFICATION_ID
 
 
 class OpenOptions(AgentOptions, total=False):
@@ -230,8 +232,6 @@ class ColdMailAgent:
         """
         if not isinstance(brief, Brief):
             brief = make_brief(**dict(brief))
-        from .notify.policy import notify_policy
-
         policy = notify_policy(
             self.settings,
             notify,
@@ -529,8 +529,6 @@ class ColdMailAgent:
         Raises:
             InvalidInput: a malformed id, or no notification under it.
         """
-        from .store.outbox import NOTIFICATION_ID
-
         if not isinstance(notification_id, str) or not NOTIFICATION_ID.fullmatch(notification_id):
             raise InvalidInput(
                 "a notification id is 1 to 64 letters, digits, '-' or '_' (as "
