@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -282,6 +283,12 @@ def _environment(
     monkeypatch.setenv("COLDMAIL_DB", str(db_path))
     # The proxies of a developer's shell must not swallow loopback traffic.
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # Every LLM client builds a TLS context it never uses here (loopback, plain HTTP); from a
+    # CA bundle file (SSL_CERT_FILE, or certifi's) that parses ~200 KB of certificates, some
+    # 20 ms a client and a sixth of a typical test. The same trust store as a directory is
+    # read lazily, certificate by certificate, only when a TLS peer is checked.
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("SSL_CERT_DIR", ssl.get_default_verify_paths().openssl_capath)
 
 
 @pytest.fixture
