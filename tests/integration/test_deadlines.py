@@ -246,6 +246,7 @@ async def test_escalating_to_a_destination_the_run_notifies_sends_it_one_message
         assert _events(manager) == ["run.escalated"]
 
 
+@pytest.mark.slow  # reminders seconds apart
 async def test_reminders_come_before_the_deadline_and_stop_when_answered(
     agent: ColdMailAgent, store: RunStore, settings: Settings, backend: Backend
 ) -> None:
@@ -568,6 +569,7 @@ async def test_a_wait_policy_that_does_not_hold_is_refused_before_the_llm_is_cal
     assert server.count() == 0
 
 
+@pytest.mark.slow  # child processes, a real deadline
 def test_the_cli_starts_a_run_with_a_deadline_and_its_worker_applies_it(
     server: ScriptedOpenAIServer,
 ) -> None:
@@ -640,6 +642,7 @@ async def test_a_link_to_a_pause_with_a_deadline_stops_working_at_the_deadline(
 # --------------------------------------------------------------------------- forks
 
 
+@pytest.mark.slow  # waits out a deadline
 async def test_a_fork_whose_first_step_failed_still_waits_under_its_deadline(
     agent: ColdMailAgent,
     store: RunStore,
@@ -677,6 +680,7 @@ async def test_a_fork_whose_first_step_failed_still_waits_under_its_deadline(
         assert [e.kind for e in history if e.actor == DEADLINE_ACTOR] == ["rejected"]
 
 
+@pytest.mark.slow  # waits out a 3 s deadline
 @pytest.mark.parametrize("at", [0, 1])
 async def test_a_deadline_that_proceeds_on_a_stalled_fork_gives_the_forks_own_input(
     agent: ColdMailAgent,

@@ -106,6 +106,7 @@ def test_an_interrupted_export_keeps_the_old_file_and_leaves_no_temporary(
     assert largest < LEADS * ROW_AT_LEAST // 4, (at_signal, largest)
 
 
+@pytest.mark.slow  # a child process paced by the clock
 def test_the_same_export_left_alone_writes_every_row(
     cli: Callable[..., Completed], completed: str, big_list: Path, tmp_path: Path
 ) -> None:

@@ -206,6 +206,7 @@ async def test_a_fork_of_a_tampered_pause_is_refused_as_a_resume_of_one_is(
     assert server.count("revise") == 1  # only the parent's own revision ever ran
 
 
+@pytest.mark.slow  # waits out the LLM's retries
 async def test_a_failed_fork_step_keeps_the_fork_and_says_how_to_finish_it(
     agent: ColdMailAgent, server: ScriptedOpenAIServer, brief: Brief
 ) -> None:

@@ -61,6 +61,7 @@ SHORT = {"lease_seconds": 0.9, "busy_timeout": 0.3}
 """A lease a third of a slow refinement; renewed every 0.3 s."""
 
 
+@pytest.mark.slow  # outlasts a lease
 async def test_a_refinement_slower_than_the_lease_completes_exactly_once(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:
@@ -239,6 +240,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.mark.slow  # a 1 s LLM reply, then waits for the disk
 async def test_a_full_disk_at_completion_records_the_result_once_space_is_freed(
     server: ScriptedOpenAIServer, small_disk: Path, brief: Brief
 ) -> None:

@@ -351,6 +351,7 @@ def _start(env: dict[str, str], *notify: str) -> str:
     return str(json.loads(started.stdout)["interaction_id"])
 
 
+@pytest.mark.slow  # waits out a lease
 def test_a_worker_killed_mid_delivery_delivers_after_its_lease_ends(
     server: ScriptedOpenAIServer, db_path: Path
 ) -> None:
@@ -386,6 +387,7 @@ def test_a_worker_killed_mid_delivery_delivers_after_its_lease_ends(
         assert (delivery["status"], delivery["attempts"]) == ("delivered", 2)
 
 
+@pytest.mark.slow  # a child process and a slow receiver
 def test_sigterm_lets_the_delivery_in_flight_finish(
     server: ScriptedOpenAIServer, db_path: Path
 ) -> None:
@@ -452,6 +454,7 @@ def test_start_refuses_a_bad_destination_before_anything_is_stored(
     assert server.count("draft") == 0
 
 
+@pytest.mark.slow  # coldmail serve, twice
 def test_serve_delivers_from_its_own_worker_unless_told_not_to(
     server: ScriptedOpenAIServer, db_path: Path
 ) -> None:

@@ -335,6 +335,7 @@ async def _stored(rid: str) -> tuple[Run, list[Any]]:
 # --------------------------------------------------------------------------- fenced out
 
 
+@pytest.mark.slow  # a 2 s LLM reply outlasting a lease taken over
 @pytest.mark.parametrize("other", ["fails", "records-other-feedback", "records-the-same"])
 async def test_a_resumer_fenced_out_at_completion_is_told_what_was_really_recorded(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief, other: str

@@ -137,6 +137,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow  # kills a child process, waits out its lease
 async def test_a_batch_killed_half_way_resumes_without_a_second_call_for_a_written_lead(
     backend: Backend, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
 ) -> None:

@@ -530,6 +530,7 @@ async def _fill_the_pool(store: RunStore, connections: int) -> None:
     assert pool.get_stats()["pool_size"] >= connections
 
 
+@pytest.mark.slow  # restarts the server
 async def test_every_call_after_a_server_restart_succeeds(own: Backend, restartable: Any) -> None:
     """Each pooled connection died with the restart: none of them may fail a call."""
     store = await connect_store(own.settings(pool_size=4, busy_timeout=1, lease_seconds=30))
@@ -562,6 +563,7 @@ async def test_every_call_after_a_server_restart_succeeds(own: Backend, restarta
     assert own.rows.count() == 2 and another.interaction_id in own.rows.ids()
 
 
+@pytest.mark.slow  # a real outage of seconds
 async def test_the_first_call_after_a_long_outage_succeeds(own: Backend, restartable: Any) -> None:
     """Calls during the outage fail (the pool timeout is 2 s) and make the pool retry its
     connections with a doubling delay; once the server is back, a call must not wait for
@@ -583,6 +585,7 @@ async def test_the_first_call_after_a_long_outage_succeeds(own: Backend, restart
     assert shown is not None
 
 
+@pytest.mark.slow  # restarts the server
 async def test_a_resume_whose_llm_call_spans_a_restart_keeps_its_one_refinement(
     own: Backend, restartable: Any, server: Any
 ) -> None:
@@ -604,6 +607,7 @@ async def test_a_resume_whose_llm_call_spans_a_restart_keeps_its_one_refinement(
     assert own.rows.row(run.interaction_id)["status"] == "completed"
 
 
+@pytest.mark.slow  # a real outage, a child process
 def test_the_command_line_rides_out_a_server_outage_without_extra_lines(
     own: Backend, restartable: Any, server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -672,6 +676,7 @@ async def _claimed(store: RunStore) -> Claim:
     return claim
 
 
+@pytest.mark.slow  # waits out each call's bound
 @pytest.mark.parametrize("call", ["get", "list", "history", "claim", "renew", "complete", "purge"])
 async def test_a_server_that_stops_answering_fails_each_call_within_its_bound(
     pg: Backend, proxy: Any, call: str
@@ -702,6 +707,7 @@ async def test_a_server_that_stops_answering_fails_each_call_within_its_bound(
     assert took < 3.5 + 2  # the bound, plus this machine's scheduling
 
 
+@pytest.mark.slow  # waits out the connect bound
 async def test_opening_a_store_through_a_stalled_server_fails_within_its_bound(
     pg: Backend, proxy: Any
 ) -> None:

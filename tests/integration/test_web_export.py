@@ -456,6 +456,7 @@ def _held_exports(pid: int) -> list[int]:
     return sizes
 
 
+@pytest.mark.slow  # a reader paced by the clock
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see open files")
 async def test_a_slow_reader_holds_at_most_the_limit_and_nothing_once_it_is_gone(
     server: ScriptedOpenAIServer, db_path: Path, brief: Brief, tmp_path: Path

@@ -476,6 +476,7 @@ async def test_every_truncated_link_is_refused(
     assert (slashed.status_code, slashed.headers["location"]) == (307, BASE + path)
 
 
+@pytest.mark.slow  # waits for a link to expire
 async def test_an_expired_link_is_refused_with_410_from_its_last_second_on(
     client: httpx.AsyncClient, db_path: Path, brief: Brief
 ) -> None:
@@ -1088,6 +1089,7 @@ def link_server(
         yield running
 
 
+@pytest.mark.slow  # coldmail serve in a child process
 async def test_over_real_http_a_link_answers_once_and_its_token_is_never_logged(
     link_server: LinkServer, server: ScriptedOpenAIServer, db_path: Path, brief: Brief
 ) -> None:

@@ -178,6 +178,7 @@ TEMPLATES = sequence(
 separator; the templates' own text starts no formula."""
 
 
+@pytest.mark.slow  # a property test: CPU for seconds
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(notes=st.lists(cell_text, min_size=1, max_size=4), other=cell_text, header=cell_text)
 def test_no_split_of_any_line_yields_a_cell_opening_a_formula(
