@@ -60,7 +60,10 @@ def host(verified: Callable[[bytes, dict[str, str]], Any]) -> Iterator[tuple[str
             pass
 
     server = ThreadingHTTPServer((LOOPBACK, 0), Route)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits up to one (0.5 s by default) after every test.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://{LOOPBACK}:{server.server_address[1]}/coldmail", events
