@@ -7,7 +7,7 @@ Quality: :data:`QUALITY_CASES` are twelve briefs (different products, industries
 senders, with and without an audience and a call to action), each with a reviewer's feedback
 and a seed, fixed before any output was looked at (in ``testbed/local_quality.py``). Each
 case drafts and refines with the real model and passes only if every check of
-:func:`check_case` holds. The test suite runs the same cases (``tests/test_local_quality.py``)
+:func:`check_case` holds. The test suite runs the same cases (``tests/unit/test_local_quality.py``)
 and needs at least 11 of 12.
 
 Speed: each case's draft and refinement are timed through ``LocalLlm.acompose``; after each

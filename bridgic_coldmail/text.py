@@ -61,7 +61,8 @@ ideographic spaces, a zero-width space or a bidi control — not tab, line break
 characters. Text made only of them (and tabs and line breaks) counts as empty. Format
 characters beyond the BMP (tag characters and the like) are not listed: an ECMA-262 class
 without the ``u`` flag cannot name them, and one rule holds for a person's text and the
-LLM's alike. ``tests/test_attacks_round2_rules.py`` checks it against Unicode's database."""
+LLM's alike. ``tests/integration/test_attacks_round2_rules.py`` checks it against Unicode's
+database."""
 
 
 _BLANK_TEXT = re.compile(f"[\\t-\\r\\x1c-\\x1f\\x85\\u2028\\u2029{INVISIBLE_CLASS}]*")

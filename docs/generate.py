@@ -5,7 +5,8 @@
 
 The pages hold these parts as cog blocks (``<!-- [[[cog … ]]] -->`` … ``<!-- [[[end]]] -->``)
 that call the functions below, so the text is committed: it reads the same on GitHub, in an
-editor and in the built site, and a review shows how it changed. ``tests/test_docs.py`` runs
+editor and in the built site, and a review shows how it changed.
+``tests/integration/test_docs.py`` runs
 the check, so the README's test command (and CI) fails when the code changed and a page did
 not. What is generated: the front page (README.md, its links made relative to docs/), the
 command line (its argparse parser), the settings (``Settings``' fields, ``ENV`` and the

@@ -1,4 +1,4 @@
-"""The embedded model's quality bar, shared by ``tests/test_local_quality.py`` and
+"""The embedded model's quality bar, shared by ``tests/unit/test_local_quality.py`` and
 ``benchmarks/local_model.py``: :data:`QUALITY_CASES` are twelve briefs (different products,
 industries and senders, with and without an audience and a call to action), each with a
 reviewer's feedback and a seed, fixed before any output was looked at; a case passes only if

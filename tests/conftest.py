@@ -6,11 +6,15 @@ Only the LLM is faked, and only at the HTTP boundary; storage is always a real S
 **Tiers** are markers (registered in ``pyproject.toml``): ``postgres`` (a PostgreSQL server),
 ``browser`` (Chromium through Playwright), ``local`` (the embedded model, for real), ``load``
 and ``slow``; every ``load``, ``local`` and ``browser`` test is ``slow`` too, so
-``pytest -m "not slow"`` is the fast tier. A test whose tier cannot run here (no PostgreSQL,
-no Chromium, an extra not installed) is skipped with the reason — except under ``CI``, which
-installs everything: there it fails. Each test's tiers are recorded in the JUnit report
-(property ``tiers``), which ``.ci/run`` reads to fail on any skipped PostgreSQL or browser
-test.
+``pytest -m "not slow"`` is the fast tier. The folder a test file is in gives its tier
+(:data:`FOLDERS`): everything in ``tests/load``, ``tests/local`` and ``tests/browser`` gets
+that marker; ``tests/unit`` and ``tests/integration`` are the fast tier, less the tests marked
+``slow`` (or ``local``, ``browser``) one by one. A test file anywhere else is refused at
+collection, and a test in ``tests/unit`` that opens a database, a socket or a child process
+fails, saying to move it. A test whose tier cannot run here (no PostgreSQL, no Chromium, an
+extra not installed) is skipped with the reason — except under ``CI``, which installs
+everything: there it fails. Each test's tiers are recorded in the JUnit report (property
+``tiers``), which ``.ci/run`` reads to fail on any skipped PostgreSQL or browser test.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -109,20 +114,109 @@ def tier_unavailable(tier: str) -> str | None:
     return None
 
 
+FOLDERS: dict[str, tuple[str, ...]] = {
+    "unit": (),
+    "integration": (),
+    "load": ("load",),
+    "local": ("local",),
+    "browser": ("browser",),
+}
+"""The folders under ``tests/`` that hold test files, and the tiers every test in one has.
+
+``unit``: in memory — no database file, no socket, no child process (:func:`_unit_guard`);
+``integration``: real SQLite files and PostgreSQL, loopback HTTP and SMTP servers, child
+processes; ``load``, ``local`` and ``browser``: the slow tiers of the same names."""
+UNIT_REFUSED = {
+    "sqlite3.connect": "opened an SQLite database",
+    "socket.connect": "connected a socket",
+    "subprocess.Popen": "started a child process",
+    "os.fork": "forked",
+    "os.posix_spawn": "spawned a process",
+    "os.system": "ran a shell command",
+}
+"""What a ``tests/unit`` test may not do (audit events, :func:`sys.addaudithook`). Binding a
+socket is not among them: the session's scripted OpenAI server starts in whichever test
+comes first; a unit test that talked to it would connect."""
+
+
+def folder_of(item: pytest.Item) -> str | None:
+    """The tier folder of a test's file (``unit``, ``load``…), or None outside them."""
+    parts = Path(str(item.path)).resolve().relative_to(REPO / "tests").parts
+    return parts[0] if len(parts) > 1 and parts[0] in FOLDERS else None
+
+
 def tiers_of(item: pytest.Item) -> list[str]:
     """The tiers a collected test belongs to (its markers)."""
     return [tier for tier in TIERS if item.get_closest_marker(tier) is not None]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark PostgreSQL tests by the fixtures they use, make the slow tiers ``slow``, and
-    record every test's tiers in the JUnit report."""
+    """Mark each test with its folder's tiers and PostgreSQL tests by the fixtures they use,
+    make the slow tiers ``slow``, and record every test's tiers in the JUnit report; refuse a
+    test file outside the tier folders, and a PostgreSQL test in ``tests/unit``."""
+    misplaced = sorted(
+        {Path(str(item.path)).relative_to(REPO).as_posix() for item in items if not folder_of(item)}
+    )
+    if misplaced:
+        raise pytest.UsageError(
+            "test files outside the tier folders of tests/ (unit, integration, load, local, "
+            "browser; docs/how-to/develop.md says which): " + ", ".join(misplaced)
+        )
     for item in items:
+        folder = folder_of(item)
+        for tier in FOLDERS.get(folder or "", ()):
+            item.add_marker(tier)
         if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)
         if any(item.get_closest_marker(t) for t in SLOW_TIERS):
             item.add_marker(pytest.mark.slow)
+        if folder == "unit" and item.get_closest_marker("postgres"):
+            raise pytest.UsageError(
+                f"{item.nodeid} uses PostgreSQL: it belongs in tests/integration, not tests/unit"
+            )
         item.user_properties.append(("tiers", " ".join(tiers_of(item))))
+
+
+_unit_test: list[str] = []
+"""What the running ``tests/unit`` test did that a unit test may not (the guard's record);
+empty, and not recorded, while any other test runs."""
+_in_unit_test = False
+
+
+def _unit_guard(event: str, args: tuple[object, ...]) -> None:
+    """Audit hook: note what a ``tests/unit`` test did that it may not (see :data:`FOLDERS`)."""
+    if _in_unit_test and event in UNIT_REFUSED:
+        _unit_test.append(UNIT_REFUSED[event])
+
+
+sys.addaudithook(_unit_guard)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    """Watch a ``tests/unit`` test from its setup to its teardown."""
+    global _in_unit_test
+    _in_unit_test = folder_of(item) == "unit"
+    _unit_test.clear()
+    try:
+        return (yield)
+    finally:
+        _in_unit_test = False
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Fail a ``tests/unit`` test that did what only an integration test may, at teardown."""
+    report = yield
+    if call.when == "teardown" and _in_unit_test and _unit_test and report.passed:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} {', '.join(sorted(set(_unit_test)))}: tests/unit is for tests in "
+            "memory; move the file to tests/integration (docs/how-to/develop.md)"
+        )
+    return report
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -189,6 +283,12 @@ def _environment(
     monkeypatch.setenv("COLDMAIL_DB", str(db_path))
     # The proxies of a developer's shell must not swallow loopback traffic.
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # Every LLM client builds a TLS context it never uses here (loopback, plain HTTP); from a
+    # CA bundle file (SSL_CERT_FILE, or certifi's) that parses ~200 KB of certificates, some
+    # 20 ms a client and a sixth of a typical test. The same trust store as a directory is
+    # read lazily, certificate by certificate, only when a TLS peer is checked.
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("SSL_CERT_DIR", ssl.get_default_verify_paths().openssl_capath)
 
 
 @pytest.fixture

@@ -132,7 +132,11 @@ class Receiver:
 
         self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # shutdown() waits for serve_forever to look at its flag, once per poll_interval (the
+        # stdlib's 0.5 s): half a second after every test that had a receiver.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def port(self) -> int:

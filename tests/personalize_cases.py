@@ -5,7 +5,7 @@ send (every name and figure comes from the lead's columns or the brief, and any 
 worded as a guess) and lines a dishonest or careless LLM writes (an invented company fact, a
 made-up number, a person who does not exist, a placeholder left in, a line about the wrong
 product, an instruction hidden in the lead's data obeyed). The honest lines must all pass;
-the dishonest ones must all fail. ``tests/test_personalize_lines.py`` counts both.
+the dishonest ones must all fail. ``tests/unit/test_personalize_lines.py`` counts both.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ upgrade, the refusal of objects no migration created, and the key's fingerprint 
 The backend opens the one transaction the runner works in and holds its migration lock
 (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's advisory lock), so that processes or hosts
 opening one database at the same moment apply each migration once. Shipped migrations are
-never edited, only appended to (``tests/test_store_migrations.py`` compares them with what
+never edited, only appended to (``tests/unit/test_store_migrations.py`` compares them with what
 each release shipped).
 """
 

@@ -11,7 +11,8 @@ that holds ``pg_advisory_xact_lock(MIGRATION_LOCK)``, so hosts that open the dat
 same moment apply each migration once — and therefore a migration must be transactional:
 **no** ``CREATE INDEX CONCURRENTLY`` (PostgreSQL refuses it inside a transaction; a big table
 that needs one gets it from an operator, not from ``open``), no ``VACUUM``, no
-``ALTER TYPE … ADD VALUE`` used in the same migration. ``tests/test_postgres.py`` checks it.
+``ALTER TYPE … ADD VALUE`` used in the same migration. ``tests/integration/test_postgres.py``
+checks it.
 
 Column types are chosen so the MACs of ``base.py`` see the same values as from SQLite:
 ``review`` is a ``smallint`` (a boolean would come back as ``True`` and MAC differently from

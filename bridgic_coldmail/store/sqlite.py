@@ -8,7 +8,7 @@ Design notes:
   ``COMMIT``. One hop per operation is most of what this layer costs (benchmarks/NOTES.md),
   and checking in Python keeps SQLite and PostgreSQL on the same rules. aiosqlite has no
   public call for "run this function on your thread", so :meth:`SqliteRunStore._hop` uses
-  its ``_execute`` (aiosqlite is pinned below 0.23; ``tests/test_store.py`` checks it).
+  its ``_execute`` (aiosqlite is pinned below 0.23; ``tests/integration/test_store.py`` checks it).
 * A claim decides **outside the write lock**, in the same hop: it reads the row (a committed
   read), checks and decides, then writes in a short ``BEGIN IMMEDIATE`` only if every column
   and the schema cookie are still what it read (a compare-and-set), else decides again. Its

@@ -2,7 +2,8 @@
 
 Run once per release that changes what is stored (``python -m tests.data.make_paused_db``),
 commit the database and its key file, and never regenerate an existing one:
-``tests/test_migrations.py`` resumes every database in this folder with the current code.
+``tests/integration/test_migrations.py`` resumes every database in this folder with the current
+code.
 """
 
 from __future__ import annotations
