@@ -25,7 +25,7 @@ import pytest
 
 from bridgic_coldmail import EmailSequence
 
-from ..conftest import run_cli
+from ..conftest import REPO, run_cli
 
 pytestmark = pytest.mark.local
 SERVER_TIMEOUT = 900  # a hang guard for a whole command; the model's times are not asserted
@@ -42,7 +42,8 @@ def _server_installed() -> bool:
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """``python -m llama_cpp.server`` on a free loopback port: its base URL and its log."""
+    """llama-cpp-python's server (``testbed.llama_server``) on a free loopback port: its
+    base URL and its log."""
     if not _server_installed():
         if os.environ.get("CI"):
             pytest.fail("CI must install the llama-server extra: pip install -e '.[llama-server]'")
@@ -54,11 +55,11 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         port = probe.getsockname()[1]
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()),
+        sys.executable, "-m", "testbed.llama_server", "--model", str(default_model_path()),
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "1",
     ]  # fmt: skip
     with log.open("wb") as output:
-        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120

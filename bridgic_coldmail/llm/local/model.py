@@ -106,6 +106,35 @@ def default_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
+@contextlib.contextmanager
+def plain_cpu_buffers() -> Iterator[None]:
+    """Load models inside this block with llama.cpp's extra CPU buffer types turned off.
+
+    On Intel CPUs with AMX (Sapphire Rapids and later, common in cloud VMs), a llama.cpp
+    compiled for the host puts Q4_K_M weights in its AMX buffer, and the first token then
+    crashes the whole process with a segmentation fault (ggml-org/llama.cpp#20824; seen here
+    with llama-cpp-python 0.3.36 and the default Gemma 3 270M). ``Llama`` takes no argument
+    for ``use_extra_bufts``, so the model defaults it reads are given that field off for the
+    duration of the load (under ``_models_lock``, or in a process of its own). A model this
+    small gains nothing from those buffers.
+    """
+    import llama_cpp.llama as llama_module
+
+    low_level: Any = llama_module.llama_cpp  # type: ignore[attr-defined]  # what Llama reads
+    defaults = low_level.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low_level.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        low_level.llama_model_default_params = defaults
+
+
 def _load(path: Path, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
     """The model, loaded once per process and shared by every ``LocalLlm``."""
     key = f"{path.resolve()}:{n_ctx}:{n_threads}"
@@ -120,13 +149,14 @@ def _load(path: Path, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
                     f"the local LLM needs llama-cpp-python; {INSTALL_HINT}"
                 ) from None
             try:
-                _models[key] = Llama(
-                    model_path=str(path),
-                    n_ctx=n_ctx,
-                    n_threads=n_threads,
-                    n_threads_batch=os.cpu_count() or 2,
-                    verbose=False,
-                )
+                with plain_cpu_buffers():
+                    _models[key] = Llama(
+                        model_path=str(path),
+                        n_ctx=n_ctx,
+                        n_threads=n_threads,
+                        n_threads_batch=os.cpu_count() or 2,
+                        verbose=False,
+                    )
             except (ValueError, RuntimeError) as exc:
                 raise ConfigurationError(f"cannot load the local model {path}: {exc}") from None
             _generation_locks[key] = threading.Lock()
