@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,14 @@ from bridgic_coldmail import (
     make_decision,
 )
 from bridgic_coldmail.delivery import timed_worker
-from bridgic_coldmail.models import DEADLINE_ACTOR
+from bridgic_coldmail.models import DEADLINE_ACTOR, Run
 from bridgic_coldmail.settings import Settings
+from bridgic_coldmail.signing import key_file_for
 from bridgic_coldmail.store import RunStore, connect_store
 from bridgic_coldmail.store.outbox import TIMER_DESTINATION
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
-from .conftest import Backend, Completed
+from .conftest import REPO, Backend, Completed
 from .rows import SqliteRows
 from .test_one_effect import CommitReplyDropper, commits_then_fails, pg, proxied
 from .test_web import csrf, settings_for, web_client
@@ -399,3 +402,47 @@ async def test_an_approval_through_decide_racing_a_proceeding_deadline_at_review
         assert approvals == [(DEADLINE_ACTOR, 1)]
     else:  # Ann's, or the same approval the deadline recorded just before (its result)
         assert approvals in ([("Ann", 1)], [(DEADLINE_ACTOR, 1)]) and answer == after
+
+
+# ------------------------------------------------------------ answers a release recorded
+
+
+async def test_the_answers_release_0_5_recorded_replay_and_compare_as_they_did(
+    server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    """The 0.5.0 fixture's answers (a revision by Ann at round 1, feedback on two runs), read
+    back as Decisions: the same answer again is the stored result without an LLM call,
+    whoever sends it; another is refused naming what was recorded; nothing stored changes."""
+    fixture = REPO / "tests" / "data" / "paused-by-0.5.0.db"
+    db_path = tmp_path / fixture.name
+    shutil.copy(fixture, db_path)
+    shutil.copy(key_file_for(fixture), key_file_for(db_path))
+    os.chmod(key_file_for(db_path), 0o600)
+    async with ColdMailAgent.open(db_path) as agent:
+        runs = {r.status: r for r in await agent.list() if isinstance(r, Run)}
+        reviewing, done = runs[RunStatus.AWAITING_REVIEW], runs[RunStatus.COMPLETED]
+        rows = SqliteRows(db_path)
+        ids = (reviewing.interaction_id, done.interaction_id)
+        before = {rid: (rows.row(rid), rows.events(rid)) for rid in ids}
+        rid = reviewing.interaction_id
+        assert reviewing.round == 2
+        for repeat in (
+            make_decision("revise", text="shorter"),  # repeats the last: its result
+            make_decision("revise", text=" shorter ", reviewer="Bob", round=1),
+        ):
+            assert await agent.decide(rid, repeat) == reviewing
+        for other in (
+            make_decision("revise", text="longer", round=1),
+            make_decision("approve", round=1),
+        ):
+            message = await _refused(agent.decide(rid, other))
+            assert "round 1" in message and "revise 'shorter'" in message, message
+        for run in (reviewing, done):
+            same = make_decision("feedback", text=str(run.feedback), reviewer="Bob")
+            assert await agent.decide(run.interaction_id, same) == run
+            message = await _refused(
+                agent.decide(run.interaction_id, make_decision("feedback", text=OTHER))
+            )
+            assert "already took different feedback" in message
+        after = {rid: (rows.row(rid), rows.events(rid)) for rid in ids}
+    assert after == before and server.count() == 0
