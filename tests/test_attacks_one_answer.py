@@ -446,3 +446,35 @@ async def test_the_answers_release_0_5_recorded_replay_and_compare_as_they_did(
             assert "already took different feedback" in message
         after = {rid: (rows.row(rid), rows.events(rid)) for rid in ids}
     assert after == before and server.count() == 0
+
+
+@pytest.mark.parametrize("on_timeout", ["reject", "proceed"])
+async def test_feedback_on_the_run_page_after_the_deadline_answered_says_the_deadline_did(
+    client: httpx.AsyncClient,
+    server: ScriptedOpenAIServer,
+    db_path: Path,
+    on_timeout: str,
+) -> None:
+    """The deadline rejected the run at its audience question, or went on with the brief's
+    own audience: the run page refuses a person's feedback with what the agent says (the
+    deadline did it, and when) — not "refined with other feedback", which the run was not
+    (rejected) or not by any person (the deadline's guess)."""
+    settings = settings_for(db_path)
+    async with ColdMailAgent.open(settings=settings) as agent:
+        rid = (
+            await agent.start(RACE_BRIEF, respond_within="1s", on_timeout=on_timeout)
+        ).interaction_id
+        await asyncio.sleep(1.2)
+        await _fire(settings)
+        words = await _refused(agent.resume(rid, FEEDBACK))
+    assert "deadline passed" in words
+    rows = SqliteRows(db_path)
+    before, calls = (rows.row(rid), rows.events(rid)), server.count()
+    page = (await client.get("/runs/new")).text  # a rejected run's page has no form left
+    shown = await client.post(
+        f"/runs/{rid}/feedback", data={"csrf_token": csrf(page), "feedback": FEEDBACK}
+    )
+    assert shown.status_code == 409
+    assert words in html.unescape(shown.text), shown.text
+    assert "refined with other feedback" not in shown.text
+    assert (rows.row(rid), rows.events(rid)) == before and server.count() == calls
