@@ -8,7 +8,8 @@ takes, so the store's claim decides which answer counts:
 * the same form submitted twice (a double click) applies once and both answers show the
   result — the second waits for the first, or gets the stored result;
 * a different answer for a pause that was already answered changes nothing and gets a 409
-  page saying which answer was taken (the feedback used; the decision, by whom and when);
+  page saying which answer was taken (the feedback used; the decision, by whom and when;
+  the deadline's outcome, in the agent's words, when the deadline answered for the person);
 * an answer that does not fit the run's state (a decision while the run still waits for
   audience feedback, past its round limit, or not started for review) changes nothing and
   gets a 409 page with the agent's reason.
@@ -137,6 +138,11 @@ async def apply_decision(
             return await _after_simultaneous_feedback(agent, interaction_id, decision)
         return await _after_a_simultaneous_decision(agent, interaction_id, decision)
     except RunConflict as exc:
+        if decision.kind == "feedback" and exc.topic == "deadline":
+            # The deadline answered (or is answering) for the person: the agent's words say
+            # so, and when; "refined with other feedback" would be untrue of a rejected run.
+            run = await agent.get(interaction_id)
+            return NotApplied(run, 409, f"Your feedback was not used: {exc}.")
         if decision.kind == "feedback":
             run = await agent.get(interaction_id)
             message = (

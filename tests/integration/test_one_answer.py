@@ -187,7 +187,7 @@ def test_the_stored_form_of_an_answer_is_the_one_every_release_wrote() -> None:
     )
     seen = 0
     for fixture in sorted((REPO / "tests" / "data").glob("paused-by-*.db")):
-        with closing(sqlite3.connect(f"file:{fixture}?mode=ro", uri=True)) as db:
+        with closing(sqlite3.connect(f"file:{fixture}?immutable=1", uri=True)) as db:
             columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
             if "decided_json" not in columns:
                 continue
