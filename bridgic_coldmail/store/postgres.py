@@ -183,12 +183,14 @@ from .rules import (
     claimed_again,
     completed_run,
     holds,
+    intact,
     judge_claim,
     plan_claim,
     plan_complete,
     plan_insert,
     plan_release,
     recorded,
+    seal_held,
 )
 
 try:
@@ -685,12 +687,17 @@ class PostgresRunStore:
                     if not holds(row, claim):
                         outcomes.append((recorded(row, claim, signer), None))  # nothing written
                         continue
+                    ok = intact(row, claim, signer)  # else altered since the claim
                     change = plan_complete(row, claim, result, now=now, signature=signature)
-                    change.seal(signer, sign_row=row["row_mac"] is not None)
+                    seal_held(change, row, claim, signer, ok=ok)  # never re-MACs an edit
                     snapshot = result.snapshot if isinstance(result, Paused) else None
                     nth = result.round if isinstance(result, Paused) else 1  # the Nth review
-                    announced = plan_notifications(
-                        change.row, event_of_result(result), now=now, signer=signer, n=nth
+                    announced = (  # an altered run is announced to no one
+                        plan_notifications(
+                            change.row, event_of_result(result), now=now, signer=signer, n=nth
+                        )
+                        if ok
+                        else []
                     )
                     # The member's own statements: the snapshot it replaces kept (copied
                     # before the row is written: each stored once), its row, its events,
@@ -719,8 +726,9 @@ class PostgresRunStore:
             if held is None:
                 return False
             row, now = held
+            ok = intact(row, claim, self._signer)  # else altered since the claim
             change = plan_release(row, error, now=now)
-            change.seal(self._signer, sign_row=row["row_mac"] is not None)
+            seal_held(change, row, claim, self._signer, ok=ok)  # never re-MACs an edit
             announced = (
                 plan_notifications(
                     change.row,
@@ -729,7 +737,7 @@ class PostgresRunStore:
                     signer=self._signer,
                     n=int(change.row["event_count"]),
                 )
-                if announce
+                if announce and ok
                 else []
             )
             await tx.finish([*_update(row, change), *_enqueue(announced)])
@@ -1758,12 +1766,25 @@ def _fenced_complete(
         if name != "interaction_id" and change.row.get(name) != row.get(name)
     }
     changed["snapshot"] = snapshot
-    assignments = ", ".join(f"{name} = %s" for name in changed)
+    claimed_mac = row.get("row_mac")
+    new_mac = changed.pop("row_mac", claimed_mac)
+    assignments = [f"{name} = %s" for name in changed]
+    params: list[Any] = [*changed.values()]
+    if new_mac is not None and claimed_mac is not None:
+        # The new MAC covers the claimed values, not the columns left as they are, and
+        # replaces only the claim's own MAC: a MAC a keyless writer removed or replaced
+        # meanwhile stays wrong, as an edited column does (the run reads as tampered).
+        assignments.append("row_mac = CASE WHEN row_mac = %s THEN %s ELSE row_mac END")
+        params += [claimed_mac, new_mac]
+    elif new_mac != claimed_mac:
+        assignments.append("row_mac = %s")
+        params.append(new_mac)
     parts = [
-        f"WITH written AS (UPDATE coldmail.runs SET {assignments} WHERE interaction_id = %s "
-        "AND status = 'resuming' AND claim_token = %s RETURNING interaction_id)"
+        f"WITH written AS (UPDATE coldmail.runs SET {', '.join(assignments)} "
+        "WHERE interaction_id = %s AND status = 'resuming' AND claim_token = %s "
+        "RETURNING interaction_id)"
     ]
-    params: list[Any] = [*changed.values(), row["interaction_id"], token]
+    params += [row["interaction_id"], token]
     if left is not None:
         parts.append(
             f"kept AS (INSERT INTO coldmail.pauses ({', '.join(PAUSE_COLUMNS)}) "

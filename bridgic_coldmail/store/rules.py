@@ -16,7 +16,7 @@ from typing import Any
 
 from ..models import DEADLINE_ACTOR, DamagedRun, Decision, Run, RunStatus, recorded_decision
 from ..signing import SnapshotSigner, json_text
-from .codec import RowChange, decode_row, iso, parse_time, run_from_row
+from .codec import RowChange, decode_row, iso, parse_time, row_mac_values, run_from_row
 from .protocol import (
     AlreadyDone,
     Claim,
@@ -151,6 +151,30 @@ def holds(row: Mapping[str, Any] | None, claim: Claim) -> bool:
         and row.get("status") == RunStatus.RESUMING.value
         and row.get("claim_token") == claim.token
     )
+
+
+def intact(row: Mapping[str, Any], claim: Claim, signer: SnapshotSigner) -> bool:
+    """Whether the row ``claim`` holds still matches the MAC its claim sealed it with: no
+    keyless writer changed a signed column (or the MAC) since the claim verified it. The
+    claim of a run stored before 0.5 sealed no MAC: nothing to check."""
+    if not claim.run.verified:
+        return True
+    try:
+        return signer.check_mac(row.get("row_mac"), signer.row_mac(row_mac_values(row)))
+    except TypeError:  # a value of the wrong type in a signed column
+        return False
+
+
+def seal_held(
+    change: RowChange, row: Mapping[str, Any], claim: Claim, signer: SnapshotSigner, *, ok: bool
+) -> None:
+    """Seal a change to the row ``claim`` holds (``ok``: :func:`intact`). Never over an edit
+    made since the claim: the row then keeps the MAC it has, which does not match, so the
+    run reads as tampered from now on; its new events are still sealed (the result is
+    recorded, not lost)."""
+    change.seal(signer, sign_row=claim.run.verified and ok)
+    if not ok:
+        change.row["row_mac"] = row.get("row_mac")
 
 
 def recorded(row: Mapping[str, Any] | None, claim: Claim, signer: SnapshotSigner) -> Run | None:

@@ -140,12 +140,14 @@ from .rules import (
     claimed_again,
     completed_run,
     holds,
+    intact,
     judge_claim,
     plan_claim,
     plan_complete,
     plan_insert,
     plan_release,
     recorded,
+    seal_held,
 )
 from .sqlite_sql import EXPECTED_OBJECTS, LEGACY_MARK_VERSION, MIGRATIONS
 
@@ -456,15 +458,17 @@ class SqliteRunStore:
                 return recorded(row, claim, signer)
             assert row is not None
             now = _now()
+            ok = intact(row, claim, signer)  # else altered since the claim: never re-MACed
             change = plan_complete(row, claim, result, now=now, signature=signature)
-            change.seal(signer, sign_row=row["row_mac"] is not None)
+            seal_held(change, row, claim, signer, ok=ok)
             left = pause_left(claim, result, row, signer, now=now)
             if left is not None:  # before its snapshot is replaced: each stored once
                 db.execute(_KEEP_LEFT, left_values(left))
             _update(db, change, snapshot=snapshot)
             nth = result.round if isinstance(result, Paused) else 1  # round N: the Nth review
             event = event_of_result(result)
-            _enqueue(db, plan_notifications(change.row, event, now=now, signer=signer, n=nth))
+            if ok:  # an altered run is announced to no one (its text is not ours)
+                _enqueue(db, plan_notifications(change.row, event, now=now, signer=signer, n=nth))
             return completed_run(claim, result, change.row)
 
         return cast("Run | None", await self._group.commit(work))
@@ -497,10 +501,11 @@ class SqliteRunStore:
                     tx.rollback()
                     return False
                 now = _now()
+                ok = intact(row, claim, signer)  # else altered since the claim: never re-MACed
                 change = plan_release(row, error, now=now)
-                change.seal(signer, sign_row=row["row_mac"] is not None)
+                seal_held(change, row, claim, signer, ok=ok)
                 _update(db, change)
-                if announce:
+                if announce and ok:
                     n = int(change.row["event_count"])
                     _enqueue(
                         db,
