@@ -36,8 +36,8 @@ from bridgic_coldmail.store import RunStore, connect_store
 from bridgic_coldmail.store.outbox import TIMER_DESTINATION
 from bridgic_coldmail.testing import ScriptedOpenAIServer
 
-from .conftest import REPO, Backend, Completed
-from .rows import SqliteRows
+from ..conftest import REPO, Backend, Completed
+from ..rows import SqliteRows
 from .test_one_effect import CommitReplyDropper, commits_then_fails, pg, proxied
 from .test_web import csrf, settings_for, web_client
 from .test_web_links import ORIGIN, link_settings, link_to

@@ -44,7 +44,7 @@ from bridgic_coldmail.store import (
 )
 from bridgic_coldmail.testing import RecordedRequest, Reply, ScriptedOpenAIServer
 
-from .conftest import PROCESS_TIMEOUT, Backend
+from ..conftest import PROCESS_TIMEOUT, Backend
 
 VERSIONS = {"1.0"}
 FEEDBACK = make_decision("feedback", text="CTOs at mid-size hospitals")
