@@ -258,11 +258,7 @@ def plan_notifications(
     if not announced:
         targets = ()
     escalated = _parsed(wait.escalate_to) if event == "run.deadline" else ()
-    for value in targets:
-        try:
-            destination = parse_destination(value)
-        except Exception:  # an extra uninstalled since the run started: kept, shown failed
-            continue
+    for destination in _parsed(targets):  # an extra uninstalled since the run started: skipped
         notification = Notification(
             id=Notification.make_id(run.interaction_id, pause_id, event, n, destination.value),
             event=event,
@@ -323,6 +319,9 @@ def plan_sample_notifications(
     run's deadline and reminders are for the run's own pauses."""
     if run_row is None:
         return []
+    policy = read_policy(run_row, signer)
+    if policy is None or SAMPLE_EVENT not in policy.events:
+        return []
     sample = SampleNote.of(
         str(batch_row["batch_id"]),
         int(batch_row["round"]),
@@ -330,16 +329,9 @@ def plan_sample_notifications(
         int(batch_row["lead_count"]),
         tuple(str(g) for g in json.loads(str(batch_row["guidance_json"]))),
     )
-    policy = read_policy(run_row, signer)
-    if policy is None or SAMPLE_EVENT not in policy.events:
-        return []
     run = run_from_row(run_row)
     rows = []
-    for value in policy.destinations:
-        try:
-            destination = parse_destination(value)
-        except Exception:  # an extra uninstalled since the run started
-            continue
+    for destination in _parsed(policy.destinations):  # as in plan_notifications
         notification = Notification(
             id=Notification.make_id(
                 run.interaction_id,
