@@ -34,7 +34,11 @@ AnnouncedEvent = Literal[
 ANNOUNCED_EVENTS: tuple[AnnouncedEvent, ...] = get_args(AnnouncedEvent)
 EVENTS_BEFORE_BATCHES: frozenset[str] = frozenset(ANNOUNCED_EVENTS[:5])
 """Every event a run announced before ``batch.sample_ready`` existed: a policy stored
-then with all of them meant "every event", so it announces the new one too."""
+then (one without :data:`POLICY_FORMAT`) with all of them meant "every event", so it
+announces the new one too."""
+POLICY_FORMAT = 2
+"""Written in every policy stored from ``batch.sample_ready`` on: its ``events`` are exactly
+what was chosen, so five events there are a choice to leave the sample out, not "all"."""
 
 
 OnTimeout = Literal["wait", "proceed", "reject"]
@@ -188,7 +192,11 @@ class NotifyPolicy:
     wait: WaitPolicy = field(default_factory=WaitPolicy)
 
     def to_json(self) -> str:
-        data: dict[str, Any] = {"notify": list(self.destinations), "events": list(self.events)}
+        data: dict[str, Any] = {
+            "notify": list(self.destinations),
+            "events": list(self.events),
+            "format": POLICY_FORMAT,
+        }
         if self.wait.timed:
             data["wait"] = self.wait.to_data()
         return json_text(data)
@@ -197,7 +205,7 @@ class NotifyPolicy:
     def from_json(cls, text: str) -> NotifyPolicy:
         data = json.loads(text)
         events = tuple(e for e in data.get("events", ()) if e in ANNOUNCED_EVENTS)
-        if set(events) == EVENTS_BEFORE_BATCHES:
+        if "format" not in data and set(events) == EVENTS_BEFORE_BATCHES:
             events = ANNOUNCED_EVENTS
         wait = WaitPolicy.from_data(data["wait"]) if data.get("wait") else WaitPolicy()
         return cls(tuple(str(d) for d in data["notify"]), events, wait)

@@ -147,6 +147,16 @@ def test_a_policy_stored_before_sample_notifications_existed_announces_them() ->
     assert NotifyPolicy.from_json(narrowed).events == ("run.review",)
 
 
+def test_a_run_started_now_with_the_five_older_events_leaves_the_sample_out() -> None:
+    """The rule above is for policies stored before the sample event existed: one stored
+    now with exactly those five events chose to leave the sample out."""
+    chosen = NotifyPolicy(("https://h.example/x",), ANNOUNCED_EVENTS[:5])
+    assert NotifyPolicy.from_json(chosen.to_json()).events == ANNOUNCED_EVENTS[:5]
+    assert NotifyPolicy.from_json(NotifyPolicy(("https://h.example/x",)).to_json()).events == (
+        ANNOUNCED_EVENTS
+    )
+
+
 def test_a_worker_killed_mid_delivery_of_a_sample_delivers_it_after_its_lease(
     backend: Backend, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
 ) -> None:
