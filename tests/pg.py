@@ -522,15 +522,17 @@ class FaultyProxy:
                     # answer: a client that replied at once (its COMMIT) could otherwise
                     # reach the server through this proxy before the link was closed.
                     link.server.transport.abort()
-                writer.write(data)
-                await writer.drain()
-                if (
-                    not to_server
-                    and link.after_reply == "close_after_reply"
-                    and _ends_an_answer(data)
-                ):
+                    # The answer's last bytes and the end of the stream arrive in one TCP
+                    # segment (corked, the FIN rides on the held data), so the client can
+                    # never read the answer and send again before it can see the close.
+                    _cork(writer)
+                    writer.write(data)
+                    await writer.drain()
+                    writer.write_eof()
                     link.close()
                     return
+                writer.write(data)
+                await writer.drain()
         except OSError:
             pass
         finally:
@@ -538,6 +540,15 @@ class FaultyProxy:
 
 
 _READY_FOR_QUERY_TAG = b"Z\x00\x00\x00\x05"
+
+
+def _cork(writer: Any) -> None:
+    """Hold what is written next in the kernel until the stream ends (Linux ``TCP_CORK``)."""
+    import socket
+
+    sock = writer.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "TCP_CORK"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
 
 
 def _ends_an_answer(data: bytes) -> bool:
