@@ -162,11 +162,20 @@ async def write_leads(
         LlmError: the batch halted (see ``pacing.py``); lines written so far are stored.
     """
     context = LineContext(plan.brief, plan.sequence, guidance)
+    pause = OTHERS_FIRST_LOOK
     while True:
         await _Window(plan, batch_id, sample_round, context, sample=sample).run()
         if await _open_leads(plan.store, batch_id, sample=sample) == 0:
             return
-        await asyncio.sleep(min(1.0, plan.lease_seconds / 10))  # leased by someone else
+        await asyncio.sleep(pause)  # leased by someone else: soon written, or its lease lapses
+        pause = min(2 * pause, 1.0, plan.lease_seconds / 10)
+
+
+OTHERS_FIRST_LOOK = 0.05
+"""Seconds before the first look at leads another process holds, doubled at each look up to
+a second: a live worker records its last lines within :data:`RECORD_WITHIN_SECONDS` of
+writing them, so the first looks end the batch soon after it does (a fixed second had cost
+every ``--workers`` command one), and the later ones cost a dead worker's lease little."""
 
 
 async def _open_leads(store: RunStore, batch_id: str, *, sample: bool) -> int:
