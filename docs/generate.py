@@ -100,7 +100,8 @@ def _arguments_table(
 ) -> list[str]:
     rows = ["| argument | meaning |", "|---|---|"]
     for action in parser._actions:
-        if isinstance(action, argparse._HelpAction) or set(action.option_strings) & skip:
+        hidden = action.help == argparse.SUPPRESS  # how the command talks to itself
+        if isinstance(action, argparse._HelpAction) or hidden or set(action.option_strings) & skip:
             continue
         rows.append(f"| {_argument(action)} | {_cell(_argument_help(action))} |")
     return rows

@@ -13,6 +13,10 @@ any processes do — leads leased, each recorded fenced by its lease, so each is
 and the concurrency and the tokens-a-minute budget are their **total**, split between them:
 one event loop spends about 2 ms of CPU on each call's client work, so a single process
 cannot keep many calls a second in flight on a busy core (``benchmarks/NOTES.md``).
+When this process is the one approving the sample, the children start before the approval
+and wait for a line on their standard input before they write, so their start-up (the
+interpreter, the package, the OpenAI SDK: about a second) overlaps the approval instead of
+following it; a child whose parent goes away before saying so writes nothing and ends.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from ..agent import ColdMailAgent
 from ..errors import ColdmailError, InvalidInput
+from ..llm import build_llm, close_llm
 from ..models import validate_feedback, validate_interaction_id
 from ..personalize.batch import BatchReport
 from ..personalize.progress import Progress
@@ -64,6 +69,8 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="N",
         help="processes writing the lines, sharing the concurrency (default: the setting, 1)",
     )
+    # How a --workers child is told to begin (see the module docstring); not for people.
+    sub.add_argument("--after-parent", action="store_true", help=argparse.SUPPRESS)
 
 
 def run_personalize(args: argparse.Namespace, settings: Settings) -> int:
@@ -125,26 +132,20 @@ async def _personalize(
     workers: int,
 ) -> int:
     own = _own_share(settings, workers)
+    if args.after_parent:
+        return await _child(args, own)
+    if args.approve_sample:  # the children start first, and get ready while this one approves
+        children = await _Children.start(args, settings, workers)
+        try:
+            return await _approve(args, interaction_id, own, children)
+        except BaseException:
+            await children.stop()
+            raise
     async with ColdMailAgent.open(settings=own, missing="refuse") as agent:
         if args.status:
             report = await agent.batch_status(interaction_id, leads=args.leads)
         elif guidance is not None:
             report = await agent.guide_sample(interaction_id, guidance, leads=args.leads)
-        elif args.approve_sample:
-            if workers > 1:
-                await agent.approve_sample(interaction_id, leads=args.leads, write_rest=False)
-            status = await agent.batch_status(interaction_id, leads=args.leads)
-            progress = _progress(args, status.counts.open - status.counts.claimed)
-            report = await _write(
-                lambda on_line: agent.approve_sample(
-                    interaction_id, leads=args.leads, on_line=on_line
-                ),
-                agent,
-                args,
-                settings,
-                workers,
-                progress,
-            )
         else:
             if not args.json:
                 estimate = await agent.estimate_lines(interaction_id, args.leads)
@@ -156,11 +157,52 @@ async def _personalize(
                     lambda on_line: agent.personalize(interaction_id, args.leads, on_line=on_line),
                     agent,
                     args,
-                    settings,
-                    workers,
+                    await _Children.start(args, settings, workers),
                     progress,
                 )
     print(json_for_terminal(report_json(report)) if args.json else describe(report, args))
+    return 0
+
+
+async def _approve(
+    args: argparse.Namespace, interaction_id: str, settings: Settings, children: _Children
+) -> int:
+    """``--approve-sample``: approve, then write this process's share beside ``children``."""
+    async with ColdMailAgent.open(settings=settings, missing="refuse") as agent:
+        if children.processes:
+            await agent.approve_sample(interaction_id, leads=args.leads, write_rest=False)
+        status = await agent.batch_status(interaction_id, leads=args.leads)
+        progress = _progress(args, status.counts.open - status.counts.claimed)
+        report = await _write(
+            lambda on_line: agent.approve_sample(interaction_id, leads=args.leads, on_line=on_line),
+            agent,
+            args,
+            children,
+            progress,
+        )
+    print(json_for_terminal(report_json(report)) if args.json else describe(report, args))
+    return 0
+
+
+async def _child(args: argparse.Namespace, settings: Settings) -> int:
+    """A ``--workers`` child: everything a writer needs is made ready (the store opened, the
+    LLM built), then it waits for its parent's :data:`GO` and writes its share. Without it
+    (the approval failed, the parent was stopped or killed) it writes nothing."""
+    if sys.stdin.isatty():
+        raise InvalidInput(
+            "--after-parent is how coldmail personalize --workers starts its own processes; "
+            "to write a batch with several, use --workers N"
+        )
+    llm = build_llm(settings)
+    try:
+        async with ColdMailAgent.open(settings=settings, llm=llm, missing="refuse") as agent:
+            told = await asyncio.to_thread(sys.stdin.buffer.readline)
+            if told != GO:
+                return 0
+            report = await agent.approve_sample(args.interaction_id, leads=args.leads)
+    finally:
+        await close_llm(llm)
+    print(json_for_terminal(report_json(report)))
     return 0
 
 
@@ -179,45 +221,119 @@ Writing = Callable[[Callable[[LineResult], None] | None], Awaitable[BatchReport]
 """This process's share of the batch, given what to call with each line (or None)."""
 POLL_SECONDS = 1.0
 """How often the progress of a batch written by several processes is read from the store."""
+GO = b"go\n"
+"""What a parent writes to a ``--workers`` child's standard input when it may write."""
+
+
+class _Children:
+    """The ``workers - 1`` child processes of ``--workers``: started waiting, then told to
+    write (:meth:`go`) or to end without writing (:meth:`stop`)."""
+
+    def __init__(self, processes: list[asyncio.subprocess.Process]) -> None:
+        self.processes = processes
+
+    @classmethod
+    async def start(cls, args: argparse.Namespace, settings: Settings, workers: int) -> _Children:
+        """``coldmail personalize ID --approve-sample --after-parent`` on the same database
+        and LLM, each with its share of the concurrency and of the token budget."""
+        if workers == 1:
+            return cls([])
+        command = [sys.executable, "-m", "bridgic_coldmail", "personalize", args.interaction_id]
+        command += ["--approve-sample", "--json", "--workers", "1", "--after-parent"]
+        if args.leads is not None:
+            command += ["--leads", str(args.leads)]
+        env = {**os.environ, "COLDMAIL_PERSONALIZE_WORKERS": "1"}
+        if getattr(args, "db", None) is not None:  # by the environment: a URL's password stays
+            env["COLDMAIL_DB"] = str(args.db)  # out of the process list
+        if getattr(args, "llm", None) is not None:
+            env["COLDMAIL_LLM"] = str(args.llm)
+        calls = shares(settings.personalize_concurrency, workers)
+        budget = settings.personalize_tokens_per_minute
+        children = cls([])
+        try:
+            for i in range(1, workers):
+                env["COLDMAIL_PERSONALIZE_CONCURRENCY"] = str(calls[i])
+                if budget is not None:
+                    env["COLDMAIL_PERSONALIZE_TPM"] = str(shares(budget, workers)[i])
+                children.processes.append(
+                    await asyncio.create_subprocess_exec(
+                        *command,
+                        env=dict(env),
+                        stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.DEVNULL,
+                        stderr=asyncio.subprocess.PIPE,
+                    )
+                )
+        except BaseException:
+            await children.stop()
+            raise
+        return children
+
+    async def go(self) -> None:
+        """Let every child write. One that has already ended is reported by :meth:`wait`."""
+        for child in self.processes:
+            await self._tell(child, GO)
+
+    async def stop(self) -> None:
+        """End every child: those still waiting write nothing; any writing is terminated
+        (what it recorded stays, its leases lapse)."""
+        for child in self.processes:
+            await self._tell(child, b"")
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+        await asyncio.shield(asyncio.gather(*(c.wait() for c in self.processes)))
+
+    async def wait(self) -> None:
+        """Wait for every child to end; say which ended with an error."""
+        for child in self.processes:
+            _, err = await child.communicate()
+            if child.returncode != 0:
+                last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no message)"]
+                _err(f"A worker process stopped (exit {child.returncode}): {last[0]}")
+
+    @staticmethod
+    async def _tell(child: asyncio.subprocess.Process, line: bytes) -> None:
+        if child.stdin is None or child.stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError):  # it ended already
+            child.stdin.write(line)
+            await child.stdin.drain()
+            child.stdin.close()
 
 
 async def _write(
     writing: Writing,
     agent: ColdMailAgent,
     args: argparse.Namespace,
-    settings: Settings,
-    workers: int,
+    children: _Children,
     progress: Progress | None,
 ) -> BatchReport:
-    """This process's share of the batch (``writing``) beside ``workers - 1`` children
-    writing the same batch. With one process the progress counts its lines as they come;
-    with several it reads every process's from the store."""
-    if workers == 1:
+    """This process's share of the batch (``writing``) beside the ``children`` writing the
+    same batch. With one process the progress counts its lines as they come; with several it
+    reads every process's from the store."""
+    if not children.processes:
         try:
             return await writing(progress.add if progress is not None else None)
         finally:
             if progress is not None:
                 progress.close()
-    before = (await agent.batch_status(args.interaction_id, leads=args.leads)).counts
-    children = await _spawn(args, settings, workers)
+    try:
+        before = (await agent.batch_status(args.interaction_id, leads=args.leads)).counts
+        await children.go()
+    except BaseException:
+        await children.stop()
+        raise
     poller = asyncio.create_task(_poll(agent, args, progress, before)) if progress else None
     try:
         report = await writing(None)
     except BaseException:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGTERM)
-        await asyncio.shield(asyncio.gather(*(c.wait() for c in children)))
+        await children.stop()
         raise
     finally:
         if poller is not None:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
-    for child in children:
-        _, err = await child.communicate()
-        if child.returncode != 0:
-            last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["(no message)"]
-            _err(f"A worker process stopped (exit {child.returncode}): {last[0]}")
+    await children.wait()
     if progress is not None:
         _count_into(progress, report.counts, before)
         progress.close()
@@ -239,39 +355,6 @@ def _count_into(progress: Progress, counts: BatchCounts, before: BatchCounts) ->
     progress.written = max(0, counts.written - before.written)
     progress.skipped = max(0, counts.skipped - before.skipped)
     progress.show()
-
-
-async def _spawn(
-    args: argparse.Namespace, settings: Settings, workers: int
-) -> list[asyncio.subprocess.Process]:
-    """The children: ``coldmail personalize ID --approve-sample`` on the same database and
-    LLM, each with its share of the concurrency and of the token budget."""
-    command = [sys.executable, "-m", "bridgic_coldmail", "personalize", args.interaction_id]
-    command += ["--approve-sample", "--json", "--workers", "1"]
-    if args.leads is not None:
-        command += ["--leads", str(args.leads)]
-    env = {**os.environ, "COLDMAIL_PERSONALIZE_WORKERS": "1"}
-    if getattr(args, "db", None) is not None:  # by the environment: a URL's password stays
-        env["COLDMAIL_DB"] = str(args.db)  # out of the process list
-    if getattr(args, "llm", None) is not None:
-        env["COLDMAIL_LLM"] = str(args.llm)
-    calls = shares(settings.personalize_concurrency, workers)
-    budget = settings.personalize_tokens_per_minute
-    spawned = []
-    for i in range(1, workers):
-        env["COLDMAIL_PERSONALIZE_CONCURRENCY"] = str(calls[i])
-        if budget is not None:
-            env["COLDMAIL_PERSONALIZE_TPM"] = str(shares(budget, workers)[i])
-        spawned.append(
-            await asyncio.create_subprocess_exec(
-                *command,
-                env=dict(env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        )
-    return spawned
 
 
 def _progress(args: argparse.Namespace, total: int) -> Progress | None:

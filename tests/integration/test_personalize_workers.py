@@ -190,3 +190,100 @@ async def test_a_worker_killed_mid_batch_loses_nothing_and_pays_no_finished_lead
     assert not set(after) & stored, "a lead whose line was stored was paid for again"
     rows = backend.rows.batch_leads(batch_id)
     assert all(r["state"] == "written" for r in rows)
+
+
+def _after_parent(run_id: str) -> list[int]:
+    """Processes still running (not zombies) that are ``--after-parent`` children of this run."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"--after-parent" in command and run_id.encode() in command and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_an_approval_that_fails_ends_the_waiting_children_and_they_write_nothing(
+    backend: Backend, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
+) -> None:
+    """The children start before the approval: when it is refused (here: another lead list,
+    which has no batch), they are ended without a line written, and none is left behind."""
+    leads = _leads(tmp_path, 30)
+    run_id = await _sampled(backend, brief, leads)
+    other = tmp_path / "other.csv"
+    other.write_text("email,first_name,company\nzed@example.com,Zed,Zeta\n", encoding="utf-8")
+    calls = len(server.requests)
+    done = run_cli(
+        "personalize", run_id, "--leads", str(other), "--approve-sample", "--workers", "3",
+        env=_env(backend),
+    )  # fmt: skip
+    assert done.returncode != 0 and "--leads" in done.stderr, done.stderr
+    assert "A worker process stopped" not in done.stderr
+    assert _after_parent(run_id) == []
+    assert len(server.requests) == calls  # no line asked for
+    rows = backend.rows.batch_leads(batch_id_for(run_id, read_lead_list(leads).digest))
+    assert [r["state"] for r in rows if r["state"] == "written"] == ["written"] * 2  # the sample
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_children_whose_parent_is_killed_before_it_says_go_write_nothing_and_end(
+    backend: Backend, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
+) -> None:
+    """The parent is held before its approval (another connection holds the database's
+    write lock) and killed with SIGKILL there: its children, waiting for its word, see their
+    standard input end, and end without writing — no orphan writes an unapproved batch."""
+    import sqlite3
+
+    leads = _leads(tmp_path, 30)
+    run_id = await _sampled(backend, brief, leads)
+    calls = len(server.requests)
+    lock = sqlite3.connect(backend.db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "bridgic_coldmail", "personalize", run_id, "--leads", str(leads),
+         "--approve-sample", "--workers", "3", "--json"],
+        env=_env(backend, COLDMAIL_BUSY_TIMEOUT="60"), cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        while len(_after_parent(run_id)) < 2:
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        parent.kill()
+        parent.wait()
+        lock.execute("ROLLBACK")
+        while _after_parent(run_id):
+            assert time.monotonic() < deadline, "a child outlived its parent"
+            time.sleep(0.05)
+    finally:
+        if lock.in_transaction:
+            lock.execute("ROLLBACK")
+        lock.close()
+        if parent.poll() is None:
+            parent.kill()
+    assert len(server.requests) == calls
+    batch_id = batch_id_for(run_id, read_lead_list(leads).digest)
+    assert backend.rows.batch(batch_id)["status"] == "awaiting_approval"  # still waiting for a person
+    rows = backend.rows.batch_leads(batch_id)
+    assert sum(r["state"] == "written" for r in rows) == 2
+
+
+def test_a_child_run_by_hand_on_a_terminal_is_refused(
+    cli: Callable[..., Completed],
+) -> None:
+    """``--after-parent`` is the command's own handshake: typed at a terminal it would wait
+    for a word nobody sends, so it says what to use instead."""
+    import pexpect
+
+    from ..conftest import spawn_coldmail
+
+    child = spawn_coldmail("personalize", "a" * 32, "--approve-sample", "--after-parent")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == InvalidInput.exit_code
+    assert "use --workers N" in (child.before or "")
