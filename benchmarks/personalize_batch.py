@@ -170,8 +170,9 @@ async def throughput_and_memory(db: str, leads: Path, count: int) -> dict[str, A
 
 
 async def bare_sdk(base_url: str, count: int) -> dict[str, Any]:
-    """The floor: ``count`` line requests through the bare OpenAI SDK, ``CONCURRENCY`` at once
-    (the prompt and response format a lead's call sends; nothing stored, nothing checked)."""
+    """The floor: ``count`` line requests through the bare OpenAI SDK on the transport ours
+    uses (aiohttp), ``CONCURRENCY`` at once (the prompt and response format a lead's call
+    sends; nothing stored, nothing checked)."""
     import openai
 
     from bridgic_coldmail.llm.openai_backend import answer_schema
@@ -190,7 +191,12 @@ async def bare_sdk(base_url: str, count: int) -> dict[str, Any]:
     messages: Any = [{"role": m.role.value, "content": m.content} for m in line_messages(task)]
     response_format: Any = {"type": "json_schema", "json_schema": {
         "name": "LineAnswer", "schema": answer_schema(LineAnswer), "strict": True}}  # fmt: skip
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="benchmark", max_retries=0)
+    client = openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key="benchmark",
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(),
+    )
     places = asyncio.Semaphore(CONCURRENCY)
 
     async def one() -> None:

@@ -11,7 +11,7 @@ processes: this one and N - 1 children running ``coldmail personalize ID --appro
 on the same batch (approving an approved batch goes on writing it). They share the batch as
 any processes do — leads leased, each recorded fenced by its lease, so each is written once —
 and the concurrency and the tokens-a-minute budget are their **total**, split between them:
-one event loop spends about 2 ms of CPU on each call's client work, so a single process
+one event loop spends about 1.3 ms of CPU on each call's client work, so a single process
 cannot keep many calls a second in flight on a busy core (``benchmarks/NOTES.md``).
 When this process is the one approving the sample, the children start before the approval
 and wait for a line on their standard input before they write, so their start-up (the
