@@ -155,8 +155,15 @@ def is_legacy(row: Mapping[str, Any], signer: SnapshotSigner) -> bool:
     return signer.check_mac(mark, signer.legacy_mark(str(row["interaction_id"])))
 
 
-def run_from_row(row: Mapping[str, Any], *, verified: bool = True) -> Run:
-    """Build the :class:`Run` (no MAC check: use :func:`decode_row`)."""
+def run_from_row(
+    row: Mapping[str, Any],
+    *,
+    verified: bool = True,
+    brief: Brief | None = None,
+    draft: EmailSequence | None = None,
+) -> Run:
+    """Build the :class:`Run` (no MAC check: use :func:`decode_row`). ``brief`` and
+    ``draft``: the objects the row's JSON was just written from (spares parsing it again)."""
     status = RunStatus(row["status"])
     sequence_json = row.get("sequence_json")
     sequence = (
@@ -166,8 +173,8 @@ def run_from_row(row: Mapping[str, Any], *, verified: bool = True) -> Run:
     return Run(
         interaction_id=row["interaction_id"],
         status=status,
-        brief=Brief.model_validate_json(row["brief_json"], context=STORED),
-        draft=EmailSequence.model_validate_json(row["draft_json"], context=STORED),
+        brief=brief or Brief.model_validate_json(row["brief_json"], context=STORED),
+        draft=draft or EmailSequence.model_validate_json(row["draft_json"], context=STORED),
         question=row["question"],
         feedback=row.get("feedback"),
         final=sequence if status is RunStatus.COMPLETED else None,

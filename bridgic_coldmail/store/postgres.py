@@ -497,7 +497,8 @@ class PostgresRunStore:
                 signer=signer,
             )
             await tx.finish([(insert, values), *_insert_events(change), *_enqueue(announced)])
-        return run_from_row(change.row)  # just signed here: no MAC to check
+        # Just signed here: no MAC to check; the brief and draft just dumped are reused.
+        return run_from_row(change.row, brief=new.brief, draft=new.draft)
 
     async def claim(
         self,
