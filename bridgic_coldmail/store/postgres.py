@@ -440,19 +440,19 @@ class PostgresRunStore:
         return _Transaction(self._call(), self._begins[durable], idempotent)
 
     def _begin(self, durable: bool) -> tuple[str, tuple[Any, ...]]:
+        """BEGIN and the transaction's settings. The values are written into the script
+        (digits and ``ms``, from the settings alone): psycopg need not quote them on every
+        call."""
         settings = [
-            "pg_catalog.set_config('lock_timeout', %s, true)",
-            "pg_catalog.set_config('statement_timeout', %s, true)",
-            "pg_catalog.set_config('idle_in_transaction_session_timeout', %s, true)",
+            f"pg_catalog.set_config('lock_timeout', '{_milliseconds(self.busy_timeout)}', true)",
+            "pg_catalog.set_config('statement_timeout', "
+            f"'{_milliseconds(self.busy_timeout + self.statement_timeout)}', true)",
+            "pg_catalog.set_config('idle_in_transaction_session_timeout', "
+            f"'{_milliseconds(max(self.lease_seconds, 10))}', true)",
         ]
         if not durable:
             settings.append("pg_catalog.set_config('synchronous_commit', 'off', true)")
-        values = (
-            _milliseconds(self.busy_timeout),
-            _milliseconds(self.busy_timeout + self.statement_timeout),
-            _milliseconds(max(self.lease_seconds, 10)),
-        )
-        return f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {', '.join(settings)}", values
+        return f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {', '.join(settings)}", ()
 
     async def _read(self, send: Callable[[Connection], Awaitable[T]]) -> T:
         """``send`` on a pooled connection; it writes nothing, so it is sent again on a
@@ -1564,9 +1564,11 @@ class _Call:
                 retries or the time ran out.
         """
         for attempt in range(1, _ATTEMPTS + 1):
+            handed_out = self._conn is None  # the pool's check has just looked at it
             conn = await self._connection()
             in_transaction = conn.info.transaction_status != pq.TransactionStatus.IDLE
-            if _closed_by_server(conn):  # found closed before anything was sent on it
+            if not handed_out and _closed_by_server(conn):  # found closed before anything
+                # was sent on it
                 if not in_transaction and attempt < _ATTEMPTS and self._time_left():
                     await self._replace()
                     continue
@@ -1878,6 +1880,7 @@ def _storable(interaction_id: str) -> bool:
 
 
 def _milliseconds(seconds: float) -> str:
+    """A duration as PostgreSQL reads it: only digits and ``ms`` (safe inside a literal)."""
     return f"{max(1, math.ceil(seconds * 1000))}ms"
 
 
