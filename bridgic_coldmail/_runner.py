@@ -280,28 +280,31 @@ class Runner:
         return wording.fenced_out(claim, found)
 
     async def holding(self, claim: Claim, work: Awaitable[T]) -> T:
-        """Await ``work`` while renewing the claim's lease; stop it if the claim is lost."""
+        """Await ``work`` while renewing the claim's lease; stop it if the claim is lost.
+
+        The lease keeper is a timer until its first renewal is due: most steps end before
+        that, and never pay for a task of their own (issue 20)."""
         task = asyncio.ensure_future(work)
         lost = asyncio.Event()
         interval = self._store.lease_seconds / 3
 
         async def renew() -> None:
-            wait = interval
             while True:
-                await asyncio.sleep(wait)
                 try:
                     renewed = await self._store.renew(claim)
                 except StoreError:
                     # Locked for a moment: try again soon, while the lease still runs.
-                    wait = min(interval, 1.0)
+                    await asyncio.sleep(min(interval, 1.0))
                     continue
                 if renewed is None:
                     lost.set()
                     task.cancel()
                     return
-                wait = interval
+                await asyncio.sleep(interval)
 
-        keeper = asyncio.create_task(renew())
+        loop = asyncio.get_running_loop()
+        keeper: list[asyncio.Task[None]] = []
+        timer = loop.call_later(interval, lambda: keeper.append(loop.create_task(renew())))
         try:
             return await task
         except asyncio.CancelledError:
@@ -309,7 +312,9 @@ class Runner:
                 raise wording.taken_over(claim) from None
             raise
         finally:
-            keeper.cancel()
+            timer.cancel()
+            for renewing in keeper:
+                renewing.cancel()
             if not task.done():
                 task.cancel()
 

@@ -64,7 +64,6 @@ import socket
 import time
 import uuid
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
     Collection,
@@ -72,8 +71,9 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -348,6 +348,9 @@ class PostgresRunStore:
         dropped (the server's own limits, plus :data:`NETWORK_ALLOWANCE`)."""
         self.call_timeout = self.pool_timeout + ROUND_TRIPS * self.answer_timeout
         """Every call ends within this many seconds (with a ``StoreError`` at worst)."""
+        # Built once, not per call: both depend on the settings only.
+        self._errors = _ErrorContext(location, secrets, self.busy_timeout, self.pool_timeout)
+        self._begins = {durable: self._begin(durable) for durable in (False, True)}
 
     def __repr__(self) -> str:
         return f"PostgresRunStore({self.location!r}, pool_size={self.pool_size})"
@@ -428,37 +431,28 @@ class PostgresRunStore:
 
     # ------------------------------------------------------------------ plumbing
 
-    @asynccontextmanager
-    async def _transaction(
-        self, *, durable: bool = True, idempotent: bool = False
-    ) -> AsyncIterator[_Tx]:
+    def _transaction(self, *, durable: bool = True, idempotent: bool = False) -> _Transaction:
         """A pooled connection in one transaction, rolled back unless finished.
 
         ``idempotent``: running its one round trip twice does no harm (a lease renewal), so
         it is sent again on a fresh connection when the first one is lost.
         """
-        call = self._call()
-        with call.errors.mapped():
-            tx = _Tx(call, self._begin(durable), idempotent=idempotent)
-            try:
-                yield tx
-            finally:
-                await call.end()
+        return _Transaction(self._call(), self._begins[durable], idempotent)
 
-    def _begin(self, durable: bool) -> tuple[str, list[Any]]:
+    def _begin(self, durable: bool) -> tuple[str, tuple[Any, ...]]:
+        """BEGIN and the transaction's settings. The values are written into the script
+        (digits and ``ms``, from the settings alone): psycopg need not quote them on every
+        call."""
         settings = [
-            "pg_catalog.set_config('lock_timeout', %s, true)",
-            "pg_catalog.set_config('statement_timeout', %s, true)",
-            "pg_catalog.set_config('idle_in_transaction_session_timeout', %s, true)",
+            f"pg_catalog.set_config('lock_timeout', '{_milliseconds(self.busy_timeout)}', true)",
+            "pg_catalog.set_config('statement_timeout', "
+            f"'{_milliseconds(self.busy_timeout + self.statement_timeout)}', true)",
+            "pg_catalog.set_config('idle_in_transaction_session_timeout', "
+            f"'{_milliseconds(max(self.lease_seconds, 10))}', true)",
         ]
         if not durable:
             settings.append("pg_catalog.set_config('synchronous_commit', 'off', true)")
-        values = [
-            _milliseconds(self.busy_timeout),
-            _milliseconds(self.busy_timeout + self.statement_timeout),
-            _milliseconds(max(self.lease_seconds, 10)),
-        ]
-        return f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {', '.join(settings)}", values
+        return f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT {', '.join(settings)}", ()
 
     async def _read(self, send: Callable[[Connection], Awaitable[T]]) -> T:
         """``send`` on a pooled connection; it writes nothing, so it is sent again on a
@@ -471,8 +465,9 @@ class PostgresRunStore:
                 await call.end()
 
     def _call(self) -> _Call:
-        errors = _ErrorContext(self.location, self._secrets, self.busy_timeout, self.pool_timeout)
-        return _Call(self._pool, errors, self.pool_timeout, self.answer_timeout, self.call_timeout)
+        return _Call(
+            self._pool, self._errors, self.pool_timeout, self.answer_timeout, self.call_timeout
+        )
 
     # ------------------------------------------------------------------ writes
 
@@ -502,7 +497,8 @@ class PostgresRunStore:
                 signer=signer,
             )
             await tx.finish([(insert, values), *_insert_events(change), *_enqueue(announced)])
-        return run_from_row(change.row)  # just signed here: no MAC to check
+        # Just signed here: no MAC to check; the brief and draft just dumped are reused.
+        return run_from_row(change.row, brief=new.brief, draft=new.draft)
 
     async def claim(
         self,
@@ -1454,7 +1450,9 @@ class _Tx:
     ``StoreError`` with the topic ``commit_unknown``.
     """
 
-    def __init__(self, call: _Call, begin: tuple[str, list[Any]], *, idempotent: bool) -> None:
+    def __init__(
+        self, call: _Call, begin: tuple[str, tuple[Any, ...]], *, idempotent: bool
+    ) -> None:
         self._call = call
         self._begin = begin
         self._idempotent = idempotent
@@ -1504,6 +1502,34 @@ class _Tx:
         return results[skip:-1]
 
 
+class _Transaction:
+    """``async with`` one :class:`_Tx` on a pooled connection: errors mapped to a
+    ``StoreError``, and whatever was not committed rolled back before the connection goes
+    back to the pool (a class, not ``asynccontextmanager``: it is entered on every call)."""
+
+    __slots__ = ("_call", "_mapped", "_tx")
+
+    def __init__(self, call: _Call, begin: tuple[str, tuple[Any, ...]], idempotent: bool) -> None:
+        self._call = call
+        self._mapped = call.errors.mapped()
+        self._tx = _Tx(call, begin, idempotent=idempotent)
+
+    async def __aenter__(self) -> _Tx:
+        self._mapped.__enter__()
+        return self._tx
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # ``mapped`` never swallows an error: it raises it, or a StoreError in its place.
+        try:
+            await self._call.end()
+        except BaseException as ended:  # mapped like an error of the body
+            self._mapped.__exit__(type(ended), ended, ended.__traceback__)
+            raise
+        self._mapped.__exit__(kind, exc, tb)
+
+
 class _Call:
     """One store call: the pooled connection it holds, and its deadline. Every wait in it —
     for a connection, for each answer — ends by then; a round trip that cannot have
@@ -1538,9 +1564,11 @@ class _Call:
                 retries or the time ran out.
         """
         for attempt in range(1, _ATTEMPTS + 1):
+            handed_out = self._conn is None  # the pool's check has just looked at it
             conn = await self._connection()
             in_transaction = conn.info.transaction_status != pq.TransactionStatus.IDLE
-            if _closed_by_server(conn):  # found closed before anything was sent on it
+            if not handed_out and _closed_by_server(conn):  # found closed before anything
+                # was sent on it
                 if not in_transaction and attempt < _ATTEMPTS and self._time_left():
                     await self._replace()
                     continue
@@ -1571,6 +1599,9 @@ class _Call:
         """Roll back whatever was not committed (a refusal, or an error), then give the
         connection back to the pool."""
         if self._conn is None:
+            return
+        if self._conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            await self._give_back()  # committed (or never begun): nothing to roll back
             return
         try:
             await self.send(_rollback_unless_idle, retry=False, commits=False)
@@ -1849,6 +1880,7 @@ def _storable(interaction_id: str) -> bool:
 
 
 def _milliseconds(seconds: float) -> str:
+    """A duration as PostgreSQL reads it: only digits and ``ms`` (safe inside a literal)."""
     return f"{max(1, math.ceil(seconds * 1000))}ms"
 
 

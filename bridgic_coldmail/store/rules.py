@@ -257,10 +257,12 @@ def claim_from(
             update={
                 "feedback": change.row.get("feedback"),
                 "updated_at": parse_time(change.row["updated_at"]),
+                "status": plan.from_status,
             }
         )
     else:
         run = run_from_row(change.row, verified=row.get("row_mac") is not None)  # just signed
+        run = run.model_copy(update={"status": plan.from_status})
     return Claim(
         interaction_id=str(row["interaction_id"]),
         token=plan.token,
@@ -268,7 +270,7 @@ def claim_from(
         snapshot=snapshot,
         serialization_version=str(row["serialization_version"]),
         action=action,
-        run=run.model_copy(update={"status": plan.from_status}),
+        run=run,
         expires_at=expires,
     )
 

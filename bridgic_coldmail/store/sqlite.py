@@ -359,7 +359,8 @@ class SqliteRunStore:
                 _enqueue(db, announced)
 
         await self._hop(work)
-        return run_from_row(change.row)  # just signed here: no MAC to check
+        # Just signed here: no MAC to check; the brief and draft just dumped are reused.
+        return run_from_row(change.row, brief=new.brief, draft=new.draft)
 
     async def claim(
         self,
