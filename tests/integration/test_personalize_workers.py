@@ -268,7 +268,8 @@ async def test_children_whose_parent_is_killed_before_it_says_go_write_nothing_a
             parent.kill()
     assert len(server.requests) == calls
     batch_id = batch_id_for(run_id, read_lead_list(leads).digest)
-    assert backend.rows.batch(batch_id)["status"] == "awaiting_approval"  # still waiting for a person
+    batch = backend.rows.batch(batch_id)
+    assert batch is not None and batch["status"] == "awaiting_approval"  # still for a person
     rows = backend.rows.batch_leads(batch_id)
     assert sum(r["state"] == "written" for r in rows) == 2
 
