@@ -175,3 +175,36 @@ async def test_a_child_whose_standard_input_is_not_the_word_writes_nothing(
     assert len(server.requests) == calls
     batch = backend.rows.batch(batch_id_for(run_id, read_lead_list(leads).digest))
     assert batch is not None and batch["status"] == "awaiting_approval"
+
+
+async def test_workers_on_a_batch_with_nothing_to_approve_or_write_leave_no_process(
+    backend: Backend, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
+) -> None:
+    """``--workers 2`` where there is nothing for a second process to do: a batch still
+    waiting for its approval (without ``--approve-sample``), a lead list with no batch (the
+    approval refused), and a batch already done (with and without ``--approve-sample``)."""
+    leads = _leads(tmp_path, 6)
+    run_id = await _sampled(backend, brief, leads)
+    (tmp_path / "other").mkdir()
+    other = _leads(tmp_path / "other", 3)
+    env = _env(backend)
+    base = ["personalize", run_id, "--workers", "2", "--json"]
+
+    waiting = run_cli(*base, "--leads", str(leads), env=env)
+    assert waiting.returncode == 0, waiting.stderr
+    assert json.loads(waiting.stdout)["status"] == "awaiting_approval"
+    assert _after_parent(run_id) == []
+    refused = run_cli(*base, "--leads", str(other), "--approve-sample", env=env)
+    assert refused.returncode != 0 and "A worker process stopped" not in refused.stderr
+    assert _after_parent(run_id) == []
+    written = run_cli(*base, "--leads", str(leads), "--approve-sample", env=env)
+    assert written.returncode == 0, written.stderr
+    assert json.loads(written.stdout)["status"] == "done"
+    calls = len(server.requests)
+    for extra in (["--approve-sample"], []):
+        again = run_cli(*base, "--leads", str(leads), *extra, env=env)
+        assert again.returncode == 0, again.stderr
+        assert "A worker process stopped" not in again.stderr
+        assert json.loads(again.stdout)["status"] == "done"
+        assert _after_parent(run_id) == []
+    assert len(server.requests) == calls
