@@ -208,3 +208,45 @@ async def test_workers_on_a_batch_with_nothing_to_approve_or_write_leave_no_proc
         assert json.loads(again.stdout)["status"] == "done"
         assert _after_parent(run_id) == []
     assert len(server.requests) == calls
+
+
+async def test_the_parent_killed_while_the_workers_write_leaves_a_batch_the_command_finishes(
+    backend: Backend, server: ScriptedOpenAIServer, brief: Brief, tmp_path: Path
+) -> None:
+    """SIGKILL of the parent after its word: the child was approved and goes on with the
+    batch (the parent's leases lapse to it), then ends; it is not left waiting on anything.
+    The command run again reports the batch done, every lead written."""
+    count = 40
+    leads = _leads(tmp_path, count)
+    run_id = await _sampled(backend, brief, leads)
+    batch_id = batch_id_for(run_id, read_lead_list(leads).digest)
+    flight = InFlight(0.05, one=2, patience=PROCESS_TIMEOUT / 4)
+    server.respond_with(flight)
+    env = _env(
+        backend, COLDMAIL_PERSONALIZE_CONCURRENCY="4", COLDMAIL_LEASE_SECONDS="2",
+        COLDMAIL_BUSY_TIMEOUT="0.5",
+    )  # fmt: skip
+    parent = _start(run_id, leads, env, workers="2")
+
+    def written() -> int:
+        return sum(r["state"] == "written" for r in backend.rows.batch_leads(batch_id))
+
+    try:
+        _until(lambda: flight.both.is_set() and written() >= 5, parent, "no worker wrote")
+        parent.kill()
+        parent.communicate()
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        while _group_left(parent.pid):
+            assert time.monotonic() < deadline, "a worker outlived its parent"
+            time.sleep(0.05)
+    finally:
+        for pid in _group_left(parent.pid):
+            os.kill(pid, signal.SIGKILL)
+    again = run_cli(
+        "personalize", run_id, "--leads", str(leads), "--approve-sample", "--workers", "2",
+        "--json", env=env,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["status"] == "done" and report["counts"]["written"] == count
+    assert _after_parent(run_id) == []
