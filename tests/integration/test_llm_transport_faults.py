@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,9 @@ def _server(raw: list[RawServer], fault: str, faults: int) -> RawServer:
     return raw[-1]
 
 
-def _open(db_path: Path, server: RawServer, retry: RetryPolicy = TWO) -> ColdMailAgent:
+def _open(
+    db_path: Path, server: RawServer, retry: RetryPolicy = TWO
+) -> AbstractAsyncContextManager[ColdMailAgent]:
     return ColdMailAgent.open(
         db_path, retry=retry, llm_timeout=TIMEOUT, openai_api_base=server.base_url
     )

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,9 @@ def _group_left(pgid: int) -> list[int]:
     return found
 
 
-def _until(condition: object, parent: subprocess.Popen[str], what: str) -> None:
+def _until(condition: Callable[[], bool], parent: subprocess.Popen[str], what: str) -> None:
     deadline = time.monotonic() + PROCESS_TIMEOUT
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, what
         if parent.poll() is not None:
             pytest.fail(f"{what}: the command ended: {parent.communicate()}")
