@@ -111,9 +111,19 @@ def describe(exc: BaseException) -> str:
         if status is not None and getattr(link, "body", None) is not None:
             message = f"Error code: {status} - {error_message(link)}"
             return f"{type(link).__name__}: {summarize(message)}"
-        if str(link).strip():
-            return f"{type(link).__name__}: {summarize(str(link))}"
+        if _text(link).strip():
+            return f"{type(link).__name__}: {summarize(_text(link))}"
     return type(exc).__name__
+
+
+def _text(exc: BaseException) -> str:
+    """An exception's message. aiohttp's parse errors (a body shorter than its length, a
+    broken chunk) print their internal code first, ``400, message: …``, which reads like an
+    HTTP status the server never sent: their message alone."""
+    message, code = getattr(exc, "message", None), getattr(exc, "code", None)
+    if type(exc).__module__.startswith("aiohttp") and isinstance(message, str) and code:
+        return message
+    return str(exc)
 
 
 def error_message(exc: BaseException) -> str:
