@@ -101,6 +101,8 @@ async def fork(
             location=store.location,
             supported_versions=SUPPORTED_SERIALIZATION_VERSIONS,
         )
+    if key is not None:  # a repeat of this key may have taken the step first: it is the same
+        return await _fork_again(runner, new_id, action, interaction_id, at)
     return await _finish_fork(runner, new_id, action, interaction_id, at)
 
 
