@@ -27,7 +27,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +135,8 @@ async def _personalize(
     if args.after_parent:
         return await _child(args, own)
     if args.approve_sample:  # the children start first, and get ready while this one approves
-        children = await _Children.start(args, settings, workers)
-        try:
+        async with _children(args, settings, workers) as children:
             return await _approve(args, interaction_id, own, children)
-        except BaseException:
-            await children.stop()
-            raise
     async with ColdMailAgent.open(settings=own, missing="refuse") as agent:
         if args.status:
             report = await agent.batch_status(interaction_id, leads=args.leads)
@@ -153,13 +149,16 @@ async def _personalize(
             report = await agent.personalize(interaction_id, args.leads, sample=args.sample)
             if report.batch.status == "writing":  # approved before: the rest is written now
                 progress = _progress(args, report.counts.open)
-                report = await _write(
-                    lambda on_line: agent.personalize(interaction_id, args.leads, on_line=on_line),
-                    agent,
-                    args,
-                    await _Children.start(args, settings, workers),
-                    progress,
-                )
+                async with _children(args, settings, workers) as children:
+                    report = await _write(
+                        lambda on_line: agent.personalize(
+                            interaction_id, args.leads, on_line=on_line
+                        ),
+                        agent,
+                        args,
+                        children,
+                        progress,
+                    )
     print(json_for_terminal(report_json(report)) if args.json else describe(report, args))
     return 0
 
@@ -223,6 +222,20 @@ POLL_SECONDS = 1.0
 """How often the progress of a batch written by several processes is read from the store."""
 GO = b"go\n"
 """What a parent writes to a ``--workers`` child's standard input when it may write."""
+
+
+@contextlib.asynccontextmanager
+async def _children(
+    args: argparse.Namespace, settings: Settings, workers: int
+) -> AsyncIterator[_Children]:
+    """The started children, ended without writing (or stopped writing) if the block fails:
+    the one place that cleans up after a refused approval, an error, Ctrl-C."""
+    children = await _Children.start(args, settings, workers)
+    try:
+        yield children
+    except BaseException:
+        await children.stop()
+        raise
 
 
 class _Children:
@@ -317,18 +330,11 @@ async def _write(
         finally:
             if progress is not None:
                 progress.close()
-    try:
-        before = (await agent.batch_status(args.interaction_id, leads=args.leads)).counts
-        await children.go()
-    except BaseException:
-        await children.stop()
-        raise
+    before = (await agent.batch_status(args.interaction_id, leads=args.leads)).counts
+    await children.go()
     poller = asyncio.create_task(_poll(agent, args, progress, before)) if progress else None
     try:
         report = await writing(None)
-    except BaseException:
-        await children.stop()
-        raise
     finally:
         if poller is not None:
             poller.cancel()

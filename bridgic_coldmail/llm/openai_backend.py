@@ -510,7 +510,8 @@ def capped_http_client() -> Any:
     personalization batch) httpcore scans every pooled connection twice a request, and one
     event loop spent 1.7 ms of CPU a line against 1.3 ms here, which decides the batch's
     rate (``benchmarks/NOTES.md``). Errors reach the SDK as httpx's (the transport maps
-    them), so retries and messages are the same."""
+    them), so the retries are the same; a message names aiohttp's error
+    (``ServerDisconnectedError: Server disconnected``)."""
     import openai
 
     return openai.DefaultAioHttpClient(
